@@ -1,0 +1,50 @@
+# Every target CI uses is here, so local runs and CI run the same commands.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+RUN_HOME ?= $(CURDIR)/.shipyard-run
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: run test check lint typecheck install install-dev clean bench
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e .
+	touch $@
+
+$(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@ $(VENV)/.installed
+
+install: $(VENV)/.installed
+install-dev: $(VENV)/.installed-dev
+
+## make run: install, push the example models into a fresh registry, and show them.
+run: install
+	rm -rf $(RUN_HOME)
+	SHIPYARD_HOME=$(RUN_HOME) $(BIN)/python examples/push_examples.py
+	SHIPYARD_HOME=$(RUN_HOME) $(BIN)/shipyard list
+	SHIPYARD_HOME=$(RUN_HOME) $(BIN)/shipyard show iris@production
+
+## make test: install everything the tests need and run the whole suite.
+test: install-dev
+	$(BIN)/python -m pytest -q
+
+lint: install-dev
+	$(BIN)/ruff check src tests benchmarks examples
+	$(BIN)/ruff format --check src tests benchmarks examples
+	$(BIN)/lint-imports
+
+typecheck: install-dev
+	$(BIN)/mypy
+
+check: lint typecheck test
+
+bench: install-dev
+	$(BIN)/python benchmarks/registry.py
+
+clean:
+	rm -rf $(VENV) $(RUN_HOME) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,74 @@
+"""What the root command passes to every subcommand: where the registry is, lazily opened."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import typer
+
+from shipyard.errors import InvalidInputError
+
+if TYPE_CHECKING:
+    from shipyard.registry import Registry
+    from shipyard.settings import Settings
+
+
+@dataclass
+class CliState:
+    home: Path | None = None
+    config: Path | None = None
+    _registry: Registry | None = field(default=None, repr=False)
+
+    def settings(self, **overrides: Any) -> Settings:
+        from shipyard.settings import Settings
+
+        return Settings.load(self.config, home=self.home, **overrides)
+
+    def registry(self) -> Registry:
+        if self._registry is None:
+            from shipyard.registry import Registry
+
+            self._registry = Registry(settings=self.settings())
+        return self._registry
+
+
+def state(ctx: typer.Context) -> CliState:
+    obj = ctx.find_root().obj
+    assert isinstance(obj, CliState)
+    return obj
+
+
+def parse_pairs(values: list[str] | None, what: str) -> dict[str, str]:
+    """`k=v` options into a dict, with a clear error for a malformed pair."""
+    out = {}
+    for item in values or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise InvalidInputError(f"--{what} expects KEY=VALUE, got {item!r}", field=what)
+        out[key.strip()] = value.strip()
+    return out
+
+
+def read_json_arg(value: str, what: str) -> Any:
+    """JSON given inline or as @FILE ('-' or '@-' reads standard input)."""
+    if value in ("-", "@-"):
+        import sys
+
+        text, source = sys.stdin.read(), "standard input"
+    elif value.startswith("@"):
+        path = Path(value[1:]).expanduser()
+        if not path.is_file():
+            raise InvalidInputError(f"--{what} file {str(path)!r} does not exist", field=what)
+        text, source = path.read_text(), str(path)
+    else:
+        text, source = value, f"--{what}"
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidInputError(
+            f"{source} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
+            field=what,
+        ) from exc

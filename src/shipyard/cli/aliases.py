@@ -1,0 +1,80 @@
+"""Commands on aliases: alias, rollback, history."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from shipyard.cli._context import state
+from shipyard.errors import InvalidInputError
+
+
+def alias(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="Model name.")],
+    alias_: Annotated[str, typer.Argument(metavar="ALIAS", help="Alias, e.g. production.")],
+    version: Annotated[int | None, typer.Argument(help="Version to point at.")] = None,
+    delete: Annotated[bool, typer.Option("--delete", help="Remove the alias.")] = False,
+) -> None:
+    """Point NAME@ALIAS at VERSION, or remove it with --delete (every move is kept)."""
+    registry = state(ctx).registry()
+    if delete:
+        if version is not None:
+            raise InvalidInputError("give either VERSION or --delete, not both", field="version")
+        previous = registry.delete_alias(name, alias_)
+        typer.echo(f"removed {name}@{alias_} (was {previous})")
+        return
+    if version is None:
+        raise InvalidInputError(
+            f"missing VERSION: `shipyard alias {name} {alias_} VERSION` or add --delete",
+            field="version",
+        )
+    previous = registry.set_alias(name, alias_, version)
+    was = f" (was {previous})" if previous is not None else ""
+    typer.echo(f"{name}@{alias_} → {version}{was}")
+
+
+def rollback(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="Model name.")],
+    alias_: Annotated[str, typer.Argument(metavar="ALIAS", help="Alias to move back.")],
+) -> None:
+    """Move NAME@ALIAS back to its previous target."""
+    before, after = state(ctx).registry().rollback(name, alias_)
+    typer.echo(f"{name}@{alias_} → {after} (rolled back from {before if before else 'none'})")
+
+
+def history(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="Model name.")],
+    alias_: Annotated[str, typer.Argument(metavar="ALIAS", help="Alias.")],
+    json_: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Every move of NAME@ALIAS, oldest first."""
+    from dataclasses import asdict
+
+    from rich.table import Table
+
+    from shipyard.cli._render import console, print_json
+
+    changes = state(ctx).registry().history(name, alias_)
+    if json_:
+        print_json([asdict(c) for c in changes])
+        return
+    table = Table(title=f"{name}@{alias_}")
+    for col in ("when", "action", "from", "to", "by"):
+        table.add_column(col)
+    for c in changes:
+        table.add_row(
+            c.changed_at[:19].replace("T", " "), c.action,
+            "-" if c.previous is None else str(c.previous),
+            "-" if c.version is None else str(c.version), c.changed_by,
+        )  # fmt: skip
+    console.print(table)
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(alias)
+    app.command()(rollback)
+    app.command()(history)

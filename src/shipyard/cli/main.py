@@ -1,0 +1,72 @@
+"""The `shipyard` entry point: builds the app and maps every error to one line + exit code."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import click
+import typer
+
+from shipyard.cli import aliases, models
+from shipyard.cli._context import CliState
+from shipyard.errors import ShipyardError
+
+app = typer.Typer(
+    name="shipyard",
+    help="Store, optimize, serve, monitor and ship trained models.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+
+@app.callback()
+def _root(
+    ctx: typer.Context,
+    home: Annotated[
+        Path | None, typer.Option(help="Registry home (default: $SHIPYARD_HOME or ~/.shipyard).")
+    ] = None,
+    config: Annotated[Path | None, typer.Option(help="TOML config file.")] = None,
+) -> None:
+    ctx.obj = CliState(home=home, config=config)
+
+
+models.register(app)
+aliases.register(app)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; errors print one readable line (no traceback) and exit non-zero."""
+    command = typer.main.get_command(app)
+    try:
+        command.main(args=argv, prog_name="shipyard", standalone_mode=False)
+    except ShipyardError as exc:
+        click.echo(f"error: {exc.message}", err=True)
+        return exc.exit_code
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        click.echo("aborted", err=True)
+        return 130
+    except Exception as exc:  # the last line of defence: never a traceback unless asked
+        if os.environ.get("SHIPYARD_DEBUG"):
+            raise
+        message = str(exc).splitlines()[0] if str(exc) else ""
+        click.echo(
+            f"error: internal error ({type(exc).__name__}: {message}); "
+            "rerun with SHIPYARD_DEBUG=1 for details",
+            err=True,
+        )
+        return 1
+    return 0
+
+
+def run() -> None:
+    sys.exit(main())

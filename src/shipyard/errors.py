@@ -1,0 +1,106 @@
+"""The one exception hierarchy: every error carries its HTTP status and CLI exit code."""
+
+from __future__ import annotations
+
+
+class ShipyardError(Exception):
+    """Root of all Shipyard errors; the message names the problem and the next step."""
+
+    status_code: int = 500
+    exit_code: int = 1
+    kind: str = "internal_error"
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+
+
+class InvalidInputError(ShipyardError):
+    """The caller sent something malformed: a bad reference, file, JSON or tensor."""
+
+    status_code = 400
+    exit_code = 2
+    kind = "invalid_input"
+
+
+class UnprocessableError(InvalidInputError):
+    """Well-formed but semantically wrong input (e.g. a value outside its range)."""
+
+    status_code = 422
+
+
+class NotFoundError(ShipyardError):
+    status_code = 404
+    exit_code = 3
+    kind = "not_found"
+
+
+class ConflictError(ShipyardError):
+    """The operation clashes with the registry's state (e.g. removing an aliased version)."""
+
+    status_code = 409
+    exit_code = 4
+    kind = "conflict"
+
+
+class PayloadTooLargeError(InvalidInputError):
+    status_code = 413
+    kind = "payload_too_large"
+
+
+class UnsupportedMediaTypeError(InvalidInputError):
+    status_code = 415
+    kind = "unsupported_media_type"
+
+
+class UnauthorizedError(ShipyardError):
+    status_code = 401
+    exit_code = 5
+    kind = "unauthorized"
+
+
+class ForbiddenError(ShipyardError):
+    status_code = 403
+    exit_code = 5
+    kind = "forbidden"
+
+
+class UntrustedArtifactError(ForbiddenError):
+    """Loading the artifact would run arbitrary code and the user has not said it is trusted."""
+
+    kind = "untrusted_artifact"
+
+
+class NotReadyError(ShipyardError):
+    status_code = 503
+    exit_code = 6
+    kind = "not_ready"
+
+
+class OverloadedError(NotReadyError):
+    kind = "overloaded"
+
+
+class IntegrityError(ShipyardError):
+    """Stored bytes do not match their recorded digest: the artifact was altered or damaged."""
+
+    status_code = 500
+    exit_code = 7
+    kind = "integrity_error"
+
+
+class MissingDependencyError(ShipyardError):
+    """An optional library is needed; the message names the extra that installs it."""
+
+    status_code = 500
+    exit_code = 8
+    kind = "missing_dependency"
+
+    def __init__(self, package: str, extra: str, purpose: str) -> None:
+        super().__init__(
+            f"{purpose} needs the '{package}' package; install it with "
+            f"`pip install 'shipyard[{extra}]'`"
+        )
+        self.package = package
+        self.extra = extra

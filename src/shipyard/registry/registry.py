@@ -1,0 +1,277 @@
+"""The model registry: immutable versions of content-addressed artifacts, with aliases."""
+
+from __future__ import annotations
+
+import math
+import shutil
+from pathlib import Path
+from typing import Any
+
+from shipyard.errors import InvalidInputError, NotFoundError
+from shipyard.registry._git import current_commit
+from shipyard.registry.metadata import AliasChange, MetadataStore, current_user, utc_now
+from shipyard.registry.store import LocalArtifactStore
+from shipyard.runtimes import load_runtime
+from shipyard.runtimes.model import Model
+from shipyard.runtimes.packaging import package
+from shipyard.settings import Settings
+from shipyard.types import ModelRef, ModelVersion, validate_alias, validate_name
+
+DIFF_FIELDS = (
+    "format", "framework", "digest", "size", "signature", "metrics", "params", "tags",
+    "library_versions", "parent", "git_commit", "trusted", "created_at", "description",
+)  # fmt: skip
+
+
+def _str_map(values: dict[str, Any] | None, what: str) -> dict[str, str]:
+    out = {}
+    for key, value in (values or {}).items():
+        if not isinstance(key, str) or not key:
+            raise InvalidInputError(f"{what} names must be non-empty strings", field=what)
+        out[key] = str(value)
+    return out
+
+
+def _metric_map(values: dict[str, Any] | None) -> dict[str, float]:
+    out = {}
+    for key, value in (values or {}).items():
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise InvalidInputError(
+                f"metric {key!r} must be a number, got {value!r}", field="metrics"
+            ) from None
+        if not math.isfinite(number):
+            raise InvalidInputError(f"metric {key!r} must be finite, got {value!r}", field="metrics")
+        out[str(key)] = number
+    return out
+
+
+class Registry:
+    """Versions, aliases and artifacts under one home (SQLite + folder) or a database URL."""
+
+    def __init__(self, home: str | Path | None = None, *, settings: Settings | None = None) -> None:
+        self.settings = settings or Settings.load(home=home)
+        self.metadata = MetadataStore(self.settings.database_url)
+        self.store = LocalArtifactStore(self.settings.artifact_root)
+
+    def close(self) -> None:
+        self.metadata.close()
+
+    def __enter__(self) -> Registry:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- reading ------------------------------------------------------------------------
+
+    def resolve(self, ref: str | ModelRef) -> ModelVersion:
+        """The version a reference selects, with a message listing what exists if none."""
+        ref = ModelRef.parse(ref) if isinstance(ref, str) else ref
+        if ref.alias is not None:
+            number = self.metadata.resolve_alias(ref.name, ref.alias)
+            if number is None:
+                self._require_model(ref.name)
+                known = sorted(self.metadata.aliases(ref.name))
+                raise NotFoundError(
+                    f"model {ref.name!r} has no alias {ref.alias!r} "
+                    f"(aliases: {', '.join(known) or 'none'}); set one with "
+                    f"`shipyard alias {ref.name} {ref.alias} VERSION`",
+                    field="ref",
+                )
+        elif ref.version is not None:
+            number = ref.version
+        else:
+            number = self.metadata.latest_version(ref.name)
+            if number is None:
+                self._require_model(ref.name)
+        found = self.metadata.get(ref.name, number) if number is not None else None
+        if found is None:
+            numbers = self._require_model(ref.name)
+            raise NotFoundError(
+                f"model {ref.name!r} has no version {number} (versions: "
+                f"{_ranges(numbers)}; latest is {numbers[-1]}); see `shipyard list {ref.name}`",
+                field="ref",
+            )
+        return found
+
+    def _require_model(self, name: str) -> list[int]:
+        numbers = self.metadata.version_numbers(name)
+        if not numbers:
+            names = sorted(self.metadata.model_names())
+            shown = ", ".join(names[:20]) + (", …" if len(names) > 20 else "")
+            raise NotFoundError(
+                f"no model named {name!r} in the registry (models: {shown or 'none yet'})",
+                field="ref",
+            )
+        return numbers
+
+    def get(self, ref: str | ModelRef) -> ModelVersion:
+        return self.resolve(ref)
+
+    def list_models(self) -> list[dict[str, Any]]:
+        return self.metadata.list_models()
+
+    def list_versions(self, name: str) -> list[ModelVersion]:
+        validate_name(name)
+        self._require_model(name)
+        return self.metadata.list_versions(name)
+
+    def history(self, name: str, alias: str) -> list[AliasChange]:
+        validate_name(name)
+        validate_alias(alias)
+        self._require_model(name)
+        return self.metadata.history(name, alias)
+
+    def diff(self, left: str | ModelRef, right: str | ModelRef) -> dict[str, Any]:
+        """Field by field: {field: {"left", "right", "same"}} for two versions."""
+        a, b = self.resolve(left).to_dict(), self.resolve(right).to_dict()
+        return {
+            "left": a["ref"],
+            "right": b["ref"],
+            "fields": {
+                f: {"left": a[f], "right": b[f], "same": a[f] == b[f]} for f in DIFF_FIELDS
+            },
+        }
+
+    # -- writing ------------------------------------------------------------------------
+
+    def push(
+        self,
+        name: str,
+        model: Any,
+        *,
+        sample_input: Any = None,
+        alias: str | None = None,
+        metrics: dict[str, Any] | None = None,
+        params: dict[str, Any] | None = None,
+        tags: dict[str, Any] | None = None,
+        description: str = "",
+        trust: bool = False,
+        parent: str | ModelRef | None = None,
+        recipe: dict[str, Any] | None = None,
+        serving: dict[str, Any] | None = None,
+        data_profile: dict[str, Any] | None = None,
+        cwd: str | Path | None = None,
+    ) -> ModelVersion:
+        """Store `model` (an estimator or a file path) as the next version of `name`."""
+        validate_name(name)
+        if alias is not None:
+            validate_alias(alias)
+        parent_ref = str(self.resolve(parent).ref) if parent is not None else None
+        record_meta = {
+            "metrics": _metric_map(metrics),
+            "params": _str_map(params, "params"),
+            "tags": _str_map(tags, "tags"),
+        }
+        commit, dirty = current_commit(Path(cwd) if cwd else Path.cwd())
+        with self.store.staging() as staging:
+            packaged = package(model, staging, sample_input=sample_input, trust=trust)
+            info = self.store.commit(staging)
+        extra = dict(packaged.extra)
+        if dirty:
+            extra["git_dirty"] = True
+        record = {
+            "name": name,
+            "format": packaged.format,
+            "framework": packaged.framework,
+            "digest": info.digest,
+            "size": info.size,
+            "files": list(info.files),
+            "signature": packaged.signature.to_dict(),
+            "library_versions": packaged.library_versions,
+            **record_meta,
+            "description": description or "",
+            "created_at": utc_now(),
+            "created_by": current_user(),
+            "git_commit": commit,
+            "parent": parent_ref,
+            "recipe": recipe,
+            "data_profile": data_profile,
+            "serving": serving or {},
+            "extra": extra,
+            "trusted": packaged.trusted,
+        }
+        number = self.metadata.add_version(record, alias=alias)
+        return self.resolve(ModelRef(name, version=number))
+
+    def set_alias(self, name: str, alias: str, version: int) -> int | None:
+        """Point NAME@ALIAS at a version; returns the previous target (kept in history)."""
+        validate_name(name)
+        validate_alias(alias)
+        self._require_model(name)
+        return self.metadata.set_alias(name, alias, version)
+
+    def delete_alias(self, name: str, alias: str) -> int:
+        validate_name(name)
+        validate_alias(alias)
+        self._require_model(name)
+        return self.metadata.delete_alias(name, alias)
+
+    def rollback(self, name: str, alias: str) -> tuple[int | None, int]:
+        """Restore the alias's previous target; (from, to)."""
+        validate_name(name)
+        validate_alias(alias)
+        self.history(name, alias)  # a clear error for an unknown model or alias
+        return self.metadata.rollback_alias(name, alias)
+
+    def remove(self, ref: str | ModelRef, *, force: bool = False) -> tuple[ModelVersion, list[str]]:
+        """Delete one version's record; its files go at the next `gc` unless shared."""
+        version = self.resolve(ref)
+        removed_aliases = self.metadata.delete_version(version.name, version.version, force=force)
+        return version, removed_aliases
+
+    def gc(self, grace_s: float = 600.0) -> tuple[int, int]:
+        """Remove unreferenced artifacts and abandoned staging folders; (removed, bytes freed)."""
+        return self.store.collect_garbage(self.metadata.referenced_digests(), grace_s)
+
+    # -- artifacts ----------------------------------------------------------------------
+
+    def artifact_path(self, ref: str | ModelRef | ModelVersion) -> Path:
+        """The artifact folder of a version, after re-hashing every file against its digest."""
+        version = ref if isinstance(ref, ModelVersion) else self.resolve(ref)
+        return self.store.verify(version.digest, version.files, what=f"artifact of {version.ref}")
+
+    def verify(self, ref: str | ModelRef | None = None) -> list[tuple[ModelVersion, list[str]]]:
+        """Re-hash the artifacts of one version (or all); each with its problems (none = ok)."""
+        targets = [self.resolve(ref)] if ref is not None else self.metadata.all_versions()
+        return [(v, self.store.problems(v.digest, v.files)) for v in targets]
+
+    def export(self, ref: str | ModelRef, dest: str | Path) -> Path:
+        """Copy a version's verified artifact out: a single file to `dest`, else a folder."""
+        version = self.resolve(ref)
+        source = self.artifact_path(version)
+        dest = Path(dest).expanduser()
+        if len(version.files) == 1:
+            file = source / str(version.files[0]["path"])
+            target = dest / file.name if dest.is_dir() else dest
+            if target.exists():
+                raise InvalidInputError(f"{target} already exists; choose another destination")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(file, target)
+            return target
+        if dest.exists() and any(dest.iterdir()):
+            raise InvalidInputError(f"{dest} is not empty; choose an empty or new folder")
+        shutil.copytree(source, dest, dirs_exist_ok=True)
+        return dest
+
+    def load(self, ref: str | ModelRef) -> Model:
+        """Load a version for prediction (digest verified, trust tier enforced)."""
+        version = self.resolve(ref)
+        path = self.artifact_path(version)
+        return Model(version, load_runtime(version, path, self.settings.runtime))
+
+
+def _ranges(numbers: list[int]) -> str:
+    """1, 2, 3, 5 → '1-3, 5'."""
+    parts: list[str] = []
+    start = prev = numbers[0]
+    for n in [*numbers[1:], None]:
+        if n is not None and n == prev + 1:
+            prev = n
+            continue
+        parts.append(str(start) if start == prev else f"{start}-{prev}")
+        if n is not None:
+            start = prev = n
+    return ", ".join(parts)

@@ -1,0 +1,65 @@
+"""Database tables (SQLAlchemy Core). The schema is created and changed only by migrations."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+metadata = sa.MetaData()
+
+models = sa.Table(
+    "models",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    # Highest version ever allocated: versions are never reused, even after `rm`.
+    sa.Column("last_version", sa.Integer, nullable=False),
+    sa.Column("created_at", sa.String(32), nullable=False),
+)
+
+versions = sa.Table(
+    "versions",
+    metadata,
+    sa.Column("name", sa.String(64), sa.ForeignKey("models.name"), primary_key=True),
+    sa.Column("version", sa.Integer, primary_key=True),
+    sa.Column("format", sa.String(32), nullable=False),
+    sa.Column("framework", sa.String(64), nullable=False),
+    sa.Column("digest", sa.String(80), nullable=False, index=True),
+    sa.Column("size", sa.BigInteger, nullable=False),
+    sa.Column("files", sa.JSON, nullable=False),
+    sa.Column("signature", sa.JSON, nullable=False),
+    sa.Column("library_versions", sa.JSON, nullable=False),
+    sa.Column("metrics", sa.JSON, nullable=False),
+    sa.Column("params", sa.JSON, nullable=False),
+    sa.Column("tags", sa.JSON, nullable=False),
+    sa.Column("description", sa.Text, nullable=False),
+    sa.Column("created_at", sa.String(32), nullable=False),
+    sa.Column("created_by", sa.String(128), nullable=False),
+    sa.Column("git_commit", sa.String(64)),
+    sa.Column("parent", sa.String(80)),
+    sa.Column("recipe", sa.JSON),
+    sa.Column("data_profile", sa.JSON),
+    sa.Column("serving", sa.JSON, nullable=False),
+    sa.Column("extra", sa.JSON, nullable=False),
+    sa.Column("trusted", sa.Boolean, nullable=False),
+)
+
+aliases = sa.Table(
+    "aliases",
+    metadata,
+    sa.Column("name", sa.String(64), sa.ForeignKey("models.name"), primary_key=True),
+    sa.Column("alias", sa.String(64), primary_key=True),
+    sa.Column("version", sa.Integer, nullable=False),
+)
+
+alias_history = sa.Table(
+    "alias_history",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("name", sa.String(64), nullable=False),
+    sa.Column("alias", sa.String(64), nullable=False),
+    sa.Column("action", sa.String(16), nullable=False),  # set | delete | rollback
+    sa.Column("version", sa.Integer),  # target after the change; NULL once deleted
+    sa.Column("previous", sa.Integer),  # target before the change
+    sa.Column("changed_at", sa.String(32), nullable=False),
+    sa.Column("changed_by", sa.String(128), nullable=False),
+    sa.Index("ix_alias_history_name_alias", "name", "alias"),
+)

@@ -1,0 +1,33 @@
+"""What every runtime offers, and the facts a packager records about a new artifact."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from shipyard.types import Signature
+
+
+class Runtime(Protocol):
+    """One loaded version. Safe for one caller at a time; heavy work releases the GIL."""
+
+    signature: Signature
+    can_batch: bool  # rows along axis 0 are independent, so requests may be merged
+
+    def predict(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Packaged:
+    """What a packager learned while writing an artifact into the staging folder."""
+
+    format: str
+    framework: str
+    signature: Signature
+    library_versions: dict[str, str] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+    trusted: bool = False

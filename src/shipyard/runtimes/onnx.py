@@ -1,0 +1,129 @@
+"""ONNX models on onnxruntime: one InferenceSession per loaded version."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from shipyard.errors import InvalidInputError
+from shipyard.runtimes.base import Packaged
+from shipyard.settings import RuntimeSettings
+from shipyard.types import ModelVersion, Signature, TensorSpec
+
+ARTIFACT_FILE = "model.onnx"
+
+_ONNX_TYPES = {
+    "tensor(bool)": "BOOL",
+    "tensor(uint8)": "UINT8",
+    "tensor(uint16)": "UINT16",
+    "tensor(uint32)": "UINT32",
+    "tensor(uint64)": "UINT64",
+    "tensor(int8)": "INT8",
+    "tensor(int16)": "INT16",
+    "tensor(int32)": "INT32",
+    "tensor(int64)": "INT64",
+    "tensor(float16)": "FP16",
+    "tensor(float)": "FP32",
+    "tensor(double)": "FP64",
+    "tensor(bfloat16)": "BF16",
+    "tensor(string)": "BYTES",
+}
+
+
+def _is_zipmap(type_str: str) -> bool:
+    return type_str.startswith("seq(map(")
+
+
+def _spec(arg: Any) -> TensorSpec:
+    if _is_zipmap(arg.type):
+        # skl2onnx's default classifier output (a list of {class: probability} maps); the
+        # runtime turns it into a plain probability matrix.
+        return TensorSpec(arg.name, "FP32", (-1, -1))
+    datatype = _ONNX_TYPES.get(arg.type)
+    if datatype is None:
+        raise InvalidInputError(f"ONNX tensor {arg.name!r} has unsupported type {arg.type}")
+    shape = tuple(d if isinstance(d, int) and d >= 0 else -1 for d in (arg.shape or []))
+    return TensorSpec(arg.name, datatype, shape)
+
+
+def _session(path: Path, settings: RuntimeSettings) -> Any:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = settings.intra_op_threads
+    options.inter_op_num_threads = settings.inter_op_threads
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own untyped Fail/InvalidGraph errors
+        raise InvalidInputError(f"onnxruntime cannot load {path.name}: {exc}") from exc
+
+
+def _check_external_data(model_path: Path) -> None:
+    import onnx
+    from onnx.external_data_helper import uses_external_data
+
+    model = onnx.load_model(str(model_path), load_external_data=False)
+    for tensor in model.graph.initializer:
+        if uses_external_data(tensor):
+            raise InvalidInputError(
+                f"{model_path} keeps weights in external data files; push a self-contained "
+                "ONNX file (onnx.save_model(..., save_as_external_data=False))",
+                field="path",
+            )
+
+
+def package_onnx(source: Path, dest: Path) -> Packaged:
+    """Copy a self-contained ONNX file into `dest` after checking onnxruntime can load it."""
+    import onnx
+    import onnxruntime
+
+    _check_external_data(source)
+    target = dest / ARTIFACT_FILE
+    shutil.copyfile(source, target)
+    session = _session(target, RuntimeSettings())
+    model = onnx.load_model(str(target), load_external_data=False)
+    opsets = {o.domain or "ai.onnx": o.version for o in model.opset_import}
+    return Packaged(
+        format="onnx",
+        framework="onnx",
+        signature=_signature(session),
+        library_versions={"onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__},
+        extra={"opset": opsets, "producer": model.producer_name, "file": ARTIFACT_FILE},
+    )
+
+
+def _signature(session: Any) -> Signature:
+    return Signature(
+        tuple(_spec(i) for i in session.get_inputs()),
+        tuple(_spec(o) for o in session.get_outputs()),
+    )
+
+
+class OnnxRuntime:
+    can_batch = True
+
+    def __init__(self, path: Path, version: ModelVersion, settings: RuntimeSettings) -> None:
+        self._session = _session(path / ARTIFACT_FILE, settings)
+        self.signature = _signature(self._session)
+        self._output_names = [o.name for o in self._session.get_outputs()]
+        self._zipmap = {o.name for o in self._session.get_outputs() if _is_zipmap(o.type)}
+
+    def predict(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        try:
+            results = self._session.run(self._output_names, inputs)
+        except Exception as exc:  # onnxruntime's errors carry the op and shape that failed
+            raise InvalidInputError(f"onnxruntime rejected the input: {exc}") from exc
+        out = {}
+        for name, value in zip(self._output_names, results):
+            if name in self._zipmap:
+                keys = list(value[0]) if value else []
+                value = np.array([[row[k] for k in keys] for row in value], dtype=np.float32)
+            out[name] = np.asarray(value)
+        return out
+
+    def close(self) -> None:
+        self._session = None

@@ -1,0 +1,56 @@
+"""Turn what a user pushes (an in-memory model or a path) into artifact files plus facts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from shipyard.errors import InvalidInputError, UntrustedArtifactError
+from shipyard.runtimes.base import Packaged
+from shipyard.runtimes.formats import detect_format
+
+_PLANNED = {
+    "torch-checkpoint": "PyTorch checkpoints (torch.save) hold pickled code",
+    "keras": "Keras models",
+    "tflite": "TFLite models",
+    "safetensors": "safetensors weights",
+}
+
+
+def package(obj: Any, dest: Path, *, sample_input: Any = None, trust: bool = False) -> Packaged:
+    """Write the artifact for `obj` into the empty folder `dest` and describe it."""
+    if isinstance(obj, (str, Path)):
+        return _package_path(Path(obj).expanduser(), dest, sample_input, trust)
+    from shipyard.runtimes import sklearn
+
+    if sklearn.is_estimator(obj):
+        return sklearn.package_estimator(obj, dest, sample_input, trust)
+    raise InvalidInputError(
+        f"cannot push a {type(obj).__module__}.{type(obj).__qualname__}: pass a scikit-learn "
+        "estimator or pipeline, or the path of an ONNX, skops, pickle or joblib file",
+        field="model",
+    )
+
+
+def _package_path(path: Path, dest: Path, sample_input: Any, trust: bool) -> Packaged:
+    fmt, file = detect_format(path)
+    if fmt == "onnx":
+        from shipyard.runtimes.onnx import package_onnx
+
+        return package_onnx(file, dest)
+    from shipyard.runtimes import sklearn
+
+    if fmt == "skops":
+        return sklearn.package_skops(file, dest, sample_input, trust)
+    if fmt in ("pickle", "joblib"):
+        return sklearn.package_pickle(file, dest, fmt, sample_input, trust)
+    if fmt == "torch-checkpoint" and not trust:
+        raise UntrustedArtifactError(
+            f"{file.name} is a PyTorch checkpoint made by torch.save, which unpickles code when "
+            "loaded; export the model to ONNX instead"
+        )
+    raise InvalidInputError(
+        f"{file.name} holds {_PLANNED.get(fmt, fmt)}, which this version of Shipyard cannot "
+        "serve yet; convert it to ONNX and push that",
+        field="path",
+    )

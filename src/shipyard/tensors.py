@@ -1,0 +1,159 @@
+"""V2 datatypes as numpy dtypes, and user input turned into arrays that fit a signature.
+
+One place for this so the CLI, the Python API and every protocol adapter accept the same
+inputs and reject the same mistakes with the same messages.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from shipyard.errors import InvalidInputError
+from shipyard.types import Signature, TensorSpec
+
+_TO_NUMPY: dict[str, Any] = {
+    "BOOL": np.bool_,
+    "UINT8": np.uint8,
+    "UINT16": np.uint16,
+    "UINT32": np.uint32,
+    "UINT64": np.uint64,
+    "INT8": np.int8,
+    "INT16": np.int16,
+    "INT32": np.int32,
+    "INT64": np.int64,
+    "FP16": np.float16,
+    "FP32": np.float32,
+    "FP64": np.float64,
+    "BYTES": np.object_,
+}
+_FROM_NUMPY = {np.dtype(v).str: k for k, v in _TO_NUMPY.items() if k != "BYTES"}
+
+
+def numpy_dtype(datatype: str) -> np.dtype[Any]:
+    """The numpy dtype of a V2 datatype (BYTES is an object array of bytes/str)."""
+    try:
+        return np.dtype(_TO_NUMPY[datatype])
+    except KeyError:
+        raise InvalidInputError(f"unsupported datatype {datatype!r}", field="datatype") from None
+
+
+def datatype_of(dtype: np.dtype[Any]) -> str:
+    """The V2 datatype of a numpy dtype; strings and objects are BYTES."""
+    if dtype.kind in "OUS":
+        return "BYTES"
+    try:
+        return _FROM_NUMPY[dtype.newbyteorder("=").str if dtype.byteorder == ">" else dtype.str]
+    except KeyError:
+        raise InvalidInputError(f"unsupported numpy dtype {dtype}", field="datatype") from None
+
+
+def shape_matches(expected: tuple[int, ...], actual: tuple[int, ...]) -> bool:
+    return len(expected) == len(actual) and all(e < 0 or e == a for e, a in zip(expected, actual))
+
+
+def _as_array(value: Any, spec: TensorSpec) -> np.ndarray:
+    if isinstance(value, np.ndarray):
+        return value
+    try:
+        return np.asarray(value)
+    except ValueError as exc:  # numpy refuses inhomogeneous nesting
+        raise InvalidInputError(
+            f"input {spec.name!r} has ragged rows (rows of different lengths); "
+            f"expected {spec.describe()}",
+            field=spec.name,
+        ) from exc
+
+
+def _cast(arr: np.ndarray, spec: TensorSpec) -> np.ndarray:
+    target = numpy_dtype(spec.datatype)
+    if spec.datatype == "BYTES":
+        if arr.dtype.kind not in "OUS":
+            raise InvalidInputError(
+                f"input {spec.name!r} expects text (BYTES), got {arr.dtype} values",
+                field=spec.name,
+            )
+        return arr.astype(object)
+    if arr.dtype.kind in "OUS":
+        raise InvalidInputError(
+            f"input {spec.name!r} expects numbers ({spec.datatype}), got text or mixed values; "
+            f"expected {spec.describe()}",
+            field=spec.name,
+        )
+    if arr.dtype == target:
+        return arr
+    if target.kind in "iub" and arr.dtype.kind == "f":
+        if not np.all(np.isfinite(arr)) or not np.array_equal(arr, np.trunc(arr)):
+            raise InvalidInputError(
+                f"input {spec.name!r} expects integers ({spec.datatype}), got fractional values",
+                field=spec.name,
+            )
+    return arr.astype(target)
+
+
+def coerce_input(value: Any, spec: TensorSpec) -> np.ndarray:
+    """One input as an array of the spec's dtype and shape (a single row gains a batch axis)."""
+    arr = _as_array(value, spec)
+    if arr.dtype == object and spec.datatype != "BYTES" and arr.ndim and arr.size:
+        if any(isinstance(x, (list, tuple)) for x in arr.flat):
+            raise InvalidInputError(
+                f"input {spec.name!r} has ragged rows; expected {spec.describe()}",
+                field=spec.name,
+            )
+    arr = _cast(arr, spec)
+    if len(spec.shape) == arr.ndim + 1 and shape_matches(spec.shape[1:], arr.shape):
+        arr = arr[np.newaxis, ...]  # one instance without its batch axis
+    if not shape_matches(spec.shape, arr.shape):
+        detail = ""
+        if len(spec.shape) == arr.ndim == 2 and spec.shape[1] >= 0:
+            detail = f": wrong number of features (expected {spec.shape[1]}, got {arr.shape[1]})"
+        expected = ", ".join("?" if d < 0 else str(d) for d in spec.shape)
+        raise InvalidInputError(
+            f"input {spec.name!r} has shape {list(arr.shape)}, expected [{expected}]{detail}; "
+            f"signature {spec.describe()}",
+            field=spec.name,
+        )
+    return arr
+
+
+def coerce_inputs(signature: Signature, data: Any) -> dict[str, np.ndarray]:
+    """Named arrays for `signature` from an array, a list of rows, or a name → value mapping."""
+    if not isinstance(data, Mapping):
+        if len(signature.inputs) != 1:
+            names = ", ".join(repr(t.name) for t in signature.inputs)
+            raise InvalidInputError(
+                f"this model takes {len(signature.inputs)} named inputs ({names}); "
+                "pass a mapping of input name to values",
+                field="inputs",
+            )
+        data = {signature.inputs[0].name: data}
+    unknown = [k for k in data if signature.input(k) is None]
+    missing = [t.name for t in signature.inputs if t.name not in data]
+    if unknown or missing:
+        parts = []
+        if unknown:
+            parts.append(f"unknown input(s) {', '.join(map(repr, unknown))}")
+        if missing:
+            parts.append(f"missing input(s) {', '.join(map(repr, missing))}")
+        raise InvalidInputError(
+            "; ".join(parts) + f"; the model's {signature.describe()}",
+            field=(unknown or missing)[0],
+        )
+    arrays = {t.name: coerce_input(data[t.name], t) for t in signature.inputs}
+    batch = {a.shape[0] for a in arrays.values() if a.ndim}
+    if len(batch) > 1:
+        raise InvalidInputError(
+            f"inputs disagree on the batch size (axis 0): {sorted(batch)}", field="inputs"
+        )
+    return arrays
+
+
+def to_jsonable(arr: np.ndarray) -> Any:
+    """A nested list for JSON; bytes become UTF-8 text."""
+    if arr.dtype == object or arr.dtype.kind == "S":
+        return np.vectorize(
+            lambda x: x.decode("utf-8", "replace") if isinstance(x, bytes) else x, otypes=[object]
+        )(arr).tolist() if arr.size else arr.tolist()
+    return arr.tolist()
