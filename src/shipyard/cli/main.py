@@ -10,7 +10,7 @@ from typing import Annotated
 import click
 import typer
 
-from shipyard.cli import aliases, models
+from shipyard.cli import aliases, models, serve
 from shipyard.cli._context import CliState
 from shipyard.errors import ShipyardError
 
@@ -37,6 +37,7 @@ def _root(
 
 models.register(app)
 aliases.register(app)
+serve.register(app)
 
 
 def main(argv: list[str] | None = None) -> int:

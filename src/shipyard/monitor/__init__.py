@@ -1,0 +1,1 @@
+"""Observability: Prometheus metrics (all in one place), logs, drift, prediction log."""

@@ -1,0 +1,254 @@
+"""Dynamic batching: one queue per loaded version, merged along axis 0, run in a worker thread.
+
+Policy: while the runtime is busy, requests queue up; as soon as it is free, everything queued
+(up to `max_batch_size` rows) runs as one batch. Waiting on purpose only pays when the runtime
+has a large fixed cost per call and requests arrive faster than that cost, so the batcher fits
+latency ≈ a·rows + b from the batches it runs (as BentoML does) and holds a partial batch back
+only while the next request is expected sooner than `b`, never longer than `max_batch_delay`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+import numpy as np
+
+from shipyard.errors import InvalidInputError, OverloadedError, ShipyardError
+
+Arrays = dict[str, np.ndarray]
+
+
+@dataclass(slots=True)
+class _Item:
+    inputs: Arrays
+    rows: int
+    future: asyncio.Future[Arrays]
+    enqueued: float = field(default_factory=time.perf_counter)
+
+
+class LatencyModel:
+    """Online least-squares fit of batch latency = a·rows + b, with exponential forgetting."""
+
+    def __init__(self, decay: float = 0.98) -> None:
+        self._decay = decay
+        self._n = self._sx = self._sy = self._sxx = self._sxy = 0.0
+
+    def observe(self, rows: int, seconds: float) -> None:
+        d = self._decay
+        self._n = self._n * d + 1
+        self._sx = self._sx * d + rows
+        self._sy = self._sy * d + seconds
+        self._sxx = self._sxx * d + rows * rows
+        self._sxy = self._sxy * d + rows * seconds
+
+    def fit(self) -> tuple[float, float] | None:
+        """(a, b), or None until there is enough spread in batch sizes to tell them apart."""
+        if self._n < 3:
+            return None
+        var = self._sxx - self._sx * self._sx / self._n
+        if var <= 1e-9:  # every batch had the same size: all cost counts as fixed
+            return 0.0, self._sy / self._n
+        a = (self._sxy - self._sx * self._sy / self._n) / var
+        b = (self._sy - a * self._sx) / self._n
+        return max(a, 0.0), max(b, 0.0)
+
+
+class Batcher:
+    """Queues requests for one runtime and runs them in merged batches, one batch at a time."""
+
+    def __init__(
+        self,
+        predict: Callable[[Arrays], Arrays],
+        *,
+        max_batch_size: int = 32,
+        max_delay_s: float = 0.002,
+        max_queue: int = 1024,
+        can_batch: bool = True,
+        on_batch: Callable[[int, float, list[float]], None] | None = None,
+        name: str = "model",
+    ) -> None:
+        self._predict = predict
+        self.max_batch_size = max_batch_size if can_batch else 1
+        self.max_delay_s = max_delay_s
+        self.max_queue = max_queue
+        self._on_batch = on_batch
+        self._queue: deque[_Item] = deque()
+        self._wakeup = asyncio.Event()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"shipyard-{name}")
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+        self.latency = LatencyModel()
+        self._arrival_gap: float | None = None  # EWMA of seconds between requests
+        self._last_arrival: float | None = None
+        self.busy = False
+
+    @property
+    def depth(self) -> int:
+        return len(self._queue)
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def submit(self, inputs: Arrays) -> Arrays:
+        """Run one request (a batch of >= 1 rows along axis 0) and return its own outputs."""
+        if self._closed:
+            raise OverloadedError("the model is shutting down; retry on another replica")
+        if len(self._queue) >= self.max_queue:
+            raise OverloadedError(
+                f"the model's queue is full ({self.max_queue} requests waiting); retry later"
+            )
+        rows = _rows(inputs)
+        now = time.perf_counter()
+        if self._last_arrival is not None:
+            gap = now - self._last_arrival
+            self._arrival_gap = gap if self._arrival_gap is None else 0.8 * self._arrival_gap + 0.2 * gap
+        self._last_arrival = now
+        future: asyncio.Future[Arrays] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Item(inputs, rows, future, now))
+        self._wakeup.set()
+        return await future  # cancelled if the client goes away; the batch loop skips it
+
+    def _hold_back_s(self, rows: int, oldest: float) -> float:
+        """How long to wait for more rows before running a partial batch (0 = run now)."""
+        if rows >= self.max_batch_size or self.max_delay_s <= 0:
+            return 0.0
+        remaining = self.max_delay_s - (time.perf_counter() - oldest)
+        fit = self.latency.fit()
+        if remaining <= 0 or fit is None or self._arrival_gap is None:
+            return 0.0
+        _, fixed = fit
+        if self._arrival_gap >= fixed:  # a whole batch runs before the next request arrives
+            return 0.0
+        return min(remaining, self._arrival_gap * 1.5)
+
+    def _take_batch(self) -> list[_Item]:
+        batch: list[_Item] = []
+        rows = 0
+        while self._queue:
+            item = self._queue[0]
+            if item.future.done():  # cancelled by a disconnected client: drop its work
+                self._queue.popleft()
+                continue
+            if batch and (rows + item.rows > self.max_batch_size or not _compatible(batch[0], item)):
+                break
+            batch.append(self._queue.popleft())
+            rows += item.rows
+            if rows >= self.max_batch_size:
+                break
+        return batch
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._queue:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            queued_rows = sum(i.rows for i in self._queue)
+            hold = self._hold_back_s(queued_rows, self._queue[0].enqueued)
+            if hold > 0:
+                self._wakeup.clear()
+                try:
+                    await asyncio.wait_for(self._wakeup.wait(), hold)
+                    continue  # a request arrived: decide again (the oldest still bounds the delay)
+                except TimeoutError:
+                    pass
+            batch = self._take_batch()
+            if not batch:
+                continue
+            self.busy = True
+            try:
+                await self._execute(loop, batch)
+            finally:
+                self.busy = False
+
+    async def _execute(self, loop: asyncio.AbstractEventLoop, batch: list[_Item]) -> None:
+        started = time.perf_counter()
+        waits = [started - item.enqueued for item in batch]
+        merged = batch[0].inputs if len(batch) == 1 else _merge([i.inputs for i in batch])
+        rows = sum(i.rows for i in batch)
+        try:
+            outputs = await loop.run_in_executor(self._executor, self._predict, merged)
+        except InvalidInputError as exc:
+            if len(batch) > 1:  # one bad request must not fail its neighbours: run each alone
+                for item in batch:
+                    await self._execute(loop, [item])
+                return
+            _fail(batch, exc)
+            return
+        except Exception as exc:  # every waiting request gets the error; none hangs
+            _fail(batch, exc)
+            return
+        elapsed = time.perf_counter() - started
+        self.latency.observe(rows, elapsed)
+        if self._on_batch is not None:
+            self._on_batch(rows, elapsed, waits)
+        if len(batch) == 1:
+            if not batch[0].future.done():
+                batch[0].future.set_result(outputs)
+            return
+        try:
+            parts = _split(outputs, [i.rows for i in batch])
+        except ShipyardError as exc:
+            _fail(batch, exc)
+            return
+        for item, part in zip(batch, parts):
+            if not item.future.done():
+                item.future.set_result(part)
+
+    async def close(self, timeout_s: float = 30.0) -> None:
+        """Stop accepting, let queued work finish (bounded), then stop the worker thread."""
+        self._closed = True
+        deadline = time.perf_counter() + timeout_s
+        while (self._queue or self.busy) and time.perf_counter() < deadline:
+            await asyncio.sleep(0.01)
+        if self._task is not None:
+            self._task.cancel()
+        for item in self._queue:
+            if not item.future.done():
+                item.future.set_exception(OverloadedError("the model was unloaded; retry"))
+        self._queue.clear()
+        self._executor.shutdown(wait=False)
+
+
+def _rows(inputs: Arrays) -> int:
+    first = next(iter(inputs.values()))
+    return int(first.shape[0]) if first.ndim else 1
+
+
+def _compatible(a: _Item, b: _Item) -> bool:
+    """Requests merge only if every input has the same dtype and trailing shape."""
+    for name, arr in a.inputs.items():
+        other = b.inputs.get(name)
+        if other is None or other.dtype != arr.dtype or other.shape[1:] != arr.shape[1:]:
+            return False
+    return True
+
+
+def _merge(parts: list[Arrays]) -> Arrays:
+    return {name: np.concatenate([p[name] for p in parts], axis=0) for name in parts[0]}
+
+
+def _split(outputs: Arrays, counts: list[int]) -> list[Arrays]:
+    total = sum(counts)
+    for name, arr in outputs.items():
+        if arr.ndim == 0 or arr.shape[0] != total:
+            raise ShipyardError(
+                f"output {name!r} has {arr.shape[0] if arr.ndim else 0} rows for a batch of "
+                f"{total}; this model cannot be batched (set max_batch_size=1)"
+            )
+    bounds = np.cumsum(counts)[:-1]
+    per_output = {name: np.split(arr, bounds) for name, arr in outputs.items()}
+    return [{name: per_output[name][i] for name in outputs} for i in range(len(counts))]
+
+
+def _fail(batch: list[_Item], exc: BaseException) -> None:
+    for item in batch:
+        if not item.future.done():
+            item.future.set_exception(exc)
+

@@ -1,0 +1,157 @@
+"""What every protocol adapter shares: JSON responses, error mapping, bounded body reading,
+and the per-request metrics wrapper. The HTTP layer maps errors to responses here only."""
+
+from __future__ import annotations
+
+import logging
+import time
+import zlib
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+from shipyard.errors import (
+    InvalidInputError,
+    PayloadTooLargeError,
+    ShipyardError,
+    UnsupportedMediaTypeError,
+)
+from shipyard.monitor import metrics
+
+log = logging.getLogger("shipyard.serve")
+
+Handler = Callable[[Request], Awaitable[Response]]
+ErrorBody = Callable[[ShipyardError], dict[str, Any]]
+_JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
+
+
+def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(
+        orjson.dumps(data, option=_JSON_OPTIONS), status, headers, media_type="application/json"
+    )
+
+
+def plain_error(exc: ShipyardError) -> dict[str, Any]:
+    body: dict[str, Any] = {"error": exc.message}
+    if exc.field:
+        body["field"] = exc.field
+    return body
+
+
+def openai_error(exc: ShipyardError) -> dict[str, Any]:
+    kind = "invalid_request_error" if exc.status_code < 500 else "server_error"
+    return {"error": {"message": exc.message, "type": kind, "param": exc.field, "code": exc.status_code}}
+
+
+def error_response(exc: ShipyardError, body: ErrorBody = plain_error) -> Response:
+    headers = {"Retry-After": "1"} if exc.status_code == 503 else None
+    return json_response(body(exc), exc.status_code, headers)
+
+
+def internal_error() -> ShipyardError:
+    """What a client sees of an unexpected failure: no traceback, no path (the log has them)."""
+    return ShipyardError("internal server error; the server log has the details")
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with 413 as soon as it passes `limit` bytes (never buffered)."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            size = int(declared)
+        except ValueError:
+            raise InvalidInputError("Content-Length is not a number", field="content-length") from None
+        if size > limit:
+            raise PayloadTooLargeError(
+                f"request body of {size} bytes is over the limit of {limit} bytes", field="body"
+            )
+    chunks = []
+    received = 0
+    async for chunk in request.stream():
+        received += len(chunk)
+        if received > limit:
+            raise PayloadTooLargeError(
+                f"request body is over the limit of {limit} bytes", field="body"
+            )
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    encoding = request.headers.get("content-encoding", "identity").lower()
+    if encoding in ("gzip", "deflate"):
+        body = _decompress(body, encoding, limit)
+    elif encoding != "identity":
+        raise UnsupportedMediaTypeError(
+            f"Content-Encoding {encoding!r} is not supported (use gzip or deflate)",
+            field="content-encoding",
+        )
+    return body
+
+
+def _decompress(body: bytes, encoding: str, limit: int) -> bytes:
+    wbits = 31 if encoding == "gzip" else 15
+    decompressor = zlib.decompressobj(wbits)
+    try:
+        out = decompressor.decompress(body, limit + 1)
+    except zlib.error as exc:
+        raise InvalidInputError(f"body is not valid {encoding} data: {exc}", field="body") from exc
+    if len(out) > limit or decompressor.unconsumed_tail:
+        raise PayloadTooLargeError(
+            f"decompressed body is over the limit of {limit} bytes", field="body"
+        )
+    return out
+
+
+def parse_json(data: bytes, what: str = "request body") -> Any:
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInputError(f"{what} is not valid JSON: {exc}", field="body") from exc
+
+
+def require_json(request: Request) -> None:
+    """415 unless the body is declared as JSON (a missing type is accepted, as curl sends)."""
+    content_type = request.headers.get("content-type", "")
+    media = content_type.split(";")[0].strip().lower()
+    if media and media != "application/json" and not media.endswith("+json"):
+        raise UnsupportedMediaTypeError(
+            f"Content-Type {content_type!r} is not supported here; send application/json",
+            field="content-type",
+        )
+
+
+def endpoint(
+    protocol: str, served: Callable[[str], bool], errors: ErrorBody = plain_error
+) -> Callable[[Handler], Handler]:
+    """Wrap a handler: map errors to JSON responses and record request metrics.
+
+    `served(name)` tells whether a path's model name is served, so the `model` label only ever
+    holds served names, never arbitrary user input.
+    """
+
+    def wrap(fn: Handler) -> Handler:
+        async def handler(request: Request) -> Response:
+            started = time.perf_counter()
+            try:
+                response = await fn(request)
+            except ShipyardError as exc:
+                response = error_response(exc, errors)
+            except Exception:
+                log.exception("unexpected error on %s %s", request.method, request.url.path)
+                response = error_response(internal_error(), errors)
+            name = request.path_params.get("model") or request.scope.get("shipyard.model", "")
+            model = name if name and served(name) else "-"
+            version = str(request.scope.get("shipyard.version", "-"))
+            status = str(response.status_code)
+            metrics.REQUESTS.labels(model, version, protocol, status).inc()
+            metrics.REQUEST_LATENCY.labels(model, version, protocol, status).observe(
+                time.perf_counter() - started
+            )
+            return response
+
+        handler.__name__ = fn.__name__
+        handler.__doc__ = fn.__doc__
+        return handler
+
+    return wrap

@@ -1,0 +1,98 @@
+"""Triton's model-repository extension (index, load, unload), behind an admin token."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from shipyard.errors import ForbiddenError, InvalidInputError, UnauthorizedError
+from shipyard.serve.dataplane import DataPlane
+from shipyard.serve.protocols._http import endpoint, json_response, parse_json, read_body
+from shipyard.settings import ServeSettings
+
+
+class ManagementProtocol:
+    def __init__(self, dataplane: DataPlane, settings: ServeSettings) -> None:
+        self.dataplane = dataplane
+        self.settings = settings
+        wrap = endpoint("management", lambda n: n in dataplane.repository.models)
+        self.index = wrap(self._index)
+        self.load = wrap(self._load)
+        self.unload = wrap(self._unload)
+
+    def routes(self) -> list[Route]:
+        return [
+            Route("/v2/repository/index", self.index, methods=["POST"]),
+            Route("/v2/repository/models/{model}/load", self.load, methods=["POST"]),
+            Route("/v2/repository/models/{model}/unload", self.unload, methods=["POST"]),
+        ]
+
+    def _authorize(self, request: Request) -> None:
+        token = self.settings.admin_token
+        if not token:
+            raise ForbiddenError(
+                "model management is disabled; set SHIPYARD_SERVE__ADMIN_TOKEN to enable it"
+            )
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        # compare_digest: constant time, so the token cannot be guessed byte by byte.
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), token.encode()):
+            raise UnauthorizedError("management needs 'Authorization: Bearer <admin token>'",
+                                    field="authorization")  # fmt: skip
+
+    async def _params(self, request: Request) -> dict[str, Any]:
+        raw = await read_body(request, 1 << 20)
+        body = parse_json(raw) if raw.strip() else {}
+        params = (body.get("parameters") or {}) if isinstance(body, dict) else None
+        if not isinstance(params, dict):
+            raise InvalidInputError("body must be {} or {\"parameters\": {...}}", field="parameters")
+        for key in params:
+            if key.startswith("file:"):  # Triton's model upload: a known code-execution vector
+                raise ForbiddenError("uploading model files through load is not allowed; push "
+                                     "them to the registry", field=key)  # fmt: skip
+        if "config" in params:
+            raise InvalidInputError("config overrides are not supported; store serving options "
+                                    "with the version", field="config")  # fmt: skip
+        return params
+
+    async def _index(self, request: Request) -> Response:
+        self._authorize(request)
+        repo = self.dataplane.repository
+        entries = []
+        for model in repo.models.values():
+            for number, served in sorted(model.versions.items()):
+                entries.append({"name": model.name, "version": str(number),
+                                "state": served.state.upper(), "reason": served.reason})  # fmt: skip
+            if not model.versions:
+                entries.append({"name": model.name, "version": "", "state": "UNAVAILABLE",
+                                "reason": model.error})  # fmt: skip
+        served_names = set(repo.models)
+        for summary in await asyncio.to_thread(repo.registry.list_models):
+            if summary["name"] not in served_names:
+                entries.append({"name": summary["name"], "version": str(summary["latest"]),
+                                "state": "UNLOADED", "reason": ""})  # fmt: skip
+        return json_response(entries)
+
+    async def _load(self, request: Request) -> Response:
+        self._authorize(request)
+        params = await self._params(request)
+        name = request.path_params["model"]
+        ref = str(params.get("ref", name))
+        if ref.split(":")[0].split("@")[0] != name:
+            raise InvalidInputError(f"parameter ref {ref!r} names another model than {name!r}",
+                                    field="ref")  # fmt: skip
+        model = await self.dataplane.repository.load(ref)
+        ready, problems = self.dataplane.readiness()
+        if name in problems:
+            return json_response({"error": f"model {name!r} failed to load: {problems[name]}"}, 400)
+        return json_response({"name": name, "version": str(model.default)})
+
+    async def _unload(self, request: Request) -> Response:
+        self._authorize(request)
+        await self._params(request)
+        await self.dataplane.repository.unload(request.path_params["model"])
+        return json_response({"name": request.path_params["model"], "state": "UNLOADED"})

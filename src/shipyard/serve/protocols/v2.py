@@ -1,0 +1,179 @@
+"""Open Inference Protocol V2 (Triton, KServe) over the dataplane."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+import shipyard
+from shipyard.errors import InvalidInputError, NotFoundError
+from shipyard.serve.dataplane import DataPlane
+from shipyard.serve.protocols import v2_codec
+from shipyard.serve.protocols._http import endpoint, json_response, read_body
+from shipyard.settings import ServeSettings
+
+EXTENSIONS = ["binary_tensor_data", "classification", "model_repository", "statistics",
+              "model_configuration"]  # fmt: skip
+_TRITON_TYPES = {"FP32": "TYPE_FP32", "FP64": "TYPE_FP64", "FP16": "TYPE_FP16", "BYTES": "TYPE_STRING",
+                 "BOOL": "TYPE_BOOL"}  # fmt: skip
+
+
+def parse_version(request: Request) -> int | None:
+    text = request.path_params.get("version")
+    if text is None or text == "":
+        return None
+    if not text.isdigit() or int(text) < 1:
+        raise InvalidInputError(f"model version must be a positive integer, got {text!r}", field="version")
+    return int(text)
+
+
+class V2Protocol:
+    def __init__(self, dataplane: DataPlane, settings: ServeSettings) -> None:
+        self.dataplane = dataplane
+        self.settings = settings
+        wrap = endpoint("v2", self._served)
+        self.infer = wrap(self._infer)
+        self.model_metadata = wrap(self._model_metadata)
+        self.model_ready = wrap(self._model_ready)
+        self.model_config = wrap(self._model_config)
+        self.stats = wrap(self._stats)
+
+    def _served(self, name: str) -> bool:
+        return name in self.dataplane.repository.models
+
+    def routes(self) -> list[Route]:
+        versioned = "/v2/models/{model}/versions/{version}"
+        return [
+            Route("/v2/health/live", self.live, methods=["GET"]),
+            Route("/v2/health/ready", self.ready, methods=["GET"]),
+            Route("/v2", self.server_metadata, methods=["GET"]),
+            Route("/v2/models/stats", self.stats, methods=["GET"]),
+            Route("/v2/models/{model}/infer", self.infer, methods=["POST"]),
+            Route(f"{versioned}/infer", self.infer, methods=["POST"]),
+            Route("/v2/models/{model}/ready", self.model_ready, methods=["GET"]),
+            Route(f"{versioned}/ready", self.model_ready, methods=["GET"]),
+            Route("/v2/models/{model}/config", self.model_config, methods=["GET"]),
+            Route(f"{versioned}/config", self.model_config, methods=["GET"]),
+            Route("/v2/models/{model}/stats", self.stats, methods=["GET"]),
+            Route(f"{versioned}/stats", self.stats, methods=["GET"]),
+            Route("/v2/models/{model}", self.model_metadata, methods=["GET"]),
+            Route(versioned, self.model_metadata, methods=["GET"]),
+        ]
+
+    async def live(self, request: Request) -> Response:
+        return json_response({"live": True})
+
+    async def ready(self, request: Request) -> Response:
+        ready, problems = self.dataplane.readiness()
+        body: dict[str, Any] = {"ready": ready}
+        if problems:
+            body["models"] = problems
+        return json_response(body, 200 if ready else 503)
+
+    async def server_metadata(self, request: Request) -> Response:
+        return json_response(
+            {"name": "shipyard", "version": shipyard.__version__, "extensions": EXTENSIONS}
+        )
+
+    async def _model_metadata(self, request: Request) -> Response:
+        name = request.path_params["model"]
+        served = self.dataplane.model(name, parse_version(request))
+        record = served.version
+        versions = sorted(self.dataplane.repository.models[name].versions)
+        return json_response(
+            {
+                "name": name,
+                "versions": [str(v) for v in versions],
+                "platform": f"shipyard_{record.format}",
+                "inputs": [t.to_dict() for t in record.signature.inputs],
+                "outputs": [t.to_dict() for t in record.signature.outputs],
+            }
+        )
+
+    async def _model_ready(self, request: Request) -> Response:
+        name = request.path_params["model"]
+        try:
+            served = self.dataplane.model(name, parse_version(request))
+        except NotFoundError:
+            raise
+        except Exception as exc:  # not ready: say why, with 503 as KServe does
+            return json_response({"name": name, "ready": False, "error": str(exc)}, 503)
+        return json_response({"name": name, "ready": True, "version": str(served.version.version)})
+
+    async def _model_config(self, request: Request) -> Response:
+        name = request.path_params["model"]
+        served = self.dataplane.model(name, parse_version(request))
+        record = served.version
+
+        def tensor(t: Any) -> dict[str, Any]:
+            dtype = _TRITON_TYPES.get(t.datatype, f"TYPE_{t.datatype}")
+            return {"name": t.name, "data_type": dtype, "dims": list(t.shape)}
+
+        batcher = served.batcher
+        return json_response(
+            {
+                "name": name,
+                "platform": f"shipyard_{record.format}",
+                "backend": record.format,
+                "version_policy": {"specific": {"versions": [record.version]}},
+                "max_batch_size": batcher.max_batch_size if batcher else 0,
+                "input": [tensor(t) for t in record.signature.inputs],
+                "output": [tensor(t) for t in record.signature.outputs],
+                "dynamic_batching": {
+                    "max_queue_delay_microseconds": int((batcher.max_delay_s if batcher else 0) * 1e6)
+                },
+            }
+        )
+
+    async def _stats(self, request: Request) -> Response:
+        name = request.path_params.get("model")
+        repo = self.dataplane.repository
+        if name is not None:
+            served = [self.dataplane.model(name, parse_version(request))]
+        else:
+            served = [s for m in repo.models.values() for s in m.versions.values()]
+        return json_response(
+            {
+                "model_stats": [
+                    {
+                        "name": s.version.name,
+                        "version": str(s.version.version),
+                        "inference_count": s.rows,
+                        "execution_count": s.batches,
+                        "request_count": s.requests,
+                    }
+                    for s in served
+                ]
+            }
+        )
+
+    async def _infer(self, request: Request) -> Response:
+        name = request.path_params["model"]
+        version = parse_version(request)
+        header = request.headers.get("inference-header-content-length")
+        header_length = None
+        if header is not None:
+            if not header.strip().isdigit():
+                raise InvalidInputError(
+                    "Inference-Header-Content-Length must be a byte count",
+                    field="inference-header-content-length",
+                )
+            header_length = int(header)
+        with self.dataplane.acquire(name, version) as served:
+            request.scope["shipyard.version"] = served.version.version
+            body = await read_body(request, self.settings.max_body_bytes)
+            parsed = v2_codec.decode_request(body, header_length, served.version.signature)
+            result = await self.dataplane.infer(served, parsed.inputs)
+        payload, json_length = v2_codec.encode_response(
+            parsed, name, str(result.version.version), result.outputs, result.version.extra.get("classes")
+        )
+        if json_length is None:
+            return Response(payload, media_type="application/json")
+        return Response(
+            payload,
+            media_type="application/octet-stream",
+            headers={"Inference-Header-Content-Length": str(json_length)},
+        )

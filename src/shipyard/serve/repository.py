@@ -1,0 +1,284 @@
+"""The versions a server holds: loading, readiness, and hot swap when a moving reference moves.
+
+A bare `NAME` or `NAME@ALIAS` follows the registry: a poller re-resolves it, loads the new
+version beside the old, switches new requests to it once it is ready, then drains the old one
+(requests already holding it finish) and unloads it. `NAME:VERSION` pins.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from shipyard.errors import NotFoundError, NotReadyError, ShipyardError
+from shipyard.monitor import metrics
+from shipyard.registry import Registry
+from shipyard.runtimes import Runtime, load_runtime
+from shipyard.serve.batching import Batcher
+from shipyard.settings import Settings
+from shipyard.types import ModelRef, ModelVersion
+
+log = logging.getLogger("shipyard.serve")
+
+BATCH_OPTIONS = ("max_batch_size", "max_batch_delay_ms")
+
+
+@dataclass(eq=False)
+class ServedVersion:
+    version: ModelVersion
+    state: str = "loading"  # loading | ready | failed | draining | unloaded
+    reason: str = ""
+    runtime: Runtime | None = None
+    batcher: Batcher | None = None
+    in_flight: int = 0
+    requests: int = 0
+    rows: int = 0
+    batches: int = 0
+
+    @property
+    def ready(self) -> bool:
+        return self.state == "ready"
+
+
+@dataclass(eq=False)
+class ServedModel:
+    """Every version of one name the server holds, and which one unversioned requests get."""
+
+    name: str
+    refs: list[ModelRef] = field(default_factory=list)
+    versions: dict[int, ServedVersion] = field(default_factory=dict)
+    default: int | None = None
+    error: str = ""  # why the name could not be resolved or loaded
+
+    @property
+    def moving(self) -> ModelRef | None:
+        return next((r for r in self.refs if not r.is_pinned), None)
+
+    @property
+    def pinned(self) -> set[int]:
+        return {r.version for r in self.refs if r.version is not None}
+
+
+class ModelRepository:
+    def __init__(
+        self, registry: Registry, settings: Settings, overrides: dict[str, Any] | None = None
+    ) -> None:
+        self.registry = registry
+        self.settings = settings
+        self.overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+        self.models: dict[str, ServedModel] = {}
+        self._poller: asyncio.Task[None] | None = None
+        self._swapping: set[str] = set()
+
+    # -- lookup -------------------------------------------------------------------------
+
+    def get(self, name: str, version: int | None = None) -> ServedVersion:
+        """The served version for a request; 404 naming what is served, 503 if not ready."""
+        model = self.models.get(name)
+        if model is None:
+            served = ", ".join(sorted(self.models)) or "none"
+            raise NotFoundError(f"model {name!r} is not served here (served: {served})", field="model")
+        number = model.default if version is None else version
+        served_version = model.versions.get(number) if number is not None else None
+        if served_version is None or served_version.state in ("unloaded",):
+            if version is None:
+                raise NotReadyError(f"model {name!r} is not ready: {model.error or 'loading'}")
+            listing = ", ".join(str(v) for v in sorted(model.versions)) or "none"
+            raise NotFoundError(
+                f"model {name!r} has no version {version} served here (served versions: {listing})",
+                field="version",
+            )
+        if served_version.state not in ("ready", "draining"):
+            raise NotReadyError(
+                f"model {name}:{served_version.version.version} is not ready "
+                f"({served_version.state}{': ' + served_version.reason if served_version.reason else ''})"
+            )
+        return served_version
+
+    def readiness(self) -> tuple[bool, dict[str, str]]:
+        """Ready only when every requested model has a ready default version; reasons if not."""
+        problems = {}
+        for name, model in self.models.items():
+            current = model.versions.get(model.default) if model.default is not None else None
+            if current is None or not current.ready:
+                problems[name] = model.error or (current.reason if current else "") or "loading"
+            for number in model.pinned:
+                pinned = model.versions.get(number)
+                if pinned is None or not pinned.ready:
+                    problems[f"{name}:{number}"] = (pinned.reason if pinned else "") or "loading"
+        return not problems, problems
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    async def start(self, refs: list[str]) -> None:
+        """Resolve and load every reference; a failure leaves that model unready, not the server."""
+        for text in refs:
+            ref = ModelRef.parse(text)
+            self.models.setdefault(ref.name, ServedModel(ref.name)).refs.append(ref)
+        await asyncio.gather(*(self._load_model(m) for m in self.models.values()))
+        if any(m.moving for m in self.models.values()):
+            self._poller = asyncio.get_running_loop().create_task(self._poll())
+
+    async def _load_model(self, model: ServedModel) -> None:
+        try:
+            targets = [await asyncio.to_thread(self.registry.resolve, r) for r in model.refs]
+        except ShipyardError as exc:
+            model.error = exc.message
+            log.error("cannot resolve %s: %s", model.name, exc.message)
+            return
+        for version in {v.version: v for v in targets}.values():
+            await self._load_version(model, version)
+        if model.moving is not None:
+            model.default = targets[model.refs.index(model.moving)].version
+        else:
+            model.default = max(model.pinned)
+
+    async def _load_version(self, model: ServedModel, version: ModelVersion) -> ServedVersion:
+        served = ServedVersion(version)
+        model.versions[version.version] = served
+        started = time.perf_counter()
+        try:
+            served.runtime = await asyncio.to_thread(self._build_runtime, version)
+        except ShipyardError as exc:
+            served.state, served.reason = "failed", exc.message
+            log.error("cannot load %s: %s", version.ref, exc.message)
+            return served
+        except Exception as exc:  # a runtime library failing in its own way
+            served.state, served.reason = "failed", f"{type(exc).__name__}: {exc}"
+            log.exception("cannot load %s", version.ref)
+            return served
+        labels = (model.name, str(version.version))
+        served.batcher = Batcher(
+            served.runtime.predict,
+            can_batch=served.runtime.can_batch,
+            name=model.name,
+            max_queue=self.settings.serve.max_queue,
+            on_batch=lambda rows, secs, waits: _observe_batch(served, labels, rows, secs, waits),
+            **self._batch_options(version),
+        )
+        served.batcher.start()
+        served.state = "ready"
+        metrics.LOAD_TIME.labels(*labels).observe(time.perf_counter() - started)
+        metrics.LOADED_MODELS.inc()
+        log.info("loaded %s in %.3fs", version.ref, time.perf_counter() - started)
+        return served
+
+    def _build_runtime(self, version: ModelVersion) -> Runtime:
+        path = self.registry.artifact_path(version)
+        return load_runtime(version, path, self.settings.runtime)
+
+    def _batch_options(self, version: ModelVersion) -> dict[str, Any]:
+        """Server flags > options stored with the version > server settings."""
+        serve = self.settings.serve
+        opts = {"max_batch_size": serve.max_batch_size, "max_batch_delay_ms": serve.max_batch_delay_ms}
+        opts.update({k: version.serving[k] for k in BATCH_OPTIONS if k in version.serving})
+        opts.update({k: self.overrides[k] for k in BATCH_OPTIONS if k in self.overrides})
+        return {
+            "max_batch_size": int(opts["max_batch_size"]),
+            "max_delay_s": float(opts["max_batch_delay_ms"]) / 1000,
+        }
+
+    async def _poll(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.serve.poll_interval_s)
+            for model in list(self.models.values()):
+                if model.moving is not None and model.name not in self._swapping:
+                    try:
+                        await self.refresh(model)
+                    except Exception:  # keep polling; the next round retries
+                        log.exception("refreshing %s failed", model.name)
+
+    async def refresh(self, model: ServedModel) -> None:
+        """Follow a moved alias (or a new latest version) with zero failed requests."""
+        ref = model.moving
+        if ref is None:
+            return
+        try:
+            target = await asyncio.to_thread(self.registry.resolve, ref)
+        except ShipyardError as exc:
+            model.error = exc.message  # e.g. alias deleted: keep serving what we have
+            return
+        if target.version == model.default:
+            return
+        self._swapping.add(model.name)
+        try:
+            served = model.versions.get(target.version)
+            if served is None or not served.ready:
+                served = await self._load_version(model, target)
+            if not served.ready:
+                model.error = served.reason
+                return
+            old = model.default
+            model.default, model.error = target.version, ""
+            log.info("%s now serves %s (was %s)", ref, target.ref, old)
+            if old is not None and old not in model.pinned:
+                await self._drain(model, old)
+        finally:
+            self._swapping.discard(model.name)
+
+    async def _drain(self, model: ServedModel, number: int) -> None:
+        served = model.versions.get(number)
+        if served is None:
+            return
+        served.state = "draining"
+        deadline = time.perf_counter() + self.settings.serve.grace_period_s
+        while served.in_flight and time.perf_counter() < deadline:
+            await asyncio.sleep(0.01)
+        await self._unload(model, served)
+
+    async def _unload(self, model: ServedModel, served: ServedVersion) -> None:
+        was_ready = served.state in ("ready", "draining")
+        served.state = "unloaded"
+        model.versions.pop(served.version.version, None)
+        if served.batcher is not None:
+            await served.batcher.close(self.settings.serve.grace_period_s)
+        if served.runtime is not None:
+            await asyncio.to_thread(served.runtime.close)
+        if was_ready:
+            metrics.LOADED_MODELS.dec()
+
+    async def load(self, ref_text: str) -> ServedModel:
+        """Management: serve (or re-resolve) a reference at run time."""
+        ref = ModelRef.parse(ref_text)
+        model = self.models.get(ref.name)
+        if model is None:
+            model = self.models[ref.name] = ServedModel(ref.name, [ref])
+            await self._load_model(model)
+        elif ref not in model.refs:
+            model.refs.append(ref)
+            await self._load_model(model)
+        else:
+            await self.refresh(model)
+        if model.moving is not None and self._poller is None:
+            self._poller = asyncio.get_running_loop().create_task(self._poll())
+        return model
+
+    async def unload(self, name: str) -> None:
+        model = self.models.pop(name, None)
+        if model is None:
+            raise NotFoundError(f"model {name!r} is not loaded", field="model")
+        for served in list(model.versions.values()):
+            await self._unload(model, served)
+
+    async def close(self) -> None:
+        if self._poller is not None:
+            self._poller.cancel()
+        for model in list(self.models.values()):
+            for served in list(model.versions.values()):
+                await self._unload(model, served)
+
+
+def _observe_batch(
+    served: ServedVersion, labels: tuple[str, str], rows: int, seconds: float, waits: list[float]
+) -> None:
+    served.batches += 1
+    if served.batcher is not None:
+        metrics.QUEUE_DEPTH.labels(*labels).set(served.batcher.depth)
+    metrics.BATCH_SIZE.labels(*labels).observe(rows)
+    metrics.INFERENCE_TIME.labels(*labels).observe(seconds)
+    queue_time = metrics.QUEUE_TIME.labels(*labels)
+    for wait in waits:
+        queue_time.observe(wait)
