@@ -97,10 +97,8 @@ class MissingDependencyError(ShipyardError):
     exit_code = 8
     kind = "missing_dependency"
 
-    def __init__(self, package: str, extra: str, purpose: str) -> None:
-        super().__init__(
-            f"{purpose} needs the '{package}' package; install it with "
-            f"`pip install 'shipyard[{extra}]'`"
-        )
+    def __init__(self, package: str, extra: str | None, purpose: str) -> None:
+        fix = f"pip install 'shipyard[{extra}]'" if extra else "pip install --force-reinstall shipyard"
+        super().__init__(f"{purpose} needs the '{package}' package; install it with `{fix}`")
         self.package = package
         self.extra = extra

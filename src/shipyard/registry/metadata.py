@@ -74,11 +74,21 @@ def _create_engine(url: str) -> Engine:
     try:
         return sa.create_engine(url, pool_pre_ping=True)
     except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError) as exc:
-        raise InvalidInputError(f"invalid registry URL {url!r}: {exc}", field="registry_url") from exc
+        raise InvalidInputError(
+            f"invalid registry URL {_safe(url)!r}: {exc}", field="registry_url"
+        ) from exc
     except ModuleNotFoundError as exc:
         from shipyard.errors import MissingDependencyError
 
-        raise MissingDependencyError(exc.name or "psycopg", "postgres", f"registry {url!r}") from exc
+        raise MissingDependencyError(exc.name or "psycopg", "postgres", "a PostgreSQL registry") from exc
+
+
+def _safe(url: str) -> str:
+    """The URL without its password, for messages and logs."""
+    try:
+        return sa.engine.make_url(url).render_as_string(hide_password=True)
+    except sa.exc.ArgumentError:
+        return "<unparseable URL>"
 
 
 class MetadataStore:
@@ -91,7 +101,9 @@ class MetadataStore:
         try:
             self._migrate()
         except sa.exc.OperationalError as exc:
-            raise ShipyardError(f"cannot open the registry database: {exc.orig}") from exc
+            raise ShipyardError(
+                f"cannot open the registry database {_safe(url)}: {exc.orig}"
+            ) from exc
 
     # -- transactions -------------------------------------------------------------------
 

@@ -20,8 +20,8 @@ RUNTIMES: dict[str, str] = {
 }
 # Formats whose loading runs arbitrary code: loaded only for versions pushed with --trust.
 CODE_EXECUTING = frozenset({"pickle", "joblib"})
-# The optional extra that installs each runtime's library.
-EXTRAS: dict[str, str] = {"onnxruntime": "onnx", "sklearn": "sklearn", "skops": "sklearn"}
+# The optional extra that installs each runtime's library (absent: a core dependency).
+EXTRAS: dict[str, str] = {"torch": "torch", "transformers": "transformers"}
 
 
 def _import(target: str) -> Any:
@@ -46,8 +46,6 @@ def load_runtime(version: ModelVersion, path: Path, settings: RuntimeSettings) -
         cls = _import(target)
     except ModuleNotFoundError as exc:
         package = (exc.name or "").split(".")[0]
-        raise MissingDependencyError(
-            package, EXTRAS.get(package, "all"), f"loading {version.format} models"
-        ) from exc
+        raise MissingDependencyError(package, EXTRAS.get(package), f"loading {version.format} models") from exc
     runtime: Runtime = cls(path, version, settings)
     return runtime
