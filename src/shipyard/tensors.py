@@ -35,9 +35,10 @@ _FROM_NUMPY = {np.dtype(v).str: k for k, v in _TO_NUMPY.items() if k != "BYTES"}
 def numpy_dtype(datatype: str) -> np.dtype[Any]:
     """The numpy dtype of a V2 datatype (BYTES is an object array of bytes/str)."""
     try:
-        return np.dtype(_TO_NUMPY[datatype])
+        dtype: np.dtype[Any] = np.dtype(_TO_NUMPY[datatype])
     except KeyError:
         raise InvalidInputError(f"unsupported datatype {datatype!r}", field="datatype") from None
+    return dtype
 
 
 def datatype_of(dtype: np.dtype[Any]) -> str:
@@ -51,7 +52,9 @@ def datatype_of(dtype: np.dtype[Any]) -> str:
 
 
 def shape_matches(expected: tuple[int, ...], actual: tuple[int, ...]) -> bool:
-    return len(expected) == len(actual) and all(e < 0 or e == a for e, a in zip(expected, actual))
+    return len(expected) == len(actual) and all(
+        e < 0 or e == a for e, a in zip(expected, actual, strict=True)
+    )
 
 
 def _as_array(value: Any, spec: TensorSpec) -> np.ndarray:
@@ -61,8 +64,7 @@ def _as_array(value: Any, spec: TensorSpec) -> np.ndarray:
         return np.asarray(value)
     except ValueError as exc:  # numpy refuses inhomogeneous nesting
         raise InvalidInputError(
-            f"input {spec.name!r} has ragged rows (rows of different lengths); "
-            f"expected {spec.describe()}",
+            f"input {spec.name!r} has ragged rows (rows of different lengths); expected {spec.describe()}",
             field=spec.name,
         ) from exc
 
@@ -84,24 +86,24 @@ def _cast(arr: np.ndarray, spec: TensorSpec) -> np.ndarray:
         )
     if arr.dtype == target:
         return arr
-    if target.kind in "iub" and arr.dtype.kind == "f":
-        if not np.all(np.isfinite(arr)) or not np.array_equal(arr, np.trunc(arr)):
-            raise InvalidInputError(
-                f"input {spec.name!r} expects integers ({spec.datatype}), got fractional values",
-                field=spec.name,
-            )
+    if (target.kind in "iub" and arr.dtype.kind == "f") and (
+        not np.all(np.isfinite(arr)) or not np.array_equal(arr, np.trunc(arr))
+    ):
+        raise InvalidInputError(
+            f"input {spec.name!r} expects integers ({spec.datatype}), got fractional values",
+            field=spec.name,
+        )
     return arr.astype(target)
 
 
 def coerce_input(value: Any, spec: TensorSpec) -> np.ndarray:
     """One input as an array of the spec's dtype and shape (a single row gains a batch axis)."""
     arr = _as_array(value, spec)
-    if arr.dtype == object and spec.datatype != "BYTES" and arr.ndim and arr.size:
-        if any(isinstance(x, (list, tuple)) for x in arr.flat):
-            raise InvalidInputError(
-                f"input {spec.name!r} has ragged rows; expected {spec.describe()}",
-                field=spec.name,
-            )
+    ragged = arr.dtype == object and spec.datatype != "BYTES" and arr.ndim and arr.size
+    if ragged and any(isinstance(x, (list, tuple)) for x in arr.flat):
+        raise InvalidInputError(
+            f"input {spec.name!r} has ragged rows; expected {spec.describe()}", field=spec.name
+        )
     arr = _cast(arr, spec)
     if len(spec.shape) == arr.ndim + 1 and shape_matches(spec.shape[1:], arr.shape):
         arr = arr[np.newaxis, ...]  # one instance without its batch axis
@@ -153,7 +155,11 @@ def coerce_inputs(signature: Signature, data: Any) -> dict[str, np.ndarray]:
 def to_jsonable(arr: np.ndarray) -> Any:
     """A nested list for JSON; bytes become UTF-8 text."""
     if arr.dtype == object or arr.dtype.kind == "S":
-        return np.vectorize(
-            lambda x: x.decode("utf-8", "replace") if isinstance(x, bytes) else x, otypes=[object]
-        )(arr).tolist() if arr.size else arr.tolist()
+        return (
+            np.vectorize(
+                lambda x: x.decode("utf-8", "replace") if isinstance(x, bytes) else x, otypes=[object]
+            )(arr).tolist()
+            if arr.size
+            else arr.tolist()
+        )
     return arr.tolist()

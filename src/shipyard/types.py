@@ -12,13 +12,25 @@ NAME_PATTERN = r"[a-z0-9][a-z0-9._-]{0,63}"
 ALIAS_PATTERN = r"[a-z][a-z0-9._-]{0,63}"
 _NAME_RE = re.compile(NAME_PATTERN)
 _ALIAS_RE = re.compile(ALIAS_PATTERN)
-_REF_RE = re.compile(rf"(?P<name>[^:@]*)(?::(?P<version>[^:@]*)|@(?P<alias>[^:@]*))?")
+_REF_RE = re.compile(r"(?P<name>[^:@]*)(?::(?P<version>[^:@]*)|@(?P<alias>[^:@]*))?")
 
 # Open Inference Protocol V2 datatypes, the vocabulary of every signature.
 DATATYPES = (
-    "BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
-    "FP16", "FP32", "FP64", "BF16", "BYTES",
-)  # fmt: skip
+    "BOOL",
+    "UINT8",
+    "UINT16",
+    "UINT32",
+    "UINT64",
+    "INT8",
+    "INT16",
+    "INT32",
+    "INT64",
+    "FP16",
+    "FP32",
+    "FP64",
+    "BF16",
+    "BYTES",
+)
 
 
 def validate_name(name: str) -> str:
@@ -65,8 +77,7 @@ class ModelRef:
         if version is not None:
             if not version.isdigit() or int(version) < 1:
                 raise InvalidInputError(
-                    f"malformed model reference {text!r}: the version must be a positive "
-                    "integer (NAME:3)",
+                    f"malformed model reference {text!r}: the version must be a positive integer (NAME:3)",
                     field="ref",
                 )
             return cls(name, version=int(version))

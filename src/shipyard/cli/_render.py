@@ -67,9 +67,14 @@ def versions_table(versions: list[ModelVersion]) -> None:
         table.add_column(col)
     for v in versions:
         table.add_row(
-            str(v.version), ", ".join(v.aliases), v.format, human_size(v.size),
-            _mapping(v.metrics), v.created_at[:19].replace("T", " "), v.digest[7:19],
-        )  # fmt: skip
+            str(v.version),
+            ", ".join(v.aliases),
+            v.format,
+            human_size(v.size),
+            _mapping(v.metrics),
+            v.created_at[:19].replace("T", " "),
+            v.digest[7:19],
+        )
     console.print(table)
 
 
@@ -80,9 +85,12 @@ def models_table(models: list[dict[str, Any]]) -> None:
     for m in models:
         aliases = ", ".join(f"{a}→{v}" for a, v in m["aliases"].items())
         table.add_row(
-            m["name"], str(m["latest"]), str(m["versions"]), aliases,
+            m["name"],
+            str(m["latest"]),
+            str(m["versions"]),
+            aliases,
             str(m["updated_at"])[:19].replace("T", " "),
-        )  # fmt: skip
+        )
     console.print(table)
 
 

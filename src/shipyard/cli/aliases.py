@@ -22,8 +22,8 @@ def alias(
     if delete:
         if version is not None:
             raise InvalidInputError("give either VERSION or --delete, not both", field="version")
-        previous = registry.delete_alias(name, alias_)
-        typer.echo(f"removed {name}@{alias_} (was {previous})")
+        removed = registry.delete_alias(name, alias_)
+        typer.echo(f"removed {name}@{alias_} (was {removed})")
         return
     if version is None:
         raise InvalidInputError(
@@ -67,10 +67,12 @@ def history(
         table.add_column(col)
     for c in changes:
         table.add_row(
-            c.changed_at[:19].replace("T", " "), c.action,
+            c.changed_at[:19].replace("T", " "),
+            c.action,
             "-" if c.previous is None else str(c.previous),
-            "-" if c.version is None else str(c.version), c.changed_by,
-        )  # fmt: skip
+            "-" if c.version is None else str(c.version),
+            c.changed_by,
+        )
     console.print(table)
 
 

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from shipyard.cli._context import parse_pairs, read_json_arg, state
-from shipyard.errors import InvalidInputError, IntegrityError
+from shipyard.errors import IntegrityError, InvalidInputError
 
 
 def push(
@@ -30,11 +30,22 @@ def push(
 ) -> None:
     """Store a model file as the next version of NAME."""
     sample = read_json_arg(sample_input, "sample-input") if sample_input else None
-    version = state(ctx).registry().push(
-        name, path, alias=alias, sample_input=sample, metrics=parse_pairs(metric, "metric"),
-        params=parse_pairs(param, "param"), tags=parse_pairs(tag, "tag"),
-        description=description, parent=parent, trust=trust,
-    )  # fmt: skip
+    version = (
+        state(ctx)
+        .registry()
+        .push(
+            name,
+            path,
+            alias=alias,
+            sample_input=sample,
+            metrics=parse_pairs(metric, "metric"),
+            params=parse_pairs(param, "param"),
+            tags=parse_pairs(tag, "tag"),
+            description=description,
+            parent=parent,
+            trust=trust,
+        )
+    )
     suffix = f" ({alias} → {version.version})" if alias else ""
     typer.echo(f"pushed {version.ref} {version.digest}{suffix}")
 
@@ -141,8 +152,9 @@ def predict(
     ref: Annotated[str, typer.Argument(help="Version to run.")],
     input_: Annotated[
         str,
-        typer.Option("--input", "-i", help='{"inputs": [[...], ...]} or {"inputs": {"name": [...]}}, '
-                     "inline or @FILE."),
+        typer.Option(
+            "--input", "-i", help='{"inputs": [[...], ...]} or {"inputs": {"name": [...]}}, inline or @FILE.'
+        ),
     ],
 ) -> None:
     """Run a version in-process on JSON input and print the outputs as JSON."""
@@ -160,8 +172,9 @@ def predict(
         payload = payload["inputs"]
     with state(ctx).registry().load(ref) as model:
         outputs = model.predict(payload)
-        print_json({"model": str(model.version.ref),
-                    "outputs": {k: to_jsonable(v) for k, v in outputs.items()}})  # fmt: skip
+        print_json(
+            {"model": str(model.version.ref), "outputs": {k: to_jsonable(v) for k, v in outputs.items()}}
+        )
 
 
 def register(app: typer.Typer) -> None:

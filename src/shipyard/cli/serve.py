@@ -13,13 +13,21 @@ from shipyard.cli._context import state
 
 def serve(
     ctx: typer.Context,
-    refs: Annotated[list[str], typer.Argument(help="NAME (latest), NAME@ALIAS (followed) or NAME:VERSION (pinned).")],
+    refs: Annotated[
+        list[str], typer.Argument(help="NAME (latest), NAME@ALIAS (followed) or NAME:VERSION (pinned).")
+    ],
     host: Annotated[str | None, typer.Option(help="Address to bind (default 127.0.0.1).")] = None,
-    port: Annotated[int | None, typer.Option(help="Port (default 8000; $AIP_HTTP_PORT on Vertex AI).")] = None,
+    port: Annotated[
+        int | None, typer.Option(help="Port (default 8000; $AIP_HTTP_PORT on Vertex AI).")
+    ] = None,
     workers: Annotated[int | None, typer.Option(help="Worker processes sharing the port.", min=1)] = None,
     max_batch_size: Annotated[int | None, typer.Option(help="Rows per batch.", min=1)] = None,
-    max_batch_delay_ms: Annotated[float | None, typer.Option(help="Longest wait to fill a batch.", min=0)] = None,
-    max_queue: Annotated[int | None, typer.Option(help="Queued requests per model before 503.", min=1)] = None,
+    max_batch_delay_ms: Annotated[
+        float | None, typer.Option(help="Longest wait to fill a batch.", min=0)
+    ] = None,
+    max_queue: Annotated[
+        int | None, typer.Option(help="Queued requests per model before 503.", min=1)
+    ] = None,
     config: Annotated[Path | None, typer.Option(help="TOML config file.")] = None,
 ) -> None:
     """Serve models over HTTP (V2/Triton, V1/TF Serving, SageMaker, Vertex AI)."""
@@ -34,19 +42,27 @@ def serve(
     if port is None and os.environ.get("AIP_HTTP_PORT"):
         port = int(os.environ["AIP_HTTP_PORT"])
     base = cli.settings()
-    serve_opts = base.serve.model_copy(update={
-        k: v for k, v in {"host": host, "port": port, "workers": workers, "max_queue": max_queue,
-                          "max_batch_size": max_batch_size,
-                          "max_batch_delay_ms": max_batch_delay_ms}.items() if v is not None
-    })  # fmt: skip
+    serve_opts = base.serve.model_copy(
+        update={
+            k: v
+            for k, v in {
+                "host": host,
+                "port": port,
+                "workers": workers,
+                "max_queue": max_queue,
+                "max_batch_size": max_batch_size,
+                "max_batch_delay_ms": max_batch_delay_ms,
+            }.items()
+            if v is not None
+        }
+    )
     settings = base.model_copy(update={"serve": serve_opts})
     overrides = {"max_batch_size": max_batch_size, "max_batch_delay_ms": max_batch_delay_ms}
     vertex = (os.environ.get("AIP_HEALTH_ROUTE"), os.environ.get("AIP_PREDICT_ROUTE"))
 
     def announce(bound_host: str, bound_port: int) -> None:
         base_url = f"http://{bound_host}:{bound_port}"
-        typer.echo(f"shipyard: serving {', '.join(refs)} on {base_url} "
-                   f"({settings.serve.workers} worker(s))")  # fmt: skip
+        typer.echo(f"shipyard: serving {', '.join(refs)} on {base_url} ({settings.serve.workers} worker(s))")
         for ref in refs:
             name = ModelRef.parse(ref).name
             typer.echo(f"  V2:  POST {base_url}/v2/models/{name}/infer")

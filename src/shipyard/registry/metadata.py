@@ -74,9 +74,7 @@ def _create_engine(url: str) -> Engine:
     try:
         return sa.create_engine(url, pool_pre_ping=True)
     except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError) as exc:
-        raise InvalidInputError(
-            f"invalid registry URL {_safe(url)!r}: {exc}", field="registry_url"
-        ) from exc
+        raise InvalidInputError(f"invalid registry URL {_safe(url)!r}: {exc}", field="registry_url") from exc
     except ModuleNotFoundError as exc:
         from shipyard.errors import MissingDependencyError
 
@@ -101,9 +99,7 @@ class MetadataStore:
         try:
             self._migrate()
         except sa.exc.OperationalError as exc:
-            raise ShipyardError(
-                f"cannot open the registry database {_safe(url)}: {exc.orig}"
-            ) from exc
+            raise ShipyardError(f"cannot open the registry database {_safe(url)}: {exc.orig}") from exc
 
     # -- transactions -------------------------------------------------------------------
 
@@ -121,10 +117,12 @@ class MetadataStore:
 
     def _insert(self, table: sa.Table) -> Any:
         if self._dialect == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert
-        else:
-            from sqlalchemy.dialects.sqlite import insert
-        return insert(table)
+            from sqlalchemy.dialects import postgresql
+
+            return postgresql.insert(table)
+        from sqlalchemy.dialects import sqlite
+
+        return sqlite.insert(table)
 
     def _migrate(self) -> None:
         if self._revision() == SCHEMA_HEAD:
@@ -173,7 +171,7 @@ class MetadataStore:
             conn.execute(versions.insert().values(**record, version=number))
             if alias is not None:
                 previous = self._current_alias(conn, name, alias)
-                self._change_alias(conn, name, alias, number, "set", previous)
+                self._change_alias(conn, name, alias, number, "set", previous=previous)
         return int(number)
 
     def get(self, name: str, version: int) -> ModelVersion | None:
@@ -195,9 +193,7 @@ class MetadataStore:
         with self._read() as conn:
             return list(
                 conn.execute(
-                    sa.select(versions.c.version)
-                    .where(versions.c.name == name)
-                    .order_by(versions.c.version)
+                    sa.select(versions.c.version).where(versions.c.name == name).order_by(versions.c.version)
                 ).scalars()
             )
 
@@ -205,9 +201,7 @@ class MetadataStore:
         with self._read() as conn:
             names = self._aliases_of(conn, name)
             rows = conn.execute(
-                versions.select()
-                .where(versions.c.name == name)
-                .order_by(versions.c.version.desc())
+                versions.select().where(versions.c.name == name).order_by(versions.c.version.desc())
             )
             return [self._to_version(r, names.get(r.version, ())) for r in rows]
 
@@ -257,9 +251,7 @@ class MetadataStore:
         with self._write() as conn:
             pointing = list(
                 conn.execute(
-                    sa.select(aliases.c.alias).where(
-                        aliases.c.name == name, aliases.c.version == version
-                    )
+                    sa.select(aliases.c.alias).where(aliases.c.name == name, aliases.c.version == version)
                 ).scalars()
             )
             if pointing and not force:
@@ -269,7 +261,7 @@ class MetadataStore:
                     field="ref",
                 )
             for alias in pointing:
-                self._change_alias(conn, name, alias, None, "delete", version)
+                self._change_alias(conn, name, alias, None, "delete", previous=version)
             deleted = conn.execute(
                 versions.delete().where(versions.c.name == name, versions.c.version == version)
             ).rowcount
@@ -281,9 +273,7 @@ class MetadataStore:
 
     def _aliases_of(self, conn: Connection, name: str) -> dict[int, tuple[str, ...]]:
         found: dict[int, list[str]] = {}
-        for row in conn.execute(
-            aliases.select().where(aliases.c.name == name).order_by(aliases.c.alias)
-        ):
+        for row in conn.execute(aliases.select().where(aliases.c.name == name).order_by(aliases.c.alias)):
             found.setdefault(row.version, []).append(row.alias)
         return {v: tuple(a) for v, a in found.items()}
 
@@ -304,9 +294,15 @@ class MetadataStore:
         ).scalar()
 
     def _change_alias(
-        self, conn: Connection, name: str, alias: str, target: int | None, action: str,
+        self,
+        conn: Connection,
+        name: str,
+        alias: str,
+        target: int | None,
+        action: str,
+        *,
         previous: int | None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         if target is None:
             conn.execute(aliases.delete().where(aliases.c.name == name, aliases.c.alias == alias))
         else:
@@ -317,24 +313,27 @@ class MetadataStore:
             )
         conn.execute(
             alias_history.insert().values(
-                name=name, alias=alias, action=action, version=target, previous=previous,
-                changed_at=utc_now(), changed_by=current_user(),
-            )  # fmt: skip
+                name=name,
+                alias=alias,
+                action=action,
+                version=target,
+                previous=previous,
+                changed_at=utc_now(),
+                changed_by=current_user(),
+            )
         )
 
     def set_alias(self, name: str, alias: str, version: int) -> int | None:
         """Point `alias` at `version`; returns the previous target."""
         with self._write() as conn:
             exists = conn.execute(
-                sa.select(versions.c.version).where(
-                    versions.c.name == name, versions.c.version == version
-                )
+                sa.select(versions.c.version).where(versions.c.name == name, versions.c.version == version)
             ).first()
             if exists is None:
                 raise NotFoundError(f"model {name!r} has no version {version}", field="version")
             previous = self._current_alias(conn, name, alias)
             if previous != version:
-                self._change_alias(conn, name, alias, version, "set", previous)
+                self._change_alias(conn, name, alias, version, "set", previous=previous)
             return previous
 
     def delete_alias(self, name: str, alias: str) -> int:
@@ -342,7 +341,7 @@ class MetadataStore:
             previous = self._current_alias(conn, name, alias)
             if previous is None:
                 raise NotFoundError(self._no_alias_message(conn, name, alias), field="alias")
-            self._change_alias(conn, name, alias, None, "delete", previous)
+            self._change_alias(conn, name, alias, None, "delete", previous=previous)
             return previous
 
     def rollback_alias(self, name: str, alias: str) -> tuple[int | None, int]:
@@ -359,7 +358,7 @@ class MetadataStore:
                     f"see `shipyard history {name} {alias}`",
                     field="alias",
                 )
-            self._change_alias(conn, name, alias, target, "rollback", current)
+            self._change_alias(conn, name, alias, target, "rollback", previous=current)
             return current, target
 
     def _history(self, conn: Connection, name: str, alias: str) -> list[AliasChange]:
@@ -369,8 +368,7 @@ class MetadataStore:
             .order_by(alias_history.c.id)
         )
         return [
-            AliasChange(r.alias, r.action, r.version, r.previous, r.changed_at, r.changed_by)
-            for r in rows
+            AliasChange(r.alias, r.action, r.version, r.previous, r.changed_at, r.changed_by) for r in rows
         ]
 
     def history(self, name: str, alias: str) -> list[AliasChange]:
@@ -381,9 +379,7 @@ class MetadataStore:
             return found
 
     def _no_alias_message(self, conn: Connection, name: str, alias: str) -> str:
-        known = sorted(
-            conn.execute(sa.select(aliases.c.alias).where(aliases.c.name == name)).scalars()
-        )
+        known = sorted(conn.execute(sa.select(aliases.c.alias).where(aliases.c.name == name)).scalars())
         listing = ", ".join(known) if known else "none"
         return f"model {name!r} has no alias {alias!r} (aliases: {listing})"
 

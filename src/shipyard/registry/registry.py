@@ -18,9 +18,21 @@ from shipyard.settings import Settings
 from shipyard.types import ModelRef, ModelVersion, validate_alias, validate_name
 
 DIFF_FIELDS = (
-    "format", "framework", "digest", "size", "signature", "metrics", "params", "tags",
-    "library_versions", "parent", "git_commit", "trusted", "created_at", "description",
-)  # fmt: skip
+    "format",
+    "framework",
+    "digest",
+    "size",
+    "signature",
+    "metrics",
+    "params",
+    "tags",
+    "library_versions",
+    "parent",
+    "git_commit",
+    "trusted",
+    "created_at",
+    "description",
+)
 
 
 def _str_map(values: dict[str, Any] | None, what: str) -> dict[str, str]:
@@ -130,9 +142,7 @@ class Registry:
         return {
             "left": a["ref"],
             "right": b["ref"],
-            "fields": {
-                f: {"left": a[f], "right": b[f], "same": a[f] == b[f]} for f in DIFF_FIELDS
-            },
+            "fields": {f: {"left": a[f], "right": b[f], "same": a[f] == b[f]} for f in DIFF_FIELDS},
         }
 
     # -- writing ------------------------------------------------------------------------

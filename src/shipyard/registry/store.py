@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from shipyard.errors import IntegrityError, InvalidInputError, NotFoundError
+from shipyard.errors import IntegrityError, InvalidInputError
 
 _CHUNK = 1 << 20
 
@@ -58,14 +58,13 @@ def _fsync_dir(path: Path) -> None:
 
 
 def _walk_files(root: Path) -> list[Path]:
-    files = []
+    files: list[Path] = []
     for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
         for name in dirnames + filenames:
             p = Path(dirpath, name)
             if p.is_symlink():
                 raise InvalidInputError(
-                    f"artifact contains a symbolic link {str(p.relative_to(root))!r}; "
-                    "links are not stored",
+                    f"artifact contains a symbolic link {str(p.relative_to(root))!r}; links are not stored",
                     field="path",
                 )
         files.extend(Path(dirpath, name) for name in filenames)
@@ -96,7 +95,7 @@ class LocalArtifactStore:
 
     def commit(self, staged: Path) -> ArtifactInfo:
         """Hash and fsync the staged files and move them into place under their digest."""
-        files = []
+        files: list[dict[str, object]] = []
         for file in _walk_files(staged):
             sha, size = hash_file(file, fsync=True)
             files.append({"path": file.relative_to(staged).as_posix(), "sha256": sha, "size": size})

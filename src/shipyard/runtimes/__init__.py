@@ -12,6 +12,8 @@ from shipyard.runtimes.base import Runtime
 from shipyard.settings import RuntimeSettings
 from shipyard.types import ModelVersion
 
+__all__ = ["CODE_EXECUTING", "RUNTIMES", "Runtime", "load_runtime"]
+
 RUNTIMES: dict[str, str] = {
     "onnx": "shipyard.runtimes.onnx:OnnxRuntime",
     "skops": "shipyard.runtimes.sklearn:SklearnRuntime",
@@ -46,6 +48,8 @@ def load_runtime(version: ModelVersion, path: Path, settings: RuntimeSettings) -
         cls = _import(target)
     except ModuleNotFoundError as exc:
         package = (exc.name or "").split(".")[0]
-        raise MissingDependencyError(package, EXTRAS.get(package), f"loading {version.format} models") from exc
+        raise MissingDependencyError(
+            package, EXTRAS.get(package), f"loading {version.format} models"
+        ) from exc
     runtime: Runtime = cls(path, version, settings)
     return runtime

@@ -81,7 +81,7 @@ def detect_file_format(path: Path) -> str:
     if head.startswith(b"PK\x03\x04"):
         return _zip_format(path)
     if _is_pickle(head):
-        return "joblib" if b"joblib" in path.read_bytes()[:1 << 16] else "pickle"
+        return "joblib" if b"joblib" in path.read_bytes()[: 1 << 16] else "pickle"
     inner = _decompressed_head(path, head)
     if inner is not None and _is_pickle(inner):
         return "joblib"

@@ -118,11 +118,12 @@ class OnnxRuntime:
         except Exception as exc:  # onnxruntime's errors carry the op and shape that failed
             raise InvalidInputError(f"onnxruntime rejected the input: {exc}") from exc
         out = {}
-        for name, value in zip(self._output_names, results):
+        for name, value in zip(self._output_names, results, strict=True):
             if name in self._zipmap:
                 keys = list(value[0]) if value else []
-                value = np.array([[row[k] for k in keys] for row in value], dtype=np.float32)
-            out[name] = np.asarray(value)
+                out[name] = np.array([[row[k] for k in keys] for row in value], dtype=np.float32)
+            else:
+                out[name] = np.asarray(value)
         return out
 
     def close(self) -> None:

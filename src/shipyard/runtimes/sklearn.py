@@ -23,9 +23,7 @@ INPUT_NAME = "input"
 
 
 def is_estimator(obj: Any) -> bool:
-    return hasattr(obj, "fit") and any(
-        hasattr(obj, m) for m in ("predict", "predict_proba", "transform")
-    )
+    return hasattr(obj, "fit") and any(hasattr(obj, m) for m in ("predict", "predict_proba", "transform"))
 
 
 def _library_versions() -> dict[str, str]:
@@ -155,9 +153,7 @@ def _skops_packaged(target: Path, signature: Signature, extra: dict[str, Any], t
     if unknown and not trust:
         raise _refuse_types(target, unknown)
     extra["trusted_types"] = allowed + unknown
-    return Packaged(
-        "skops", "scikit-learn", signature, _library_versions(), extra, trusted=bool(unknown)
-    )
+    return Packaged("skops", "scikit-learn", signature, _library_versions(), extra, trusted=bool(unknown))
 
 
 def _load_skops(path: Path, trusted_types: list[str] | None, trust: bool) -> Any:

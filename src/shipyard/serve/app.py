@@ -59,7 +59,7 @@ def create_app(
     async def docs(request: Request) -> Response:
         return HTMLResponse(docs_page(build_openapi(repository)))
 
-    protocols = [
+    protocols: list[V2Protocol | V1Protocol | SageMakerProtocol | ManagementProtocol] = [
         V2Protocol(dataplane, serve),
         V1Protocol(dataplane, serve),
         SageMakerProtocol(dataplane, serve, *vertex_routes),

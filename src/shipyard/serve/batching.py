@@ -15,6 +15,7 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+
 import numpy as np
 
 from shipyard.errors import InvalidInputError, OverloadedError, ShipyardError
@@ -181,7 +182,7 @@ class Batcher:
                 return
             _fail(batch, exc)
             return
-        except Exception as exc:  # every waiting request gets the error; none hangs
+        except Exception as exc:  # noqa: BLE001 -- every waiting request gets the error; none hangs
             _fail(batch, exc)
             return
         elapsed = time.perf_counter() - started
@@ -197,7 +198,7 @@ class Batcher:
         except ShipyardError as exc:
             _fail(batch, exc)
             return
-        for item, part in zip(batch, parts):
+        for item, part in zip(batch, parts, strict=True):
             if not item.future.done():
                 item.future.set_result(part)
 
@@ -251,4 +252,3 @@ def _fail(batch: list[_Item], exc: BaseException) -> None:
     for item in batch:
         if not item.future.done():
             item.future.set_exception(exc)
-

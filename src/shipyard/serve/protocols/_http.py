@@ -29,9 +29,7 @@ _JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
 
 
 def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(
-        orjson.dumps(data, option=_JSON_OPTIONS), status, headers, media_type="application/json"
-    )
+    return Response(orjson.dumps(data, option=_JSON_OPTIONS), status, headers, media_type="application/json")
 
 
 def plain_error(exc: ShipyardError) -> dict[str, Any]:
@@ -73,9 +71,7 @@ async def read_body(request: Request, limit: int) -> bytes:
     async for chunk in request.stream():
         received += len(chunk)
         if received > limit:
-            raise PayloadTooLargeError(
-                f"request body is over the limit of {limit} bytes", field="body"
-            )
+            raise PayloadTooLargeError(f"request body is over the limit of {limit} bytes", field="body")
         chunks.append(chunk)
     body = b"".join(chunks)
     encoding = request.headers.get("content-encoding", "identity").lower()
@@ -97,9 +93,7 @@ def _decompress(body: bytes, encoding: str, limit: int) -> bytes:
     except zlib.error as exc:
         raise InvalidInputError(f"body is not valid {encoding} data: {exc}", field="body") from exc
     if len(out) > limit or decompressor.unconsumed_tail:
-        raise PayloadTooLargeError(
-            f"decompressed body is over the limit of {limit} bytes", field="body"
-        )
+        raise PayloadTooLargeError(f"decompressed body is over the limit of {limit} bytes", field="body")
     return out
 
 

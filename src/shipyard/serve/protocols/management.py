@@ -35,28 +35,29 @@ class ManagementProtocol:
     def _authorize(self, request: Request) -> None:
         token = self.settings.admin_token
         if not token:
-            raise ForbiddenError(
-                "model management is disabled; set SHIPYARD_SERVE__ADMIN_TOKEN to enable it"
-            )
+            raise ForbiddenError("model management is disabled; set SHIPYARD_SERVE__ADMIN_TOKEN to enable it")
         scheme, _, given = request.headers.get("authorization", "").partition(" ")
         # compare_digest: constant time, so the token cannot be guessed byte by byte.
         if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), token.encode()):
-            raise UnauthorizedError("management needs 'Authorization: Bearer <admin token>'",
-                                    field="authorization")  # fmt: skip
+            raise UnauthorizedError(
+                "management needs 'Authorization: Bearer <admin token>'", field="authorization"
+            )
 
     async def _params(self, request: Request) -> dict[str, Any]:
         raw = await read_body(request, 1 << 20)
         body = parse_json(raw) if raw.strip() else {}
         params = (body.get("parameters") or {}) if isinstance(body, dict) else None
         if not isinstance(params, dict):
-            raise InvalidInputError("body must be {} or {\"parameters\": {...}}", field="parameters")
+            raise InvalidInputError('body must be {} or {"parameters": {...}}', field="parameters")
         for key in params:
             if key.startswith("file:"):  # Triton's model upload: a known code-execution vector
-                raise ForbiddenError("uploading model files through load is not allowed; push "
-                                     "them to the registry", field=key)  # fmt: skip
+                raise ForbiddenError(
+                    "uploading model files through load is not allowed; push them to the registry", field=key
+                )
         if "config" in params:
-            raise InvalidInputError("config overrides are not supported; store serving options "
-                                    "with the version", field="config")  # fmt: skip
+            raise InvalidInputError(
+                "config overrides are not supported; store serving options with the version", field="config"
+            )
         return params
 
     async def _index(self, request: Request) -> Response:
@@ -65,16 +66,29 @@ class ManagementProtocol:
         entries = []
         for model in repo.models.values():
             for number, served in sorted(model.versions.items()):
-                entries.append({"name": model.name, "version": str(number),
-                                "state": served.state.upper(), "reason": served.reason})  # fmt: skip
+                entries.append(
+                    {
+                        "name": model.name,
+                        "version": str(number),
+                        "state": served.state.upper(),
+                        "reason": served.reason,
+                    }
+                )
             if not model.versions:
-                entries.append({"name": model.name, "version": "", "state": "UNAVAILABLE",
-                                "reason": model.error})  # fmt: skip
+                entries.append(
+                    {"name": model.name, "version": "", "state": "UNAVAILABLE", "reason": model.error}
+                )
         served_names = set(repo.models)
         for summary in await asyncio.to_thread(repo.registry.list_models):
             if summary["name"] not in served_names:
-                entries.append({"name": summary["name"], "version": str(summary["latest"]),
-                                "state": "UNLOADED", "reason": ""})  # fmt: skip
+                entries.append(
+                    {
+                        "name": summary["name"],
+                        "version": str(summary["latest"]),
+                        "state": "UNLOADED",
+                        "reason": "",
+                    }
+                )
         return json_response(entries)
 
     async def _load(self, request: Request) -> Response:
@@ -82,11 +96,10 @@ class ManagementProtocol:
         params = await self._params(request)
         name = request.path_params["model"]
         ref = str(params.get("ref", name))
-        if ref.split(":")[0].split("@")[0] != name:
-            raise InvalidInputError(f"parameter ref {ref!r} names another model than {name!r}",
-                                    field="ref")  # fmt: skip
+        if ref.split(":", maxsplit=1)[0].split("@", maxsplit=1)[0] != name:
+            raise InvalidInputError(f"parameter ref {ref!r} names another model than {name!r}", field="ref")
         model = await self.dataplane.repository.load(ref)
-        ready, problems = self.dataplane.readiness()
+        _, problems = self.dataplane.readiness()
         if name in problems:
             return json_response({"error": f"model {name!r} failed to load: {problems[name]}"}, 400)
         return json_response({"name": name, "version": str(model.default)})

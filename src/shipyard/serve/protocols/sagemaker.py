@@ -42,9 +42,12 @@ def parse_csv(body: bytes) -> list[list[float]]:
 
 class SageMakerProtocol:
     def __init__(
-        self, dataplane: DataPlane, settings: ServeSettings, health_route: str | None = None,
+        self,
+        dataplane: DataPlane,
+        settings: ServeSettings,
+        health_route: str | None = None,
         predict_route: str | None = None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.dataplane = dataplane
         self.settings = settings
         self.health_route = health_route
@@ -66,8 +69,9 @@ class SageMakerProtocol:
 
     async def ping(self, request: Request) -> Response:
         ready, problems = self.dataplane.readiness()
-        return json_response({"ready": ready, **({"models": problems} if problems else {})},
-                             200 if ready else 503)  # fmt: skip
+        return json_response(
+            {"ready": ready, **({"models": problems} if problems else {})}, 200 if ready else 503
+        )
 
     def _target(self, request: Request) -> str:
         models = list(self.dataplane.repository.models)

@@ -9,16 +9,20 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 import shipyard
-from shipyard.errors import InvalidInputError, NotFoundError
+from shipyard.errors import InvalidInputError, NotFoundError, ShipyardError
 from shipyard.serve.dataplane import DataPlane
 from shipyard.serve.protocols import v2_codec
 from shipyard.serve.protocols._http import endpoint, json_response, read_body
 from shipyard.settings import ServeSettings
 
-EXTENSIONS = ["binary_tensor_data", "classification", "model_repository", "statistics",
-              "model_configuration"]  # fmt: skip
-_TRITON_TYPES = {"FP32": "TYPE_FP32", "FP64": "TYPE_FP64", "FP16": "TYPE_FP16", "BYTES": "TYPE_STRING",
-                 "BOOL": "TYPE_BOOL"}  # fmt: skip
+EXTENSIONS = ["binary_tensor_data", "classification", "model_repository", "statistics", "model_configuration"]
+_TRITON_TYPES = {
+    "FP32": "TYPE_FP32",
+    "FP64": "TYPE_FP64",
+    "FP16": "TYPE_FP16",
+    "BYTES": "TYPE_STRING",
+    "BOOL": "TYPE_BOOL",
+}
 
 
 def parse_version(request: Request) -> int | None:
@@ -74,9 +78,7 @@ class V2Protocol:
         return json_response(body, 200 if ready else 503)
 
     async def server_metadata(self, request: Request) -> Response:
-        return json_response(
-            {"name": "shipyard", "version": shipyard.__version__, "extensions": EXTENSIONS}
-        )
+        return json_response({"name": "shipyard", "version": shipyard.__version__, "extensions": EXTENSIONS})
 
     async def _model_metadata(self, request: Request) -> Response:
         name = request.path_params["model"]
@@ -99,8 +101,8 @@ class V2Protocol:
             served = self.dataplane.model(name, parse_version(request))
         except NotFoundError:
             raise
-        except Exception as exc:  # not ready: say why, with 503 as KServe does
-            return json_response({"name": name, "ready": False, "error": str(exc)}, 503)
+        except ShipyardError as exc:  # not ready: say why, with 503 as KServe does
+            return json_response({"name": name, "ready": False, "error": exc.message}, 503)
         return json_response({"name": name, "ready": True, "version": str(served.version.version)})
 
     async def _model_config(self, request: Request) -> Response:

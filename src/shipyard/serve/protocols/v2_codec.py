@@ -17,9 +17,20 @@ from shipyard.errors import InvalidInputError
 from shipyard.tensors import datatype_of, numpy_dtype
 from shipyard.types import DATATYPES, Signature
 
-_LITTLE = {"FP16": "<f2", "FP32": "<f4", "FP64": "<f8", "INT8": "i1", "INT16": "<i2", "INT32": "<i4",
-           "INT64": "<i8", "UINT8": "u1", "UINT16": "<u2", "UINT32": "<u4", "UINT64": "<u8",
-           "BOOL": "u1"}  # fmt: skip
+_LITTLE = {
+    "FP16": "<f2",
+    "FP32": "<f4",
+    "FP64": "<f8",
+    "INT8": "i1",
+    "INT16": "<i2",
+    "INT32": "<i4",
+    "INT64": "<i8",
+    "UINT8": "u1",
+    "UINT16": "<u2",
+    "UINT32": "<u4",
+    "UINT64": "<u8",
+    "BOOL": "u1",
+}
 
 
 @dataclass
@@ -100,8 +111,7 @@ def _decode_json(data: Any, datatype: str, shape: tuple[int, ...], name: str) ->
             raise _error(f"input {name!r}: data does not fit datatype {datatype}: {exc}", name) from exc
     if arr.size != math.prod(shape):
         raise _error(
-            f"input {name!r} has {arr.size} elements, but shape {list(shape)} needs "
-            f"{math.prod(shape)}",
+            f"input {name!r} has {arr.size} elements, but shape {list(shape)} needs {math.prod(shape)}",
             name,
         )
     return arr.reshape(shape)
@@ -112,8 +122,7 @@ def decode_request(body: bytes, header_length: int | None, signature: Signature)
     if header_length is not None:
         if header_length < 0 or header_length > len(body):
             raise _error(
-                f"Inference-Header-Content-Length {header_length} is outside the body "
-                f"({len(body)} bytes)",
+                f"Inference-Header-Content-Length {header_length} is outside the body ({len(body)} bytes)",
                 "inference-header-content-length",
             )
         header, binary = body[:header_length], memoryview(body)[header_length:]
@@ -202,9 +211,7 @@ def encode_response(
     for spec in wanted:
         name = spec["name"]
         if name not in outputs:
-            raise _error(
-                f"unknown output {name!r}; the model's outputs are {', '.join(outputs)}", "outputs"
-            )
+            raise _error(f"unknown output {name!r}; the model's outputs are {', '.join(outputs)}", "outputs")
         params = spec.get("parameters") or {}
         arr = outputs[name]
         k = params.get("classification")
