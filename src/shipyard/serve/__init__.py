@@ -1,0 +1,1 @@
+"""The inference server: protocols over one dataplane, batching, hot swap, workers."""
