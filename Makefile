@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 RUN_HOME ?= $(CURDIR)/.shipyard-run
+RUN_PORT ?= 8000
+RUN_MODELS ?= iris@production digits@production digits-onnx breast-cancer@production
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .PHONY: run test check lint typecheck install install-dev clean bench
@@ -22,12 +24,12 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
 
-## make run: install, push the example models into a fresh registry, and show them.
+## make run: install, push the example models into a fresh registry, list them and serve them.
 run: install
 	rm -rf $(RUN_HOME)
 	SHIPYARD_HOME=$(RUN_HOME) $(BIN)/python examples/push_examples.py
 	SHIPYARD_HOME=$(RUN_HOME) $(BIN)/shipyard list
-	SHIPYARD_HOME=$(RUN_HOME) $(BIN)/shipyard show iris@production
+	SHIPYARD_HOME=$(RUN_HOME) $(BIN)/shipyard serve $(RUN_MODELS) --port $(RUN_PORT)
 
 ## make test: install everything the tests need and run the whole suite.
 test: install-dev
@@ -45,6 +47,7 @@ check: lint typecheck test
 
 bench: install-dev
 	$(BIN)/python benchmarks/registry.py
+	$(BIN)/python benchmarks/serve.py
 
 clean:
 	rm -rf $(VENV) $(RUN_HOME) .pytest_cache .mypy_cache .ruff_cache

@@ -158,7 +158,8 @@ def predict(
     ],
 ) -> None:
     """Run a version in-process on JSON input and print the outputs as JSON."""
-    from shipyard.cli._render import print_json
+    import json
+
     from shipyard.tensors import to_jsonable
 
     payload: Any = read_json_arg(input_, "input")
@@ -172,9 +173,8 @@ def predict(
         payload = payload["inputs"]
     with state(ctx).registry().load(ref) as model:
         outputs = model.predict(payload)
-        print_json(
-            {"model": str(model.version.ref), "outputs": {k: to_jsonable(v) for k, v in outputs.items()}}
-        )
+        result = {"model": str(model.version.ref), "outputs": {k: to_jsonable(v) for k, v in outputs.items()}}
+    typer.echo(json.dumps(result, ensure_ascii=False))
 
 
 def register(app: typer.Typer) -> None:
