@@ -44,7 +44,9 @@ class ServeSettings(BaseModel):
     admin_token: str | None = None
     poll_interval_s: float = Field(2.0, gt=0, description="how often moving refs are re-resolved")
     grace_period_s: float = Field(30.0, ge=0)
-    access_log: bool = False
+    access_log: bool = False  # one line per request costs throughput; off by default
+    log_level: str = "INFO"
+    log_json: bool = False
 
 
 class Settings(BaseSettings):

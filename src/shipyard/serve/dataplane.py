@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -43,16 +44,47 @@ class DataPlane:
             served.in_flight -= 1
             gauge.dec()
 
-    async def infer(self, served: ServedVersion, inputs: Any) -> InferResult:
-        """Run one request on a held version; `inputs` maps names to values (or rows)."""
+    async def infer(
+        self,
+        served: ServedVersion,
+        inputs: Any,
+        disconnected: Callable[[], Awaitable[None]] | None = None,
+    ) -> InferResult:
+        """Run one request on a held version; `inputs` maps names to values (or rows).
+
+        `disconnected` resolves when the client goes away: the request is then withdrawn from
+        its queue, so an abandoned request costs no inference and holds no memory.
+        """
         record = served.version
         arrays = coerce_inputs(record.signature, inputs)
         if served.batcher is None:
             raise RuntimeError(f"{record.ref} has no batcher")  # cannot happen once ready
-        outputs = await served.batcher.submit(arrays)
+        if disconnected is None:
+            outputs = await served.batcher.submit(arrays)
+        else:
+            outputs = await _unless_disconnected(served.batcher.submit(arrays), disconnected)
         served.requests += 1
         served.rows += next(iter(arrays.values())).shape[0] if arrays else 0
         return InferResult(record, outputs)
 
     def readiness(self) -> tuple[bool, dict[str, str]]:
         return self.repository.readiness()
+
+
+class ClientDisconnectedError(Exception):
+    """The client closed the connection before its result was ready."""
+
+
+async def _unless_disconnected(
+    work: Awaitable[dict[str, np.ndarray]], disconnected: Callable[[], Awaitable[None]]
+) -> dict[str, np.ndarray]:
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(disconnected())
+    try:
+        await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+    if not task.done():
+        task.cancel()
+        raise ClientDisconnectedError
+    return task.result()

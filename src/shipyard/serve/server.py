@@ -46,7 +46,10 @@ def bind_socket(host: str, port: int, reuse_port: bool) -> socket.socket:
 def _serve_on(spec: ServeSpec, sock: socket.socket) -> None:
     import uvicorn
 
+    from shipyard.monitor.logs import configure_logging
     from shipyard.serve.app import create_app
+
+    configure_logging(spec.settings.serve.log_level, as_json=spec.settings.serve.log_json)
 
     app = create_app(spec.settings, spec.refs, overrides=spec.overrides, vertex_routes=spec.vertex_routes)
     config = uvicorn.Config(

@@ -20,6 +20,7 @@ from shipyard.errors import (
     UnsupportedMediaTypeError,
 )
 from shipyard.monitor import metrics
+from shipyard.serve.dataplane import ClientDisconnectedError
 
 log = logging.getLogger("shipyard.serve")
 
@@ -97,6 +98,16 @@ def _decompress(body: bytes, encoding: str, limit: int) -> bytes:
     return out
 
 
+def disconnect_watcher(request: Request) -> Callable[[], Awaitable[None]]:
+    """Resolves when the client disconnects (call only after the body has been read)."""
+
+    async def wait() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    return wait
+
+
 def parse_json(data: bytes, what: str = "request body") -> Any:
     try:
         return orjson.loads(data)
@@ -131,6 +142,8 @@ def endpoint(
                 response = await fn(request)
             except ShipyardError as exc:
                 response = error_response(exc, errors)
+            except ClientDisconnectedError:
+                response = Response(status_code=499)  # nobody reads it; counted in metrics
             except Exception:
                 log.exception("unexpected error on %s %s", request.method, request.url.path)
                 response = error_response(internal_error(), errors)

@@ -11,7 +11,7 @@ from starlette.routing import Route
 
 from shipyard.errors import InvalidInputError, NotFoundError, UnsupportedMediaTypeError
 from shipyard.serve.dataplane import DataPlane
-from shipyard.serve.protocols._http import endpoint, json_response, parse_json, read_body
+from shipyard.serve.protocols._http import disconnect_watcher, endpoint, json_response, parse_json, read_body
 from shipyard.serve.protocols.rows import inputs_from_body, predictions
 from shipyard.settings import ServeSettings
 
@@ -103,5 +103,5 @@ class SageMakerProtocol:
                 inputs = parse_csv(raw)
             else:
                 inputs = inputs_from_body(parse_json(raw), served.version.signature)
-            result = await self.dataplane.infer(served, inputs)
+            result = await self.dataplane.infer(served, inputs, disconnect_watcher(request))
         return json_response({"predictions": predictions(result.outputs)})

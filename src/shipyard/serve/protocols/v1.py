@@ -7,7 +7,14 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from shipyard.serve.dataplane import DataPlane
-from shipyard.serve.protocols._http import endpoint, json_response, parse_json, read_body, require_json
+from shipyard.serve.protocols._http import (
+    disconnect_watcher,
+    endpoint,
+    json_response,
+    parse_json,
+    read_body,
+    require_json,
+)
 from shipyard.serve.protocols.rows import inputs_from_body, predictions
 from shipyard.serve.protocols.v2 import parse_version
 from shipyard.settings import ServeSettings
@@ -35,7 +42,7 @@ class V1Protocol:
             request.scope["shipyard.version"] = served.version.version
             body = parse_json(await read_body(request, self.settings.max_body_bytes))
             inputs = inputs_from_body(body, served.version.signature)
-            result = await self.dataplane.infer(served, inputs)
+            result = await self.dataplane.infer(served, inputs, disconnect_watcher(request))
         return json_response({"predictions": predictions(result.outputs)})
 
     async def _status(self, request: Request) -> Response:

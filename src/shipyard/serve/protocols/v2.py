@@ -12,7 +12,7 @@ import shipyard
 from shipyard.errors import InvalidInputError, NotFoundError, ShipyardError
 from shipyard.serve.dataplane import DataPlane
 from shipyard.serve.protocols import v2_codec
-from shipyard.serve.protocols._http import endpoint, json_response, read_body
+from shipyard.serve.protocols._http import disconnect_watcher, endpoint, json_response, read_body
 from shipyard.settings import ServeSettings
 
 EXTENSIONS = ["binary_tensor_data", "classification", "model_repository", "statistics", "model_configuration"]
@@ -168,7 +168,7 @@ class V2Protocol:
             request.scope["shipyard.version"] = served.version.version
             body = await read_body(request, self.settings.max_body_bytes)
             parsed = v2_codec.decode_request(body, header_length, served.version.signature)
-            result = await self.dataplane.infer(served, parsed.inputs)
+            result = await self.dataplane.infer(served, parsed.inputs, disconnect_watcher(request))
         payload, json_length = v2_codec.encode_response(
             parsed, name, str(result.version.version), result.outputs, result.version.extra.get("classes")
         )
