@@ -62,6 +62,10 @@ def _serve_on(spec: ServeSpec, sock: socket.socket) -> None:
         timeout_graceful_shutdown=int(spec.settings.serve.grace_period_s) or None,
         backlog=2048,
     )
+    # uvicorn drains on SIGTERM/SIGINT, then re-raises the signal to the handler it found:
+    # a no-op handler here turns that into a clean exit with status 0.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: None)
     uvicorn.Server(config).run(sockets=[sock])
 
 
