@@ -29,6 +29,7 @@ _TO_NUMPY: dict[str, Any] = {
     "FP64": np.float64,
     "BYTES": np.object_,
 }
+_FLOATS = frozenset({"FP16", "FP32", "FP64"})
 _FROM_NUMPY = {np.dtype(v).str: k for k, v in _TO_NUMPY.items() if k != "BYTES"}
 
 
@@ -96,8 +97,23 @@ def _cast(arr: np.ndarray, spec: TensorSpec) -> np.ndarray:
     return arr.astype(target)
 
 
+def _first_is_text(value: Any) -> bool:
+    while isinstance(value, list) and value:
+        value = value[0]
+    return isinstance(value, (str, bytes))
+
+
 def coerce_input(value: Any, spec: TensorSpec) -> np.ndarray:
     """One input as an array of the spec's dtype and shape (a single row gains a batch axis)."""
+    if spec.datatype in _FLOATS and isinstance(value, list) and not _first_is_text(value):
+        # Hot path for JSON numbers: one conversion; anything odd takes the checked path below.
+        try:
+            arr = np.asarray(value, dtype=_TO_NUMPY[spec.datatype])
+        except (ValueError, TypeError):
+            pass
+        else:
+            if arr.ndim == len(spec.shape) and shape_matches(spec.shape, arr.shape):
+                return arr
     arr = _as_array(value, spec)
     ragged = arr.dtype == object and spec.datatype != "BYTES" and arr.ndim and arr.size
     if ragged and any(isinstance(x, (list, tuple)) for x in arr.flat):

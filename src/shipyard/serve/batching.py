@@ -243,9 +243,12 @@ def _split(outputs: Arrays, counts: list[int]) -> list[Arrays]:
                 f"output {name!r} has {arr.shape[0] if arr.ndim else 0} rows for a batch of "
                 f"{total}; this model cannot be batched (set max_batch_size=1)"
             )
-    bounds = np.cumsum(counts)[:-1]
-    per_output = {name: np.split(arr, bounds) for name, arr in outputs.items()}
-    return [{name: per_output[name][i] for name in outputs} for i in range(len(counts))]
+    parts = []
+    start = 0
+    for count in counts:  # plain slices (views): np.split is several times slower here
+        parts.append({name: arr[start : start + count] for name, arr in outputs.items()})
+        start += count
+    return parts
 
 
 def _fail(batch: list[_Item], exc: BaseException) -> None:

@@ -10,7 +10,6 @@ from typing import Any
 
 import numpy as np
 
-from shipyard.monitor import metrics
 from shipyard.serve.repository import ModelRepository, ServedVersion
 from shipyard.tensors import coerce_inputs
 from shipyard.types import ModelVersion
@@ -35,14 +34,11 @@ class DataPlane:
     def acquire(self, name: str, version: int | None = None) -> Iterator[ServedVersion]:
         """Hold one served version for a whole request, so a hot swap drains it, not drops it."""
         served = self.repository.get(name, version)
-        gauge = metrics.IN_FLIGHT.labels(served.version.name, str(served.version.version))
-        served.in_flight += 1
-        gauge.inc()
+        served.in_flight += 1  # the gauge is sampled from this once per batch (cheaper)
         try:
             yield served
         finally:
             served.in_flight -= 1
-            gauge.dec()
 
     async def infer(
         self,
@@ -59,10 +55,13 @@ class DataPlane:
         arrays = coerce_inputs(record.signature, inputs)
         if served.batcher is None:
             raise RuntimeError(f"{record.ref} has no batcher")  # cannot happen once ready
-        if disconnected is None:
-            outputs = await served.batcher.submit(arrays)
+        batcher = served.batcher
+        # Watching for a disconnect costs a task; it pays only for a request that will wait
+        # behind at least one whole batch, which is also when abandoned work would pile up.
+        if disconnected is None or batcher.depth < batcher.max_batch_size:
+            outputs = await batcher.submit(arrays)
         else:
-            outputs = await _unless_disconnected(served.batcher.submit(arrays), disconnected)
+            outputs = await _unless_disconnected(batcher.submit(arrays), disconnected)
         served.requests += 1
         served.rows += next(iter(arrays.values())).shape[0] if arrays else 0
         return InferResult(record, outputs)
@@ -78,13 +77,23 @@ class ClientDisconnectedError(Exception):
 async def _unless_disconnected(
     work: Awaitable[dict[str, np.ndarray]], disconnected: Callable[[], Awaitable[None]]
 ) -> dict[str, np.ndarray]:
-    task = asyncio.ensure_future(work)
+    current = asyncio.current_task()
+    gone = False
+
+    def on_disconnect(_: asyncio.Future[None]) -> None:
+        nonlocal gone
+        gone = True
+        if current is not None:
+            current.cancel()  # cancels the awaited queue item, which the batcher then skips
+
     watcher = asyncio.ensure_future(disconnected())
+    watcher.add_done_callback(on_disconnect)
     try:
-        await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
+        return await work
+    except asyncio.CancelledError:
+        if gone:
+            raise ClientDisconnectedError from None
+        raise
     finally:
+        watcher.remove_done_callback(on_disconnect)
         watcher.cancel()
-    if not task.done():
-        task.cancel()
-        raise ClientDisconnectedError
-    return task.result()

@@ -275,6 +275,7 @@ def _observe_batch(
     served: ServedVersion, labels: tuple[str, str], rows: int, seconds: float, waits: list[float]
 ) -> None:
     served.batches += 1
+    metrics.IN_FLIGHT.labels(*labels).set(served.in_flight)
     if served.batcher is not None:
         metrics.QUEUE_DEPTH.labels(*labels).set(served.batcher.depth)
     metrics.BATCH_SIZE.labels(*labels).observe(rows)

@@ -51,7 +51,15 @@ def _serve_on(spec: ServeSpec, sock: socket.socket) -> None:
 
     configure_logging(spec.settings.serve.log_level, as_json=spec.settings.serve.log_json)
 
-    app = create_app(spec.settings, spec.refs, overrides=spec.overrides, vertex_routes=spec.vertex_routes)
+    app = create_app(
+        spec.settings,
+        spec.refs,
+        overrides=spec.overrides,
+        vertex_routes=spec.vertex_routes,
+        # With several workers a worker must not join the shared port before it can serve:
+        # the kernel would hand it connections that get 503s while a sibling is ready.
+        wait_for_models=spec.settings.serve.workers > 1,
+    )
     config = uvicorn.Config(
         app,
         loop="uvloop",

@@ -29,8 +29,37 @@ ErrorBody = Callable[[ShipyardError], dict[str, Any]]
 _JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
 
 
+class BytesResponse(Response):
+    """A Response with prebuilt raw headers: Starlette's header assembly is measurable per request."""
+
+    def __init__(
+        self,
+        body: bytes,
+        status: int = 200,
+        media_type: bytes = b"application/json",
+        extra: list[tuple[bytes, bytes]] | None = None,
+    ) -> None:
+        self.status_code = status
+        self.body = body
+        self.background = None
+        self.raw_headers = [
+            (b"content-length", str(len(body)).encode()),
+            (b"content-type", media_type),
+            *(extra or []),
+        ]
+
+
 def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(orjson.dumps(data, option=_JSON_OPTIONS), status, headers, media_type="application/json")
+    extra = [(k.lower().encode(), v.encode()) for k, v in headers.items()] if headers else None
+    return BytesResponse(orjson.dumps(data, option=_JSON_OPTIONS), status, extra=extra)
+
+
+def header(request: Request, name: bytes) -> str | None:
+    """One request header, read straight from the ASGI scope (no Headers object)."""
+    for key, value in request.scope["headers"]:
+        if key == name:
+            return str(value.decode("latin-1"))
+    return None
 
 
 def plain_error(exc: ShipyardError) -> dict[str, Any]:
@@ -57,7 +86,7 @@ def internal_error() -> ShipyardError:
 
 async def read_body(request: Request, limit: int) -> bytes:
     """The request body, refused with 413 as soon as it passes `limit` bytes (never buffered)."""
-    declared = request.headers.get("content-length")
+    declared = header(request, b"content-length")
     if declared is not None:
         try:
             size = int(declared)
@@ -69,13 +98,19 @@ async def read_body(request: Request, limit: int) -> bytes:
             )
     chunks = []
     received = 0
-    async for chunk in request.stream():
+    more = True
+    while more:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnectedError
+        chunk = message.get("body", b"")
+        more = message.get("more_body", False)
         received += len(chunk)
         if received > limit:
             raise PayloadTooLargeError(f"request body is over the limit of {limit} bytes", field="body")
         chunks.append(chunk)
-    body = b"".join(chunks)
-    encoding = request.headers.get("content-encoding", "identity").lower()
+    body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    encoding = (header(request, b"content-encoding") or "identity").lower()
     if encoding in ("gzip", "deflate"):
         body = _decompress(body, encoding, limit)
     elif encoding != "identity":
@@ -117,7 +152,7 @@ def parse_json(data: bytes, what: str = "request body") -> Any:
 
 def require_json(request: Request) -> None:
     """415 unless the body is declared as JSON (a missing type is accepted, as curl sends)."""
-    content_type = request.headers.get("content-type", "")
+    content_type = header(request, b"content-type") or ""
     media = content_type.split(";")[0].strip().lower()
     if media and media != "application/json" and not media.endswith("+json"):
         raise UnsupportedMediaTypeError(
@@ -135,6 +170,9 @@ def endpoint(
     holds served names, never arbitrary user input.
     """
 
+    # Label children are cached: prometheus_client's labels() costs microseconds per call.
+    children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
+
     def wrap(fn: Handler) -> Handler:
         async def handler(request: Request) -> Response:
             started = time.perf_counter()
@@ -147,14 +185,19 @@ def endpoint(
             except Exception:
                 log.exception("unexpected error on %s %s", request.method, request.url.path)
                 response = error_response(internal_error(), errors)
-            name = request.path_params.get("model") or request.scope.get("shipyard.model", "")
+            scope = request.scope
+            name = scope["path_params"].get("model") or scope.get("shipyard.model", "")
             model = name if name and served(name) else "-"
-            version = str(request.scope.get("shipyard.version", "-"))
-            status = str(response.status_code)
-            metrics.REQUESTS.labels(model, version, protocol, status).inc()
-            metrics.REQUEST_LATENCY.labels(model, version, protocol, status).observe(
-                time.perf_counter() - started
-            )
+            key = (model, str(scope.get("shipyard.version", "-")), str(response.status_code))
+            pair = children.get(key)
+            if pair is None:
+                labels = (key[0], key[1], protocol, key[2])
+                pair = children[key] = (
+                    metrics.REQUESTS.labels(*labels),
+                    metrics.REQUEST_LATENCY.labels(*labels),
+                )
+            pair[0].inc()
+            pair[1].observe(time.perf_counter() - started)
             return response
 
         handler.__name__ = fn.__name__

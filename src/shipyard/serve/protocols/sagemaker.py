@@ -11,7 +11,14 @@ from starlette.routing import Route
 
 from shipyard.errors import InvalidInputError, NotFoundError, UnsupportedMediaTypeError
 from shipyard.serve.dataplane import DataPlane
-from shipyard.serve.protocols._http import disconnect_watcher, endpoint, json_response, parse_json, read_body
+from shipyard.serve.protocols._http import (
+    disconnect_watcher,
+    endpoint,
+    header,
+    json_response,
+    parse_json,
+    read_body,
+)
 from shipyard.serve.protocols.rows import inputs_from_body, predictions
 from shipyard.settings import ServeSettings
 
@@ -56,6 +63,12 @@ class SageMakerProtocol:
             self._invocations
         )
 
+    def hot_routes(self) -> list[Route]:
+        routes = [Route("/invocations", self.invocations, methods=["POST"])]
+        if self.predict_route and self.predict_route != "/invocations":
+            routes.append(Route(self.predict_route, self.invocations, methods=["POST"]))
+        return routes
+
     def routes(self) -> list[Route]:
         routes = [
             Route("/ping", self.ping, methods=["GET"]),
@@ -75,7 +88,7 @@ class SageMakerProtocol:
 
     def _target(self, request: Request) -> str:
         models = list(self.dataplane.repository.models)
-        wanted = request.headers.get(TARGET_MODEL_HEADER)
+        wanted = header(request, TARGET_MODEL_HEADER.encode())
         if wanted:
             if wanted not in models:
                 raise NotFoundError(
@@ -90,7 +103,7 @@ class SageMakerProtocol:
     async def _invocations(self, request: Request) -> Response:
         name = self._target(request)
         request.scope["shipyard.model"] = name
-        media = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
+        media = (header(request, b"content-type") or "application/json").split(";")[0].strip().lower()
         if media not in ("application/json", "text/csv", ""):
             raise UnsupportedMediaTypeError(
                 f"Content-Type {media!r} is not supported; send application/json or text/csv",

@@ -28,10 +28,15 @@ class V1Protocol:
         self.predict = wrap(self._predict)
         self.status = wrap(self._status)
 
-    def routes(self) -> list[Route]:
+    def hot_routes(self) -> list[Route]:
         return [
             Route("/v1/models/{model}:predict", self.predict, methods=["POST"]),
             Route("/v1/models/{model}/versions/{version}:predict", self.predict, methods=["POST"]),
+        ]
+
+    def routes(self) -> list[Route]:
+        return [
+            *self.hot_routes(),
             Route("/v1/models/{model}", self.status, methods=["GET"]),
             Route("/v1/models/{model}/versions/{version}", self.status, methods=["GET"]),
         ]

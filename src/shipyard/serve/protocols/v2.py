@@ -12,7 +12,14 @@ import shipyard
 from shipyard.errors import InvalidInputError, NotFoundError, ShipyardError
 from shipyard.serve.dataplane import DataPlane
 from shipyard.serve.protocols import v2_codec
-from shipyard.serve.protocols._http import disconnect_watcher, endpoint, json_response, read_body
+from shipyard.serve.protocols._http import (
+    BytesResponse,
+    disconnect_watcher,
+    endpoint,
+    header,
+    json_response,
+    read_body,
+)
 from shipyard.settings import ServeSettings
 
 EXTENSIONS = ["binary_tensor_data", "classification", "model_repository", "statistics", "model_configuration"]
@@ -47,6 +54,12 @@ class V2Protocol:
 
     def _served(self, name: str) -> bool:
         return name in self.dataplane.repository.models
+
+    def hot_routes(self) -> list[Route]:
+        return [
+            Route("/v2/models/{model}/infer", self.infer, methods=["POST"]),
+            Route("/v2/models/{model}/versions/{version}/infer", self.infer, methods=["POST"]),
+        ]
 
     def routes(self) -> list[Route]:
         versioned = "/v2/models/{model}/versions/{version}"
@@ -155,15 +168,15 @@ class V2Protocol:
     async def _infer(self, request: Request) -> Response:
         name = request.path_params["model"]
         version = parse_version(request)
-        header = request.headers.get("inference-header-content-length")
+        declared = header(request, b"inference-header-content-length")
         header_length = None
-        if header is not None:
-            if not header.strip().isdigit():
+        if declared is not None:
+            if not declared.strip().isdigit():
                 raise InvalidInputError(
                     "Inference-Header-Content-Length must be a byte count",
                     field="inference-header-content-length",
                 )
-            header_length = int(header)
+            header_length = int(declared)
         with self.dataplane.acquire(name, version) as served:
             request.scope["shipyard.version"] = served.version.version
             body = await read_body(request, self.settings.max_body_bytes)
@@ -173,9 +186,9 @@ class V2Protocol:
             parsed, name, str(result.version.version), result.outputs, result.version.extra.get("classes")
         )
         if json_length is None:
-            return Response(payload, media_type="application/json")
-        return Response(
+            return BytesResponse(payload)
+        return BytesResponse(
             payload,
-            media_type="application/octet-stream",
-            headers={"Inference-Header-Content-Length": str(json_length)},
+            media_type=b"application/octet-stream",
+            extra=[(b"inference-header-content-length", str(json_length).encode())],
         )
