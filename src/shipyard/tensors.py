@@ -97,23 +97,17 @@ def _cast(arr: np.ndarray, spec: TensorSpec) -> np.ndarray:
     return arr.astype(target)
 
 
-def _first_is_text(value: Any) -> bool:
-    while isinstance(value, list) and value:
-        value = value[0]
-    return isinstance(value, (str, bytes))
-
-
 def coerce_input(value: Any, spec: TensorSpec) -> np.ndarray:
     """One input as an array of the spec's dtype and shape (a single row gains a batch axis)."""
-    if spec.datatype in _FLOATS and isinstance(value, list) and not _first_is_text(value):
-        # Hot path for JSON numbers: one conversion; anything odd takes the checked path below.
+    if spec.datatype in _FLOATS and isinstance(value, list):
+        # Hot path for JSON numbers; text, nulls, ragged rows or a missing batch axis take the
+        # checked path below (numpy would parse "0.2" as a number when given a float dtype).
         try:
-            arr = np.asarray(value, dtype=_TO_NUMPY[spec.datatype])
-        except (ValueError, TypeError):
-            pass
-        else:
-            if arr.ndim == len(spec.shape) and shape_matches(spec.shape, arr.shape):
-                return arr
+            arr = np.asarray(value)
+        except ValueError:
+            arr = None
+        if arr is not None and arr.dtype.kind in "biuf" and shape_matches(spec.shape, arr.shape):
+            return arr.astype(_TO_NUMPY[spec.datatype], copy=False)
     arr = _as_array(value, spec)
     ragged = arr.dtype == object and spec.datatype != "BYTES" and arr.ndim and arr.size
     if ragged and any(isinstance(x, (list, tuple)) for x in arr.flat):

@@ -12,6 +12,8 @@ NAME_PATTERN = r"[a-z0-9][a-z0-9._-]{0,63}"
 ALIAS_PATTERN = r"[a-z][a-z0-9._-]{0,63}"
 _NAME_RE = re.compile(NAME_PATTERN)
 _ALIAS_RE = re.compile(ALIAS_PATTERN)
+_VERSION_RE = re.compile(r"[1-9][0-9]{0,9}", re.ASCII)
+MAX_VERSION = 2**31 - 1  # fits every database's INTEGER
 _REF_RE = re.compile(r"(?P<name>[^:@]*)(?::(?P<version>[^:@]*)|@(?P<alias>[^:@]*))?")
 
 # Open Inference Protocol V2 datatypes, the vocabulary of every signature.
@@ -75,7 +77,7 @@ class ModelRef:
         name, version, alias = match["name"], match["version"], match["alias"]
         validate_name(name)
         if version is not None:
-            if not version.isdigit() or int(version) < 1:
+            if not _VERSION_RE.fullmatch(version) or int(version) > MAX_VERSION:
                 raise InvalidInputError(
                     f"malformed model reference {text!r}: the version must be a positive integer (NAME:3)",
                     field="ref",

@@ -9,6 +9,7 @@ from typing import Annotated
 
 import click
 import typer
+import typer.exceptions
 
 from shipyard.cli import aliases, models, serve
 from shipyard.cli._context import CliState
@@ -40,6 +41,18 @@ aliases.register(app)
 serve.register(app)
 
 
+def _click_errors() -> tuple[type[Exception], ...]:
+    """Usage-error classes: Typer >= 0.29 vendors its own copy of Click."""
+    classes: list[type[Exception]] = [click.ClickException]
+    try:
+        from typer._click.exceptions import ClickException as VendoredClickException
+
+        classes.append(VendoredClickException)
+    except ImportError:  # an older Typer that uses Click itself
+        pass
+    return tuple(classes)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; errors print one readable line (no traceback) and exit non-zero."""
     command = typer.main.get_command(app)
@@ -48,12 +61,17 @@ def main(argv: list[str] | None = None) -> int:
     except ShipyardError as exc:
         click.echo(f"error: {exc.message}", err=True)
         return exc.exit_code
-    except click.exceptions.Exit as exc:
-        return exc.exit_code
-    except click.ClickException as exc:
-        exc.show()
-        return exc.exit_code
-    except (click.exceptions.Abort, KeyboardInterrupt):
+    except (click.exceptions.Exit, typer.exceptions.Exit) as exc:
+        return int(getattr(exc, "exit_code", 0) or 0)
+    except _click_errors() as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":  # bare `shipyard`: the help is the answer
+            click.echo(command.get_help(click.Context(command, info_name="shipyard")))
+            return 0
+        context = getattr(exc, "ctx", None)
+        hint = f" (see `{context.command_path} --help`)" if context is not None else ""
+        click.echo(f"error: {exc.format_message()}{hint}", err=True)  # type: ignore[attr-defined]
+        return int(getattr(exc, "exit_code", 2))
+    except (click.exceptions.Abort, typer.exceptions.Abort, KeyboardInterrupt):
         click.echo("aborted", err=True)
         return 130
     except Exception as exc:  # the last line of defence: never a traceback unless asked

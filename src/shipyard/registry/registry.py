@@ -15,7 +15,7 @@ from shipyard.runtimes import load_runtime
 from shipyard.runtimes.model import Model
 from shipyard.runtimes.packaging import package
 from shipyard.settings import Settings
-from shipyard.types import ModelRef, ModelVersion, validate_alias, validate_name
+from shipyard.types import MAX_VERSION, ModelRef, ModelVersion, validate_alias, validate_name
 
 DIFF_FIELDS = (
     "format",
@@ -93,6 +93,10 @@ class Registry:
                     field="ref",
                 )
         elif ref.version is not None:
+            if not 1 <= ref.version <= MAX_VERSION:
+                raise InvalidInputError(
+                    f"version {ref.version} is out of range (1-{MAX_VERSION})", field="version"
+                )
             number = ref.version
         else:
             number = self.metadata.latest_version(ref.name)
@@ -208,9 +212,8 @@ class Registry:
 
     def set_alias(self, name: str, alias: str, version: int) -> int | None:
         """Point NAME@ALIAS at a version; returns the previous target (kept in history)."""
-        validate_name(name)
         validate_alias(alias)
-        self._require_model(name)
+        self.resolve(ModelRef(validate_name(name), version=version))  # lists versions if absent
         return self.metadata.set_alias(name, alias, version)
 
     def delete_alias(self, name: str, alias: str) -> int:

@@ -160,10 +160,10 @@ def _load_skops(path: Path, trusted_types: list[str] | None, trust: bool) -> Any
     import skops.io as sio
 
     allowed, unknown = skops_untrusted(path)
-    if trusted_types is not None:  # the list recorded at push time is the whole allow-list
-        unknown = [n for n in unknown if n not in trusted_types]
-    if unknown and not trust:
-        raise _refuse_types(path, unknown)
+    # At load time, the types recorded at push are vouched for; anything else is not.
+    unvouched = [n for n in unknown if trusted_types is None or n not in trusted_types]
+    if unvouched and not trust:
+        raise _refuse_types(path, unvouched)
     try:
         return sio.load(path, trusted=allowed + unknown)
     except Exception as exc:  # skops raises plain exceptions for damaged or foreign files

@@ -21,6 +21,7 @@ from shipyard.serve.protocols._http import (
     read_body,
 )
 from shipyard.settings import ServeSettings
+from shipyard.types import MAX_VERSION
 
 EXTENSIONS = ["binary_tensor_data", "classification", "model_repository", "statistics", "model_configuration"]
 _TRITON_TYPES = {
@@ -36,7 +37,7 @@ def parse_version(request: Request) -> int | None:
     text = request.path_params.get("version")
     if text is None or text == "":
         return None
-    if not text.isdigit() or int(text) < 1:
+    if not text.isascii() or not text.isdigit() or not 1 <= int(text[:12]) <= MAX_VERSION:
         raise InvalidInputError(f"model version must be a positive integer, got {text!r}", field="version")
     return int(text)
 
