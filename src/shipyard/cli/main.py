@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(getattr(exc, "exit_code", 0) or 0)
     except _click_errors() as exc:
         if type(exc).__name__ == "NoArgsIsHelpError":  # bare `shipyard`: the help is the answer
-            click.echo(command.get_help(click.Context(command, info_name="shipyard")))
+            click.echo(command.get_help(command.make_context("shipyard", [], resilient_parsing=True)))
             return 0
         context = getattr(exc, "ctx", None)
         hint = f" (see `{context.command_path} --help`)" if context is not None else ""

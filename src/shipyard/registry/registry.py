@@ -168,6 +168,9 @@ class Registry:
         serving: dict[str, Any] | None = None,
         data_profile: dict[str, Any] | None = None,
         cwd: str | Path | None = None,
+        task: str | None = None,
+        tokenizer: Any = None,
+        truncate: bool = True,
     ) -> ModelVersion:
         """Store `model` (an estimator or a file path) as the next version of `name`."""
         validate_name(name)
@@ -181,7 +184,15 @@ class Registry:
         }
         commit, dirty = current_commit(Path(cwd) if cwd else Path.cwd())
         with self.store.staging() as staging:
-            packaged = package(model, staging, sample_input=sample_input, trust=trust)
+            packaged = package(
+                model,
+                staging,
+                sample_input=sample_input,
+                trust=trust,
+                task=task,
+                tokenizer=tokenizer,
+                truncate=truncate,
+            )
             info = self.store.commit(staging)
         extra = dict(packaged.extra)
         if dirty:

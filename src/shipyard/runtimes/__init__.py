@@ -19,6 +19,7 @@ RUNTIMES: dict[str, str] = {
     "skops": "shipyard.runtimes.sklearn:SklearnRuntime",
     "pickle": "shipyard.runtimes.sklearn:PickledRuntime",
     "joblib": "shipyard.runtimes.sklearn:PickledRuntime",
+    "transformers": "shipyard.runtimes.transformers:TransformersRuntime",
 }
 # Formats whose loading runs arbitrary code: loaded only for versions pushed with --trust.
 CODE_EXECUTING = frozenset({"pickle", "joblib"})

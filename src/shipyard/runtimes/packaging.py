@@ -17,17 +17,32 @@ _PLANNED = {
 }
 
 
-def package(obj: Any, dest: Path, *, sample_input: Any = None, trust: bool = False) -> Packaged:
+def package(
+    obj: Any,
+    dest: Path,
+    *,
+    sample_input: Any = None,
+    trust: bool = False,
+    task: str | None = None,
+    tokenizer: Any = None,
+    truncate: bool = True,
+) -> Packaged:
     """Write the artifact for `obj` into the empty folder `dest` and describe it."""
-    if isinstance(obj, (str, Path)):
-        return _package_path(Path(obj).expanduser(), dest, sample_input, trust)
-    from shipyard.runtimes import sklearn
+    from shipyard.runtimes import sklearn, transformers
 
+    if isinstance(obj, (str, Path)):
+        path = Path(obj).expanduser()
+        if transformers.is_hf_folder(path):
+            return transformers.package_folder(path, dest, trust=trust, task=task, truncate=truncate)
+        return _package_path(path, dest, sample_input, trust)
+    if transformers.is_transformers_object(obj):
+        return transformers.package_object(obj, dest, tokenizer=tokenizer, task=task, truncate=truncate)
     if sklearn.is_estimator(obj):
         return sklearn.package_estimator(obj, dest, sample_input, trust)
     raise InvalidInputError(
         f"cannot push a {type(obj).__module__}.{type(obj).__qualname__}: pass a scikit-learn "
-        "estimator or pipeline, or the path of an ONNX, skops, pickle or joblib file",
+        "estimator or pipeline, a transformers model (with tokenizer=) or SentenceTransformer, "
+        "or the path of an ONNX, skops, pickle or joblib file or a Hugging Face model folder",
         field="model",
     )
 

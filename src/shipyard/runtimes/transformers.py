@@ -143,6 +143,7 @@ def package_folder(
         extra["labels"] = _labels(config)
         outputs.append(TensorSpec("entities", "BYTES", (-1,)))
     outputs.append(TensorSpec("tokens", "INT64", (-1,)))
+    outputs.append(TensorSpec("truncated", "BOOL", (-1,)))  # the text was cut to max_length
     import torch
 
     versions = {"transformers": transformers.__version__, "torch": torch.__version__.split("+")[0]}
@@ -181,9 +182,9 @@ def package_object(
 
 def is_transformers_object(obj: Any) -> bool:
     module = type(obj).__module__
-    return module.startswith(("transformers.", "sentence_transformers.")) and hasattr(
-        obj, "save_pretrained" if module.startswith("transformers.") else "save"
-    )
+    if module.startswith("sentence_transformers."):
+        return hasattr(obj, "save")
+    return module.startswith("transformers.") and hasattr(obj, "save_pretrained")
 
 
 class TransformersRuntime:
@@ -195,6 +196,7 @@ class TransformersRuntime:
 
         if settings.intra_op_threads:
             torch.set_num_threads(settings.intra_op_threads)
+        transformers.utils.logging.disable_progress_bar()  # no progress bars in server logs
         extra = version.extra
         self.signature = version.signature
         self.task = extra["task"]
@@ -213,8 +215,14 @@ class TransformersRuntime:
         ).eval()
         self.vocab_size = len(self.tokenizer)
         self._torch = torch
+        # The special tokens around one sequence, for pre-tokenized input: encoding "" gives
+        # e.g. [CLS] [SEP] for BERT, <s> </s> for RoBERTa, </s> for T5.
+        template = list(self.tokenizer("")["input_ids"])
+        starts = {self.tokenizer.cls_token_id, self.tokenizer.bos_token_id} - {None}
+        split = 1 if template and template[0] in starts else 0
+        self._prefix, self._suffix = template[:split], template[split:]
 
-    def _token_ids(self, items: np.ndarray) -> list[list[int]]:
+    def _token_ids(self, items: np.ndarray) -> tuple[list[list[int]], np.ndarray]:
         texts: list[str] = []
         given: dict[int, list[int]] = {}
         for i, item in enumerate(items.ravel()):
@@ -223,7 +231,8 @@ class TransformersRuntime:
                 bad = [t for t in ids if t < 0 or t >= self.vocab_size]
                 if bad:
                     raise InvalidInputError(
-                        f"input {i} has token id(s) {bad[:5]} outside the vocabulary (0-{self.vocab_size - 1})",
+                        f"input {i} has token id(s) {bad[:5]} outside the vocabulary "
+                        f"(0-{self.vocab_size - 1})",
                         field="input",
                     )
                 given[i] = ids
@@ -236,9 +245,9 @@ class TransformersRuntime:
                 raise InvalidInputError(f"input {i} is a {type(item).__name__}, not text", field="input")
         encoded = self.tokenizer(texts, add_special_tokens=True, truncation=False)["input_ids"]
         ids_list: list[list[int]] = []
-        for i, ids in enumerate(encoded):
-            if i in given:
-                ids = self.tokenizer.build_inputs_with_special_tokens(given[i])
+        truncated = np.zeros(len(encoded), dtype=bool)
+        for i, from_text in enumerate(encoded):
+            ids = [*self._prefix, *given[i], *self._suffix] if i in given else from_text
             if len(ids) > self.max_length:
                 if not self.truncate:
                     raise InvalidInputError(
@@ -246,31 +255,33 @@ class TransformersRuntime:
                         f"{self.max_length}; shorten it or serve with truncation on",
                         field="input",
                     )
-                ids = [*ids[: self.max_length - 1], ids[-1]]  # keep the closing special token
-            ids_list.append(ids)
-        return ids_list
+                ids_list.append([*ids[: self.max_length - 1], ids[-1]])  # keep the closing token
+                truncated[i] = True
+            else:
+                ids_list.append(ids)
+        return ids_list, truncated
 
     def predict(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        ids_list = self._token_ids(inputs[INPUT_NAME])
+        ids_list, truncated = self._token_ids(inputs[INPUT_NAME])
         order = sorted(range(len(ids_list)), key=lambda i: len(ids_list[i]))
         results: list[Any] = [None] * len(ids_list)
         for start in range(0, len(order), _BUCKET_ROWS):
             chunk = order[start : start + _BUCKET_ROWS]
             for i, row in zip(chunk, self._forward([ids_list[i] for i in chunk]), strict=True):
                 results[i] = row
-        tokens = np.array([len(ids) for ids in ids_list], dtype=np.int64)
+        counts = {"tokens": np.array([len(ids) for ids in ids_list], dtype=np.int64), "truncated": truncated}
         if self.task == "feature-extraction":
-            return {"embedding": np.stack(results).astype(np.float32), "tokens": tokens}
+            return {"embedding": np.stack(results).astype(np.float32), **counts}
         if self.task == "text-classification":
             scores = np.stack(results).astype(np.float32)
             labels = np.empty(len(results), dtype=object)
             labels[:] = [
                 self.labels[int(k)] if int(k) < len(self.labels) else str(k) for k in scores.argmax(1)
             ]
-            return {"label": labels, "scores": scores, "tokens": tokens}
+            return {"label": labels, "scores": scores, **counts}
         entities = np.empty(len(results), dtype=object)
         entities[:] = [json.dumps(r, ensure_ascii=False) for r in results]
-        return {"entities": entities, "tokens": tokens}
+        return {"entities": entities, **counts}
 
     def _forward(self, batch: list[list[int]]) -> list[Any]:
         torch = self._torch

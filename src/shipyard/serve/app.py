@@ -22,6 +22,7 @@ from shipyard.registry import Registry
 from shipyard.serve.dataplane import DataPlane
 from shipyard.serve.protocols._http import error_response, json_response
 from shipyard.serve.protocols.management import ManagementProtocol
+from shipyard.serve.protocols.openai import OpenAIProtocol
 from shipyard.serve.protocols.openapi import build_openapi, docs_page
 from shipyard.serve.protocols.sagemaker import SageMakerProtocol
 from shipyard.serve.protocols.v1 import V1Protocol
@@ -64,8 +65,9 @@ def create_app(
     async def docs(request: Request) -> Response:
         return HTMLResponse(docs_page(build_openapi(repository)))
 
-    protocols: list[V2Protocol | V1Protocol | SageMakerProtocol | ManagementProtocol] = [
+    protocols: list[V2Protocol | V1Protocol | OpenAIProtocol | SageMakerProtocol | ManagementProtocol] = [
         V2Protocol(dataplane, serve),
+        OpenAIProtocol(dataplane, serve),
         V1Protocol(dataplane, serve),
         SageMakerProtocol(dataplane, serve, *vertex_routes),
         ManagementProtocol(dataplane, serve),
