@@ -56,7 +56,12 @@ def serve(
             if v is not None
         }
     )
-    settings = base.model_copy(update={"serve": serve_opts})
+    runtime = base.runtime
+    if runtime.intra_op_threads == 0 and serve_opts.workers > 1:
+        # N workers each using every core would oversubscribe the CPU: share the cores out.
+        cores = len(os.sched_getaffinity(0))
+        runtime = runtime.model_copy(update={"intra_op_threads": max(1, cores // serve_opts.workers)})
+    settings = base.model_copy(update={"serve": serve_opts, "runtime": runtime})
     overrides = {"max_batch_size": max_batch_size, "max_batch_delay_ms": max_batch_delay_ms}
     vertex = (os.environ.get("AIP_HEALTH_ROUTE"), os.environ.get("AIP_PREDICT_ROUTE"))
 

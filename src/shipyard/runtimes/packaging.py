@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from shipyard.errors import InvalidInputError, UntrustedArtifactError
+from shipyard.errors import InvalidInputError
 from shipyard.runtimes.base import Packaged
 from shipyard.runtimes.formats import detect_format
 
@@ -28,7 +28,7 @@ def package(
     truncate: bool = True,
 ) -> Packaged:
     """Write the artifact for `obj` into the empty folder `dest` and describe it."""
-    from shipyard.runtimes import sklearn, transformers
+    from shipyard.runtimes import pytorch, sklearn, transformers
 
     if isinstance(obj, (str, Path)):
         path = Path(obj).expanduser()
@@ -39,6 +39,8 @@ def package(
         return transformers.package_object(obj, dest, tokenizer=tokenizer, task=task, truncate=truncate)
     if sklearn.is_estimator(obj):
         return sklearn.package_estimator(obj, dest, sample_input, trust)
+    if pytorch.is_module(obj):
+        return pytorch.package_module(obj, dest, sample_input)
     raise InvalidInputError(
         f"cannot push a {type(obj).__module__}.{type(obj).__qualname__}: pass a scikit-learn "
         "estimator or pipeline, a transformers model (with tokenizer=) or SentenceTransformer, "
@@ -59,11 +61,10 @@ def _package_path(path: Path, dest: Path, sample_input: Any, trust: bool) -> Pac
         return sklearn.package_skops(file, dest, sample_input, trust)
     if fmt in ("pickle", "joblib"):
         return sklearn.package_pickle(file, dest, fmt, sample_input, trust)
-    if fmt == "torch-checkpoint" and not trust:
-        raise UntrustedArtifactError(
-            f"{file.name} is a PyTorch checkpoint made by torch.save, which unpickles code when "
-            "loaded; export the model to ONNX instead"
-        )
+    if fmt == "torch-checkpoint":
+        from shipyard.runtimes.pytorch import package_checkpoint
+
+        return package_checkpoint(file, dest, sample_input, trust)
     raise InvalidInputError(
         f"{file.name} holds {_PLANNED.get(fmt, fmt)}, which this version of Shipyard cannot "
         "serve yet; convert it to ONNX and push that",
