@@ -70,12 +70,16 @@ def _as_array(value: Any, spec: TensorSpec) -> np.ndarray:
         ) from exc
 
 
-def _cast(arr: np.ndarray, spec: TensorSpec) -> np.ndarray:
+def cast_array(arr: np.ndarray, spec: TensorSpec) -> np.ndarray:
+    """`arr` as the spec's dtype, refusing text for numbers, fractions or overflow for integers."""
     target = numpy_dtype(spec.datatype)
     if spec.datatype == "BYTES":
-        if arr.dtype.kind not in "OUS":
+        if arr.dtype.kind not in "OUS" or (
+            arr.dtype.kind == "O" and not all(isinstance(x, (str, bytes)) for x in arr.flat)
+        ):
             raise InvalidInputError(
-                f"input {spec.name!r} expects text (BYTES), got {arr.dtype} values",
+                f"input {spec.name!r} expects text (BYTES): every element must be a string "
+                f"(ragged nesting, numbers and nulls are refused); expected {spec.describe()}",
                 field=spec.name,
             )
         return arr.astype(object)
@@ -87,13 +91,19 @@ def _cast(arr: np.ndarray, spec: TensorSpec) -> np.ndarray:
         )
     if arr.dtype == target:
         return arr
-    if (target.kind in "iub" and arr.dtype.kind == "f") and (
-        not np.all(np.isfinite(arr)) or not np.array_equal(arr, np.trunc(arr))
-    ):
-        raise InvalidInputError(
-            f"input {spec.name!r} expects integers ({spec.datatype}), got fractional values",
-            field=spec.name,
-        )
+    if target.kind in "iu" and arr.dtype.kind in "fiu" and arr.size:
+        if arr.dtype.kind == "f" and (not np.all(np.isfinite(arr)) or not np.array_equal(arr, np.trunc(arr))):
+            raise InvalidInputError(
+                f"input {spec.name!r} expects integers ({spec.datatype}), got fractional values",
+                field=spec.name,
+            )
+        info = np.iinfo(target)
+        if arr.min() < info.min or arr.max() > info.max:
+            raise InvalidInputError(
+                f"input {spec.name!r} has values outside the range of {spec.datatype} "
+                f"({info.min} to {info.max})",
+                field=spec.name,
+            )
     return arr.astype(target)
 
 
@@ -114,7 +124,7 @@ def coerce_input(value: Any, spec: TensorSpec) -> np.ndarray:
         raise InvalidInputError(
             f"input {spec.name!r} has ragged rows; expected {spec.describe()}", field=spec.name
         )
-    arr = _cast(arr, spec)
+    arr = cast_array(arr, spec)
     if len(spec.shape) == arr.ndim + 1 and shape_matches(spec.shape[1:], arr.shape):
         arr = arr[np.newaxis, ...]  # one instance without its batch axis
     if not shape_matches(spec.shape, arr.shape):

@@ -175,6 +175,9 @@ class Batcher:
         rows = sum(i.rows for i in batch)
         try:
             outputs = await loop.run_in_executor(self._executor, self._predict, merged)
+        except asyncio.CancelledError:  # close() gave up waiting: answer, never strand callers
+            _fail(batch, OverloadedError("the model was unloaded while this request ran; retry"))
+            raise
         except InvalidInputError as exc:
             if len(batch) > 1:  # one bad request must not fail its neighbours: run each alone
                 for item in batch:

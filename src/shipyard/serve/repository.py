@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from shipyard.errors import NotFoundError, NotReadyError, ShipyardError
+from shipyard.errors import InvalidInputError, NotFoundError, NotReadyError, ShipyardError
 from shipyard.monitor import metrics
 from shipyard.registry import Registry
 from shipyard.runtimes import Runtime, load_runtime
@@ -130,7 +130,9 @@ class ModelRepository:
             log.error("cannot resolve %s: %s", model.name, exc.message)
             return
         for version in {v.version: v for v in targets}.values():
-            await self._load_version(model, version)
+            loaded = model.versions.get(version.version)
+            if loaded is None or loaded.state == "failed":  # never load a ready version twice
+                await self._load_version(model, version)
         if model.moving is not None:
             model.default = targets[model.refs.index(model.moving)].version
         else:
@@ -241,17 +243,34 @@ class ModelRepository:
             metrics.LOADED_MODELS.dec()
 
     async def load(self, ref_text: str) -> ServedModel:
-        """Management: serve (or re-resolve) a reference at run time."""
+        """Management: serve (or re-resolve) a reference at run time.
+
+        The reference is resolved first, so an unknown name, version or alias is a 404 that
+        leaves the server as it was; a version that fails to load is not kept.
+        """
         ref = ModelRef.parse(ref_text)
+        target = await asyncio.to_thread(self.registry.resolve, ref)
         model = self.models.get(ref.name)
-        if model is None:
-            model = self.models[ref.name] = ServedModel(ref.name, [ref])
-            await self._load_model(model)
-        elif ref not in model.refs:
-            model.refs.append(ref)
-            await self._load_model(model)
-        else:
+        if model is not None and ref in model.refs:
             await self.refresh(model)
+            return model
+        fresh = model is None
+        if model is None:
+            model = ServedModel(ref.name)
+        served = model.versions.get(target.version)
+        if served is None or not served.ready:
+            served = await self._load_version(model, target)
+        if not served.ready:
+            if fresh:
+                await self._unload(model, served)
+            else:
+                model.versions.pop(target.version, None)
+            raise InvalidInputError(f"{target.ref} failed to load: {served.reason}", field="model")
+        model.refs.append(ref)
+        if not ref.is_pinned or model.default is None:
+            model.default = target.version
+        model.error = ""
+        self.models[ref.name] = model
         if model.moving is not None and self._poller is None:
             self._poller = asyncio.get_running_loop().create_task(self._poll())
         return model

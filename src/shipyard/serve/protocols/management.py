@@ -99,9 +99,6 @@ class ManagementProtocol:
         if ref.split(":", maxsplit=1)[0].split("@", maxsplit=1)[0] != name:
             raise InvalidInputError(f"parameter ref {ref!r} names another model than {name!r}", field="ref")
         model = await self.dataplane.repository.load(ref)
-        _, problems = self.dataplane.readiness()
-        if name in problems:
-            return json_response({"error": f"model {name!r} failed to load: {problems[name]}"}, 400)
         return json_response({"name": name, "version": str(model.default)})
 
     async def _unload(self, request: Request) -> Response:

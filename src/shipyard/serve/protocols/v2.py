@@ -9,7 +9,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 import shipyard
-from shipyard.errors import InvalidInputError, NotFoundError, ShipyardError
+from shipyard.errors import InvalidInputError, NotReadyError
 from shipyard.serve.dataplane import DataPlane
 from shipyard.serve.protocols import v2_codec
 from shipyard.serve.protocols._http import (
@@ -113,9 +113,7 @@ class V2Protocol:
         name = request.path_params["model"]
         try:
             served = self.dataplane.model(name, parse_version(request))
-        except NotFoundError:
-            raise
-        except ShipyardError as exc:  # not ready: say why, with 503 as KServe does
+        except NotReadyError as exc:  # not ready: say why, with 503 as KServe does
             return json_response({"name": name, "ready": False, "error": exc.message}, 503)
         return json_response({"name": name, "ready": True, "version": str(served.version.version)})
 

@@ -14,8 +14,8 @@ import numpy as np
 import orjson
 
 from shipyard.errors import InvalidInputError
-from shipyard.tensors import datatype_of, numpy_dtype
-from shipyard.types import DATATYPES, Signature
+from shipyard.tensors import cast_array, datatype_of
+from shipyard.types import DATATYPES, Signature, TensorSpec
 
 _LITTLE = {
     "FP16": "<f2",
@@ -102,13 +102,12 @@ def _decode_binary(buf: memoryview, datatype: str, shape: tuple[int, ...], name:
 
 
 def _decode_json(data: Any, datatype: str, shape: tuple[int, ...], name: str) -> np.ndarray:
-    if datatype == "BYTES":
-        arr = np.array(data, dtype=object)
-    else:
-        try:
-            arr = np.array(data, dtype=numpy_dtype(datatype))
-        except (ValueError, TypeError, OverflowError) as exc:
-            raise _error(f"input {name!r}: data does not fit datatype {datatype}: {exc}", name) from exc
+    try:
+        arr = np.array(data, dtype=object) if datatype == "BYTES" else np.asarray(data)
+    except ValueError as exc:  # ragged nesting
+        raise _error(f"input {name!r}: 'data' is ragged nesting: {exc}", name) from exc
+    # The same checks as every other protocol: no text for numbers, no silent truncation.
+    arr = cast_array(arr, TensorSpec(name, datatype, shape))
     if arr.size != math.prod(shape):
         raise _error(
             f"input {name!r} has {arr.size} elements, but shape {list(shape)} needs {math.prod(shape)}",
@@ -172,9 +171,18 @@ def decode_request(body: bytes, header_length: int | None, signature: Signature)
         raise _error(f"{len(binary) - offset} bytes of binary data follow the inputs unused", "body")
     outputs = obj.get("outputs")
     if outputs is not None and not (
-        isinstance(outputs, list) and all(isinstance(o, dict) and "name" in o for o in outputs)
+        isinstance(outputs, list)
+        and all(
+            isinstance(o, dict)
+            and isinstance(o.get("name"), str)
+            and isinstance(o.get("parameters") or {}, dict)
+            for o in outputs
+        )
     ):
-        raise _error("'outputs' must be a list of objects with a 'name'", "outputs")
+        raise _error(
+            "'outputs' must be a list of objects with a string 'name' and optional 'parameters' object",
+            "outputs",
+        )
     request_id = obj.get("id")
     parameters = obj.get("parameters") or {}
     if not isinstance(parameters, dict):
@@ -184,6 +192,8 @@ def decode_request(body: bytes, header_length: int | None, signature: Signature)
 
 def _classify(arr: np.ndarray, k: int, labels: list[Any] | None) -> np.ndarray:
     """Classification extension: top-k 'score:index[:label]' strings per row."""
+    if arr.dtype.kind not in "biuf":
+        raise _error("classification needs a numeric output (scores), not text", "outputs")
     rows = arr.reshape(arr.shape[0], -1) if arr.ndim > 1 else arr.reshape(1, -1)
     top = np.argsort(-rows, axis=1)[:, :k]
     out = np.empty(top.shape, dtype=object)
@@ -202,7 +212,7 @@ def encode_response(
     classes: list[Any] | None = None,
 ) -> tuple[bytes, int | None]:
     """(body, JSON header length when binary outputs follow, else None)."""
-    default_binary = bool(request.parameters.get("binary_data_output", False))
+    default_binary = request.parameters.get("binary_data_output", False) is True
     wanted = request.outputs
     if wanted is None:
         wanted = [{"name": n} for n in outputs]

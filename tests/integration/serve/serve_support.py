@@ -1,0 +1,242 @@
+"""Helpers for the inference-server tests: the test models and real `shipyard serve` processes.
+
+Every server is the installed console script started exactly as a user would start it, on a
+port the kernel picks (`--port 0`; the first line it prints names the real one). Servers are
+shared per session or per module; each is stopped with SIGTERM and must exit 0.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+from shipyard.registry import Registry
+
+SHIPYARD = Path(sys.executable).with_name("shipyard")
+START_TIMEOUT_S = 60.0
+STOP_TIMEOUT_S = 30.0
+ADMIN_TOKEN = "s3cret-admin-token"
+MAX_BODY_BYTES = 1_000_000  # the shared server's body limit: small enough to pass in a test
+
+
+# -- models ---------------------------------------------------------------------------------
+
+
+@dataclass
+class ServeModels:
+    """What the test registry holds, and the estimators behind it (to compare predictions)."""
+
+    home: Path
+    x: np.ndarray  # iris features, float64
+    iris_v1: Any  # served as iris:1 = iris@production
+    iris_v2: Any  # iris:2
+    onnx_bytes: bytes  # iris_v1 converted with skl2onnx (float32 input "X", no ZipMap)
+    multi_bytes: bytes  # x FP32[-1,4], n INT64[-1,1], s STRING[-1,1] -> y = 2x, n_out = n, s_out = s
+
+
+def iris_onnx_bytes(model: Any, x: np.ndarray, doc: str = "") -> bytes:
+    from skl2onnx import to_onnx
+
+    proto = to_onnx(model, x[:1].astype(np.float32), options={id(model): {"zipmap": False}}, target_opset=17)
+    proto.doc_string = doc  # a different doc string gives a different digest
+    return bytes(proto.SerializeToString())
+
+
+def multi_onnx_bytes() -> bytes:
+    """A hand-built model with FP32, INT64 and STRING inputs, so each V2 datatype is exercised."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    def info(name: str, kind: int, width: int) -> Any:
+        return helper.make_tensor_value_info(name, kind, ["N", width])
+
+    graph = helper.make_graph(
+        [
+            helper.make_node("Mul", ["x", "two"], ["y"]),
+            helper.make_node("Identity", ["n"], ["n_out"]),
+            helper.make_node("Identity", ["s"], ["s_out"]),
+        ],
+        "multi",
+        [info("x", TensorProto.FLOAT, 4), info("n", TensorProto.INT64, 1), info("s", TensorProto.STRING, 1)],
+        [
+            info("y", TensorProto.FLOAT, 4),
+            info("n_out", TensorProto.INT64, 1),
+            info("s_out", TensorProto.STRING, 1),
+        ],
+        [helper.make_tensor("two", TensorProto.FLOAT, [], [2.0])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8  # readable by every onnxruntime the project supports
+    onnx.checker.check_model(model)
+    return bytes(model.SerializeToString())
+
+
+def push_file(registry: Registry, name: str, data: bytes, folder: Path, **kwargs: Any) -> Any:
+    path = folder / f"{name}-{len(list(folder.iterdir()))}.onnx"
+    path.write_bytes(data)
+    return registry.push(name, path, **kwargs)
+
+
+# -- servers --------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def server_env(home: Path, **extra: str) -> dict[str, str]:
+    """The parent's environment minus anything Shipyard or Vertex AI would read, plus `extra`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SHIPYARD_", "AIP_", "PROMETHEUS_"))}
+    env["SHIPYARD_HOME"] = str(home)
+    env.update(extra)
+    return env
+
+
+@dataclass
+class Server:
+    proc: subprocess.Popen[bytes]
+    url: str
+    log_dir: Path
+    stopped_code: int | None = None
+
+    @property
+    def port(self) -> int:
+        return int(self.url.rsplit(":", 1)[1])
+
+    @property
+    def host_port(self) -> str:
+        """host:port, the form tritonclient wants."""
+        return self.url.removeprefix("http://")
+
+    def client(self, **kwargs: Any) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=kwargs.pop("timeout", 30.0), **kwargs)
+
+    def stdout(self) -> str:
+        return (self.log_dir / "stdout.txt").read_text(errors="replace")
+
+    def stderr(self) -> str:
+        return (self.log_dir / "stderr.txt").read_text(errors="replace")
+
+    def stop(self, timeout: float = STOP_TIMEOUT_S) -> int:
+        """SIGTERM, then the exit code (killing it, and failing, if it does not exit in time)."""
+        if self.stopped_code is not None:
+            return self.stopped_code
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.stopped_code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            pytest.fail(f"server did not exit within {timeout}s of SIGTERM; stderr:\n{self.stderr()}")
+        return self.stopped_code
+
+    def kill(self) -> None:
+        """For a server that failed its test anyway: no orphan process."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def wait_until(self, predicate: Callable[[httpx.Client], bool], timeout: float = START_TIMEOUT_S) -> None:
+        deadline = time.monotonic() + timeout
+        with self.client(timeout=5.0) as client:
+            while True:
+                if self.proc.poll() is not None:
+                    pytest.fail(f"server exited with {self.proc.returncode}; stderr:\n{self.stderr()}")
+                try:
+                    if predicate(client):
+                        return
+                except httpx.TransportError:
+                    pass
+                if time.monotonic() > deadline:
+                    pytest.fail(f"server not ready within {timeout}s; stderr:\n{self.stderr()}")
+                time.sleep(0.05)
+
+
+def launch(
+    home: Path,
+    refs: list[str],
+    log_dir: Path,
+    *,
+    args: list[str] | None = None,
+    env: dict[str, str] | None = None,
+    port: int | None = 0,
+    wait_ready: bool = True,
+) -> Server:
+    """Start `shipyard serve REFS --port PORT ARGS` and wait for its announcement (and /readyz)."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    command = [
+        str(SHIPYARD),
+        "serve",
+        *refs,
+        *(["--port", str(port)] if port is not None else []),
+        *(args or []),
+    ]
+    with (log_dir / "stdout.txt").open("wb") as out, (log_dir / "stderr.txt").open("wb") as err:
+        proc = subprocess.Popen(command, stdout=out, stderr=err, env=server_env(home, **(env or {})))
+    server = Server(proc, "", log_dir)
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while not server.url:
+        first = server.stdout().split("\n", 1)
+        if len(first) == 2:  # a whole first line
+            assert first[0].startswith("shipyard: serving "), first[0]
+            server.url = first[0].split(" on ", 1)[1].split()[0]
+        elif proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"`{' '.join(command)}` announced no address; stderr:\n{server.stderr()}")
+        else:
+            time.sleep(0.02)
+    if wait_ready:
+        try:
+            server.wait_until(lambda c: c.get("/readyz").status_code == 200)
+        except BaseException:
+            server.kill()
+            raise
+    return server
+
+
+@contextmanager
+def running(home: Path, refs: list[str], log_dir: Path, **kwargs: Any) -> Iterator[Server]:
+    """A server for the duration of the block; it must exit 0 on SIGTERM afterwards."""
+    server = launch(home, refs, log_dir, **kwargs)
+    try:
+        yield server
+    finally:
+        code = server.stop()
+    assert code == 0, f"exit code {code} after SIGTERM; stderr:\n{server.stderr()}"
+
+
+# -- assertions -----------------------------------------------------------------------------
+
+
+def assert_error(response: httpx.Response, status: int, *fragments: str) -> str:
+    """An error in Shipyard's shape: that status, exactly application/json, {"error": "..."} naming
+    the problem (each fragment appears in the message); a 5xx never shows a traceback or path."""
+    assert response.status_code == status, (response.status_code, response.text)
+    assert response.headers["content-type"] == "application/json"
+    body = response.json()
+    assert isinstance(body, dict) and isinstance(body.get("error"), str), body
+    message = body["error"]
+    for fragment in fragments:
+        assert fragment in message, (fragment, message)
+    if status >= 500:
+        assert "Traceback" not in response.text
+        assert "/" not in message, message
+    if status == 503:
+        assert "retry-after" in response.headers
+    return message

@@ -1,0 +1,491 @@
+"""The dynamic batcher, driven directly in asyncio with a fake runtime (no server, no sockets).
+
+The fake's `predict` runs in the batcher's worker thread; a `threading.Event` gate holds the
+first batch inside `predict` so that later requests queue up behind it deterministically.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from shipyard.errors import InvalidInputError, OverloadedError, ShipyardError
+from shipyard.serve import batching
+from shipyard.serve.batching import Batcher, LatencyModel
+
+T = TypeVar("T")
+Arrays = dict[str, np.ndarray]
+WAIT_S = 5.0  # upper bound for anything that should happen "at once"; a hang fails, not blocks
+
+
+def run(coro_fn: Callable[[], Awaitable[T]]) -> T:
+    """Run one async test body on a fresh event loop."""
+
+    async def main() -> T:
+        return await coro_fn()
+
+    return asyncio.run(main())
+
+
+def rows(*values: float, width: int = 2) -> Arrays:
+    """A request with one row per value, every feature of a row equal to that value."""
+    return {"x": np.repeat(np.asarray(values, dtype=np.float64)[:, None], width, axis=1)}
+
+
+class FakeRuntime:
+    """Records every batch it sees and returns x * 2; can be held at a gate or made to fail."""
+
+    def __init__(self, *, gated: bool = False, fail_with: BaseException | None = None) -> None:
+        self.batches: list[np.ndarray] = []
+        self.entered = threading.Event()
+        self.gate = threading.Event()
+        if not gated:
+            self.gate.set()
+        self.fail_with = fail_with
+        self.poison: float | None = None  # a row value that makes predict raise InvalidInputError
+
+    @property
+    def sizes(self) -> list[int]:
+        return [len(b) for b in self.batches]
+
+    def predict(self, inputs: Arrays) -> Arrays:
+        x = inputs["x"]
+        self.batches.append(x.copy())
+        self.entered.set()
+        if not self.gate.wait(WAIT_S):
+            raise TimeoutError("test gate never opened")
+        if self.poison is not None and np.any(x == self.poison):
+            raise InvalidInputError(f"row value {self.poison} is not allowed", field="x")
+        if self.fail_with is not None:
+            raise self.fail_with
+        return {"y": x * 2}
+
+    async def wait_entered(self) -> None:
+        """Until a batch is inside predict (the worker thread), without blocking the loop."""
+        assert await asyncio.to_thread(self.entered.wait, WAIT_S), "predict was never called"
+
+
+async def settle() -> None:
+    """Let freshly created tasks run up to their first await (i.e. enqueue their request)."""
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+async def gather_within(*aws: Awaitable[Any], timeout: float = WAIT_S) -> list[Any]:
+    """Gather with return_exceptions, failing the test instead of hanging."""
+    return await asyncio.wait_for(asyncio.gather(*aws, return_exceptions=True), timeout)
+
+
+def test_full_batch_merges_rows_of_several_requests_and_splits_results_back() -> None:
+    fake = FakeRuntime(gated=True)
+
+    async def body() -> None:
+        batcher = Batcher(fake.predict, max_batch_size=6, max_delay_s=0.0)
+        batcher.start()
+        first = asyncio.create_task(batcher.submit(rows(1.0)))
+        await fake.wait_entered()  # the runtime is busy with `first`: the rest queue up
+        queued = [asyncio.create_task(batcher.submit(rows(10.0 + i, 20.0 + i))) for i in range(4)]
+        await settle()
+        assert batcher.depth == 4
+        fake.gate.set()
+        results = await gather_within(first, *queued)
+        await batcher.close()
+
+        # 1 row alone, then 3 requests × 2 rows = 6 (full), then the 4th request's 2 rows
+        assert fake.sizes == [1, 6, 2]
+        np.testing.assert_array_equal(fake.batches[1][:, 0], [10, 20, 11, 21, 12, 22])
+        np.testing.assert_array_equal(results[0]["y"], rows(1.0)["x"] * 2)
+        for i, result in enumerate(results[1:]):
+            assert set(result) == {"y"}
+            np.testing.assert_array_equal(result["y"], rows(10.0 + i, 20.0 + i)["x"] * 2)
+
+    run(body)
+
+
+def test_a_request_larger_than_max_batch_size_runs_alone() -> None:
+    fake = FakeRuntime(gated=True)
+
+    async def body() -> None:
+        batcher = Batcher(fake.predict, max_batch_size=4, max_delay_s=0.0)
+        batcher.start()
+        first = asyncio.create_task(batcher.submit(rows(0.0)))
+        await fake.wait_entered()
+        small_a = asyncio.create_task(batcher.submit(rows(1.0)))
+        big = asyncio.create_task(batcher.submit(rows(*range(100, 110))))
+        small_b = asyncio.create_task(batcher.submit(rows(2.0)))
+        await settle()
+        fake.gate.set()
+        results = await gather_within(first, small_a, big, small_b)
+        await batcher.close()
+
+        assert fake.sizes == [1, 1, 10, 1]
+        np.testing.assert_array_equal(fake.batches[2][:, 0], np.arange(100, 110))
+        np.testing.assert_array_equal(results[2]["y"][:, 0], np.arange(100, 110) * 2)
+        np.testing.assert_array_equal(results[3]["y"], [[4.0, 4.0]])
+
+    run(body)
+
+
+def test_a_lone_request_on_an_idle_runtime_runs_at_once_not_after_the_delay() -> None:
+    fake = FakeRuntime()
+
+    async def body() -> None:
+        batcher = Batcher(fake.predict, max_batch_size=32, max_delay_s=3.0)
+        batcher.start()
+        timings = []
+        for i in range(5):  # sparse traffic: each request alone, none waits for company
+            started = time.perf_counter()
+            result = await asyncio.wait_for(batcher.submit(rows(float(i))), WAIT_S)
+            timings.append(time.perf_counter() - started)
+            np.testing.assert_array_equal(result["y"], rows(float(i))["x"] * 2)
+            await asyncio.sleep(0.02)
+        await batcher.close()
+        assert max(timings) < 1.0, timings
+
+    run(body)
+    assert fake.sizes == [1] * 5
+
+
+def test_hold_back_never_exceeds_what_is_left_of_max_delay() -> None:
+    async def body() -> None:
+        batcher = Batcher(FakeRuntime().predict, max_batch_size=32, max_delay_s=0.05)
+        for n in (1, 2, 4, 8):  # a large fixed cost per call (b = 20 ms): waiting pays
+            batcher.latency.observe(n, 0.02 + 0.0001 * n)
+        batcher._arrival_gap = 0.001  # requests arrive every millisecond
+        now = time.perf_counter()
+        hold = batcher._hold_back_s(1, now)
+        assert 0 < hold <= 0.05
+        assert batcher._hold_back_s(1, now - 0.049) <= 0.001 + 1e-6  # the oldest bounds the wait
+        assert batcher._hold_back_s(1, now - 1.0) == 0.0  # deadline passed: flush now
+        assert batcher._hold_back_s(32, now) == 0.0  # full batch: run now
+        batcher._arrival_gap = 1.0  # next request not expected before a batch would finish
+        assert batcher._hold_back_s(1, now) == 0.0
+        await batcher.close()
+
+    run(body)
+
+
+def test_a_failed_batch_fails_every_waiting_request_and_none_hangs() -> None:
+    fake = FakeRuntime(gated=True, fail_with=RuntimeError("runtime exploded"))
+
+    async def body() -> None:
+        batcher = Batcher(fake.predict, max_batch_size=8, max_delay_s=0.0)
+        batcher.start()
+        first = asyncio.create_task(batcher.submit(rows(1.0)))
+        await fake.wait_entered()
+        queued = [asyncio.create_task(batcher.submit(rows(float(i)))) for i in range(5)]
+        await settle()
+        fake.gate.set()
+        results = await gather_within(first, *queued)
+        assert fake.sizes == [1, 5]
+        assert all(isinstance(r, RuntimeError) and "exploded" in str(r) for r in results), results
+
+        fake.fail_with = None  # the batcher survives a failed batch
+        ok = await asyncio.wait_for(batcher.submit(rows(3.0)), WAIT_S)
+        np.testing.assert_array_equal(ok["y"], [[6.0, 6.0]])
+        await batcher.close()
+
+    run(body)
+
+
+def test_one_bad_request_does_not_fail_its_neighbours() -> None:
+    fake = FakeRuntime(gated=True)
+
+    async def body() -> None:
+        batcher = Batcher(fake.predict, max_batch_size=8, max_delay_s=0.0)
+        batcher.start()
+        first = asyncio.create_task(batcher.submit(rows(0.0)))
+        await fake.wait_entered()
+        fake.poison = -1.0
+        good_a = asyncio.create_task(batcher.submit(rows(1.0, 2.0)))
+        bad = asyncio.create_task(batcher.submit(rows(3.0, -1.0)))
+        good_b = asyncio.create_task(batcher.submit(rows(4.0)))
+        await settle()
+        fake.gate.set()
+        results = await gather_within(first, good_a, bad, good_b)
+        await batcher.close()
+
+        # the merged batch (5 rows) fails on the poison row, then each request runs alone
+        assert fake.sizes == [1, 5, 2, 2, 1]
+        np.testing.assert_array_equal(results[1]["y"][:, 0], [2.0, 4.0])
+        assert isinstance(results[2], InvalidInputError)
+        assert results[2].status_code == 400
+        np.testing.assert_array_equal(results[3]["y"][:, 0], [8.0])
+
+    run(body)
+
+
+def test_a_cancelled_request_never_reaches_the_runtime() -> None:
+    fake = FakeRuntime(gated=True)
+
+    async def body() -> None:
+        batcher = Batcher(fake.predict, max_batch_size=8, max_delay_s=0.0)
+        batcher.start()
+        first = asyncio.create_task(batcher.submit(rows(1.0)))
+        await fake.wait_entered()
+        kept = asyncio.create_task(batcher.submit(rows(2.0)))
+        gone = asyncio.create_task(batcher.submit(rows(99.0, 99.0, 99.0)))  # client disconnects
+        await settle()
+        gone.cancel()
+        await settle()
+        fake.gate.set()
+        _, kept_result = await gather_within(first, kept)
+        with pytest.raises(asyncio.CancelledError):
+            await gone
+        await batcher.close()
+
+        assert fake.sizes == [1, 1]
+        assert not any(np.any(b == 99.0) for b in fake.batches)
+        np.testing.assert_array_equal(kept_result["y"], [[4.0, 4.0]])
+        assert batcher.depth == 0  # nothing of the cancelled request is left behind
+
+    run(body)
+
+
+def test_a_full_queue_answers_overloaded_at_once() -> None:
+    fake = FakeRuntime(gated=True)
+
+    async def body() -> None:
+        batcher = Batcher(fake.predict, max_batch_size=8, max_delay_s=0.0, max_queue=2)
+        batcher.start()
+        first = asyncio.create_task(batcher.submit(rows(1.0)))
+        await fake.wait_entered()  # `first` left the queue: it is running
+        queued = [asyncio.create_task(batcher.submit(rows(float(i)))) for i in (2, 3)]
+        await settle()
+        with pytest.raises(OverloadedError, match="queue is full") as caught:
+            await asyncio.wait_for(batcher.submit(rows(4.0)), WAIT_S)
+        assert caught.value.status_code == 503
+        fake.gate.set()
+        results = await gather_within(first, *queued)
+        assert not any(isinstance(r, BaseException) for r in results), results
+        await batcher.close()
+
+    run(body)
+
+
+def test_close_lets_queued_work_finish_then_refuses_new_requests() -> None:
+    fake = FakeRuntime(gated=True)
+
+    async def body() -> None:
+        batcher = Batcher(fake.predict, max_batch_size=8, max_delay_s=0.0)
+        batcher.start()
+        first = asyncio.create_task(batcher.submit(rows(1.0)))
+        await fake.wait_entered()
+        queued = asyncio.create_task(batcher.submit(rows(2.0)))
+        await settle()
+        closing = asyncio.create_task(batcher.close(timeout_s=WAIT_S))
+        await settle()
+        with pytest.raises(OverloadedError, match="shutting down"):
+            await batcher.submit(rows(3.0))
+        fake.gate.set()
+        results = await gather_within(first, queued, closing)
+        np.testing.assert_array_equal(results[1]["y"], [[4.0, 4.0]])
+
+    run(body)
+
+
+def test_close_past_its_deadline_fails_the_queued_requests() -> None:
+    fake = FakeRuntime(gated=True)
+
+    async def body() -> None:
+        batcher = Batcher(fake.predict, max_batch_size=8, max_delay_s=0.0)
+        batcher.start()
+        first = asyncio.create_task(batcher.submit(rows(1.0)))
+        await fake.wait_entered()
+        queued = [asyncio.create_task(batcher.submit(rows(float(i)))) for i in (2, 3)]
+        await settle()
+        try:
+            await asyncio.wait_for(batcher.close(timeout_s=0.05), WAIT_S)  # runtime still stuck
+            results = await gather_within(*queued)
+        finally:
+            fake.gate.set()
+        assert all(isinstance(r, OverloadedError) for r in results), results
+        first.cancel()
+
+    run(body)
+
+
+def test_close_past_its_deadline_does_not_leave_the_running_batch_hanging() -> None:
+    fake = FakeRuntime(gated=True)
+
+    async def body() -> None:
+        batcher = Batcher(fake.predict, max_batch_size=8, max_delay_s=0.0)
+        batcher.start()
+        running = asyncio.create_task(batcher.submit(rows(1.0)))
+        await fake.wait_entered()
+        try:
+            await asyncio.wait_for(batcher.close(timeout_s=0.05), WAIT_S)
+            # the runtime is stuck past the deadline: its callers must get an error, not hang
+            done, _ = await asyncio.wait({running}, timeout=1.0)
+        finally:
+            fake.gate.set()
+        running.cancel()
+        assert running in done, "the request whose batch was running at close() never finished"
+
+    run(body)
+
+
+def test_a_runtime_that_cannot_batch_gets_one_request_at_a_time() -> None:
+    fake = FakeRuntime(gated=True)
+
+    async def body() -> None:
+        batcher = Batcher(fake.predict, max_batch_size=32, max_delay_s=0.0, can_batch=False)
+        assert batcher.max_batch_size == 1
+        batcher.start()
+        first = asyncio.create_task(batcher.submit(rows(1.0)))
+        await fake.wait_entered()
+        queued = [asyncio.create_task(batcher.submit(rows(float(i)))) for i in range(3)]
+        await settle()
+        fake.gate.set()
+        await gather_within(first, *queued)
+        await batcher.close()
+
+    run(body)
+    assert fake.sizes == [1, 1, 1, 1]
+
+
+def test_outputs_with_the_wrong_row_count_fail_the_merged_batch_clearly() -> None:
+    gate = threading.Event()
+    calls: list[int] = []
+
+    def predict(inputs: Arrays) -> Arrays:
+        calls.append(len(inputs["x"]))
+        gate.wait(WAIT_S)
+        return {"y": np.zeros(1)}  # one value per call, whatever the batch: not batchable
+
+    async def body() -> None:
+        batcher = Batcher(predict, max_batch_size=8, max_delay_s=0.0)
+        batcher.start()
+        first = asyncio.create_task(batcher.submit(rows(1.0)))
+        while not calls:
+            await asyncio.sleep(0.001)
+        queued = [asyncio.create_task(batcher.submit(rows(float(i)))) for i in range(2)]
+        await settle()
+        gate.set()
+        results = await gather_within(first, *queued)
+        await batcher.close()
+        assert not isinstance(results[0], BaseException)  # alone: returned as is
+        for r in results[1:]:
+            assert isinstance(r, ShipyardError)
+            assert "cannot be batched" in r.message
+
+    run(body)
+
+
+def test_on_batch_reports_rows_time_and_queue_waits() -> None:
+    seen: list[tuple[int, float, list[float]]] = []
+    fake = FakeRuntime(gated=True)
+
+    async def body() -> None:
+        batcher = Batcher(fake.predict, max_batch_size=8, max_delay_s=0.0, on_batch=lambda *a: seen.append(a))
+        batcher.start()
+        first = asyncio.create_task(batcher.submit(rows(1.0)))
+        await fake.wait_entered()
+        queued = [asyncio.create_task(batcher.submit(rows(2.0, 3.0))) for _ in range(2)]
+        await settle()
+        await asyncio.sleep(0.02)
+        fake.gate.set()
+        await gather_within(first, *queued)
+        await batcher.close()
+
+    run(body)
+    assert [(n, len(waits)) for n, _, waits in seen] == [(1, 1), (4, 2)]
+    assert all(secs >= 0 for _, secs, _ in seen)
+    assert min(seen[1][2]) >= 0.015  # the queued requests waited behind the first batch
+
+
+# -- the latency model ------------------------------------------------------------------
+
+
+def test_latency_model_recovers_slope_and_intercept() -> None:
+    model = LatencyModel()
+    a, b = 0.0007, 0.004
+    for _ in range(3):
+        for n in (1, 2, 4, 8, 16, 32, 64):
+            model.observe(n, a * n + b)
+    fit = model.fit()
+    assert fit is not None
+    assert fit[0] == pytest.approx(a, rel=1e-6)
+    assert fit[1] == pytest.approx(b, rel=1e-6)
+
+
+def test_latency_model_with_noise_and_forgetting_tracks_a_change() -> None:
+    rng = np.random.default_rng(0)
+    model = LatencyModel(decay=0.9)
+    for n in rng.integers(1, 65, size=300):  # old regime, forgotten by the end
+        model.observe(int(n), 0.01 * n + 0.5)
+    for n in rng.integers(1, 65, size=300):
+        model.observe(int(n), 0.001 * n + 0.002 + rng.normal(0, 1e-5))
+    fit = model.fit()
+    assert fit is not None
+    assert fit[0] == pytest.approx(0.001, rel=0.02)
+    assert fit[1] == pytest.approx(0.002, abs=5e-4)
+
+
+def test_latency_model_needs_data_and_spread() -> None:
+    model = LatencyModel()
+    assert model.fit() is None
+    model.observe(8, 0.01)
+    model.observe(8, 0.03)
+    assert model.fit() is None  # too few batches to fit anything
+    model.observe(8, 0.02)
+    model.observe(8, 0.02)  # (the count of batches decays, so it takes a fourth)
+    a, b = model.fit() or (None, None)
+    assert a == 0.0  # every batch the same size: all cost counts as fixed
+    assert b == pytest.approx(0.02, rel=0.05)
+
+
+def test_latency_model_never_returns_negative_costs() -> None:
+    model = LatencyModel()
+    for n in (1, 2, 4, 8):
+        model.observe(n, 0.1 - 0.01 * n)  # bigger batches faster: nonsense, clamp to >= 0
+    a, b = model.fit() or (None, None)
+    assert a == 0.0
+    assert b is not None and b >= 0
+
+
+# -- merge / split ----------------------------------------------------------------------
+
+
+@given(
+    counts=st.lists(st.integers(min_value=0, max_value=6), min_size=1, max_size=8),
+    width=st.integers(min_value=1, max_value=4),
+)
+def test_merge_then_split_round_trips(counts: list[int], width: int) -> None:
+    parts = []
+    start = 0
+    for n in counts:
+        parts.append(
+            {
+                "x": np.arange(start * width, (start + n) * width, dtype=np.float32).reshape(n, width),
+                "ids": np.arange(start, start + n, dtype=np.int64),
+                "text": np.array([f"row {i}" for i in range(start, start + n)], dtype=object),
+            }
+        )
+        start += n
+    merged = batching._merge(parts)
+    assert {k: v.shape[0] for k, v in merged.items()} == dict.fromkeys(parts[0], sum(counts))
+    back = batching._split(merged, counts)
+    assert len(back) == len(parts)
+    for original, split in zip(parts, back, strict=True):
+        assert set(split) == set(original)
+        for name in original:
+            assert split[name].dtype == original[name].dtype
+            np.testing.assert_array_equal(split[name], original[name])
+
+
+@given(
+    counts=st.lists(st.integers(min_value=1, max_value=5), min_size=2, max_size=6), extra=st.integers(1, 3)
+)
+def test_split_refuses_outputs_whose_rows_do_not_add_up(counts: list[int], extra: int) -> None:
+    outputs = {"y": np.zeros((sum(counts) + extra, 2))}
+    with pytest.raises(ShipyardError, match="cannot be batched"):
+        batching._split(outputs, counts)
