@@ -1,4 +1,5 @@
-"""Push every example model (iris, digits, digits-onnx, breast-cancer) into one registry.
+"""Push every example model (iris, digits, digits-onnx, breast-cancer, and with the extras
+digits-torch and minilm) into one registry.
 
 `make run` calls this with a fresh SHIPYARD_HOME, then `shipyard list`. Prints one line per
 pushed version: reference, digest and metrics.
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import shipyard
 
-EXAMPLES = ("train_iris", "train_digits", "train_breast_cancer")
+EXAMPLES = ("train_iris", "train_digits", "train_breast_cancer", "train_torch", "push_minilm")
 HERE = Path(__file__).resolve().parent
 
 
@@ -32,7 +33,7 @@ def summarize(version: shipyard.ModelVersion) -> str:
     """One line: reference, aliases, digest and metrics."""
     aliases = "".join(f" @{a}" for a in version.aliases)
     metrics = " ".join(f"{k}={v:.4f}" for k, v in version.metrics.items())
-    return f"{str(version.ref) + aliases:<28} {version.format:<6} {version.digest}  {metrics}"
+    return f"{str(version.ref) + aliases:<28} {version.format:<12} {version.digest}  {metrics}"
 
 
 def main(home: str | Path | None = None) -> list[shipyard.ModelVersion]:

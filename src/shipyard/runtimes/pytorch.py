@@ -75,15 +75,14 @@ def _named_inputs(sample_input: Any) -> dict[str, Any]:
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
     """The exporters warn and log about their own internals; none of it is the user's concern."""
-    logger = logging.getLogger("torch")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
+    # torch's loggers set their own levels, so only a global switch silences them.
+    logging.disable(logging.WARNING)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             yield
     finally:
-        logger.setLevel(level)
+        logging.disable(logging.NOTSET)
 
 
 def _export(module: Any, inputs: dict[str, Any], target: Path) -> str:
