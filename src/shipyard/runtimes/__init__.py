@@ -20,11 +20,13 @@ RUNTIMES: dict[str, str] = {
     "pickle": "shipyard.runtimes.sklearn:PickledRuntime",
     "joblib": "shipyard.runtimes.sklearn:PickledRuntime",
     "transformers": "shipyard.runtimes.transformers:TransformersRuntime",
+    "keras": "shipyard.runtimes.keras:KerasRuntime",
+    "keras-h5": "shipyard.runtimes.keras:KerasRuntime",
 }
 # Formats whose loading runs arbitrary code: loaded only for versions pushed with --trust.
 CODE_EXECUTING = frozenset({"pickle", "joblib"})
 # The optional extra that installs each runtime's library (absent: a core dependency).
-EXTRAS: dict[str, str] = {"torch": "torch", "transformers": "transformers"}
+EXTRAS: dict[str, str] = {"torch": "torch", "transformers": "transformers", "keras": "keras"}
 
 
 def _import(target: str) -> Any:

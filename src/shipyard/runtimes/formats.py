@@ -85,6 +85,8 @@ def detect_file_format(path: Path) -> str:
     inner = _decompressed_head(path, head)
     if inner is not None and _is_pickle(inner):
         return "joblib"
+    if head.startswith(b"\x89HDF\r\n\x1a\n"):
+        return "keras-h5"
     if head[4:8] == b"TFL3":
         return "tflite"
     if len(head) > 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < size:

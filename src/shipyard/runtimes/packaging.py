@@ -61,6 +61,10 @@ def _package_path(path: Path, dest: Path, sample_input: Any, trust: bool) -> Pac
         return sklearn.package_skops(file, dest, sample_input, trust)
     if fmt in ("pickle", "joblib"):
         return sklearn.package_pickle(file, dest, fmt, sample_input, trust)
+    if fmt in ("keras", "keras-h5"):
+        from shipyard.runtimes.keras import package_keras
+
+        return package_keras(file, dest, fmt, trust)
     if fmt == "torch-checkpoint":
         from shipyard.runtimes.pytorch import package_checkpoint
 
