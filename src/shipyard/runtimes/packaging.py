@@ -61,6 +61,10 @@ def _package_path(path: Path, dest: Path, sample_input: Any, trust: bool) -> Pac
         return sklearn.package_skops(file, dest, sample_input, trust)
     if fmt in ("pickle", "joblib"):
         return sklearn.package_pickle(file, dest, fmt, sample_input, trust)
+    if fmt == "tflite":
+        from shipyard.runtimes.tflite import package_tflite
+
+        return package_tflite(file, dest)
     if fmt in ("keras", "keras-h5"):
         from shipyard.runtimes.keras import package_keras
 
