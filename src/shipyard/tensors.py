@@ -129,7 +129,7 @@ def coerce_input(value: Any, spec: TensorSpec) -> np.ndarray:
         arr = arr[np.newaxis, ...]  # one instance without its batch axis
     if not shape_matches(spec.shape, arr.shape):
         detail = ""
-        if len(spec.shape) == arr.ndim == 2 and spec.shape[1] >= 0:
+        if len(spec.shape) == arr.ndim == 2 and 0 <= spec.shape[1] != arr.shape[1]:
             detail = f": wrong number of features (expected {spec.shape[1]}, got {arr.shape[1]})"
         expected = ", ".join("?" if d < 0 else str(d) for d in spec.shape)
         raise InvalidInputError(

@@ -27,7 +27,12 @@ RUNTIMES: dict[str, str] = {
 # Formats whose loading runs arbitrary code: loaded only for versions pushed with --trust.
 CODE_EXECUTING = frozenset({"pickle", "joblib"})
 # The optional extra that installs each runtime's library (absent: a core dependency).
-EXTRAS: dict[str, str] = {"torch": "torch", "transformers": "transformers", "keras": "keras", "ai_edge_litert": "tflite"}
+EXTRAS: dict[str, str] = {
+    "torch": "torch",
+    "transformers": "transformers",
+    "keras": "keras",
+    "ai_edge_litert": "tflite",
+}
 
 
 def _import(target: str) -> Any:

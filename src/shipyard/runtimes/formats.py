@@ -12,7 +12,10 @@ from pathlib import Path
 from shipyard.errors import InvalidInputError
 
 _PICKLE_PROTOCOLS = range(2, 6)
-_KNOWN = "ONNX, skops, pickle or joblib (with --trust)"
+_KNOWN = (
+    "ONNX, skops, Keras (.keras/.h5), TFLite, a Hugging Face folder, or pickle, joblib and "
+    "torch.save files (with --trust)"
+)
 
 
 def _is_pickle(head: bytes) -> bool:

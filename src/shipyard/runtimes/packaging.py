@@ -9,12 +9,7 @@ from shipyard.errors import InvalidInputError
 from shipyard.runtimes.base import Packaged
 from shipyard.runtimes.formats import detect_format
 
-_PLANNED = {
-    "torch-checkpoint": "PyTorch checkpoints (torch.save) hold pickled code",
-    "keras": "Keras models",
-    "tflite": "TFLite models",
-    "safetensors": "safetensors weights",
-}
+_PLANNED = {"safetensors": "bare safetensors weights (no architecture or config)"}
 
 
 def package(
@@ -44,7 +39,8 @@ def package(
     raise InvalidInputError(
         f"cannot push a {type(obj).__module__}.{type(obj).__qualname__}: pass a scikit-learn "
         "estimator or pipeline, a transformers model (with tokenizer=) or SentenceTransformer, "
-        "or the path of an ONNX, skops, pickle or joblib file or a Hugging Face model folder",
+        "a PyTorch nn.Module (with sample_input=), or the path of a model file (ONNX, skops, "
+        "Keras, TFLite; pickle, joblib or torch.save with trust=True) or a Hugging Face folder",
         field="model",
     )
 
