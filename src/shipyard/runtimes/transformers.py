@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,9 @@ _SAFE_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
 _PICKLED_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json")
 _TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "spiece.model", "sentencepiece.bpe.model", "vocab.json")
 _BUCKET_ROWS = 32  # rows per forward pass inside one merged batch
+# transformers resolves its classes lazily and that is not thread-safe: the server loads several
+# models at once, so class lookups go through this lock.
+_IMPORT_LOCK = threading.Lock()
 
 
 def is_hf_folder(path: Path) -> bool:
@@ -34,8 +38,17 @@ def is_hf_folder(path: Path) -> bool:
 
 def _import_transformers() -> Any:
     try:
-        import torch  # noqa: F401
-        import transformers
+        with _IMPORT_LOCK:
+            import torch  # noqa: F401
+            import transformers
+
+            for name in (
+                "AutoTokenizer",
+                "AutoModel",
+                "AutoModelForSequenceClassification",
+                "AutoModelForTokenClassification",
+            ):
+                getattr(transformers, name)  # resolve the lazy attributes once, under the lock
     except ModuleNotFoundError as exc:
         extra = "torch" if exc.name == "torch" else "transformers"
         raise MissingDependencyError(exc.name or extra, "transformers", "Hugging Face models") from exc
@@ -262,6 +275,8 @@ class TransformersRuntime:
         return ids_list, truncated
 
     def predict(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if inputs[INPUT_NAME].size == 0:
+            return self._empty()
         ids_list, truncated = self._token_ids(inputs[INPUT_NAME])
         order = sorted(range(len(ids_list)), key=lambda i: len(ids_list[i]))
         results: list[Any] = [None] * len(ids_list)
@@ -282,6 +297,15 @@ class TransformersRuntime:
         entities = np.empty(len(results), dtype=object)
         entities[:] = [json.dumps(r, ensure_ascii=False) for r in results]
         return {"entities": entities, **counts}
+
+    def _empty(self) -> dict[str, np.ndarray]:
+        """Zero rows in, zero rows out, with the signature's trailing shapes and dtypes."""
+        from shipyard.tensors import numpy_dtype
+
+        return {
+            t.name: np.empty((0, *[max(d, 0) for d in t.shape[1:]]), dtype=numpy_dtype(t.datatype))
+            for t in self.signature.outputs
+        }
 
     def _forward(self, batch: list[list[int]]) -> list[Any]:
         torch = self._torch
