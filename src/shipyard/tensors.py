@@ -62,6 +62,13 @@ def _as_array(value: Any, spec: TensorSpec) -> np.ndarray:
     if isinstance(value, np.ndarray):
         return value
     try:
+        if spec.datatype == "BYTES" and isinstance(value, (list, tuple)):
+            # Keep each element as given: numpy would turn ["ok", 1] into the text "1".
+            if len(spec.shape) > 1:
+                return np.array(value, dtype=object)
+            arr = np.empty(len(value), dtype=object)
+            arr[:] = list(value)
+            return arr
         return np.asarray(value)
     except ValueError as exc:  # numpy refuses inhomogeneous nesting
         raise InvalidInputError(
@@ -70,16 +77,28 @@ def _as_array(value: Any, spec: TensorSpec) -> np.ndarray:
         ) from exc
 
 
+def _is_text_or_tokens(item: Any) -> bool:
+    """A BYTES element: text, or a non-empty list of token ids (pre-tokenized text)."""
+    if isinstance(item, (str, bytes)):
+        return True
+    return (
+        isinstance(item, (list, tuple))
+        and bool(item)
+        and all(isinstance(t, int) and not isinstance(t, bool) for t in item)
+    )
+
+
 def cast_array(arr: np.ndarray, spec: TensorSpec) -> np.ndarray:
     """`arr` as the spec's dtype, refusing text for numbers, fractions or overflow for integers."""
     target = numpy_dtype(spec.datatype)
     if spec.datatype == "BYTES":
         if arr.dtype.kind not in "OUS" or (
-            arr.dtype.kind == "O" and not all(isinstance(x, (str, bytes)) for x in arr.flat)
+            arr.dtype.kind == "O" and not all(_is_text_or_tokens(x) for x in arr.flat)
         ):
             raise InvalidInputError(
-                f"input {spec.name!r} expects text (BYTES): every element must be a string "
-                f"(ragged nesting, numbers and nulls are refused); expected {spec.describe()}",
+                f"input {spec.name!r} expects text (BYTES): every element must be a string or "
+                f"a list of token ids (numbers, nulls and objects are refused); expected "
+                f"{spec.describe()}",
                 field=spec.name,
             )
         return arr.astype(object)

@@ -87,7 +87,20 @@ def _pooling(folder: Path) -> dict[str, Any]:
             conf = folder / entry.get("path", "") / "config.json"
             if conf.is_file():
                 settings = _read_json(conf)
-                if settings.get("pooling_mode_cls_token"):
+                mode = settings.get("pooling_mode")  # sentence-transformers >= 5 writes this key
+                if isinstance(mode, list):
+                    if len(mode) != 1:
+                        raise InvalidInputError(
+                            f"pooling with several modes {mode} is not supported; use one of "
+                            "mean, cls or max",
+                            field="path",
+                        )
+                    mode = mode[0]
+                if mode in ("mean", "cls", "max"):
+                    pooling["mode"] = mode
+                elif mode is not None:
+                    raise InvalidInputError(f"pooling mode {mode!r} is not supported", field="path")
+                elif settings.get("pooling_mode_cls_token"):
                     pooling["mode"] = "cls"
                 elif settings.get("pooling_mode_max_tokens"):
                     pooling["mode"] = "max"
