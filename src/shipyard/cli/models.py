@@ -27,24 +27,32 @@ def push(
     trust: Annotated[
         bool, typer.Option(help="Allow formats that run code when loaded (pickle, joblib).")
     ] = False,
+    task: Annotated[
+        str | None,
+        typer.Option(
+            help="Hugging Face task: feature-extraction, text-classification, token-classification."
+        ),
+    ] = None,
+    truncate: Annotated[
+        bool, typer.Option(help="Text models: cut over-long texts (flagged) instead of refusing them.")
+    ] = True,
 ) -> None:
     """Store a model file as the next version of NAME."""
     sample = read_json_arg(sample_input, "sample-input") if sample_input else None
-    version = (
-        state(ctx)
-        .registry()
-        .push(
-            name,
-            path,
-            alias=alias,
-            sample_input=sample,
-            metrics=parse_pairs(metric, "metric"),
-            params=parse_pairs(param, "param"),
-            tags=parse_pairs(tag, "tag"),
-            description=description,
-            parent=parent,
-            trust=trust,
-        )
+    registry = state(ctx).registry()
+    version = registry.push(
+        name,
+        path,
+        alias=alias,
+        sample_input=sample,
+        metrics=parse_pairs(metric, "metric"),
+        params=parse_pairs(param, "param"),
+        tags=parse_pairs(tag, "tag"),
+        description=description,
+        parent=parent,
+        trust=trust,
+        task=task,
+        truncate=truncate,
     )
     suffix = f" ({alias} → {version.version})" if alias else ""
     typer.echo(f"pushed {version.ref} {version.digest}{suffix}")
