@@ -8,6 +8,7 @@ in length buckets, so short sentences do not pay for long ones' padding.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import threading
@@ -222,6 +223,10 @@ class TransformersRuntime:
 
         if settings.intra_op_threads:
             torch.set_num_threads(settings.intra_op_threads)
+        if settings.inter_op_threads:
+            # Allowed once per process, before any parallel work; later loads keep the first.
+            with contextlib.suppress(RuntimeError):
+                torch.set_num_interop_threads(settings.inter_op_threads)
         transformers.utils.logging.disable_progress_bar()  # no progress bars in server logs
         extra = version.extra
         self.signature = version.signature

@@ -85,6 +85,7 @@ class Batcher:
         self.latency = LatencyModel()
         self._arrival_gap: float | None = None  # EWMA of seconds between requests
         self._last_arrival: float | None = None
+        self._idle_since = time.perf_counter()  # when the runtime last became free
         self.busy = False
 
     @property
@@ -115,10 +116,15 @@ class Batcher:
         return await future  # cancelled if the client goes away; the batch loop skips it
 
     def _hold_back_s(self, rows: int, oldest: float) -> float:
-        """How long to wait for more rows before running a partial batch (0 = run now)."""
+        """How long to wait for more rows before running a partial batch (0 = run now).
+
+        The delay bound counts from when the runtime became free (or the oldest request came,
+        if later): requests that queued behind a running batch have waited already, but holding
+        the next batch for a moment still merges the clients who are about to send again.
+        """
         if rows >= self.max_batch_size or self.max_delay_s <= 0:
             return 0.0
-        remaining = self.max_delay_s - (time.perf_counter() - oldest)
+        remaining = self.max_delay_s - (time.perf_counter() - max(oldest, self._idle_since))
         fit = self.latency.fit()
         if remaining <= 0 or fit is None or self._arrival_gap is None:
             return 0.0
@@ -167,6 +173,7 @@ class Batcher:
                 await self._execute(loop, batch)
             finally:
                 self.busy = False
+                self._idle_since = time.perf_counter()
 
     async def _execute(self, loop: asyncio.AbstractEventLoop, batch: list[_Item]) -> None:
         started = time.perf_counter()

@@ -78,9 +78,8 @@ def _serve_on(spec: ServeSpec, sock: socket.socket) -> None:
 
 
 def _worker_main(spec: ServeSpec, host: str, port: int) -> None:
-    sock = bind_socket(host, port, reuse_port=True)
-    sock.listen(2048)
-    _serve_on(spec, sock)
+    # No listen() here: uvicorn listens after its lifespan startup, which waits for the models.
+    _serve_on(spec, bind_socket(host, port, reuse_port=True))
 
 
 def run(spec: ServeSpec, announce: Callable[[str, int], None]) -> int:

@@ -163,8 +163,13 @@ def test_hold_back_never_exceeds_what_is_left_of_max_delay() -> None:
         now = time.perf_counter()
         hold = batcher._hold_back_s(1, now)
         assert 0 < hold <= 0.05
-        assert batcher._hold_back_s(1, now - 0.049) <= 0.001 + 1e-6  # the oldest bounds the wait
+        batcher._idle_since = now - 10.0  # runtime idle for long: the oldest request bounds it
+        assert batcher._hold_back_s(1, now - 0.049) <= 0.001 + 1e-6
         assert batcher._hold_back_s(1, now - 1.0) == 0.0  # deadline passed: flush now
+        # The runtime just became free: requests that queued behind the last batch get a fresh
+        # window, so clients about to send again can join (they would otherwise never merge).
+        batcher._idle_since = time.perf_counter()
+        assert 0 < batcher._hold_back_s(1, now - 1.0) <= 0.05
         assert batcher._hold_back_s(32, now) == 0.0  # full batch: run now
         batcher._arrival_gap = 1.0  # next request not expected before a batch would finish
         assert batcher._hold_back_s(1, now) == 0.0
