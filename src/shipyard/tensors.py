@@ -161,6 +161,10 @@ def coerce_input(value: Any, spec: TensorSpec) -> np.ndarray:
 
 def coerce_inputs(signature: Signature, data: Any) -> dict[str, np.ndarray]:
     """Named arrays for `signature` from an array, a list of rows, or a name → value mapping."""
+    inputs = signature.inputs
+    # The common case first: one input given as rows or an array (no Mapping ABC check needed).
+    if len(inputs) == 1 and not isinstance(data, dict) and not isinstance(data, Mapping):
+        return {inputs[0].name: coerce_input(data, inputs[0])}
     if not isinstance(data, Mapping):
         if len(signature.inputs) != 1:
             names = ", ".join(repr(t.name) for t in signature.inputs)

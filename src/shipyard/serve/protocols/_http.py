@@ -55,11 +55,13 @@ def json_response(data: Any, status: int = 200, headers: dict[str, str] | None =
 
 
 def header(request: Request, name: bytes) -> str | None:
-    """One request header, read straight from the ASGI scope (no Headers object)."""
-    for key, value in request.scope["headers"]:
-        if key == name:
-            return str(value.decode("latin-1"))
-    return None
+    """One request header, from a dict built once per request (no Starlette Headers object)."""
+    scope = request.scope
+    headers: dict[bytes, bytes] | None = scope.get("shipyard.headers")
+    if headers is None:  # ASGI header names are lower-case already; the last one wins
+        headers = scope["shipyard.headers"] = dict(scope["headers"])
+    value = headers.get(name)
+    return None if value is None else value.decode("latin-1")
 
 
 def plain_error(exc: ShipyardError) -> dict[str, Any]:

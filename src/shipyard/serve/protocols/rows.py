@@ -54,6 +54,6 @@ def predictions(outputs: dict[str, np.ndarray]) -> Any:
     """One output → a list of values per row; several → a list of {output: value} per row."""
     if len(outputs) == 1:
         return to_jsonable(next(iter(outputs.values())))
-    columns = {name: to_jsonable(arr) for name, arr in outputs.items()}
-    count = len(next(iter(columns.values())))
-    return [{name: col[i] for name, col in columns.items()} for i in range(count)]
+    names = list(outputs)
+    columns = [to_jsonable(arr) for arr in outputs.values()]
+    return [dict(zip(names, row, strict=True)) for row in zip(*columns, strict=True)]
