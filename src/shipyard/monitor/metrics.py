@@ -84,7 +84,7 @@ LOAD_TIME = Histogram(
 )
 ERRORS = Counter(
     "shipyard_server_errors_total",
-    "Failed requests by error kind (status label holds the kind).",
+    "Failed requests by error kind (the status label holds the kind, e.g. not_found).",
     ["model", "version", "protocol", "status"],
 )
 

@@ -227,6 +227,18 @@ def test_metrics_count_requests_by_model_version_protocol_and_status(http: httpx
     assert "shipyard_batcher_queue_depth_requests" in after
 
 
+def test_errors_are_counted_by_kind(http: httpx.Client) -> None:
+    def errors(kind: str) -> float:
+        rows = scrape(http).get("shipyard_server_errors_total", [])
+        return sum(v for labels, v in rows if labels.get("status") == kind and labels["protocol"] == "v1")
+
+    not_found, invalid = errors("not_found"), errors("invalid_input")
+    assert http.post("/v1/models/iris/versions/9:predict", json={"instances": [ROW]}).status_code == 404
+    assert http.post("/v1/models/iris-onnx:predict", json={"instances": [[1, 2]]}).status_code == 400
+    assert errors("not_found") - not_found == 1
+    assert errors("invalid_input") - invalid == 1
+
+
 def test_metrics_never_label_with_user_input(http: httpx.Client) -> None:
     assert http.post("/v2/models/attacker-chosen-name/infer", json=V2_ROW).status_code == 404
     assert http.post("/v1/models/another-made-up-name:predict", json={"instances": [ROW]}).status_code == 404

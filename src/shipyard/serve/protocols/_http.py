@@ -178,14 +178,17 @@ def endpoint(
     def wrap(fn: Handler) -> Handler:
         async def handler(request: Request) -> Response:
             started = time.perf_counter()
+            kind = ""
             try:
                 response = await fn(request)
             except ShipyardError as exc:
+                kind = exc.kind
                 response = error_response(exc, errors)
             except ClientDisconnectedError:
                 response = Response(status_code=499)  # nobody reads it; counted in metrics
             except Exception:
                 log.exception("unexpected error on %s %s", request.method, request.url.path)
+                kind = "internal_error"
                 response = error_response(internal_error(), errors)
             scope = request.scope
             name = scope["path_params"].get("model") or scope.get("shipyard.model", "")
@@ -200,6 +203,8 @@ def endpoint(
                 )
             pair[0].inc()
             pair[1].observe(time.perf_counter() - started)
+            if kind:  # errors by kind (not_found, invalid_input, overloaded, …), never by message
+                metrics.ERRORS.labels(key[0], key[1], protocol, kind).inc()
             return response
 
         handler.__name__ = fn.__name__
