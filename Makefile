@@ -33,6 +33,7 @@ run: install
 
 ## make test: install everything the tests need and run the whole suite.
 test: install-dev
+	bash scripts/install-test-tools.sh
 	$(BIN)/python -m pytest -q
 
 lint: install-dev

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import gzip
+import shutil
+import subprocess
 import zlib
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from serve_support import MAX_BODY_BYTES, assert_error
+from serve_support import MAX_BODY_BYTES, Server, assert_error
 
 ROW = [5.1, 3.5, 1.4, 0.2]
 V2_ROW = {"inputs": [{"name": "X", "shape": [1, 4], "datatype": "FP32", "data": ROW}]}
@@ -284,3 +287,38 @@ def test_docs_page(http: httpx.Client) -> None:
     assert "/v2/models/iris-onnx/infer" in response.text
     assert "/openapi.json" in response.text
     assert "<script" not in response.text.lower()  # self-contained, nothing from a CDN
+
+
+def test_docs_page_renders_in_a_real_browser(server: Server, tmp_path: Path) -> None:
+    """Headless Chromium loads /docs: the page lists each served model's routes and schema."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("chromium is not installed (scripts/install-test-tools.sh installs it)")
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}",
+    ]
+    dom = subprocess.run(
+        [chromium, *flags, "--dump-dom", f"{server.url}/docs"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    assert "Shipyard inference server" in dom
+    assert "POST /v2/models/iris/infer" in dom and "POST /v1/models/iris-onnx:predict" in dom
+    shot = tmp_path / "docs.png"
+    subprocess.run(
+        [chromium, *flags, f"--screenshot={shot}", "--window-size=1200,900", f"{server.url}/docs"],
+        capture_output=True,
+        timeout=60,
+        check=True,
+    )
+    assert shot.stat().st_size > 10_000  # a rendered page, not a blank one
