@@ -284,9 +284,7 @@ class MetadataStore:
 
     def resolve_alias(self, name: str, alias: str) -> int | None:
         with self._read() as conn:
-            return conn.execute(
-                sa.select(aliases.c.version).where(aliases.c.name == name, aliases.c.alias == alias)
-            ).scalar()
+            return self._current_alias(conn, name, alias)
 
     def _current_alias(self, conn: Connection, name: str, alias: str) -> int | None:
         return conn.execute(

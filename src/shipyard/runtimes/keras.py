@@ -59,12 +59,12 @@ def package_keras(source: Path, dest: Path, fmt: str, trust: bool) -> Packaged:
     keras = _keras()
     target = dest / FILES[fmt]
     shutil.copyfile(source, target)
-    model = _load(target, trust)
     try:
-        _load(target, False)
-        needs_trust = False
+        model, needs_trust = _load(target, False), False
     except UntrustedArtifactError:
-        needs_trust = True
+        if not trust:
+            raise
+        model, needs_trust = _load(target, True), True
     import torch
 
     versions = {"keras": keras.__version__, "torch": torch.__version__.split("+")[0]}

@@ -62,11 +62,9 @@ def _session(path: Path, settings: RuntimeSettings) -> Any:
         raise InvalidInputError(f"onnxruntime cannot load {path.name}: {exc}") from exc
 
 
-def _check_external_data(model_path: Path) -> None:
-    import onnx
+def _check_external_data(model: Any, model_path: Path) -> None:
     from onnx.external_data_helper import uses_external_data
 
-    model = onnx.load_model(str(model_path), load_external_data=False)
     for tensor in model.graph.initializer:
         if uses_external_data(tensor):
             raise InvalidInputError(
@@ -81,11 +79,11 @@ def package_onnx(source: Path, dest: Path) -> Packaged:
     import onnx
     import onnxruntime
 
-    _check_external_data(source)
+    model = onnx.load_model(str(source), load_external_data=False)
+    _check_external_data(model, source)
     target = dest / ARTIFACT_FILE
     shutil.copyfile(source, target)
     session = _session(target, RuntimeSettings())
-    model = onnx.load_model(str(target), load_external_data=False)
     opsets = {o.domain or "ai.onnx": o.version for o in model.opset_import}
     return Packaged(
         format="onnx",

@@ -83,7 +83,7 @@ class ModelRepository:
             raise NotFoundError(f"model {name!r} is not served here (served: {served})", field="model")
         number = model.default if version is None else version
         served_version = model.versions.get(number) if number is not None else None
-        if served_version is None or served_version.state in ("unloaded",):
+        if served_version is None:  # unloaded versions leave `versions` as they go
             if version is None:
                 raise NotReadyError(f"model {name!r} is not ready: {model.error or 'loading'}")
             listing = ", ".join(str(v) for v in sorted(model.versions)) or "none"
@@ -119,7 +119,11 @@ class ModelRepository:
             ref = ModelRef.parse(text)
             self.models.setdefault(ref.name, ServedModel(ref.name)).refs.append(ref)
         await asyncio.gather(*(self._load_model(m) for m in self.models.values()))
-        if any(m.moving for m in self.models.values()):
+        self._ensure_poller()
+
+    def _ensure_poller(self) -> None:
+        """Poll the registry while any served reference can move (NAME or NAME@ALIAS)."""
+        if self._poller is None and any(m.moving for m in self.models.values()):
             self._poller = asyncio.get_running_loop().create_task(self._poll())
 
     async def _load_model(self, model: ServedModel) -> None:
@@ -271,8 +275,7 @@ class ModelRepository:
             model.default = target.version
         model.error = ""
         self.models[ref.name] = model
-        if model.moving is not None and self._poller is None:
-            self._poller = asyncio.get_running_loop().create_task(self._poll())
+        self._ensure_poller()
         return model
 
     async def unload(self, name: str) -> None:

@@ -21,6 +21,7 @@ from shipyard.errors import (
 )
 from shipyard.monitor import metrics
 from shipyard.serve.dataplane import ClientDisconnectedError
+from shipyard.types import MAX_VERSION
 
 log = logging.getLogger("shipyard.serve")
 
@@ -62,6 +63,16 @@ def header(request: Request, name: bytes) -> str | None:
         headers = scope["shipyard.headers"] = dict(scope["headers"])
     value = headers.get(name)
     return None if value is None else value.decode("latin-1")
+
+
+def parse_version(request: Request) -> int | None:
+    """The `{version}` path segment, if any, as a version number (400 if it is not one)."""
+    text = request.path_params.get("version")
+    if not text:
+        return None
+    if not text.isascii() or not text.isdigit() or not 1 <= int(text[:12]) <= MAX_VERSION:
+        raise InvalidInputError(f"model version must be a positive integer, got {text!r}", field="version")
+    return int(text)
 
 
 def plain_error(exc: ShipyardError) -> dict[str, Any]:

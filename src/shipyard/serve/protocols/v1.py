@@ -12,11 +12,11 @@ from shipyard.serve.protocols._http import (
     endpoint,
     json_response,
     parse_json,
+    parse_version,
     read_body,
     require_json,
 )
 from shipyard.serve.protocols.rows import inputs_from_body, predictions
-from shipyard.serve.protocols.v2 import parse_version
 from shipyard.settings import ServeSettings
 
 

@@ -18,10 +18,10 @@ from shipyard.serve.protocols._http import (
     endpoint,
     header,
     json_response,
+    parse_version,
     read_body,
 )
 from shipyard.settings import ServeSettings
-from shipyard.types import MAX_VERSION
 
 EXTENSIONS = ["binary_tensor_data", "classification", "model_repository", "statistics", "model_configuration"]
 _TRITON_TYPES = {
@@ -31,15 +31,6 @@ _TRITON_TYPES = {
     "BYTES": "TYPE_STRING",
     "BOOL": "TYPE_BOOL",
 }
-
-
-def parse_version(request: Request) -> int | None:
-    text = request.path_params.get("version")
-    if text is None or text == "":
-        return None
-    if not text.isascii() or not text.isdigit() or not 1 <= int(text[:12]) <= MAX_VERSION:
-        raise InvalidInputError(f"model version must be a positive integer, got {text!r}", field="version")
-    return int(text)
 
 
 class V2Protocol:
@@ -69,8 +60,7 @@ class V2Protocol:
             Route("/v2/health/ready", self.ready, methods=["GET"]),
             Route("/v2", self.server_metadata, methods=["GET"]),
             Route("/v2/models/stats", self.stats, methods=["GET"]),
-            Route("/v2/models/{model}/infer", self.infer, methods=["POST"]),
-            Route(f"{versioned}/infer", self.infer, methods=["POST"]),
+            *self.hot_routes(),
             Route("/v2/models/{model}/ready", self.model_ready, methods=["GET"]),
             Route(f"{versioned}/ready", self.model_ready, methods=["GET"]),
             Route("/v2/models/{model}/config", self.model_config, methods=["GET"]),
