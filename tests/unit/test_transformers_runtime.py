@@ -25,6 +25,7 @@ from shipyard.errors import InvalidInputError, UntrustedArtifactError
 from shipyard.registry import Registry
 from shipyard.runtimes.transformers import TASKS
 from shipyard.settings import Settings
+from tiny_models import tiny_bert_config
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -43,22 +44,7 @@ def tokenizer() -> Any:
 
 def tiny(cls: Any, tokenizer: Any, labels: list[str] | None = None, seed: int = 0) -> Any:
     """A one-layer BERT of class `cls` over the MiniLM vocabulary, randomly initialized."""
-    extra: dict[str, Any] = {}
-    if labels is not None:
-        extra = {
-            "num_labels": len(labels),
-            "id2label": dict(enumerate(labels)),
-            "label2id": {label: i for i, label in enumerate(labels)},
-        }
-    config = transformers.BertConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=37,
-        initializer_range=0.5,  # scores that differ visibly between classes
-        **extra,
-    )
+    config = tiny_bert_config(tokenizer, labels)
     torch.manual_seed(seed)
     return cls(config).eval()
 

@@ -9,7 +9,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from text_support import DIM, OFFLINE, tiny_bert_config
+from text_support import DIM, OFFLINE
+
+from tiny_models import tiny_bert_config
 
 SHIPYARD = Path(sys.executable).with_name("shipyard")
 

@@ -17,6 +17,8 @@ from typing import Any
 import httpx
 import numpy as np
 
+from tiny_models import tiny_bert_config
+
 # Nothing can be downloaded here: every Hugging Face load must be satisfied from local files.
 OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 # huggingface_hub reads these when it is imported, so they are set before any test imports it.
@@ -137,28 +139,6 @@ def assert_same_embeddings(got: Any, expected: Any, texts: list[str], min_cosine
     sims = cosines(got, expected)
     bad = [(round(float(s), 6), texts[i][:40]) for i, s in enumerate(sims) if not s >= min_cosine]
     assert not bad, f"{len(bad)} of {len(texts)} rows below cosine {min_cosine}: {bad}"
-
-
-def tiny_bert_config(tokenizer: Any, labels: list[str] | None = None) -> Any:
-    """A one-layer BERT over the MiniLM vocabulary: a few MB, loads in milliseconds."""
-    from transformers import BertConfig
-
-    extra: dict[str, Any] = {}
-    if labels is not None:
-        extra = {
-            "num_labels": len(labels),
-            "id2label": dict(enumerate(labels)),
-            "label2id": {label: i for i, label in enumerate(labels)},
-        }
-    return BertConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=37,
-        initializer_range=0.5,  # random weights with visibly different scores per class
-        **extra,
-    )
 
 
 def tiny_classifier(tokenizer: Any, seed: int = 0) -> Any:
