@@ -20,6 +20,7 @@ RUNTIMES: dict[str, str] = {
     "pickle": "shipyard.runtimes.sklearn:PickledRuntime",
     "joblib": "shipyard.runtimes.sklearn:PickledRuntime",
     "transformers": "shipyard.runtimes.transformers:TransformersRuntime",
+    "transformers-onnx": "shipyard.runtimes.transformers:TransformersOnnxRuntime",
     "keras": "shipyard.runtimes.keras:KerasRuntime",
     "keras-h5": "shipyard.runtimes.keras:KerasRuntime",
     "tflite": "shipyard.runtimes.tflite:TfliteRuntime",

@@ -49,7 +49,7 @@ def _spec(arg: Any) -> TensorSpec:
     return TensorSpec(arg.name, datatype, shape)
 
 
-def _session(path: Path, settings: RuntimeSettings) -> Any:
+def onnx_session(path: Path, settings: RuntimeSettings) -> Any:
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -83,7 +83,7 @@ def package_onnx(source: Path, dest: Path) -> Packaged:
     _check_external_data(model, source)
     target = dest / ARTIFACT_FILE
     shutil.copyfile(source, target)
-    session = _session(target, RuntimeSettings())
+    session = onnx_session(target, RuntimeSettings())
     opsets = {o.domain or "ai.onnx": o.version for o in model.opset_import}
     return Packaged(
         format="onnx",
@@ -105,7 +105,7 @@ class OnnxRuntime:
     can_batch = True
 
     def __init__(self, path: Path, version: ModelVersion, settings: RuntimeSettings) -> None:
-        self._session = _session(path / ARTIFACT_FILE, settings)
+        self._session = onnx_session(path / ARTIFACT_FILE, settings)
         self.signature = _signature(self._session)
         self._output_names = [o.name for o in self._session.get_outputs()]
         self._zipmap = {o.name for o in self._session.get_outputs() if _is_zipmap(o.type)}

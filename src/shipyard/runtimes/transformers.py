@@ -27,6 +27,8 @@ INPUT_NAME = "text"
 _SAFE_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
 _PICKLED_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json")
 _TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "spiece.model", "sentencepiece.bpe.model", "vocab.json")
+ONNX_FILE = "model.onnx"  # an encoder exported to ONNX beside the tokenizer: served on onnxruntime
+_ONNX_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 _BUCKET_ROWS = 32  # rows per forward pass inside one merged batch
 # transformers resolves its classes lazily and that is not thread-safe: the server loads several
 # models at once, so class lookups go through this lock.
@@ -37,10 +39,12 @@ def is_hf_folder(path: Path) -> bool:
     return path.is_dir() and (path / "config.json").is_file()
 
 
-def _import_transformers() -> Any:
+def _import_transformers(*, torch: bool = True) -> Any:
+    """transformers (and torch, unless the model runs on onnxruntime), with lazy names resolved."""
     try:
         with _IMPORT_LOCK:
-            import torch  # noqa: F401
+            if torch:
+                import torch as _torch  # noqa: F401
             import transformers
 
             for name in (
@@ -121,9 +125,12 @@ def package_folder(
     source: Path, dest: Path, *, trust: bool, task: str | None = None, truncate: bool = True
 ) -> Packaged:
     """Copy a Hugging Face model folder after checking weights, tokenizer and task."""
-    transformers = _import_transformers()
     names = {p.name for p in source.iterdir()}
-    if not any(n in names for n in _SAFE_WEIGHTS):
+    onnx_backend = ONNX_FILE in names and not any(n in names for n in _SAFE_WEIGHTS)
+    transformers = _import_transformers(torch=not onnx_backend)
+    if onnx_backend:
+        pass  # the graph is checked below, once the folder is in place
+    elif not any(n in names for n in _SAFE_WEIGHTS):
         if any(n in names for n in _PICKLED_WEIGHTS) and not trust:
             raise UntrustedArtifactError(
                 f"{source} holds its weights as pytorch_model.bin, a pickle that runs code when "
@@ -171,12 +178,35 @@ def package_folder(
         outputs.append(TensorSpec("entities", "BYTES", (-1,)))
     outputs.append(TensorSpec("tokens", "INT64", (-1,)))
     outputs.append(TensorSpec("truncated", "BOOL", (-1,)))  # the text was cut to max_length
+    signature = Signature((TensorSpec(INPUT_NAME, "BYTES", (-1,)),), tuple(outputs))
+    versions = {"transformers": transformers.__version__}
+    if onnx_backend:
+        import onnxruntime
+
+        extra["onnx_inputs"] = _check_onnx_graph(dest / ONNX_FILE)
+        versions["onnxruntime"] = onnxruntime.__version__
+        return Packaged("transformers-onnx", "transformers", signature, versions, extra)
     import torch
 
-    versions = {"transformers": transformers.__version__, "torch": torch.__version__.split("+")[0]}
+    versions["torch"] = torch.__version__.split("+")[0]
     trusted = not any(n in names for n in _SAFE_WEIGHTS)
-    signature = Signature((TensorSpec(INPUT_NAME, "BYTES", (-1,)),), tuple(outputs))
     return Packaged("transformers", "transformers", signature, versions, extra, trusted=trusted)
+
+
+def _check_onnx_graph(path: Path) -> list[str]:
+    """The encoder's input names; the graph must take token ids and return hidden states or logits."""
+    from shipyard.runtimes.onnx import onnx_session
+
+    session = onnx_session(path, RuntimeSettings())
+    inputs = [i.name for i in session.get_inputs()]
+    unknown = [n for n in inputs if n not in _ONNX_INPUTS]
+    if "input_ids" not in inputs or unknown:
+        raise InvalidInputError(
+            f"{ONNX_FILE} takes inputs {inputs}; a transformer graph must take input_ids (and "
+            f"optionally {', '.join(_ONNX_INPUTS[1:])}) and nothing else",
+            field="path",
+        )
+    return inputs
 
 
 def _labels(config: dict[str, Any]) -> list[str]:
@@ -215,18 +245,13 @@ def is_transformers_object(obj: Any) -> bool:
 
 
 class TransformersRuntime:
+    """Tokenize, run the encoder in length buckets, post-process in numpy. The encoder runs on
+    PyTorch here and on onnxruntime in `TransformersOnnxRuntime`; everything else is shared."""
+
     can_batch = True
 
     def __init__(self, path: Path, version: ModelVersion, settings: RuntimeSettings) -> None:
-        transformers = _import_transformers()
-        import torch
-
-        if settings.intra_op_threads:
-            torch.set_num_threads(settings.intra_op_threads)
-        if settings.inter_op_threads:
-            # Allowed once per process, before any parallel work; later loads keep the first.
-            with contextlib.suppress(RuntimeError):
-                torch.set_num_interop_threads(settings.inter_op_threads)
+        transformers = _import_transformers(torch=self._needs_torch)
         transformers.utils.logging.disable_progress_bar()  # no progress bars in server logs
         extra = version.extra
         self.signature = version.signature
@@ -235,25 +260,49 @@ class TransformersRuntime:
         self.truncate = bool(extra.get("truncate", True))
         self.labels = list(extra.get("labels", []))
         self.pooling = extra.get("pooling", {"mode": "mean", "normalize": False})
-        auto = {
-            "feature-extraction": transformers.AutoModel,
-            "text-classification": transformers.AutoModelForSequenceClassification,
-            "token-classification": transformers.AutoModelForTokenClassification,
-        }[self.task]
         self.tokenizer = transformers.AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-        self.model = auto.from_pretrained(
-            str(path), local_files_only=True, use_safetensors=not version.trusted
-        ).eval()
         self.vocab_size = len(self.tokenizer)
-        self._torch = torch
+        self._pad = self.tokenizer.pad_token_id or 0
         # The special tokens around one sequence, for pre-tokenized input: encoding "" gives
         # e.g. [CLS] [SEP] for BERT, <s> </s> for RoBERTa, </s> for T5.
         template = list(self.tokenizer("")["input_ids"])
         starts = {self.tokenizer.cls_token_id, self.tokenizer.bos_token_id} - {None}
         split = 1 if template and template[0] in starts else 0
         self._prefix, self._suffix = template[:split], template[split:]
+        self._load_encoder(transformers, path, version, settings)
 
-    def _token_ids(self, items: np.ndarray) -> tuple[list[list[int]], np.ndarray]:
+    _needs_torch = True
+
+    def _load_encoder(
+        self, transformers: Any, path: Path, version: ModelVersion, settings: RuntimeSettings
+    ) -> None:
+        import torch
+
+        if settings.intra_op_threads:
+            torch.set_num_threads(settings.intra_op_threads)
+        if settings.inter_op_threads:
+            # Allowed once per process, before any parallel work; later loads keep the first.
+            with contextlib.suppress(RuntimeError):
+                torch.set_num_interop_threads(settings.inter_op_threads)
+        auto = {
+            "feature-extraction": transformers.AutoModel,
+            "text-classification": transformers.AutoModelForSequenceClassification,
+            "token-classification": transformers.AutoModelForTokenClassification,
+        }[self.task]
+        self.model = auto.from_pretrained(
+            str(path), local_files_only=True, use_safetensors=not version.trusted
+        ).eval()
+        self._torch = torch
+
+    def encode(self, input_ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """Hidden states (feature extraction) or logits for one padded bucket."""
+        torch = self._torch
+        with torch.inference_mode():
+            out = self.model(input_ids=torch.from_numpy(input_ids), attention_mask=torch.from_numpy(mask))
+        result = out.last_hidden_state if self.task == "feature-extraction" else out.logits
+        return np.asarray(result.float().numpy())
+
+    def token_ids(self, items: np.ndarray) -> tuple[list[list[int]], np.ndarray]:
         texts: list[str] = []
         given: dict[int, list[int]] = {}
         for i, item in enumerate(items.ravel()):
@@ -292,15 +341,29 @@ class TransformersRuntime:
                 ids_list.append(ids)
         return ids_list, truncated
 
+    def buckets(self, ids_list: list[list[int]]) -> list[tuple[list[int], np.ndarray, np.ndarray]]:
+        """Rows sorted by length in chunks: (row indices, padded ids, attention mask) each."""
+        order = sorted(range(len(ids_list)), key=lambda i: len(ids_list[i]))
+        result = []
+        for start in range(0, len(order), _BUCKET_ROWS):
+            chunk = order[start : start + _BUCKET_ROWS]
+            width = max(len(ids_list[i]) for i in chunk)
+            input_ids = np.full((len(chunk), width), self._pad, dtype=np.int64)
+            mask = np.zeros((len(chunk), width), dtype=np.int64)
+            for r, i in enumerate(chunk):
+                input_ids[r, : len(ids_list[i])] = ids_list[i]
+                mask[r, : len(ids_list[i])] = 1
+            result.append((chunk, input_ids, mask))
+        return result
+
     def predict(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if inputs[INPUT_NAME].size == 0:
             return self._empty()
-        ids_list, truncated = self._token_ids(inputs[INPUT_NAME])
-        order = sorted(range(len(ids_list)), key=lambda i: len(ids_list[i]))
+        ids_list, truncated = self.token_ids(inputs[INPUT_NAME])
         results: list[Any] = [None] * len(ids_list)
-        for start in range(0, len(order), _BUCKET_ROWS):
-            chunk = order[start : start + _BUCKET_ROWS]
-            for i, row in zip(chunk, self._forward([ids_list[i] for i in chunk]), strict=True):
+        for chunk, input_ids, mask in self.buckets(ids_list):
+            rows = self._postprocess(self.encode(input_ids, mask), input_ids, mask)
+            for i, row in zip(chunk, rows, strict=True):
                 results[i] = row
         counts = {"tokens": np.array([len(ids) for ids in ids_list], dtype=np.int64), "truncated": truncated}
         if self.task == "feature-extraction":
@@ -325,29 +388,21 @@ class TransformersRuntime:
             for t in self.signature.outputs
         }
 
-    def _forward(self, batch: list[list[int]]) -> list[Any]:
-        torch = self._torch
-        width = max(len(ids) for ids in batch)
-        pad = self.tokenizer.pad_token_id or 0
-        input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for r, ids in enumerate(batch):
-            input_ids[r, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-            mask[r, : len(ids)] = 1
-        with torch.inference_mode():
-            out = self.model(input_ids=input_ids, attention_mask=mask)
+    def _postprocess(self, out: np.ndarray, input_ids: np.ndarray, mask: np.ndarray) -> list[Any]:
         if self.task == "feature-extraction":
-            return list(self._pool(out.last_hidden_state, mask).numpy())
+            return list(self._pool(out, mask))
+        probs = _softmax(out)
         if self.task == "text-classification":
-            return list(torch.softmax(out.logits, dim=-1).numpy())
-        probs = torch.softmax(out.logits, dim=-1)
+            return list(probs)
+        special = set(self.tokenizer.all_special_ids)
         rows = []
-        for r, ids in enumerate(batch):
+        for r in range(len(input_ids)):
             entities = []
-            for t, token_id in enumerate(ids):
+            for t in range(int(mask[r].sum())):
+                token_id = int(input_ids[r, t])
                 k = int(probs[r, t].argmax())
                 label = self.labels[k] if k < len(self.labels) else str(k)
-                if token_id in self.tokenizer.all_special_ids or label == "O":
+                if token_id in special or label == "O":
                     continue
                 entities.append(
                     {
@@ -360,19 +415,45 @@ class TransformersRuntime:
             rows.append(entities)
         return rows
 
-    def _pool(self, hidden: Any, mask: Any) -> Any:
-        torch = self._torch
+    def _pool(self, hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
         mode = self.pooling.get("mode", "mean")
         if mode == "cls":
             pooled = hidden[:, 0]
         elif mode == "max":
-            pooled = hidden.masked_fill(mask.unsqueeze(-1) == 0, -1e9).max(dim=1).values
+            pooled = np.where(mask[..., None] == 0, -1e9, hidden).max(axis=1)
         else:
-            weights = mask.unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
+            weights = mask[..., None].astype(hidden.dtype)
+            pooled = (hidden * weights).sum(1) / np.clip(weights.sum(1), 1e-9, None)
         if self.pooling.get("normalize"):
-            pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
+            pooled = pooled / np.clip(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12, None)
         return pooled
 
     def close(self) -> None:
         self.model = None
+
+
+class TransformersOnnxRuntime(TransformersRuntime):
+    """The same model with its encoder exported to ONNX (`model.onnx`): no PyTorch at serve time."""
+
+    _needs_torch = False
+
+    def _load_encoder(
+        self, transformers: Any, path: Path, version: ModelVersion, settings: RuntimeSettings
+    ) -> None:
+        from shipyard.runtimes.onnx import onnx_session
+
+        self.model = onnx_session(path / ONNX_FILE, settings)
+        self._input_names = [i.name for i in self.model.get_inputs()]
+
+    def feeds(self, input_ids: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarray]:
+        """The graph's inputs for one bucket (also what calibration and debugging feed it)."""
+        given = {"input_ids": input_ids, "attention_mask": mask, "token_type_ids": np.zeros_like(input_ids)}
+        return {name: given[name] for name in self._input_names}
+
+    def encode(self, input_ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        return np.asarray(self.model.run(None, self.feeds(input_ids, mask))[0])
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return np.asarray(shifted / shifted.sum(axis=-1, keepdims=True))
