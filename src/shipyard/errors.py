@@ -102,3 +102,10 @@ class MissingDependencyError(ShipyardError):
         super().__init__(f"{purpose} needs the '{package}' package; install it with `{fix}`")
         self.package = package
         self.extra = extra
+
+
+class BudgetNotMetError(UnprocessableError):
+    """No optimization candidate kept the metric within the budget (or beat the original)."""
+
+    exit_code = 9
+    kind = "budget_not_met"

@@ -171,8 +171,12 @@ class Registry:
         task: str | None = None,
         tokenizer: Any = None,
         truncate: bool = True,
+        attachments: dict[str, bytes] | None = None,
     ) -> ModelVersion:
-        """Store `model` (an estimator or a file path) as the next version of `name`."""
+        """Store `model` (an estimator or a file path) as the next version of `name`.
+
+        `attachments` (relative path → content) are stored inside the immutable artifact beside
+        the model, e.g. the optimization report that justified this version."""
         validate_name(name)
         if alias is not None:
             validate_alias(alias)
@@ -193,6 +197,12 @@ class Registry:
                 tokenizer=tokenizer,
                 truncate=truncate,
             )
+            for relative, content in (attachments or {}).items():
+                target = staging / relative
+                if target.exists() or Path(relative).is_absolute() or ".." in Path(relative).parts:
+                    raise InvalidInputError(f"attachment {relative!r} clashes with the model's files")
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(content)
             info = self.store.commit(staging)
         extra = dict(packaged.extra)
         if dirty:

@@ -90,6 +90,8 @@ def _export(module: Any, inputs: dict[str, Any], target: Path) -> str:
     torch = _torch()
     args = tuple(inputs.values())
     names = list(inputs)
+    # A module may name its outputs (e.g. ("label", "probabilities")); otherwise the exporter does.
+    outputs = list(getattr(module, "output_names", None) or []) or None
     try:
         batch = torch.export.Dim("batch")
         with _quiet():
@@ -98,6 +100,7 @@ def _export(module: Any, inputs: dict[str, Any], target: Path) -> str:
                 args,
                 None,
                 input_names=names,
+                output_names=outputs,
                 dynamo=True,
                 external_data=False,
                 dynamic_shapes=tuple({0: batch} for _ in args),
@@ -114,6 +117,7 @@ def _export(module: Any, inputs: dict[str, Any], target: Path) -> str:
                     args,
                     str(target),
                     input_names=names,
+                    output_names=outputs,
                     dynamo=False,
                     opset_version=17,
                     dynamic_axes={n: {0: "batch"} for n in names},

@@ -1,0 +1,327 @@
+"""What every optimize command shares: the original version loaded and measured on the eval set,
+the ONNX baseline built from it, and registration of a result with lineage and its report."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from shipyard.errors import InvalidInputError
+from shipyard.optimize import convert
+from shipyard.optimize.candidates import Candidate, Evaluator, Result
+from shipyard.optimize.evalset import EvalSet, load_eval
+from shipyard.optimize.measure import host_info
+from shipyard.optimize.report import attachments
+from shipyard.optimize.scoring import METRICS, check_metric, default_metric
+from shipyard.registry import Registry
+from shipyard.registry.metadata import utc_now
+from shipyard.runtimes import load_runtime
+from shipyard.types import ModelVersion
+
+Progress = Callable[[str], None]
+SAMPLE_SENTENCES = (
+    "The quick brown fox jumps over the lazy dog.",
+    "Shipyard serves models over HTTP.",
+    "A short one.",
+    "Quantization trades a little accuracy for speed and size, and the trade must be measured.",
+    "It rained all day in the city, so the match was postponed until next week.",
+    "Embeddings map sentences with similar meanings to nearby vectors.",
+    "Please reset my password.",
+    "The recipe needs two eggs, flour, sugar and a pinch of salt.",
+)
+ONNX_BACKED = ("onnx", "transformers-onnx")
+SKLEARN_FORMATS = ("skops", "pickle", "joblib")
+
+
+@dataclass
+class Budget:
+    """How far the metric may fall: relative ("1%") or absolute ("0.01") in metric units."""
+
+    value: float
+    relative: bool
+    text: str
+
+    @classmethod
+    def parse(cls, text: str) -> Budget:
+        raw = str(text).strip()
+        try:
+            value = float(raw[:-1]) / 100 if raw.endswith("%") else float(raw)
+        except ValueError:
+            raise InvalidInputError(
+                f"--max-drop {text!r} is not a number: write 1% (relative) or 0.01 (absolute)",
+                field="max_drop",
+            ) from None
+        if not 0 <= value < (1 if raw.endswith("%") else float("inf")) or not np.isfinite(value):
+            raise InvalidInputError(
+                f"--max-drop {text!r} must be at least 0 (and under 100%)", field="max_drop"
+            )
+        return cls(value, raw.endswith("%"), raw)
+
+    def allowed(self, reference: float) -> float:
+        """The largest acceptable drop for a model whose original scores `reference`."""
+        return abs(reference) * self.value if self.relative else self.value
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"text": self.text, "value": self.value, "kind": "relative" if self.relative else "absolute"}
+
+
+class Session:
+    """The original version of REF, loaded and measured, plus the evaluator every candidate shares."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        ref: str,
+        *,
+        eval_path: str | Path | None,
+        metric: str | None = None,
+        label: str | None = None,
+        threads: int | None = None,
+        seconds: float = 2.0,
+        progress: Progress | None = None,
+    ) -> None:
+        self.registry = registry
+        self.version = registry.resolve(ref)
+        self.path = registry.artifact_path(self.version)
+        self.threads = threads or os.cpu_count() or 1
+        self.progress = progress or (lambda _message: None)
+        signature = self.version.signature
+        self.evalset: EvalSet | None = None
+        if eval_path is not None:
+            self.evalset = load_eval(eval_path, signature, label=label)
+        self.notes: list[str] = []
+        self.workdir = Path(tempfile.mkdtemp(prefix="shipyard-variants-"))
+        self.evaluator = Evaluator(
+            self.evalset,
+            None,
+            threads=self.threads,
+            seconds=seconds,
+            timing_inputs=self._timing_inputs(),
+            classes=self.version.extra.get("classes"),
+        )
+        self.progress(f"measuring the original {self.version.ref}")
+        runtime = load_runtime(self.version, self.path, self.evaluator.settings)
+        try:
+            if self.evalset is not None:
+                reference = self.evaluator.outputs(runtime, self.version, self.evalset.inputs)
+                self.metric: str | None = metric or default_metric(self.evalset, reference)
+                check_metric(self.metric, self.evalset, reference)
+                self.evaluator.reference, self.evaluator.metric = reference, self.metric
+            elif metric is not None:
+                raise InvalidInputError("--metric needs an eval file (--eval)", field="metric")
+            else:
+                self.metric = None
+            self.original = self.evaluator.evaluate_loaded(
+                Result("original", {"ref": str(self.version.ref)}, status="original"),
+                runtime,
+                self.version,
+                self.path,
+            )
+        finally:
+            runtime.close()
+        if self.evalset is None:
+            self.notes.append("no --eval file: agreement measured on synthetic inputs, no task metric")
+
+    def close(self) -> None:
+        self.evaluator.close()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- data ---------------------------------------------------------------------------
+
+    def _timing_inputs(self) -> dict[str, np.ndarray]:
+        """64 rows to time with: the eval set's first rows, else synthetic rows or sentences."""
+        if self.evalset is not None:
+            return {k: v[:64] for k, v in self.evalset.inputs.items()}
+        signature = self.version.signature
+        synthetic = convert.synthetic_rows(signature)
+        if synthetic is not None:
+            return synthetic
+        if len(signature.inputs) == 1 and signature.inputs[0].datatype == "BYTES":
+            texts = np.empty(64, dtype=object)
+            texts[:] = [SAMPLE_SENTENCES[i % len(SAMPLE_SENTENCES)] for i in range(64)]
+            return {signature.inputs[0].name: texts}
+        raise InvalidInputError(
+            f"{self.version.ref} has inputs that cannot be made up ({signature.describe()}); pass --eval",
+            field="eval",
+        )
+
+    def agreement_inputs(self) -> None:
+        """Without an eval set, agreement is measured on the timing rows."""
+        if self.evalset is None:
+            self.evaluator.evalset = EvalSet(self.evaluator.timing_inputs)
+            runtime = load_runtime(self.version, self.path, self.evaluator.settings)
+            try:
+                self.evaluator.reference = self.evaluator.outputs(
+                    runtime, self.version, self.evaluator.timing_inputs
+                )
+            finally:
+                runtime.close()
+
+    @property
+    def higher_is_better(self) -> bool:
+        return METRICS[self.metric][1] if self.metric else True
+
+    # -- the ONNX baseline ---------------------------------------------------------------
+
+    def onnx_graph(self, artifact: Path) -> Path:
+        """The ONNX file inside a candidate artifact (a file, or a transformer folder's model.onnx)."""
+        return artifact if artifact.is_file() else artifact / convert.ONNX_FILE
+
+    def with_graph(self, base: Path, graph: Path, name: str) -> Path:
+        """A new artifact like `base` whose ONNX graph is `graph` (for folders: the tokenizer too)."""
+        if base.is_file():
+            return graph
+        folder = self.workdir / name
+        shutil.copytree(base, folder, ignore=shutil.ignore_patterns(convert.ONNX_FILE))
+        shutil.move(str(graph), folder / convert.ONNX_FILE)
+        return folder
+
+    def baseline(self) -> Candidate:
+        """The original as ONNX fp32: converted (scikit-learn, transformers) or as it is (ONNX)."""
+        fmt = self.version.format
+        if fmt in ONNX_BACKED:
+            source = self.path / convert.ONNX_FILE
+            target = self.workdir / "original"
+            if fmt == "onnx":
+                shutil.copyfile(source, target.with_suffix(".onnx"))
+                target = target.with_suffix(".onnx")
+            else:
+                shutil.copytree(self.path, target)
+            return Candidate("onnx-fp32", target, {"steps": [], "source": str(self.version.ref)})
+        if fmt in SKLEARN_FORMATS:
+            return self._convert_sklearn()
+        if fmt == "transformers":
+            return self._convert_transformers()
+        raise InvalidInputError(
+            f"{self.version.ref} is a {fmt} model; optimization works on scikit-learn, ONNX, PyTorch "
+            "(pushed as ONNX) and Hugging Face transformer versions",
+            field="ref",
+        )
+
+    def _convert_sklearn(self) -> Candidate:
+        runtime = load_runtime(self.version, self.path, self.evaluator.settings)
+        estimator = getattr(runtime, "_model", None)
+        runtime.close()
+        tree_like = any(hasattr(estimator, a) for a in ("tree_", "estimators_", "_predictors"))
+        first_error: str | None = None
+        for double in (False, True) if tree_like else (False,):
+            self.progress(f"converting to ONNX ({'float64' if double else 'float32'})")
+            target = self.workdir / ("converted-fp64.onnx" if double else "converted.onnx")
+            facts = convert.sklearn_to_onnx(estimator, self.version.signature, target, double=double)
+            candidate = Candidate(
+                "onnx-fp32" if not double else "onnx-fp64", target, _recipe(self, "convert", facts)
+            )
+            problem = self._parity(candidate)
+            if problem is None:
+                return candidate
+            first_error = first_error or problem
+            if double:
+                break
+            self.notes.append(
+                f"float32 conversion flipped tree decisions ({problem}); trying float64 thresholds"
+            )
+        raise InvalidInputError(
+            f"the ONNX conversion disagrees with the original: {first_error}", field="ref"
+        )
+
+    def _convert_transformers(self) -> Candidate:
+        task = self.version.extra.get("task", "feature-extraction")
+        self.progress("exporting the encoder to ONNX")
+        target = self.workdir / "converted"
+        facts = convert.transformers_to_onnx(self.path, target, task)
+        candidate = Candidate("onnx-fp32", target, _recipe(self, "convert", facts))
+        problem = self._parity(candidate)
+        if problem is not None:
+            raise InvalidInputError(f"the ONNX export disagrees with the original: {problem}", field="ref")
+        return candidate
+
+    def _parity(self, candidate: Candidate) -> str | None:
+        """None when the candidate reproduces the original on the eval (or synthetic) rows."""
+        self.agreement_inputs()
+        result = self.evaluator.evaluate(candidate, timed=False)
+        if result.status == "failed":
+            return result.reason
+        assert self.evaluator.reference is not None and result.outputs is not None
+        ok, found = convert.parity(self.evaluator.reference, result.outputs)
+        candidate.recipe["parity"] = {k: round(v, 8) for k, v in found.items()}
+        if ok:
+            return None
+        return ", ".join(f"{k} {v:.3g}" for k, v in found.items())
+
+    # -- results -------------------------------------------------------------------------
+
+    def report(self, command: str, results: list[Result], **fields: Any) -> dict[str, Any]:
+        evalset = self.evalset
+        return {
+            "command": command,
+            "ref": str(self.version.ref),
+            "created_at": utc_now(),
+            "metric": self.metric,
+            "eval": None
+            if evalset is None
+            else {"file": evalset.source, "units": evalset.units, "pairs": bool(evalset.pairs)},
+            "host": host_info(self.threads),
+            "original": self.original.to_dict(),
+            "candidates": [r.to_dict() for r in results],
+            "notes": self.notes,
+            "outcome": "",
+            **fields,
+        }
+
+    def register(
+        self, candidate: Candidate, result: Result, report: dict[str, Any], *, alias: str | None = None
+    ) -> ModelVersion:
+        """Push the candidate as the next version of the original's name, parent = the original."""
+        extra = self.version.extra
+        metrics: dict[str, Any] = {"size_bytes": result.size_bytes}
+        if result.speed is not None:
+            metrics.update(
+                p50_b1_ms=result.speed.p50_b1_ms,
+                p50_b32_ms=result.speed.p50_b32_ms,
+                throughput_rows_s=result.speed.throughput,
+            )
+        if result.metric is not None and self.metric is not None:
+            metrics[self.metric] = result.metric
+        return self.registry.push(
+            self.version.name,
+            candidate.artifact,
+            alias=alias,
+            metrics=metrics,
+            params={"candidate": candidate.name},
+            tags={"optimized": report["command"]},
+            description=f"{candidate.name} of {self.version.ref} (shipyard {report['command']})",
+            parent=str(self.version.ref),
+            recipe={"candidate": candidate.name, **candidate.recipe},
+            serving=self.version.serving,
+            task=extra.get("task"),
+            truncate=bool(extra.get("truncate", True)),
+            attachments=attachments(report),
+        )
+
+
+def _recipe(
+    session: Session, step: str, facts: dict[str, Any], base: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """A recipe is the chain of exact steps from the original, each with its settings."""
+    steps = list((base or {}).get("steps", []))
+    steps.append({"step": step, **facts})
+    return {"source": str(session.version.ref), "steps": steps}
+
+
+def derive(
+    session: Session, base: Candidate, step: str, facts: dict[str, Any], artifact: Path, name: str
+) -> Candidate:
+    return Candidate(name, artifact, _recipe(session, step, facts, base.recipe))
