@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 
 class ShipyardError(Exception):
     """Root of all Shipyard errors; the message names the problem and the next step."""
@@ -109,3 +112,5 @@ class BudgetNotMetError(UnprocessableError):
 
     exit_code = 9
     kind = "budget_not_met"
+    report: dict[str, Any] | None = None  # the search's report, already saved at report_path
+    report_path: Path | None = None

@@ -11,7 +11,7 @@ import click
 import typer
 import typer.exceptions
 
-from shipyard.cli import aliases, models, serve
+from shipyard.cli import aliases, models, optimize, serve
 from shipyard.cli._context import CliState
 from shipyard.errors import ShipyardError
 
@@ -39,6 +39,7 @@ def _root(
 models.register(app)
 aliases.register(app)
 serve.register(app)
+optimize.register(app)
 
 
 def _click_errors() -> tuple[type[Exception], ...]:

@@ -32,6 +32,7 @@ MAX_CANDIDATES = 8
 MIN_GAIN = 0.05  # a candidate must beat the original by 5% on the objective: less is noise
 CALIBRATION_UNITS = 128
 MIN_CONTINUOUS_UNITS = 30
+MIN_COSINE = 0.99  # embeddings must also stay close to the original's, not only score alike
 
 
 @dataclass
@@ -59,8 +60,16 @@ def _describe(result: Result, objective: str) -> str:
 
 
 class Search:
-    def __init__(self, session: Session, budget: Budget, objective: str, calibration: EvalSet) -> None:
+    def __init__(
+        self,
+        session: Session,
+        budget: Budget,
+        objective: str,
+        calibration: EvalSet,
+        min_cosine: float = MIN_COSINE,
+    ) -> None:
         self.session = session
+        self.min_cosine = min_cosine
         self.budget = budget
         self.objective = objective
         self.calibration = calibration
@@ -91,6 +100,14 @@ class Search:
             result.reason = (
                 f"over budget: {self.session.metric} {result.metric:.4f} vs {original.metric:.4f} "
                 f"(drop {drop:.4f} > allowed {self.allowed:.4f})"
+            )
+            return
+        cosine = result.agreement.get("cosine_mean")
+        if cosine is not None and cosine < self.min_cosine:
+            result.status = "rejected"
+            result.reason = (
+                f"over budget: embeddings drift from the original's (mean cosine {cosine:.4f} < "
+                f"{self.min_cosine})"
             )
             return
         mine, theirs = objective_value(result, self.objective), objective_value(original, self.objective)
@@ -266,6 +283,7 @@ def optimize(
     label: str | None = None,
     threads: int | None = None,
     seconds: float = 2.0,
+    min_cosine: float = MIN_COSINE,
     progress: Progress | None = None,
 ) -> Outcome:
     """Find, measure and register the best variant of `ref` within the accuracy budget."""
@@ -289,13 +307,14 @@ def optimize(
         session.evaluator.evalset = evalset
         session.original = _rescore(session)
         _check_size(session, budget)
-        search = Search(session, budget, objective, calib)
+        search = Search(session, budget, objective, calib, min_cosine)
         session.notes.extend(notes)
         baseline = session.baseline()
         search._baseline = baseline
         search.run(baseline)
         best = search.best()
         fields = {
+            "min_cosine": min_cosine,
             "objective": objective,
             "budget": budget.to_dict(),
             "fallback": search.fallback,
@@ -306,10 +325,12 @@ def optimize(
         if best is None:
             report["outcome"] = "no candidate met the budget and beat the original; nothing registered"
             path = save(registry.settings.home, report)
-            raise BudgetNotMetError(
+            error = BudgetNotMetError(
                 f"no candidate of {session.version.ref} kept {session.metric} within {budget.text} and beat "
                 f"the original on {objective}; nothing registered; report: {path}"
             )
+            error.report, error.report_path = report, path
+            raise error
         best.status = "selected"
         report["candidates"] = [r.to_dict() for r in search.results]
         registered_ref = f"{session.version.name}:<next>"
@@ -347,7 +368,9 @@ def _rescore(session: Session) -> Result:
     evaluator.reference = None
     runtime = load_runtime(session.version, session.path, evaluator.settings)
     try:
-        original = Result("original", {"ref": str(session.version.ref)}, status="original")
+        original = Result(
+            "original", {"ref": str(session.version.ref)}, load_s=session.original.load_s, status="original"
+        )
         return evaluator.evaluate_loaded(original, runtime, session.version, session.path)
     finally:
         runtime.close()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,7 +108,9 @@ class Session:
             classes=self.version.extra.get("classes"),
         )
         self.progress(f"measuring the original {self.version.ref}")
+        started = time.perf_counter()
         runtime = load_runtime(self.version, self.path, self.evaluator.settings)
+        load_s = time.perf_counter() - started
         try:
             if self.evalset is not None:
                 reference = self.evaluator.outputs(runtime, self.version, self.evalset.inputs)
@@ -119,7 +122,7 @@ class Session:
             else:
                 self.metric = None
             self.original = self.evaluator.evaluate_loaded(
-                Result("original", {"ref": str(self.version.ref)}, status="original"),
+                Result("original", {"ref": str(self.version.ref)}, load_s=load_s, status="original"),
                 runtime,
                 self.version,
                 self.path,

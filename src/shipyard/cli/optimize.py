@@ -1,0 +1,303 @@
+"""Commands that derive versions: optimize, convert, quantize, prune, distill; and compare."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from shipyard.cli._context import state
+
+EvalOption = Annotated[
+    Path | None, typer.Option("--eval", help="CSV, JSONL or Parquet: inputs and labels (or sentence pairs).")
+]
+LabelOption = Annotated[str | None, typer.Option(help="The label (or score) column; default label/target/y.")]
+AliasOption = Annotated[str | None, typer.Option(help="Point this alias at the new version.")]
+ThreadsOption = Annotated[
+    int | None, typer.Option(min=1, help="Threads for every model (default: all cores).")
+]
+SecondsOption = Annotated[float, typer.Option(min=0.1, help="Timing budget per model, in seconds.")]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print the report as JSON.")]
+
+
+@contextlib.contextmanager
+def _progress(total: int) -> Iterator[Callable[[str], None]]:
+    """A bar that advances as models are measured, with the current step beside it (stderr)."""
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    console = Console(stderr=True)
+    bar = Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} measured"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    )
+    with bar:
+        task = bar.add_task("starting", total=total)
+
+        def report(message: str) -> None:
+            if message.startswith("measuring"):
+                bar.advance(task)
+            bar.update(task, description=message)
+
+        yield report
+
+
+def _show(report: dict[str, Any], as_json: bool, path: Path | None = None) -> None:
+    from rich.table import Table
+
+    from shipyard.cli import _render
+    from shipyard.optimize.report import HEADERS, table_rows
+
+    if as_json:
+        _render.print_json(report)
+        return
+    title = f"{report['command']} {report['ref']}" + (
+        f" · {report['metric']}" if report.get("metric") else ""
+    )
+    table = Table(title=title)
+    for header in HEADERS:
+        table.add_column(header, overflow="fold")
+    items = [report["original"], *report["candidates"]]
+    for row, item in zip(table_rows(report), items, strict=True):
+        table.add_row(*row[:-1], item["status"])  # the reasons follow the table, unsqueezed
+    _render.console.print(table)
+    for item in items:
+        if item.get("reason"):
+            _render.console.print(f"{item['name']} {item['status']}: {item['reason']}")
+    host = report["host"]
+    _render.console.print(f"host: {host['cpu']} · {host['threads']} threads · {' '.join(host['flags'])}")
+    for note in report.get("notes", []):
+        _render.console.print(f"note: {note}")
+    if path is not None:
+        _render.console.print(f"report: {path}")
+    _render.console.print(report["outcome"])
+
+
+def optimize(
+    ctx: typer.Context,
+    ref: Annotated[str, typer.Argument(help="The version to optimize: NAME, NAME:VERSION or NAME@ALIAS.")],
+    eval_: Annotated[Path, typer.Option("--eval", help="CSV, JSONL or Parquet eval file.")],
+    metric: Annotated[
+        str | None, typer.Option(help="accuracy, f1_macro, spearman, pearson, r2, mae, cosine_agreement.")
+    ] = None,
+    max_drop: Annotated[
+        str, typer.Option(help="Allowed metric drop: 1% (relative) or 0.01 (absolute).")
+    ] = "1%",
+    objective: Annotated[
+        str, typer.Option(help="latency (batch 1), throughput (batch 32) or size.")
+    ] = "latency",
+    calibration: Annotated[
+        Path | None, typer.Option(help="Calibration inputs (default: a held-out slice of --eval).")
+    ] = None,
+    min_cosine: Annotated[
+        float, typer.Option(min=0, max=1, help="Embeddings: least mean cosine to the original's.")
+    ] = 0.99,
+    alias: AliasOption = None,
+    label: LabelOption = None,
+    threads: ThreadsOption = None,
+    seconds: SecondsOption = 2.0,
+    json_: JsonOption = False,
+) -> None:
+    """Register the fastest variant of REF whose metric stays within --max-drop."""
+    from shipyard.errors import BudgetNotMetError
+    from shipyard.optimize.search import MAX_CANDIDATES
+    from shipyard.optimize.search import optimize as run
+
+    registry = state(ctx).registry()
+    try:
+        with _progress(MAX_CANDIDATES + 1) as progress:
+            outcome = run(
+                registry,
+                ref,
+                eval_,
+                metric=metric,
+                max_drop=max_drop,
+                objective=objective,
+                calibration=calibration,
+                alias=alias,
+                label=label,
+                threads=threads,
+                seconds=seconds,
+                min_cosine=min_cosine,
+                progress=progress,
+            )
+    except BudgetNotMetError as exc:
+        if exc.report is not None:
+            _show(exc.report, json_, exc.report_path)
+        raise
+    _show(outcome.report, json_, outcome.report_path)
+
+
+def convert(
+    ctx: typer.Context,
+    ref: Annotated[str, typer.Argument(help="A scikit-learn or transformers version.")],
+    to: Annotated[str, typer.Option(help="Target format.")] = "onnx",
+    eval_: EvalOption = None,
+    label: LabelOption = None,
+    alias: AliasOption = None,
+    threads: ThreadsOption = None,
+    seconds: SecondsOption = 1.0,
+    json_: JsonOption = False,
+) -> None:
+    """Convert REF to ONNX, checked against the original, and register it."""
+    from shipyard.optimize.steps import convert_version
+
+    with _progress(2) as progress:
+        outcome = convert_version(
+            state(ctx).registry(),
+            ref,
+            to=to,
+            alias=alias,
+            eval_path=eval_,
+            label=label,
+            threads=threads,
+            seconds=seconds,
+            progress=progress,
+        )
+    _show(outcome.report, json_, outcome.report_path)
+
+
+def quantize(
+    ctx: typer.Context,
+    ref: Annotated[str, typer.Argument(help="An ONNX version (convert other formats first).")],
+    mode: Annotated[str, typer.Option(help="dynamic or static (QDQ, MinMax calibration).")] = "dynamic",
+    per_channel: Annotated[bool, typer.Option(help="One scale per output channel.")] = False,
+    reduce_range: Annotated[bool, typer.Option(help="7-bit weights (CPUs without VNNI).")] = False,
+    calibration: Annotated[Path | None, typer.Option(help="Calibration inputs (static mode).")] = None,
+    eval_: EvalOption = None,
+    label: LabelOption = None,
+    alias: AliasOption = None,
+    threads: ThreadsOption = None,
+    seconds: SecondsOption = 1.0,
+    json_: JsonOption = False,
+) -> None:
+    """Quantize REF to int8 and register the measured result."""
+    from shipyard.optimize.steps import quantize_version
+
+    with _progress(2) as progress:
+        outcome = quantize_version(
+            state(ctx).registry(),
+            ref,
+            mode=mode,
+            per_channel=per_channel,
+            reduce_range=reduce_range,
+            calibration=calibration,
+            alias=alias,
+            eval_path=eval_,
+            label=label,
+            threads=threads,
+            seconds=seconds,
+            progress=progress,
+        )
+    _show(outcome.report, json_, outcome.report_path)
+
+
+def prune(
+    ctx: typer.Context,
+    ref: Annotated[str, typer.Argument(help="An ONNX version (convert other formats first).")],
+    sparsity: Annotated[float, typer.Option(help="Fraction of weights (or hidden units) to remove.")] = 0.5,
+    structured: Annotated[
+        bool, typer.Option(help="Remove whole hidden units (smaller and faster) instead of single weights.")
+    ] = False,
+    eval_: EvalOption = None,
+    label: LabelOption = None,
+    alias: AliasOption = None,
+    threads: ThreadsOption = None,
+    seconds: SecondsOption = 1.0,
+    json_: JsonOption = False,
+) -> None:
+    """Prune REF by weight magnitude and register the measured result."""
+    from shipyard.optimize.steps import prune_version
+
+    with _progress(2) as progress:
+        outcome = prune_version(
+            state(ctx).registry(),
+            ref,
+            sparsity=sparsity,
+            structured=structured,
+            alias=alias,
+            eval_path=eval_,
+            label=label,
+            threads=threads,
+            seconds=seconds,
+            progress=progress,
+        )
+    _show(outcome.report, json_, outcome.report_path)
+
+
+def distill(
+    ctx: typer.Context,
+    teacher: Annotated[str, typer.Argument(help="The teacher version (tabular classifier or regressor).")],
+    student: Annotated[
+        str,
+        typer.Option(help='MLP config as JSON or a .json file ({"hidden": [64]}), or a scikit-learn REF.'),
+    ],
+    data: Annotated[
+        Path, typer.Option(help="Training inputs (CSV, JSONL or Parquet); labels are not needed.")
+    ],
+    epochs: Annotated[int | None, typer.Option(min=1, help="Training epochs (overrides the config).")] = None,
+    eval_: EvalOption = None,
+    label: LabelOption = None,
+    alias: AliasOption = None,
+    threads: ThreadsOption = None,
+    seconds: SecondsOption = 1.0,
+    json_: JsonOption = False,
+) -> None:
+    """Train a small student on TEACHER's outputs and register it as the teacher's next version."""
+    from shipyard.optimize.steps import distill_version
+
+    with _progress(2) as progress:
+        outcome = distill_version(
+            state(ctx).registry(),
+            teacher,
+            student=student,
+            data=data,
+            epochs=epochs,
+            alias=alias,
+            eval_path=eval_,
+            label=label,
+            threads=threads,
+            seconds=seconds,
+            progress=progress,
+        )
+    _show(outcome.report, json_, outcome.report_path)
+
+
+def compare(
+    ctx: typer.Context,
+    refs: Annotated[list[str], typer.Argument(help="Two or more versions; the first is the reference.")],
+    eval_: Annotated[Path, typer.Option("--eval", help="CSV, JSONL or Parquet eval file.")],
+    metric: Annotated[str | None, typer.Option(help="The task metric (default: inferred).")] = None,
+    label: LabelOption = None,
+    threads: ThreadsOption = None,
+    seconds: SecondsOption = 1.0,
+    json_: JsonOption = False,
+) -> None:
+    """Measure versions side by side on one eval set."""
+    from shipyard.optimize.steps import compare as run
+
+    with _progress(len(refs)) as progress:
+        report = run(
+            state(ctx).registry(),
+            refs,
+            eval_,
+            metric=metric,
+            label=label,
+            threads=threads,
+            seconds=seconds,
+            progress=progress,
+        )
+    _show(report, json_)
+
+
+def register(app: typer.Typer) -> None:
+    for command in (optimize, convert, quantize, prune, distill, compare):
+        app.command(command.__name__)(command)
