@@ -81,7 +81,7 @@ class Session:
         registry: Registry,
         ref: str,
         *,
-        eval_path: str | Path | None,
+        eval_path: str | Path | None = None,
         metric: str | None = None,
         label: str | None = None,
         threads: int | None = None,
@@ -259,7 +259,7 @@ class Session:
             return result.reason
         assert self.evaluator.reference is not None and result.outputs is not None
         ok, found = convert.parity(self.evaluator.reference, result.outputs)
-        candidate.recipe["parity"] = {k: round(v, 8) for k, v in found.items()}
+        candidate.recipe["steps"][-1]["parity"] = {k: round(v, 8) for k, v in found.items()}
         if ok:
             return None
         return ", ".join(f"{k} {v:.3g}" for k, v in found.items())
