@@ -30,6 +30,9 @@ def _progress(total: int) -> Iterator[Callable[[str], None]]:
     from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     console = Console(stderr=True)
+    if not console.is_terminal:  # logs and pipes get the table, not a redrawn bar
+        yield lambda _message: None
+        return
     bar = Progress(
         SpinnerColumn(),
         TextColumn("{task.description}"),

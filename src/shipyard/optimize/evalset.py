@@ -86,10 +86,12 @@ def _read_csv(path: Path) -> list[dict[str, Any]]:
                 raise InvalidInputError(f"{path.name} has no header row", field="eval")
             records = []
             for line, row in enumerate(reader, start=2):
-                if None in row or any(v is None for v in row.values()):
+                extra = row.pop(None, None)
+                if extra is not None or any(v is None for v in row.values()):
+                    fields = sum(v is not None for v in row.values()) + len(extra or [])
                     raise InvalidInputError(
-                        f"{path.name} line {line} has {len(row) - (None in row)} fields but the "
-                        f"header has {len(reader.fieldnames)}",
+                        f"{path.name} line {line} has {fields} fields but the header has "
+                        f"{len(reader.fieldnames)}",
                         field="eval",
                     )
                 records.append({k: _cell(v) for k, v in row.items()})
