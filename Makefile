@@ -48,6 +48,7 @@ check: lint typecheck test
 
 bench: install-dev
 	$(BIN)/python benchmarks/registry.py
+	$(BIN)/python benchmarks/optimize.py
 	$(BIN)/python benchmarks/serve.py
 
 clean:
