@@ -7,9 +7,7 @@ the caller on real data (`parity`), not assumed.
 
 from __future__ import annotations
 
-import logging
 import shutil
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +15,7 @@ import numpy as np
 
 from shipyard.errors import InvalidInputError, MissingDependencyError
 from shipyard.optimize.scoring import Outputs, agreement
+from shipyard.runtimes.base import quiet
 from shipyard.types import Signature
 
 ONNX_FILE = "model.onnx"
@@ -112,10 +111,8 @@ def transformers_to_onnx(source: Path, dest: Path, task: str) -> dict[str, Any]:
     target = dest / ONNX_FILE
     args = tuple(sample[n] for n in names)
     axes = {n: {0: "batch", 1: "sequence"} for n in [*names, output]}
-    logging.disable(logging.WARNING)
     try:
-        with warnings.catch_warnings(), torch.inference_mode():
-            warnings.simplefilter("ignore")
+        with quiet(), torch.inference_mode():
             torch.onnx.export(
                 wrapper,
                 args,
@@ -128,8 +125,6 @@ def transformers_to_onnx(source: Path, dest: Path, task: str) -> dict[str, Any]:
             )
     except Exception as exc:  # the exporter fails in many ways on unusual architectures
         raise InvalidInputError(f"cannot export this model to ONNX: {exc}", field="ref") from exc
-    finally:
-        logging.disable(logging.NOTSET)
     return {
         "converter": "torch.onnx.export",
         "exporter": "torchscript",
@@ -161,17 +156,15 @@ def optimize_transformer_graph(source: Path, dest: Path, config: dict[str, Any])
 
     heads = int(config.get("num_attention_heads") or 0)
     hidden = int(config.get("hidden_size") or 0)
-    logging.disable(logging.WARNING)
     try:
-        model = optimizer.optimize_model(
-            str(source), model_type="bert", num_heads=heads, hidden_size=hidden, opt_level=1
-        )
-        fused = {k: v for k, v in model.get_fused_operator_statistics().items() if v}
-        model.save_model_to_file(str(dest))
-    except Exception as exc:
+        with quiet():
+            model = optimizer.optimize_model(
+                str(source), model_type="bert", num_heads=heads, hidden_size=hidden, opt_level=1
+            )
+            fused = {k: v for k, v in model.get_fused_operator_statistics().items() if v}
+            model.save_model_to_file(str(dest))
+    except Exception as exc:  # fusion is best-effort: the unfused graph remains a candidate
         raise InvalidInputError(f"the transformer optimizer failed: {exc}", field="ref") from exc
-    finally:
-        logging.disable(logging.NOTSET)
     if not fused.get("Attention") and not fused.get("MultiHeadAttention"):
         raise InvalidInputError("the transformer optimizer fused no attention", field="ref")
     return {"fused": fused}

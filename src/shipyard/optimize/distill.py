@@ -23,7 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from shipyard.errors import InvalidInputError, MissingDependencyError
+from shipyard.errors import InvalidInputError
+from shipyard.runtimes.pytorch import import_torch
 
 Predict = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
 
@@ -40,14 +41,6 @@ _DEFAULTS: dict[str, Any] = {
     "temperature": 2.0,
     "weight_decay": 0.0,
 }
-
-
-def _torch() -> Any:
-    try:
-        import torch
-    except ImportError as exc:
-        raise MissingDependencyError("torch", "torch", "distillation") from exc
-    return torch
 
 
 # -- the student spec ---------------------------------------------------------------------
@@ -228,7 +221,7 @@ def __getattr__(name: str) -> Any:
 
 @functools.cache
 def _student_class() -> Any:
-    torch = _torch()
+    torch = import_torch("distillation")
 
     base: Any = torch.nn.Module
 
@@ -337,7 +330,7 @@ def distill_mlp(
 ) -> tuple[Any, dict[str, Any]]:
     """Train a torch MLP student on the teacher's outputs for `inputs`; return (nn.Module, facts)."""
     spec = _validate({**student} if epochs is None else {**student, "epochs": epochs})
-    torch = _torch()
+    torch = import_torch("distillation")
     x_np = _as_inputs(inputs)
     targets = _targets(_ask_teacher(teacher, x_np, input_name), classes, spec["temperature"])
     mean, scale = _scale(x_np)

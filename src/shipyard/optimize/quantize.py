@@ -8,8 +8,6 @@ measures them rather than trusting a rule.
 
 from __future__ import annotations
 
-import contextlib
-import logging
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,19 +15,10 @@ from typing import Any
 import numpy as np
 
 from shipyard.errors import InvalidInputError
+from shipyard.runtimes.base import quiet
 
 QUANTIZABLE_OPS = ("MatMul", "Gemm", "Conv", "Gather", "Attention", "EmbedLayerNormalization")
 WEIGHT_TYPES = ("qint8", "quint8")
-
-
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """onnxruntime's quantizer logs a warning per skipped node; keep the CLI's output readable."""
-    logging.disable(logging.WARNING)
-    try:
-        yield
-    finally:
-        logging.disable(logging.NOTSET)
 
 
 def quantizable_nodes(model_path: Path) -> list[str]:
@@ -63,7 +52,7 @@ def dynamic(
     _require_quantizable(source)
     exclude = list(exclude)
     try:
-        with _quiet():
+        with quiet():
             quantize_dynamic(
                 str(source),
                 str(dest),
@@ -111,7 +100,7 @@ def static(
     _require_quantizable(source)
     exclude = list(exclude)
     try:
-        with _quiet():
+        with quiet():
             quantize_static(
                 str(source),
                 str(dest),

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -31,3 +35,16 @@ class Packaged:
     library_versions: dict[str, str] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
     trusted: bool = False
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """Silence a library's own warnings and logs (exporters, quantizers): none of it is the user's
+    concern. torch's loggers set their own levels, so only a global switch silences them."""
+    logging.disable(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logging.disable(logging.NOTSET)

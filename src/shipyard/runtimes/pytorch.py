@@ -4,18 +4,14 @@ safetensors. A pickled module is never stored; a `torch.save` checkpoint is read
 
 from __future__ import annotations
 
-import contextlib
 import io
-import logging
-import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from shipyard.errors import InvalidInputError, MissingDependencyError, UntrustedArtifactError
-from shipyard.runtimes.base import Packaged
+from shipyard.runtimes.base import Packaged, quiet
 from shipyard.runtimes.onnx import ARTIFACT_FILE, package_onnx
 
 WEIGHTS_FILE = "weights.safetensors"
@@ -28,16 +24,17 @@ def is_module(obj: Any) -> bool:
     return any(c.__module__.startswith("torch.nn") and c.__name__ == "Module" for c in type(obj).__mro__)
 
 
-def _torch() -> Any:
+def import_torch(purpose: str = "PyTorch models") -> Any:
+    """torch, or a clear error naming the extra that installs it."""
     try:
         import torch
     except ModuleNotFoundError as exc:
-        raise MissingDependencyError("torch", "torch", "PyTorch models") from exc
+        raise MissingDependencyError("torch", "torch", purpose) from exc
     return torch
 
 
 def _named_inputs(sample_input: Any) -> dict[str, Any]:
-    torch = _torch()
+    torch = import_torch()
     if sample_input is None:
         raise InvalidInputError(
             "pushing a PyTorch module needs sample_input (a tensor, a tuple of tensors or a dict "
@@ -72,29 +69,16 @@ def _named_inputs(sample_input: Any) -> dict[str, Any]:
     return out
 
 
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """The exporters warn and log about their own internals; none of it is the user's concern."""
-    # torch's loggers set their own levels, so only a global switch silences them.
-    logging.disable(logging.WARNING)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        logging.disable(logging.NOTSET)
-
-
 def _export(module: Any, inputs: dict[str, Any], target: Path) -> str:
     """Export with dynamic batch; torch.export first, the TorchScript exporter as fallback."""
-    torch = _torch()
+    torch = import_torch()
     args = tuple(inputs.values())
     names = list(inputs)
     # A module may name its outputs (e.g. ("label", "probabilities")); otherwise the exporter does.
     outputs = list(getattr(module, "output_names", None) or []) or None
     try:
         batch = torch.export.Dim("batch")
-        with _quiet():
+        with quiet():
             program = torch.onnx.export(
                 module,
                 args,
@@ -111,7 +95,7 @@ def _export(module: Any, inputs: dict[str, Any], target: Path) -> str:
         return "torch.export"
     except Exception as first:  # noqa: BLE001 -- many export failures; try the other exporter
         try:
-            with _quiet():
+            with quiet():
                 torch.onnx.export(
                     module,
                     args,
@@ -135,7 +119,7 @@ def _check_parity(module: Any, inputs: dict[str, Any], target: Path) -> float:
     """Largest absolute difference between the module and its export on the sample input."""
     import onnxruntime as ort
 
-    torch = _torch()
+    torch = import_torch()
     with torch.inference_mode():
         expected = module(*inputs.values())
     expected = [expected] if isinstance(expected, torch.Tensor) else list(expected)
@@ -163,7 +147,7 @@ def _check_parity(module: Any, inputs: dict[str, Any], target: Path) -> float:
 
 def package_module(module: Any, dest: Path, sample_input: Any) -> Packaged:
     """An nn.Module → model.onnx (checked against the module) + weights.safetensors."""
-    torch = _torch()
+    torch = import_torch()
     from safetensors.torch import save_file
 
     module = module.eval()
@@ -198,7 +182,7 @@ def package_checkpoint(source: Path, dest: Path, sample_input: Any, trust: bool)
             "loaded; push the nn.Module from Python (shipyard.push(name, module, sample_input=x)), "
             "or, if you trust the file, push it with --trust and --sample-input"
         )
-    torch = _torch()
+    torch = import_torch()
     try:
         obj = torch.load(io.BytesIO(source.read_bytes()), map_location="cpu", weights_only=False)
     except Exception as exc:  # unpickling fails in whatever way the pickled code chooses
