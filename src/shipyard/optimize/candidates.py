@@ -27,6 +27,7 @@ from shipyard.optimize.scoring import (
     score,
 )
 from shipyard.runtimes import Runtime, load_runtime
+from shipyard.runtimes.model import Model
 from shipyard.runtimes.packaging import package
 from shipyard.settings import RuntimeSettings
 from shipyard.tensors import coerce_inputs
@@ -91,11 +92,12 @@ def preview_version(name: str, packaged: Any, size: int) -> ModelVersion:
 
 
 class Evaluator:
-    """Scores models on one eval set against the original's outputs, with a fixed thread count."""
+    """Scores models on one eval set against the original's outputs (`reference`, set once the
+    original has run), with a fixed thread count."""
 
     def __init__(
         self,
-        evalset: EvalSet | None,
+        evalset: EvalSet,
         metric: str | None,
         *,
         threads: int,
@@ -124,8 +126,6 @@ class Evaluator:
     def load(self, candidate: Candidate) -> tuple[Runtime, ModelVersion, Path, float]:
         """Package the candidate as a push would, then load it; (runtime, version, folder, seconds)."""
         folder = Path(tempfile.mkdtemp(prefix="candidate-", dir=self._workdir))
-        shutil.rmtree(folder)
-        folder.mkdir()
         packaged = package(candidate.artifact, folder)
         version = preview_version(candidate.name, packaged, folder_size(folder))
         start = time.perf_counter()
@@ -135,35 +135,35 @@ class Evaluator:
     def outputs(self, runtime: Runtime, version: ModelVersion, inputs: dict[str, np.ndarray]) -> Outputs:
         rows = len(next(iter(inputs.values())))
         classes = version.extra.get("classes") or self.classes
+        model = Model(version, runtime)
         parts = []
         for start in range(0, rows, PREDICT_CHUNK):
-            chunk = coerce_inputs(
-                version.signature, {k: v[start : start + PREDICT_CHUNK] for k, v in inputs.items()}
-            )
-            parts.append(interpret(runtime.predict(chunk), classes))
+            chunk = {k: v[start : start + PREDICT_CHUNK] for k, v in inputs.items()}
+            parts.append(interpret(model.predict(chunk), classes))
         return concat(parts)
 
     def evaluate_loaded(
-        self, result: Result, runtime: Runtime, version: ModelVersion, folder: Path, *, timed: bool = True
+        self,
+        result: Result,
+        runtime: Runtime,
+        version: ModelVersion,
+        folder: Path,
+        *,
+        timed: bool = True,
+        outputs: Outputs | None = None,
     ) -> Result:
+        """Size, eval-set outputs (`outputs` if already computed), metric, agreement, speed."""
         result.size_bytes = folder_size(folder)
         result.size_gzip_bytes = gzip_size(folder)
-        if self.evalset is not None:
-            result.outputs = self.outputs(runtime, version, self.evalset.inputs)
-            if self.reference is None:
-                self.reference = result.outputs
-            result.agreement = agreement(self.reference, result.outputs)
-            if self.metric is not None:
-                pred, target = per_unit(self.metric, self.evalset, result.outputs, self.reference)
-                result.metric = score(self.metric, pred, target)
-                result.interval = bootstrap(self.metric, pred, target)
+        result.outputs = outputs or self.outputs(runtime, version, self.evalset.inputs)
+        assert self.reference is not None, "the session sets the original's outputs first"
+        result.agreement = agreement(self.reference, result.outputs)
+        if self.metric is not None:
+            pred, target = per_unit(self.metric, self.evalset, result.outputs, self.reference)
+            result.metric = score(self.metric, pred, target)
+            result.interval = bootstrap(self.metric, pred, target)
         if timed:
-            signature = version.signature
-
-            def predict(batch: dict[str, np.ndarray]) -> Any:
-                return runtime.predict(coerce_inputs(signature, batch))
-
-            result.speed = time_model(predict, self.timing_inputs, self.seconds)
+            result.speed = time_model(Model(version, runtime).predict, self.timing_inputs, self.seconds)
         return result
 
     def evaluate(self, candidate: Candidate, *, timed: bool = True) -> Result:

@@ -24,13 +24,11 @@ from shipyard.optimize.variants import (
     static_variant,
 )
 from shipyard.registry import Registry
-from shipyard.runtimes import load_runtime
 from shipyard.types import ModelVersion
 
 OBJECTIVES = ("latency", "throughput", "size")
 MAX_CANDIDATES = 8
 MIN_GAIN = 0.05  # a candidate must beat the original by 5% on the objective: less is noise
-CALIBRATION_UNITS = 128
 MIN_CONTINUOUS_UNITS = 30
 MIN_COSINE = 0.99  # embeddings must also stay close to the original's, not only score alike
 
@@ -139,46 +137,35 @@ class Search:
             self.session.notes.append(f"{name} skipped: {exc}")
             return None
 
-    # -- candidates ---------------------------------------------------------------------
-
-    def quantized(self, base: Candidate, name: str, **options: Any) -> Candidate:
-        return dynamic_variant(self.session, base, name, **options)
-
-    def static_quantized(self, base: Candidate, name: str) -> Candidate:
-        return static_variant(self.session, base, name, self.calibration)
-
-    def fused(self, base: Candidate) -> Candidate:
-        return fused_variant(self.session, base)
-
-    def pruned(self, base: Candidate) -> Candidate:
-        return pruned_variant(self.session, base, "pruned-structured-25", sparsity=0.25, structured=True)
-
-    def feeds(self, base: Candidate) -> list[Any]:
-        return calibration_feeds(self.session, base, self.calibration)
-
     def plan(self, baseline: Candidate, is_text: bool) -> list[tuple[str, Any]]:
         """The candidate steps in order of promise; the cap keeps the first ones."""
-        vnni = has_vnni(cpu_flags())
-        steps: list[tuple[str, Any]] = [
-            ("int8-dynamic", lambda: self.quantized(baseline, "int8-dynamic")),
-            (
-                "int8-dynamic-per-channel",
-                lambda: self.quantized(baseline, "int8-dynamic-per-channel", per_channel=True),
-            ),
+        session = self.session
+        dynamic: list[tuple[str, dict[str, Any]]] = [
+            ("int8-dynamic", {}),
+            ("int8-dynamic-per-channel", {"per_channel": True}),
         ]
-        if not vnni:  # VPMADDUBSW saturation on AVX2/AVX-512 without VNNI: 7-bit weights avoid it
+        if not has_vnni(cpu_flags()):  # VPMADDUBSW saturates without VNNI: 7-bit weights avoid it
+            dynamic.append(("int8-dynamic-reduce-range", {"reduce_range": True}))
+        dynamic.append(("int8-dynamic-u8", {"weight_type": "quint8"}))
+        steps: list[tuple[str, Any]] = [
+            (name, lambda n=name, o=options: dynamic_variant(session, baseline, n, **o))
+            for name, options in dynamic
+        ]
+        if not is_text:
             steps.append(
                 (
-                    "int8-dynamic-reduce-range",
-                    lambda: self.quantized(baseline, "int8-dynamic-reduce-range", reduce_range=True),
+                    "int8-static-qdq",
+                    lambda: static_variant(session, baseline, "int8-static-qdq", self.calibration),
                 )
             )
-        steps.append(
-            ("int8-dynamic-u8", lambda: self.quantized(baseline, "int8-dynamic-u8", weight_type="quint8"))
-        )
-        if not is_text:
-            steps.append(("int8-static-qdq", lambda: self.static_quantized(baseline, "int8-static-qdq")))
-            steps.append(("pruned-structured-25", lambda: self.pruned(baseline)))
+            steps.append(
+                (
+                    "pruned-structured-25",
+                    lambda: pruned_variant(
+                        session, baseline, "pruned-structured-25", sparsity=0.25, structured=True
+                    ),
+                )
+            )
         return steps
 
     def run(self, baseline: Candidate) -> None:
@@ -187,11 +174,11 @@ class Search:
         if session.version.format not in ("onnx", "transformers-onnx"):
             self.measure(baseline)  # a conversion: itself a candidate
         if is_text:
-            fused = self.build("onnx-fp32-fused", lambda: self.fused(baseline))
+            fused = self.build("onnx-fp32-fused", lambda: fused_variant(session, baseline))
             if fused is not None:
                 self.measure(fused)
                 fused_q = self.build(
-                    "int8-dynamic-fused", lambda: self.quantized(fused, "int8-dynamic-fused")
+                    "int8-dynamic-fused", lambda: dynamic_variant(session, fused, "int8-dynamic-fused")
                 )
                 if fused_q is not None:
                     self.measure(fused_q)
@@ -202,14 +189,13 @@ class Search:
             candidate = self.build(name, make)
             if candidate is not None:
                 self.measure(candidate)
-        self.run_fallback()
-        if "fp16" not in "".join(session.notes):
-            session.notes.append(
-                "fp16/bf16 not tried: onnxruntime's CPU kernels compute them through casts to fp32 "
-                "(slower on CPUs, OPTIMIZATION.md §1.8); fp16 is only a storage format here"
-            )
+        self.run_fallback(baseline)
+        session.notes.append(
+            "fp16/bf16 not tried: onnxruntime's CPU kernels compute them through casts to fp32 "
+            "(slower on CPUs, OPTIMIZATION.md §1.8); fp16 is only a storage format here"
+        )
 
-    def run_fallback(self) -> None:
+    def run_fallback(self, baseline: Candidate) -> None:
         """When int8 breaks the budget, keep its worst nodes in fp32 until it fits (INC stage V/VI)."""
         if any(r.status == "accepted" and "int8" in r.name for r in self.results):
             return
@@ -225,15 +211,14 @@ class Search:
             return
         worst = min(over, key=lambda r: objective_value(r, self.objective))
         candidate = self.candidates[worst.name]
-        base_name = "onnx-fp32-fused" if "fused" in worst.name else None
-        base = self.candidates.get(base_name) if base_name else None
-        base = base or self._baseline
+        base = self.candidates["onnx-fp32-fused"] if "fused" in worst.name else baseline
         step = next(s for s in candidate.recipe["steps"] if s["step"] == "quantize")
         options = {k: step[k] for k in ("per_channel", "reduce_range", "weight_type")}
         session = self.session
         session.progress(f"ranking the nodes of {worst.name} by int8 error")
+        feeds = calibration_feeds(session, base, self.calibration)[:8]
         ranked = quantize.node_errors(
-            session.onnx_graph(base.artifact), session.onnx_graph(candidate.artifact), self.feeds(base)[:8]
+            session.onnx_graph(base.artifact), session.onnx_graph(candidate.artifact), feeds
         )
         self.fallback = {
             "from": worst.name,
@@ -245,7 +230,7 @@ class Search:
             exclude = [n for n, _ in ranked[:count]]
             name = f"{worst.name}-fp32-{count}"
             made = self.build(
-                name, lambda ex=exclude, nm=name: self.quantized(base, nm, exclude=ex, **options)
+                name, lambda ex=exclude, nm=name: dynamic_variant(session, base, nm, exclude=ex, **options)
             )
             if made is None:
                 break
@@ -262,8 +247,6 @@ class Search:
             if result.status == "accepted":
                 break
             count *= 2
-
-    _baseline: Candidate
 
     def best(self) -> Result | None:
         accepted = [r for r in self.results if r.status == "accepted"]
@@ -300,19 +283,20 @@ def optimize(
         label=label,
         threads=threads,
         seconds=seconds,
+        hold_out_calibration=calibration is None,
         progress=progress,
     ) as session:
-        assert session.evalset is not None
-        evalset, calib, notes = _split(session, calibration, label)
-        session.evaluator.evalset = evalset
-        session.original = _rescore(session)
         _check_size(session, budget)
+        if calibration is not None:
+            calib = load_eval(calibration, session.version.signature, label=label)
+        else:
+            assert session.calibration is not None
+            calib = session.calibration
         search = Search(session, budget, objective, calib, min_cosine)
-        session.notes.extend(notes)
-        baseline = session.baseline()
-        search._baseline = baseline
-        search.run(baseline)
+        search.run(session.baseline())
         best = search.best()
+        if best is not None:
+            best.status = "selected"
         fields = {
             "min_cosine": min_cosine,
             "objective": objective,
@@ -331,56 +315,18 @@ def optimize(
             )
             error.report, error.report_path = report, path
             raise error
-        best.status = "selected"
-        report["candidates"] = [r.to_dict() for r in search.results]
-        registered_ref = f"{session.version.name}:<next>"
-        report["outcome"] = f"registered {best.name} as {registered_ref}"
+        report["outcome"] = f"registered {best.name} as the next version of {session.version.name}"
         version = session.register(search.candidates[best.name], best, report, alias=alias)
         report["registered"] = str(version.ref)
         report["outcome"] = f"registered {best.name} as {version.ref}" + (f" (@{alias})" if alias else "")
         return Outcome(report, save(registry.settings.home, report), version)
 
 
-def _split(
-    session: Session, calibration: str | Path | None, label: str | None
-) -> tuple[EvalSet, EvalSet, list[str]]:
-    """The calibration data, never the rows the verdict is taken on."""
-    evalset = session.evalset
-    assert evalset is not None
-    if calibration is not None:
-        calib = load_eval(calibration, session.version.signature, label=label)
-        return evalset, calib, []
-    count = min(CALIBRATION_UNITS, evalset.units // 4)
-    calib, rest = evalset.split(count)
-    calib = EvalSet(
-        calib.inputs, calib.labels, calib.scores, f"{evalset.source} (first {count} units)", calib.pairs
-    )
-    note = (
-        f"no --calibration file: the first {count} of {evalset.units} eval units calibrate static "
-        f"quantization and rank nodes; the verdict uses the other {rest.units}"
-    )
-    return rest, calib, [note]
-
-
-def _rescore(session: Session) -> Result:
-    """The original's metric on the verdict rows (the calibration rows are set aside)."""
-    evaluator = session.evaluator
-    evaluator.reference = None
-    runtime = load_runtime(session.version, session.path, evaluator.settings)
-    try:
-        original = Result(
-            "original", {"ref": str(session.version.ref)}, load_s=session.original.load_s, status="original"
-        )
-        return evaluator.evaluate_loaded(original, runtime, session.version, session.path)
-    finally:
-        runtime.close()
-
-
 def _check_size(session: Session, budget: Budget) -> None:
     """Refuse a verdict the eval set is too small to give."""
     original = session.original
     assert original.metric is not None and session.evalset is not None
-    units = session.evaluator.evalset.units if session.evaluator.evalset else 0
+    units = session.evalset.units
     allowed = budget.allowed(original.metric)
     interval = original.interval or (float("nan"), float("nan"))
     shown = f"{session.metric} {original.metric:.4f}, 95% interval [{interval[0]:.4f}, {interval[1]:.4f}]"

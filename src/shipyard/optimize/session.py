@@ -24,6 +24,7 @@ from shipyard.optimize.scoring import METRICS, check_metric, default_metric
 from shipyard.registry import Registry
 from shipyard.registry.metadata import utc_now
 from shipyard.runtimes import load_runtime
+from shipyard.settings import RuntimeSettings
 from shipyard.types import ModelVersion
 
 Progress = Callable[[str], None]
@@ -39,6 +40,7 @@ SAMPLE_SENTENCES = (
 )
 ONNX_BACKED = ("onnx", "transformers-onnx")
 SKLEARN_FORMATS = ("skops", "pickle", "joblib")
+CALIBRATION_UNITS = 128  # held out of the eval set when no calibration file is given
 
 
 @dataclass
@@ -86,6 +88,7 @@ class Session:
         label: str | None = None,
         threads: int | None = None,
         seconds: float = 2.0,
+        hold_out_calibration: bool = False,
         progress: Progress | None = None,
     ) -> None:
         self.registry = registry
@@ -93,18 +96,25 @@ class Session:
         self.path = registry.artifact_path(self.version)
         self.threads = threads or os.cpu_count() or 1
         self.progress = progress or (lambda _message: None)
-        signature = self.version.signature
-        self.evalset: EvalSet | None = None
-        if eval_path is not None:
-            self.evalset = load_eval(eval_path, signature, label=label)
         self.notes: list[str] = []
+        self.evalset: EvalSet | None = None
+        self.calibration: EvalSet | None = None  # held out of the eval set, when asked to
+        if eval_path is not None:
+            self.evalset = load_eval(eval_path, self.version.signature, label=label)
+            if hold_out_calibration:
+                self.calibration, self.evalset = self._hold_out(self.evalset)
+        elif metric is not None:
+            raise InvalidInputError("--metric needs an eval file (--eval)", field="metric")
+        timing = self._timing_inputs()
+        # Without an eval set, agreement with the original is measured on the timing rows.
+        scored = self.evalset if self.evalset is not None else EvalSet(timing)
         self.workdir = Path(tempfile.mkdtemp(prefix="shipyard-variants-"))
         self.evaluator = Evaluator(
-            self.evalset,
+            scored,
             None,
             threads=self.threads,
             seconds=seconds,
-            timing_inputs=self._timing_inputs(),
+            timing_inputs=timing,
             classes=self.version.extra.get("classes"),
         )
         self.progress(f"measuring the original {self.version.ref}")
@@ -112,25 +122,38 @@ class Session:
         runtime = load_runtime(self.version, self.path, self.evaluator.settings)
         load_s = time.perf_counter() - started
         try:
+            reference = self.evaluator.outputs(runtime, self.version, scored.inputs)
+            self.evaluator.reference = reference
+            self.metric: str | None = None
             if self.evalset is not None:
-                reference = self.evaluator.outputs(runtime, self.version, self.evalset.inputs)
-                self.metric: str | None = metric or default_metric(self.evalset, reference)
+                self.metric = metric or default_metric(self.evalset, reference)
                 check_metric(self.metric, self.evalset, reference)
-                self.evaluator.reference, self.evaluator.metric = reference, self.metric
-            elif metric is not None:
-                raise InvalidInputError("--metric needs an eval file (--eval)", field="metric")
+                self.evaluator.metric = self.metric
             else:
-                self.metric = None
+                self.notes.append("no --eval file: agreement measured on synthetic inputs, no task metric")
             self.original = self.evaluator.evaluate_loaded(
                 Result("original", {"ref": str(self.version.ref)}, load_s=load_s, status="original"),
                 runtime,
                 self.version,
                 self.path,
+                outputs=reference,
             )
         finally:
             runtime.close()
-        if self.evalset is None:
-            self.notes.append("no --eval file: agreement measured on synthetic inputs, no task metric")
+
+    def _hold_out(self, evalset: EvalSet) -> tuple[EvalSet, EvalSet]:
+        """(calibration, verdict): the first units calibrate, and never take part in the verdict."""
+        count = min(CALIBRATION_UNITS, evalset.units // 4)
+        calibration, rest = evalset.split(count)
+        source = f"{evalset.source} (first {count} units)"
+        calibration = EvalSet(
+            calibration.inputs, calibration.labels, calibration.scores, source, calibration.pairs
+        )
+        self.notes.append(
+            f"no --calibration file: the first {count} of {evalset.units} eval units calibrate static "
+            f"quantization and rank nodes; the verdict uses the other {rest.units}"
+        )
+        return calibration, rest
 
     def close(self) -> None:
         self.evaluator.close()
@@ -160,18 +183,6 @@ class Session:
             f"{self.version.ref} has inputs that cannot be made up ({signature.describe()}); pass --eval",
             field="eval",
         )
-
-    def agreement_inputs(self) -> None:
-        """Without an eval set, agreement is measured on the timing rows."""
-        if self.evalset is None:
-            self.evaluator.evalset = EvalSet(self.evaluator.timing_inputs)
-            runtime = load_runtime(self.version, self.path, self.evaluator.settings)
-            try:
-                self.evaluator.reference = self.evaluator.outputs(
-                    runtime, self.version, self.evaluator.timing_inputs
-                )
-            finally:
-                runtime.close()
 
     @property
     def higher_is_better(self) -> bool:
@@ -215,9 +226,7 @@ class Session:
         )
 
     def _convert_sklearn(self) -> Candidate:
-        runtime = load_runtime(self.version, self.path, self.evaluator.settings)
-        estimator = getattr(runtime, "_model", None)
-        runtime.close()
+        estimator = load_estimator(self.version, self.path, self.evaluator.settings)
         tree_like = any(hasattr(estimator, a) for a in ("tree_", "estimators_", "_predictors"))
         first_error: str | None = None
         for double in (False, True) if tree_like else (False,):
@@ -253,7 +262,6 @@ class Session:
 
     def _parity(self, candidate: Candidate) -> str | None:
         """None when the candidate reproduces the original on the eval (or synthetic) rows."""
-        self.agreement_inputs()
         result = self.evaluator.evaluate(candidate, timed=False)
         if result.status == "failed":
             return result.reason
@@ -315,6 +323,19 @@ class Session:
         )
 
 
+def load_estimator(version: ModelVersion, path: Path, settings: RuntimeSettings) -> Any:
+    """The scikit-learn estimator of a version, loaded by its runtime (trust rules included)."""
+    if version.format not in SKLEARN_FORMATS:
+        raise InvalidInputError(
+            f"{version.ref} is a {version.format} model, not a scikit-learn one", field="ref"
+        )
+    runtime = load_runtime(version, path, settings)
+    try:
+        return runtime.estimator  # type: ignore[attr-defined]
+    finally:
+        runtime.close()
+
+
 def _recipe(
     session: Session, step: str, facts: dict[str, Any], base: dict[str, Any] | None = None
 ) -> dict[str, Any]:
@@ -325,6 +346,6 @@ def _recipe(
 
 
 def derive(
-    session: Session, base: Candidate, step: str, facts: dict[str, Any], artifact: Path, name: str
+    session: Session, base: Candidate | None, step: str, facts: dict[str, Any], artifact: Path, name: str
 ) -> Candidate:
-    return Candidate(name, artifact, _recipe(session, step, facts, base.recipe))
+    return Candidate(name, artifact, _recipe(session, step, facts, base.recipe if base else None))

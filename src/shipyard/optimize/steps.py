@@ -13,10 +13,18 @@ from shipyard.optimize.candidates import Candidate, Result
 from shipyard.optimize.evalset import load_eval
 from shipyard.optimize.report import save
 from shipyard.optimize.search import Outcome
-from shipyard.optimize.session import ONNX_BACKED, SKLEARN_FORMATS, Progress, Session, derive
+from shipyard.optimize.session import (
+    ONNX_BACKED,
+    SKLEARN_FORMATS,
+    Progress,
+    Session,
+    derive,
+    load_estimator,
+)
 from shipyard.optimize.variants import dynamic_variant, pruned_variant, static_variant
 from shipyard.registry import Registry
 from shipyard.runtimes import load_runtime
+from shipyard.runtimes.model import Model
 from shipyard.types import ModelRef
 
 
@@ -34,19 +42,13 @@ def _finish(session: Session, command: str, candidate: Candidate, alias: str | N
     return Outcome(report, save(session.registry.settings.home, report), version)
 
 
-def _session(registry: Registry, ref: str, options: dict[str, Any]) -> Session:
-    session = Session(registry, ref, **options)
-    session.agreement_inputs()
-    return session
-
-
 def convert_version(
     registry: Registry, ref: str, *, to: str = "onnx", alias: str | None = None, **options: Any
 ) -> Outcome:
     """The version as ONNX, checked against the original (identical labels; 1e-4 relative)."""
     if to != "onnx":
         raise InvalidInputError(f"cannot convert to {to!r}; the only target is onnx", field="to")
-    with _session(registry, ref, options) as session:
+    with Session(registry, ref, **options) as session:
         if session.version.format in ONNX_BACKED:
             raise InvalidInputError(
                 f"{session.version.ref} is already served by onnxruntime ({session.version.format}); "
@@ -85,7 +87,7 @@ def quantize_version(
         raise InvalidInputError(
             "--mode static needs --calibration FILE (representative inputs)", field="calibration"
         )
-    with _session(registry, ref, options) as session:
+    with Session(registry, ref, **options) as session:
         base = _onnx_base(session, "quantize")
         name = (
             f"int8-{mode}"
@@ -114,7 +116,7 @@ def prune_version(
     alias: str | None = None,
     **options: Any,
 ) -> Outcome:
-    with _session(registry, ref, options) as session:
+    with Session(registry, ref, **options) as session:
         base = _onnx_base(session, "prune")
         name = f"pruned-{'structured' if structured else 'magnitude'}-{round(sparsity * 100)}"
         candidate = pruned_variant(session, base, name, sparsity=sparsity, structured=structured)
@@ -135,7 +137,7 @@ def distill_version(
     """Train a student on the teacher's outputs for `data`; register it as the teacher's next version."""
     from shipyard.optimize import distill
 
-    with _session(registry, teacher, {**options, "progress": progress}) as session:
+    with Session(registry, teacher, progress=progress, **options) as session:
         version = session.version
         signature = version.signature
         if len(signature.inputs) != 1 or signature.inputs[0].datatype == "BYTES":
@@ -145,12 +147,8 @@ def distill_version(
             )
         name = signature.inputs[0].name
         inputs = load_eval(data, signature).inputs[name].astype(np.float32)
-        runtime = load_runtime(version, session.path, session.evaluator.settings)
-        from shipyard.tensors import coerce_inputs
-
-        def teacher_predict(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-            return runtime.predict(coerce_inputs(signature, batch))
-
+        teacher_model = Model(version, load_runtime(version, session.path, session.evaluator.settings))
+        teacher_predict = teacher_model.predict
         try:
             estimator = _registered_estimator(registry, student)
             if estimator is not None:
@@ -176,14 +174,12 @@ def distill_version(
                 )
                 sample = inputs[:2]
         finally:
-            runtime.close()
+            teacher_model.close()
         folder = session.workdir / "student"
         folder.mkdir()
-        artifact = _stage_student(registry, model, sample, folder)
+        artifact = _stage_student(model, sample, folder)
         facts["data"] = str(data)
-        candidate = derive(
-            session, Candidate("student", artifact, {"steps": []}), "distill", facts, artifact, "student"
-        )
+        candidate = derive(session, None, "distill", facts, artifact, "student")
         return _finish(session, "distill", candidate, alias)
 
 
@@ -202,13 +198,10 @@ def _registered_estimator(registry: Registry, spec: str) -> Any:
             "scikit-learn estimator (it is refit), or pass an MLP config as JSON",
             field="student",
         )
-    runtime = load_runtime(version, registry.artifact_path(version), registry.settings.runtime)
-    estimator = runtime._model  # type: ignore[attr-defined]
-    runtime.close()
-    return estimator
+    return load_estimator(version, registry.artifact_path(version), registry.settings.runtime)
 
 
-def _stage_student(registry: Registry, model: Any, sample: np.ndarray | None, folder: Path) -> Path:
+def _stage_student(model: Any, sample: np.ndarray | None, folder: Path) -> Path:
     """Write the student where `registry.push` can take it: an ONNX file (torch) or a skops file."""
     from shipyard.runtimes.packaging import package
 

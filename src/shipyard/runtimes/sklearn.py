@@ -207,6 +207,11 @@ class _EstimatorRuntime:
         plan = version.extra.get("outputs_from") or _output_plan(model)
         self._methods = {name: getattr(model, method) for name, method in plan.items()}
 
+    @property
+    def estimator(self) -> Any:
+        """The scikit-learn object itself, for conversion to ONNX and refitting as a student."""
+        return self._model
+
     def predict(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         x = inputs[self.signature.inputs[0].name]
         try:
