@@ -84,6 +84,13 @@ def _show(report: dict[str, Any], as_json: bool, path: Path | None = None) -> No
     _render.console.print(report["outcome"])
 
 
+def _step(ctx: typer.Context, json_: bool, step: Callable[..., Any], ref: str, **options: Any) -> None:
+    """Run one single step (convert, quantize, prune, distill) and show what it registered."""
+    with _progress(2) as progress:
+        outcome = step(state(ctx).registry(), ref, progress=progress, **options)
+    _show(outcome.report, json_, outcome.report_path)
+
+
 def optimize(
     ctx: typer.Context,
     ref: Annotated[str, typer.Argument(help="The version to optimize: NAME, NAME:VERSION or NAME@ALIAS.")],
@@ -153,19 +160,18 @@ def convert(
     """Convert REF to ONNX, checked against the original, and register it."""
     from shipyard.optimize.steps import convert_version
 
-    with _progress(2) as progress:
-        outcome = convert_version(
-            state(ctx).registry(),
-            ref,
-            to=to,
-            alias=alias,
-            eval_path=eval_,
-            label=label,
-            threads=threads,
-            seconds=seconds,
-            progress=progress,
-        )
-    _show(outcome.report, json_, outcome.report_path)
+    _step(
+        ctx,
+        json_,
+        convert_version,
+        ref,
+        to=to,
+        alias=alias,
+        eval_path=eval_,
+        label=label,
+        threads=threads,
+        seconds=seconds,
+    )
 
 
 def quantize(
@@ -185,22 +191,21 @@ def quantize(
     """Quantize REF to int8 and register the measured result."""
     from shipyard.optimize.steps import quantize_version
 
-    with _progress(2) as progress:
-        outcome = quantize_version(
-            state(ctx).registry(),
-            ref,
-            mode=mode,
-            per_channel=per_channel,
-            reduce_range=reduce_range,
-            calibration=calibration,
-            alias=alias,
-            eval_path=eval_,
-            label=label,
-            threads=threads,
-            seconds=seconds,
-            progress=progress,
-        )
-    _show(outcome.report, json_, outcome.report_path)
+    _step(
+        ctx,
+        json_,
+        quantize_version,
+        ref,
+        mode=mode,
+        per_channel=per_channel,
+        reduce_range=reduce_range,
+        calibration=calibration,
+        alias=alias,
+        eval_path=eval_,
+        label=label,
+        threads=threads,
+        seconds=seconds,
+    )
 
 
 def prune(
@@ -220,20 +225,19 @@ def prune(
     """Prune REF by weight magnitude and register the measured result."""
     from shipyard.optimize.steps import prune_version
 
-    with _progress(2) as progress:
-        outcome = prune_version(
-            state(ctx).registry(),
-            ref,
-            sparsity=sparsity,
-            structured=structured,
-            alias=alias,
-            eval_path=eval_,
-            label=label,
-            threads=threads,
-            seconds=seconds,
-            progress=progress,
-        )
-    _show(outcome.report, json_, outcome.report_path)
+    _step(
+        ctx,
+        json_,
+        prune_version,
+        ref,
+        sparsity=sparsity,
+        structured=structured,
+        alias=alias,
+        eval_path=eval_,
+        label=label,
+        threads=threads,
+        seconds=seconds,
+    )
 
 
 def distill(
@@ -257,21 +261,20 @@ def distill(
     """Train a small student on TEACHER's outputs and register it as the teacher's next version."""
     from shipyard.optimize.steps import distill_version
 
-    with _progress(2) as progress:
-        outcome = distill_version(
-            state(ctx).registry(),
-            teacher,
-            student=student,
-            data=data,
-            epochs=epochs,
-            alias=alias,
-            eval_path=eval_,
-            label=label,
-            threads=threads,
-            seconds=seconds,
-            progress=progress,
-        )
-    _show(outcome.report, json_, outcome.report_path)
+    _step(
+        ctx,
+        json_,
+        distill_version,
+        teacher,
+        student=student,
+        data=data,
+        epochs=epochs,
+        alias=alias,
+        eval_path=eval_,
+        label=label,
+        threads=threads,
+        seconds=seconds,
+    )
 
 
 def compare(
