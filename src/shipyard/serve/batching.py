@@ -82,6 +82,7 @@ class Batcher:
         self._wakeup = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"shipyard-{name}")
         self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
         self.latency = LatencyModel()
         self._arrival_gap: float | None = None  # EWMA of seconds between requests
@@ -95,7 +96,9 @@ class Batcher:
 
     def start(self) -> None:
         if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run())
+            # Kept: asyncio.get_running_loop() makes a getpid() syscall on every call (3.11).
+            self._loop = asyncio.get_running_loop()
+            self._task = self._loop.create_task(self._run())
 
     async def submit(self, inputs: Arrays) -> Arrays:
         """Run one request (a batch of >= 1 rows along axis 0) and return its own outputs."""
@@ -111,7 +114,7 @@ class Batcher:
             gap = now - self._last_arrival
             self._arrival_gap = gap if self._arrival_gap is None else 0.8 * self._arrival_gap + 0.2 * gap
         self._last_arrival = now
-        future: asyncio.Future[Arrays] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Arrays] = (self._loop or asyncio.get_running_loop()).create_future()
         self._queue.append(_Item(inputs, rows, future, now))
         self._wakeup.set()
         return await future  # cancelled if the client goes away; the batch loop skips it

@@ -48,6 +48,7 @@ def _serve_on(spec: ServeSpec, sock: socket.socket) -> None:
 
     from shipyard.monitor.logs import configure_logging
     from shipyard.serve.app import create_app
+    from shipyard.serve.transport import OneWriteHttpProtocol
 
     configure_logging(spec.settings.serve.log_level, as_json=spec.settings.serve.log_json)
 
@@ -63,7 +64,7 @@ def _serve_on(spec: ServeSpec, sock: socket.socket) -> None:
     config = uvicorn.Config(
         app,
         loop="uvloop",
-        http="httptools",
+        http=OneWriteHttpProtocol,
         lifespan="on",
         access_log=spec.settings.serve.access_log,
         log_level="warning",
