@@ -71,6 +71,7 @@ class Batcher:
         max_queue: int = 1024,
         can_batch: bool = True,
         on_batch: Callable[[int, float, list[float]], None] | None = None,
+        on_idle: Callable[[], None] | None = None,
         name: str = "model",
     ) -> None:
         self._predict = predict
@@ -78,6 +79,7 @@ class Batcher:
         self.max_delay_s = max_delay_s
         self.max_queue = max_queue
         self._on_batch = on_batch
+        self._on_idle = on_idle  # the queue ran dry (also when its last requests were withdrawn)
         self._queue: deque[_Item] = deque()
         self._wakeup = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"shipyard-{name}")
@@ -166,6 +168,8 @@ class Batcher:
         loop = asyncio.get_running_loop()
         while True:
             if not self._queue:
+                if self._on_idle is not None:
+                    self._on_idle()
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue

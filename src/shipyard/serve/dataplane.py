@@ -30,7 +30,10 @@ class Held:
         return self.served
 
     def __exit__(self, *exc: object) -> None:
-        self.served.in_flight -= 1
+        served = self.served
+        served.in_flight -= 1
+        if not served.in_flight and served.on_quiet is not None:
+            served.on_quiet()  # else the per-batch sample would leave the gauge stale when idle
 
 
 @dataclass(frozen=True, slots=True)

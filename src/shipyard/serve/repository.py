@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +35,7 @@ class ServedVersion:
     runtime: Runtime | None = None
     batcher: Batcher | None = None
     in_flight: int = 0
+    on_quiet: Callable[[], None] | None = None  # called when in_flight drops to 0
     requests: int = 0
     rows: int = 0
     batches: int = 0
@@ -163,8 +165,10 @@ class ModelRepository:
             name=model.name,
             max_queue=self.settings.serve.max_queue,
             on_batch=lambda rows, secs, waits: _observe_batch(served, labels, rows, secs, waits),
+            on_idle=lambda: metrics.QUEUE_DEPTH.labels(*labels).set(0),
             **self._batch_options(version),
         )
+        served.on_quiet = lambda: metrics.IN_FLIGHT.labels(*labels).set(0)
         served.batcher.start()
         served.state = "ready"
         metrics.LOAD_TIME.labels(*labels).observe(time.perf_counter() - started)

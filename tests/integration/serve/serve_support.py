@@ -84,6 +84,38 @@ def multi_onnx_bytes() -> bytes:
     return bytes(model.SerializeToString())
 
 
+def slow_onnx_bytes(size: int = 1024, rounds: int = 8) -> bytes:
+    """x FP32[-1,4] -> score FP32[-1,1] after `rounds` [size, size] matrix products that depend
+    on the input (so no constant folding): tens of milliseconds per call, whatever the batch."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    weights = [
+        numpy_helper.from_array((rng.standard_normal((4, 1)) * 0.1).astype(np.float32), "w"),
+        numpy_helper.from_array((rng.standard_normal((size, size)) / size).astype(np.float32), "c"),
+    ]
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["y"]),
+        helper.make_node("ReduceSum", ["y"], ["s"], keepdims=0),
+        helper.make_node("Mul", ["c", "s"], ["m0"]),
+        *(helper.make_node("MatMul", [f"m{i}", "c"], [f"m{i + 1}"]) for i in range(rounds)),
+        helper.make_node("ReduceMean", [f"m{rounds}"], ["t"], keepdims=0),
+        helper.make_node("Add", ["y", "t"], ["score"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "slow",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("score", TensorProto.FLOAT, ["N", 1])],
+        weights,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return bytes(model.SerializeToString())
+
+
 def push_file(registry: Registry, name: str, data: bytes, folder: Path, **kwargs: Any) -> Any:
     path = folder / f"{name}-{len(list(folder.iterdir()))}.onnx"
     path.write_bytes(data)

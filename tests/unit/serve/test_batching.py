@@ -255,6 +255,30 @@ def test_a_cancelled_request_never_reaches_the_runtime() -> None:
     run(body)
 
 
+def test_on_idle_is_called_when_only_withdrawn_requests_were_left() -> None:
+    fake = FakeRuntime(gated=True)
+    idle: list[int] = []
+
+    async def body() -> None:
+        batcher = Batcher(fake.predict, max_batch_size=1, max_delay_s=0.0, on_idle=lambda: idle.append(1))
+        batcher.start()
+        await settle()
+        first = asyncio.create_task(batcher.submit(rows(1.0)))
+        await fake.wait_entered()
+        gone = asyncio.create_task(batcher.submit(rows(2.0)))
+        await settle()
+        idle.clear()
+        gone.cancel()
+        fake.gate.set()
+        await gather_within(first)
+        await settle()
+        assert fake.sizes == [1]  # the withdrawn request ran no batch, yet the queue reported dry
+        assert idle and batcher.depth == 0
+        await batcher.close()
+
+    run(body)
+
+
 def test_a_full_queue_answers_overloaded_at_once() -> None:
     fake = FakeRuntime(gated=True)
 
