@@ -47,6 +47,7 @@ typecheck: install-dev
 check: lint typecheck test
 
 bench: install-dev
+	bash scripts/install-bench-tools.sh
 	$(BIN)/python benchmarks/registry.py
 	$(BIN)/python benchmarks/optimize.py
 	$(BIN)/python benchmarks/serve.py
