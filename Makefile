@@ -33,7 +33,7 @@ run: install
 
 ## make test: install everything the tests need and run the whole suite.
 test: install-dev
-	bash scripts/install-test-tools.sh
+	bash scripts/install-debian-tool.sh chromium
 	$(BIN)/python -m pytest -q
 
 lint: install-dev
@@ -47,7 +47,7 @@ typecheck: install-dev
 check: lint typecheck test
 
 bench: install-dev
-	bash scripts/install-bench-tools.sh
+	bash scripts/install-debian-tool.sh wrk --required
 	$(BIN)/python benchmarks/registry.py
 	$(BIN)/python benchmarks/optimize.py
 	$(BIN)/python benchmarks/serve.py

@@ -29,7 +29,7 @@ share of responses to within a few header bytes) and how many of wrk's connectio
 Goals (issue 3): with 1 worker, at least 0.8× the raw app's requests/s with zero errors and a
 p99 at most 1.5× the raw app's; ready in under 2 s; at most 120 MB resident per worker.
 
-Needs Linux (/proc, SO_REUSEPORT) and `wrk` (`scripts/install-bench-tools.sh` installs it from
+Needs Linux (/proc, SO_REUSEPORT) and `wrk` (`scripts/install-debian-tool.sh wrk` installs it from
 Debian; `make bench` runs it first). Per-target detail
 goes to stderr; the last line on stdout is the one-line summary. SHIPYARD_* variables of the
 calling shell are ignored so a local config cannot change what is measured.
@@ -662,7 +662,7 @@ def main() -> int:
         parser.error(f"unknown target(s) {unknown}; choose from {list(TARGETS)}")
     wrk = shutil.which("wrk")
     if wrk is None:
-        sys.exit("serve.py needs wrk on PATH: scripts/install-bench-tools.sh installs it (as root)")
+        sys.exit("serve.py needs wrk on PATH: scripts/install-debian-tool.sh wrk installs it (as root)")
     signal.signal(signal.SIGTERM, _interrupt)
 
     results: dict[str, Measured] = {}

@@ -350,7 +350,7 @@ def test_docs_page_renders_in_a_real_browser(server: Server, tmp_path: Path) -> 
     """Headless Chromium loads /docs: the page lists each served model's routes and schema."""
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
-        pytest.skip("chromium is not installed (scripts/install-test-tools.sh installs it)")
+        pytest.skip("chromium is not installed (scripts/install-debian-tool.sh chromium installs it)")
     flags = [
         "--headless",
         "--no-sandbox",
