@@ -54,8 +54,6 @@ import json
 import os
 import re
 import resource
-import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -75,11 +73,13 @@ from serve import (
     WrkResult,
     check_announcement,
     cpu_seconds,
-    free_port,
+    find_wrk,
     host_cpu,
     http_call,
     log,
-    parse_wrk,
+    run_wrk,
+    start_shipyard,
+    stop_on_sigterm,
     stop_server,
     wait_ready,
 )
@@ -334,37 +334,6 @@ def sample_embedding(protocol: str, answer: Any) -> Any:
     return prediction["embedding"] if isinstance(prediction, dict) else prediction
 
 
-def start_server(label: str, flags: list[str], home: Path, folder: Path) -> Server:
-    port = free_port()
-    exe = Path(sys.executable).with_name("shipyard")
-    if not exe.exists():
-        exe = Path(shutil.which("shipyard") or "shipyard")
-    cmd = [str(exe), "serve", MODEL_NAME, "--host", HOST, "--port", str(port), *flags]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SHIPYARD_")}
-    env |= {"SHIPYARD_HOME": str(home), "HF_HUB_OFFLINE": "1"}
-    log_path = folder / f"server-{label}.log"
-    with log_path.open("wb") as out:
-        started = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
-    workers = int(flags[flags.index("--workers") + 1]) if "--workers" in flags else 1
-    return Server(label, workers, port, log_path, proc, started)
-
-
-def run_wrk(wrk: str, url: str, lua: Path, duration: int, connections: int, threads: int) -> WrkResult:
-    cmd = [wrk, f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--latency", "--timeout", WRK_TIMEOUT]
-    cmd += ["-s", str(lua), url]
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)  # wrk is the only child reaped here
-    started = time.perf_counter()
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60, check=False)
-    wall = time.perf_counter() - started
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    output = done.stdout + done.stderr
-    if done.returncode != 0:
-        raise RuntimeError(f"wrk exited with {done.returncode}:\n{output}")
-    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
-    return WrkResult(*parse_wrk(output), wall_s=wall, cpu_s=cpu, output=output)
-
-
 def thread_cpu(pid: int) -> dict[int, float]:
     """CPU seconds of each thread of `pid` (utime + stime from /proc/<pid>/task/<tid>/stat)."""
     found = {}
@@ -463,7 +432,7 @@ def measure(
     url = f"http://{HOST}:{server.port}{endpoint(args.protocol)}"
     log(f"server {server.label}: ready in {ready:.1f} s on port {server.port}; warming up {args.warmup} s")
     wait_idle(args.wait_idle)
-    warm = run_wrk(wrk, url, lua, args.warmup, args.connections, args.threads)
+    warm = run_wrk(wrk, url, lua, args.warmup, args.connections, args.threads, "--timeout", WRK_TIMEOUT)
     if warm.errors:
         problems.append(f"{warm.errors} errors during the warm-up")
 
@@ -477,7 +446,9 @@ def measure(
     sampler = Sampler(server, pids)
     sampler.start()
     try:
-        result = run_wrk(wrk, url, lua, args.duration, args.connections, args.threads)
+        result = run_wrk(
+            wrk, url, lua, args.duration, args.connections, args.threads, "--timeout", WRK_TIMEOUT
+        )
     finally:
         sampler.stop.set()
         sampler.join()
@@ -617,10 +588,6 @@ def summary(ip: InProcess, results: dict[str, Measured | str], args: argparse.Na
 # -- main --------------------------------------------------------------------------------
 
 
-def _interrupt(signum: int, _frame: Any) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=int, default=30, help="seconds of load per server (default 30)")
@@ -650,10 +617,8 @@ def main() -> int:
     configs = [c.strip() for c in args.configs.split(",") if c.strip()]
     if unknown := [c for c in configs if c not in CONFIGS]:
         parser.error(f"unknown configuration(s) {unknown}; choose from {list(CONFIGS)}")
-    wrk = shutil.which("wrk")
-    if wrk is None:
-        sys.exit("embeddings.py needs wrk on PATH (Debian/Ubuntu: apt-get install wrk)")
-    signal.signal(signal.SIGTERM, _interrupt)
+    wrk = find_wrk()
+    stop_on_sigterm()
 
     source = model_folder()
     results: dict[str, Measured | str] = {}
@@ -667,7 +632,7 @@ def main() -> int:
         lua = folder / "embeddings.lua"
         lua.write_text(lua_script(args.protocol))
         for label in configs:
-            server = start_server(label, CONFIGS[label], home, folder)
+            server = start_shipyard(label, MODEL_NAME, CONFIGS[label], home, folder, {"HF_HUB_OFFLINE": "1"})
             try:
                 measured = measure(server, args, wrk, lua, ip.reference)
             except (RuntimeError, TimeoutError, OSError, subprocess.SubprocessError) as exc:

@@ -251,20 +251,43 @@ class Server:
 
 
 def start_server(label: str, workers: int, model: Path, home: Path, folder: Path) -> Server:
-    port = free_port()
+    """The raw app (workers = 0) or `shipyard serve` of the iris model with that many workers."""
     if workers == 0:
+        port = free_port()
         cmd = [sys.executable, str(HERE / "_raw_app.py"), str(model), str(port)]
-    else:
-        exe = Path(sys.executable).with_name("shipyard")
-        if not exe.exists():
-            exe = Path(shutil.which("shipyard") or "shipyard")
-        cmd = [str(exe), "serve", MODEL_NAME, "--host", HOST, "--port", str(port), "--workers", str(workers)]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SHIPYARD_")}
-    env["SHIPYARD_HOME"] = str(home)
+        return launch(label, cmd, 0, port, home, folder)
+    return start_shipyard(label, MODEL_NAME, ["--workers", str(workers)], home, folder)
+
+
+def start_shipyard(
+    label: str, model: str, flags: list[str], home: Path, folder: Path, env: dict[str, str] | None = None
+) -> Server:
+    """`shipyard serve MODEL FLAGS` on a free loopback port, with a registry at `home`."""
+    port = free_port()
+    exe = Path(sys.executable).with_name("shipyard")
+    if not exe.exists():
+        exe = Path(shutil.which("shipyard") or "shipyard")
+    cmd = [str(exe), "serve", model, "--host", HOST, "--port", str(port), *flags]
+    workers = int(flags[flags.index("--workers") + 1]) if "--workers" in flags else 1
+    return launch(label, cmd, workers, port, home, folder, env)
+
+
+def launch(
+    label: str,
+    cmd: list[str],
+    workers: int,
+    port: int,
+    home: Path,
+    folder: Path,
+    env: dict[str, str] | None = None,
+) -> Server:
+    """Start `cmd` with its output in FOLDER/LABEL.log; SHIPYARD_* of this shell are dropped."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("SHIPYARD_")}
+    environ |= {"SHIPYARD_HOME": str(home), **(env or {})}
     log_path = folder / f"{label}.log"
     with log_path.open("wb") as out:
         started = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=environ)
     return Server(label, workers, port, log_path, proc, started)
 
 
@@ -400,8 +423,21 @@ def parse_wrk(output: str) -> tuple[float, int, dict[int, float], int, dict[str,
     return float(rps[1]), int(total[1]), percentiles, int(non_2xx[1]) if non_2xx else 0, socket_errors
 
 
-def run_wrk(wrk: str, url: str, lua: Path, duration: int, connections: int, threads: int) -> WrkResult:
-    cmd = [wrk, f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--latency", "-s", str(lua), url]
+def run_wrk(
+    wrk: str, url: str, lua: Path, duration: int, connections: int, threads: int, *extra: str
+) -> WrkResult:
+    """One wrk run (`extra`: more wrk flags, e.g. --timeout), with the CPU time wrk itself used."""
+    cmd = [
+        wrk,
+        f"-t{threads}",
+        f"-c{connections}",
+        f"-d{duration}s",
+        "--latency",
+        *extra,
+        "-s",
+        str(lua),
+        url,
+    ]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)  # wrk is the only child reaped here
     started = time.perf_counter()
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60, check=False)
@@ -412,6 +448,23 @@ def run_wrk(wrk: str, url: str, lua: Path, duration: int, connections: int, thre
         raise RuntimeError(f"wrk exited with {done.returncode}:\n{output}")
     cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
     return WrkResult(*parse_wrk(output), wall_s=wall, cpu_s=cpu, output=output)
+
+
+def find_wrk() -> str:
+    """wrk's path, or exit with a line saying how to install it."""
+    wrk = shutil.which("wrk")
+    if wrk is None:
+        sys.exit("this benchmark needs wrk on PATH: scripts/install-debian-tool.sh wrk installs it (as root)")
+    return wrk
+
+
+def stop_on_sigterm() -> None:
+    """SIGTERM unwinds like Ctrl-C, so every server started is stopped and the folder removed."""
+
+    def interrupt(signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, interrupt)
 
 
 # -- one target --------------------------------------------------------------------------
@@ -643,10 +696,6 @@ def summary(results: dict[str, Measured], args: argparse.Namespace) -> str:
 # -- main --------------------------------------------------------------------------------
 
 
-def _interrupt(signum: int, _frame: Any) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=int, default=20, help="seconds of load per target (default 20)")
@@ -660,10 +709,8 @@ def main() -> int:
     targets = [t.strip() for t in args.targets.split(",") if t.strip()]
     if unknown := [t for t in targets if t not in TARGETS]:
         parser.error(f"unknown target(s) {unknown}; choose from {list(TARGETS)}")
-    wrk = shutil.which("wrk")
-    if wrk is None:
-        sys.exit("serve.py needs wrk on PATH: scripts/install-debian-tool.sh wrk installs it (as root)")
-    signal.signal(signal.SIGTERM, _interrupt)
+    wrk = find_wrk()
+    stop_on_sigterm()
 
     results: dict[str, Measured] = {}
     with tempfile.TemporaryDirectory(prefix="shipyard-bench-serve-") as tmp:
