@@ -73,6 +73,16 @@ class FakeRuntime:
         assert await asyncio.to_thread(self.entered.wait, WAIT_S), "predict was never called"
 
 
+async def busy(fake: FakeRuntime, first: Arrays, **options: Any) -> tuple[Batcher, asyncio.Task[Arrays]]:
+    """A started batcher whose runtime is busy with `first` (held at the fake's gate), so the
+    requests that follow queue up behind it."""
+    batcher = Batcher(fake.predict, **options)
+    batcher.start()
+    running = asyncio.create_task(batcher.submit(first))
+    await fake.wait_entered()
+    return batcher, running
+
+
 async def settle() -> None:
     """Let freshly created tasks run up to their first await (i.e. enqueue their request)."""
     for _ in range(5):
@@ -88,10 +98,8 @@ def test_full_batch_merges_rows_of_several_requests_and_splits_results_back() ->
     fake = FakeRuntime(gated=True)
 
     async def body() -> None:
-        batcher = Batcher(fake.predict, max_batch_size=6, max_delay_s=0.0)
-        batcher.start()
-        first = asyncio.create_task(batcher.submit(rows(1.0)))
-        await fake.wait_entered()  # the runtime is busy with `first`: the rest queue up
+        # The runtime is busy with `first`: the rest queue up.
+        batcher, first = await busy(fake, rows(1.0), max_batch_size=6, max_delay_s=0.0)
         queued = [asyncio.create_task(batcher.submit(rows(10.0 + i, 20.0 + i))) for i in range(4)]
         await settle()
         assert batcher.depth == 4
@@ -114,10 +122,7 @@ def test_a_request_larger_than_max_batch_size_runs_alone() -> None:
     fake = FakeRuntime(gated=True)
 
     async def body() -> None:
-        batcher = Batcher(fake.predict, max_batch_size=4, max_delay_s=0.0)
-        batcher.start()
-        first = asyncio.create_task(batcher.submit(rows(0.0)))
-        await fake.wait_entered()
+        batcher, first = await busy(fake, rows(0.0), max_batch_size=4, max_delay_s=0.0)
         small_a = asyncio.create_task(batcher.submit(rows(1.0)))
         big = asyncio.create_task(batcher.submit(rows(*range(100, 110))))
         small_b = asyncio.create_task(batcher.submit(rows(2.0)))
@@ -182,10 +187,7 @@ def test_a_failed_batch_fails_every_waiting_request_and_none_hangs() -> None:
     fake = FakeRuntime(gated=True, fail_with=RuntimeError("runtime exploded"))
 
     async def body() -> None:
-        batcher = Batcher(fake.predict, max_batch_size=8, max_delay_s=0.0)
-        batcher.start()
-        first = asyncio.create_task(batcher.submit(rows(1.0)))
-        await fake.wait_entered()
+        batcher, first = await busy(fake, rows(1.0), max_batch_size=8, max_delay_s=0.0)
         queued = [asyncio.create_task(batcher.submit(rows(float(i)))) for i in range(5)]
         await settle()
         fake.gate.set()
@@ -205,10 +207,7 @@ def test_one_bad_request_does_not_fail_its_neighbours() -> None:
     fake = FakeRuntime(gated=True)
 
     async def body() -> None:
-        batcher = Batcher(fake.predict, max_batch_size=8, max_delay_s=0.0)
-        batcher.start()
-        first = asyncio.create_task(batcher.submit(rows(0.0)))
-        await fake.wait_entered()
+        batcher, first = await busy(fake, rows(0.0), max_batch_size=8, max_delay_s=0.0)
         fake.poison = -1.0
         good_a = asyncio.create_task(batcher.submit(rows(1.0, 2.0)))
         bad = asyncio.create_task(batcher.submit(rows(3.0, -1.0)))
@@ -232,10 +231,7 @@ def test_a_cancelled_request_never_reaches_the_runtime() -> None:
     fake = FakeRuntime(gated=True)
 
     async def body() -> None:
-        batcher = Batcher(fake.predict, max_batch_size=8, max_delay_s=0.0)
-        batcher.start()
-        first = asyncio.create_task(batcher.submit(rows(1.0)))
-        await fake.wait_entered()
+        batcher, first = await busy(fake, rows(1.0), max_batch_size=8, max_delay_s=0.0)
         kept = asyncio.create_task(batcher.submit(rows(2.0)))
         gone = asyncio.create_task(batcher.submit(rows(99.0, 99.0, 99.0)))  # client disconnects
         await settle()
@@ -283,10 +279,8 @@ def test_a_full_queue_answers_overloaded_at_once() -> None:
     fake = FakeRuntime(gated=True)
 
     async def body() -> None:
-        batcher = Batcher(fake.predict, max_batch_size=8, max_delay_s=0.0, max_queue=2)
-        batcher.start()
-        first = asyncio.create_task(batcher.submit(rows(1.0)))
-        await fake.wait_entered()  # `first` left the queue: it is running
+        # `first` left the queue: it is running.
+        batcher, first = await busy(fake, rows(1.0), max_batch_size=8, max_delay_s=0.0, max_queue=2)
         queued = [asyncio.create_task(batcher.submit(rows(float(i)))) for i in (2, 3)]
         await settle()
         with pytest.raises(OverloadedError, match="queue is full") as caught:
@@ -304,10 +298,7 @@ def test_close_lets_queued_work_finish_then_refuses_new_requests() -> None:
     fake = FakeRuntime(gated=True)
 
     async def body() -> None:
-        batcher = Batcher(fake.predict, max_batch_size=8, max_delay_s=0.0)
-        batcher.start()
-        first = asyncio.create_task(batcher.submit(rows(1.0)))
-        await fake.wait_entered()
+        batcher, first = await busy(fake, rows(1.0), max_batch_size=8, max_delay_s=0.0)
         queued = asyncio.create_task(batcher.submit(rows(2.0)))
         await settle()
         closing = asyncio.create_task(batcher.close(timeout_s=WAIT_S))
@@ -325,10 +316,7 @@ def test_close_past_its_deadline_fails_the_queued_requests() -> None:
     fake = FakeRuntime(gated=True)
 
     async def body() -> None:
-        batcher = Batcher(fake.predict, max_batch_size=8, max_delay_s=0.0)
-        batcher.start()
-        first = asyncio.create_task(batcher.submit(rows(1.0)))
-        await fake.wait_entered()
+        batcher, first = await busy(fake, rows(1.0), max_batch_size=8, max_delay_s=0.0)
         queued = [asyncio.create_task(batcher.submit(rows(float(i)))) for i in (2, 3)]
         await settle()
         try:
@@ -414,10 +402,9 @@ def test_on_batch_reports_rows_time_and_queue_waits() -> None:
     fake = FakeRuntime(gated=True)
 
     async def body() -> None:
-        batcher = Batcher(fake.predict, max_batch_size=8, max_delay_s=0.0, on_batch=lambda *a: seen.append(a))
-        batcher.start()
-        first = asyncio.create_task(batcher.submit(rows(1.0)))
-        await fake.wait_entered()
+        batcher, first = await busy(
+            fake, rows(1.0), max_batch_size=8, max_delay_s=0.0, on_batch=lambda *a: seen.append(a)
+        )
         queued = [asyncio.create_task(batcher.submit(rows(2.0, 3.0))) for _ in range(2)]
         await settle()
         await asyncio.sleep(0.02)
