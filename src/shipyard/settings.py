@@ -9,9 +9,9 @@ from __future__ import annotations
 import os
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -20,6 +20,8 @@ from pydantic_settings import (
 )
 
 from shipyard.errors import InvalidInputError
+
+_Model = TypeVar("_Model", bound=BaseModel)
 
 _config_file: ContextVar[Path | None] = ContextVar("shipyard_config_file", default=None)
 
@@ -86,7 +88,9 @@ class Settings(BaseSettings):
         token = _config_file.set(path)
         try:
             return cls(**{k: v for k, v in overrides.items() if v is not None})
-        except ValueError as exc:  # pydantic's ValidationError and TOML errors
+        except ValidationError as exc:
+            raise _invalid(exc) from exc
+        except ValueError as exc:  # TOML errors
             raise InvalidInputError(f"invalid settings: {exc}", field="settings") from exc
         finally:
             _config_file.reset(token)
@@ -98,3 +102,25 @@ class Settings(BaseSettings):
     @property
     def artifact_root(self) -> str:
         return self.artifact_url or str(self.home / "artifacts")
+
+
+def with_updates(model: _Model, **updates: Any) -> _Model:
+    """A copy of settings `model` with `updates` (None values ignored), validated like the rest
+    (`model_copy` alone would let `--port 99999` through)."""
+    values = {**model.model_dump(), **{k: v for k, v in updates.items() if v is not None}}
+    try:
+        return type(model).model_validate(values)
+    except ValidationError as exc:
+        raise _invalid(exc) from exc
+
+
+def _invalid(exc: ValidationError) -> InvalidInputError:
+    """One line per problem, naming the setting: `serve.port: Input should be … (got 99999)`."""
+    problems = [
+        f"{'.'.join(map(str, error['loc']))}: {error['msg']} (got {error['input']!r})"
+        for error in exc.errors(include_url=False)
+    ]
+    first = exc.errors()[0]["loc"] if exc.errors() else ()
+    return InvalidInputError(
+        "invalid settings: " + "; ".join(problems), field=".".join(map(str, first)) or "settings"
+    )

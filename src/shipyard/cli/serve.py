@@ -32,6 +32,7 @@ def serve(
 ) -> None:
     """Serve models over HTTP (V2/Triton, V1/TF Serving, SageMaker, Vertex AI)."""
     from shipyard.serve.server import ServeSpec, run
+    from shipyard.settings import with_updates
     from shipyard.types import ModelRef
 
     for ref in refs:
@@ -39,34 +40,30 @@ def serve(
     cli = state(ctx)
     if config is not None:
         cli.config = config
-    if port is None and os.environ.get("AIP_HTTP_PORT"):
-        port = int(os.environ["AIP_HTTP_PORT"])
+    # Vertex AI says which port to use; validated with the flags (a bad value is one clear line).
+    bind_port: int | str | None = port if port is not None else os.environ.get("AIP_HTTP_PORT") or None
     base = cli.settings()
-    serve_opts = base.serve.model_copy(
-        update={
-            k: v
-            for k, v in {
-                "host": host,
-                "port": port,
-                "workers": workers,
-                "max_queue": max_queue,
-                "max_batch_size": max_batch_size,
-                "max_batch_delay_ms": max_batch_delay_ms,
-            }.items()
-            if v is not None
-        }
+    serve_opts = with_updates(
+        base.serve,
+        host=host,
+        port=bind_port,
+        workers=workers,
+        max_queue=max_queue,
+        max_batch_size=max_batch_size,
+        max_batch_delay_ms=max_batch_delay_ms,
     )
     runtime = base.runtime
     if runtime.intra_op_threads == 0 and serve_opts.workers > 1:
         # N workers each using every core would oversubscribe the CPU: share the cores out.
         cores = len(os.sched_getaffinity(0))
-        runtime = runtime.model_copy(update={"intra_op_threads": max(1, cores // serve_opts.workers)})
+        runtime = with_updates(runtime, intra_op_threads=max(1, cores // serve_opts.workers))
     settings = base.model_copy(update={"serve": serve_opts, "runtime": runtime})
     overrides = {"max_batch_size": max_batch_size, "max_batch_delay_ms": max_batch_delay_ms}
     vertex = (os.environ.get("AIP_HEALTH_ROUTE"), os.environ.get("AIP_PREDICT_ROUTE"))
 
     def announce(bound_host: str, bound_port: int) -> None:
-        base_url = f"http://{bound_host}:{bound_port}"
+        shown = f"[{bound_host}]" if ":" in bound_host else bound_host  # an IPv6 address
+        base_url = f"http://{shown}:{bound_port}"
         typer.echo(f"shipyard: serving {', '.join(refs)} on {base_url} ({settings.serve.workers} worker(s))")
         for ref in refs:
             name = ModelRef.parse(ref).name

@@ -8,6 +8,7 @@ across workers through prometheus_client's multiprocess directory.
 
 from __future__ import annotations
 
+import errno
 import multiprocessing
 import os
 import shutil
@@ -19,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from shipyard.errors import ConflictError, InvalidInputError, ShipyardError
 from shipyard.settings import Settings
 
 
@@ -38,9 +40,24 @@ def bind_socket(host: str, port: int, reuse_port: bool) -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     if reuse_port:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind((host, port))
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise _bind_error(host, port, exc) from exc
     sock.set_inheritable(True)
     return sock
+
+
+def _bind_error(host: str, port: int, exc: OSError) -> ShipyardError:
+    where = f"cannot listen on {host}:{port}"
+    if exc.errno == errno.EADDRINUSE:
+        return ConflictError(f"{where}: the port is in use (another server?); pick another", field="port")
+    if exc.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT) or isinstance(exc, socket.gaierror):
+        return InvalidInputError(f"{where}: no such address on this machine", field="host")
+    if exc.errno == errno.EACCES:
+        return InvalidInputError(f"{where}: permission denied (ports below 1024 need root)", field="port")
+    return ShipyardError(f"{where}: {exc.strerror or exc}")
 
 
 def _serve_on(spec: ServeSpec, sock: socket.socket) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import signal
+import socket
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -13,7 +15,7 @@ import numpy as np
 import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from serve_support import ServeModels, Server, iris_onnx_bytes, launch, push_file
+from serve_support import SHIPYARD, ServeModels, Server, iris_onnx_bytes, launch, push_file, server_env
 
 from shipyard.registry import Registry
 from shipyard.settings import Settings
@@ -44,6 +46,61 @@ def test_default_bind_and_announcement(server: Server) -> None:
     )
     assert server.url.startswith("http://127.0.0.1:")
     assert f"{server.url}/v2/models/iris/infer" in server.stdout()
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "code", "message"),
+    [
+        (["--port", "PORT"], {}, 4, "cannot listen on 127.0.0.1:PORT: the port is in use"),
+        (["--port", "PORT", "--workers", "2"], {}, 4, "the port is in use"),
+        (["--host", "10.255.255.1"], {}, 2, "cannot listen on 10.255.255.1:8000: no such address"),
+        (["--port", "70000"], {}, 2, "invalid settings: port: Input should be less than or equal to 65535"),
+        ([], {"AIP_HTTP_PORT": "eighty"}, 2, "port: Input should be a valid integer"),
+        (
+            [],
+            {"SHIPYARD_SERVE__WORKERS": "0"},
+            2,
+            "serve.workers: Input should be greater than or equal to 1",
+        ),
+    ],
+    ids=["port-in-use", "port-in-use-workers", "no-such-address", "port-out-of-range", "vertex-port", "env"],
+)
+def test_a_server_that_cannot_start_says_why_in_one_line(
+    serve_models: ServeModels, args: list[str], env: dict[str, str], code: int, message: str
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        done = subprocess.run(
+            [str(SHIPYARD), "serve", "iris-onnx", *(a.replace("PORT", port) for a in args)],
+            env=server_env(serve_models.home, **env),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    assert done.returncode == code, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr
+    assert message.replace("PORT", port) in lines[0]
+    assert done.stdout == ""  # nothing announced
+
+
+def test_an_ipv6_address_is_announced_in_brackets(
+    serve_models: ServeModels, serve_launcher: Callable[..., Any]
+) -> None:
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6 on this machine")
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        pytest.skip("::1 is not configured here")
+    with serve_launcher(serve_models.home, ["iris-onnx"], args=["--host", "::1"]) as server:
+        assert server.url.startswith("http://[::1]:")
+        with server.client() as client:
+            assert client.get("/healthz").json() == {"live": True}
 
 
 # -- workers --------------------------------------------------------------------------------
