@@ -30,13 +30,15 @@ _TO_NUMPY: dict[str, Any] = {
     "BYTES": np.object_,
 }
 _FLOATS = frozenset({"FP16", "FP32", "FP64"})
+_DTYPES = {name: np.dtype(t) for name, t in _TO_NUMPY.items()}
+_FLOAT_MAX = {np.dtype(t): float(np.finfo(t).max) for t in (np.float16, np.float32)}
 _FROM_NUMPY = {np.dtype(v).str: k for k, v in _TO_NUMPY.items() if k != "BYTES"}
 
 
 def numpy_dtype(datatype: str) -> np.dtype[Any]:
     """The numpy dtype of a V2 datatype (BYTES is an object array of bytes/str)."""
     try:
-        dtype: np.dtype[Any] = np.dtype(_TO_NUMPY[datatype])
+        dtype: np.dtype[Any] = _DTYPES[datatype]
     except KeyError:
         raise InvalidInputError(f"unsupported datatype {datatype!r}", field="datatype") from None
     return dtype
@@ -123,7 +125,20 @@ def cast_array(arr: np.ndarray, spec: TensorSpec) -> np.ndarray:
                 f"({info.min} to {info.max})",
                 field=spec.name,
             )
-    return arr.astype(target)
+    return _narrowed(arr, target, spec)
+
+
+def _narrowed(arr: np.ndarray, target: np.dtype[Any], spec: TensorSpec) -> np.ndarray:
+    """`arr` as `target`, refusing finite numbers too large for it: 1e39 as FP32 would become
+    infinite, and the model would answer NaN instead of the request getting an error."""
+    if arr.dtype.kind == "f" and arr.dtype.itemsize > target.itemsize and target.kind == "f" and arr.size:
+        limit = _FLOAT_MAX[target]
+        if abs(arr).max() > limit and np.isfinite(arr[abs(arr) > limit]).any():  # inf stays inf
+            raise InvalidInputError(
+                f"input {spec.name!r} has values outside the range of {spec.datatype} (±{limit:.4g})",
+                field=spec.name,
+            )
+    return arr.astype(target, copy=False)
 
 
 def coerce_input(value: Any, spec: TensorSpec) -> np.ndarray:
@@ -136,7 +151,7 @@ def coerce_input(value: Any, spec: TensorSpec) -> np.ndarray:
         except ValueError:
             arr = None
         if arr is not None and arr.dtype.kind in "biuf" and shape_matches(spec.shape, arr.shape):
-            return arr.astype(_TO_NUMPY[spec.datatype], copy=False)
+            return _narrowed(arr, numpy_dtype(spec.datatype), spec)
     arr = _as_array(value, spec)
     ragged = arr.dtype == object and spec.datatype != "BYTES" and arr.ndim and arr.size
     if ragged and any(isinstance(x, (list, tuple)) for x in arr.flat):

@@ -101,6 +101,21 @@ def test_fractional_or_non_finite_into_int64_is_refused(rows: object) -> None:
         coerce_inputs(COUNTS, rows)
 
 
+@pytest.mark.parametrize(
+    "rows", [[[1e39, 1, 1, 1]], [[1, 1, 1, -1e39]], np.array([[1e39, 1, 1, 1]])], ids=["json", "neg", "np"]
+)
+def test_numbers_too_large_for_fp32_are_refused_not_made_infinite(rows: object) -> None:
+    with pytest.raises(InvalidInputError, match=r"'X' has values outside the range of FP32") as caught:
+        coerce_inputs(IRIS, rows)
+    assert caught.value.field == "X"
+
+
+def test_infinities_and_nans_given_as_floats_pass_through() -> None:
+    out = coerce_inputs(IRIS, np.array([[np.inf, np.nan, -np.inf, 3.4e38]]))["X"]
+    assert np.isposinf(out[0, 0]) and np.isnan(out[0, 1]) and np.isneginf(out[0, 2])
+    assert np.isfinite(out[0, 3])
+
+
 def test_bytes_input_takes_text_and_refuses_numbers() -> None:
     out = coerce_inputs(TEXT, ["hello", "world"])
     assert out["text"].dtype == object

@@ -208,3 +208,8 @@ def test_v1_integers_out_of_range_are_refused(http: httpx.Client, value: float) 
         "/v1/models/multi:predict", json={"instances": [{"x": [1, 2, 3, 4], "n": [value], "s": ["a"]}]}
     )
     assert_error(response, 400, "'n'")
+
+
+def test_v1_floats_too_large_for_fp32_are_refused(http: httpx.Client) -> None:
+    response = http.post("/v1/models/iris-onnx:predict", json={"instances": [[1e39, 3.5, 1.4, 0.2]]})
+    assert_error(response, 400, "'X' has values outside the range of FP32")
