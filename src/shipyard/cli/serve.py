@@ -37,6 +37,7 @@ def serve(
 
     for ref in refs:
         ModelRef.parse(ref)  # a malformed reference fails here, before anything starts
+    refs = list(dict.fromkeys(refs))  # a ref given twice is served once
     cli = state(ctx)
     if config is not None:
         cli.config = config
@@ -65,8 +66,7 @@ def serve(
         shown = f"[{bound_host}]" if ":" in bound_host else bound_host  # an IPv6 address
         base_url = f"http://{shown}:{bound_port}"
         typer.echo(f"shipyard: serving {', '.join(refs)} on {base_url} ({settings.serve.workers} worker(s))")
-        for ref in refs:
-            name = ModelRef.parse(ref).name
+        for name in dict.fromkeys(ModelRef.parse(ref).name for ref in refs):
             typer.echo(f"  V2:  POST {base_url}/v2/models/{name}/infer")
             typer.echo(f"  V1:  POST {base_url}/v1/models/{name}:predict")
         typer.echo(f"  docs: {base_url}/docs   metrics: {base_url}/metrics   ready: {base_url}/readyz")
