@@ -84,6 +84,9 @@ def _serve_on(spec: ServeSpec, sock: socket.socket) -> None:
         http=OneWriteHttpProtocol,
         lifespan="on",
         access_log=spec.settings.serve.access_log,
+        # X-Forwarded-For/-Proto only change the client address and scheme in the scope, which
+        # nothing but the access log reads: skip that middleware (a measurable µs per request).
+        proxy_headers=spec.settings.serve.access_log,
         log_level="warning",
         timeout_graceful_shutdown=int(spec.settings.serve.grace_period_s) or None,
         backlog=2048,
