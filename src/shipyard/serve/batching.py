@@ -199,9 +199,12 @@ class Batcher:
         rows = sum(i.rows for i in batch)
         try:
             if self._runs_inline(rows):
-                outputs = self._predict(merged)
+                outputs, elapsed = _timed(self._predict, merged)
             else:
-                outputs = await loop.run_in_executor(self._executor, self._predict, merged)
+                # Timed in the worker thread: timed from here, it would include the wait for the
+                # busy event loop to take the result back, so under load a fast model would look
+                # slow and never return to the inline path (measured: a third of the throughput).
+                outputs, elapsed = await loop.run_in_executor(self._executor, _timed, self._predict, merged)
         except asyncio.CancelledError:  # close() gave up waiting: answer, never strand callers
             _fail(batch, OverloadedError("the model was unloaded while this request ran; retry"))
             raise
@@ -215,7 +218,6 @@ class Batcher:
         except Exception as exc:  # noqa: BLE001 -- every waiting request gets the error; none hangs
             _fail(batch, exc)
             return
-        elapsed = time.perf_counter() - started
         self.latency.observe(rows, elapsed)
         if self._on_batch is not None:
             self._on_batch(rows, elapsed, waits)
@@ -245,6 +247,12 @@ class Batcher:
                 item.future.set_exception(OverloadedError("the model was unloaded; retry"))
         self._queue.clear()
         self._executor.shutdown(wait=False)
+
+
+def _timed(predict: Callable[[Arrays], Arrays], inputs: Arrays) -> tuple[Arrays, float]:
+    started = time.perf_counter()
+    outputs = predict(inputs)
+    return outputs, time.perf_counter() - started
 
 
 def _rows(inputs: Arrays) -> int:

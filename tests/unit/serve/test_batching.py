@@ -418,6 +418,31 @@ def test_on_batch_reports_rows_time_and_queue_waits() -> None:
     assert min(seen[1][2]) >= 0.015  # the queued requests waited behind the first batch
 
 
+def test_batch_time_is_the_runtime_s_not_the_busy_loop_s() -> None:
+    """A batch run in the worker thread is timed there: a busy event loop that takes the result
+    back late must not make a fast model look slow (it would then never run inline again)."""
+    seen: list[float] = []
+
+    async def body() -> None:
+        batcher = Batcher(
+            lambda x: {"y": x["x"] * 2},
+            max_batch_size=8,
+            max_delay_s=0.0,
+            on_batch=lambda n, s, w: seen.append(s),
+        )
+        batcher.start()
+        for _ in range(3):  # no fit yet: each batch goes to the worker thread
+            request = asyncio.create_task(batcher.submit(rows(1.0)))
+            await settle()
+            time.sleep(0.05)  # the event loop is busy while the runtime answers
+            await asyncio.wait_for(request, WAIT_S)
+        await batcher.close()
+
+    run(body)
+    assert len(seen) == 3
+    assert max(seen) < 0.025, seen  # a multiplication, not the 50 ms the loop was busy
+
+
 # -- the latency model ------------------------------------------------------------------
 
 
