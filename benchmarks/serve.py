@@ -7,9 +7,14 @@ One run does everything:
 2. for each target — the raw app (benchmarks/_raw_app.py: uvicorn + orjson + the session, no
    framework), `shipyard serve --workers 1` and `shipyard serve --workers 2` — starts it on a
    free loopback port, times process start → ready (`GET /readyz` answers 200; with several
-   workers, every worker listening and 16 fresh connections in a row answered 200), warms it
-   up for 2 s, then loads it with `wrk -t2 -c32 -d<duration>s --latency`: 32 keep-alive
-   connections sending single-row V1 JSON requests (`{"instances": [[4 floats]]}`);
+   workers, every worker listening and 16 fresh connections in a row answered 200) and warms
+   it up for 2 s; all three then stay up and are loaded in turns with
+   `wrk -t2 -c32 --latency`: 32 keep-alive connections sending single-row V1 JSON requests
+   (`{"instances": [[4 floats]]}`), `--rounds` loads of duration/rounds seconds per target,
+   in alternating order (raw, w1, w2, w2, w1, raw, …). A shared machine's speed drifts by tens
+   of percent over minutes; measured one target after the other, that drift lands in the ratio,
+   interleaved it cancels out. The rounds of a target are merged exactly (wrk prints its
+   latency histogram through a Lua `done` hook);
 3. reads requests/s, p50/p99, non-2xx responses and socket errors from wrk's report, and from
    /proc: each worker's resident memory (VmRSS, the peak of samples taken every 0.5 s while
    serving the load), each worker's CPU time and open connections during the load, the CPU
@@ -34,8 +39,8 @@ Debian; `make bench` runs it first). Per-target detail
 goes to stderr; the last line on stdout is the one-line summary. SHIPYARD_* variables of the
 calling shell are ignored so a local config cannot change what is measured.
 
-    .venv/bin/python benchmarks/serve.py                # 20 s per target
-    .venv/bin/python benchmarks/serve.py --duration 5   # a quick run
+    .venv/bin/python benchmarks/serve.py                # 20 s per target, in 4 rounds of 5 s
+    .venv/bin/python benchmarks/serve.py --duration 4 --rounds 2   # a quick run
 """
 
 from __future__ import annotations
@@ -76,6 +81,12 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 LUA = f"""wrk.method = "POST"
 wrk.body = '{BODY.decode()}'
 wrk.headers["Content-Type"] = "application/json"
+done = function(summary, latency, requests)
+  for i = 1, #latency do
+    local value, count = latency(i)
+    io.write(string.format("LATENCY_US %d %d\\n", value, count))
+  end
+end
 """
 
 
@@ -399,10 +410,47 @@ class WrkResult:
     wall_s: float
     cpu_s: float  # wrk's own CPU time
     output: str
+    histogram: list[tuple[int, int]] = field(default_factory=list)  # (latency µs, count), if printed
 
     @property
     def errors(self) -> int:
         return self.non_2xx + sum(self.socket_errors.values())
+
+    @classmethod
+    def merge(cls, parts: list[WrkResult]) -> WrkResult:
+        """Several loads of one target as one: totals summed, percentiles from the merged
+        latency histograms (exact), requests/s over the summed load time."""
+        histogram = sorted(pair for part in parts for pair in part.histogram)
+        requests, wall = sum(p.requests for p in parts), sum(p.wall_s for p in parts)
+        return cls(
+            rps=requests / wall,
+            requests=requests,
+            percentiles=_percentiles(histogram) if histogram else parts[0].percentiles,
+            non_2xx=sum(p.non_2xx for p in parts),
+            socket_errors={k: sum(p.socket_errors[k] for p in parts) for k in parts[0].socket_errors},
+            wall_s=wall,
+            cpu_s=sum(p.cpu_s for p in parts),
+            output="\n".join(p.output for p in parts),
+            histogram=histogram,
+        )
+
+
+def _percentiles(histogram: list[tuple[int, int]]) -> dict[int, float]:
+    """50/75/90/99th percentiles in ms of a sorted (latency µs, count) histogram."""
+    total = sum(count for _, count in histogram)
+    found: dict[int, float] = {}
+    seen = 0
+    wanted = [50, 75, 90, 99]
+    for value, count in histogram:
+        seen += count
+        while wanted and seen >= total * wanted[0] / 100:
+            found[wanted.pop(0)] = value / 1000
+    return found
+
+
+def parse_histogram(output: str) -> list[tuple[int, int]]:
+    """The `LATENCY_US value count` lines printed by the Lua `done` hook (LUA above)."""
+    return [(int(v), int(c)) for v, c in re.findall(r"^LATENCY_US (\d+) (\d+)$", output, re.M)]
 
 
 def parse_wrk(output: str) -> tuple[float, int, dict[int, float], int, dict[str, int]]:
@@ -447,7 +495,9 @@ def run_wrk(
     if done.returncode != 0:
         raise RuntimeError(f"wrk exited with {done.returncode}:\n{output}")
     cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
-    return WrkResult(*parse_wrk(output), wall_s=wall, cpu_s=cpu, output=output)
+    return WrkResult(
+        *parse_wrk(output), wall_s=wall, cpu_s=cpu, output=output, histogram=parse_histogram(output)
+    )
 
 
 def find_wrk() -> str:
@@ -483,10 +533,38 @@ class Measured:
     parent_pid: int
     parent_rss: float | None  # the supervising process, when workers are separate processes
     host_busy: float  # fraction of all CPUs busy during the load
-    batch_rows: float | None  # mean rows per batch (shipyard only, from /metrics)
+    batch: tuple[float, float] | None  # (rows, batches) run during the load (shipyard, /metrics)
     predictions: Any = None  # the answer to the sample request
     exit_code: int | None = None
     problems: list[str] = field(default_factory=list)
+
+    @classmethod
+    def merge(cls, parts: list[Measured]) -> Measured:
+        """The rounds of one target as one load: sums, peaks, and time-weighted host load."""
+        first, walls = parts[0], [p.wrk.wall_s for p in parts]
+        batches = [p.batch for p in parts if p.batch is not None]
+        parents = [p.parent_rss for p in parts if p.parent_rss is not None]
+        return cls(
+            first.label,
+            first.workers,
+            WrkResult.merge([p.wrk for p in parts]),
+            first.ready_s,
+            {pid: max(p.worker_rss.get(pid, 0.0) for p in parts) for pid in first.worker_cpu},
+            {pid: sum(p.worker_cpu[pid] for p in parts) for pid in first.worker_cpu},
+            {pid: sum(p.worker_bytes[pid] for p in parts) for pid in first.worker_cpu},
+            max((p.worker_conns for p in parts), key=lambda c: sum(c.values())),
+            first.parent_pid,
+            max(parents) if parents else None,
+            sum(p.host_busy * w for p, w in zip(parts, walls, strict=True)) / sum(walls),
+            (sum(b[0] for b in batches), sum(b[1] for b in batches)) if batches else None,
+            first.predictions,
+            problems=[problem for p in parts for problem in p.problems],
+        )
+
+    @property
+    def batch_rows(self) -> float | None:
+        """Mean rows per batch."""
+        return self.batch[0] / self.batch[1] if self.batch and self.batch[1] else None
 
     @property
     def shares(self) -> list[float]:
@@ -549,7 +627,18 @@ class Sampler(threading.Thread):
             self.sample()
 
 
-def measure(server: Server, args: argparse.Namespace, wrk: str, lua: Path, expected: Any) -> Measured:
+@dataclass
+class Prepared:
+    """A target started, ready, checked and warmed up, waiting for its loads."""
+
+    server: Server
+    ready_s: float
+    url: str
+    predictions: Any
+    problems: list[str]
+
+
+def prepare(server: Server, args: argparse.Namespace, wrk: str, lua: Path, expected: Any) -> Prepared:
     problems = []
     ready = wait_ready(server)
     if note := check_announcement(server):
@@ -564,10 +653,16 @@ def measure(server: Server, args: argparse.Namespace, wrk: str, lua: Path, expec
     url = f"http://{HOST}:{server.port}{path}"
     log(f"{server.label}: ready in {ready:.2f} s on port {server.port}; warming up {args.warmup} s")
     run_wrk(wrk, url, lua, args.warmup, args.connections, args.threads)
-
     pids = server.worker_pids()
     if server.workers > 1 and len(pids) != server.workers:
         problems.append(f"expected {server.workers} worker processes, found {len(pids)}: {pids}")
+    return Prepared(server, ready, url, predictions, problems)
+
+
+def load(target: Prepared, args: argparse.Namespace, wrk: str, lua: Path, seconds: int) -> Measured:
+    """One load of `seconds` with wrk, and what the server used meanwhile."""
+    server = target.server
+    pids = server.worker_pids()
     batches_before = _batch_totals(server.port) if server.workers else None
     cpu_before = {pid: cpu_seconds(pid) for pid in pids}
     bytes_before = {pid: bytes_written(pid) for pid in pids}
@@ -575,7 +670,7 @@ def measure(server: Server, args: argparse.Namespace, wrk: str, lua: Path, expec
     sampler = Sampler(server, pids)
     sampler.start()
     try:
-        result = run_wrk(wrk, url, lua, args.duration, args.connections, args.threads)
+        result = run_wrk(wrk, target.url, lua, seconds, args.connections, args.threads)
     finally:
         sampler.stop.set()
         sampler.join()
@@ -584,16 +679,17 @@ def measure(server: Server, args: argparse.Namespace, wrk: str, lua: Path, expec
     written = {pid: bytes_written(pid) - bytes_before[pid] for pid in pids}
     sampler.sample()  # one more while still serving (catches a run too short for the timer)
     batches_after = _batch_totals(server.port) if server.workers else None
-    batch_rows = None
-    if batches_before and batches_after and batches_after[1] > batches_before[1]:
-        batch_rows = (batches_after[0] - batches_before[0]) / (batches_after[1] - batches_before[1])
+    batch = None
+    if batches_before and batches_after:
+        batch = (batches_after[0] - batches_before[0], batches_after[1] - batches_before[1])
     busy = (host_after[0] - host_before[0]) / max(host_after[1] - host_before[1], 1)
     parent_rss = rss_mb(server.proc.pid) if pids != [server.proc.pid] else None
+    problems = []
     if server.proc.poll() is not None:
         problems.append(f"exited with {server.proc.returncode} during the load")
     return Measured(
-        server.label, server.workers, result, ready, sampler.rss, cpu, written, sampler.conns,
-        server.proc.pid, parent_rss, busy, batch_rows, predictions, problems=problems,
+        server.label, server.workers, result, target.ready_s, sampler.rss, cpu, written, sampler.conns,
+        server.proc.pid, parent_rss, busy, batch, target.predictions, problems=problems,
     )  # fmt: skip
 
 
@@ -689,7 +785,11 @@ def summary(results: dict[str, Measured], args: argparse.Namespace) -> str:
     other = max(m.other_cores for m in results.values())
     if other > 0.25:  # loopback softirq alone is ~0.1-0.2 core: more means other processes competed
         line += f" | NOISY: up to {other:.1f} cores used by other processes during the loads"
-    line += f" | {os.cpu_count()} cpus, wrk -t{args.threads} -c{args.connections} -d{args.duration}s"
+    seconds = max(1, round(args.duration / args.rounds))
+    line += (
+        f" | {os.cpu_count()} cpus, wrk -t{args.threads} -c{args.connections}, "
+        f"{args.rounds} alternating rounds of {seconds}s per target"
+    )
     return line
 
 
@@ -705,6 +805,9 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2, help="wrk threads")
     parser.add_argument("--targets", default="raw,w1,w2", help="comma-separated subset of raw,w1,w2")
+    parser.add_argument(
+        "--rounds", type=int, default=4, help="loads per target, alternating between targets (default 4)"
+    )
     args = parser.parse_args()
     targets = [t.strip() for t in args.targets.split(",") if t.strip()]
     if unknown := [t for t in targets if t not in TARGETS]:
@@ -721,23 +824,37 @@ def main() -> int:
         lua = folder / "post.lua"
         lua.write_text(LUA)
         log(f"pushed {ref} ({model.stat().st_size} bytes of ONNX) into {home}")
+        started: dict[str, Prepared] = {}
         expected = None
-        for label in targets:
-            server = start_server(label, TARGETS[label], model, home, folder)
-            try:
-                measured = measure(server, args, wrk, lua, expected)
-            except Exception:
-                log(f"{label}: failed; its log ends with:\n{server.log_tail()}")
-                raise
-            finally:
-                code = stop_server(server)
-            measured.exit_code = code
-            if server.workers and code != 0:
+        try:
+            for label in targets:  # one at a time, so each start-up time is its own
+                server = start_server(label, TARGETS[label], model, home, folder)
+                try:
+                    started[label] = prepare(server, args, wrk, lua, expected)
+                except BaseException as exc:  # Ctrl-C included: never leave a server behind
+                    if isinstance(exc, Exception):
+                        log(f"{label}: failed; its log ends with:\n{server.log_tail()}")
+                    stop_server(server)
+                    raise
+                if expected is None:
+                    expected = started[label].predictions  # the first target's answer is the reference
+            # Loads alternate (raw, w1, w2, then w2, w1, raw, …): the host's speed drifts by tens of
+            # percent over minutes on shared machines, and back-to-back rounds cancel a drift.
+            seconds = max(1, round(args.duration / args.rounds))
+            rounds: dict[str, list[Measured]] = {label: [] for label in targets}
+            for number in range(args.rounds):
+                for label in targets if number % 2 == 0 else targets[::-1]:
+                    rounds[label].append(load(started[label], args, wrk, lua, seconds))
+        finally:
+            codes = {label: stop_server(target.server) for label, target in started.items()}
+        for label, target in started.items():
+            measured = Measured.merge(rounds[label])
+            measured.problems[:0] = target.problems
+            measured.exit_code = codes[label]
+            if target.server.workers and codes[label] != 0:
                 measured.problems.append(
-                    f"exited with {code} after SIGTERM (expected 0)\n{server.log_tail(10)}"
+                    f"exited with {codes[label]} after SIGTERM (expected 0)\n{target.server.log_tail(10)}"
                 )
-            if expected is None:
-                expected = measured.predictions  # the first target's answer is the reference
             results[label] = measured
             describe(measured, args)
     print(summary(results, args), flush=True)
