@@ -87,6 +87,7 @@ def _serve_on(spec: ServeSpec, sock: socket.socket) -> None:
         # X-Forwarded-For/-Proto only change the client address and scheme in the scope, which
         # nothing but the access log reads: skip that middleware (a measurable µs per request).
         proxy_headers=spec.settings.serve.access_log,
+        server_header=False,  # `server: uvicorn` tells a scanner what to try, and no client needs it
         log_level="warning",
         timeout_graceful_shutdown=int(spec.settings.serve.grace_period_s) or None,
         backlog=2048,

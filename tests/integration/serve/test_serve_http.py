@@ -239,6 +239,7 @@ def test_healthz_and_readyz(http: httpx.Client) -> None:
     live = http.get("/healthz")
     assert live.status_code == 200 and live.json() == {"live": True}
     assert live.headers["content-type"] == "application/json"
+    assert "server" not in live.headers and "date" in live.headers  # no software name, RFC 9110 date
     ready = http.get("/readyz")
     assert ready.status_code == 200 and ready.json()["ready"] is True
 
