@@ -26,14 +26,14 @@ class Held:
         self.served = served
 
     def __enter__(self) -> ServedVersion:
-        self.served.in_flight += 1  # the gauge is sampled from this once per batch (cheaper)
+        self.served.in_flight += 1  # the gauge samples this (see repository._gauge_sampler)
         return self.served
 
     def __exit__(self, *exc: object) -> None:
         served = self.served
         served.in_flight -= 1
-        if not served.in_flight and served.on_quiet is not None:
-            served.on_quiet()  # else the per-batch sample would leave the gauge stale when idle
+        if not served.in_flight and served.sample_gauges is not None:
+            served.sample_gauges()  # the last one out: else the gauge keeps a busy sample
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,7 +35,7 @@ class ServedVersion:
     runtime: Runtime | None = None
     batcher: Batcher | None = None
     in_flight: int = 0
-    on_quiet: Callable[[], None] | None = None  # called when in_flight drops to 0
+    sample_gauges: Callable[[], None] | None = None  # also called when in_flight drops to 0
     requests: int = 0
     rows: int = 0
     batches: int = 0
@@ -159,16 +159,16 @@ class ModelRepository:
             log.exception("cannot load %s", version.ref)
             return served
         labels = (model.name, str(version.version))
+        served.sample_gauges = _gauge_sampler(served, labels)
         served.batcher = Batcher(
             served.runtime.predict,
             can_batch=served.runtime.can_batch,
             name=model.name,
             max_queue=self.settings.serve.max_queue,
             on_batch=lambda rows, secs, waits: _observe_batch(served, labels, rows, secs, waits),
-            on_idle=lambda: metrics.QUEUE_DEPTH.labels(*labels).set(0),
+            on_idle=served.sample_gauges,
             **self._batch_options(version),
         )
-        served.on_quiet = lambda: metrics.IN_FLIGHT.labels(*labels).set(0)
         served.batcher.start()
         served.state = "ready"
         metrics.LOAD_TIME.labels(*labels).observe(time.perf_counter() - started)
@@ -297,13 +297,25 @@ class ModelRepository:
                 await self._unload(model, served)
 
 
+def _gauge_sampler(served: ServedVersion, labels: tuple[str, str]) -> Callable[[], None]:
+    """Sets the in-flight and queue-depth gauges from the version's state. They are sampled, not
+    moved on every request (cheaper): after each batch, when the queue runs dry, and when the
+    version's last request finishes, so they read 0 once it is quiet."""
+    in_flight, depth = metrics.IN_FLIGHT.labels(*labels), metrics.QUEUE_DEPTH.labels(*labels)
+
+    def sample() -> None:
+        in_flight.set(served.in_flight)
+        depth.set(served.batcher.depth if served.batcher is not None else 0)
+
+    return sample
+
+
 def _observe_batch(
     served: ServedVersion, labels: tuple[str, str], rows: int, seconds: float, waits: list[float]
 ) -> None:
     served.batches += 1
-    metrics.IN_FLIGHT.labels(*labels).set(served.in_flight)
-    if served.batcher is not None:
-        metrics.QUEUE_DEPTH.labels(*labels).set(served.batcher.depth)
+    if served.sample_gauges is not None:
+        served.sample_gauges()
     metrics.BATCH_SIZE.labels(*labels).observe(rows)
     metrics.INFERENCE_TIME.labels(*labels).observe(seconds)
     queue_time = metrics.QUEUE_TIME.labels(*labels)
