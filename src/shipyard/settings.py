@@ -116,11 +116,12 @@ def with_updates(model: _Model, **updates: Any) -> _Model:
 
 def _invalid(exc: ValidationError) -> InvalidInputError:
     """One line per problem, naming the setting: `serve.port: Input should be … (got 99999)`."""
+    errors = exc.errors(include_url=False)
+    places = [".".join(map(str, error["loc"])) for error in errors]
     problems = [
-        f"{'.'.join(map(str, error['loc']))}: {error['msg']} (got {error['input']!r})"
-        for error in exc.errors(include_url=False)
+        f"{place}: {error['msg']} (got {error['input']!r})"
+        for place, error in zip(places, errors, strict=True)
     ]
-    first = exc.errors()[0]["loc"] if exc.errors() else ()
     return InvalidInputError(
-        "invalid settings: " + "; ".join(problems), field=".".join(map(str, first)) or "settings"
+        "invalid settings: " + "; ".join(problems), field=places[0] if places else "settings"
     )

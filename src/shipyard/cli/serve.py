@@ -71,7 +71,7 @@ def serve(
             typer.echo(f"  V1:  POST {base_url}/v1/models/{name}:predict")
         typer.echo(f"  docs: {base_url}/docs   metrics: {base_url}/metrics   ready: {base_url}/readyz")
 
-    code = run(ServeSpec(settings, list(refs), overrides, vertex), announce)
+    code = run(ServeSpec(settings, refs, overrides, vertex), announce)
     raise typer.Exit(code)
 
 
