@@ -68,9 +68,11 @@ import orjson
 
 # Small helpers shared with the serve benchmark (this folder is on sys.path when run as a script).
 from serve import (
+    NOISE_CORES,
     Sampler,
     Server,
     WrkResult,
+    add_load_options,
     check_announcement,
     cpu_seconds,
     find_wrk,
@@ -90,7 +92,6 @@ BATCH_SIZES = (1, 8, 32, 64)
 ST_BATCH_SIZES = (32, 64)
 GOAL_RATIO = 0.9
 GOAL_P99_MS = 1000.0
-NOISE_CORES = 0.25  # loopback softirq alone is ~0.1-0.2 core: more means other processes competed
 WRK_TIMEOUT = "10s"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 CONFIGS: dict[str, list[str]] = {  # label → extra `shipyard serve` flags
@@ -217,6 +218,20 @@ def time_batches(encode: Callable[[list[str]], Any], size: int, seconds: float, 
     return Timed(size, calls, elapsed, other)
 
 
+def time_sizes(
+    what: str, encode: Callable[[list[str]], Any], sizes: tuple[int, ...], args: argparse.Namespace
+) -> dict[int, Timed]:
+    """`encode` timed at each batch size, each figure logged as it comes."""
+    timings = {}
+    for size in sizes:
+        timings[size] = timed = time_batches(encode, size, args.inprocess_seconds, args.wait_idle)
+        log(
+            f"{what}, batch {size:>2}: {timed.per_s:6.1f} sentences/s ({timed.ms_per_call:.1f} ms per batch, "
+            f"{timed.calls} batches in {timed.seconds:.1f} s; other processes {timed.other_cores:.1f} cores)"
+        )
+    return timings
+
+
 @dataclass
 class InProcess:
     runtime: dict[int, Timed]
@@ -249,14 +264,7 @@ def measure_in_process(home: Path, folder: Path, args: argparse.Namespace) -> In
         def encode(texts: list[str]) -> np.ndarray:
             return model.predict({"text": np.array(texts, dtype=object)})["embedding"]
 
-        runtime = {}
-        for size in BATCH_SIZES:
-            runtime[size] = timed = time_batches(encode, size, args.inprocess_seconds, args.wait_idle)
-            log(
-                f"in-process runtime, batch {size:>2}: {timed.per_s:6.1f} sentences/s "
-                f"({timed.ms_per_call:.1f} ms per batch, {timed.calls} batches in {timed.seconds:.1f} s; "
-                f"other processes {timed.other_cores:.1f} cores)"
-            )
+        runtime = time_sizes("in-process runtime", encode, BATCH_SIZES, args)
         ours = encode(list(SENTENCES))
         reference = dict(zip(SENTENCES, ours, strict=True))
     finally:
@@ -268,13 +276,7 @@ def measure_in_process(home: Path, folder: Path, args: argparse.Namespace) -> In
         def st_encode(texts: list[str]) -> np.ndarray:
             return st_model.encode(texts, batch_size=len(texts), show_progress_bar=False)
 
-        st = {}
-        for size in ST_BATCH_SIZES:
-            st[size] = timed = time_batches(st_encode, size, args.inprocess_seconds, args.wait_idle)
-            log(
-                f"sentence-transformers encode, batch {size:>2}: {timed.per_s:6.1f} sentences/s "
-                f"({timed.ms_per_call:.1f} ms per batch; other processes {timed.other_cores:.1f} cores)"
-            )
+        st = time_sizes("sentence-transformers encode", st_encode, ST_BATCH_SIZES, args)
         theirs = st_encode(list(SENTENCES))
     finally:
         gc.collect()
@@ -590,15 +592,10 @@ def summary(ip: InProcess, results: dict[str, Measured | str], args: argparse.Na
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--duration", type=int, default=30, help="seconds of load per server (default 30)")
-    parser.add_argument(
-        "--warmup", type=int, default=3, help="seconds of warm-up load per server (default 3)"
-    )
+    add_load_options(parser, duration=30, warmup=3)
     parser.add_argument(
         "--inprocess-seconds", type=float, default=3.0, help="timed seconds per in-process batch size"
     )
-    parser.add_argument("--connections", type=int, default=32)
-    parser.add_argument("--threads", type=int, default=2, help="wrk threads")
     parser.add_argument(
         "--configs",
         default="default,b64",

@@ -21,6 +21,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -29,7 +30,7 @@ HERE = Path(__file__).parent
 PAIRS = HERE / "data" / "sts_pairs.csv"
 
 
-def _by_name(report: dict, name: str) -> dict:
+def _by_name(report: dict[str, Any], name: str) -> dict[str, Any]:
     return next(c for c in report["candidates"] if c["name"] == name)
 
 

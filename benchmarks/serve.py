@@ -77,6 +77,7 @@ GOAL_READY_S = 2.0
 GOAL_RSS_MB = 120.0
 READY_TIMEOUT_S = 60.0
 STOP_GRACE_S = 15.0
+NOISE_CORES = 0.25  # loopback softirq alone is ~0.1-0.2 core: more means other processes competed
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 LUA = f"""wrk.method = "POST"
 wrk.body = '{BODY.decode()}'
@@ -500,6 +501,18 @@ def run_wrk(
     )
 
 
+def add_load_options(parser: argparse.ArgumentParser, *, duration: int, warmup: int) -> None:
+    """The wrk load every serving benchmark takes: how long, how wide."""
+    parser.add_argument(
+        "--duration", type=int, default=duration, help=f"seconds of load per server (default {duration})"
+    )
+    parser.add_argument(
+        "--warmup", type=int, default=warmup, help=f"seconds of warm-up load per server (default {warmup})"
+    )
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=2, help="wrk threads")
+
+
 def find_wrk() -> str:
     """wrk's path, or exit with a line saying how to install it."""
     wrk = shutil.which("wrk")
@@ -783,12 +796,11 @@ def summary(results: dict[str, Measured], args: argparse.Namespace) -> str:
         }
         line += " | goals: " + " ".join(f"{k} {'ok' if v else 'MISS'}" for k, v in checks.items())
     other = max(m.other_cores for m in results.values())
-    if other > 0.25:  # loopback softirq alone is ~0.1-0.2 core: more means other processes competed
+    if other > NOISE_CORES:
         line += f" | NOISY: up to {other:.1f} cores used by other processes during the loads"
-    seconds = max(1, round(args.duration / args.rounds))
     line += (
         f" | {os.cpu_count()} cpus, wrk -t{args.threads} -c{args.connections}, "
-        f"{args.rounds} alternating rounds of {seconds}s per target"
+        f"{args.rounds} alternating rounds of {args.round_s}s per target"
     )
     return line
 
@@ -798,17 +810,13 @@ def summary(results: dict[str, Measured], args: argparse.Namespace) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--duration", type=int, default=20, help="seconds of load per target (default 20)")
-    parser.add_argument(
-        "--warmup", type=int, default=2, help="seconds of warm-up load per target (default 2)"
-    )
-    parser.add_argument("--connections", type=int, default=32)
-    parser.add_argument("--threads", type=int, default=2, help="wrk threads")
+    add_load_options(parser, duration=20, warmup=2)
     parser.add_argument("--targets", default="raw,w1,w2", help="comma-separated subset of raw,w1,w2")
     parser.add_argument(
         "--rounds", type=int, default=4, help="loads per target, alternating between targets (default 4)"
     )
     args = parser.parse_args()
+    args.round_s = max(1, round(args.duration / args.rounds))
     targets = [t.strip() for t in args.targets.split(",") if t.strip()]
     if unknown := [t for t in targets if t not in TARGETS]:
         parser.error(f"unknown target(s) {unknown}; choose from {list(TARGETS)}")
@@ -840,11 +848,10 @@ def main() -> int:
                     expected = started[label].predictions  # the first target's answer is the reference
             # Loads alternate (raw, w1, w2, then w2, w1, raw, …): the host's speed drifts by tens of
             # percent over minutes on shared machines, and back-to-back rounds cancel a drift.
-            seconds = max(1, round(args.duration / args.rounds))
             rounds: dict[str, list[Measured]] = {label: [] for label in targets}
             for number in range(args.rounds):
                 for label in targets if number % 2 == 0 else targets[::-1]:
-                    rounds[label].append(load(started[label], args, wrk, lua, seconds))
+                    rounds[label].append(load(started[label], args, wrk, lua, args.round_s))
         finally:
             codes = {label: stop_server(target.server) for label, target in started.items()}
         for label, target in started.items():
