@@ -15,7 +15,6 @@ file size nor the speed (pytorch #32928, #36214). So the two modes here each del
 from __future__ import annotations
 
 import math
-import zlib
 from collections import defaultdict
 from dataclasses import dataclass, field
 from numbers import Real
@@ -28,6 +27,7 @@ from google.protobuf.message import DecodeError
 from onnx import TensorProto, helper, numpy_helper
 
 from shipyard.errors import InvalidInputError, ShipyardError
+from shipyard.optimize.measure import gzip_size
 
 MIN_ELEMENTS = 256  # smaller weights are not worth pruning (and would hurt accuracy for nothing)
 FLOAT_TYPES = {TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16}
@@ -51,7 +51,7 @@ def prune_onnx(source: Path, dest: Path, *, sparsity: float, structured: bool = 
     facts = _prune_structured(model, sparsity) if structured else _prune_unstructured(model, sparsity)
     _save_and_verify(model, source, dest)
     facts["size_bytes"] = dest.stat().st_size
-    facts["size_gzip_bytes"] = _gzip_size(dest)
+    facts["size_gzip_bytes"] = gzip_size(dest)
     return facts
 
 
@@ -357,13 +357,3 @@ def _parameter_count(graph: onnx.GraphProto) -> int:
 
 def _label(node: onnx.NodeProto) -> str:
     return node.name or node.output[0]
-
-
-def _gzip_size(path: Path) -> int:
-    """Size of `path` after gzip level 6, streamed so large models need no extra memory."""
-    compressor = zlib.compressobj(6, zlib.DEFLATED, 31)  # wbits 31: gzip container
-    size = 0
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            size += len(compressor.compress(chunk))
-    return size + len(compressor.flush())
