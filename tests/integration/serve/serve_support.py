@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from shipyard.registry import Registry
 
@@ -251,6 +252,19 @@ def running(home: Path, refs: list[str], log_dir: Path, **kwargs: Any) -> Iterat
     finally:
         code = server.stop()
     assert code == 0, f"exit code {code} after SIGTERM; stderr:\n{server.stderr()}"
+
+
+# -- metrics --------------------------------------------------------------------------------
+
+
+def metric_sum(text: str, name: str, **labels: str) -> float:
+    """The sum of the samples called `name` in a /metrics page whose labels include `labels`."""
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
+    )
 
 
 # -- assertions -----------------------------------------------------------------------------

@@ -14,29 +14,22 @@ import httpx
 import numpy as np
 import orjson
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
-from serve_support import SHIPYARD, ServeModels, Server, iris_onnx_bytes, launch, push_file, server_env
+from serve_support import (
+    SHIPYARD,
+    ServeModels,
+    Server,
+    iris_onnx_bytes,
+    launch,
+    metric_sum,
+    push_file,
+    server_env,
+)
 
 from shipyard.registry import Registry
 from shipyard.settings import Settings
 
 ROW = [5.1, 3.5, 1.4, 0.2]
 V2_ROW = {"inputs": [{"name": "X", "shape": [1, 4], "datatype": "FP32", "data": ROW}]}
-
-
-def requests_total(text: str) -> float:
-    return sum(
-        s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-        if s.name == "shipyard_server_requests_total"
-    )
-
-
-def gauge(text: str, name: str) -> float:
-    return sum(
-        s.value for family in text_string_to_metric_families(text) for s in family.samples if s.name == name
-    )
 
 
 def test_default_bind_and_announcement(server: Server) -> None:
@@ -118,7 +111,7 @@ def test_two_workers_share_the_port_and_add_up_their_metrics(
 
         def ready_workers() -> float:
             with fresh() as c:
-                return gauge(c.get("/metrics").text, "shipyard_server_loaded_models")
+                return metric_sum(c.get("/metrics").text, "shipyard_server_loaded_models")
 
         deadline = time.monotonic() + 30
         while ready_workers() < 2:  # /readyz answered for one worker; wait for the other too
@@ -133,8 +126,8 @@ def test_two_workers_share_the_port_and_add_up_their_metrics(
         for _ in range(6):  # whichever worker answers the scrape, the sum is over both
             with fresh() as c:
                 text = c.get("/metrics").text
-                assert requests_total(text) == n
-                assert gauge(text, "shipyard_server_loaded_models") == 2
+                assert metric_sum(text, "shipyard_server_requests_total") == n
+                assert metric_sum(text, "shipyard_server_loaded_models") == 2
 
         with fresh() as c:
             config = c.get("/v2/models/iris-onnx/config").json()

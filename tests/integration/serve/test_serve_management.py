@@ -14,8 +14,7 @@ import httpx
 import numpy as np
 import pytest
 import tritonclient.http as triton
-from prometheus_client.parser import text_string_to_metric_families
-from serve_support import ADMIN_TOKEN, ServeModels, Server, assert_error
+from serve_support import ADMIN_TOKEN, ServeModels, Server, assert_error, metric_sum
 from tritonclient.utils import InferenceServerException
 
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -161,13 +160,7 @@ def load(admin: httpx.Client, name: str, ref: str | None = None) -> httpx.Respon
 
 
 def loaded_models(admin: httpx.Client) -> float:
-    text = admin.get("/metrics").text
-    return sum(
-        s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-        if s.name == "shipyard_server_loaded_models"
-    )
+    return metric_sum(admin.get("/metrics").text, "shipyard_server_loaded_models")
 
 
 @pytest.mark.parametrize(

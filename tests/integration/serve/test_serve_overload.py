@@ -12,8 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
-from serve_support import Server, assert_error, push_file, slow_onnx_bytes
+from serve_support import Server, assert_error, metric_sum, push_file, slow_onnx_bytes
 
 from shipyard.registry import Registry
 from shipyard.settings import Settings
@@ -35,14 +34,8 @@ def slow_server(
 
 
 def _sample(client: httpx.Client, name: str) -> float:
-    """The sum of a metric's samples for model `slow` (0 if it has none yet)."""
-    text = client.get("/metrics").text
-    return sum(
-        sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-        if sample.name == name and sample.labels.get("model") == "slow"
-    )
+    """Metric `name` summed over model `slow`'s samples (0 if it has none yet)."""
+    return metric_sum(client.get("/metrics").text, name, model="slow")
 
 
 def test_a_full_queue_answers_503_with_retry_after_at_once(slow_server: Server) -> None:
