@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from shipyard.packaging import package as real_package
 from shipyard.registry import Registry
 from shipyard.registry.metadata import MetadataStore
-from shipyard.runtimes.packaging import package as real_package
 
 
 class InjectedFault(Exception):

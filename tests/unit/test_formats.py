@@ -12,7 +12,7 @@ import joblib
 import pytest
 
 from shipyard.errors import InvalidInputError
-from shipyard.runtimes.formats import detect_file_format, detect_format
+from shipyard.packaging.formats import detect_file, detect_format
 
 
 def _copy(source: Path, dest: Path) -> Path:
@@ -20,28 +20,31 @@ def _copy(source: Path, dest: Path) -> Path:
     return dest
 
 
-def test_onnx(onnx_path: Path) -> None:
-    assert detect_format(onnx_path) == ("onnx", onnx_path)
+def test_onnx_comes_parsed(onnx_path: Path) -> None:
+    detected = detect_format(onnx_path)
+    assert (detected.format, detected.file) == ("onnx", onnx_path)
+    # packaging reuses this parse instead of reading the file again
+    assert detected.onnx_model is not None and len(detected.onnx_model.graph.node) > 0
 
 
 def test_onnx_named_like_a_pickle_is_onnx(onnx_path: Path, tmp_path: Path) -> None:
-    assert detect_file_format(_copy(onnx_path, tmp_path / "x.pkl")) == "onnx"
+    assert detect_file(_copy(onnx_path, tmp_path / "x.pkl")).format == "onnx"
 
 
 def test_pickle_named_like_onnx_is_pickle(pickle_path: Path, tmp_path: Path) -> None:
-    assert detect_file_format(_copy(pickle_path, tmp_path / "model.onnx")) == "pickle"
+    assert detect_file(_copy(pickle_path, tmp_path / "model.onnx")).format == "pickle"
 
 
 def test_skops_zip_named_anything_is_skops(skops_path: Path, tmp_path: Path) -> None:
-    assert detect_file_format(skops_path) == "skops"
-    assert detect_file_format(_copy(skops_path, tmp_path / "model.onnx")) == "skops"
+    assert detect_file(skops_path).format == "skops"
+    assert detect_file(_copy(skops_path, tmp_path / "model.onnx")).format == "skops"
 
 
 @pytest.mark.parametrize("protocol", [2, 4, pickle.HIGHEST_PROTOCOL])
 def test_pickle_protocols(protocol: int, tmp_path: Path, logreg: Any) -> None:
     path = tmp_path / "model.bin"
     path.write_bytes(pickle.dumps(logreg, protocol=protocol))
-    assert detect_file_format(path) == "pickle"
+    assert detect_file(path).format == "pickle"
 
 
 @pytest.mark.parametrize(
@@ -52,7 +55,7 @@ def test_pickle_protocols(protocol: int, tmp_path: Path, logreg: Any) -> None:
 def test_joblib_compressed_or_not(compress: Any, tmp_path: Path, logreg: Any) -> None:
     path = tmp_path / "model.onnx"  # a misleading name on purpose
     joblib.dump(logreg, path, compress=compress)
-    assert detect_file_format(path) == "joblib"
+    assert detect_file(path).format == "joblib"
 
 
 def test_truncated_onnx_says_truncated(truncated_onnx_path: Path) -> None:
@@ -110,7 +113,8 @@ def test_directory_with_one_model_file_uses_it(onnx_path: Path, tmp_path: Path) 
     inner.parent.mkdir()
     _copy(onnx_path, inner)
     (tmp_path / "export" / ".DS_Store").write_bytes(b"hidden files are ignored")
-    assert detect_format(tmp_path / "export") == ("onnx", inner)
+    detected = detect_format(tmp_path / "export")
+    assert (detected.format, detected.file) == ("onnx", inner)
 
 
 def test_directory_with_several_files_lists_them(onnx_path: Path, tmp_path: Path) -> None:

@@ -26,9 +26,9 @@ from shipyard.optimize.scoring import (
     per_unit,
     score,
 )
+from shipyard.packaging import package
 from shipyard.runtimes import Runtime, load_runtime
 from shipyard.runtimes.model import Model
-from shipyard.runtimes.packaging import package
 from shipyard.settings import RuntimeSettings
 from shipyard.tensors import coerce_inputs
 from shipyard.types import ModelVersion
@@ -87,7 +87,7 @@ def preview_version(name: str, packaged: Any, size: int) -> ModelVersion:
         framework=packaged.framework,
         library_versions=packaged.library_versions,
         extra=packaged.extra,
-        trusted=packaged.trusted,
+        trusted=packaged.needs_trust,
     )
 
 

@@ -16,10 +16,9 @@ import numpy as np
 from shipyard.errors import InvalidInputError, MissingDependencyError
 from shipyard.optimize.scoring import Outputs, agreement
 from shipyard.runtimes.base import quiet
+from shipyard.runtimes.onnx import ONNX_FILE, ONNX_OPSET
 from shipyard.types import Signature
 
-ONNX_FILE = "model.onnx"
-OPSET = 17
 # What "agrees with the original" means (issue: labels identical; probabilities or embeddings
 # within 1e-4 relative; cosine >= 0.9999).
 PARITY_REL = 1e-4
@@ -65,7 +64,7 @@ def sklearn_to_onnx(
             initial_types=[(spec.name, tensor([None, spec.shape[1] if spec.shape[1] > 0 else None]))],
             final_types=final,
             options=options,
-            target_opset={"": OPSET, "ai.onnx.ml": 3},
+            target_opset={"": ONNX_OPSET, "ai.onnx.ml": 3},
         )
     except Exception as exc:  # skl2onnx raises many kinds for unsupported estimators
         raise InvalidInputError(
@@ -74,7 +73,7 @@ def sklearn_to_onnx(
     import skl2onnx
 
     dest.write_bytes(onx.SerializeToString())
-    return {"converter": "skl2onnx", "skl2onnx": skl2onnx.__version__, "opset": OPSET, "double": double}
+    return {"converter": "skl2onnx", "skl2onnx": skl2onnx.__version__, "opset": ONNX_OPSET, "double": double}
 
 
 def transformers_to_onnx(source: Path, dest: Path, task: str) -> dict[str, Any]:
@@ -120,7 +119,7 @@ def transformers_to_onnx(source: Path, dest: Path, task: str) -> dict[str, Any]:
                 input_names=names,
                 output_names=[output],
                 dynamic_axes=axes,
-                opset_version=OPSET,
+                opset_version=ONNX_OPSET,
                 dynamo=False,  # the TorchScript exporter's graphs match the fusion patterns
             )
     except Exception as exc:  # the exporter fails in many ways on unusual architectures
@@ -128,7 +127,7 @@ def transformers_to_onnx(source: Path, dest: Path, task: str) -> dict[str, Any]:
     return {
         "converter": "torch.onnx.export",
         "exporter": "torchscript",
-        "opset": OPSET,
+        "opset": ONNX_OPSET,
         "torch": torch.__version__.split("+")[0],
         "inputs": names,
         "output": output,

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from shipyard.errors import InvalidInputError
-from shipyard.runtimes.pytorch import import_torch
+from shipyard.packaging.pytorch import import_torch
 
 Predict = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
 

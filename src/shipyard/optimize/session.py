@@ -24,6 +24,7 @@ from shipyard.optimize.scoring import METRICS, check_metric, default_metric
 from shipyard.registry import Registry
 from shipyard.registry.metadata import utc_now
 from shipyard.runtimes import load_runtime
+from shipyard.runtimes.onnx import ONNX_FILE
 from shipyard.settings import RuntimeSettings
 from shipyard.types import ModelVersion
 
@@ -192,22 +193,22 @@ class Session:
 
     def onnx_graph(self, artifact: Path) -> Path:
         """The ONNX file inside a candidate artifact (a file, or a transformer folder's model.onnx)."""
-        return artifact if artifact.is_file() else artifact / convert.ONNX_FILE
+        return artifact if artifact.is_file() else artifact / ONNX_FILE
 
     def with_graph(self, base: Path, graph: Path, name: str) -> Path:
         """A new artifact like `base` whose ONNX graph is `graph` (for folders: the tokenizer too)."""
         if base.is_file():
             return graph
         folder = self.workdir / name
-        shutil.copytree(base, folder, ignore=shutil.ignore_patterns(convert.ONNX_FILE))
-        shutil.move(str(graph), folder / convert.ONNX_FILE)
+        shutil.copytree(base, folder, ignore=shutil.ignore_patterns(ONNX_FILE))
+        shutil.move(str(graph), folder / ONNX_FILE)
         return folder
 
     def baseline(self) -> Candidate:
         """The original as ONNX fp32: converted (scikit-learn, transformers) or as it is (ONNX)."""
         fmt = self.version.format
         if fmt in ONNX_BACKED:
-            source = self.path / convert.ONNX_FILE
+            source = self.path / ONNX_FILE
             target = self.workdir / "original"
             if fmt == "onnx":
                 shutil.copyfile(source, target.with_suffix(".onnx"))

@@ -25,6 +25,7 @@ from shipyard.optimize.variants import dynamic_variant, pruned_variant, static_v
 from shipyard.registry import Registry
 from shipyard.runtimes import load_runtime
 from shipyard.runtimes.model import Model
+from shipyard.runtimes.onnx import ONNX_FILE
 from shipyard.types import ModelRef
 
 
@@ -203,12 +204,12 @@ def _registered_estimator(registry: Registry, spec: str) -> Any:
 
 def _stage_student(model: Any, sample: np.ndarray | None, folder: Path) -> Path:
     """Write the student where `registry.push` can take it: an ONNX file (torch) or a skops file."""
-    from shipyard.runtimes.packaging import package
+    from shipyard.packaging import package
 
     target = folder / "packaged"
     target.mkdir()
     package(model, target, sample_input=sample)
-    onnx_file = target / "model.onnx"
+    onnx_file = target / ONNX_FILE
     if onnx_file.is_file():
         return onnx_file
     return next(target.glob("*.skops"))

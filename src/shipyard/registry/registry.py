@@ -8,12 +8,12 @@ from pathlib import Path
 from typing import Any
 
 from shipyard.errors import InvalidInputError, NotFoundError
+from shipyard.packaging import package
 from shipyard.registry._git import current_commit
 from shipyard.registry.metadata import AliasChange, MetadataStore, current_user, utc_now
 from shipyard.registry.store import LocalArtifactStore
 from shipyard.runtimes import load_runtime
 from shipyard.runtimes.model import Model
-from shipyard.runtimes.packaging import package
 from shipyard.settings import Settings
 from shipyard.types import MAX_VERSION, ModelRef, ModelVersion, validate_alias, validate_name
 
@@ -226,7 +226,7 @@ class Registry:
             "data_profile": data_profile,
             "serving": serving or {},
             "extra": extra,
-            "trusted": packaged.trusted,
+            "trusted": packaged.needs_trust,
         }
         number = self.metadata.add_version(record, alias=alias)
         return self.resolve(ModelRef(name, version=number))

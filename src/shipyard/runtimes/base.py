@@ -1,4 +1,4 @@
-"""What every runtime offers, and the facts a packager records about a new artifact."""
+"""What every runtime offers, and a switch that quiets a library's own chatter."""
 
 from __future__ import annotations
 
@@ -6,8 +6,7 @@ import contextlib
 import logging
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 
@@ -23,18 +22,6 @@ class Runtime(Protocol):
     def predict(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
 
     def close(self) -> None: ...
-
-
-@dataclass(frozen=True, slots=True)
-class Packaged:
-    """What a packager learned while writing an artifact into the staging folder."""
-
-    format: str
-    framework: str
-    signature: Signature
-    library_versions: dict[str, str] = field(default_factory=dict)
-    extra: dict[str, Any] = field(default_factory=dict)
-    trusted: bool = False
 
 
 @contextlib.contextmanager

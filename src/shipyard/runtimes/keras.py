@@ -4,22 +4,20 @@ always loaded in safe mode: a Lambda layer carrying Python code is refused unles
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from shipyard.errors import InvalidInputError, MissingDependencyError, UntrustedArtifactError
-from shipyard.runtimes.base import Packaged
 from shipyard.settings import RuntimeSettings
-from shipyard.tensors import datatype_of
-from shipyard.types import ModelVersion, Signature, TensorSpec
+from shipyard.types import ModelVersion
 
 FILES = {"keras": "model.keras", "keras-h5": "model.h5"}
 
 
-def _keras() -> Any:
+def import_keras() -> Any:
+    """keras on the torch backend, or a clear error naming the extra that installs it."""
     # Keras reads its backend once, at import; torch is the backend Shipyard installs.
     os.environ.setdefault("KERAS_BACKEND", "torch")
     try:
@@ -29,8 +27,9 @@ def _keras() -> Any:
     return keras
 
 
-def _load(path: Path, trusted: bool) -> Any:
-    keras = _keras()
+def load_keras(path: Path, trusted: bool) -> Any:
+    """The model in `path`, in safe mode unless `trusted`."""
+    keras = import_keras()
     try:
         return keras.saving.load_model(str(path), safe_mode=not trusted, compile=False)
     except ValueError as exc:
@@ -44,39 +43,11 @@ def _load(path: Path, trusted: bool) -> Any:
         raise InvalidInputError(f"Keras cannot load {path.name}: {exc}", field="path") from exc
 
 
-def _spec(name: str, tensor: Any) -> TensorSpec:
-    shape = tuple(-1 if d is None else int(d) for d in tensor.shape)
-    return TensorSpec(name, datatype_of(np.dtype(str(tensor.dtype))), shape)
-
-
-def _signature(model: Any) -> Signature:
-    inputs = tuple(_spec(t.name, t) for t in model.inputs)
-    names = list(getattr(model, "output_names", None) or [f"output_{i}" for i in range(len(model.outputs))])
-    return Signature(inputs, tuple(_spec(n, t) for n, t in zip(names, model.outputs, strict=True)))
-
-
-def package_keras(source: Path, dest: Path, fmt: str, trust: bool) -> Packaged:
-    keras = _keras()
-    target = dest / FILES[fmt]
-    shutil.copyfile(source, target)
-    try:
-        model, needs_trust = _load(target, False), False
-    except UntrustedArtifactError:
-        if not trust:
-            raise
-        model, needs_trust = _load(target, True), True
-    import torch
-
-    versions = {"keras": keras.__version__, "torch": torch.__version__.split("+")[0]}
-    extra = {"file": FILES[fmt], "backend": keras.backend.backend()}
-    return Packaged(fmt, "keras", _signature(model), versions, extra, trusted=needs_trust)
-
-
 class KerasRuntime:
     can_batch = True
 
     def __init__(self, path: Path, version: ModelVersion, settings: RuntimeSettings) -> None:
-        self._model = _load(path / FILES[version.format], version.trusted)
+        self._model = load_keras(path / FILES[version.format], version.trusted)
         self.signature = version.signature
         if settings.intra_op_threads:
             import torch

@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from shipyard.errors import InvalidInputError
-from shipyard.runtimes.base import Packaged
 from shipyard.settings import RuntimeSettings
 from shipyard.types import ModelVersion, Signature, TensorSpec
 
-ARTIFACT_FILE = "model.onnx"
+ONNX_FILE = "model.onnx"  # the graph's name in every artifact that holds one
+# The opset every Shipyard exporter writes: torch.export's exporter needs at least 18, and the
+# onnxruntime Shipyard installs runs it.
+ONNX_OPSET = 18
 
 _ONNX_TYPES = {
     "tensor(bool)": "BOOL",
@@ -50,6 +51,7 @@ def _spec(arg: Any) -> TensorSpec:
 
 
 def onnx_session(path: Path, settings: RuntimeSettings) -> Any:
+    """An onnxruntime session on the CPU, or InvalidInputError saying why it cannot load."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -62,39 +64,8 @@ def onnx_session(path: Path, settings: RuntimeSettings) -> Any:
         raise InvalidInputError(f"onnxruntime cannot load {path.name}: {exc}") from exc
 
 
-def _check_external_data(model: Any, model_path: Path) -> None:
-    from onnx.external_data_helper import uses_external_data
-
-    for tensor in model.graph.initializer:
-        if uses_external_data(tensor):
-            raise InvalidInputError(
-                f"{model_path} keeps weights in external data files; push a self-contained "
-                "ONNX file (onnx.save_model(..., save_as_external_data=False))",
-                field="path",
-            )
-
-
-def package_onnx(source: Path, dest: Path) -> Packaged:
-    """Copy a self-contained ONNX file into `dest` after checking onnxruntime can load it."""
-    import onnx
-    import onnxruntime
-
-    model = onnx.load_model(str(source), load_external_data=False)
-    _check_external_data(model, source)
-    target = dest / ARTIFACT_FILE
-    shutil.copyfile(source, target)
-    session = onnx_session(target, RuntimeSettings())
-    opsets = {o.domain or "ai.onnx": o.version for o in model.opset_import}
-    return Packaged(
-        format="onnx",
-        framework="onnx",
-        signature=_signature(session),
-        library_versions={"onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__},
-        extra={"opset": opsets, "producer": model.producer_name, "file": ARTIFACT_FILE},
-    )
-
-
-def _signature(session: Any) -> Signature:
+def onnx_signature(session: Any) -> Signature:
+    """The inputs and outputs of an onnxruntime session."""
     return Signature(
         tuple(_spec(i) for i in session.get_inputs()),
         tuple(_spec(o) for o in session.get_outputs()),
@@ -105,8 +76,8 @@ class OnnxRuntime:
     can_batch = True
 
     def __init__(self, path: Path, version: ModelVersion, settings: RuntimeSettings) -> None:
-        self._session = onnx_session(path / ARTIFACT_FILE, settings)
-        self.signature = _signature(self._session)
+        self._session = onnx_session(path / ONNX_FILE, settings)
+        self.signature = onnx_signature(self._session)
         self._output_names = [o.name for o in self._session.get_outputs()]
         self._zipmap = {o.name for o in self._session.get_outputs() if _is_zipmap(o.type)}
 

@@ -1,42 +1,21 @@
-"""scikit-learn estimators: stored with skops (typed, allow-listed loading), or pickle/joblib
-files when the user vouches for them with --trust."""
+"""scikit-learn estimators loaded for serving: skops files (typed, allow-listed loading), or
+pickle/joblib files that were pushed with --trust."""
 
 from __future__ import annotations
 
 import importlib
 import inspect
-import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from shipyard.errors import InvalidInputError, UntrustedArtifactError
-from shipyard.runtimes.base import Packaged
 from shipyard.settings import RuntimeSettings
-from shipyard.tensors import datatype_of
-from shipyard.types import ModelVersion, Signature, TensorSpec
+from shipyard.types import ModelVersion
 
 SKOPS_FILE = "model.skops"
 PICKLE_FILES = {"pickle": "model.pkl", "joblib": "model.joblib"}
-INPUT_NAME = "input"
-
-
-def is_estimator(obj: Any) -> bool:
-    return hasattr(obj, "fit") and any(hasattr(obj, m) for m in ("predict", "predict_proba", "transform"))
-
-
-def _library_versions() -> dict[str, str]:
-    import sklearn
-
-    versions = {"scikit-learn": sklearn.__version__, "numpy": np.__version__}
-    try:
-        import skops
-
-        versions["skops"] = skops.__version__
-    except ImportError:  # only pickled models can be served without skops
-        pass
-    return versions
 
 
 def _is_sklearn_class(type_name: str) -> bool:
@@ -60,7 +39,8 @@ def skops_untrusted(path: Path) -> tuple[list[str], list[str]]:
     return allowed, [n for n in names if n not in allowed]
 
 
-def _refuse_types(path: Path, unknown: list[str]) -> UntrustedArtifactError:
+def refuse_types(path: Path, unknown: list[str]) -> UntrustedArtifactError:
+    """The error for a skops file naming types nobody vouched for."""
     return UntrustedArtifactError(
         f"{path.name} contains types that are not on the safe-loading allow-list: "
         f"{', '.join(unknown)}; loading them could run their code. If you trust this model, "
@@ -68,7 +48,7 @@ def _refuse_types(path: Path, unknown: list[str]) -> UntrustedArtifactError:
     )
 
 
-def _output_plan(model: Any) -> dict[str, str]:
+def output_plan(model: Any) -> dict[str, str]:
     """Output name → estimator method that produces it."""
     if hasattr(model, "predict_proba") and hasattr(model, "classes_"):
         return {"label": "predict", "probabilities": "predict_proba"}
@@ -77,100 +57,23 @@ def _output_plan(model: Any) -> dict[str, str]:
     return {"output": "transform"}
 
 
-def _estimator_signature(model: Any, sample_input: Any) -> tuple[Signature, dict[str, Any]]:
-    plan = _output_plan(model)
-    extra: dict[str, Any] = {"outputs_from": plan}
-    if hasattr(model, "classes_"):
-        extra["classes"] = np.asarray(model.classes_).tolist()
-    if sample_input is not None:
-        sample = np.asarray(sample_input)
-        if sample.ndim == 1:
-            sample = sample[np.newaxis, :]
-        if sample.ndim != 2 or sample.shape[0] == 0:
-            raise InvalidInputError(
-                f"sample_input must be a non-empty 2-D array (rows × features), got shape "
-                f"{list(sample.shape)}",
-                field="sample_input",
-            )
-        in_spec = TensorSpec(INPUT_NAME, datatype_of(sample.dtype), (-1, sample.shape[1]))
-        try:
-            outputs = [_spec_of(name, getattr(model, m)(sample[:2])) for name, m in plan.items()]
-        except Exception as exc:  # the estimator's own error: wrong features, unfitted, …
-            raise InvalidInputError(
-                f"the model fails on sample_input: {type(exc).__name__}: {exc}",
-                field="sample_input",
-            ) from exc
-    elif hasattr(model, "n_features_in_"):
-        in_spec = TensorSpec(INPUT_NAME, "FP64", (-1, int(model.n_features_in_)))
-        outputs = []
-        for name in plan:
-            if name == "label":
-                outputs.append(TensorSpec(name, datatype_of(np.asarray(model.classes_).dtype), (-1,)))
-            elif name == "probabilities":
-                outputs.append(TensorSpec(name, "FP64", (-1, len(model.classes_))))
-            else:
-                outputs.append(TensorSpec(name, "FP64", (-1,)))
-    else:
-        raise InvalidInputError(
-            "cannot tell the model's inputs: it is not fitted (no n_features_in_); fit it or "
-            "pass sample_input",
-            field="sample_input",
-        )
-    return Signature((in_spec,), tuple(outputs)), extra
-
-
-def _spec_of(name: str, value: Any) -> TensorSpec:
-    arr = np.asarray(value)
-    return TensorSpec(name, datatype_of(arr.dtype), (-1, *arr.shape[1:]))
-
-
-def package_estimator(model: Any, dest: Path, sample_input: Any, trust: bool) -> Packaged:
-    """Save an in-memory estimator with skops."""
-    import skops.io as sio
-
-    signature, extra = _estimator_signature(model, sample_input)
-    target = dest / SKOPS_FILE
-    try:
-        sio.dump(model, target)
-    except Exception as exc:  # skops cannot serialise some objects (lambdas, open files, …)
-        raise InvalidInputError(
-            f"skops cannot save this {type(model).__name__}: {exc}", field="model"
-        ) from exc
-    return _skops_packaged(target, signature, extra, trust)
-
-
-def package_skops(source: Path, dest: Path, sample_input: Any, trust: bool) -> Packaged:
-    """Copy a .skops file after loading it (allow-listed types only, unless trusted)."""
-    target = dest / SKOPS_FILE
-    shutil.copyfile(source, target)
-    model = _load_skops(target, trusted_types=None, trust=trust)
-    signature, extra = _estimator_signature(model, sample_input)
-    return _skops_packaged(target, signature, extra, trust)
-
-
-def _skops_packaged(target: Path, signature: Signature, extra: dict[str, Any], trust: bool) -> Packaged:
-    allowed, unknown = skops_untrusted(target)
-    if unknown and not trust:
-        raise _refuse_types(target, unknown)
-    extra["trusted_types"] = allowed + unknown
-    return Packaged("skops", "scikit-learn", signature, _library_versions(), extra, trusted=bool(unknown))
-
-
-def _load_skops(path: Path, trusted_types: list[str] | None, trust: bool) -> Any:
+def load_skops(path: Path, trusted_types: list[str] | None, trust: bool) -> Any:
+    """A .skops file's estimator; types beyond the allow-list and `trusted_types` need `trust`."""
     import skops.io as sio
 
     allowed, unknown = skops_untrusted(path)
     # At load time, the types recorded at push are vouched for; anything else is not.
     unvouched = [n for n in unknown if trusted_types is None or n not in trusted_types]
     if unvouched and not trust:
-        raise _refuse_types(path, unvouched)
+        raise refuse_types(path, unvouched)
     try:
         return sio.load(path, trusted=allowed + unknown)
     except Exception as exc:  # skops raises plain exceptions for damaged or foreign files
         raise InvalidInputError(f"cannot load {path.name} with skops: {exc}") from exc
 
 
-def _load_pickle(path: Path) -> Any:
+def load_pickle(path: Path) -> Any:
+    """A pickle or joblib file's object (only ever called for trusted versions)."""
     import joblib
 
     try:
@@ -179,32 +82,13 @@ def _load_pickle(path: Path) -> Any:
         raise InvalidInputError(f"cannot unpickle {path.name}: {type(exc).__name__}: {exc}") from exc
 
 
-def package_pickle(source: Path, dest: Path, fmt: str, sample_input: Any, trust: bool) -> Packaged:
-    """Copy a pickle/joblib file; only with --trust, since unpickling runs arbitrary code."""
-    if not trust:
-        raise UntrustedArtifactError(
-            f"{source.name} is a {fmt} file: loading it runs arbitrary code, so Shipyard refuses "
-            "it by default. Save the model with skops (or convert it to ONNX), or, if you trust "
-            "where it came from, push it again with --trust (recorded on the version)"
-        )
-    target = dest / PICKLE_FILES[fmt]
-    shutil.copyfile(source, target)
-    model = _load_pickle(target)
-    if not (hasattr(model, "predict") or hasattr(model, "transform")):
-        raise InvalidInputError(
-            f"{source.name} holds a {type(model).__name__}, which has no predict() or transform()"
-        )
-    signature, extra = _estimator_signature(model, sample_input)
-    return Packaged(fmt, "scikit-learn", signature, _library_versions(), extra, trusted=True)
-
-
 class _EstimatorRuntime:
     can_batch = True
 
     def __init__(self, model: Any, version: ModelVersion) -> None:
         self._model = model
         self.signature = version.signature
-        plan = version.extra.get("outputs_from") or _output_plan(model)
+        plan = version.extra.get("outputs_from") or output_plan(model)
         self._methods = {name: getattr(model, method) for name, method in plan.items()}
 
     @property
@@ -227,9 +111,9 @@ class _EstimatorRuntime:
 class SklearnRuntime(_EstimatorRuntime):
     def __init__(self, path: Path, version: ModelVersion, settings: RuntimeSettings) -> None:
         trusted_types = list(version.extra.get("trusted_types", []))
-        super().__init__(_load_skops(path / SKOPS_FILE, trusted_types, version.trusted), version)
+        super().__init__(load_skops(path / SKOPS_FILE, trusted_types, version.trusted), version)
 
 
 class PickledRuntime(_EstimatorRuntime):
     def __init__(self, path: Path, version: ModelVersion, settings: RuntimeSettings) -> None:
-        super().__init__(_load_pickle(path / PICKLE_FILES[version.format]), version)
+        super().__init__(load_pickle(path / PICKLE_FILES[version.format]), version)

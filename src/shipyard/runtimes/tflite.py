@@ -7,7 +7,6 @@ cannot be resized (e.g. a Reshape to a constant batch of 1) runs row by row inst
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -15,19 +14,19 @@ from typing import Any
 import numpy as np
 
 from shipyard.errors import InvalidInputError, MissingDependencyError, NotReadyError
-from shipyard.runtimes.base import Packaged
 from shipyard.settings import RuntimeSettings
 from shipyard.tensors import datatype_of
 from shipyard.types import ModelVersion, Signature, TensorSpec
 
-ARTIFACT_FILE = "model.tflite"
+TFLITE_FILE = "model.tflite"
 PACKAGE = "ai-edge-litert"
 
 # What LiteRT raises for a model, shape or value it cannot handle (it has no typed errors).
 _LITERT_ERRORS = (ValueError, RuntimeError, TypeError)
 
 
-def _interpreter_class() -> Any:
+def interpreter_class() -> Any:
+    """LiteRT's Interpreter class, or a clear error naming the extra that installs it."""
     try:
         from ai_edge_litert.interpreter import Interpreter
     except ModuleNotFoundError as exc:
@@ -35,23 +34,12 @@ def _interpreter_class() -> Any:
     return Interpreter
 
 
-def _litert_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(PACKAGE)
-    except PackageNotFoundError:  # pragma: no cover - installed without metadata
-        import ai_edge_litert
-
-        return str(getattr(ai_edge_litert, "__version__", "unknown"))
-
-
-def _interpreter(path: Path, settings: RuntimeSettings, label: str | None = None) -> Any:
+def load_interpreter(path: Path, settings: RuntimeSettings, label: str | None = None) -> Any:
     """A LiteRT interpreter for `path` with its tensors allocated, or InvalidInputError naming
     `label` (the file the user pushed) or the file's own name."""
-    interpreter_class = _interpreter_class()
+    cls = interpreter_class()
     try:
-        interpreter = interpreter_class(model_path=str(path), num_threads=settings.intra_op_threads or None)
+        interpreter = cls(model_path=str(path), num_threads=settings.intra_op_threads or None)
         interpreter.allocate_tensors()
     except _LITERT_ERRORS as exc:  # e.g. "The model is not a valid Flatbuffer buffer"
         raise InvalidInputError(
@@ -84,7 +72,8 @@ def _spec(name: str, detail: dict[str, Any]) -> TensorSpec:
     return TensorSpec(name, datatype, tuple(shape))
 
 
-def _signature(interpreter: Any) -> Signature:
+def tflite_signature(interpreter: Any) -> Signature:
+    """The inputs and outputs an interpreter declares (-1 where a dimension is dynamic)."""
     inputs = interpreter.get_input_details()
     outputs = interpreter.get_output_details()
     return Signature(
@@ -93,29 +82,14 @@ def _signature(interpreter: Any) -> Signature:
     )
 
 
-def package_tflite(source: Path, dest: Path) -> Packaged:
-    """Copy a TFLite file into `dest` after checking LiteRT can load it."""
-    _interpreter_class()  # a missing library is reported before any copying
-    target = dest / ARTIFACT_FILE
-    shutil.copyfile(source, target)
-    interpreter = _interpreter(target, RuntimeSettings(), label=str(source))
-    return Packaged(
-        format="tflite",
-        framework="tflite",
-        signature=_signature(interpreter),
-        library_versions={PACKAGE: _litert_version()},
-        extra={"file": ARTIFACT_FILE},
-    )
-
-
 class TfliteRuntime:
     can_batch = True
 
     def __init__(self, path: Path, version: ModelVersion, settings: RuntimeSettings) -> None:
-        self._path = path / ARTIFACT_FILE
+        self._path = path / TFLITE_FILE
         self._settings = settings
-        self._interpreter: Any = _interpreter(self._path, settings)
-        self.signature = _signature(self._interpreter)
+        self._interpreter: Any = load_interpreter(self._path, settings)
+        self.signature = tflite_signature(self._interpreter)
         inputs = self._interpreter.get_input_details()
         outputs = self._interpreter.get_output_details()
         self._input_index = [int(d["index"]) for d in inputs]
@@ -211,7 +185,7 @@ class TfliteRuntime:
         try:
             self._resize(self._initial)
         except _LITERT_ERRORS:
-            self._interpreter = _interpreter(self._path, self._settings)
+            self._interpreter = load_interpreter(self._path, self._settings)
             self._shapes = list(self._initial)
 
 

@@ -1,4 +1,4 @@
-"""Hugging Face transformer folders (config + safetensors + tokenizer) on PyTorch, CPU.
+"""Hugging Face transformer models served on PyTorch or onnxruntime, CPU.
 
 Text goes in as a BYTES tensor and is tokenized here, in the server. Tasks: sentence embeddings
 (`feature-extraction`, honouring a sentence-transformers pooling/normalize config),
@@ -10,36 +10,26 @@ from __future__ import annotations
 
 import contextlib
 import json
-import shutil
 import threading
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from shipyard.errors import InvalidInputError, MissingDependencyError, UntrustedArtifactError
-from shipyard.runtimes.base import Packaged
+from shipyard.errors import InvalidInputError, MissingDependencyError
+from shipyard.runtimes.onnx import ONNX_FILE
 from shipyard.settings import RuntimeSettings
-from shipyard.types import ModelVersion, Signature, TensorSpec
+from shipyard.types import ModelVersion
 
 TASKS = ("feature-extraction", "text-classification", "token-classification")
 INPUT_NAME = "text"
-_SAFE_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
-_PICKLED_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json")
-_TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "spiece.model", "sentencepiece.bpe.model", "vocab.json")
-ONNX_FILE = "model.onnx"  # an encoder exported to ONNX beside the tokenizer: served on onnxruntime
-_ONNX_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 _BUCKET_ROWS = 32  # rows per forward pass inside one merged batch
 # transformers resolves its classes lazily and that is not thread-safe: the server loads several
 # models at once, so class lookups go through this lock.
 _IMPORT_LOCK = threading.Lock()
 
 
-def is_hf_folder(path: Path) -> bool:
-    return path.is_dir() and (path / "config.json").is_file()
-
-
-def _import_transformers(*, torch: bool = True) -> Any:
+def import_transformers(*, torch: bool = True) -> Any:
     """transformers (and torch, unless the model runs on onnxruntime), with lazy names resolved."""
     try:
         with _IMPORT_LOCK:
@@ -60,190 +50,6 @@ def _import_transformers(*, torch: bool = True) -> Any:
     return transformers
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise InvalidInputError(f"{path.name} is not valid JSON: {exc}", field="path") from exc
-    return data if isinstance(data, dict) else {}
-
-
-def _detect_task(config: dict[str, Any]) -> str:
-    arch = " ".join(config.get("architectures") or [])
-    if "ForSequenceClassification" in arch:
-        return "text-classification"
-    if "ForTokenClassification" in arch:
-        return "token-classification"
-    return "feature-extraction"
-
-
-def _pooling(folder: Path) -> dict[str, Any]:
-    """Sentence-transformers pooling (mean/cls/max) and whether embeddings are L2-normalized."""
-    modules = folder / "modules.json"
-    pooling: dict[str, Any] = {"mode": "mean", "normalize": False}
-    if not modules.is_file():
-        return pooling
-    entries = json.loads(modules.read_text())
-    for entry in entries:
-        kind = str(entry.get("type", ""))
-        if kind.endswith("Normalize"):
-            pooling["normalize"] = True
-        if kind.endswith("Pooling"):
-            conf = folder / entry.get("path", "") / "config.json"
-            if conf.is_file():
-                settings = _read_json(conf)
-                mode = settings.get("pooling_mode")  # sentence-transformers >= 5 writes this key
-                if isinstance(mode, list):
-                    if len(mode) != 1:
-                        raise InvalidInputError(
-                            f"pooling with several modes {mode} is not supported; use one of "
-                            "mean, cls or max",
-                            field="path",
-                        )
-                    mode = mode[0]
-                if mode in ("mean", "cls", "max"):
-                    pooling["mode"] = mode
-                elif mode is not None:
-                    raise InvalidInputError(f"pooling mode {mode!r} is not supported", field="path")
-                elif settings.get("pooling_mode_cls_token"):
-                    pooling["mode"] = "cls"
-                elif settings.get("pooling_mode_max_tokens"):
-                    pooling["mode"] = "max"
-    return pooling
-
-
-def _max_length(folder: Path, config: dict[str, Any], tokenizer: Any) -> int:
-    st = folder / "sentence_bert_config.json"
-    limit = int(config.get("max_position_embeddings") or 512)
-    if st.is_file() and _read_json(st).get("max_seq_length"):
-        return min(int(_read_json(st)["max_seq_length"]), limit)
-    model_max = getattr(tokenizer, "model_max_length", limit) or limit
-    return int(min(model_max, limit))
-
-
-def package_folder(
-    source: Path, dest: Path, *, trust: bool, task: str | None = None, truncate: bool = True
-) -> Packaged:
-    """Copy a Hugging Face model folder after checking weights, tokenizer and task."""
-    names = {p.name for p in source.iterdir()}
-    onnx_backend = ONNX_FILE in names and not any(n in names for n in _SAFE_WEIGHTS)
-    transformers = _import_transformers(torch=not onnx_backend)
-    if onnx_backend:
-        pass  # the graph is checked below, once the folder is in place
-    elif not any(n in names for n in _SAFE_WEIGHTS):
-        if any(n in names for n in _PICKLED_WEIGHTS) and not trust:
-            raise UntrustedArtifactError(
-                f"{source} holds its weights as pytorch_model.bin, a pickle that runs code when "
-                "loaded; convert them to safetensors (save_pretrained(safe_serialization=True)) "
-                "or push with --trust"
-            )
-        if not any(n in names for n in _PICKLED_WEIGHTS):
-            raise InvalidInputError(
-                f"{source} has config.json but no weights (model.safetensors)", field="path"
-            )
-    if not any((source / n).is_file() for n in _TOKENIZER_FILES):
-        raise InvalidInputError(
-            f"{source} has no tokenizer (expected one of {', '.join(_TOKENIZER_FILES)}); save the "
-            "tokenizer into the folder with tokenizer.save_pretrained(folder)",
-            field="path",
-        )
-    config = _read_json(source / "config.json")
-    task = task or _detect_task(config)
-    if task not in TASKS:
-        raise InvalidInputError(f"unknown task {task!r}; use one of {', '.join(TASKS)}", field="task")
-    shutil.copytree(source, dest, dirs_exist_ok=True, ignore=shutil.ignore_patterns(".*", "README.md"))
-    try:
-        tokenizer = transformers.AutoTokenizer.from_pretrained(str(dest), local_files_only=True)
-    except (OSError, ValueError) as exc:
-        raise InvalidInputError(f"the tokenizer in {source} cannot be loaded: {exc}", field="path") from exc
-    extra: dict[str, Any] = {
-        "task": task,
-        "max_length": _max_length(dest, config, tokenizer),
-        "truncate": truncate,
-        "vocab_size": len(tokenizer),
-        "architecture": (config.get("architectures") or ["?"])[0],
-    }
-    outputs: list[TensorSpec] = []
-    if task == "feature-extraction":
-        extra["pooling"] = _pooling(dest)
-        dim = int(config.get("hidden_size") or config.get("dim") or config.get("d_model") or -1)
-        extra["dimension"] = dim
-        outputs.append(TensorSpec("embedding", "FP32", (-1, dim)))
-    elif task == "text-classification":
-        labels = _labels(config)
-        extra["labels"] = labels
-        outputs += [TensorSpec("label", "BYTES", (-1,)), TensorSpec("scores", "FP32", (-1, len(labels)))]
-    else:
-        extra["labels"] = _labels(config)
-        outputs.append(TensorSpec("entities", "BYTES", (-1,)))
-    outputs.append(TensorSpec("tokens", "INT64", (-1,)))
-    outputs.append(TensorSpec("truncated", "BOOL", (-1,)))  # the text was cut to max_length
-    signature = Signature((TensorSpec(INPUT_NAME, "BYTES", (-1,)),), tuple(outputs))
-    versions = {"transformers": transformers.__version__}
-    if onnx_backend:
-        import onnxruntime
-
-        extra["onnx_inputs"] = _check_onnx_graph(dest / ONNX_FILE)
-        versions["onnxruntime"] = onnxruntime.__version__
-        return Packaged("transformers-onnx", "transformers", signature, versions, extra)
-    import torch
-
-    versions["torch"] = torch.__version__.split("+")[0]
-    trusted = not any(n in names for n in _SAFE_WEIGHTS)
-    return Packaged("transformers", "transformers", signature, versions, extra, trusted=trusted)
-
-
-def _check_onnx_graph(path: Path) -> list[str]:
-    """The encoder's input names; the graph must take token ids and return hidden states or logits."""
-    from shipyard.runtimes.onnx import onnx_session
-
-    session = onnx_session(path, RuntimeSettings())
-    inputs = [i.name for i in session.get_inputs()]
-    unknown = [n for n in inputs if n not in _ONNX_INPUTS]
-    if "input_ids" not in inputs or unknown:
-        raise InvalidInputError(
-            f"{ONNX_FILE} takes inputs {inputs}; a transformer graph must take input_ids (and "
-            f"optionally {', '.join(_ONNX_INPUTS[1:])}) and nothing else",
-            field="path",
-        )
-    return inputs
-
-
-def _labels(config: dict[str, Any]) -> list[str]:
-    id2label = config.get("id2label") or {}
-    return [str(id2label.get(str(i), id2label.get(i, f"LABEL_{i}"))) for i in range(len(id2label))]
-
-
-def package_object(
-    obj: Any, dest: Path, *, tokenizer: Any = None, task: str | None = None, truncate: bool = True
-) -> Packaged:
-    """Save an in-memory transformers model (+ tokenizer) or SentenceTransformer, then package."""
-    staging = dest.parent / (dest.name + ".src")
-    staging.mkdir()
-    try:
-        if type(obj).__name__ == "SentenceTransformer":
-            obj.save(str(staging), safe_serialization=True)
-        else:
-            if tokenizer is None:
-                raise InvalidInputError(
-                    "pushing a transformers model needs its tokenizer: push(name, model, "
-                    "tokenizer=tokenizer)",
-                    field="tokenizer",
-                )
-            obj.save_pretrained(str(staging), safe_serialization=True)
-            tokenizer.save_pretrained(str(staging))
-        return package_folder(staging, dest, trust=False, task=task, truncate=truncate)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-
-
-def is_transformers_object(obj: Any) -> bool:
-    module = type(obj).__module__
-    if module.startswith("sentence_transformers."):
-        return hasattr(obj, "save")
-    return module.startswith("transformers.") and hasattr(obj, "save_pretrained")
-
-
 class TransformersRuntime:
     """Tokenize, run the encoder in length buckets, post-process in numpy. The encoder runs on
     PyTorch here and on onnxruntime in `TransformersOnnxRuntime`; everything else is shared."""
@@ -251,7 +57,7 @@ class TransformersRuntime:
     can_batch = True
 
     def __init__(self, path: Path, version: ModelVersion, settings: RuntimeSettings) -> None:
-        transformers = _import_transformers(torch=self._needs_torch)
+        transformers = import_transformers(torch=self._needs_torch)
         transformers.utils.logging.disable_progress_bar()  # no progress bars in server logs
         extra = version.extra
         self.signature = version.signature
@@ -323,7 +129,9 @@ class TransformersRuntime:
                 texts.append(item)
             else:
                 raise InvalidInputError(f"input {i} is a {type(item).__name__}, not text", field="input")
-        encoded = self.tokenizer(texts, add_special_tokens=True, truncation=False)["input_ids"]
+        # Not verbose: the tokenizer would warn that long texts "will result in indexing errors",
+        # but the lengths are checked below (truncated or refused) before the model sees them.
+        encoded = self.tokenizer(texts, add_special_tokens=True, truncation=False, verbose=False)["input_ids"]
         ids_list: list[list[int]] = []
         truncated = np.zeros(len(encoded), dtype=bool)
         for i, from_text in enumerate(encoded):

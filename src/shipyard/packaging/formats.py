@@ -7,7 +7,9 @@ import gzip
 import lzma
 import zipfile
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from shipyard.errors import InvalidInputError
 
@@ -16,6 +18,15 @@ _KNOWN = (
     "ONNX, skops, Keras (.keras/.h5), TFLite, a Hugging Face folder, or pickle, joblib and "
     "torch.save files (with --trust)"
 )
+
+
+@dataclass(frozen=True, slots=True)
+class Detected:
+    """A model file and its format; an ONNX file comes parsed, so packaging reads it once."""
+
+    format: str
+    file: Path
+    onnx_model: Any = None  # the file's onnx.ModelProto (external data not loaded)
 
 
 def _is_pickle(head: bytes) -> bool:
@@ -58,7 +69,7 @@ def _zip_format(path: Path) -> str:
     )
 
 
-def _onnx_or_error(path: Path) -> str:
+def _parse_onnx(path: Path) -> Any:
     import onnx
     from google.protobuf.message import DecodeError
 
@@ -71,49 +82,51 @@ def _onnx_or_error(path: Path) -> str:
         ) from exc
     if not model.graph.node and not model.graph.output:
         raise InvalidInputError(f"{path} is not a model Shipyard recognises ({_KNOWN})")
-    return "onnx"
+    return model
 
 
-def detect_file_format(path: Path) -> str:
-    """'onnx', 'skops', 'pickle', 'joblib', 'torch-checkpoint', 'keras', 'tflite' or 'safetensors'."""
+def detect_file(path: Path) -> Detected:
+    """`path` with its format: 'onnx', 'skops', 'pickle', 'joblib', 'torch-checkpoint', 'keras',
+    'keras-h5', 'tflite' or 'safetensors'."""
     size = path.stat().st_size
     if size == 0:
         raise InvalidInputError(f"{path} is empty (0 bytes): not a model", field="path")
     with open(path, "rb") as fh:
         head = fh.read(64)
     if head.startswith(b"PK\x03\x04"):
-        return _zip_format(path)
+        return Detected(_zip_format(path), path)
     if _is_pickle(head):
-        return "joblib" if b"joblib" in path.read_bytes()[: 1 << 16] else "pickle"
+        fmt = "joblib" if b"joblib" in path.read_bytes()[: 1 << 16] else "pickle"
+        return Detected(fmt, path)
     inner = _decompressed_head(path, head)
     if inner is not None and _is_pickle(inner):
-        return "joblib"
+        return Detected("joblib", path)
     if head.startswith(b"\x89HDF\r\n\x1a\n"):
-        return "keras-h5"
+        return Detected("keras-h5", path)
     if head[4:8] == b"TFL3":
-        return "tflite"
+        return Detected("tflite", path)
     if len(head) > 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < size:
-        return "safetensors"
+        return Detected("safetensors", path)
     if head[:1] == b"\x08":  # protobuf field 1 (ir_version) as a varint: how ONNX files start
-        return _onnx_or_error(path)
+        return Detected("onnx", path, _parse_onnx(path))
     raise InvalidInputError(
         f"{path} is not a model file Shipyard recognises (expected {_KNOWN})", field="path"
     )
 
 
-def detect_format(path: Path) -> tuple[str, Path]:
+def detect_format(path: Path) -> Detected:
     """The format of a file or folder, and the model file inside a folder."""
     if not path.exists():
         raise InvalidInputError(f"path {str(path)!r} does not exist", field="path")
     if path.is_file():
-        return detect_file_format(path), path
+        return detect_file(path)
     if not path.is_dir():
         raise InvalidInputError(f"{path} is neither a file nor a folder", field="path")
     files = [p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")]
     if not files:
         raise InvalidInputError(f"folder {path} is empty: no model file inside", field="path")
     if len(files) == 1:
-        return detect_file_format(files[0]), files[0]
+        return detect_file(files[0])
     listing = ", ".join(sorted(p.relative_to(path).as_posix() for p in files)[:6])
     raise InvalidInputError(
         f"folder {path} holds {len(files)} files ({listing}{', …' if len(files) > 6 else ''}) "

@@ -1,4 +1,6 @@
-"""Turn what a user pushes (an in-memory model or a path) into artifact files plus facts."""
+"""Push-time packaging: turn what a user pushes (an in-memory model or a path) into artifact files
+plus the facts recorded with the version. One module per format; loading for serving is in
+`shipyard.runtimes`."""
 
 from __future__ import annotations
 
@@ -6,8 +8,10 @@ from pathlib import Path
 from typing import Any
 
 from shipyard.errors import InvalidInputError
-from shipyard.runtimes.base import Packaged
-from shipyard.runtimes.formats import detect_format
+from shipyard.packaging.formats import Detected, detect_format
+from shipyard.packaging.packaged import Packaged
+
+__all__ = ["Packaged", "package"]
 
 _PLANNED = {"safetensors": "bare safetensors weights (no architecture or config)"}
 
@@ -23,13 +27,13 @@ def package(
     truncate: bool = True,
 ) -> Packaged:
     """Write the artifact for `obj` into the empty folder `dest` and describe it."""
-    from shipyard.runtimes import pytorch, sklearn, transformers
+    from shipyard.packaging import pytorch, sklearn, transformers
 
     if isinstance(obj, (str, Path)):
         path = Path(obj).expanduser()
         if transformers.is_hf_folder(path):
             return transformers.package_folder(path, dest, trust=trust, task=task, truncate=truncate)
-        return _package_path(path, dest, sample_input, trust)
+        return _package_file(detect_format(path), dest, sample_input, trust)
     if transformers.is_transformers_object(obj):
         return transformers.package_object(obj, dest, tokenizer=tokenizer, task=task, truncate=truncate)
     if sklearn.is_estimator(obj):
@@ -45,28 +49,28 @@ def package(
     )
 
 
-def _package_path(path: Path, dest: Path, sample_input: Any, trust: bool) -> Packaged:
-    fmt, file = detect_format(path)
+def _package_file(detected: Detected, dest: Path, sample_input: Any, trust: bool) -> Packaged:
+    fmt, file = detected.format, detected.file
     if fmt == "onnx":
-        from shipyard.runtimes.onnx import package_onnx
+        from shipyard.packaging.onnx import package_onnx
 
-        return package_onnx(file, dest)
-    from shipyard.runtimes import sklearn
+        return package_onnx(file, dest, detected.onnx_model)
+    from shipyard.packaging import sklearn
 
     if fmt == "skops":
         return sklearn.package_skops(file, dest, sample_input, trust)
     if fmt in ("pickle", "joblib"):
         return sklearn.package_pickle(file, dest, fmt, sample_input, trust)
     if fmt == "tflite":
-        from shipyard.runtimes.tflite import package_tflite
+        from shipyard.packaging.tflite import package_tflite
 
         return package_tflite(file, dest)
     if fmt in ("keras", "keras-h5"):
-        from shipyard.runtimes.keras import package_keras
+        from shipyard.packaging.keras import package_keras
 
         return package_keras(file, dest, fmt, trust)
     if fmt == "torch-checkpoint":
-        from shipyard.runtimes.pytorch import package_checkpoint
+        from shipyard.packaging.pytorch import package_checkpoint
 
         return package_checkpoint(file, dest, sample_input, trust)
     raise InvalidInputError(

@@ -11,11 +11,12 @@ from typing import Any
 import numpy as np
 
 from shipyard.errors import InvalidInputError, MissingDependencyError, UntrustedArtifactError
-from shipyard.runtimes.base import Packaged, quiet
-from shipyard.runtimes.onnx import ARTIFACT_FILE, package_onnx
+from shipyard.packaging.onnx import package_onnx
+from shipyard.packaging.packaged import Packaged
+from shipyard.runtimes.base import quiet
+from shipyard.runtimes.onnx import ONNX_FILE, ONNX_OPSET
 
 WEIGHTS_FILE = "weights.safetensors"
-OPSET = 18
 _PARITY_RTOL = 1e-4
 _PARITY_ATOL = 1e-5
 
@@ -88,7 +89,7 @@ def _export(module: Any, inputs: dict[str, Any], target: Path) -> str:
                 dynamo=True,
                 external_data=False,
                 dynamic_shapes=tuple({0: batch} for _ in args),
-                opset_version=OPSET,
+                opset_version=ONNX_OPSET,
                 verbose=False,
             )
             program.save(str(target), external_data=False)
@@ -103,7 +104,7 @@ def _export(module: Any, inputs: dict[str, Any], target: Path) -> str:
                     input_names=names,
                     output_names=outputs,
                     dynamo=False,
-                    opset_version=17,
+                    opset_version=ONNX_OPSET,
                     dynamic_axes={n: {0: "batch"} for n in names},
                 )
         except Exception as second:
@@ -152,7 +153,7 @@ def package_module(module: Any, dest: Path, sample_input: Any) -> Packaged:
 
     module = module.eval()
     inputs = _named_inputs(sample_input)
-    target = dest / ARTIFACT_FILE
+    target = dest / ONNX_FILE
     staging = dest.parent / (dest.name + ".onnx")
     try:
         exporter = _export(module, inputs, staging)
@@ -201,5 +202,5 @@ def package_checkpoint(source: Path, dest: Path, sample_input: Any, trust: bool)
         packaged.signature,
         packaged.library_versions,
         extra,
-        trusted=True,
+        needs_trust=True,
     )
