@@ -7,6 +7,7 @@ nothing is downloaded. Each model is compared with the same in-memory transforme
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -264,6 +265,38 @@ def test_text_over_the_limit_is_truncated_or_refused(
     with pytest.raises(InvalidInputError, match=f"input 1 has 602 tokens, over the model's limit of {limit}"):
         strict.predict(texts("short", long_text))
     assert strict.predict(texts("word " * (limit - 2)))["tokens"].tolist() == [limit]
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def test_long_text_logs_no_misleading_tokenizer_warning(
+    registry: Registry, classifier: Any, tokenizer: Any
+) -> None:
+    # transformers' loggers do not propagate to the root logger, so caplog would see nothing.
+    records = _Records()
+    library_logger = logging.getLogger("transformers")
+    library_logger.addHandler(records)
+    try:
+        registry.push("sentiment", classifier, tokenizer=tokenizer)
+        model = registry.load("sentiment")
+        served_tokenizer = transformers.AutoTokenizer.from_pretrained(
+            str(registry.artifact_path(model.version)), local_files_only=True
+        )
+        served_tokenizer("word " * 600)
+        assert any("indexing errors" in m for m in records.messages)  # what the bare tokenizer says
+        records.messages.clear()
+        out = model.predict(texts("word " * 600, "word " * 700))
+    finally:
+        library_logger.removeHandler(records)
+    assert out["truncated"].tolist() == [True, True]
+    assert records.messages == []
 
 
 def test_zero_rows_give_empty_outputs(registry: Registry, classifier: Any, tokenizer: Any) -> None:
