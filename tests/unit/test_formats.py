@@ -12,6 +12,7 @@ import joblib
 import pytest
 
 from shipyard.errors import InvalidInputError
+from shipyard.packaging import package
 from shipyard.packaging.formats import detect_file, detect_format
 
 
@@ -132,3 +133,23 @@ def test_directory_with_many_files_is_summarised(tmp_path: Path) -> None:
         (tmp_path / f"shard-{i}.bin").write_bytes(b"x")
     with pytest.raises(InvalidInputError, match=r"holds 9 files \(shard-0.bin, .*shard-5.bin, …\)"):
         detect_format(tmp_path)
+
+
+def test_packaging_an_onnx_file_parses_it_once(
+    onnx_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import onnx
+
+    parsed: list[str] = []
+    load_model = onnx.load_model
+
+    def counting_load_model(path: Any, *args: Any, **kwargs: Any) -> Any:
+        parsed.append(str(path))
+        return load_model(path, *args, **kwargs)
+
+    monkeypatch.setattr(onnx, "load_model", counting_load_model)
+    dest = tmp_path / "artifact"
+    dest.mkdir()
+    packaged = package(onnx_path, dest)
+    assert packaged.format == "onnx" and (dest / "model.onnx").is_file()
+    assert parsed == [str(onnx_path)]
