@@ -12,6 +12,8 @@ import pytest
 from app_support import V2_ROW, Home, Served, assert_error, serve, until
 from fake_runtime import WAIT_S, Controls
 
+from shipyard.errors import ShipyardError
+
 pytestmark = pytest.mark.anyio
 
 NEVER_S = 3600.0  # a poll interval that never elapses in a test: refresh() is called directly
@@ -191,7 +193,7 @@ async def test_a_management_load_that_fails_keeps_nothing_and_says_why(fake: Con
     home.push("m")
     fake.fail_load.add(2)
     async with serve(home, ["m:1"], poll_interval_s=NEVER_S) as served:
-        with pytest.raises(Exception, match="m:2 failed to load: .*version 2 refuses to load"):
+        with pytest.raises(ShipyardError, match=r"m:2 failed to load: .*version 2 refuses to load"):
             await served.repository.load("m:2")
         model = served.repository.models["m"]
         assert sorted(model.versions) == [1] and model.default == 1
