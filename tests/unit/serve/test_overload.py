@@ -8,6 +8,7 @@ runtime counts every execution, so a single abandoned request that runs fails th
 from __future__ import annotations
 
 import asyncio
+from collections.abc import MutableMapping
 from typing import Any
 
 import orjson
@@ -27,7 +28,7 @@ class AbandonedRequest:
     def __init__(self, served: Served) -> None:
         self.served = served
         self.gone = asyncio.Event()
-        self.sent: list[dict[str, Any]] = []
+        self.sent: list[MutableMapping[str, Any]] = []
         self.task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -55,7 +56,7 @@ class AbandonedRequest:
             await self.gone.wait()
             return {"type": "http.disconnect"}
 
-        async def send(message: dict[str, Any]) -> None:
+        async def send(message: MutableMapping[str, Any]) -> None:
             self.sent.append(message)
 
         self.task = asyncio.create_task(self.served.app(scope, receive, send))

@@ -142,7 +142,9 @@ async def test_unloading_a_model_lets_its_request_in_flight_finish(fake: Control
         in_flight = asyncio.create_task(infer(served))
         await held.wait_reached()
         queued = asyncio.create_task(infer(served))
-        await until(lambda: served.repository.models["m"].versions[1].batcher.depth == 1, "queued")
+        batcher = served.repository.models["m"].versions[1].batcher
+        assert batcher is not None
+        await until(lambda: batcher.depth == 1, "the second request queues")
         unload = asyncio.create_task(served.repository.unload("m"))
 
         await until(lambda: "m" not in served.repository.models, "m is no longer served")
