@@ -171,7 +171,6 @@ def test_push_killed_with_sigkill_leaves_a_consistent_registry(
     assert_clean_after_gc: Callable[[Registry], None],
     onnx_path: Path,
 ) -> None:
-    leftovers_seen = 0
     for round_, delay in enumerate((0.2, 0.5, 0.9)):
         work = tmp_path / f"work-{round_}"
         work.mkdir()
@@ -195,15 +194,24 @@ def test_push_killed_with_sigkill_leaves_a_consistent_registry(
             child.communicate(timeout=30)
         assert child.returncode == -signal.SIGKILL
 
-        # Whatever the kill interrupted, every version that exists is whole.
+        # Whatever the kill interrupted, every version that exists is whole, and the only
+        # leftovers are of the one push each kill interrupted: a staging folder (killed before
+        # the rename) or an unreferenced artifact (killed between the rename and the commit).
         problems = {str(v.ref): p for v, p in registry.verify() if p}
         assert problems == {}
+        staged = staging_entries(registry)
         unreferenced = set(registry.store.digests()) - registry.metadata.referenced_digests()
-        leftovers_seen += len(staging_entries(registry)) + len(unreferenced)
+        kills = round_ + 1
+        assert len(staged) <= kills, staged
+        assert len(unreferenced) <= kills, unreferenced
+        assert all(path.parent == registry.store.root / ".staging" for path in staged)
 
     versions = registry.list_versions("big")
     assert versions, "the pusher never completed a push: make the delays longer"
+    leftovers = len(staging_entries(registry)) + len(unreferenced)
+    removed, _ = registry.gc(grace_s=0)
+    assert removed == leftovers  # gc removes exactly the leftovers, no artifact of a version
     assert_clean_after_gc(registry)
+    assert len(registry.list_versions("big")) == len(versions)
     # The registry keeps working: the next number follows the highest one ever allocated.
     assert registry.push("big", onnx_path).version == max(v.version for v in versions) + 1
-    print(f"{len(versions)} versions survived; {leftovers_seen} leftovers were cleaned by gc")

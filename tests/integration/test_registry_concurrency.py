@@ -24,8 +24,10 @@ from shipyard import Registry
 start_at, paths = float(sys.argv[1]), sys.argv[2:]
 with Registry() as registry:
     time.sleep(max(0.0, start_at - time.time()))
+    print(time.time(), flush=True)
     for path in paths:
         registry.push("shared", path)
+    print(time.time(), flush=True)
 """
 
 
@@ -49,9 +51,17 @@ def test_parallel_pushers_get_versions_1_to_n(
         )
         for p in range(PROCESSES)
     ]
+    spans = []  # (first push started, last push finished) of each pusher, wall clock
     for child in children:
-        _, err = child.communicate(timeout=240)
+        out, err = child.communicate(timeout=240)
         assert child.returncode == 0, err[-3000:]
+        started, finished = map(float, out.split())
+        spans.append((started, finished))
+
+    # They contended: each pusher was pushing while at least one other one was.
+    for i, (start, end) in enumerate(spans):
+        others = spans[:i] + spans[i + 1 :]
+        assert any(o_start < end and start < o_end for o_start, o_end in others), (i, spans)
 
     versions = registry.list_versions("shared")
     assert sorted(v.version for v in versions) == list(range(1, PROCESSES * PUSHES_EACH + 1))

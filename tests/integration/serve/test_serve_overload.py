@@ -1,11 +1,9 @@
 """A slow model under more requests than it can take: a full queue answers 503 + Retry-After at
-once, and requests whose clients hang up are withdrawn from the queue instead of run."""
+once. That requests whose clients hang up are withdrawn instead of run is counted exactly, with
+a fake runtime, in tests/unit/serve/test_overload.py."""
 
 from __future__ import annotations
 
-import re
-import socket
-import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -51,29 +49,3 @@ def test_a_full_queue_answers_503_with_retry_after_at_once(slow_server: Server) 
         assert answer.headers["retry-after"] == "1"
     assert len({a.json()["predictions"][0][0] for a in served}) == 1  # same row, same answer
     assert overloaded >= len(refused)
-
-
-def test_requests_of_clients_that_hang_up_are_not_run(slow_server: Server) -> None:
-    body = b'{"instances": [[1.0, 2.0, 3.0, 4.0]]}'
-    request = (
-        b"POST " + PATH.encode() + b" HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-        b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
-    )
-    with slow_server.client() as client:
-        batches_before = _sample(client, "shipyard_batcher_batch_size_rows_count")
-        sockets = []
-        for _ in range(3):  # one runs, the others queue behind it; then every client leaves
-            sock = socket.create_connection(("127.0.0.1", slow_server.port))
-            sock.sendall(request)
-            sockets.append(sock)
-            time.sleep(0.01)
-        for sock in sockets:
-            sock.close()
-        # The queue is first in, first out: once a new request is answered, the three are done.
-        assert client.post(PATH, json=ROW).status_code == 200
-        ran = _sample(client, "shipyard_batcher_batch_size_rows_count") - batches_before - 1
-        assert ran < 3, f"{ran} batches ran for 3 requests whose clients had gone"
-        assert _sample(client, "shipyard_batcher_queue_depth_requests") == 0
-        assert _sample(client, "shipyard_server_in_flight_requests") == 0
-        log = slow_server.stderr()
-        assert not re.search(r"Traceback|ERROR", log), log

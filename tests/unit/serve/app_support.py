@@ -1,0 +1,132 @@
+"""The inference server in-process: `create_app` behind `httpx.ASGITransport`, over a real registry
+whose versions are served by the controllable fake runtime (`fake_runtime.py`).
+
+ASGITransport does not run the ASGI lifespan, so `serve` enters Starlette's lifespan itself:
+models load on entry and are unloaded on exit exactly as in a real server. Importable by name
+from the tests in this folder (a conftest is not).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fake_runtime import WAIT_S
+
+from shipyard.registry import Registry
+from shipyard.serve.app import ShipyardApp, create_app
+from shipyard.serve.repository import ModelRepository
+from shipyard.settings import Settings
+from shipyard.types import ModelVersion
+
+ROW = [5.1, 3.5, 1.4, 0.2]
+V2_ROW = {"inputs": [{"name": "X", "shape": [1, 4], "datatype": "FP32", "data": ROW}]}
+
+
+def tiny_onnx(doc: str) -> bytes:
+    """A real ONNX file with iris's signature: X FP32[-1,4] -> label INT64[-1], probabilities
+    FP32[-1,3]. `doc` changes the digest, so each push stores its own artifact."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["X", "w"], ["probabilities"]),
+            helper.make_node("ArgMax", ["probabilities"], ["label"], axis=1, keepdims=0),
+        ],
+        "tiny",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["N", 4])],
+        [
+            helper.make_tensor_value_info("label", TensorProto.INT64, ["N"]),
+            helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", 3]),
+        ],
+        [helper.make_tensor("w", TensorProto.FLOAT, [4, 3], [0.1] * 12)],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], doc_string=doc)
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return bytes(model.SerializeToString())
+
+
+@dataclass
+class Home:
+    """A registry home the test pushes into; each app built on it opens its own Registry, as a
+    server process would."""
+
+    path: Path
+    registry: Registry
+
+    def settings(self, **serve: Any) -> Settings:
+        return Settings.load(home=self.path, serve=serve)
+
+    def push(self, name: str, **kwargs: Any) -> ModelVersion:
+        count = len(list(self.path.glob("pushed-*.onnx")))
+        path = self.path / f"pushed-{count}.onnx"
+        path.write_bytes(tiny_onnx(f"{name} {count}"))
+        return self.registry.push(name, path, **kwargs)
+
+
+@dataclass
+class Served:
+    app: ShipyardApp
+    client: httpx.AsyncClient
+
+    @property
+    def repository(self) -> ModelRepository:
+        repository: ModelRepository = self.app.state.repository
+        return repository
+
+    @property
+    def loading(self) -> asyncio.Task[None]:
+        task: asyncio.Task[None] = self.app.state.loading
+        return task
+
+
+@asynccontextmanager
+async def serve(home: Home, refs: list[str], *, wait: bool = True, **serve: Any) -> AsyncIterator[Served]:
+    """An app serving `refs` from `home`, in-process; `wait`: until the first loads are done."""
+    app = create_app(home.settings(**serve), refs)
+    async with app.app.router.lifespan_context(app.app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://shipyard.test") as client:
+            served = Served(app, client)
+            if wait:
+                await asyncio.wait_for(asyncio.shield(served.loading), WAIT_S)
+            yield served
+
+
+async def until(predicate: Callable[[], bool], what: str) -> None:
+    """Let the event loop run until `predicate()` holds; fail (never hang) after WAIT_S."""
+
+    async def poll() -> None:
+        while not predicate():
+            await asyncio.sleep(0.002)
+
+    try:
+        await asyncio.wait_for(poll(), WAIT_S)
+    except TimeoutError:
+        pytest.fail(f"never happened: {what}")
+
+
+def assert_error(response: httpx.Response, status: int, *fragments: str) -> str:
+    """An error in Shipyard's shape: that status, exactly application/json, {"error": "..."} naming
+    the problem (each fragment appears in the message); a 5xx never shows a traceback or path."""
+    assert response.status_code == status, (response.status_code, response.text)
+    assert response.headers["content-type"] == "application/json"
+    body = response.json()
+    assert isinstance(body, dict) and isinstance(body.get("error"), str), body
+    message: str = body["error"]
+    for fragment in fragments:
+        assert fragment in message, (fragment, message)
+    if status >= 500:
+        assert "Traceback" not in response.text
+        assert "/" not in message, message
+    if status == 503:
+        assert "retry-after" in response.headers
+    return message
