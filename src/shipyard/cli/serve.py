@@ -114,7 +114,7 @@ def ps(
     typer.echo(f"{base}: {'ready' if ready else 'not ready'}")
     if not models:
         return
-    table = Table()
+    table = Table(box=None, pad_edge=False)  # plain columns: easy to read and to parse
     for column in ("model", "version", "state", "reason"):
         table.add_column(column)
     for model in models:
