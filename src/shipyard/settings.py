@@ -1,17 +1,32 @@
 """One typed configuration object, loaded once at the edge (CLI command, `create_app`, API call).
 
-Precedence: explicit arguments (command-line flags) > environment (`SHIPYARD_…`, nested with
-`__`) > config file (TOML, from `--config` or `SHIPYARD_CONFIG`) > defaults.
+Precedence, highest first; `Settings.load` applies levels 1-3 and 5, `ServeSettings.for_version`
+adds level 4, and nothing else merges settings:
+
+1. command-line flags (keyword arguments of `Settings.load`, None meaning "not given");
+2. the environment: `SHIPYARD_…`, nested with `__` (`SHIPYARD_SERVE__MAX_BATCH_SIZE=8`).
+   On Vertex AI the platform's `AIP_HTTP_PORT`, `AIP_HEALTH_ROUTE` and `AIP_PREDICT_ROUTE` rank
+   above `SHIPYARD_…`: Vertex sends traffic only to the port and routes it names;
+3. the TOML config file named by `--config` or `SHIPYARD_CONFIG` (`[serve]` holds `SHIPYARD_SERVE__…`);
+4. serving options stored with a model version (`push(..., serving={"max_batch_size": 8})`):
+   only `VERSION_OPTIONS`, for that version only;
+5. defaults.
+
+So a batching option set for the whole server (flag, environment or file) applies to every version
+it serves; an option stored with a version only replaces the default.
 """
 
 from __future__ import annotations
 
 import os
+import tomllib
+from collections.abc import Mapping
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, Field, ValidationError
+from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -21,8 +36,12 @@ from pydantic_settings import (
 
 from shipyard.errors import InvalidInputError
 
-_Model = TypeVar("_Model", bound=BaseModel)
+# The serving options a version may carry (level 4 of the precedence).
+VERSION_OPTIONS = ("max_batch_size", "max_batch_delay_ms")
 
+# The config file of the `load` call in progress. pydantic-settings builds its sources in a
+# classmethod that never sees the constructor's arguments, so the path reaches it this way; a
+# ContextVar (not a class attribute) keeps loads in other threads or tasks from seeing it.
 _config_file: ContextVar[Path | None] = ContextVar("shipyard_config_file", default=None)
 
 
@@ -34,7 +53,7 @@ class RuntimeSettings(BaseModel):
 
 
 class ServeSettings(BaseModel):
-    """Options of the inference server (the server issue extends these)."""
+    """Options of the inference server."""
 
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
@@ -45,10 +64,41 @@ class ServeSettings(BaseModel):
     max_body_bytes: int = Field(64 * 1024 * 1024, ge=1)
     admin_token: str | None = None
     poll_interval_s: float = Field(2.0, gt=0, description="how often moving refs are re-resolved")
+    wait_for_refs: bool = Field(False, description="start even if a reference does not resolve yet")
     grace_period_s: float = Field(30.0, ge=0)
     access_log: bool = False  # one line per request costs throughput; off by default
     log_level: str = "INFO"
     log_json: bool = False
+    vertex_health_route: str | None = None  # AIP_HEALTH_ROUTE
+    vertex_predict_route: str | None = None  # AIP_PREDICT_ROUTE
+
+    def for_version(self, serving: Mapping[str, Any], ref: str = "the version") -> ServeSettings:
+        """These settings with the options stored with a version (`serving`) in place of defaults:
+        what was set for the whole server (flag, environment, file) keeps its value."""
+        stored = {k: serving[k] for k in VERSION_OPTIONS if k in serving and k not in self.model_fields_set}
+        if not stored:
+            return self
+        try:
+            return type(self).model_validate({**self.model_dump(exclude_unset=True), **stored})
+        except ValidationError as exc:
+            raise _invalid(exc, f"invalid serving options stored with {ref}") from exc
+
+
+class _VertexSource(PydanticBaseSettingsSource):
+    """Vertex AI's variables, which name the port and routes its traffic uses."""
+
+    NAMES: ClassVar[dict[str, str]] = {
+        "AIP_HTTP_PORT": "port",
+        "AIP_HEALTH_ROUTE": "vertex_health_route",
+        "AIP_PREDICT_ROUTE": "vertex_predict_route",
+    }
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # unused: __call__ builds the whole mapping
+
+    def __call__(self) -> dict[str, Any]:
+        serve = {key: os.environ[name] for name, key in self.NAMES.items() if os.environ.get(name)}
+        return {"serve": serve} if serve else {}
 
 
 class Settings(BaseSettings):
@@ -71,15 +121,20 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        # Highest first; nested sections are merged key by key (a flag for serve.port leaves
+        # SHIPYARD_SERVE__MAX_BATCH_SIZE in force).
+        sources: list[PydanticBaseSettingsSource] = [init_settings, _VertexSource(settings_cls), env_settings]
         path = _config_file.get()
         if path is not None:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
         return tuple(sources)
 
     @classmethod
-    def load(cls, config_file: str | Path | None = None, **overrides: Any) -> Settings:
-        """Build settings from flags (`overrides`, None values ignored), env, config file."""
+    def load(cls, config_file: str | Path | None = None, **flags: Any) -> Settings:
+        """Settings from flags (None values and empty sections ignored), environment, config file.
+
+        Sections are given as dicts: `Settings.load(serve={"port": 9000, "workers": None})`.
+        """
         path = config_file or os.environ.get("SHIPYARD_CONFIG")
         if path is not None:
             path = Path(path)
@@ -87,10 +142,14 @@ class Settings(BaseSettings):
                 raise InvalidInputError(f"config file {str(path)!r} does not exist", field="config")
         token = _config_file.set(path)
         try:
-            return cls(**{k: v for k, v in overrides.items() if v is not None})
+            return cls(**_given(flags))
         except ValidationError as exc:
-            raise _invalid(exc) from exc
-        except ValueError as exc:  # TOML errors
+            raise _invalid(exc, "invalid settings") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise InvalidInputError(
+                f"config file {str(path)!r} is not valid TOML: {exc}", field="config"
+            ) from exc
+        except ValueError as exc:  # e.g. an environment variable pydantic-settings cannot parse
             raise InvalidInputError(f"invalid settings: {exc}", field="settings") from exc
         finally:
             _config_file.reset(token)
@@ -104,17 +163,17 @@ class Settings(BaseSettings):
         return self.artifact_url or str(self.home / "artifacts")
 
 
-def with_updates(model: _Model, **updates: Any) -> _Model:
-    """A copy of settings `model` with `updates` (None values ignored), validated like the rest
-    (`model_copy` alone would let `--port 99999` through)."""
-    values = {**model.model_dump(), **{k: v for k, v in updates.items() if v is not None}}
-    try:
-        return type(model).model_validate(values)
-    except ValidationError as exc:
-        raise _invalid(exc) from exc
+def _given(flags: Mapping[str, Any]) -> dict[str, Any]:
+    """The flags a user gave: None means "not given", in sections too; a section left empty goes."""
+    given = {}
+    for key, value in flags.items():
+        kept = (_given(value) or None) if isinstance(value, Mapping) else value
+        if kept is not None:
+            given[key] = kept
+    return given
 
 
-def _invalid(exc: ValidationError) -> InvalidInputError:
+def _invalid(exc: ValidationError, what: str) -> InvalidInputError:
     """One line per problem, naming the setting: `serve.port: Input should be … (got 99999)`."""
     errors = exc.errors(include_url=False)
     places = [".".join(map(str, error["loc"])) for error in errors]
@@ -122,6 +181,4 @@ def _invalid(exc: ValidationError) -> InvalidInputError:
         f"{place}: {error['msg']} (got {error['input']!r})"
         for place, error in zip(places, errors, strict=True)
     ]
-    return InvalidInputError(
-        "invalid settings: " + "; ".join(problems), field=places[0] if places else "settings"
-    )
+    return InvalidInputError(f"{what}: " + "; ".join(problems), field=places[0] if places else "settings")

@@ -22,10 +22,11 @@ class CliState:
     config: Path | None = None
     _registry: Registry | None = field(default=None, repr=False)
 
-    def settings(self, **overrides: Any) -> Settings:
+    def settings(self, config: Path | None = None, **flags: Any) -> Settings:
+        """Settings with this command's flags on top (`config`: a command's own --config)."""
         from shipyard.settings import Settings
 
-        return Settings.load(self.config, home=self.home, **overrides)
+        return Settings.load(config or self.config, home=self.home, **flags)
 
     def registry(self) -> Registry:
         if self._registry is None:

@@ -58,7 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     """Run the CLI; errors print one readable line (no traceback) and exit non-zero."""
     command = typer.main.get_command(app)
     try:
-        command.main(args=argv, prog_name="shipyard", standalone_mode=False)
+        # Without standalone mode Click returns the code of a `typer.Exit(code)` rather than
+        # raising it: keep it, or `shipyard serve` would exit 0 after its workers failed.
+        result = command.main(args=argv, prog_name="shipyard", standalone_mode=False)
     except ShipyardError as exc:
         click.echo(f"error: {exc.message}", err=True)
         return exc.exit_code
@@ -85,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
             err=True,
         )
         return 1
-    return 0
+    return result if isinstance(result, int) and not isinstance(result, bool) else 0
 
 
 def run() -> None:

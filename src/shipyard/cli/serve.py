@@ -1,14 +1,20 @@
-"""`shipyard serve`: the inference server."""
+"""`shipyard serve` (the inference server) and `shipyard ps` (what a running server serves)."""
 
 from __future__ import annotations
 
-import os
+import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from shipyard.cli._context import state
+from shipyard.errors import InvalidInputError, NotFoundError, NotReadyError, ShipyardError
+
+if TYPE_CHECKING:
+    from shipyard.settings import Settings
+
+DEFAULT_URL = "http://127.0.0.1:8000"
 
 
 def serve(
@@ -28,39 +34,33 @@ def serve(
     max_queue: Annotated[
         int | None, typer.Option(help="Queued requests per model before 503.", min=1)
     ] = None,
+    wait: Annotated[
+        bool,
+        typer.Option(
+            "--wait", help="Start even if a reference does not resolve yet; serve it once it appears."
+        ),
+    ] = False,
     config: Annotated[Path | None, typer.Option(help="TOML config file.")] = None,
 ) -> None:
     """Serve models over HTTP (V2/Triton, V1/TF Serving, SageMaker, Vertex AI)."""
     from shipyard.serve.server import ServeSpec, run
-    from shipyard.settings import with_updates
     from shipyard.types import ModelRef
 
     for ref in refs:
         ModelRef.parse(ref)  # a malformed reference fails here, before anything starts
     refs = list(dict.fromkeys(refs))  # a ref given twice is served once
-    cli = state(ctx)
-    if config is not None:
-        cli.config = config
-    # Vertex AI says which port to use; validated with the flags (a bad value is one clear line).
-    bind_port: int | str | None = port if port is not None else os.environ.get("AIP_HTTP_PORT") or None
-    base = cli.settings()
-    serve_opts = with_updates(
-        base.serve,
-        host=host,
-        port=bind_port,
-        workers=workers,
-        max_queue=max_queue,
-        max_batch_size=max_batch_size,
-        max_batch_delay_ms=max_batch_delay_ms,
-    )
-    runtime = base.runtime
-    if runtime.intra_op_threads == 0 and serve_opts.workers > 1:
-        # N workers each using every core would oversubscribe the CPU: share the cores out.
-        cores = len(os.sched_getaffinity(0))
-        runtime = with_updates(runtime, intra_op_threads=max(1, cores // serve_opts.workers))
-    settings = base.model_copy(update={"serve": serve_opts, "runtime": runtime})
-    overrides = {"max_batch_size": max_batch_size, "max_batch_delay_ms": max_batch_delay_ms}
-    vertex = (os.environ.get("AIP_HEALTH_ROUTE"), os.environ.get("AIP_PREDICT_ROUTE"))
+    flags = {
+        "host": host,
+        "port": port,
+        "workers": workers,
+        "max_batch_size": max_batch_size,
+        "max_batch_delay_ms": max_batch_delay_ms,
+        "max_queue": max_queue,
+        "wait_for_refs": True if wait else None,  # absent: the environment or file may say so
+    }
+    settings = state(ctx).settings(config, serve=flags)
+    if not settings.serve.wait_for_refs:
+        _require_refs(settings, refs)
 
     def announce(bound_host: str, bound_port: int) -> None:
         shown = f"[{bound_host}]" if ":" in bound_host else bound_host  # an IPv6 address
@@ -71,9 +71,109 @@ def serve(
             typer.echo(f"  V1:  POST {base_url}/v1/models/{name}:predict")
         typer.echo(f"  docs: {base_url}/docs   metrics: {base_url}/metrics   ready: {base_url}/readyz")
 
-    code = run(ServeSpec(settings, refs, overrides, vertex), announce)
-    raise typer.Exit(code)
+    code = run(ServeSpec(settings, refs), announce)
+    if code:
+        raise typer.Exit(code)
+
+
+def _require_refs(settings: Settings, refs: list[str]) -> None:
+    """Every reference resolves before the port is bound: a typo is one line and exit code 3,
+    not a server that stays unready forever."""
+    from shipyard.registry import Registry
+
+    with Registry(settings=settings) as registry:
+        for ref in refs:
+            try:
+                registry.resolve(ref)
+            except NotFoundError as exc:
+                hint = "" if "`shipyard list" in exc.message else "; see `shipyard list`"
+                raise NotFoundError(
+                    f"cannot serve {ref}: {exc.message}{hint} (or pass --wait to serve it once it appears)",
+                    field="ref",
+                ) from exc
+
+
+def ps(
+    url: Annotated[str, typer.Argument(help="The server's address.")] = DEFAULT_URL,
+    json_: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Show what a running server serves: each model version, its state, and why if not ready."""
+    from shipyard.cli import _render
+
+    base = url.rstrip("/") if "://" in url else f"http://{url.rstrip('/')}"
+    if not base.startswith(("http://", "https://")):
+        raise InvalidInputError(f"URL {url!r} is not an http(s) address", field="url")
+    body = _fetch_readiness(base)
+    ready = bool(body.get("ready"))
+    models = _served_models(body.get("models"))
+    if json_:
+        _render.print_json({"url": base, "ready": ready, "models": models})
+        return
+    from rich.table import Table
+
+    typer.echo(f"{base}: {'ready' if ready else 'not ready'}")
+    if not models:
+        return
+    table = Table(box=None, pad_edge=False)  # plain columns: easy to read and to parse
+    for column in ("model", "version", "state", "reason"):
+        table.add_column(column)
+    for model in models:
+        version = "-" if model["version"] is None else str(model["version"])
+        table.add_row(model["name"], version, model["state"], model["reason"] or "-")
+    _render.console.print(table)
+
+
+def _fetch_readiness(base: str) -> dict[str, Any]:
+    """The server's /readyz body (answered with 200 or 503)."""
+    import urllib.error
+    import urllib.request
+
+    address = f"{base}/readyz"
+    try:
+        with urllib.request.urlopen(address, timeout=10) as response:
+            raw = response.read()
+    except urllib.error.HTTPError as exc:
+        raw = exc.read()
+        if exc.code != 503:
+            raise ShipyardError(
+                f"{address} answered {exc.code}: is a Shipyard server listening there?"
+            ) from exc
+    except (urllib.error.URLError, OSError) as exc:
+        why = getattr(exc, "reason", exc)
+        raise NotReadyError(
+            f"nothing answers at {base} ({why}); start a server with `shipyard serve REF`, "
+            "or give its address: `shipyard ps URL`"
+        ) from exc
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        raise ShipyardError(f"{address} did not answer with JSON: is a Shipyard server listening there?")
+    return body
+
+
+def _served_models(models: Any) -> list[dict[str, Any]]:
+    """Rows of name, version, state, reason: from a list of those (servers that list every model),
+    or from a mapping of unready names to their problem (older servers list only those)."""
+    if isinstance(models, list):
+        return [
+            {
+                "name": str(m.get("name", "?")),
+                "version": m.get("version"),
+                "state": str(m.get("state", "?")),
+                "reason": str(m.get("reason") or ""),
+            }
+            for m in models
+            if isinstance(m, dict)
+        ]
+    rows = []
+    for key, problem in (models or {}).items():
+        name, _, version = str(key).partition(":")
+        rows.append({"name": name, "version": version or None, "state": "not ready", "reason": str(problem)})
+    return rows
 
 
 def register(app: typer.Typer) -> None:
     app.command()(serve)
+    app.command()(ps)

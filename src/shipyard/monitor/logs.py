@@ -5,31 +5,43 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from typing import Any
 
 
 class _JsonFormatter(logging.Formatter):
+    def __init__(self, worker: int | None) -> None:
+        super().__init__()
+        self.worker = worker
+
     def format(self, record: logging.LogRecord) -> str:
-        entry = {
+        entry: dict[str, Any] = {
             "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),
         }
+        if self.worker is not None:
+            entry["worker"] = self.worker
+        entry.update(getattr(record, "fields", {}))  # structured values a caller passed in `extra`
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, ensure_ascii=False)
 
 
-def configure_logging(level: str = "INFO", *, as_json: bool = False) -> None:
-    """Send Shipyard's own logs to stderr (idempotent); other libraries keep their settings."""
-    logger = logging.getLogger("shipyard")
-    logger.setLevel(level.upper())
-    if any(getattr(h, "_shipyard", False) for h in logger.handlers):
-        return
+def configure_logging(level: str = "INFO", *, as_json: bool = False, worker: int | None = None) -> None:
+    """Send Shipyard's logs, and uvicorn's warnings, to stderr (idempotent); other libraries keep
+    their settings. `worker` (one of several server processes) goes on every line."""
     handler = logging.StreamHandler(sys.stderr)
     handler._shipyard = True  # type: ignore[attr-defined]
+    prefix = "" if worker is None else f"worker={worker} "
     handler.setFormatter(
-        _JsonFormatter() if as_json else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+        _JsonFormatter(worker)
+        if as_json
+        else logging.Formatter(f"%(asctime)s %(levelname)s {prefix}%(name)s: %(message)s")
     )
-    logger.addHandler(handler)
-    logger.propagate = False
+    for name, logger_level in (("shipyard", level.upper()), ("uvicorn", "WARNING")):
+        logger = logging.getLogger(name)
+        logger.setLevel(logger_level)
+        if not any(getattr(h, "_shipyard", False) for h in logger.handlers):
+            logger.addHandler(handler)
+        logger.propagate = False

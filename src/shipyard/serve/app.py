@@ -8,7 +8,6 @@ import logging
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -38,14 +37,13 @@ def create_app(
     refs: list[str],
     *,
     registry: Registry | None = None,
-    overrides: dict[str, Any] | None = None,
     vertex_routes: tuple[str | None, str | None] = (None, None),
     wait_for_models: bool = False,
 ) -> ShipyardApp:
     """An ASGI app serving `refs`. Models load in the background so the server is live at once,
     unless `wait_for_models` (several workers: a worker joins the port only once it can serve)."""
     registry = registry or Registry(settings=settings)
-    repository = ModelRepository(registry, settings, overrides)
+    repository = ModelRepository(registry, settings)
     dataplane = DataPlane(repository)
     serve = settings.serve
 

@@ -24,8 +24,6 @@ from shipyard.types import ModelRef, ModelVersion
 
 log = logging.getLogger("shipyard.serve")
 
-BATCH_OPTIONS = ("max_batch_size", "max_batch_delay_ms")
-
 
 @dataclass(eq=False)
 class ServedVersion:
@@ -65,12 +63,9 @@ class ServedModel:
 
 
 class ModelRepository:
-    def __init__(
-        self, registry: Registry, settings: Settings, overrides: dict[str, Any] | None = None
-    ) -> None:
+    def __init__(self, registry: Registry, settings: Settings) -> None:
         self.registry = registry
         self.settings = settings
-        self.overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
         self.models: dict[str, ServedModel] = {}
         self._poller: asyncio.Task[None] | None = None
         self._swapping: set[str] = set()
@@ -149,6 +144,7 @@ class ModelRepository:
         model.versions[version.version] = served
         started = time.perf_counter()
         try:
+            batch_options = self._batch_options(version)
             served.runtime = await asyncio.to_thread(self._build_runtime, version)
         except ShipyardError as exc:
             served.state, served.reason = "failed", exc.message
@@ -167,7 +163,7 @@ class ModelRepository:
             max_queue=self.settings.serve.max_queue,
             on_batch=lambda rows, secs, waits: _observe_batch(served, labels, rows, secs, waits),
             on_idle=served.sample_gauges,
-            **self._batch_options(version),
+            **batch_options,
         )
         served.batcher.start()
         served.state = "ready"
@@ -181,15 +177,9 @@ class ModelRepository:
         return load_runtime(version, path, self.settings.runtime)
 
     def _batch_options(self, version: ModelVersion) -> dict[str, Any]:
-        """Server flags > options stored with the version > server settings."""
-        serve = self.settings.serve
-        opts = {"max_batch_size": serve.max_batch_size, "max_batch_delay_ms": serve.max_batch_delay_ms}
-        opts.update({k: version.serving[k] for k in BATCH_OPTIONS if k in version.serving})
-        opts.update({k: self.overrides[k] for k in BATCH_OPTIONS if k in self.overrides})
-        return {
-            "max_batch_size": int(opts["max_batch_size"]),
-            "max_delay_s": float(opts["max_batch_delay_ms"]) / 1000,
-        }
+        """The server's settings, with options stored with the version where the server set none."""
+        serve = self.settings.serve.for_version(version.serving, str(version.ref))
+        return {"max_batch_size": serve.max_batch_size, "max_delay_s": serve.max_batch_delay_ms / 1000}
 
     async def _poll(self) -> None:
         while True:

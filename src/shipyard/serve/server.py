@@ -17,7 +17,7 @@ import socket
 import sys
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from shipyard.errors import ConflictError, InvalidInputError, ShipyardError
@@ -30,8 +30,6 @@ class ServeSpec:
 
     settings: Settings
     refs: list[str]
-    overrides: dict[str, Any] = field(default_factory=dict)
-    vertex_routes: tuple[str | None, str | None] = (None, None)
 
 
 def bind_socket(host: str, port: int, reuse_port: bool) -> socket.socket:
@@ -60,36 +58,40 @@ def _bind_error(host: str, port: int, exc: OSError) -> ShipyardError:
     return ShipyardError(f"{where}: {exc.strerror or exc}")
 
 
-def _serve_on(spec: ServeSpec, sock: socket.socket) -> None:
+def _serve_on(spec: ServeSpec, sock: socket.socket, worker: int | None = None) -> None:
     import uvicorn
 
     from shipyard.monitor.logs import configure_logging
+    from shipyard.serve.access_log import AccessLog
     from shipyard.serve.app import create_app
     from shipyard.serve.transport import OneWriteHttpProtocol
 
-    configure_logging(spec.settings.serve.log_level, as_json=spec.settings.serve.log_json)
+    serve = spec.settings.serve
+    configure_logging(serve.log_level, as_json=serve.log_json, worker=worker)
 
-    app = create_app(
+    app: Any = create_app(
         spec.settings,
         spec.refs,
-        overrides=spec.overrides,
-        vertex_routes=spec.vertex_routes,
+        vertex_routes=(serve.vertex_health_route, serve.vertex_predict_route),
         # With several workers a worker must not join the shared port before it can serve:
         # the kernel would hand it connections that get 503s while a sibling is ready.
-        wait_for_models=spec.settings.serve.workers > 1,
+        wait_for_models=serve.workers > 1,
     )
+    if serve.access_log:
+        app = AccessLog(app)
     config = uvicorn.Config(
         app,
         loop="uvloop",
         http=OneWriteHttpProtocol,
         lifespan="on",
-        access_log=spec.settings.serve.access_log,
+        access_log=False,  # AccessLog writes it, through Shipyard's log set-up
         # X-Forwarded-For/-Proto only change the client address and scheme in the scope, which
         # nothing but the access log reads: skip that middleware (a measurable µs per request).
-        proxy_headers=spec.settings.serve.access_log,
+        proxy_headers=serve.access_log,
         server_header=False,  # `server: uvicorn` tells a scanner what to try, and no client needs it
+        log_config=None,  # configure_logging has set up uvicorn's logger
         log_level="warning",
-        timeout_graceful_shutdown=int(spec.settings.serve.grace_period_s) or None,
+        timeout_graceful_shutdown=int(serve.grace_period_s) or None,
         backlog=2048,
     )
     # uvicorn drains on SIGTERM/SIGINT, then re-raises the signal to the handler it found:
@@ -99,9 +101,20 @@ def _serve_on(spec: ServeSpec, sock: socket.socket) -> None:
     uvicorn.Server(config).run(sockets=[sock])
 
 
-def _worker_main(spec: ServeSpec, host: str, port: int) -> None:
+def _worker_main(spec: ServeSpec, host: str, port: int, worker: int) -> None:
     # No listen() here: uvicorn listens after its lifespan startup, which waits for the models.
-    _serve_on(spec, bind_socket(host, port, reuse_port=True))
+    _serve_on(spec, bind_socket(host, port, reuse_port=True), worker)
+
+
+def _share_cores(settings: Settings) -> Settings:
+    """N workers each using every core would oversubscribe the CPU: unless a thread count was
+    set, each worker's runtimes get an equal share of the cores."""
+    workers = settings.serve.workers
+    if workers == 1 or settings.runtime.intra_op_threads:
+        return settings
+    share = max(1, len(os.sched_getaffinity(0)) // workers)
+    runtime = settings.runtime.model_copy(update={"intra_op_threads": share})
+    return settings.model_copy(update={"runtime": runtime})
 
 
 def run(spec: ServeSpec, announce: Callable[[str, int], None]) -> int:
@@ -119,9 +132,10 @@ def run(spec: ServeSpec, announce: Callable[[str, int], None]) -> int:
     metrics_dir = tempfile.mkdtemp(prefix="shipyard-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     context = multiprocessing.get_context("spawn")
+    spec = ServeSpec(_share_cores(spec.settings), spec.refs)
     workers = [
-        context.Process(target=_worker_main, args=(spec, serve.host, port), name=f"shipyard-worker-{i}")
-        for i in range(serve.workers)
+        context.Process(target=_worker_main, args=(spec, serve.host, port, i), name=f"shipyard-worker-{i}")
+        for i in range(1, serve.workers + 1)
     ]
     for worker in workers:
         worker.start()
@@ -140,8 +154,11 @@ def run(spec: ServeSpec, announce: Callable[[str, int], None]) -> int:
     finally:
         holder.close()
         shutil.rmtree(metrics_dir, ignore_errors=True)
-    failed = [w for w in workers if w.exitcode not in (0, -signal.SIGTERM)]
+    failed = [
+        f"worker {i} was killed by signal {-code}" if code < 0 else f"worker {i} exited with {code}"
+        for i, code in enumerate((w.exitcode or 0 for w in workers), 1)
+        if code not in (0, -signal.SIGTERM)
+    ]
     if failed:
-        print(f"shipyard: {len(failed)} worker(s) exited with an error", file=sys.stderr)
-        return 1
-    return 0
+        print(f"error: {len(failed)} of {len(workers)} workers failed ({'; '.join(failed)})", file=sys.stderr)
+    return 1 if failed else 0
