@@ -65,10 +65,9 @@ class Column:
 
 def print_table(columns: list[Column], rows: list[list[str]], title: str | None = None) -> None:
     """A Rich table fitted to the terminal, or header and rows tab-separated when piped."""
-    if not console.is_terminal:
-        console.out("\t".join(c.header for c in columns), highlight=False)
-        for row in rows:
-            console.out("\t".join(cell.replace("\n", "; ") for cell in row), highlight=False)
+    if not console.is_terminal:  # written as is: Rich would expand the tabs
+        lines = [[c.header for c in columns], *([cell.replace("\n", "; ") for cell in row] for row in rows)]
+        console.file.write("".join("\t".join(line) + "\n" for line in lines))
         return
     least = [_least_width(column, [row[i] for row in rows]) for i, column in enumerate(columns)]
     keep = list(range(len(columns)))
