@@ -130,11 +130,11 @@ def _push_two_versions(j: Journey, skops_path: Path, repo: Path) -> None:
     """push prints the new reference and its digest (and the alias it moved)."""
     flags = ["--alias", "production", "--metric", "accuracy=0.97", "--param", "C=1.0", "--tag", "team=ml"]
     pushed = j.cli("push", "iris", j.onnx_path, *flags, "--description", "first cut", cwd=repo)
-    match = re.fullmatch(rf"pushed iris:1 ({DIGEST}) \(production → 1\)\n", pushed.out)
+    match = re.fullmatch(rf"pushed iris:1 ({DIGEST}) to registry {j.home} \(production → 1\)\n", pushed.out)
     assert match, pushed.err
     j.onnx_digest = match[1]
     pushed = j.cli("push", "iris", skops_path, "--parent", "iris@production", "--metric", "accuracy=0.95")
-    match = re.fullmatch(rf"pushed iris:2 ({DIGEST})\n", pushed.out)
+    match = re.fullmatch(rf"pushed iris:2 ({DIGEST}) to registry {j.home}\n", pushed.out)
     assert match, pushed.err
     j.skops_digest = match[1]
 

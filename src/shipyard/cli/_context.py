@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -14,6 +14,10 @@ from shipyard.errors import InvalidInputError
 if TYPE_CHECKING:
     from shipyard.registry import Registry
     from shipyard.settings import Settings
+
+
+# Every command that prints a result takes it; errors stay one `error:` line on stderr.
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print the result as one JSON document.")]
 
 
 @dataclass

@@ -11,12 +11,15 @@ import click
 import typer
 import typer.exceptions
 
+from shipyard import __version__
 from shipyard.cli import aliases, models, optimize, serve
 from shipyard.cli._context import CliState
+from shipyard.cli._help import PlainHelpGroup
 from shipyard.errors import ShipyardError
 
 app = typer.Typer(
     name="shipyard",
+    cls=PlainHelpGroup,
     help="Store, optimize, serve, monitor and ship trained models.",
     no_args_is_help=True,
     add_completion=False,
@@ -25,13 +28,24 @@ app = typer.Typer(
 )
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"shipyard {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def _root(
     ctx: typer.Context,
     home: Annotated[
-        Path | None, typer.Option(help="Registry home (default: $SHIPYARD_HOME or ~/.shipyard).")
+        Path | None,
+        typer.Option(metavar="DIR", help="Registry home (default: $SHIPYARD_HOME or ~/.shipyard)."),
     ] = None,
-    config: Annotated[Path | None, typer.Option(help="TOML config file.")] = None,
+    config: Annotated[Path | None, typer.Option(metavar="FILE", help="TOML config file.")] = None,
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit."),
+    ] = False,
 ) -> None:
     ctx.obj = CliState(home=home, config=config)
 

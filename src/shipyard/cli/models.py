@@ -2,27 +2,34 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from shipyard.cli._context import parse_pairs, read_json_arg, state
+from shipyard.cli._context import JsonFlag, parse_pairs, read_json_arg, state
 from shipyard.errors import IntegrityError, InvalidInputError
+from shipyard.types import ModelRef
 
 
 def push(
     ctx: typer.Context,
     name: Annotated[str, typer.Argument(help="Model name: lowercase letters, digits, - _ .")],
     path: Annotated[Path, typer.Argument(help="Model file (ONNX, skops; pickle/joblib with --trust).")],
-    alias: Annotated[str | None, typer.Option(help="Point this alias at the new version.")] = None,
-    metric: Annotated[list[str] | None, typer.Option(help="KEY=NUMBER, repeatable.")] = None,
-    param: Annotated[list[str] | None, typer.Option(help="KEY=VALUE, repeatable.")] = None,
-    tag: Annotated[list[str] | None, typer.Option(help="KEY=VALUE, repeatable.")] = None,
+    alias: Annotated[
+        str | None, typer.Option(metavar="ALIAS", help="Point this alias at the new version.")
+    ] = None,
+    metric: Annotated[list[str] | None, typer.Option(metavar="KEY=NUMBER", help="Repeatable.")] = None,
+    param: Annotated[list[str] | None, typer.Option(metavar="KEY=VALUE", help="Repeatable.")] = None,
+    tag: Annotated[list[str] | None, typer.Option(metavar="KEY=VALUE", help="Repeatable.")] = None,
     description: Annotated[str, typer.Option(help="Free text.")] = "",
-    parent: Annotated[str | None, typer.Option(help="Version this one was derived from.")] = None,
+    parent: Annotated[
+        str | None, typer.Option(metavar="REF", help="Version this one was derived from.")
+    ] = None,
     sample_input: Annotated[
-        str | None, typer.Option(help="Example rows as JSON or @FILE (sets the input signature).")
+        str | None,
+        typer.Option(metavar="JSON", help="Example rows as JSON or @FILE (sets the input signature)."),
     ] = None,
     trust: Annotated[
         bool, typer.Option(help="Allow formats that run code when loaded (pickle, joblib).")
@@ -36,6 +43,7 @@ def push(
     truncate: Annotated[
         bool, typer.Option(help="Text models: cut over-long texts (flagged) instead of refusing them.")
     ] = True,
+    json_: JsonFlag = False,
 ) -> None:
     """Store a model file as the next version of NAME."""
     sample = read_json_arg(sample_input, "sample-input") if sample_input else None
@@ -54,14 +62,19 @@ def push(
         task=task,
         truncate=truncate,
     )
+    if json_:
+        from shipyard.cli._render import print_json
+
+        print_json(version.to_dict())
+        return
     suffix = f" ({alias} → {version.version})" if alias else ""
-    typer.echo(f"pushed {version.ref} {version.digest}{suffix}")
+    typer.echo(f"pushed {version.ref} {version.digest} to registry {registry.location}{suffix}")
 
 
 def list_(
     ctx: typer.Context,
     name: Annotated[str | None, typer.Argument(help="List this model's versions.")] = None,
-    json_: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    json_: JsonFlag = False,
 ) -> None:
     """List models, or the versions of NAME."""
     from shipyard.cli import _render
@@ -69,7 +82,13 @@ def list_(
     registry = state(ctx).registry()
     if name is None:
         summary = registry.list_models()
-        _render.print_json(summary) if json_ else _render.models_table(summary)
+        if json_:
+            _render.print_json(summary)
+        elif summary:
+            _render.models_table(summary)
+        else:
+            message = f"registry {registry.location} is empty (set SHIPYARD_HOME or --home to use another)"
+            typer.echo(message, err=True)
         return
     versions = registry.list_versions(name)
     if json_:
@@ -81,7 +100,7 @@ def list_(
 def show(
     ctx: typer.Context,
     ref: Annotated[str, typer.Argument(help="NAME, NAME:VERSION or NAME@ALIAS.")],
-    json_: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    json_: JsonFlag = False,
 ) -> None:
     """Show one version: signature, digest, metrics, lineage."""
     from shipyard.cli import _render
@@ -94,7 +113,7 @@ def diff(
     ctx: typer.Context,
     left: Annotated[str, typer.Argument(help="First reference.")],
     right: Annotated[str, typer.Argument(help="Second reference.")],
-    json_: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    json_: JsonFlag = False,
 ) -> None:
     """Compare two versions side by side."""
     from shipyard.cli import _render
@@ -105,54 +124,123 @@ def diff(
 
 def rm(
     ctx: typer.Context,
-    ref: Annotated[str, typer.Argument(help="Version to remove (NAME:VERSION).")],
-    force: Annotated[bool, typer.Option(help="Also remove aliases pointing at it.")] = False,
+    ref: Annotated[str, typer.Argument(help="Version to remove: NAME:VERSION.")],
+    force: Annotated[
+        bool,
+        typer.Option(
+            help="Do not ask: accept NAME (the latest) or NAME@ALIAS, and drop aliases pointing at it."
+        ),
+    ] = False,
+    json_: JsonFlag = False,
 ) -> None:
     """Remove a version (its number is never reused; files are freed by `shipyard gc`)."""
-    version, dropped = state(ctx).registry().remove(ref, force=force)
+    registry = state(ctx).registry()
+    if ModelRef.parse(ref).version is None and not force:
+        _confirm_removal(ref, str(registry.resolve(ref).ref))
+    version, dropped = registry.remove(ref, force=force)
+    if json_:
+        from shipyard.cli._render import print_json
+
+        print_json({"removed": str(version.ref), "aliases_removed": dropped})
+        return
     extra = f"; removed alias(es) {', '.join(dropped)}" if dropped else ""
     typer.echo(f"removed {version.ref}{extra}")
+
+
+def _confirm_removal(ref: str, selected: str) -> None:
+    """`rm NAME` removes whatever is latest at that moment: ask on a terminal, refuse elsewhere."""
+    if sys.stdin.isatty() and sys.stdout.isatty():
+        typer.confirm(f"remove {selected} (what {ref!r} selects now)?", abort=True)
+        return
+    raise InvalidInputError(
+        f"{ref!r} selects {selected}; name the version (`shipyard rm {selected}`) or add --force",
+        field="ref",
+    )
 
 
 def export(
     ctx: typer.Context,
     ref: Annotated[str, typer.Argument(help="Version to export.")],
-    dest: Annotated[Path, typer.Argument(help="Destination file or folder.")],
+    dest: Annotated[
+        str,  # not a Path: a trailing "/" (put the files in this folder) must survive
+        typer.Argument(
+            metavar="DEST", help="A file name, or a folder (existing, or ending with /) for the files."
+        ),
+    ],
+    json_: JsonFlag = False,
 ) -> None:
     """Copy a version's verified artifact out of the registry."""
-    target = state(ctx).registry().export(ref, dest)
+    registry = state(ctx).registry()
+    target = registry.export(ref, dest)
+    if json_:
+        from shipyard.cli._render import print_json
+
+        print_json({"ref": str(registry.resolve(ref).ref), "path": str(target)})
+        return
     typer.echo(f"exported {ref} to {target}")
 
 
 def verify(
     ctx: typer.Context,
     ref: Annotated[str | None, typer.Argument(help="One version (default: all).")] = None,
+    json_: JsonFlag = False,
 ) -> None:
     """Re-hash artifacts against their digests; exits non-zero on any mismatch."""
     results = state(ctx).registry().verify(ref)
-    bad = 0
-    for version, problems in results:
-        if problems:
-            bad += 1
-            typer.echo(f"FAILED {version.ref}: {'; '.join(problems)}")
-        else:
-            typer.echo(f"ok     {version.ref} {version.digest}")
+    bad = sum(1 for _, problems in results if problems)
+    if json_:
+        from shipyard.cli._render import print_json
+
+        checked = [
+            {"ref": str(v.ref), "digest": v.digest, "ok": not problems, "problems": problems}
+            for v, problems in results
+        ]
+        print_json({"versions": checked, "failed": bad})
+    else:
+        for version, problems in results:
+            if problems:
+                typer.echo(f"FAILED {version.ref}: {'; '.join(problems)}")
+            else:
+                typer.echo(f"ok     {version.ref} {version.digest}")
     if bad:
         raise IntegrityError(f"{bad} of {len(results)} version(s) failed verification")
-    typer.echo(f"{len(results)} version(s) verified")
+    if not json_:
+        typer.echo(f"{len(results)} version(s) verified")
 
 
 def gc(
     ctx: typer.Context,
     grace_seconds: Annotated[
-        float, typer.Option(help="Keep leftovers younger than this (pushes in flight).", min=0)
+        float,
+        typer.Option(metavar="SECONDS", help="Keep leftovers younger than this (pushes in flight).", min=0),
     ] = 600.0,
+    json_: JsonFlag = False,
 ) -> None:
     """Delete unreferenced artifacts and leftovers of interrupted pushes."""
-    from shipyard.cli._render import human_size
+    from shipyard.cli._render import human_size, number, print_json
 
-    removed, freed = state(ctx).registry().gc(grace_seconds)
-    typer.echo(f"removed {removed} unreferenced item(s), freed {human_size(freed)}")
+    registry = state(ctx).registry()
+    removed, freed = registry.gc(grace_seconds)
+    waiting, waiting_bytes = registry.garbage_in_grace(grace_seconds)
+    if json_:
+        print_json(
+            {
+                "removed": removed,
+                "freed_bytes": freed,
+                "kept_in_grace": waiting,
+                "kept_in_grace_bytes": waiting_bytes,
+                "grace_seconds": grace_seconds,
+            }
+        )
+        return
+    kept = ""
+    if waiting:
+        kept = (
+            f"; kept {waiting} item(s) ({human_size(waiting_bytes)}) younger than "
+            f"{number(grace_seconds)} s in case a push is in flight: "
+            "`shipyard gc --grace-seconds 0` reclaims them now"
+        )
+    typer.echo(f"removed {removed} unreferenced item(s), freed {human_size(freed)}{kept}")
 
 
 def predict(
@@ -161,9 +249,13 @@ def predict(
     input_: Annotated[
         str,
         typer.Option(
-            "--input", "-i", help='{"inputs": [[...], ...]} or {"inputs": {"name": [...]}}, inline or @FILE.'
+            "--input",
+            "-i",
+            metavar="JSON",
+            help='{"inputs": [[...], ...]} or {"inputs": {"name": [...]}}, inline or @FILE.',
         ),
     ],
+    json_: Annotated[bool, typer.Option("--json", help="Accepted; the result is always JSON.")] = False,
 ) -> None:
     """Run a version in-process on JSON input and print the outputs as JSON."""
     import json

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -70,6 +72,18 @@ class Registry:
     def close(self) -> None:
         self.metadata.close()
 
+    @property
+    def location(self) -> str:
+        """Where the versions live, for messages: the home (as `~/…`) or the database URL."""
+        url = self.settings.registry_url
+        if url is not None:
+            return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", url)  # never show a password
+        home = self.settings.home.expanduser()
+        try:
+            return str(Path("~") / home.relative_to(Path.home()))
+        except ValueError:
+            return str(home)
+
     def __enter__(self) -> Registry:
         return self
 
@@ -117,10 +131,13 @@ class Registry:
         if not numbers:
             names = sorted(self.metadata.model_names())
             shown = ", ".join(names[:20]) + (", …" if len(names) > 20 else "")
-            raise NotFoundError(
-                f"no model named {name!r} in the registry (models: {shown or 'none yet'})",
-                field="ref",
-            )
+            if not names:
+                raise NotFoundError(
+                    f"no model named {name!r} in the registry (models: none yet): "
+                    f"{self.location} is empty (set SHIPYARD_HOME or --home to use another)",
+                    field="ref",
+                )
+            raise NotFoundError(f"no model named {name!r} in the registry (models: {shown})", field="ref")
         return numbers
 
     def get(self, ref: str | ModelRef) -> ModelVersion:
@@ -260,6 +277,10 @@ class Registry:
         """Remove unreferenced artifacts and abandoned staging folders; (removed, bytes freed)."""
         return self.store.collect_garbage(self.metadata.referenced_digests(), grace_s)
 
+    def garbage_in_grace(self, grace_s: float = 600.0) -> tuple[int, int]:
+        """What `gc(grace_s)` would keep because it is too recent; (items, bytes)."""
+        return self.store.fresh_garbage(self.metadata.referenced_digests(), grace_s)
+
     # -- artifacts ----------------------------------------------------------------------
 
     def artifact_path(self, ref: str | ModelRef | ModelVersion) -> Path:
@@ -273,22 +294,29 @@ class Registry:
         return [(v, self.store.problems(v.digest, v.files)) for v in targets]
 
     def export(self, ref: str | ModelRef, dest: str | Path) -> Path:
-        """Copy a version's verified artifact out: a single file to `dest`, else a folder."""
+        """Copy a version's verified artifact out and return where it went.
+
+        An existing folder, or a path written with a trailing `/`, receives the files inside it
+        (created if needed); otherwise a one-file artifact becomes the file `dest`."""
         version = self.resolve(ref)
         source = self.artifact_path(version)
+        into_folder = str(dest).endswith(("/", os.sep))
         dest = Path(dest).expanduser()
-        if len(version.files) == 1:
-            file = source / str(version.files[0]["path"])
-            target = dest / file.name if dest.is_dir() else dest
-            if target.exists():
-                raise InvalidInputError(f"{target} already exists; choose another destination")
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(file, target)
-            return target
-        if dest.exists() and any(dest.iterdir()):
-            raise InvalidInputError(f"{dest} is not empty; choose an empty or new folder")
+        if len(version.files) == 1 and not into_folder and not dest.is_dir():
+            if dest.exists():
+                raise InvalidInputError(f"{dest} already exists; choose another destination")
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source / str(version.files[0]["path"]), dest)
+            return dest
+        if dest.exists() and not dest.is_dir():
+            raise InvalidInputError(f"{dest} is a file; the artifact needs a folder", field="dest")
+        clashes = [str(f["path"]) for f in version.files if (dest / str(f["path"])).exists()]
+        if clashes:
+            raise InvalidInputError(
+                f"{dest / clashes[0]} already exists; choose another destination", field="dest"
+            )
         shutil.copytree(source, dest, dirs_exist_ok=True)
-        return dest
+        return dest / str(version.files[0]["path"]) if len(version.files) == 1 else dest
 
     def load(self, ref: str | ModelRef) -> Model:
         """Load a version for prediction (digest verified, trust tier enforced)."""

@@ -171,6 +171,12 @@ class LocalArtifactStore:
     def delete(self, digest: str) -> None:
         shutil.rmtree(self._final_path(digest), ignore_errors=True)
 
+    def _garbage(self, referenced: set[str]) -> list[Path]:
+        candidates = [self._final_path(d) for d in self.digests() if d not in referenced]
+        if self._staging_root.is_dir():
+            candidates += list(self._staging_root.iterdir())
+        return candidates
+
     def collect_garbage(self, referenced: set[str], grace_s: float) -> tuple[int, int]:
         """Remove unreferenced artifacts and abandoned staging folders older than `grace_s`.
 
@@ -179,16 +185,30 @@ class LocalArtifactStore:
         """
         cutoff = time.time() - grace_s
         removed = freed = 0
-        candidates = [self._final_path(d) for d in self.digests() if d not in referenced]
-        if self._staging_root.is_dir():
-            candidates += list(self._staging_root.iterdir())
-        for path in candidates:
+        for path in self._garbage(referenced):
             try:
                 if path.stat().st_mtime > cutoff:
                     continue
-                freed += sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+                freed += _tree_size(path)
             except FileNotFoundError:
                 continue
             shutil.rmtree(path, ignore_errors=True)
             removed += 1
         return removed, freed
+
+    def fresh_garbage(self, referenced: set[str], grace_s: float) -> tuple[int, int]:
+        """Unreferenced items that `collect_garbage` keeps for being younger than `grace_s`."""
+        cutoff = time.time() - grace_s
+        count = size = 0
+        for path in self._garbage(referenced):
+            try:
+                if path.stat().st_mtime > cutoff:
+                    size += _tree_size(path)
+                    count += 1
+            except FileNotFoundError:
+                continue
+        return count, size
+
+
+def _tree_size(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
