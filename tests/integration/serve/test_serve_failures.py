@@ -42,7 +42,9 @@ def broken_server(
     corrupt(artifact)
 
     with serve_launcher(home, ["iris-onnx", "broken", "ghost@production"], wait_ready=False) as server:
-        server.wait_until(lambda c: set(c.get("/readyz").json().get("models", {})) == {"broken", "ghost"})
+        server.wait_until(
+            lambda c: {m["state"] for m in c.get("/readyz").json()["models"].values()} == {"ready", "failed"}
+        )
         yield server
 
 
@@ -63,9 +65,11 @@ def test_readyz_names_the_model_and_the_reason(client: httpx.Client) -> None:
     assert response.headers["content-type"] == "application/json"
     body = response.json()
     assert body["ready"] is False
-    assert set(body["models"]) == {"broken", "ghost"}  # iris-onnx is fine
-    assert "integrity" in body["models"]["broken"] and "model.onnx" in body["models"]["broken"]
-    assert "ghost" in body["models"]["ghost"]
+    assert body["models"]["iris-onnx"] == {"state": "ready", "version": 1}
+    assert body["models"]["broken"]["state"] == body["models"]["ghost"]["state"] == "failed"
+    assert "integrity" in body["models"]["broken"]["reason"]
+    assert "model.onnx" in body["models"]["broken"]["reason"]
+    assert "ghost" in body["models"]["ghost"]["reason"]
     assert "Traceback" not in response.text and "/" not in response.text  # no paths
 
 
@@ -82,7 +86,7 @@ def test_model_ready_endpoint_says_why(client: httpx.Client) -> None:
     assert response.status_code == 503
     body = response.json()
     assert body["ready"] is False and body["name"] == "broken"
-    assert "integrity" in body["error"]
+    assert "integrity" in body["reason"]
     assert client.get("/v2/models/iris-onnx/ready").status_code == 200
 
 

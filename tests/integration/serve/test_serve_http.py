@@ -291,7 +291,7 @@ def test_metrics_count_requests_by_model_version_protocol_and_status(http: httpx
 def test_errors_are_counted_by_kind(http: httpx.Client) -> None:
     def errors(kind: str) -> float:
         rows = scrape(http).get("shipyard_server_errors_total", [])
-        return sum(v for labels, v in rows if labels.get("status") == kind and labels["protocol"] == "v1")
+        return sum(v for labels, v in rows if labels.get("kind") == kind and labels["protocol"] == "v1")
 
     not_found, invalid = errors("not_found"), errors("invalid_input")
     assert http.post("/v1/models/iris/versions/9:predict", json={"instances": [ROW]}).status_code == 404

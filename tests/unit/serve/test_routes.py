@@ -1,21 +1,19 @@
 """The server's routes in-process: `create_app` behind `httpx.ASGITransport`, over a registry of
 tiny ONNX models (iris, one that crashes in onnxruntime on more than one row, one whose artifact
-is damaged). No sockets: each test starts the app's lifespan itself and waits for its loading."""
+is damaged). No sockets (see asgi_serving.py)."""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from asgi_serving import run as serve
 from prometheus_client.parser import text_string_to_metric_families
 
 from shipyard.registry import Registry
-from shipyard.serve.app import create_app
 from shipyard.settings import Settings
 
 TOKEN = "s3cret"
@@ -59,24 +57,8 @@ def home(tmp_path_factory: pytest.TempPathFactory, onnx_path: Path, onnx_variant
     return home
 
 
-@asynccontextmanager
-async def serving(home: Path, refs: list[str]) -> AsyncIterator[Client]:
-    """The app for `refs`, its lifespan entered (ASGITransport does not run it), models loaded."""
-    settings = Settings.load(home=home, serve={"admin_token": TOKEN})
-    app = create_app(settings, refs, registry=Registry(settings=settings))
-    async with app.app.router.lifespan_context(app.app):
-        await app.state.loading
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://shipyard.test") as client:
-            yield client
-
-
 def run(home: Path, refs: list[str], body: Callable[[Client], Awaitable[None]]) -> None:
-    async def main() -> None:
-        async with serving(home, refs) as client:
-            await body(client)
-
-    asyncio.run(main())
+    serve(home, refs, body, serve={"admin_token": TOKEN})
 
 
 def assert_error(response: httpx.Response, status: int, *fragments: str) -> dict[str, Any]:
