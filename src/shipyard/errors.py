@@ -75,6 +75,18 @@ class UntrustedArtifactError(ForbiddenError):
     kind = "untrusted_artifact"
 
 
+class MethodNotAllowedError(ShipyardError):
+    """The route exists but not for this HTTP method; `allow` lists the methods it takes."""
+
+    status_code = 405
+    exit_code = 2
+    kind = "method_not_allowed"
+
+    def __init__(self, message: str, *, allow: str) -> None:
+        super().__init__(message)
+        self.allow = allow
+
+
 class NotReadyError(ShipyardError):
     status_code = 503
     exit_code = 6
@@ -83,6 +95,20 @@ class NotReadyError(ShipyardError):
 
 class OverloadedError(NotReadyError):
     kind = "overloaded"
+
+
+class ModelError(ShipyardError):
+    """The model or its runtime failed on a request it should have handled: the server's fault,
+    not the caller's. The message carries the detail (for the log and the CLI); over HTTP the
+    caller gets `public` only, which names what failed without internals."""
+
+    status_code = 500
+    exit_code = 10
+    kind = "model_error"
+
+    def __init__(self, message: str, *, public: str) -> None:
+        super().__init__(message)
+        self.public = public
 
 
 class IntegrityError(ShipyardError):

@@ -109,18 +109,14 @@ def ps(
     if json_:
         _render.print_json({"url": base, "ready": ready, "models": models})
         return
-    from rich.table import Table
-
     typer.echo(f"{base}: {'ready' if ready else 'not ready'}")
-    if not models:
-        return
-    table = Table(box=None, pad_edge=False)  # plain columns: easy to read and to parse
-    for column in ("model", "version", "state", "reason"):
-        table.add_column(column)
-    for model in models:
-        version = "-" if model["version"] is None else str(model["version"])
-        table.add_row(model["name"], version, model["state"], model["reason"] or "-")
-    _render.console.print(table)
+    if models:
+        columns = [_render.Column("model"), _render.Column("version", "number"), _render.Column("state")]
+        rows = [
+            [m["name"], "-" if m["version"] is None else str(m["version"]), m["state"], m["reason"] or "-"]
+            for m in models
+        ]
+        _render.print_table([*columns, _render.Column("reason")], rows)
 
 
 def _fetch_readiness(base: str) -> dict[str, Any]:
@@ -154,23 +150,18 @@ def _fetch_readiness(base: str) -> dict[str, Any]:
 
 
 def _served_models(models: Any) -> list[dict[str, Any]]:
-    """Rows of name, version, state, reason: from a list of those (servers that list every model),
-    or from a mapping of unready names to their problem (older servers list only those)."""
-    if isinstance(models, list):
-        return [
-            {
-                "name": str(m.get("name", "?")),
-                "version": m.get("version"),
-                "state": str(m.get("state", "?")),
-                "reason": str(m.get("reason") or ""),
-            }
-            for m in models
-            if isinstance(m, dict)
-        ]
+    """Rows of name, version, state, reason from /readyz's `models` (served name → its status)."""
     rows = []
-    for key, problem in (models or {}).items():
-        name, _, version = str(key).partition(":")
-        rows.append({"name": name, "version": version or None, "state": "not ready", "reason": str(problem)})
+    for key, status in (models or {}).items():
+        entry = status if isinstance(status, dict) else {}
+        rows.append(
+            {
+                "name": str(key),
+                "version": entry.get("version"),
+                "state": str(entry.get("state", "?")),
+                "reason": str(entry.get("reason") or ""),
+            }
+        )
     return rows
 
 

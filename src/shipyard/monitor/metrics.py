@@ -1,8 +1,9 @@
 """Every Prometheus object Shipyard exports, named `shipyard_<area>_<what>_<unit>`.
 
-Labels are limited to model, version, protocol and status: never request ids or user input.
-With several worker processes, `PROMETHEUS_MULTIPROC_DIR` is set before this module is
-imported and `/metrics` aggregates the workers' files, so figures add up across them.
+Labels are limited to model, version, protocol, status and (errors only) the error kind: never
+request ids or user input. With several worker processes, `PROMETHEUS_MULTIPROC_DIR` is set
+before this module is imported and `/metrics` aggregates the workers' files, so figures add up
+across them.
 """
 
 from __future__ import annotations
@@ -84,8 +85,8 @@ LOAD_TIME = Histogram(
 )
 ERRORS = Counter(
     "shipyard_server_errors_total",
-    "Failed requests by error kind (the status label holds the kind, e.g. not_found).",
-    ["model", "version", "protocol", "status"],
+    "Failed requests by model, version, protocol and error kind (not_found, invalid_input, model_error, …).",
+    ["model", "version", "protocol", "kind"],
 )
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from shipyard.errors import InvalidInputError
+from shipyard.errors import InvalidInputError, ModelError
 from shipyard.optimize.evalset import EvalSet
 from shipyard.optimize.measure import Speed, folder_size, gzip_size, time_model
 from shipyard.optimize.scoring import (
@@ -176,7 +176,7 @@ class Evaluator:
             return result
         try:
             return self.evaluate_loaded(result, runtime, version, folder, timed=timed)
-        except InvalidInputError as exc:
+        except (InvalidInputError, ModelError) as exc:  # a candidate the runtime cannot run
             result.status, result.reason = "failed", str(exc)
             return result
         finally:

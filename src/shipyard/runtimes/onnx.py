@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from shipyard.errors import InvalidInputError
+from shipyard.errors import InvalidInputError, ModelError
 from shipyard.settings import RuntimeSettings
 from shipyard.types import ModelVersion, Signature, TensorSpec
 
@@ -84,8 +84,11 @@ class OnnxRuntime:
     def predict(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         try:
             results = self._session.run(self._output_names, inputs)
-        except Exception as exc:  # onnxruntime's errors carry the op and shape that failed
-            raise InvalidInputError(f"onnxruntime rejected the input: {exc}") from exc
+        except Exception as exc:  # the input already fits the signature: a failure here is the model's
+            raise ModelError(
+                f"onnxruntime failed to run the model: {exc}",
+                public="onnxruntime failed to run the model on this input; the server log has the details",
+            ) from exc
         out = {}
         for name, value in zip(self._output_names, results, strict=True):
             if name in self._zipmap:

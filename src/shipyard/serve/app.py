@@ -15,11 +15,11 @@ from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from shipyard.errors import NotFoundError
+from shipyard.errors import MethodNotAllowedError, NotFoundError
 from shipyard.monitor import metrics
 from shipyard.registry import Registry
 from shipyard.serve.dataplane import DataPlane
-from shipyard.serve.protocols._http import error_response, json_response
+from shipyard.serve.protocols._http import error_response, internal_error, json_response
 from shipyard.serve.protocols.management import ManagementProtocol
 from shipyard.serve.protocols.openai import OpenAIProtocol
 from shipyard.serve.protocols.openapi import build_openapi, docs_page
@@ -51,17 +51,17 @@ def create_app(
         return json_response({"live": True})
 
     async def readyz(request: Request) -> Response:
-        ready, problems = dataplane.readiness()
-        return json_response({"ready": ready, "models": problems}, 200 if ready else 503)
+        readiness = dataplane.readiness()
+        return json_response(readiness.to_dict(), 200 if readiness.ready else 503)
 
     async def metrics_endpoint(request: Request) -> Response:
         return Response(metrics.exposition(), media_type="text/plain; version=0.0.4")
 
     async def openapi(request: Request) -> Response:
-        return json_response(build_openapi(repository))
+        return json_response(build_openapi(dataplane, routes))
 
     async def docs(request: Request) -> Response:
-        return HTMLResponse(docs_page(build_openapi(repository)))
+        return HTMLResponse(docs_page(build_openapi(dataplane, routes)))
 
     protocols: list[V2Protocol | V1Protocol | OpenAIProtocol | SageMakerProtocol | ManagementProtocol] = [
         V2Protocol(dataplane, serve),
@@ -105,11 +105,13 @@ def create_app(
         return error_response(NotFoundError(f"no route {request.method} {request.url.path}", field="path"))
 
     async def method_not_allowed(request: Request, exc: Exception) -> Response:
-        return json_response({"error": f"method {request.method} is not allowed on {request.url.path}"}, 405)
+        # Starlette's router names the route's methods in the Allow header of its exception.
+        allow = getattr(exc, "headers", None) or {}
+        return error_response(_not_allowed(request.method, request.url.path, allow.get("Allow", "")))
 
     async def server_error(request: Request, exc: Exception) -> Response:
         log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-        return json_response({"error": "internal server error; the server log has the details"}, 500)
+        return error_response(internal_error())
 
     app = Starlette(
         routes=routes,
@@ -137,14 +139,22 @@ class ShipyardApp:
         self._hot = [(re.compile(r.path_regex.pattern), r.endpoint) for r in hot]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST":
+        if scope["type"] == "http":
             path = scope["path"]
             for pattern, handler in self._hot:
                 match = pattern.match(path)
-                if match is not None:
+                if match is None:
+                    continue
+                if scope["method"] == "POST":
                     scope["path_params"] = match.groupdict()
                     scope["app"] = self.app
                     response = await handler(Request(scope, receive))
-                    await response(scope, receive, send)
-                    return
+                else:  # else a GET route such as /v1/models/{model} would take `NAME:predict`
+                    response = error_response(_not_allowed(scope["method"], path, "POST"))
+                await response(scope, receive, send)
+                return
         await self.app(scope, receive, send)
+
+
+def _not_allowed(method: str, path: str, allow: str) -> MethodNotAllowedError:
+    return MethodNotAllowedError(f"method {method} is not allowed on {path} (allowed: {allow})", allow=allow)

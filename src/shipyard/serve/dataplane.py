@@ -9,9 +9,9 @@ from typing import Any
 
 import numpy as np
 
-from shipyard.serve.repository import ModelRepository, ServedVersion
+from shipyard.serve.repository import IndexEntry, ModelRepository, ModelStatus, Readiness, ServedVersion
 from shipyard.tensors import coerce_inputs
-from shipyard.types import ModelVersion
+from shipyard.types import ModelRef, ModelVersion
 
 
 class Held:
@@ -37,6 +37,15 @@ class Held:
 
 
 @dataclass(frozen=True, slots=True)
+class VersionStats:
+    name: str
+    version: int
+    requests: int
+    rows: int
+    batches: int
+
+
+@dataclass(frozen=True, slots=True)
 class InferResult:
     version: ModelVersion
     outputs: dict[str, np.ndarray]
@@ -46,14 +55,14 @@ class DataPlane:
     """Transport-agnostic inference: protocol adapters translate wire formats to and from this."""
 
     def __init__(self, repository: ModelRepository) -> None:
-        self.repository = repository
+        self._repository = repository
 
     def model(self, name: str, version: int | None = None) -> ServedVersion:
-        return self.repository.get(name, version)
+        return self._repository.get(name, version)
 
     def acquire(self, name: str, version: int | None = None) -> Held:
         """Hold one served version for a whole request, so a hot swap drains it, not drops it."""
-        return Held(self.repository.get(name, version))
+        return Held(self._repository.get(name, version))
 
     async def infer(
         self,
@@ -81,8 +90,52 @@ class DataPlane:
         served.rows += next(iter(arrays.values())).shape[0] if arrays else 0
         return InferResult(record, outputs)
 
-    def readiness(self) -> tuple[bool, dict[str, str]]:
-        return self.repository.readiness()
+    def served_names(self) -> list[str]:
+        """The model names served here, in the order the server was given them."""
+        return list(self._repository.models)
+
+    def is_served(self, name: str) -> bool:
+        return name in self._repository.models
+
+    def default(self, name: str) -> ServedVersion | None:
+        """The version unversioned requests for `name` get, if one is loaded (never raises)."""
+        return self._repository.default(name)
+
+    def versions(self, name: str) -> list[int]:
+        """The version numbers held for `name` (404 if it is not served)."""
+        self._repository.status(name)
+        return sorted(self._repository.models[name].versions)
+
+    def readiness(self) -> Readiness:
+        """Every served model and its state; the one body of /readyz, /v2/health/ready and /ping."""
+        return self._repository.readiness()
+
+    def status(self, name: str, version: int | None = None) -> ModelStatus:
+        """How one model (or version) stands; 404 if it is not served."""
+        return self._repository.status(name, version)
+
+    def statistics(self, name: str | None = None, version: int | None = None) -> list[VersionStats]:
+        """Request, row and batch counts of one served version, or of every version held."""
+        if name is not None:
+            chosen = [self._repository.get(name, version)]
+        else:
+            chosen = [s for m in self._repository.models.values() for s in m.versions.values()]
+        return [
+            VersionStats(s.version.name, s.version.version, s.requests, s.rows, s.batches) for s in chosen
+        ]
+
+    async def index(self) -> list[IndexEntry]:
+        return await self._repository.index()
+
+    async def load(self, ref: ModelRef) -> int:
+        """Serve `ref` at run time; returns the version unversioned requests now get."""
+        model = await self._repository.load(ref)
+        if model.default is None:
+            raise RuntimeError(f"{ref} loaded without a default version")  # load always sets one
+        return model.default
+
+    async def unload(self, name: str) -> None:
+        await self._repository.unload(name)
 
 
 class ClientDisconnectedError(Exception):

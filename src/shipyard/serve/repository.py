@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from shipyard.errors import InvalidInputError, NotFoundError, NotReadyError, ShipyardError
+from shipyard.errors import ModelError, NotFoundError, NotReadyError, ShipyardError
 from shipyard.monitor import metrics
 from shipyard.registry import Registry
 from shipyard.runtimes import Runtime, load_runtime
@@ -41,6 +41,61 @@ class ServedVersion:
     @property
     def ready(self) -> bool:
         return self.state == "ready"
+
+
+@dataclass(frozen=True, slots=True)
+class ModelStatus:
+    """How one served model or version stands, as every readiness route reports it."""
+
+    state: str  # loading | ready | failed | draining
+    version: int | None = None
+    reason: str = ""
+
+    @property
+    def ready(self) -> bool:
+        return self.state in ("ready", "draining")  # a draining version still answers
+
+    def to_dict(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"state": self.state, "version": self.version}
+        if self.reason:
+            body["reason"] = self.reason
+        return body
+
+
+@dataclass(frozen=True, slots=True)
+class Readiness:
+    """The server is ready when every model it serves is."""
+
+    models: dict[str, ModelStatus]
+
+    @property
+    def ready(self) -> bool:
+        return all(status.ready for status in self.models.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ready": self.ready, "models": {k: v.to_dict() for k, v in self.models.items()}}
+
+
+@dataclass(frozen=True, slots=True)
+class IndexEntry:
+    """One row of the model-repository index."""
+
+    name: str
+    version: int | None
+    state: str  # a ServedVersion state, or unavailable (not resolved) / unloaded (registry only)
+    reason: str = ""
+
+
+def _no_version(model: ServedModel, version: int) -> NotFoundError:
+    listing = ", ".join(str(v) for v in sorted(model.versions)) or "none"
+    return NotFoundError(
+        f"model {model.name!r} has no version {version} served here (served versions: {listing})",
+        field="version",
+    )
+
+
+def _status_of(served: ServedVersion) -> ModelStatus:
+    return ModelStatus(served.state, served.version.version, served.reason)
 
 
 @dataclass(eq=False)
@@ -76,18 +131,13 @@ class ModelRepository:
         """The served version for a request; 404 naming what is served, 503 if not ready."""
         model = self.models.get(name)
         if model is None:
-            served = ", ".join(sorted(self.models)) or "none"
-            raise NotFoundError(f"model {name!r} is not served here (served: {served})", field="model")
+            raise self._not_served(name)
         number = model.default if version is None else version
         served_version = model.versions.get(number) if number is not None else None
         if served_version is None:  # unloaded versions leave `versions` as they go
             if version is None:
                 raise NotReadyError(f"model {name!r} is not ready: {model.error or 'loading'}")
-            listing = ", ".join(str(v) for v in sorted(model.versions)) or "none"
-            raise NotFoundError(
-                f"model {name!r} has no version {version} served here (served versions: {listing})",
-                field="version",
-            )
+            raise _no_version(model, version)
         if served_version.state not in ("ready", "draining"):
             raise NotReadyError(
                 f"model {name}:{served_version.version.version} is not ready "
@@ -95,18 +145,56 @@ class ModelRepository:
             )
         return served_version
 
-    def readiness(self) -> tuple[bool, dict[str, str]]:
-        """Ready only when every requested model has a ready default version; reasons if not."""
-        problems = {}
+    def default(self, name: str) -> ServedVersion | None:
+        """The version unversioned requests for `name` get, if it is loaded (never raises)."""
+        model = self.models.get(name)
+        if model is None or model.default is None:
+            return None
+        return model.versions.get(model.default)
+
+    def status(self, name: str, version: int | None = None) -> ModelStatus:
+        """How `name` (or one of its versions) stands; 404 if it is not served at all."""
+        model = self.models.get(name)
+        if model is None:
+            raise self._not_served(name)
+        if version is None:
+            current = self.default(name)
+            if current is None:
+                return ModelStatus("failed" if model.error else "loading", model.default, model.error)
+            return _status_of(current)
+        served = model.versions.get(version)
+        if served is None:
+            raise _no_version(model, version)
+        return _status_of(served)
+
+    def _not_served(self, name: str) -> NotFoundError:
+        served = ", ".join(sorted(self.models)) or "none"
+        return NotFoundError(f"model {name!r} is not served here (served: {served})", field="model")
+
+    def readiness(self) -> Readiness:
+        """Every served name (and each pinned version as `NAME:VERSION`) and how it stands."""
+        models: dict[str, ModelStatus] = {}
         for name, model in self.models.items():
-            current = model.versions.get(model.default) if model.default is not None else None
-            if current is None or not current.ready:
-                problems[name] = model.error or (current.reason if current else "") or "loading"
-            for number in model.pinned:
-                pinned = model.versions.get(number)
-                if pinned is None or not pinned.ready:
-                    problems[f"{name}:{number}"] = (pinned.reason if pinned else "") or "loading"
-        return not problems, problems
+            models[name] = self.status(name)
+            for number in sorted(model.pinned):
+                served = model.versions.get(number)
+                models[f"{name}:{number}"] = (
+                    _status_of(served) if served is not None else ModelStatus("loading", number)
+                )
+        return Readiness(models)
+
+    async def index(self) -> list[IndexEntry]:
+        """Every version served here, then every registry model not served (Triton's index)."""
+        entries = []
+        for model in self.models.values():
+            for number, served in sorted(model.versions.items()):
+                entries.append(IndexEntry(model.name, number, served.state, served.reason))
+            if not model.versions:
+                entries.append(IndexEntry(model.name, None, "unavailable", model.error))
+        for summary in await asyncio.to_thread(self.registry.list_models):
+            if summary["name"] not in self.models:
+                entries.append(IndexEntry(summary["name"], int(summary["latest"]), "unloaded"))
+        return entries
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -240,13 +328,13 @@ class ModelRepository:
         if was_ready:
             metrics.LOADED_MODELS.dec()
 
-    async def load(self, ref_text: str) -> ServedModel:
+    async def load(self, ref: ModelRef) -> ServedModel:
         """Management: serve (or re-resolve) a reference at run time.
 
         The reference is resolved first, so an unknown name, version or alias is a 404 that
-        leaves the server as it was; a version that fails to load is not kept.
+        leaves the server as it was; a version that fails to load is not kept (a 500: the
+        request was fine, the model was not).
         """
-        ref = ModelRef.parse(ref_text)
         target = await asyncio.to_thread(self.registry.resolve, ref)
         model = self.models.get(ref.name)
         if model is not None and ref in model.refs:
@@ -263,7 +351,10 @@ class ModelRepository:
                 await self._unload(model, served)
             else:
                 model.versions.pop(target.version, None)
-            raise InvalidInputError(f"{target.ref} failed to load: {served.reason}", field="model")
+            raise ModelError(
+                f"{target.ref} failed to load: {served.reason}",
+                public=f"{target.ref} failed to load; the server log has the details",
+            )
         model.refs.append(ref)
         if not ref.is_pinned or model.default is None:
             model.default = target.version

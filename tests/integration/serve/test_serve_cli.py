@@ -102,10 +102,8 @@ def test_ps_shows_what_a_server_serves(serve_models: ServeModels, tmp_path: Path
             shipyard(serve_models.home, "ps", server.url.removeprefix("http://"), "--json").stdout
         )
         assert listed["url"] == server.url and listed["ready"] is True
-        for model in listed["models"]:  # servers that list ready models list it as ready
-            assert model["name"] == "iris-onnx"
-            assert model["state"] == "ready"
-            assert "iris-onnx" in table.stdout
+        assert listed["models"] == [{"name": "iris-onnx", "version": 1, "state": "ready", "reason": ""}]
+        assert table.stdout.splitlines()[1:] == ["model\tversion\tstate\treason", "iris-onnx\t1\tready\t-"]
 
         # The access log has a line for each of ps's requests: client, method, path, status, duration.
         line = wait_for_line(server, lambda s: '"GET /readyz" 200 ' in s, "access log line")
@@ -120,12 +118,14 @@ def test_ps_says_when_nothing_answers(tmp_path: Path) -> None:
     assert line.startswith(f"error: nothing answers at {url} (")
 
 
-def test_served_models_reads_both_readiness_shapes() -> None:
-    listed = [{"name": "iris", "version": 2, "state": "ready", "reason": ""}]
-    assert _served_models(listed) == listed
-    assert _served_models({"iris": "loading", "iris:2": "failed: boom"}) == [
-        {"name": "iris", "version": None, "state": "not ready", "reason": "loading"},
-        {"name": "iris", "version": "2", "state": "not ready", "reason": "failed: boom"},
+def test_served_models_reads_the_readiness_body() -> None:
+    body = {
+        "iris": {"state": "ready", "version": 2},
+        "iris:1": {"state": "failed", "version": 1, "reason": "x"},
+    }
+    assert _served_models(body) == [
+        {"name": "iris", "version": 2, "state": "ready", "reason": ""},
+        {"name": "iris:1", "version": 1, "state": "failed", "reason": "x"},
     ]
     assert _served_models({}) == []
 

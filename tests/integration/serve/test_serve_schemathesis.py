@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -33,6 +34,8 @@ def test_schemathesis_finds_no_server_error(server: Server, tmp_path_factory: py
     result = subprocess.run(command, cwd=workdir, capture_output=True, text=True, timeout=300, check=False)
     report = result.stdout[-8000:] + result.stderr[-2000:]
     assert result.returncode == 0, report
-    # three models × (V1 predict, V2 infer, V2 metadata) + four probes, all of them exercised
-    assert "13 selected / 13 total" in result.stdout, report
+    # every operation of the document (every route, plus V1 predict, V2 infer and V2 metadata
+    # typed for each served model) was selected and exercised
+    selected = re.search(r"(\d+) selected / (\d+) total", result.stdout)
+    assert selected is not None and selected[1] == selected[2] and int(selected[1]) >= 30, report
     assert "Traceback" not in result.stdout, report

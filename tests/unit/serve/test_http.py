@@ -231,7 +231,7 @@ async def test_metrics_count_requests_by_model_version_protocol_and_status(http:
 
 async def test_errors_are_counted_by_kind(http: httpx.AsyncClient) -> None:
     async def errors(kind: str) -> float:
-        return counted(await scrape(http), "shipyard_server_errors_total", status=kind, protocol="v1")
+        return counted(await scrape(http), "shipyard_server_errors_total", kind=kind, protocol="v1")
 
     not_found, invalid = await errors("not_found"), await errors("invalid_input")
     assert (await http.post("/v1/models/m/versions/9:predict", json={"instances": [ROW]})).status_code == 404
@@ -310,9 +310,12 @@ async def test_readyz_names_the_model_and_the_reason(broken: httpx.AsyncClient) 
     assert response.headers["content-type"] == "application/json"
     body = response.json()
     assert body["ready"] is False
-    assert set(body["models"]) == {"broken", "ghost"}  # m is fine
-    assert "integrity" in body["models"]["broken"] and "model.onnx" in body["models"]["broken"]
-    assert "ghost" in body["models"]["ghost"]
+    models = body["models"]
+    assert set(models) == {"m", "broken", "ghost"}  # every served model, the ready one too
+    assert models["m"]["state"] == "ready"
+    assert models["broken"]["state"] == "failed"
+    assert "integrity" in models["broken"]["reason"] and "model.onnx" in models["broken"]["reason"]
+    assert "ghost" in models["ghost"]["reason"]
     assert "Traceback" not in response.text and "/" not in response.text  # no paths
 
 
@@ -329,7 +332,7 @@ async def test_model_ready_endpoint_says_why(broken: httpx.AsyncClient) -> None:
     assert response.status_code == 503
     body = response.json()
     assert body["ready"] is False and body["name"] == "broken"
-    assert "integrity" in body["error"]
+    assert "integrity" in body["reason"]
     assert (await broken.get("/v2/models/m/ready")).status_code == 200
 
 

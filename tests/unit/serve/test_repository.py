@@ -13,6 +13,7 @@ from app_support import V2_ROW, Home, Served, assert_error, serve, until
 from fake_runtime import WAIT_S, Controls
 
 from shipyard.errors import ShipyardError
+from shipyard.types import ModelRef
 
 pytestmark = pytest.mark.anyio
 
@@ -67,7 +68,7 @@ async def test_a_new_version_that_fails_to_load_leaves_the_old_one_serving(
         assert model.default == 1 and "version 2 refuses to load" in model.error
         why = await served.client.get("/v2/models/m/versions/2/ready")
         assert why.status_code == 503
-        assert "failed" in why.json()["error"] and "version 2 refuses to load" in why.json()["error"]
+        assert why.json()["state"] == "failed" and "version 2 refuses to load" in why.json()["reason"]
         assert_error(await served.client.post("/v2/models/m/versions/2/infer", json=V2_ROW), 503, "m:2")
         assert fake.closed() == []  # the old version was never drained
 
@@ -89,7 +90,7 @@ async def test_a_new_version_that_fails_its_integrity_check_is_never_loaded(
 
         assert answered_by(await infer(served)) == 1
         assert fake.loads[2] == 0  # refused before any runtime saw the files
-        why = (await served.client.get("/v2/models/m/versions/2/ready")).json()["error"]
+        why = (await served.client.get("/v2/models/m/versions/2/ready")).json()["reason"]
         assert "integrity" in why and "model.onnx" in why
         assert "/" not in why  # names the file, not where it lives on the server
 
@@ -196,7 +197,7 @@ async def test_a_management_load_that_fails_keeps_nothing_and_says_why(fake: Con
     fake.fail_load.add(2)
     async with serve(home, ["m:1"], poll_interval_s=NEVER_S) as served:
         with pytest.raises(ShipyardError, match=r"m:2 failed to load: .*version 2 refuses to load"):
-            await served.repository.load("m:2")
+            await served.repository.load(ModelRef.parse("m:2"))
         model = served.repository.models["m"]
         assert sorted(model.versions) == [1] and model.default == 1
         assert answered_by(await infer(served)) == 1

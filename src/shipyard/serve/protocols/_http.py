@@ -15,6 +15,8 @@ from starlette.responses import Response
 
 from shipyard.errors import (
     InvalidInputError,
+    MethodNotAllowedError,
+    ModelError,
     PayloadTooLargeError,
     ShipyardError,
     UnsupportedMediaTypeError,
@@ -75,8 +77,26 @@ def parse_version(request: Request) -> int | None:
     return int(text)
 
 
+def label(request: Request, name: str, version: int | None = None) -> None:
+    """Name the model (and version) a request ran on, for its metric labels.
+
+    Routes with a `{model}` path segment are labelled with it already; handlers call this once
+    they know more (the model named in the body, the version that answered). The `endpoint`
+    wrapper keeps a name only if it is served, so labels never carry arbitrary user input.
+    """
+    request.scope[_LABELS] = (name, version)
+
+
+_LABELS = "shipyard.labels"  # the scope key `label` writes and `endpoint` reads; nothing else
+
+
+def client_message(exc: ShipyardError) -> str:
+    """What the caller may read: a model failure's detail stays in the server log."""
+    return exc.public if isinstance(exc, ModelError) else exc.message
+
+
 def plain_error(exc: ShipyardError) -> dict[str, Any]:
-    body: dict[str, Any] = {"error": exc.message}
+    body: dict[str, Any] = {"error": client_message(exc)}
     if exc.field:
         body["field"] = exc.field
     return body
@@ -84,11 +104,18 @@ def plain_error(exc: ShipyardError) -> dict[str, Any]:
 
 def openai_error(exc: ShipyardError) -> dict[str, Any]:
     kind = "invalid_request_error" if exc.status_code < 500 else "server_error"
-    return {"error": {"message": exc.message, "type": kind, "param": exc.field, "code": exc.status_code}}
+    return {
+        "error": {"message": client_message(exc), "type": kind, "param": exc.field, "code": exc.status_code}
+    }
 
 
 def error_response(exc: ShipyardError, body: ErrorBody = plain_error) -> Response:
-    headers = {"Retry-After": "1"} if exc.status_code == 503 else None
+    """The one mapping from an error to an HTTP response (status, JSON body, headers)."""
+    headers = None
+    if exc.status_code == 503:
+        headers = {"Retry-After": "1"}
+    elif isinstance(exc, MethodNotAllowedError):
+        headers = {"Allow": exc.allow}
     return json_response(body(exc), exc.status_code, headers)
 
 
@@ -194,6 +221,8 @@ def endpoint(
                 response = await fn(request)
             except ShipyardError as exc:
                 kind = exc.kind
+                if isinstance(exc, ModelError):
+                    log.error("%s %s: %s", request.method, request.url.path, exc.message, exc_info=exc)
                 response = error_response(exc, errors)
             except ClientDisconnectedError:
                 response = Response(status_code=499)  # nobody reads it; counted in metrics
@@ -202,9 +231,9 @@ def endpoint(
                 kind = "internal_error"
                 response = error_response(internal_error(), errors)
             scope = request.scope
-            name = scope["path_params"].get("model") or scope.get("shipyard.model", "")
+            name, version = scope.get(_LABELS) or (scope["path_params"].get("model"), None)
             model = name if name and served(name) else "-"
-            key = (model, str(scope.get("shipyard.version", "-")), str(response.status_code))
+            key = (model, "-" if version is None else str(version), str(response.status_code))
             pair = children.get(key)
             if pair is None:
                 labels = (key[0], key[1], protocol, key[2])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 from typing import Any
 
@@ -14,13 +13,14 @@ from shipyard.errors import ForbiddenError, InvalidInputError, UnauthorizedError
 from shipyard.serve.dataplane import DataPlane
 from shipyard.serve.protocols._http import endpoint, json_response, parse_json, read_body
 from shipyard.settings import ServeSettings
+from shipyard.types import ModelRef
 
 
 class ManagementProtocol:
     def __init__(self, dataplane: DataPlane, settings: ServeSettings) -> None:
         self.dataplane = dataplane
         self.settings = settings
-        wrap = endpoint("management", lambda n: n in dataplane.repository.models)
+        wrap = endpoint("management", dataplane.is_served)
         self.index = wrap(self._index)
         self.load = wrap(self._load)
         self.unload = wrap(self._unload)
@@ -62,47 +62,32 @@ class ManagementProtocol:
 
     async def _index(self, request: Request) -> Response:
         self._authorize(request)
-        repo = self.dataplane.repository
-        entries = []
-        for model in repo.models.values():
-            for number, served in sorted(model.versions.items()):
-                entries.append(
-                    {
-                        "name": model.name,
-                        "version": str(number),
-                        "state": served.state.upper(),
-                        "reason": served.reason,
-                    }
-                )
-            if not model.versions:
-                entries.append(
-                    {"name": model.name, "version": "", "state": "UNAVAILABLE", "reason": model.error}
-                )
-        served_names = set(repo.models)
-        for summary in await asyncio.to_thread(repo.registry.list_models):
-            if summary["name"] not in served_names:
-                entries.append(
-                    {
-                        "name": summary["name"],
-                        "version": str(summary["latest"]),
-                        "state": "UNLOADED",
-                        "reason": "",
-                    }
-                )
-        return json_response(entries)
+        entries = await self.dataplane.index()
+        return json_response(
+            [
+                {
+                    "name": e.name,
+                    "version": "" if e.version is None else str(e.version),
+                    "state": e.state.upper(),
+                    "reason": e.reason,
+                }
+                for e in entries
+            ]
+        )
 
     async def _load(self, request: Request) -> Response:
         self._authorize(request)
         params = await self._params(request)
         name = request.path_params["model"]
-        ref = str(params.get("ref", name))
-        if ref.split(":", maxsplit=1)[0].split("@", maxsplit=1)[0] != name:
-            raise InvalidInputError(f"parameter ref {ref!r} names another model than {name!r}", field="ref")
-        model = await self.dataplane.repository.load(ref)
-        return json_response({"name": name, "version": str(model.default)})
+        ref = ModelRef.parse(str(params.get("ref", name)))
+        if ref.name != name:
+            raise InvalidInputError(f"parameter ref '{ref}' names another model than {name!r}", field="ref")
+        version = await self.dataplane.load(ref)
+        return json_response({"name": name, "version": str(version)})
 
     async def _unload(self, request: Request) -> Response:
         self._authorize(request)
         await self._params(request)
-        await self.dataplane.repository.unload(request.path_params["model"])
-        return json_response({"name": request.path_params["model"], "state": "UNLOADED"})
+        name = request.path_params["model"]
+        await self.dataplane.unload(name)
+        return json_response({"name": name, "state": "UNLOADED"})

@@ -13,12 +13,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from shipyard.errors import InvalidInputError, NotFoundError
+from shipyard.errors import InvalidInputError
 from shipyard.serve.dataplane import DataPlane
 from shipyard.serve.protocols._http import (
     disconnect_watcher,
     endpoint,
     json_response,
+    label,
     openai_error,
     parse_json,
     read_body,
@@ -62,12 +63,9 @@ class OpenAIProtocol:
     def __init__(self, dataplane: DataPlane, settings: ServeSettings) -> None:
         self.dataplane = dataplane
         self.settings = settings
-        wrap = endpoint("openai", self._served, openai_error)
+        wrap = endpoint("openai", dataplane.is_served, openai_error)
         self.embeddings = wrap(self._embeddings)
         self.models = wrap(self._models)
-
-    def _served(self, name: str) -> bool:
-        return name in self.dataplane.repository.models
 
     def hot_routes(self) -> list[Route]:
         return [Route("/v1/embeddings", self.embeddings, methods=["POST"])]
@@ -77,9 +75,9 @@ class OpenAIProtocol:
 
     async def _models(self, request: Request) -> Response:
         data = []
-        for name, model in sorted(self.dataplane.repository.models.items()):
-            served = model.versions.get(model.default) if model.default is not None else None
-            created = int(time.time())
+        created = int(time.time())
+        for name in sorted(self.dataplane.served_names()):
+            served = self.dataplane.default(name)
             data.append(
                 {
                     "id": name,
@@ -100,10 +98,7 @@ class OpenAIProtocol:
         name = body.get("model")
         if not isinstance(name, str) or not name:
             raise InvalidInputError("'model' is required", field="model")
-        if name not in self.dataplane.repository.models:
-            listing = ", ".join(sorted(self.dataplane.repository.models)) or "none"
-            raise NotFoundError(f"model {name!r} does not exist here (served: {listing})", field="model")
-        request.scope["shipyard.model"] = name
+        label(request, name)
         if "input" not in body:
             raise InvalidInputError("'input' is required", field="input")
         encoding = body.get("encoding_format", "float")
@@ -111,7 +106,7 @@ class OpenAIProtocol:
             raise InvalidInputError("'encoding_format' must be 'float' or 'base64'", field="encoding_format")
         texts = _texts(body["input"])
         with self.dataplane.acquire(name) as served:
-            request.scope["shipyard.version"] = served.version.version
+            label(request, name, served.version.version)
             signature = served.version.signature
             if served.version.extra.get("task") != "feature-extraction":
                 raise InvalidInputError(
@@ -119,21 +114,23 @@ class OpenAIProtocol:
                     f"{served.version.extra.get('task', served.version.format)!r})",
                     field="model",
                 )
-            dims = self._dimensions(body.get("dimensions"), served.version.extra)
+            _check_dimensions(body.get("dimensions"), served.version.extra)
             result = await self.dataplane.infer(
                 served, {signature.inputs[0].name: texts}, disconnect_watcher(request)
             )
-        vectors = result.outputs["embedding"]
-        if dims is not None:
-            vectors = vectors[:, :dims]
-            vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-        tokens = int(result.outputs["tokens"].sum()) if "tokens" in result.outputs else 0
+        outputs = result.outputs
+        tokens = int(outputs["tokens"].sum()) if "tokens" in outputs else 0
+        # Texts over the model's limit were cut: say which, as V1 and V2 do with their output.
+        truncated = outputs["truncated"].tolist() if "truncated" in outputs else None
         data = []
-        for i, row in enumerate(vectors.astype(np.float32)):
+        for i, row in enumerate(outputs["embedding"].astype(np.float32)):
             embedding: Any = (
                 base64.b64encode(row.astype("<f4").tobytes()).decode() if encoding == "base64" else row
             )
-            data.append({"object": "embedding", "index": i, "embedding": embedding})
+            item = {"object": "embedding", "index": i, "embedding": embedding}
+            if truncated is not None:
+                item["truncated"] = bool(truncated[i])
+            data.append(item)
         return json_response(
             {
                 "id": f"embd-{uuid.uuid4().hex}",
@@ -145,21 +142,17 @@ class OpenAIProtocol:
             }
         )
 
-    @staticmethod
-    def _dimensions(value: Any, extra: dict[str, Any]) -> int | None:
-        if value is None:
-            return None
-        native = int(extra.get("dimension", -1))
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise InvalidInputError("'dimensions' must be a positive integer", field="dimensions")
-        if value == native:
-            return None
-        if not extra.get("matryoshka"):
-            raise InvalidInputError(
-                f"this model returns {native}-dimensional embeddings and was not trained to be "
-                f"shortened; omit 'dimensions' or pass {native}",
-                field="dimensions",
-            )
-        if value > native:
-            raise InvalidInputError(f"'dimensions' must be at most {native}", field="dimensions")
-        return value
+
+def _check_dimensions(value: Any, extra: dict[str, Any]) -> None:
+    """`dimensions` may only restate the model's own: no model here is trained to be shortened."""
+    if value is None:
+        return
+    native = int(extra.get("dimension", -1))
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise InvalidInputError("'dimensions' must be a positive integer", field="dimensions")
+    if value != native:
+        raise InvalidInputError(
+            f"this model returns {native}-dimensional embeddings and cannot shorten them; "
+            f"omit 'dimensions' or pass {native}",
+            field="dimensions",
+        )

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import html
+import re
 from typing import Any
 
 import orjson
+from starlette.routing import Route
 
 import shipyard
-from shipyard.serve.repository import ModelRepository
+from shipyard.serve.dataplane import DataPlane
 from shipyard.types import TensorSpec
 
 _JSON_TYPES = {"BOOL": "boolean", "BYTES": "string", "FP16": "number", "FP32": "number", "FP64": "number"}
@@ -36,6 +38,8 @@ def _errors() -> dict[str, Any]:
         "404": "model or version not served",
         "413": "body over the size limit",
         "415": "unsupported content type",
+        "405": "method not allowed on this route (the Allow header lists the methods)",
+        "500": "the model or its runtime failed (the server log has the details)",
         "503": "not ready or overloaded",
     }
     return {
@@ -72,10 +76,83 @@ def _v2_infer(specs: tuple[TensorSpec, ...]) -> dict[str, Any]:
     }
 
 
-def build_openapi(repository: ModelRepository) -> dict[str, Any]:
+_SUMMARIES = {
+    "/healthz": "Liveness probe",
+    "/readyz": "Readiness probe: every served model and its state (503 until all are ready)",
+    "/metrics": "Prometheus metrics",
+    "/openapi.json": "This document",
+    "/docs": "API documentation page",
+    "/v2": "Server metadata (Open Inference Protocol V2)",
+    "/v2/health/live": "Server live (V2)",
+    "/v2/health/ready": "Server ready (V2): the same body as /readyz",
+    "/v2/models/stats": "Statistics of every served version (V2)",
+    "/v2/models/{model}": "Model metadata (V2)",
+    "/v2/models/{model}/ready": "Model ready (V2)",
+    "/v2/models/{model}/config": "Model configuration (Triton)",
+    "/v2/models/{model}/stats": "Model statistics (V2)",
+    "/v2/models/{model}/infer": "Infer (V2): JSON or the binary-tensor extension",
+    "/v1/models/{model}": "Model status (TF Serving / KServe V1)",
+    "/v1/models/{model}:predict": "Predict (TF Serving / KServe V1)",
+    "/v1/models": "Served models (OpenAI)",
+    "/v1/embeddings": "Embeddings (OpenAI-compatible)",
+    "/ping": "Health (SageMaker)",
+    "/invocations": "Predict (SageMaker): JSON rows or CSV",
+    "/v2/repository/index": "Model repository index (admin token)",
+    "/v2/repository/models/{model}/load": "Load a model (admin token)",
+    "/v2/repository/models/{model}/unload": "Unload a model (admin token)",
+}
+_EMBEDDINGS_BODY = {
+    "type": "object",
+    "properties": {
+        "model": {"type": "string"},
+        "input": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]},
+        "encoding_format": {"enum": ["float", "base64"]},
+        "dimensions": {"type": "integer", "minimum": 1},
+    },
+    "required": ["model", "input"],
+}
+_ANY_JSON = {"type": "object"}
+
+
+def _route_operation(path: str, method: str) -> dict[str, Any]:
+    """The operation of one route, described generically (its body is the model's business)."""
+    generic = path.replace("/versions/{version}", "")
+    parameters = [
+        {
+            "name": name,
+            "in": "path",
+            "required": True,
+            "schema": {"type": "integer", "minimum": 1} if name == "version" else {"type": "string"},
+        }
+        for name in _PARAM.findall(path)
+    ]
+    operation: dict[str, Any] = {
+        "summary": _SUMMARIES.get(generic, f"{method} {path}")
+        + (", one version" if "{version}" in path else ""),
+        "operationId": f"{method.lower()}_{_NOT_ID.sub('_', path).strip('_')}",
+        "responses": {"200": {"description": "success"}, **_errors()},
+    }
+    if parameters:
+        operation["parameters"] = parameters
+    if method == "POST":
+        schema = _EMBEDDINGS_BODY if path == "/v1/embeddings" else _ANY_JSON
+        operation["requestBody"] = {"content": {"application/json": {"schema": schema}}}
+    return operation
+
+
+_PARAM = re.compile(r"{(\w+)}")
+_NOT_ID = re.compile(r"[^A-Za-z0-9]+")
+
+
+def build_openapi(dataplane: DataPlane, routes: list[Route]) -> dict[str, Any]:
+    """Every route the server answers, plus a typed operation per served model's inference."""
     paths: dict[str, Any] = {}
-    for name, model in sorted(repository.models.items()):
-        served = model.versions.get(model.default) if model.default is not None else None
+    for route in routes:
+        for method in sorted(route.methods or ()):
+            if method != "HEAD":  # Starlette adds HEAD to every GET route
+                paths.setdefault(route.path, {})[method.lower()] = _route_operation(route.path, method)
+    for name in dataplane.served_names():
+        served = dataplane.default(name)
         if served is None:
             continue
         sig = served.version.signature
@@ -118,19 +195,6 @@ def build_openapi(repository: ModelRepository) -> dict[str, Any]:
                 "summary": f"Metadata of {name}",
                 "operationId": f"v2_metadata_{name}",
                 "responses": {"200": {"description": "model metadata"}, "404": _errors()["404"]},
-            }
-        }
-    for path, summary in (
-        ("/v2/health/live", "Server live"),
-        ("/v2/health/ready", "Server ready"),
-        ("/healthz", "Liveness probe"),
-        ("/readyz", "Readiness probe"),
-    ):
-        paths[path] = {
-            "get": {
-                "summary": summary,
-                "operationId": path.strip("/").replace("/", "_"),
-                "responses": {"200": {"description": "yes"}, "503": {"description": "no"}},
             }
         }
     return {

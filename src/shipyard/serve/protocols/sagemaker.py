@@ -16,6 +16,7 @@ from shipyard.serve.protocols._http import (
     endpoint,
     header,
     json_response,
+    label,
     parse_json,
     read_body,
 )
@@ -59,9 +60,7 @@ class SageMakerProtocol:
         self.settings = settings
         self.health_route = health_route
         self.predict_route = predict_route
-        self.invocations = endpoint("sagemaker", lambda n: n in dataplane.repository.models)(
-            self._invocations
-        )
+        self.invocations = endpoint("sagemaker", dataplane.is_served)(self._invocations)
 
     def hot_routes(self) -> list[Route]:
         routes = [Route("/invocations", self.invocations, methods=["POST"])]
@@ -81,13 +80,11 @@ class SageMakerProtocol:
         return routes
 
     async def ping(self, request: Request) -> Response:
-        ready, problems = self.dataplane.readiness()
-        return json_response(
-            {"ready": ready, **({"models": problems} if problems else {})}, 200 if ready else 503
-        )
+        readiness = self.dataplane.readiness()
+        return json_response(readiness.to_dict(), 200 if readiness.ready else 503)
 
     def _target(self, request: Request) -> str:
-        models = list(self.dataplane.repository.models)
+        models = self.dataplane.served_names()
         wanted = header(request, TARGET_MODEL_HEADER.encode())
         if wanted:
             if wanted not in models:
@@ -102,7 +99,7 @@ class SageMakerProtocol:
 
     async def _invocations(self, request: Request) -> Response:
         name = self._target(request)
-        request.scope["shipyard.model"] = name
+        label(request, name)
         media = (header(request, b"content-type") or "application/json").split(";")[0].strip().lower()
         if media not in ("application/json", "text/csv", ""):
             raise UnsupportedMediaTypeError(
@@ -110,7 +107,7 @@ class SageMakerProtocol:
                 field="content-type",
             )
         with self.dataplane.acquire(name) as served:
-            request.scope["shipyard.version"] = served.version.version
+            label(request, name, served.version.version)
             raw = await read_body(request, self.settings.max_body_bytes)
             if media == "text/csv":
                 inputs = parse_csv(raw)

@@ -11,6 +11,7 @@ from shipyard.serve.protocols._http import (
     disconnect_watcher,
     endpoint,
     json_response,
+    label,
     parse_json,
     parse_version,
     read_body,
@@ -24,7 +25,7 @@ class V1Protocol:
     def __init__(self, dataplane: DataPlane, settings: ServeSettings) -> None:
         self.dataplane = dataplane
         self.settings = settings
-        wrap = endpoint("v1", lambda name: name in dataplane.repository.models)
+        wrap = endpoint("v1", dataplane.is_served)
         self.predict = wrap(self._predict)
         self.status = wrap(self._status)
 
@@ -43,8 +44,9 @@ class V1Protocol:
 
     async def _predict(self, request: Request) -> Response:
         require_json(request)
-        with self.dataplane.acquire(request.path_params["model"], parse_version(request)) as served:
-            request.scope["shipyard.version"] = served.version.version
+        name = request.path_params["model"]
+        with self.dataplane.acquire(name, parse_version(request)) as served:
+            label(request, name, served.version.version)
             body = parse_json(await read_body(request, self.settings.max_body_bytes))
             inputs = inputs_from_body(body, served.version.signature)
             result = await self.dataplane.infer(served, inputs, disconnect_watcher(request))

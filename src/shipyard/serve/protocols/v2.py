@@ -9,7 +9,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 import shipyard
-from shipyard.errors import InvalidInputError, NotReadyError
+from shipyard.errors import InvalidInputError
 from shipyard.serve.dataplane import DataPlane
 from shipyard.serve.protocols import v2_codec
 from shipyard.serve.protocols._http import (
@@ -18,6 +18,7 @@ from shipyard.serve.protocols._http import (
     endpoint,
     header,
     json_response,
+    label,
     parse_version,
     read_body,
 )
@@ -37,15 +38,12 @@ class V2Protocol:
     def __init__(self, dataplane: DataPlane, settings: ServeSettings) -> None:
         self.dataplane = dataplane
         self.settings = settings
-        wrap = endpoint("v2", self._served)
+        wrap = endpoint("v2", dataplane.is_served)
         self.infer = wrap(self._infer)
         self.model_metadata = wrap(self._model_metadata)
         self.model_ready = wrap(self._model_ready)
         self.model_config = wrap(self._model_config)
         self.stats = wrap(self._stats)
-
-    def _served(self, name: str) -> bool:
-        return name in self.dataplane.repository.models
 
     def hot_routes(self) -> list[Route]:
         return [
@@ -75,11 +73,8 @@ class V2Protocol:
         return json_response({"live": True})
 
     async def ready(self, request: Request) -> Response:
-        ready, problems = self.dataplane.readiness()
-        body: dict[str, Any] = {"ready": ready}
-        if problems:
-            body["models"] = problems
-        return json_response(body, 200 if ready else 503)
+        readiness = self.dataplane.readiness()
+        return json_response(readiness.to_dict(), 200 if readiness.ready else 503)
 
     async def server_metadata(self, request: Request) -> Response:
         return json_response({"name": "shipyard", "version": shipyard.__version__, "extensions": EXTENSIONS})
@@ -88,7 +83,7 @@ class V2Protocol:
         name = request.path_params["model"]
         served = self.dataplane.model(name, parse_version(request))
         record = served.version
-        versions = sorted(self.dataplane.repository.models[name].versions)
+        versions = self.dataplane.versions(name)
         return json_response(
             {
                 "name": name,
@@ -101,11 +96,10 @@ class V2Protocol:
 
     async def _model_ready(self, request: Request) -> Response:
         name = request.path_params["model"]
-        try:
-            served = self.dataplane.model(name, parse_version(request))
-        except NotReadyError as exc:  # not ready: say why, with 503 as KServe does
-            return json_response({"name": name, "ready": False, "error": exc.message}, 503)
-        return json_response({"name": name, "ready": True, "version": str(served.version.version)})
+        status = self.dataplane.status(name, parse_version(request))
+        # The readiness entry of /readyz, with the name and the verdict; 503 as KServe does.
+        body = {"name": name, "ready": status.ready, **status.to_dict()}
+        return json_response(body, 200 if status.ready else 503)
 
     async def _model_config(self, request: Request) -> Response:
         name = request.path_params["model"]
@@ -133,23 +127,18 @@ class V2Protocol:
         )
 
     async def _stats(self, request: Request) -> Response:
-        name = request.path_params.get("model")
-        repo = self.dataplane.repository
-        if name is not None:
-            served = [self.dataplane.model(name, parse_version(request))]
-        else:
-            served = [s for m in repo.models.values() for s in m.versions.values()]
+        stats = self.dataplane.statistics(request.path_params.get("model"), parse_version(request))
         return json_response(
             {
                 "model_stats": [
                     {
-                        "name": s.version.name,
-                        "version": str(s.version.version),
+                        "name": s.name,
+                        "version": str(s.version),
                         "inference_count": s.rows,
                         "execution_count": s.batches,
                         "request_count": s.requests,
                     }
-                    for s in served
+                    for s in stats
                 ]
             }
         )
@@ -167,7 +156,7 @@ class V2Protocol:
                 )
             header_length = int(declared)
         with self.dataplane.acquire(name, version) as served:
-            request.scope["shipyard.version"] = served.version.version
+            label(request, name, served.version.version)
             body = await read_body(request, self.settings.max_body_bytes)
             parsed = v2_codec.decode_request(body, header_length, served.version.signature)
             result = await self.dataplane.infer(served, parsed.inputs, disconnect_watcher(request))
