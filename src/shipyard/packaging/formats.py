@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from shipyard.errors import InvalidInputError
+from shipyard.packaging.folder import refuse_links
 
 _PICKLE_PROTOCOLS = range(2, 6)
 _KNOWN = (
@@ -122,6 +123,7 @@ def detect_format(path: Path) -> Detected:
         return detect_file(path)
     if not path.is_dir():
         raise InvalidInputError(f"{path} is neither a file nor a folder", field="path")
+    refuse_links(path)
     files = [p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")]
     if not files:
         raise InvalidInputError(f"folder {path} is empty: no model file inside", field="path")

@@ -20,6 +20,7 @@ from shipyard.runtimes.sklearn import (
     refuse_types,
     skops_untrusted,
 )
+from shipyard.runtimes.sklearn_trees import check_trees
 from shipyard.tensors import datatype_of
 from shipyard.types import Signature, TensorSpec
 
@@ -102,7 +103,9 @@ def package_estimator(model: Any, dest: Path, sample_input: Any, trust: bool) ->
         raise InvalidInputError(
             f"skops cannot save this {type(model).__name__}: {exc}", field="model"
         ) from exc
-    return _skops_packaged(target, signature, extra, trust)
+    # The user's own object: trees with splits Shipyard cannot check are recorded as trusted, so
+    # serving loads them as pushed.
+    return _skops_packaged(target, signature, extra, trust, check_trees(model, trust=True))
 
 
 def package_skops(source: Path, dest: Path, sample_input: Any, trust: bool) -> Packaged:
@@ -111,15 +114,18 @@ def package_skops(source: Path, dest: Path, sample_input: Any, trust: bool) -> P
     shutil.copyfile(source, target)
     model = load_skops(target, trusted_types=None, trust=trust)
     signature, extra = _estimator_signature(model, sample_input)
-    return _skops_packaged(target, signature, extra, trust)
+    return _skops_packaged(target, signature, extra, trust, check_trees(model, trust=trust))
 
 
-def _skops_packaged(target: Path, signature: Signature, extra: dict[str, Any], trust: bool) -> Packaged:
+def _skops_packaged(
+    target: Path, signature: Signature, extra: dict[str, Any], trust: bool, trees_need_trust: bool
+) -> Packaged:
     allowed, unknown = skops_untrusted(target)
     if unknown and not trust:
         raise refuse_types(target, unknown)
     extra["trusted_types"] = allowed + unknown
-    return Packaged("skops", "scikit-learn", signature, _library_versions(), extra, needs_trust=bool(unknown))
+    needs_trust = bool(unknown) or trees_need_trust
+    return Packaged("skops", "scikit-learn", signature, _library_versions(), extra, needs_trust=needs_trust)
 
 
 def package_pickle(source: Path, dest: Path, fmt: str, sample_input: Any, trust: bool) -> Packaged:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from shipyard.errors import InvalidInputError, UntrustedArtifactError
+from shipyard.packaging.folder import inside, refuse_links
 from shipyard.packaging.packaged import Packaged
 from shipyard.runtimes.onnx import ONNX_FILE, onnx_session
 from shipyard.runtimes.transformers import INPUT_NAME, TASKS, import_transformers
@@ -42,19 +43,31 @@ def _detect_task(config: dict[str, Any]) -> str:
     return "feature-extraction"
 
 
+def _modules(folder: Path) -> list[dict[str, Any]]:
+    """The sentence-transformers modules.json entries, each path checked to stay in the folder."""
+    modules = folder / "modules.json"
+    if not modules.is_file():
+        return []
+    try:
+        entries = json.loads(modules.read_text())
+    except (OSError, ValueError) as exc:
+        raise InvalidInputError(f"modules.json is not valid JSON: {exc}", field="path") from exc
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise InvalidInputError("modules.json must be a list of objects", field="path")
+    for entry in entries:
+        inside(folder, entry.get("path", ""), "the modules.json path")
+    return entries
+
+
 def _pooling(folder: Path) -> dict[str, Any]:
     """Sentence-transformers pooling (mean/cls/max) and whether embeddings are L2-normalized."""
-    modules = folder / "modules.json"
     pooling: dict[str, Any] = {"mode": "mean", "normalize": False}
-    if not modules.is_file():
-        return pooling
-    entries = json.loads(modules.read_text())
-    for entry in entries:
+    for entry in _modules(folder):
         kind = str(entry.get("type", ""))
         if kind.endswith("Normalize"):
             pooling["normalize"] = True
         if kind.endswith("Pooling"):
-            conf = folder / entry.get("path", "") / "config.json"
+            conf = inside(folder, entry.get("path", ""), "the modules.json path") / "config.json"
             if conf.is_file():
                 settings = _read_json(conf)
                 mode = settings.get("pooling_mode")  # sentence-transformers >= 5 writes this key
@@ -90,6 +103,8 @@ def package_folder(
     source: Path, dest: Path, *, trust: bool, task: str | None = None, truncate: bool = True
 ) -> Packaged:
     """Copy a Hugging Face model folder after checking weights, tokenizer and task."""
+    refuse_links(source)
+    _modules(source)
     names = {p.name for p in source.iterdir()}
     onnx_backend = ONNX_FILE in names and not any(n in names for n in _SAFE_WEIGHTS)
     transformers = import_transformers(torch=not onnx_backend)
@@ -116,7 +131,11 @@ def package_folder(
     task = task or _detect_task(config)
     if task not in TASKS:
         raise InvalidInputError(f"unknown task {task!r}; use one of {', '.join(TASKS)}", field="task")
-    shutil.copytree(source, dest, dirs_exist_ok=True, ignore=shutil.ignore_patterns(".*", "README.md"))
+    # symlinks=True: a link that appeared after the check is copied as a link, which the store
+    # refuses, never as the file it points to.
+    shutil.copytree(
+        source, dest, symlinks=True, dirs_exist_ok=True, ignore=shutil.ignore_patterns(".*", "README.md")
+    )
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(str(dest), local_files_only=True)
     except (OSError, ValueError) as exc:

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from shipyard.errors import InvalidInputError, UntrustedArtifactError
+from shipyard.runtimes.sklearn_trees import TREE_TYPES, check_trees
 from shipyard.settings import RuntimeSettings
 from shipyard.types import ModelVersion
 
@@ -18,16 +19,35 @@ SKOPS_FILE = "model.skops"
 PICKLE_FILES = {"pickle": "model.pkl", "joblib": "model.joblib"}
 
 
+# Module paths under `sklearn` that hold other projects' code (vendored libraries) or test
+# helpers; their names are never trusted, and never imported to find out.
+_FOREIGN_SEGMENTS = frozenset({"externals", "tests", "conftest", "_testing"})
+
+
+def _is_sklearn_module(module: str) -> bool:
+    return module == "sklearn" or module.startswith("sklearn.")
+
+
 def _is_sklearn_class(type_name: str) -> bool:
-    """scikit-learn's own classes (e.g. `sklearn.tree._tree.Tree`) are trusted; functions and
-    other libraries' types are not, since a skops file can name any callable."""
+    """scikit-learn's own classes are trusted: the class the name resolves to must be *defined*
+    in scikit-learn, since a skops file can name anything importable under a `sklearn` module,
+    including re-exports (numpy.memmap, torch's file writer) that skops would build with
+    arguments from the file. Types skops distrusts for their content are trusted only because
+    `check_trees` inspects them after loading."""
     module, _, attr = type_name.rpartition(".")
-    if not (module == "sklearn" or module.startswith("sklearn.")):
+    if not _is_sklearn_module(module) or not attr.isidentifier():
+        return False
+    if _FOREIGN_SEGMENTS.intersection(module.split(".")):
+        return False
+    from skops.io.exceptions import UNTRUSTED_TYPE_REASONS
+
+    if type_name in UNTRUSTED_TYPE_REASONS and type_name not in TREE_TYPES:
         return False
     try:
-        return inspect.isclass(getattr(importlib.import_module(module), attr, None))
+        obj = getattr(importlib.import_module(module), attr, None)
     except ImportError:
         return False
+    return inspect.isclass(obj) and _is_sklearn_module(getattr(obj, "__module__", None) or "")
 
 
 def skops_untrusted(path: Path) -> tuple[list[str], list[str]]:
@@ -67,9 +87,11 @@ def load_skops(path: Path, trusted_types: list[str] | None, trust: bool) -> Any:
     if unvouched and not trust:
         raise refuse_types(path, unvouched)
     try:
-        return sio.load(path, trusted=allowed + unknown)
+        model = sio.load(path, trusted=allowed + unknown)
     except Exception as exc:  # skops raises plain exceptions for damaged or foreign files
         raise InvalidInputError(f"cannot load {path.name} with skops: {exc}") from exc
+    check_trees(model, trust=trust)
+    return model
 
 
 def load_pickle(path: Path) -> Any:
