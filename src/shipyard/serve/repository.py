@@ -233,7 +233,13 @@ class ModelRepository:
         started = time.perf_counter()
         try:
             batch_options = self._batch_options(version)
-            served.runtime = await asyncio.to_thread(self._build_runtime, version)
+            building = asyncio.ensure_future(asyncio.to_thread(self._build_runtime, version))
+            try:
+                served.runtime = await asyncio.shield(building)
+            except asyncio.CancelledError:
+                # A thread cannot be stopped: close what it builds when it is done, else it leaks.
+                building.add_done_callback(_close_built_runtime)
+                raise
         except ShipyardError as exc:
             served.state, served.reason = "failed", exc.message
             log.error("cannot load %s: %s", version.ref, exc.message)
@@ -402,3 +408,8 @@ def _observe_batch(
     queue_time = metrics.QUEUE_TIME.labels(*labels)
     for wait in waits:
         queue_time.observe(wait)
+
+
+def _close_built_runtime(building: asyncio.Future[Runtime]) -> None:
+    if not building.cancelled() and building.exception() is None:
+        building.result().close()
