@@ -15,6 +15,7 @@ import numpy as np
 
 from shipyard.errors import InvalidInputError, MissingDependencyError
 from shipyard.optimize.applicability import NotApplicable
+from shipyard.optimize.report import REPORT_FOLDER
 from shipyard.optimize.scoring import Outputs, agreement
 from shipyard.runtimes.base import quiet
 from shipyard.types import Signature
@@ -107,7 +108,9 @@ def transformers_to_onnx(source: Path, dest: Path, task: str) -> dict[str, Any]:
         source,
         dest,
         dirs_exist_ok=True,
-        ignore=shutil.ignore_patterns(".*", "*.safetensors", "*.safetensors.index.json", "*.bin", "*.onnx"),
+        ignore=shutil.ignore_patterns(
+            ".*", "*.safetensors", "*.safetensors.index.json", "*.bin", "*.onnx", REPORT_FOLDER
+        ),
     )
     target = dest / ONNX_FILE
     args = tuple(sample[n] for n in names)

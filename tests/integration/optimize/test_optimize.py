@@ -66,8 +66,8 @@ def test_optimize_registers_the_fastest_variant_within_budget(
     assert version.parent == "digits:1" and version.aliases == ("fast",)
     assert version.recipe is not None and version.recipe["source"] == "digits:1"
     assert version.recipe["steps"][0]["step"] == "convert"
-    assert version.metrics["accuracy"] >= outcome.report["original"]["metric"] * 0.99
-    report = outcome.report
+    report = outcome.report.to_dict()
+    assert version.metrics["accuracy"] >= report["original"]["metric"] * 0.99
     assert report["registered"] == str(version.ref) and report["selected"] == version.params["candidate"]
     assert len(report["candidates"]) <= 8
     assert report["host"]["threads"] == 1 and "flags" in report["host"]
@@ -142,11 +142,9 @@ def test_single_steps_register_measured_versions_with_lineage(
     assert chain["units_after"] < chain["units_before"]
 
     report = compare(registry, ["digits:1", str(converted.ref), str(quantized.ref)], eval_file, **FAST)
-    assert [r["name"] for r in report["candidates"]] == [str(converted.ref), str(quantized.ref)]
-    assert report["candidates"][0]["agreement"]["label_flip_rate"] == 0.0
+    assert [r.name for r in report.candidates] == [str(converted.ref), str(quantized.ref)]
+    assert report.candidates[0].agreement["label_flip_rate"] == 0.0
 
-    with pytest.raises(InvalidInputError, match="convert it first"):
-        quantize_version(registry, "digits:1", **FAST)
     with pytest.raises(InvalidInputError, match="already served by onnxruntime"):
         convert_version(registry, str(converted.ref), **FAST)
     with pytest.raises(InvalidInputError, match="needs --calibration"):
@@ -162,14 +160,24 @@ def test_distill_trains_a_student_that_agrees_with_its_teacher(
     registry.push("forest", RandomForestClassifier(50, random_state=0).fit(x, y), sample_input=x[:2])
     data = write_csv(tmp_path / "train.csv", x, None)
     outcome = distill_version(
-        registry, "forest", student='{"hidden": [64]}', data=data, epochs=20, eval_path=eval_file, **FAST
+        registry,
+        "forest",
+        student='{"hidden": [64]}',
+        data=data,
+        epochs=20,
+        eval_path=eval_file,
+        max_drop="5%",
+        **FAST,
     )
     student = outcome.version
     assert student is not None and student.parent == "forest:1" and student.format == "onnx"
     step = student.recipe["steps"][-1] if student.recipe else {}
     assert step["step"] == "distill" and step["teacher_agreement"] > 0.9
     assert [o.name for o in student.signature.outputs] == ["label", "probabilities"]
-    assert outcome.report["candidates"][0]["agreement"]["label_flip_rate"] < 0.15
+    assert outcome.report.candidates[0].agreement["label_flip_rate"] < 0.15
+    change = outcome.report.metric_change
+    assert change is not None and change.metric == "accuracy" and change.before is not None
+    assert student.recipe is not None and student.recipe["config"]["max_drop"] == "5%"
 
 
 @pytest.mark.parametrize(
@@ -200,3 +208,33 @@ def test_an_eval_set_too_small_for_the_budget_is_refused(
     registry.push("digits", mlp, sample_input=digits[0][:2])
     with pytest.raises(InvalidInputError, match=r"too small .* 95% interval \["):
         optimize(registry, "digits", small, max_drop="1%", **FAST)
+
+
+def test_steps_chain_on_versions_that_carry_a_report(registry: Registry, mlp: Any, digits: Any) -> None:
+    """convert → prune → quantize, each on the version the previous step registered (which carries
+    its own optimization report); pruning after int8 has no float weights left and says so."""
+    registry.push("digits", mlp, sample_input=digits[0][:2])
+    converted = convert_version(registry, "digits:1", **FAST).version
+    assert converted is not None
+    pruned = prune_version(registry, str(converted.ref), sparsity=0.25, **FAST).version
+    assert pruned is not None and pruned.parent == str(converted.ref)
+    assert pruned.recipe is not None and pruned.recipe["config"] == {
+        "operation": "prune",
+        "max_drop": "1%",
+        "force": False,
+        "sparsity": 0.25,
+        "structured": False,
+    }
+    quantized = quantize_version(registry, str(pruned.ref), **FAST).version
+    assert quantized is not None and quantized.parent == str(pruned.ref)
+    with pytest.raises(InvalidInputError, match="nothing to prune"):
+        prune_version(registry, str(quantized.ref), sparsity=0.25, **FAST)
+
+    both = quantize_version(registry, "digits:1", per_channel=True, **FAST)
+    assert both.version is not None and both.version.recipe is not None
+    assert [s["step"] for s in both.version.recipe["steps"]] == ["convert", "quantize"]
+    assert both.version.recipe["config"]["per_channel"] is True
+    assert both.report.metric_change is not None and both.report.metric_change.metric is None
+    assert (
+        "not measured" in (registry.artifact_path(both.version) / "optimization" / "report.txt").read_text()
+    )
