@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from shipyard.errors import BudgetNotMetError, InvalidInputError
+from shipyard.optimize.report import BudgetExceededError
 from shipyard.optimize.search import optimize
 from shipyard.optimize.steps import compare, convert_version, distill_version, prune_version, quantize_version
 from shipyard.registry import Registry
@@ -238,3 +239,59 @@ def test_steps_chain_on_versions_that_carry_a_report(registry: Registry, mlp: An
     assert (
         "not measured" in (registry.artifact_path(both.version) / "optimization" / "report.txt").read_text()
     )
+
+
+def test_a_single_step_beyond_the_budget_registers_nothing_unless_forced(
+    registry: Registry, mlp: Any, digits: Any, eval_file: Path
+) -> None:
+    registry.push("digits", mlp, sample_input=digits[0][:2])
+    converted = convert_version(registry, "digits:1", eval_path=eval_file, **FAST)
+    assert converted.report.metric_change is not None and converted.report.metric_change.drop == 0.0
+    with pytest.raises(
+        BudgetExceededError, match=r"drops accuracy from .* more than the 1% allowed"
+    ) as caught:
+        prune_version(registry, "digits:2", sparsity=0.95, eval_path=eval_file, **FAST)
+    assert sorted(v.version for v in registry.list_versions("digits")) == [1, 2]
+    assert caught.value.exit_code == 9 and caught.value.report_path is not None
+    change = caught.value.details.metric_change
+    assert change is not None and change.after is not None and change.before is not None
+    assert change.before - change.after > 0.01 * change.before
+
+    forced = prune_version(registry, "digits:2", sparsity=0.95, eval_path=eval_file, force=True, **FAST)
+    assert forced.version is not None and forced.version.recipe is not None
+    assert forced.version.recipe["config"]["force"] is True
+    assert any("--force" in note for note in forced.report.notes)
+    # Quality apart from timings, each with sensible precision.
+    metrics = forced.version.metrics
+    assert metrics["accuracy"] == pytest.approx(change.after, rel=1e-4)
+    assert {"measured.size_bytes", "measured.p50_b1_ms", "measured.throughput_rows_s"} <= set(metrics)
+    assert all(len(f"{v:g}".replace(".", "").lstrip("0")) <= 7 for v in metrics.values())
+
+
+@pytest.mark.parametrize("objective", ["size", "throughput"])
+def test_the_objective_picks_the_best_accepted_candidate(
+    registry: Registry, mlp: Any, digits: Any, eval_file: Path, objective: str
+) -> None:
+    registry.push("digits", mlp, sample_input=digits[0][:2])
+    try:
+        report = optimize(registry, "digits", eval_file, objective=objective, max_drop="5%", **FAST).report
+    except BudgetNotMetError as exc:  # throughput gains depend on the CPU: none is a valid verdict
+        assert objective == "throughput" and exc.report is not None
+        assert all(c["status"] in ("rejected", "failed") for c in exc.report["candidates"])
+        return
+    assert report.objective == objective and report.selected is not None
+    chosen = [c for c in report.candidates if c.status == "selected"]
+    assert [c.name for c in chosen] == [report.selected]
+    contenders = [c for c in report.candidates if c.status in ("selected", "accepted")]
+
+    def value(c: Any) -> float:
+        return float(c.size_bytes) if objective == "size" else -c.speed.throughput
+
+    assert value(chosen[0]) == min(value(c) for c in contenders)
+    original = value(report.original)
+    assert value(chosen[0]) <= original * 0.95 if original > 0 else value(chosen[0]) <= original * 1.05
+    if objective == "size":  # int8 stores weights in a quarter of the bytes
+        assert chosen[0].size_bytes < report.original.size_bytes / 2
+        assert "int8" in chosen[0].name
+    for rejected in (c for c in report.candidates if c.status == "rejected"):
+        assert rejected.reason
