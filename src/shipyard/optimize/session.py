@@ -52,6 +52,15 @@ class ProgressEvent:
 Progress = Callable[[ProgressEvent], None]
 
 
+@dataclass(frozen=True)
+class Measured:
+    """The original, measured: its result, the evaluator built on its outputs, the task metric."""
+
+    original: Result
+    evaluator: Evaluator
+    metric: str | None
+
+
 class Session:
     """The original version of REF and its eval data; `measure()` loads and measures the original
     once, and builds the evaluator every candidate shares."""
@@ -88,7 +97,7 @@ class Session:
         self._requested_metric = metric
         self.timing_inputs = self._timing_inputs()
         self.workdir = Path(tempfile.mkdtemp(prefix="shipyard-variants-"))
-        self._measured: tuple[Result, Evaluator, str | None] | None = None
+        self._measured: Measured | None = None
 
     def say(self, text: str) -> None:
         self._progress(ProgressEvent(text))
@@ -99,27 +108,26 @@ class Session:
     def measure(self) -> Result:
         """Load and measure the original (once): its outputs become the reference every candidate
         is compared with, and its score the one each must keep."""
+        return self._measure().original
+
+    def _measure(self) -> Measured:
         if self._measured is None:
             self._measured = self._measure_original()
-        return self._measured[0]
+        return self._measured
 
     @property
     def original(self) -> Result:
-        return self.measure()
+        return self._measure().original
 
     @property
     def evaluator(self) -> Evaluator:
-        self.measure()
-        assert self._measured is not None
-        return self._measured[1]
+        return self._measure().evaluator
 
     @property
     def metric(self) -> str | None:
-        self.measure()
-        assert self._measured is not None
-        return self._measured[2]
+        return self._measure().metric
 
-    def _measure_original(self) -> tuple[Result, Evaluator, str | None]:
+    def _measure_original(self) -> Measured:
         # Without an eval set, agreement with the original is measured on the timing rows.
         scored = self.evalset if self.evalset is not None else EvalSet(self.timing_inputs)
         classes = self.version.extra.get("classes")
@@ -156,7 +164,7 @@ class Session:
             )
         finally:
             runtime.close()
-        return original, evaluator, metric
+        return Measured(original, evaluator, metric)
 
     def _hold_out(self, evalset: EvalSet) -> tuple[EvalSet, EvalSet]:
         """(calibration, verdict): the first units calibrate, and never take part in the verdict."""
@@ -174,7 +182,7 @@ class Session:
 
     def close(self) -> None:
         if self._measured is not None:
-            self._measured[1].close()
+            self._measured.evaluator.close()
         shutil.rmtree(self.workdir, ignore_errors=True)
 
     def __enter__(self) -> Session:
