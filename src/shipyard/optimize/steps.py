@@ -12,7 +12,7 @@ import numpy as np
 
 from shipyard.errors import InvalidInputError, NotFoundError
 from shipyard.optimize.applicability import NotApplicable
-from shipyard.optimize.candidates import Candidate, Result, Status
+from shipyard.optimize.candidates import Candidate, Rejection, Result, Status
 from shipyard.optimize.config import ConvertConfig, DistillConfig, PruneConfig, QuantizeConfig, StepConfig
 from shipyard.optimize.evalset import load_eval
 from shipyard.optimize.report import BudgetExceededError, MetricChange, Report, save
@@ -52,9 +52,10 @@ def _finish(session: Session, candidate: Candidate, config: StepConfig, alias: s
     change = _metric_change(session, result, config)
     home = session.registry.settings.home
     if change.over_budget and not config.force:
-        reason = f"over budget: {change.text().removeprefix('metric change: ')}"
+        reason = f"over budget: drop {change.drop:.4f} > allowed {change.allowed:.4f}"
+        rejected = result.judged(Status.REJECTED, reason, Rejection.OVER_BUDGET)
         report = session.report(
-            command, [result.judged(Status.REJECTED, reason)], config, metric_change=change
+            command, [rejected], config, metric_change=change, budget=config.budget
         ).concluded("the metric fell beyond --max-drop; nothing registered")
         path = save(home, report)
         raise BudgetExceededError(
@@ -69,7 +70,7 @@ def _finish(session: Session, candidate: Candidate, config: StepConfig, alias: s
             f"registered although the metric fell beyond --max-drop {config.max_drop} (--force)"
         )
     registered = result.judged(Status.REGISTERED)
-    pending = session.report(command, [registered], config, metric_change=change)
+    pending = session.report(command, [registered], config, metric_change=change, budget=config.budget)
     version = session.register(candidate, registered, pending, config, alias=alias)
     report = pending.concluded(f"registered {candidate.name} as {version.ref}", str(version.ref))
     return Outcome(report, save(home, report), version)
