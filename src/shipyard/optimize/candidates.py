@@ -17,7 +17,7 @@ import numpy as np
 
 from shipyard.errors import InvalidInputError
 from shipyard.optimize.evalset import EvalSet
-from shipyard.optimize.measure import Speed, folder_size, gzip_size, time_model
+from shipyard.optimize.measure import Speed, folder_size, gzip_size, significant, time_model
 from shipyard.optimize.scoring import (
     Outputs,
     agreement,
@@ -93,8 +93,8 @@ class Result:
             "size_gzip_bytes": self.size_gzip_bytes,
             "load_s": round(self.load_s, 4),
             "speed": self.speed.to_dict() if self.speed else None,
-            "metric": None if self.metric is None else round(self.metric, 6),
-            "interval95": None if self.interval is None else [round(v, 6) for v in self.interval],
+            "metric": None if self.metric is None else significant(self.metric, 6),
+            "interval95": None if self.interval is None else [significant(v, 6) for v in self.interval],
             "agreement": {k: round(v, 8) for k, v in self.agreement.items()},
         }
 

@@ -19,7 +19,7 @@ from shipyard.optimize import convert
 from shipyard.optimize.candidates import Candidate, Evaluator, Result, Status, model_outputs
 from shipyard.optimize.config import OperationConfig
 from shipyard.optimize.evalset import EvalSet, load_eval
-from shipyard.optimize.measure import host_info
+from shipyard.optimize.measure import host_info, significant
 from shipyard.optimize.report import REPORT_FOLDER, EvalInfo, Report, attachments
 from shipyard.optimize.scoring import METRICS, check_metric, default_metric
 from shipyard.registry import Registry
@@ -349,11 +349,6 @@ class Session:
             truncate=bool(extra.get("truncate", True)),
             attachments=attachments(report),
         )
-
-
-def significant(value: float, digits: int = 5) -> float:
-    """`value` rounded to `digits` significant digits: what a stored measurement can claim."""
-    return float(f"{value:.{digits}g}")
 
 
 def load_estimator(version: ModelVersion, path: Path, settings: RuntimeSettings) -> Any:
