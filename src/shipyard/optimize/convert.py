@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 
 from shipyard.errors import InvalidInputError, MissingDependencyError
+from shipyard.optimize.applicability import NotApplicable
+from shipyard.optimize.report import REPORT_FOLDER
 from shipyard.optimize.scoring import Outputs, agreement
 from shipyard.runtimes.base import quiet
 from shipyard.runtimes.onnx import ONNX_FILE, ONNX_OPSET
@@ -105,7 +107,9 @@ def transformers_to_onnx(source: Path, dest: Path, task: str) -> dict[str, Any]:
         source,
         dest,
         dirs_exist_ok=True,
-        ignore=shutil.ignore_patterns(".*", "*.safetensors", "*.safetensors.index.json", "*.bin", "*.onnx"),
+        ignore=shutil.ignore_patterns(
+            ".*", "*.safetensors", "*.safetensors.index.json", "*.bin", "*.onnx", REPORT_FOLDER
+        ),
     )
     target = dest / ONNX_FILE
     args = tuple(sample[n] for n in names)
@@ -163,9 +167,9 @@ def optimize_transformer_graph(source: Path, dest: Path, config: dict[str, Any])
             fused = {k: v for k, v in model.get_fused_operator_statistics().items() if v}
             model.save_model_to_file(str(dest))
     except Exception as exc:  # fusion is best-effort: the unfused graph remains a candidate
-        raise InvalidInputError(f"the transformer optimizer failed: {exc}", field="ref") from exc
+        raise NotApplicable(f"the transformer optimizer failed: {exc}") from exc
     if not fused.get("Attention") and not fused.get("MultiHeadAttention"):
-        raise InvalidInputError("the transformer optimizer fused no attention", field="ref")
+        raise NotApplicable("the transformer optimizer fused no attention")
     return {"fused": fused}
 
 

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from shipyard.errors import InvalidInputError
+from shipyard.optimize.scoring import r2_score
 from shipyard.packaging.pytorch import import_torch
 
 Predict = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
@@ -198,17 +199,6 @@ def _class_values(outputs: dict[str, np.ndarray], classes: list[Any] | None) -> 
     return values.astype(np.int64 if values.dtype.kind in "iu" else np.float64)
 
 
-def _r2(truth: np.ndarray, pred: np.ndarray) -> float:
-    """R² of the student against the teacher, averaged over output columns."""
-    truth = truth.reshape(len(truth), -1).astype(np.float64)
-    pred = pred.reshape(len(pred), -1).astype(np.float64)
-    ss_res = ((truth - pred) ** 2).sum(axis=0)
-    ss_tot = ((truth - truth.mean(axis=0)) ** 2).sum(axis=0)
-    safe = np.where(ss_tot > 0, ss_tot, 1.0)
-    scores = np.where(ss_tot > 0, 1.0 - ss_res / safe, (ss_res == 0).astype(np.float64))
-    return float(scores.mean())
-
-
 # -- the MLP student --------------------------------------------------------------------------------
 
 
@@ -345,7 +335,7 @@ def distill_mlp(
     with torch.no_grad():
         got = module(torch.from_numpy(x_np))
     if targets.classes is None:
-        agreement = _r2(targets.teacher, got.numpy())
+        agreement = r2_score(targets.teacher, got.numpy())
     else:
         agreement = float(np.mean(got[0].numpy() == targets.teacher))
     facts = {
@@ -429,6 +419,6 @@ def distill_estimator(
     if classify:
         agreement = float(np.mean(predicted.reshape(target.shape) == target))
     else:
-        agreement = _r2(target, predicted)
+        agreement = r2_score(target, predicted)
     facts = {"kind": "estimator", "estimator": name, "train_rows": len(x), "teacher_agreement": agreement}
     return estimator, facts

@@ -54,7 +54,12 @@ class Speed:
     throughput: float  # rows per second at batch 32
 
     def to_dict(self) -> dict[str, float]:
-        return {k: round(v, 4) for k, v in self.__dict__.items()}
+        return {k: significant(v) for k, v in self.__dict__.items()}
+
+
+def significant(value: float, digits: int = 5) -> float:
+    """`value` rounded to `digits` significant digits: what a timing or a score can claim."""
+    return float(f"{value:.{digits}g}")
 
 
 def _latencies(call: Callable[[int], Any], seconds: float) -> list[float]:

@@ -27,6 +27,7 @@ from google.protobuf.message import DecodeError
 from onnx import TensorProto, helper, numpy_helper
 
 from shipyard.errors import InvalidInputError, ShipyardError
+from shipyard.optimize.applicability import NotApplicable
 from shipyard.optimize.measure import gzip_size
 
 MIN_ELEMENTS = 256  # smaller weights are not worth pruning (and would hurt accuracy for nothing)
@@ -96,11 +97,10 @@ def _prune_unstructured(model: onnx.ModelProto, sparsity: float) -> dict[str, An
                 continue
         init.CopyFrom(dense)
     if not total:
-        raise InvalidInputError(
+        raise NotApplicable(
             "nothing to prune: no float MatMul/Gemm/Conv weight initializer with at least "
             f"{MIN_ELEMENTS} elements (biases, 1-D tensors, embedding tables used by Gather and "
-            "overridable graph inputs are skipped)",
-            field="source",
+            "overridable graph inputs are skipped)"
         )
     names = [init.name for init in stored_sparse]
     for init in stored_sparse:
@@ -171,10 +171,9 @@ def _prune_structured(model: onnx.ModelProto, sparsity: float) -> dict[str, Any]
     index = _Index(graph)
     chains = [c for k in range(len(index.nodes)) if (c := _chain_from(index, k)) is not None]
     if not chains:
-        raise InvalidInputError(
+        raise NotApplicable(
             "structured pruning found no prunable MLP/FFN chain: it needs MatMul/Gemm -> elementwise ops "
-            "-> MatMul/Gemm with constant weights, and a hidden tensor used nowhere else",
-            field="structured",
+            "-> MatMul/Gemm with constant weights, and a hidden tensor used nowhere else"
         )
     before = _parameter_count(graph)
     arrays = {n: numpy_helper.to_array(index.inits[n]) for c in chains for n in (c.w1, c.w2)}

@@ -14,7 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from shipyard.errors import InvalidInputError
+from shipyard.errors import InvalidInputError, ModelError
+from shipyard.optimize.applicability import NotApplicable
 from shipyard.runtimes.base import quiet
 
 QUANTIZABLE_OPS = ("MatMul", "Gemm", "Conv", "Gather", "Attention", "EmbedLayerNormalization")
@@ -63,7 +64,7 @@ def dynamic(
                 extra_options={"DefaultTensorType": TensorProto.FLOAT},
             )
     except Exception as exc:  # onnxruntime's quantizer raises plain exceptions
-        raise InvalidInputError(f"dynamic quantization failed: {exc}", field="ref") from exc
+        raise _tool_failed("dynamic", exc) from exc
     return {
         "method": "dynamic",
         "per_channel": per_channel,
@@ -115,7 +116,7 @@ def static(
                 extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
             )
     except Exception as exc:  # onnxruntime's quantizer raises plain exceptions
-        raise InvalidInputError(f"static quantization failed: {exc}", field="ref") from exc
+        raise _tool_failed("static", exc) from exc
     rows = sum(len(next(iter(f.values()))) for f in feeds)
     return {
         "method": "static",
@@ -128,13 +129,20 @@ def static(
     }
 
 
+def _tool_failed(method: str, exc: Exception) -> ModelError:
+    # The quantizer crashing is the tool's failure, not the caller's: a 5xx-class error.
+    return ModelError(
+        f"{method} quantization failed in onnxruntime's quantizer: {type(exc).__name__}: {exc}",
+        public=f"{method} quantization failed in onnxruntime's quantizer",
+    )
+
+
 def _require_quantizable(path: Path) -> None:
     if not quantizable_nodes(path):
-        raise InvalidInputError(
+        raise NotApplicable(
             "the model has no MatMul, Gemm, Conv or Gather with constant weights: int8 "
             "quantization has nothing to change (tree and linear models are already small; "
-            "convert them to ONNX for speed instead)",
-            field="ref",
+            "convert them to ONNX for speed instead)"
         )
 
 

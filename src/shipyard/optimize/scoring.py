@@ -118,10 +118,16 @@ def _pearson(pred: np.ndarray, target: np.ndarray) -> float:
     return float(np.corrcoef(pred, target)[0, 1])
 
 
-def _r2(pred: np.ndarray, target: np.ndarray) -> float:
-    residual = float(np.sum((target - pred) ** 2))
-    total = float(np.sum((target - target.mean(axis=0)) ** 2))
-    return 1.0 - residual / total if total else 0.0
+def r2_score(truth: np.ndarray, pred: np.ndarray) -> float:
+    """R² of `pred` against `truth` (argument order and maths of sklearn.metrics.r2_score):
+    computed per output column and averaged; a constant column scores 1 if matched exactly, else 0."""
+    truth = np.asarray(truth, dtype=np.float64).reshape(len(truth), -1)
+    pred = np.asarray(pred, dtype=np.float64).reshape(len(pred), -1)
+    residual = ((truth - pred) ** 2).sum(axis=0)
+    total = ((truth - truth.mean(axis=0)) ** 2).sum(axis=0)
+    safe = np.where(total > 0, total, 1.0)
+    scores = np.where(total > 0, 1.0 - residual / safe, (residual == 0).astype(np.float64))
+    return float(scores.mean())
 
 
 def _f1_macro(pred: np.ndarray, target: np.ndarray) -> float:
@@ -136,7 +142,7 @@ METRICS: dict[str, tuple[Callable[[np.ndarray, np.ndarray], float], bool]] = {
     "f1_macro": (_f1_macro, True),
     "spearman": (_spearman, True),
     "pearson": (_pearson, True),
-    "r2": (_r2, True),
+    "r2": (lambda p, t: r2_score(t, p), True),
     "mae": (lambda p, t: float(np.mean(np.abs(p - t))), False),
     "cosine_agreement": (lambda p, t: float(np.mean(p)), True),
 }

@@ -5,17 +5,21 @@ candidate that keeps the metric within budget and beats the original on the obje
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from shipyard.errors import BudgetNotMetError, InvalidInputError
+from shipyard.errors import InvalidInputError, ShipyardError
 from shipyard.optimize import quantize
-from shipyard.optimize.candidates import Candidate, Result
+from shipyard.optimize.applicability import NotApplicable
+from shipyard.optimize.candidates import Candidate, Rejection, Result, Status
+from shipyard.optimize.config import MIN_COSINE, Budget, OptimizeConfig
 from shipyard.optimize.evalset import EvalSet, load_eval
 from shipyard.optimize.measure import cpu_flags, has_vnni
-from shipyard.optimize.report import save
-from shipyard.optimize.session import Budget, Progress, Session
+from shipyard.optimize.report import BudgetExceededError, Fallback, FallbackStep, Report, save
+from shipyard.optimize.session import Progress, Session
 from shipyard.optimize.variants import (
     calibration_feeds,
     dynamic_variant,
@@ -26,16 +30,14 @@ from shipyard.optimize.variants import (
 from shipyard.registry import Registry
 from shipyard.types import ModelVersion
 
-OBJECTIVES = ("latency", "throughput", "size")
 MAX_CANDIDATES = 8
 MIN_GAIN = 0.05  # a candidate must beat the original by 5% on the objective: less is noise
 MIN_CONTINUOUS_UNITS = 30
-MIN_COSINE = 0.99  # embeddings must also stay close to the original's, not only score alike
 
 
-@dataclass
+@dataclass(frozen=True)
 class Outcome:
-    report: dict[str, Any]
+    report: Report
     report_path: Path
     version: ModelVersion | None
 
@@ -73,7 +75,7 @@ class Search:
         self.calibration = calibration
         self.results: list[Result] = []
         self.candidates: dict[str, Candidate] = {}
-        self.fallback: dict[str, Any] | None = None
+        self.fallback: Fallback | None = None
         original = session.original
         assert original.metric is not None
         self.allowed = budget.allowed(original.metric)
@@ -82,10 +84,10 @@ class Search:
     def room(self) -> int:
         return MAX_CANDIDATES - len(self.results)
 
-    def judge(self, result: Result) -> None:
-        """Accept or reject with the reason: over budget, or not better than the original."""
-        if result.status == "failed":
-            return
+    def judge(self, result: Result) -> Result:
+        """Accept, or reject with the reason: over budget, drifted, or not better than the original."""
+        if result.status is Status.FAILED:
+            return result
         original = self.session.original
         assert original.metric is not None and result.metric is not None
         drop = (
@@ -94,50 +96,50 @@ class Search:
             else result.metric - original.metric
         )
         if drop > self.allowed + 1e-12:
-            result.status = "rejected"
-            result.reason = (
+            return result.judged(
+                Status.REJECTED,
                 f"over budget: {self.session.metric} {result.metric:.4f} vs {original.metric:.4f} "
-                f"(drop {drop:.4f} > allowed {self.allowed:.4f})"
+                f"(drop {drop:.4f} > allowed {self.allowed:.4f})",
+                Rejection.OVER_BUDGET,
             )
-            return
         cosine = result.agreement.get("cosine_mean")
         if cosine is not None and cosine < self.min_cosine:
-            result.status = "rejected"
-            result.reason = (
+            return result.judged(
+                Status.REJECTED,
                 f"over budget: embeddings drift from the original's (mean cosine {cosine:.4f} < "
-                f"{self.min_cosine})"
+                f"{self.min_cosine})",
+                Rejection.DRIFT,
             )
-            return
         mine, theirs = objective_value(result, self.objective), objective_value(original, self.objective)
         if mine > theirs * (1 - MIN_GAIN) if theirs > 0 else mine > theirs * (1 + MIN_GAIN):
             word = {"latency": "slower", "throughput": "slower", "size": "larger"}[self.objective]
-            result.status = "rejected"
-            result.reason = (
+            return result.judged(
+                Status.REJECTED,
                 f"not better than the original ({word}: {_describe(result, self.objective)} vs "
-                f"{_describe(original, self.objective)})"
+                f"{_describe(original, self.objective)})",
+                Rejection.NOT_BETTER,
             )
-            return
-        result.status, result.reason = "accepted", ""
+        return result.judged(Status.ACCEPTED)
 
     def measure(self, candidate: Candidate) -> Result:
-        self.session.progress(f"measuring {candidate.name}")
-        result = self.session.evaluator.evaluate(candidate)
-        self.judge(result)
+        self.session.measuring(candidate.name)
+        result = self.judge(self.session.evaluator.evaluate(candidate))
         self.results.append(result)
         self.candidates[candidate.name] = candidate
         return result
 
-    def build(self, name: str, make: Any) -> Candidate | None:
-        """Run one candidate-making step; a step that cannot apply becomes a note, not a failure."""
-        self.session.progress(f"building {name}")
+    def build(self, name: str, make: Callable[[], Candidate]) -> Candidate | None:
+        """Run one candidate-making step; one that does not apply, or fails, becomes a note."""
+        self.session.say(f"building {name}")
         try:
-            candidate: Candidate = make()
-            return candidate
-        except InvalidInputError as exc:
-            self.session.notes.append(f"{name} skipped: {exc}")
-            return None
+            return make()
+        except NotApplicable as exc:
+            self.session.notes.append(f"{name} skipped: {exc.reason}")
+        except ShipyardError as exc:  # one broken variant must not end the search
+            self.session.notes.append(f"{name} failed: {exc.message}")
+        return None
 
-    def plan(self, baseline: Candidate, is_text: bool) -> list[tuple[str, Any]]:
+    def plan(self, baseline: Candidate, is_text: bool) -> list[tuple[str, Callable[[], Candidate]]]:
         """The candidate steps in order of promise; the cap keeps the first ones."""
         session = self.session
         dynamic: list[tuple[str, dict[str, Any]]] = [
@@ -147,8 +149,8 @@ class Search:
         if not has_vnni(cpu_flags()):  # VPMADDUBSW saturates without VNNI: 7-bit weights avoid it
             dynamic.append(("int8-dynamic-reduce-range", {"reduce_range": True}))
         dynamic.append(("int8-dynamic-u8", {"weight_type": "quint8"}))
-        steps: list[tuple[str, Any]] = [
-            (name, lambda n=name, o=options: dynamic_variant(session, baseline, n, **o))
+        steps: list[tuple[str, Callable[[], Candidate]]] = [
+            (name, functools.partial(dynamic_variant, session, baseline, name, **options))
             for name, options in dynamic
         ]
         if not is_text:
@@ -197,59 +199,59 @@ class Search:
 
     def run_fallback(self, baseline: Candidate) -> None:
         """When int8 breaks the budget, keep its worst nodes in fp32 until it fits (INC stage V/VI)."""
-        if any(r.status == "accepted" and "int8" in r.name for r in self.results):
+        if any(r.status is Status.ACCEPTED and "int8" in r.name for r in self.results):
             return
+        dynamic = {
+            name
+            for name, candidate in self.candidates.items()
+            if any(s.get("method") == "dynamic" for s in candidate.recipe["steps"] if s["step"] == "quantize")
+        }
         over = [
             r
             for r in self.results
-            if r.status == "rejected"
-            and r.reason.startswith("over budget")
-            and r.name.startswith("int8-dynamic")
+            if r.rejection in (Rejection.OVER_BUDGET, Rejection.DRIFT)
+            and r.name in dynamic
             and r.speed is not None
         ]
         if not over or self.room <= 0:
             return
         worst = min(over, key=lambda r: objective_value(r, self.objective))
         candidate = self.candidates[worst.name]
-        base = self.candidates["onnx-fp32-fused"] if "fused" in worst.name else baseline
+        fused = any(s["step"] == "fuse" for s in candidate.recipe["steps"])
+        base = self.candidates["onnx-fp32-fused"] if fused else baseline
         step = next(s for s in candidate.recipe["steps"] if s["step"] == "quantize")
         options = {k: step[k] for k in ("per_channel", "reduce_range", "weight_type")}
         session = self.session
-        session.progress(f"ranking the nodes of {worst.name} by int8 error")
+        session.say(f"ranking the nodes of {worst.name} by int8 error")
         feeds = calibration_feeds(session, base, self.calibration)[:8]
         ranked = quantize.node_errors(
             session.onnx_graph(base.artifact), session.onnx_graph(candidate.artifact), feeds
         )
-        self.fallback = {
-            "from": worst.name,
-            "ranked_nodes": [[n, round(e, 8)] for n, e in ranked[:20]],
-            "steps": [],
-        }
+        self.fallback = Fallback(worst.name, tuple((n, round(e, 8)) for n, e in ranked[:20]))
         count = 1
         while self.room > 0 and count <= len(ranked):
             exclude = [n for n, _ in ranked[:count]]
             name = f"{worst.name}-fp32-{count}"
             made = self.build(
-                name, lambda ex=exclude, nm=name: dynamic_variant(session, base, nm, exclude=ex, **options)
+                name, functools.partial(dynamic_variant, session, base, name, exclude=exclude, **options)
             )
             if made is None:
                 break
             result = self.measure(made)
-            self.fallback["steps"].append(
-                {
-                    "candidate": name,
-                    "excluded": exclude,
-                    "metric": result.metric,
-                    "status": result.status,
-                    "node_errors": {n: round(e, 8) for n, e in ranked[:count]},
-                }
+            step = FallbackStep(
+                name,
+                tuple(exclude),
+                result.metric,
+                str(result.status),
+                {n: round(e, 8) for n, e in ranked[:count]},
             )
-            if result.status == "accepted":
+            self.fallback = replace(self.fallback, steps=(*self.fallback.steps, step))
+            if result.status is Status.ACCEPTED:
                 break
             count *= 2
 
     def best(self) -> Result | None:
-        accepted = [r for r in self.results if r.status == "accepted"]
+        accepted = [r for r in self.results if r.status is Status.ACCEPTED]
         return min(accepted, key=lambda r: objective_value(r, self.objective)) if accepted else None
 
 
@@ -270,55 +272,55 @@ def optimize(
     progress: Progress | None = None,
 ) -> Outcome:
     """Find, measure and register the best variant of `ref` within the accuracy budget."""
-    if objective not in OBJECTIVES:
-        raise InvalidInputError(
-            f"unknown objective {objective!r}; use one of {', '.join(OBJECTIVES)}", field="objective"
-        )
-    budget = Budget.parse(max_drop)
+    config = OptimizeConfig.build(
+        metric=metric, max_drop=max_drop, objective=objective, calibration=calibration, min_cosine=min_cosine
+    )
+    budget = config.budget
     with Session(
         registry,
         ref,
         eval_path=eval_path,
-        metric=metric,
+        metric=config.metric,
         label=label,
         threads=threads,
         seconds=seconds,
-        hold_out_calibration=calibration is None,
+        hold_out_calibration=config.calibration is None,
         progress=progress,
     ) as session:
         _check_size(session, budget)
-        if calibration is not None:
-            calib = load_eval(calibration, session.version.signature, label=label)
+        if config.calibration is not None:
+            calib = load_eval(config.calibration, session.version.signature, label=label)
         else:
             assert session.calibration is not None
             calib = session.calibration
-        search = Search(session, budget, objective, calib, min_cosine)
+        search = Search(session, budget, config.objective, calib, config.min_cosine)
         search.run(session.baseline())
         best = search.best()
-        if best is not None:
-            best.status = "selected"
-        fields = {
-            "min_cosine": min_cosine,
-            "objective": objective,
-            "budget": budget.to_dict(),
-            "fallback": search.fallback,
-            "selected": best.name if best else None,
-            "registered": None,
-        }
-        report = session.report("optimize", search.results, **fields)
+        results = [r.judged(Status.SELECTED) if r is best else r for r in search.results]
+        report = session.report(
+            "optimize",
+            results,
+            config,
+            min_cosine=config.min_cosine,
+            objective=config.objective,
+            budget=budget,
+            fallback=search.fallback,
+            selected=best.name if best else None,
+        )
         if best is None:
-            report["outcome"] = "no candidate met the budget and beat the original; nothing registered"
+            report = report.concluded("no candidate met the budget and beat the original; nothing registered")
             path = save(registry.settings.home, report)
-            error = BudgetNotMetError(
+            raise BudgetExceededError(
                 f"no candidate of {session.version.ref} kept {session.metric} within {budget.text} and beat "
-                f"the original on {objective}; nothing registered; report: {path}"
+                f"the original on {config.objective}; nothing registered; report: {path}",
+                report,
+                path,
             )
-            error.report, error.report_path = report, path
-            raise error
-        report["outcome"] = f"registered {best.name} as the next version of {session.version.name}"
-        version = session.register(search.candidates[best.name], best, report, alias=alias)
-        report["registered"] = str(version.ref)
-        report["outcome"] = f"registered {best.name} as {version.ref}" + (f" (@{alias})" if alias else "")
+        pending = report.concluded(f"registered {best.name} as the next version of {session.version.name}")
+        version = session.register(search.candidates[best.name], best, pending, config, alias=alias)
+        report = report.concluded(
+            f"registered {best.name} as {version.ref}" + (f" (@{alias})" if alias else ""), str(version.ref)
+        )
         return Outcome(report, save(registry.settings.home, report), version)
 
 

@@ -16,10 +16,11 @@ import numpy as np
 
 from shipyard.errors import InvalidInputError
 from shipyard.optimize import convert
-from shipyard.optimize.candidates import Candidate, Evaluator, Result
+from shipyard.optimize.candidates import Candidate, Evaluator, Result, Status, model_outputs
+from shipyard.optimize.config import OperationConfig
 from shipyard.optimize.evalset import EvalSet, load_eval
-from shipyard.optimize.measure import host_info
-from shipyard.optimize.report import attachments
+from shipyard.optimize.measure import host_info, significant
+from shipyard.optimize.report import REPORT_FOLDER, EvalInfo, Report, attachments
 from shipyard.optimize.scoring import METRICS, check_metric, default_metric
 from shipyard.registry import Registry
 from shipyard.registry.metadata import utc_now
@@ -28,7 +29,6 @@ from shipyard.runtimes.onnx import ONNX_FILE
 from shipyard.settings import RuntimeSettings
 from shipyard.types import ModelVersion
 
-Progress = Callable[[str], None]
 SAMPLE_SENTENCES = (
     "The quick brown fox jumps over the lazy dog.",
     "Shipyard serves models over HTTP.",
@@ -44,40 +44,27 @@ SKLEARN_FORMATS = ("skops", "pickle", "joblib")
 CALIBRATION_UNITS = 128  # held out of the eval set when no calibration file is given
 
 
-@dataclass
-class Budget:
-    """How far the metric may fall: relative ("1%") or absolute ("0.01") in metric units."""
-
-    value: float
-    relative: bool
+@dataclass(frozen=True)
+class ProgressEvent:
     text: str
+    measuring: bool = False  # a model is being measured (a progress bar advances)
 
-    @classmethod
-    def parse(cls, text: str) -> Budget:
-        raw = str(text).strip()
-        try:
-            value = float(raw[:-1]) / 100 if raw.endswith("%") else float(raw)
-        except ValueError:
-            raise InvalidInputError(
-                f"--max-drop {text!r} is not a number: write 1% (relative) or 0.01 (absolute)",
-                field="max_drop",
-            ) from None
-        if not 0 <= value < (1 if raw.endswith("%") else float("inf")) or not np.isfinite(value):
-            raise InvalidInputError(
-                f"--max-drop {text!r} must be at least 0 (and under 100%)", field="max_drop"
-            )
-        return cls(value, raw.endswith("%"), raw)
 
-    def allowed(self, reference: float) -> float:
-        """The largest acceptable drop for a model whose original scores `reference`."""
-        return abs(reference) * self.value if self.relative else self.value
+Progress = Callable[[ProgressEvent], None]
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"text": self.text, "value": self.value, "kind": "relative" if self.relative else "absolute"}
+
+@dataclass(frozen=True)
+class Measured:
+    """The original, measured: its result, the evaluator built on its outputs, the task metric."""
+
+    original: Result
+    evaluator: Evaluator
+    metric: str | None
 
 
 class Session:
-    """The original version of REF, loaded and measured, plus the evaluator every candidate shares."""
+    """The original version of REF and its eval data; `measure()` loads and measures the original
+    once, and builds the evaluator every candidate shares."""
 
     def __init__(
         self,
@@ -96,7 +83,9 @@ class Session:
         self.version = registry.resolve(ref)
         self.path = registry.artifact_path(self.version)
         self.threads = threads or os.cpu_count() or 1
-        self.progress = progress or (lambda _message: None)
+        self.settings = RuntimeSettings(intra_op_threads=self.threads, inter_op_threads=1)
+        self.seconds = seconds
+        self._progress = progress or (lambda _event: None)
         self.notes: list[str] = []
         self.evalset: EvalSet | None = None
         self.calibration: EvalSet | None = None  # held out of the eval set, when asked to
@@ -106,41 +95,77 @@ class Session:
                 self.calibration, self.evalset = self._hold_out(self.evalset)
         elif metric is not None:
             raise InvalidInputError("--metric needs an eval file (--eval)", field="metric")
-        timing = self._timing_inputs()
-        # Without an eval set, agreement with the original is measured on the timing rows.
-        scored = self.evalset if self.evalset is not None else EvalSet(timing)
+        self._requested_metric = metric
+        self.timing_inputs = self._timing_inputs()
         self.workdir = Path(tempfile.mkdtemp(prefix="shipyard-variants-"))
-        self.evaluator = Evaluator(
-            scored,
-            None,
-            threads=self.threads,
-            seconds=seconds,
-            timing_inputs=timing,
-            classes=self.version.extra.get("classes"),
-        )
-        self.progress(f"measuring the original {self.version.ref}")
+        self._measured: Measured | None = None
+
+    def say(self, text: str) -> None:
+        self._progress(ProgressEvent(text))
+
+    def measuring(self, name: str) -> None:
+        self._progress(ProgressEvent(f"measuring {name}", measuring=True))
+
+    def measure(self) -> Result:
+        """Load and measure the original (once): its outputs become the reference every candidate
+        is compared with, and its score the one each must keep."""
+        return self._measure().original
+
+    def _measure(self) -> Measured:
+        if self._measured is None:
+            self._measured = self._measure_original()
+        return self._measured
+
+    @property
+    def original(self) -> Result:
+        return self._measure().original
+
+    @property
+    def evaluator(self) -> Evaluator:
+        return self._measure().evaluator
+
+    @property
+    def metric(self) -> str | None:
+        return self._measure().metric
+
+    def _measure_original(self) -> Measured:
+        # Without an eval set, agreement with the original is measured on the timing rows.
+        scored = self.evalset if self.evalset is not None else EvalSet(self.timing_inputs)
+        classes = self.version.extra.get("classes")
+        self.measuring(f"the original {self.version.ref}")
         started = time.perf_counter()
-        runtime = load_runtime(self.version, self.path, self.evaluator.settings)
+        runtime = load_runtime(self.version, self.path, self.settings)
         load_s = time.perf_counter() - started
         try:
-            reference = self.evaluator.outputs(runtime, self.version, scored.inputs)
-            self.evaluator.reference = reference
-            self.metric: str | None = None
+            reference = model_outputs(runtime, self.version, scored.inputs, classes)
+            metric: str | None = None
             if self.evalset is not None:
-                self.metric = metric or default_metric(self.evalset, reference)
-                check_metric(self.metric, self.evalset, reference)
-                self.evaluator.metric = self.metric
+                metric = self._requested_metric or default_metric(self.evalset, reference)
+                check_metric(metric, self.evalset, reference)
             else:
                 self.notes.append("no --eval file: agreement measured on synthetic inputs, no task metric")
-            self.original = self.evaluator.evaluate_loaded(
-                Result("original", {"ref": str(self.version.ref)}, load_s=load_s, status="original"),
+            evaluator = Evaluator(
+                scored,
+                reference,
+                metric,
+                settings=self.settings,
+                seconds=self.seconds,
+                timing_inputs=self.timing_inputs,
+                classes=classes,
+            )
+            original = evaluator.evaluate_loaded(
+                "original",
+                {"ref": str(self.version.ref)},
                 runtime,
                 self.version,
                 self.path,
+                load_s=load_s,
                 outputs=reference,
+                status=Status.ORIGINAL,
             )
         finally:
             runtime.close()
+        return Measured(original, evaluator, metric)
 
     def _hold_out(self, evalset: EvalSet) -> tuple[EvalSet, EvalSet]:
         """(calibration, verdict): the first units calibrate, and never take part in the verdict."""
@@ -157,7 +182,8 @@ class Session:
         return calibration, rest
 
     def close(self) -> None:
-        self.evaluator.close()
+        if self._measured is not None:
+            self._measured.evaluator.close()
         shutil.rmtree(self.workdir, ignore_errors=True)
 
     def __enter__(self) -> Session:
@@ -165,8 +191,6 @@ class Session:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-    # -- data ---------------------------------------------------------------------------
 
     def _timing_inputs(self) -> dict[str, np.ndarray]:
         """64 rows to time with: the eval set's first rows, else synthetic rows or sentences."""
@@ -188,8 +212,6 @@ class Session:
     @property
     def higher_is_better(self) -> bool:
         return METRICS[self.metric][1] if self.metric else True
-
-    # -- the ONNX baseline ---------------------------------------------------------------
 
     def onnx_graph(self, artifact: Path) -> Path:
         """The ONNX file inside a candidate artifact (a file, or a transformer folder's model.onnx)."""
@@ -213,8 +235,8 @@ class Session:
             if fmt == "onnx":
                 shutil.copyfile(source, target.with_suffix(".onnx"))
                 target = target.with_suffix(".onnx")
-            else:
-                shutil.copytree(self.path, target)
+            else:  # the model's files, not the report that justified the original
+                shutil.copytree(self.path, target, ignore=shutil.ignore_patterns(REPORT_FOLDER))
             return Candidate("onnx-fp32", target, {"steps": [], "source": str(self.version.ref)})
         if fmt in SKLEARN_FORMATS:
             return self._convert_sklearn()
@@ -227,11 +249,11 @@ class Session:
         )
 
     def _convert_sklearn(self) -> Candidate:
-        estimator = load_estimator(self.version, self.path, self.evaluator.settings)
+        estimator = load_estimator(self.version, self.path, self.settings)
         tree_like = any(hasattr(estimator, a) for a in ("tree_", "estimators_", "_predictors"))
         first_error: str | None = None
         for double in (False, True) if tree_like else (False,):
-            self.progress(f"converting to ONNX ({'float64' if double else 'float32'})")
+            self.say(f"converting to ONNX ({'float64' if double else 'float32'})")
             target = self.workdir / ("converted-fp64.onnx" if double else "converted.onnx")
             facts = convert.sklearn_to_onnx(estimator, self.version.signature, target, double=double)
             candidate = Candidate(
@@ -252,7 +274,7 @@ class Session:
 
     def _convert_transformers(self) -> Candidate:
         task = self.version.extra.get("task", "feature-extraction")
-        self.progress("exporting the encoder to ONNX")
+        self.say("exporting the encoder to ONNX")
         target = self.workdir / "converted"
         facts = convert.transformers_to_onnx(self.path, target, task)
         candidate = Candidate("onnx-fp32", target, _recipe(self, "convert", facts))
@@ -264,59 +286,65 @@ class Session:
     def _parity(self, candidate: Candidate) -> str | None:
         """None when the candidate reproduces the original on the eval (or synthetic) rows."""
         result = self.evaluator.evaluate(candidate, timed=False)
-        if result.status == "failed":
+        if result.status is Status.FAILED:
             return result.reason
-        assert self.evaluator.reference is not None and result.outputs is not None
+        assert result.outputs is not None
         ok, found = convert.parity(self.evaluator.reference, result.outputs)
         candidate.recipe["steps"][-1]["parity"] = {k: round(v, 8) for k, v in found.items()}
         if ok:
             return None
         return ", ".join(f"{k} {v:.3g}" for k, v in found.items())
 
-    # -- results -------------------------------------------------------------------------
-
-    def report(self, command: str, results: list[Result], **fields: Any) -> dict[str, Any]:
+    def report(
+        self, command: str, results: list[Result], config: OperationConfig | None, **fields: Any
+    ) -> Report:
+        """The one place a report is assembled: the session's facts plus the command's own."""
         evalset = self.evalset
-        return {
-            "command": command,
-            "ref": str(self.version.ref),
-            "created_at": utc_now(),
-            "metric": self.metric,
-            "eval": None
-            if evalset is None
-            else {"file": evalset.source, "units": evalset.units, "pairs": bool(evalset.pairs)},
-            "host": host_info(self.threads),
-            "original": self.original.to_dict(),
-            "candidates": [r.to_dict() for r in results],
-            "notes": self.notes,
-            "outcome": "",
+        return Report(
+            command=command,
+            ref=str(self.version.ref),
+            created_at=utc_now(),
+            metric=self.metric,
+            eval=None if evalset is None else EvalInfo(evalset.source, evalset.units, bool(evalset.pairs)),
+            host=host_info(self.threads),
+            original=self.original,
+            candidates=tuple(results),
+            notes=tuple(self.notes),
+            config=None if config is None else config.recipe(),
             **fields,
-        }
+        )
 
     def register(
-        self, candidate: Candidate, result: Result, report: dict[str, Any], *, alias: str | None = None
+        self,
+        candidate: Candidate,
+        result: Result,
+        report: Report,
+        config: OperationConfig,
+        *,
+        alias: str | None = None,
     ) -> ModelVersion:
-        """Push the candidate as the next version of the original's name, parent = the original."""
+        """Push the candidate as the next version of the original's name, parent = the original;
+        the recipe records the operation's config and every step from the original."""
         extra = self.version.extra
-        metrics: dict[str, Any] = {"size_bytes": result.size_bytes}
-        if result.speed is not None:
-            metrics.update(
-                p50_b1_ms=result.speed.p50_b1_ms,
-                p50_b32_ms=result.speed.p50_b32_ms,
-                throughput_rows_s=result.speed.throughput,
-            )
+        # Quality metrics under their own names; what was timed and sized under `measured.`.
+        metrics: dict[str, float] = {}
         if result.metric is not None and self.metric is not None:
-            metrics[self.metric] = result.metric
+            metrics[self.metric] = significant(result.metric)
+        metrics["measured.size_bytes"] = float(result.size_bytes)
+        if result.speed is not None:
+            metrics["measured.p50_b1_ms"] = significant(result.speed.p50_b1_ms)
+            metrics["measured.p50_b32_ms"] = significant(result.speed.p50_b32_ms)
+            metrics["measured.throughput_rows_s"] = significant(result.speed.throughput)
         return self.registry.push(
             self.version.name,
             candidate.artifact,
             alias=alias,
             metrics=metrics,
             params={"candidate": candidate.name},
-            tags={"optimized": report["command"]},
-            description=f"{candidate.name} of {self.version.ref} (shipyard {report['command']})",
+            tags={"optimized": report.command},
+            description=f"{candidate.name} of {self.version.ref} (shipyard {report.command})",
             parent=str(self.version.ref),
-            recipe={"candidate": candidate.name, **candidate.recipe},
+            recipe={"candidate": candidate.name, "config": config.recipe(), **candidate.recipe},
             serving=self.version.serving,
             task=extra.get("task"),
             truncate=bool(extra.get("truncate", True)),

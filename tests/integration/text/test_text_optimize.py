@@ -13,7 +13,7 @@ from text_support import cosines
 
 from shipyard.errors import BudgetNotMetError
 from shipyard.optimize.search import optimize
-from shipyard.optimize.steps import convert_version
+from shipyard.optimize.steps import convert_version, prune_version, quantize_version
 from shipyard.registry import Registry
 
 PAIRS = Path(__file__).parents[3] / "benchmarks" / "data" / "sts_pairs.csv"
@@ -56,7 +56,7 @@ def test_int8_over_budget_falls_back_node_by_node(encoder: Registry, tmp_path: P
         for row in csv.reader(src):
             writer.writerow(row[:2])  # no score: the metric is agreement with the original
     try:  # the fp32 export itself may fit a zero budget (and beat PyTorch): then it is registered
-        report = optimize(encoder, "tiny", unscored, max_drop="0", **FAST).report
+        report = optimize(encoder, "tiny", unscored, max_drop="0", **FAST).report.to_dict()
     except BudgetNotMetError as exc:
         assert exc.report is not None
         report = exc.report
@@ -71,3 +71,25 @@ def test_int8_over_budget_falls_back_node_by_node(encoder: Registry, tmp_path: P
     steps = fallback["steps"]
     assert steps and [len(s["excluded"]) for s in steps] == sorted(len(s["excluded"]) for s in steps)
     assert all(s["status"] == "rejected" for s in steps[:-1])
+
+
+@pytest.mark.slow
+def test_steps_chain_on_minilm(tmp_path: Path, minilm_folder: Path) -> None:
+    """The real MiniLM: prune converts to ONNX and prunes in one step (both in the recipe); quantize
+    then works on that version, which carries its own optimization report."""
+    registry = Registry(tmp_path / "home")
+    registry.push("minilm", minilm_folder)
+    pruned = prune_version(registry, "minilm", sparsity=0.1, **FAST).version
+    assert pruned is not None and pruned.format == "transformers-onnx" and pruned.recipe is not None
+    assert [s["step"] for s in pruned.recipe["steps"]] == ["convert", "prune"]
+    assert pruned.recipe["config"]["operation"] == "prune"
+    assert any(f["path"] == "optimization/report.json" for f in pruned.files)
+
+    quantized = quantize_version(registry, str(pruned.ref), **FAST).version
+    assert quantized is not None and quantized.parent == str(pruned.ref) and quantized.recipe is not None
+    assert [s["step"] for s in quantized.recipe["steps"]] == ["quantize"]
+    assert quantized.size < pruned.size / 2
+    texts = ["a sentence about the weather", "another one, a bit longer than the first one was"]
+    with registry.load("minilm:1") as original, registry.load(quantized.ref) as chained:
+        want, got = original.predict(texts), chained.predict(texts)
+    assert cosines(got["embedding"], want["embedding"]).min() >= 0.9

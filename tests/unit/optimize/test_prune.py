@@ -14,6 +14,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from shipyard.errors import InvalidInputError
+from shipyard.optimize.applicability import NotApplicable
 from shipyard.optimize.prune import prune_onnx
 
 RNG = np.random.default_rng(7)
@@ -298,13 +299,12 @@ def test_structured_skips_chains_that_are_not_safe_to_slice(tmp_path: Path, case
         source = _bert_ffn(tmp_path, extra_output="h_erf")
     else:
         source = _bert_ffn(tmp_path, activation="softmax")
-    with pytest.raises(InvalidInputError, match="no prunable MLP/FFN chain") as exc:
+    with pytest.raises(NotApplicable, match="no prunable MLP/FFN chain"):
         prune_onnx(source, tmp_path / "out.onnx", sparsity=0.5, structured=True)
-    assert exc.value.field == "structured"
     assert not (tmp_path / "out.onnx").exists()
 
 
-def test_nothing_to_prune_is_an_error(tmp_path: Path) -> None:
+def test_nothing_to_prune_does_not_apply(tmp_path: Path) -> None:
     """An embedding table read by Gather and a weight too small to matter: no eligible weight."""
     nodes = [
         helper.make_node("Gather", ["table", "ids"], ["e"]),
@@ -313,9 +313,9 @@ def test_nothing_to_prune_is_an_error(tmp_path: Path) -> None:
     inits = {"table": RNG.standard_normal((1000, 16)), "W": RNG.standard_normal((16, 4))}
     ids = helper.make_tensor_value_info("ids", TensorProto.INT64, ["batch"])
     source = _save(tmp_path / "emb.onnx", nodes, inits, [ids], [_float("Y", "batch", 4)])
-    with pytest.raises(InvalidInputError, match="nothing to prune"):
+    with pytest.raises(NotApplicable, match="nothing to prune"):
         prune_onnx(source, tmp_path / "out.onnx", sparsity=0.5)
-    with pytest.raises(InvalidInputError, match="no prunable MLP/FFN chain"):
+    with pytest.raises(NotApplicable, match="no prunable MLP/FFN chain"):
         prune_onnx(source, tmp_path / "out.onnx", sparsity=0.5, structured=True)
 
 
