@@ -101,7 +101,7 @@ def test_a_killed_worker_is_replaced_while_the_other_keeps_answering(
         for worker in (1, 2):  # each has loaded the model, so each listens
             stderr_line(server, rf" worker={worker} shipyard\..*: loaded iris-onnx:1 ")
         before = worker_pids(server.proc.pid)
-        assert len(before) == 2, before
+        assert len(before) == 2, (before, server.stderr())
         victim = before[0]
 
         with Traffic(server.url, CLIENTS) as traffic:
@@ -114,17 +114,18 @@ def test_a_killed_worker_is_replaced_while_the_other_keeps_answering(
             )
             back = stderr_line(server, rf"worker {died[1]} \(pid (\d+)\) is serving again$")
             replacement = int(back[1])
-            assert replacement not in before and replacement in worker_pids(server.proc.pid)
+            now = worker_pids(server.proc.pid)
+            assert replacement not in before and replacement in now, (before, now, server.stderr())
             answered = traffic.ok
             wait_for(lambda: traffic.ok >= answered + 20, "answers after the replacement", server)
         # Only a request in flight on the killed worker can fail: at most one per client.
-        assert traffic.failed <= CLIENTS, (traffic.failed, traffic.ok)
-        assert traffic.statuses == []
+        assert traffic.failed <= CLIENTS, (traffic.failed, traffic.ok, server.stderr())
+        assert traffic.statuses == [], (traffic.statuses, server.stderr())
 
         # The dead worker's gauges are gone: two live workers, one model each.
         with server.client() as client:
             text = client.get("/metrics").text
-        assert metric_sum(text, "shipyard_server_loaded_models") == 2
+        assert metric_sum(text, "shipyard_server_loaded_models") == 2, text
         code = server.stop()
     except BaseException:
         server.kill()
