@@ -97,3 +97,9 @@ def exposition() -> bytes:
         _multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         return generate_latest(registry)
     return generate_latest()
+
+
+def forget_process(pid: int) -> None:
+    """Drop the live gauges of a worker process that ended, so sums over workers stop counting it."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        _multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]

@@ -3,24 +3,26 @@
 Several workers each open their own listening socket with SO_REUSEPORT, so the kernel spreads
 connections across them by hash; a single shared socket lets the busiest worker accept most
 connections (one of two uvicorn workers took all 32 in our measurements). Metrics are summed
-across workers through prometheus_client's multiprocess directory.
+across workers through prometheus_client's multiprocess directory. The parent supervises the
+workers (`workers.py`): it replaces one that dies and stops when one cannot start.
 """
 
 from __future__ import annotations
 
 import errno
-import multiprocessing
 import os
 import shutil
 import signal
 import socket
-import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
+from multiprocessing.connection import Connection
 from typing import Any
 
 from shipyard.errors import ConflictError, InvalidInputError, ShipyardError
+from shipyard.monitor.logs import configure_logging
+from shipyard.serve.workers import Supervisor, report_failure, report_ready
 from shipyard.settings import Settings
 
 
@@ -58,10 +60,14 @@ def _bind_error(host: str, port: int, exc: OSError) -> ShipyardError:
     return ShipyardError(f"{where}: {exc.strerror or exc}")
 
 
-def _serve_on(spec: ServeSpec, sock: socket.socket, worker: int | None = None) -> None:
+def _serve_on(
+    spec: ServeSpec,
+    sock: socket.socket,
+    worker: int | None = None,
+    started: Callable[[], None] | None = None,
+) -> None:
     import uvicorn
 
-    from shipyard.monitor.logs import configure_logging
     from shipyard.serve.access_log import AccessLog
     from shipyard.serve.app import create_app
     from shipyard.serve.transport import OneWriteHttpProtocol
@@ -98,12 +104,29 @@ def _serve_on(spec: ServeSpec, sock: socket.socket, worker: int | None = None) -
     # a no-op handler here turns that into a clean exit with status 0.
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: None)
-    uvicorn.Server(config).run(sockets=[sock])
+
+    class Server(uvicorn.Server):
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets)
+            if started is not None and not self.should_exit:
+                started()
+
+    Server(config).run(sockets=[sock])
 
 
-def _worker_main(spec: ServeSpec, host: str, port: int, worker: int) -> None:
-    # No listen() here: uvicorn listens after its lifespan startup, which waits for the models.
-    _serve_on(spec, bind_socket(host, port, reuse_port=True), worker)
+def _worker_main(spec: ServeSpec, host: str, port: int, worker: int, status: Connection) -> None:
+    """One of several workers; it tells the supervisor when it serves, or why it cannot start."""
+    try:
+        # No listen() here: uvicorn listens after its lifespan startup, which waits for the models.
+        sock = bind_socket(host, port, reuse_port=True)
+        _serve_on(spec, sock, worker, started=lambda: report_ready(status))
+    except ShipyardError as exc:
+        report_failure(status, exc.message)
+        raise SystemExit(exc.exit_code) from None
+    except Exception as exc:  # noqa: BLE001 -- e.g. a registry it cannot open: one line, no traceback
+        first_line = (str(exc).splitlines() or [""])[0]
+        report_failure(status, f"{type(exc).__name__}: {first_line}")
+        raise SystemExit(1) from None
 
 
 def _share_cores(settings: Settings) -> Settings:
@@ -118,7 +141,8 @@ def _share_cores(settings: Settings) -> Settings:
 
 
 def run(spec: ServeSpec, announce: Callable[[str, int], None]) -> int:
-    """Serve until SIGTERM/SIGINT; returns the exit code."""
+    """Serve until SIGTERM/SIGINT; returns the exit code. With several workers, one that dies is
+    replaced, and ShipyardError says why when the server stops because of a failure."""
     serve = spec.settings.serve
     if serve.workers == 1:
         sock = bind_socket(serve.host, serve.port, reuse_port=False)
@@ -131,34 +155,23 @@ def run(spec: ServeSpec, announce: Callable[[str, int], None]) -> int:
     port = holder.getsockname()[1]
     metrics_dir = tempfile.mkdtemp(prefix="shipyard-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
-    context = multiprocessing.get_context("spawn")
-    spec = ServeSpec(_share_cores(spec.settings), spec.refs)
-    workers = [
-        context.Process(target=_worker_main, args=(spec, serve.host, port, i), name=f"shipyard-worker-{i}")
-        for i in range(1, serve.workers + 1)
-    ]
-    for worker in workers:
-        worker.start()
-    announce(serve.host, port)
-
-    def forward(signum: int, _frame: Any) -> None:
-        for worker in workers:
-            if worker.is_alive() and worker.pid is not None:
-                os.kill(worker.pid, signal.SIGTERM)
-
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
+    configure_logging(serve.log_level, as_json=serve.log_json)
+    supervisor = Supervisor(
+        serve.workers,
+        _worker_main,
+        (ServeSpec(_share_cores(spec.settings), spec.refs), serve.host, port),
+        on_exit=_forget_worker,
+    )
     try:
-        for worker in workers:
-            worker.join()
+        supervisor.run(started=lambda: announce(serve.host, port))
     finally:
         holder.close()
         shutil.rmtree(metrics_dir, ignore_errors=True)
-    failed = [
-        f"worker {i} was killed by signal {-code}" if code < 0 else f"worker {i} exited with {code}"
-        for i, code in enumerate((w.exitcode or 0 for w in workers), 1)
-        if code not in (0, -signal.SIGTERM)
-    ]
-    if failed:
-        print(f"error: {len(failed)} of {len(workers)} workers failed ({'; '.join(failed)})", file=sys.stderr)
-    return 1 if failed else 0
+    return 0
+
+
+def _forget_worker(pid: int) -> None:
+    """A dead worker's live gauges (queue depth, in-flight, loaded models) no longer count."""
+    from shipyard.monitor.metrics import forget_process
+
+    forget_process(pid)

@@ -1,11 +1,9 @@
 """`shipyard serve` and `shipyard ps` as a user runs them: unknown references, --wait, the access
-log, worker ids on log lines, and the exit code when workers fail."""
+log and worker ids on log lines (test_serve_workers.py: workers that die or cannot start)."""
 
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import time
 from collections.abc import Callable
@@ -130,9 +128,7 @@ def test_served_models_reads_the_readiness_body() -> None:
     assert _served_models({}) == []
 
 
-def test_workers_tag_their_log_lines_and_a_failed_worker_fails_serve(
-    serve_models: ServeModels, tmp_path: Path
-) -> None:
+def test_workers_tag_their_log_lines(serve_models: ServeModels, tmp_path: Path) -> None:
     env = {"SHIPYARD_SERVE__ACCESS_LOG": "true", "SHIPYARD_SERVE__LOG_JSON": "true"}
     server = launch(serve_models.home, ["iris-onnx"], tmp_path, args=["--workers", "2"], env=env)
     try:
@@ -149,20 +145,8 @@ def test_workers_tag_their_log_lines_and_a_failed_worker_fails_serve(
         assert entry["logger"] == "shipyard.access" and entry["worker"] in (1, 2)
         assert (entry["method"], entry["status"]) == ("GET", 200)
         assert entry["client"].startswith("127.0.0.1:") and entry["duration_ms"] >= 0
-
-        victim = worker_pids(server.proc.pid)[0]
-        os.kill(victim, signal.SIGKILL)
         code = server.stop()
     except BaseException:
         server.kill()
         raise
-    assert code == 1, server.stderr()
-    last = server.stderr().strip().splitlines()[-1]
-    assert last.startswith("error: 1 of 2 workers failed (worker "), last
-    assert last.endswith("was killed by signal 9)"), last
-
-
-def worker_pids(parent: int) -> list[int]:
-    """The server's worker processes (not multiprocessing's resource tracker)."""
-    children = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
-    return [int(pid) for pid in children if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+    assert code == 0, server.stderr()

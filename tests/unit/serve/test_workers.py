@@ -1,0 +1,37 @@
+"""The restart policy of `--workers`: back-off between replacements, and when to give up."""
+
+from __future__ import annotations
+
+import signal
+
+from shipyard.serve.workers import RestartPolicy, describe_exit
+
+
+def test_replacements_back_off_doubling_to_a_cap() -> None:
+    policy = RestartPolicy()
+    delays = [policy.after_death(served_s=1.0) for _ in range(9)]
+    assert delays == [0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0, 30.0]
+
+
+def test_a_worker_that_served_a_while_starts_the_back_off_over() -> None:
+    policy = RestartPolicy(stable_after_s=30.0)
+    assert [policy.after_death(served_s=1.0) for _ in range(3)] == [0.5, 1.0, 2.0]
+    assert policy.after_death(served_s=30.0) == 0.5
+    assert policy.after_death(served_s=29.0) == 1.0
+
+
+def test_it_gives_up_on_a_worker_that_dies_before_serving_too_often_in_a_row() -> None:
+    policy = RestartPolicy(max_start_failures=3)
+    assert policy.after_death(served_s=None) == 0.5
+    assert policy.after_death(served_s=None) == 1.0
+    assert policy.after_death(served_s=0.1) == 2.0  # it served: the count of failed starts restarts
+    assert policy.after_death(served_s=None) == 4.0
+    assert policy.after_death(served_s=None) == 8.0
+    assert policy.after_death(served_s=None) is None
+    assert policy.start_failures == 3
+
+
+def test_exits_are_described_by_code_or_signal() -> None:
+    assert describe_exit(1) == "exited with 1"
+    assert describe_exit(-signal.SIGKILL) == "was killed by signal 9 (SIGKILL)"
+    assert describe_exit(-signal.SIGSEGV) == "was killed by signal 11 (SIGSEGV)"
