@@ -392,8 +392,8 @@ class MetadataStore:
             taken = conn.execute(sa.select(api_keys.c.id).where(api_keys.c.name == record["name"])).first()
             if taken is not None:
                 raise ConflictError(
-                    f"a key named {record['name']!r} exists already; pick another name "
-                    f"or revoke it with `shipyard keys revoke {record['name']}`",
+                    f"a key named {record['name']!r} exists already (names stay taken after "
+                    "revocation); pick another name, see `shipyard keys list`",
                     field="name",
                 )
             conn.execute(api_keys.insert().values(**record))
