@@ -23,7 +23,7 @@ import tomllib
 from collections.abc import Mapping
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, Field, ValidationError
 from pydantic.fields import FieldInfo
@@ -62,6 +62,14 @@ class ServeSettings(BaseModel):
     max_batch_delay_ms: float = Field(2.0, ge=0)
     max_queue: int = Field(1024, ge=1)
     max_body_bytes: int = Field(64 * 1024 * 1024, ge=1)
+    auth: Literal["auto", "required"] = Field(
+        "auto", description="auto: keys are required once any key exists in the registry"
+    )
+    auth_cache_ttl_s: float = Field(
+        5.0, ge=0, description="how long a server trusts a key lookup: revocation takes effect within it"
+    )
+    insecure: bool = Field(False, description="serve a non-loopback address without API keys")
+    # Deprecated: an admin-scoped key (`shipyard keys create NAME --scope admin`) replaces it.
     admin_token: str | None = None
     poll_interval_s: float = Field(2.0, gt=0, description="how often moving refs are re-resolved")
     wait_for_refs: bool = Field(False, description="start even if a reference does not resolve yet")

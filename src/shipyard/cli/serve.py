@@ -40,6 +40,9 @@ def serve(
             "--wait", help="Start even if a reference does not resolve yet; serve it once it appears."
         ),
     ] = False,
+    insecure: Annotated[
+        bool, typer.Option("--insecure", help="Serve a non-loopback address without API keys (not advised).")
+    ] = False,
     config: Annotated[Path | None, typer.Option(help="TOML config file.")] = None,
 ) -> None:
     """Serve models over HTTP (V2/Triton, V1/TF Serving, SageMaker, Vertex AI)."""
@@ -57,8 +60,14 @@ def serve(
         "max_batch_delay_ms": max_batch_delay_ms,
         "max_queue": max_queue,
         "wait_for_refs": True if wait else None,  # absent: the environment or file may say so
+        "insecure": True if insecure else None,
     }
     settings = state(ctx).settings(config, serve=flags)
+    _require_safe_bind(settings)
+    if settings.serve.insecure:
+        typer.echo(
+            "WARNING: --insecure: serving without API keys; anyone who can reach it may use it", err=True
+        )
     if not settings.serve.wait_for_refs:
         _require_refs(settings, refs)
 
@@ -74,6 +83,15 @@ def serve(
     code = run(ServeSpec(settings, refs), announce)
     if code:
         raise typer.Exit(code)
+
+
+def _require_safe_bind(settings: Settings) -> None:
+    """A non-loopback address needs API keys (or --insecure); refused before anything binds."""
+    from shipyard.registry import Registry
+    from shipyard.serve.auth import require_safe_bind
+
+    with Registry(settings=settings) as registry:
+        require_safe_bind(settings, registry)
 
 
 def _require_refs(settings: Settings, refs: list[str]) -> None:

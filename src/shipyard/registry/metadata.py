@@ -7,6 +7,7 @@ same version number and a failed write leaves nothing behind.
 
 from __future__ import annotations
 
+import dataclasses
 import getpass
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,10 +20,11 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from shipyard.errors import ConflictError, InvalidInputError, NotFoundError, ShipyardError
-from shipyard.registry.tables import alias_history, aliases, models, versions
+from shipyard.registry.keys import ApiKey
+from shipyard.registry.tables import alias_history, aliases, api_keys, models, versions
 from shipyard.types import ModelVersion, Signature
 
-SCHEMA_HEAD = "0001"  # newest migration; a test keeps it equal to Alembic's head
+SCHEMA_HEAD = "0002"  # newest migration; a test keeps it equal to Alembic's head
 _MIGRATIONS = Path(__file__).parent / "migrations"
 _SQLITE_BUSY_TIMEOUT_MS = 60_000
 
@@ -382,6 +384,62 @@ class MetadataStore:
         return f"model {name!r} has no alias {alias!r} (aliases: {listing})"
 
     # -- rows ---------------------------------------------------------------------------
+
+    # -- api keys -----------------------------------------------------------------------
+
+    def add_key(self, record: dict[str, Any]) -> None:
+        with self._write() as conn:
+            taken = conn.execute(sa.select(api_keys.c.id).where(api_keys.c.name == record["name"])).first()
+            if taken is not None:
+                raise ConflictError(
+                    f"a key named {record['name']!r} exists already (names stay taken after "
+                    "revocation); pick another name, see `shipyard keys list`",
+                    field="name",
+                )
+            conn.execute(api_keys.insert().values(**record))
+
+    def keys(self) -> list[ApiKey]:
+        with self._read() as conn:
+            rows = conn.execute(api_keys.select().order_by(api_keys.c.created_at, api_keys.c.name)).all()
+        return [self._to_key(row) for row in rows]
+
+    def key_with_hash(self, key_id: str) -> tuple[ApiKey, str] | None:
+        """A key's record and its stored hash, by id."""
+        with self._read() as conn:
+            row = conn.execute(api_keys.select().where(api_keys.c.id == key_id)).first()
+        return None if row is None else (self._to_key(row), row.key_hash)
+
+    def any_key(self) -> bool:
+        """Whether a key was ever created: revoked and expired ones count, so revoking the last
+        key never turns authentication off."""
+        with self._read() as conn:
+            return conn.execute(sa.select(api_keys.c.id).limit(1)).first() is not None
+
+    def revoke_key(self, id_or_name: str) -> ApiKey | None:
+        with self._write() as conn:
+            where = sa.or_(api_keys.c.id == id_or_name, api_keys.c.name == id_or_name)
+            row = conn.execute(api_keys.select().where(where)).first()
+            if row is None:
+                return None
+            conn.execute(api_keys.update().where(api_keys.c.id == row.id).values(revoked=True))
+            return dataclasses.replace(self._to_key(row), revoked=True)
+
+    def touch_key(self, key_id: str, when: str) -> None:
+        with self._write() as conn:
+            conn.execute(api_keys.update().where(api_keys.c.id == key_id).values(last_used_at=when))
+
+    @staticmethod
+    def _to_key(row: Any) -> ApiKey:
+        return ApiKey(
+            id=row.id,
+            name=row.name,
+            scopes=tuple(row.scopes),
+            created_at=row.created_at,
+            created_by=row.created_by,
+            expires_at=row.expires_at,
+            last_used_at=row.last_used_at,
+            revoked=bool(row.revoked),
+        )
 
     @staticmethod
     def _to_version(row: Any, alias_names: tuple[str, ...]) -> ModelVersion:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 import math
 import os
 import re
@@ -9,9 +10,11 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from shipyard.errors import InvalidInputError, NotFoundError
+from shipyard.errors import InvalidInputError, NotFoundError, UnauthorizedError
 from shipyard.packaging import package
+from shipyard.registry import keys
 from shipyard.registry._git import current_commit
+from shipyard.registry.keys import ApiKey
 from shipyard.registry.metadata import AliasChange, MetadataStore, current_user, utc_now
 from shipyard.registry.store import LocalArtifactStore
 from shipyard.runtimes import load_runtime
@@ -280,6 +283,60 @@ class Registry:
     def garbage_in_grace(self, grace_s: float = 600.0) -> tuple[int, int]:
         """What `gc(grace_s)` would keep because it is too recent; (items, bytes)."""
         return self.store.fresh_garbage(self.metadata.referenced_digests(), grace_s)
+
+    # -- api keys -----------------------------------------------------------------------
+
+    def create_key(self, name: str, scopes: list[str], expires: str | None = None) -> tuple[ApiKey, str]:
+        """A new key: its record and the full key, which is shown once and never stored."""
+        keys.validate_key_name(name)
+        record = {
+            "name": name,
+            "scopes": list(keys.parse_scopes(scopes)),
+            "created_at": utc_now(),
+            "created_by": current_user(),
+            "expires_at": keys.parse_expiry(expires),
+            "last_used_at": None,
+            "revoked": False,
+        }
+        key_id, secret, key_hash = keys.new_key()
+        self.metadata.add_key({**record, "id": key_id, "key_hash": key_hash})
+        found = self.metadata.key_with_hash(key_id)
+        assert found is not None
+        return found[0], secret
+
+    def list_keys(self) -> list[ApiKey]:
+        """Every key's record (never a secret or a hash), revoked and expired ones included."""
+        return self.metadata.keys()
+
+    def revoke_key(self, id_or_name: str) -> ApiKey:
+        revoked = self.metadata.revoke_key(id_or_name)
+        if revoked is None:
+            raise NotFoundError(
+                f"no API key with id or name {id_or_name!r}; see `shipyard keys list`", field="key"
+            )
+        return revoked
+
+    def auth_enabled(self) -> bool:
+        """Whether any key was ever created (servers then require one on every request)."""
+        return self.metadata.any_key()
+
+    def authenticate(self, presented: str, *, touch: bool = True) -> ApiKey:
+        """The record of a valid key; UnauthorizedError if unknown, revoked or expired."""
+        key_id, secret = keys.split_key(presented)
+        found = self.metadata.key_with_hash(key_id)
+        # Hash and compare even for an unknown id, so timing does not tell which ids exist.
+        stored = found[1] if found is not None else "0" * 64
+        matches = hmac.compare_digest(keys.hash_secret(secret), stored)
+        if found is None or not matches:
+            raise UnauthorizedError("the API key is not valid", field="authorization")
+        key = found[0]
+        if key.revoked:
+            raise UnauthorizedError(f"API key {key.id} was revoked", field="authorization")
+        if key.expired():
+            raise UnauthorizedError(f"API key {key.id} expired at {key.expires_at}", field="authorization")
+        if touch:
+            self.metadata.touch_key(key.id, utc_now())
+        return key
 
     # -- artifacts ----------------------------------------------------------------------
 

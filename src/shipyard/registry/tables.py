@@ -63,3 +63,17 @@ alias_history = sa.Table(
     sa.Column("changed_by", sa.String(128), nullable=False),
     sa.Index("ix_alias_history_name_alias", "name", "alias"),
 )
+
+api_keys = sa.Table(
+    "api_keys",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),  # the public part of `sy_<id>_<secret>`
+    sa.Column("name", sa.String(64), nullable=False, unique=True),
+    sa.Column("key_hash", sa.String(64), nullable=False),  # SHA-256 of the secret; never the secret
+    sa.Column("scopes", sa.JSON, nullable=False),
+    sa.Column("created_at", sa.String(32), nullable=False),
+    sa.Column("created_by", sa.String(128), nullable=False),
+    sa.Column("expires_at", sa.String(32)),
+    sa.Column("last_used_at", sa.String(32)),
+    sa.Column("revoked", sa.Boolean, nullable=False),
+)

@@ -18,6 +18,7 @@ from starlette.types import Receive, Scope, Send
 from shipyard.errors import MethodNotAllowedError, NotFoundError
 from shipyard.monitor import metrics
 from shipyard.registry import Registry
+from shipyard.serve.auth import Authenticator
 from shipyard.serve.dataplane import DataPlane
 from shipyard.serve.protocols._http import error_response, internal_error, json_response
 from shipyard.serve.protocols.management import ManagementProtocol
@@ -46,13 +47,22 @@ def create_app(
     repository = ModelRepository(registry, settings)
     dataplane = DataPlane(repository)
     serve = settings.serve
+    probes = frozenset(p for p in ("/healthz", "/readyz", "/ping", vertex_routes[0]) if p)
+    auth = Authenticator(registry, serve, probes)
+    if serve.insecure:
+        log.warning(
+            "serving with --insecure: no API key is required until one is created with `shipyard keys create`"
+        )
 
     async def healthz(request: Request) -> Response:
         return json_response({"live": True})
 
     async def readyz(request: Request) -> Response:
         readiness = dataplane.readiness()
-        return json_response(readiness.to_dict(), 200 if readiness.ready else 503)
+        body = readiness.to_dict()
+        if serve.insecure:
+            body["insecure"] = True
+        return json_response(body, 200 if readiness.ready else 503)
 
     async def metrics_endpoint(request: Request) -> Response:
         return Response(metrics.exposition(), media_type="text/plain; version=0.0.4")
@@ -121,7 +131,7 @@ def create_app(
     app.state.dataplane = dataplane
     app.state.repository = repository
     hot = [route for protocol in protocols for route in getattr(protocol, "hot_routes", list)()]
-    return ShipyardApp(app, hot)
+    return ShipyardApp(app, hot, auth)
 
 
 class ShipyardApp:
@@ -132,14 +142,19 @@ class ShipyardApp:
     are the same ones Starlette routes to, with the same error mapping and metrics.
     """
 
-    def __init__(self, app: Starlette, hot: list[Route]) -> None:
+    def __init__(self, app: Starlette, hot: list[Route], auth: Authenticator) -> None:
         self.app = app
+        self.auth = auth
         self.state = app.state
         self.router = app.router
         self._hot = [(re.compile(r.path_regex.pattern), r.endpoint) for r in hot]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
+            refused = await self.auth.check(scope)  # every route, before any of them runs
+            if refused is not None:
+                await error_response(refused)(scope, receive, send)
+                return
             path = scope["path"]
             for pattern, handler in self._hot:
                 match = pattern.match(path)

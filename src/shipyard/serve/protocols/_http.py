@@ -19,9 +19,11 @@ from shipyard.errors import (
     ModelError,
     PayloadTooLargeError,
     ShipyardError,
+    UnauthorizedError,
     UnsupportedMediaTypeError,
 )
 from shipyard.monitor import metrics
+from shipyard.serve.auth import require_model
 from shipyard.serve.dataplane import ClientDisconnectedError
 from shipyard.types import MAX_VERSION
 
@@ -83,7 +85,10 @@ def label(request: Request, name: str, version: int | None = None) -> None:
     Routes with a `{model}` path segment are labelled with it already; handlers call this once
     they know more (the model named in the body, the version that answered). The `endpoint`
     wrapper keeps a name only if it is served, so labels never carry arbitrary user input.
+    With API keys on, this is also where a model named in the body is authorized (403 unless
+    the caller's key may infer on it): every handler names its model here before inference.
     """
+    require_model(request, name)
     request.scope[_LABELS] = (name, version)
 
 
@@ -116,6 +121,8 @@ def error_response(exc: ShipyardError, body: ErrorBody = plain_error) -> Respons
         headers = {"Retry-After": "1"}
     elif isinstance(exc, MethodNotAllowedError):
         headers = {"Allow": exc.allow}
+    elif isinstance(exc, UnauthorizedError):
+        headers = {"WWW-Authenticate": 'Bearer realm="shipyard"'}
     return json_response(body(exc), exc.status_code, headers)
 
 

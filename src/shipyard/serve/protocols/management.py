@@ -1,4 +1,4 @@
-"""Triton's model-repository extension (index, load, unload), behind an admin token."""
+"""Triton's model-repository extension (index, load, unload), for admin-scoped API keys."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from shipyard.errors import ForbiddenError, InvalidInputError, UnauthorizedError
+from shipyard.serve.auth import caller_id
 from shipyard.serve.dataplane import DataPlane
 from shipyard.serve.protocols._http import endpoint, json_response, parse_json, read_body
 from shipyard.settings import ServeSettings
@@ -33,9 +34,15 @@ class ManagementProtocol:
         ]
 
     def _authorize(self, request: Request) -> None:
+        if caller_id(request) is not None:
+            return  # API keys are on and the app's Authenticator found the admin scope
         token = self.settings.admin_token
         if not token:
-            raise ForbiddenError("model management is disabled; set SHIPYARD_SERVE__ADMIN_TOKEN to enable it")
+            raise ForbiddenError(
+                "model management is disabled without an admin key; create one with "
+                "`shipyard keys create NAME --scope admin` "
+                "(or set the deprecated SHIPYARD_SERVE__ADMIN_TOKEN)"
+            )
         scheme, _, given = request.headers.get("authorization", "").partition(" ")
         # compare_digest: constant time, so the token cannot be guessed byte by byte.
         if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), token.encode()):

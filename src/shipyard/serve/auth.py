@@ -1,0 +1,198 @@
+"""Who may call what: API keys from the registry, checked once per request before any route runs.
+
+Authentication is on once any key exists in the registry (or with `serve.auth = "required"`);
+until then the server answers everyone, which is why it then binds loopback only. Probes stay
+open so orchestrators need no key. Lookups are cached for `serve.auth_cache_ttl_s` by the hash
+of the presented key: per request that is one SHA-256 and one dict lookup, and a revocation
+reaches every server within the TTL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import ipaddress
+import logging
+import re
+import time
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+from starlette.requests import Request
+from starlette.types import Scope
+
+from shipyard.errors import ForbiddenError, InvalidInputError, ShipyardError, UnauthorizedError
+from shipyard.registry.keys import ADMIN, WRITE, ApiKey, allows, key_id_of
+
+if TYPE_CHECKING:
+    from shipyard.registry import Registry
+    from shipyard.settings import ServeSettings, Settings
+
+log = logging.getLogger("shipyard.auth")
+
+ADMIN_TOKEN_CALLER = "admin-token"  # the caller id of the deprecated SHIPYARD_SERVE__ADMIN_TOKEN
+_CALLER = "shipyard.caller"  # scope key: the authenticated key's record
+_BODY_MODEL = "infer:?"  # the model is named in the body: checked by `require_model`
+_CACHE_LIMIT = 10_000  # entries; random keys sent by an attacker cannot grow it past this
+_INFER_PATH = re.compile(
+    r"^/v2/models/(?P<v2>[^/]+)(?:/versions/[^/]+)?/infer$|^/v1/models/(?P<v1>[^/:]+)(?:/versions/[^/:]+)?:predict$"
+)
+_BODY_MODEL_PATHS = frozenset({"/v1/embeddings", "/v1/completions", "/v1/chat/completions", "/invocations"})
+_PROBES = frozenset({"/healthz", "/readyz", "/ping"})
+
+
+def required_scope(method: str, path: str, probes: frozenset[str] = _PROBES) -> str | None:
+    """The scope a request needs: None for probes, `admin` for management, `infer:<model>` for
+    inference, `read` for everything else (metadata, docs, metrics, /openapi.json)."""
+    if path in probes or path.startswith("/v2/health/"):
+        return None
+    if path.startswith("/v2/repository/"):
+        return ADMIN
+    if method == "POST":
+        match = _INFER_PATH.match(path)
+        if match is not None:
+            return f"infer:{match.group('v2') or match.group('v1')}"
+        if path in _BODY_MODEL_PATHS:
+            return _BODY_MODEL
+    return "read"
+
+
+def caller_id(request: Request) -> str | None:
+    """The id of the key that authenticated this request; None when authentication is off."""
+    key: ApiKey | str | None = request.scope.get(_CALLER)
+    return key if isinstance(key, str) or key is None else key.id
+
+
+def require_model(request: Request, model: str) -> None:
+    """403 unless the caller may infer on `model` (for routes whose body names the model)."""
+    key = request.scope.get(_CALLER)
+    if isinstance(key, ApiKey) and not key.allows(f"infer:{model}"):
+        _record("forbidden", key.id, scope=f"infer:{model}", path=request.url.path)
+        raise _forbidden(key.id, f"infer:{model}")
+
+
+def _record(event: str, key_id: str | None, **detail: str | None) -> None:
+    """A security event (refused key, missing scope, admin or write use): the one place that
+    reports them, as a structured log line. Never given the secret, only the key's id."""
+    log.warning("auth %s key=%s %s", event, key_id or "-", " ".join(f"{k}={v}" for k, v in detail.items()))
+
+
+def _forbidden(key_id: str, needed: str) -> ForbiddenError:
+    return ForbiddenError(
+        f"API key {key_id} lacks the scope {needed!r}; create a key with "
+        f"`shipyard keys create NAME --scope {needed}`",
+        field="authorization",
+    )
+
+
+class Authenticator:
+    """Checks each request's key against the registry, through a short-lived cache."""
+
+    def __init__(self, registry: Registry, settings: ServeSettings, probes: frozenset[str] = _PROBES) -> None:
+        self._registry = registry
+        self._ttl = settings.auth_cache_ttl_s
+        self._probes = probes
+        self._enabled = settings.auth == "required"
+        self._recheck_at = float("-inf")
+        token = settings.admin_token
+        self._admin_token = hashlib.sha256(token.encode()).digest() if token else None
+        # hash of the presented key -> (valid until, key record or refusal message, expiry as epoch)
+        self._cache: dict[bytes, tuple[float, ApiKey | str, float]] = {}
+
+    async def check(self, scope: Scope) -> ShipyardError | None:
+        """None if the request may go on (its caller recorded in the scope), else the refusal."""
+        if not self._enabled:
+            if time.monotonic() < self._recheck_at:
+                return None  # authentication is off: the whole cost is this comparison
+            # Keys are never deleted, only revoked, so once on it stays on: no more checks.
+            self._enabled = await asyncio.to_thread(self._registry.auth_enabled)
+            self._recheck_at = time.monotonic() + self._ttl
+            if not self._enabled:
+                return None
+        needed = required_scope(scope["method"], scope["path"], self._probes)
+        if needed is None:
+            return None
+        presented = _presented(scope)
+        if presented is None:
+            _record("refused", None, reason="no key", path=scope["path"])
+            return UnauthorizedError(
+                "this server needs an API key: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'",
+                field="authorization",
+            )
+        digest = hashlib.sha256(presented.encode()).digest()
+        if (
+            needed == ADMIN
+            and self._admin_token is not None
+            and hmac.compare_digest(digest, self._admin_token)
+        ):
+            scope[_CALLER] = ADMIN_TOKEN_CALLER
+            _record("used", ADMIN_TOKEN_CALLER, scope=ADMIN, path=scope["path"])
+            return None
+        key = await self._lookup(presented, digest)
+        if isinstance(key, str):
+            _record("refused", key_id_of(presented), reason=key, path=scope["path"])
+            return UnauthorizedError(key, field="authorization")
+        scope[_CALLER] = key
+        if needed != _BODY_MODEL and not allows(key.scopes, needed):
+            _record("forbidden", key.id, scope=needed, path=scope["path"])
+            return _forbidden(key.id, needed)
+        if needed in (ADMIN, WRITE):
+            _record("used", key.id, scope=needed, path=scope["path"])
+        return None
+
+    async def _lookup(self, presented: str, digest: bytes) -> ApiKey | str:
+        """The key's record, or why it is refused (a message without the key)."""
+        now = time.monotonic()
+        hit = self._cache.get(digest)
+        if hit is None or hit[0] <= now:
+            result: ApiKey | str
+            try:
+                result = await asyncio.to_thread(self._registry.authenticate, presented)
+            except UnauthorizedError as exc:
+                result = exc.message
+            if len(self._cache) >= _CACHE_LIMIT:
+                self._cache.clear()
+            expires = float("inf")
+            if isinstance(result, ApiKey) and result.expires_at is not None:
+                expires = datetime.fromisoformat(result.expires_at).timestamp()
+            hit = self._cache[digest] = (now + self._ttl, result, expires)
+        key = hit[1]
+        if isinstance(key, ApiKey) and time.time() >= hit[2]:  # it may expire while cached
+            return f"API key {key.id} expired at {key.expires_at}"
+        return key
+
+
+def _presented(scope: Scope) -> str | None:
+    """The key sent as `Authorization: Bearer <key>` or `X-API-Key: <key>`."""
+    headers: dict[bytes, bytes] | None = scope.get("shipyard.headers")
+    if headers is None:  # the same dict `_http.header` builds and reuses
+        headers = scope["shipyard.headers"] = dict(scope["headers"])
+    value = headers.get(b"authorization")
+    if value is not None:
+        scheme, _, key = value.decode("latin-1").partition(" ")
+        return key.strip() or None if scheme.lower() == "bearer" else None
+    api_key = headers.get(b"x-api-key")
+    return api_key.decode("latin-1").strip() or None if api_key is not None else None
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name may resolve anywhere
+
+
+def require_safe_bind(settings: Settings, registry: Registry) -> None:
+    """Refuse to serve a non-loopback address without keys, unless told `--insecure`."""
+    serve = settings.serve
+    if is_loopback(serve.host) or serve.insecure or serve.auth == "required" or registry.auth_enabled():
+        return
+    raise InvalidInputError(
+        f"refusing to serve on {serve.host} without API keys: anyone who can reach it could use and "
+        "manage its models; create a key first (`shipyard keys create NAME --scope 'infer:*'`), "
+        "or pass --insecure to serve without keys",
+        field="host",
+    )

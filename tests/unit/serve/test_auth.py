@@ -1,0 +1,239 @@
+"""API keys in the server, in-process: who may call which route, with which key, and what a
+refusal looks like (401 with WWW-Authenticate, 403 naming the scope, never the key itself)."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from typing import Any
+
+import httpx
+import pytest
+import sqlalchemy as sa
+from app_support import ROW, V2_ROW, Home, assert_error, serve
+from fake_runtime import Controls
+
+from shipyard.registry import registry as registry_module
+from shipyard.registry.tables import api_keys
+from shipyard.serve.auth import caller_id, required_scope
+
+pytestmark = pytest.mark.anyio
+
+PROBES = [("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/v2/health/ready"), ("GET", "/ping")]
+ROUTES: dict[str, list[tuple[str, str, Any]]] = {
+    "read": [
+        ("GET", "/metrics", None),
+        ("GET", "/openapi.json", None),
+        ("GET", "/docs", None),
+        ("GET", "/v2/models/iris", None),
+    ],
+    "infer:iris": [
+        ("POST", "/v2/models/iris/infer", V2_ROW),
+        ("POST", "/v1/models/iris:predict", {"instances": [ROW]}),
+    ],
+    "admin": [("POST", "/v2/repository/index", {})],
+}
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+async def call(
+    client: httpx.AsyncClient, method: str, path: str, body: Any, headers: dict[str, str]
+) -> httpx.Response:
+    return await client.request(method, path, json=body, headers=headers)
+
+
+def expire(home: Home, key_id: str) -> None:
+    """Move a key's expiry into the past (keys cannot be created expired)."""
+    with home.registry.metadata.engine.begin() as conn:
+        conn.execute(
+            api_keys.update().where(api_keys.c.id == key_id).values(expires_at="2020-01-01T00:00:00+00:00")
+        )
+
+
+@pytest.fixture
+def keys(fake: Controls, home: Home) -> dict[str, str]:
+    """iris served; one key per case of the matrix."""
+    home.push("iris")
+    made = {}
+    for name, scopes in {
+        "reader": ["read"],
+        "inferrer": ["infer:iris"],
+        "any-model": ["infer:*"],
+        "other-model": ["infer:other", "read"],
+        "admin": ["admin"],
+        "expired": ["infer:*", "read", "admin"],
+        "revoked": ["infer:*", "read", "admin"],
+    }.items():
+        record, secret = home.registry.create_key(name, scopes)
+        made[name] = secret
+        if name == "expired":
+            expire(home, record.id)
+    home.registry.revoke_key("revoked")
+    return made
+
+
+async def test_every_route_class_against_every_kind_of_key(
+    keys: dict[str, str], home: Home, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    right = {"read": "reader", "infer:iris": "inferrer", "admin": "admin"}
+    seen: list[str] = []
+    async with serve(home, ["iris"], auth_cache_ttl_s=0) as served:
+        client = served.client
+        for method, path in PROBES:
+            response = await client.request(method, path)
+            assert response.status_code == 200, (path, response.text)
+        for needed, routes in ROUTES.items():
+            for method, path, body in routes:
+                for headers, why in [
+                    ({}, "needs an API key"),
+                    (bearer("not-a-key"), "malformed"),
+                    (bearer("sy_0123456789abcdef_" + "A" * 43), "not valid"),
+                    (bearer(keys["expired"]), "expired"),
+                    (bearer(keys["revoked"]), "revoked"),
+                    ({"Authorization": f"Basic {keys['admin']}"}, "needs an API key"),
+                ]:
+                    response = await call(client, method, path, body, headers)
+                    assert_error(response, 401, why)
+                    assert response.headers["www-authenticate"].startswith("Bearer")
+                    seen.append(response.text + str(response.headers))
+                wrong = "reader" if needed != "read" else "inferrer"
+                response = await call(client, method, path, body, bearer(keys[wrong]))
+                assert_error(response, 403, repr(needed), "--scope")
+                seen.append(response.text)
+                for headers in (bearer(keys[right[needed]]), {"X-API-Key": keys[right[needed]]}):
+                    response = await call(client, method, path, body, headers)
+                    assert response.status_code == 200, (path, response.text)
+            if needed.startswith("infer:"):
+                for method, path, body in routes:
+                    response = await call(client, method, path, body, bearer(keys["any-model"]))
+                    assert response.status_code == 200, response.text
+    everything = "\n".join([caplog.text, *seen])
+    for secret in keys.values():
+        assert secret not in everything
+        assert secret.rsplit("_", 1)[1] not in everything
+    assert "auth refused" in caplog.text and "auth used" in caplog.text  # the audit's events
+
+
+async def test_a_model_named_in_the_body_needs_its_own_infer_scope(keys: dict[str, str], home: Home) -> None:
+    async with serve(home, ["iris"], auth_cache_ttl_s=0) as served:
+        body = {"model": "iris", "input": ["hello"]}
+        response = await served.client.post("/v1/embeddings", json=body, headers=bearer(keys["other-model"]))
+        assert response.status_code == 403 and "infer:iris" in response.text
+        # With the scope the request reaches the route (which says iris is no embedding model).
+        response = await served.client.post("/v1/embeddings", json=body, headers=bearer(keys["inferrer"]))
+        assert response.status_code == 400 and "not an embedding model" in response.text
+
+
+async def test_revocation_reaches_the_server_within_the_cache_time(keys: dict[str, str], home: Home) -> None:
+    async with serve(home, ["iris"], auth_cache_ttl_s=0) as served:
+        headers = bearer(keys["inferrer"])
+        assert (
+            await served.client.post("/v2/models/iris/infer", json=V2_ROW, headers=headers)
+        ).status_code == 200
+        home.registry.revoke_key("inferrer")
+        response = await served.client.post("/v2/models/iris/infer", json=V2_ROW, headers=headers)
+        assert_error(response, 401, "revoked")
+
+
+async def test_a_cached_key_is_answered_without_the_registry(keys: dict[str, str], home: Home) -> None:
+    async with serve(home, ["iris"], auth_cache_ttl_s=3600) as served:
+        headers = bearer(keys["inferrer"])
+        assert (
+            await served.client.post("/v2/models/iris/infer", json=V2_ROW, headers=headers)
+        ).status_code == 200
+        home.registry.revoke_key("inferrer")  # not seen until the cached entry is an hour old
+        assert (
+            await served.client.post("/v2/models/iris/infer", json=V2_ROW, headers=headers)
+        ).status_code == 200
+
+
+async def test_a_key_created_while_serving_turns_authentication_on(fake: Controls, home: Home) -> None:
+    home.push("iris")
+    async with serve(home, ["iris"], auth_cache_ttl_s=0) as served:
+        assert (await served.client.get("/v2/models/iris")).status_code == 200  # no key yet: open
+        _, secret = home.registry.create_key("first", ["read"])
+        assert_error(await served.client.get("/v2/models/iris"), 401)
+        assert (await served.client.get("/v2/models/iris", headers=bearer(secret))).status_code == 200
+        home.registry.revoke_key("first")  # revoking the last key never turns authentication off
+        assert_error(await served.client.get("/v2/models/iris"), 401)
+
+
+async def test_required_auth_refuses_everyone_until_a_key_exists(fake: Controls, home: Home) -> None:
+    home.push("iris")
+    async with serve(home, ["iris"], auth="required") as served:
+        assert_error(await served.client.get("/metrics"), 401, "API key")
+        assert (await served.client.get("/healthz")).status_code == 200
+
+
+async def test_the_deprecated_admin_token_still_manages_models(keys: dict[str, str], home: Home) -> None:
+    async with serve(home, ["iris"], admin_token="old-token", auth_cache_ttl_s=0) as served:
+        index = await served.client.post("/v2/repository/index", headers=bearer("old-token"))
+        assert index.status_code == 200
+        assert_error(await served.client.get("/metrics", headers=bearer("old-token")), 401)  # admin only
+
+
+async def test_insecure_is_shown_on_readyz(fake: Controls, home: Home) -> None:
+    home.push("iris")
+    async with serve(home, ["iris"], insecure=True) as served:
+        assert (await served.client.get("/readyz")).json()["insecure"] is True
+    async with serve(home, ["iris"]) as served:
+        assert "insecure" not in (await served.client.get("/readyz")).json()
+
+
+def test_a_key_is_checked_with_a_constant_time_compare(home: Home, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Known id with a wrong secret, and an unknown id, both go through compare_digest."""
+    compared: list[tuple[int, int]] = []
+    original = hmac.compare_digest
+
+    def spy(a: Any, b: Any) -> bool:
+        compared.append((len(a), len(b)))
+        return original(a, b)
+
+    monkeypatch.setattr(registry_module.hmac, "compare_digest", spy)
+    record, secret = home.registry.create_key("k", ["read"])
+    assert home.registry.authenticate(secret).id == record.id
+    forged = f"sy_{record.id}_{'B' * 43}"
+    for presented in (forged, "sy_0123456789abcdef_" + "C" * 43):
+        with pytest.raises(Exception, match="not valid"):
+            home.registry.authenticate(presented)
+    assert compared == [(64, 64)] * 3
+
+
+def test_keys_carry_256_random_bits_and_only_their_hash_is_stored(home: Home) -> None:
+    record, secret = home.registry.create_key("k", ["read"])
+    prefix, key_id, random_part = secret.split("_", 2)
+    assert (prefix, key_id) == ("sy", record.id) and len(random_part) == 43  # 32 bytes, base64url
+    with home.registry.metadata.engine.connect() as conn:
+        row = conn.execute(sa.select(api_keys)).one()
+    assert random_part not in str(tuple(row)) and secret not in str(tuple(row))
+
+
+def test_required_scopes_by_route() -> None:
+    assert required_scope("GET", "/v2/health/live") is None
+    assert required_scope("POST", "/v2/models/iris/versions/2/infer") == "infer:iris"
+    assert required_scope("POST", "/v1/models/iris/versions/2:predict") == "infer:iris"
+    assert required_scope("POST", "/v2/repository/models/iris/load") == "admin"
+    assert required_scope("GET", "/v2/models/iris/versions/2") == "read"
+    assert required_scope("GET", "/no/such/route") == "read"
+
+
+async def test_caller_id_names_the_key(keys: dict[str, str], home: Home) -> None:
+    from starlette.requests import Request
+
+    async with serve(home, ["iris"], auth_cache_ttl_s=0) as served:
+        record = next(k for k in home.registry.list_keys() if k.name == "reader")
+        scope: dict[str, Any] = {
+            "type": "http",
+            "method": "GET",
+            "path": "/v2/models/iris",
+            "headers": [(b"authorization", f"Bearer {keys['reader']}".encode())],
+        }
+        assert await served.app.auth.check(scope) is None
+        assert caller_id(Request(scope)) == record.id
+        probe: dict[str, Any] = {"type": "http", "method": "GET", "path": "/healthz", "headers": []}
+        assert await served.app.auth.check(probe) is None
+        assert caller_id(Request(probe)) is None
