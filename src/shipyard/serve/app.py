@@ -18,6 +18,7 @@ from starlette.types import Receive, Scope, Send
 from shipyard.errors import MethodNotAllowedError, NotFoundError
 from shipyard.monitor import metrics
 from shipyard.registry import Registry
+from shipyard.serve.admin import AdminSplit
 from shipyard.serve.dataplane import DataPlane
 from shipyard.serve.protocols._http import error_response, internal_error, json_response
 from shipyard.serve.protocols.management import ManagementProtocol
@@ -63,22 +64,26 @@ def create_app(
     async def docs(request: Request) -> Response:
         return HTMLResponse(docs_page(build_openapi(dataplane, routes)))
 
-    protocols: list[V2Protocol | V1Protocol | OpenAIProtocol | SageMakerProtocol | ManagementProtocol] = [
+    protocols: list[V2Protocol | V1Protocol | OpenAIProtocol | SageMakerProtocol] = [
         V2Protocol(dataplane, serve),
         OpenAIProtocol(dataplane, serve),
         V1Protocol(dataplane, serve),
         SageMakerProtocol(dataplane, serve, *vertex_routes),
-        ManagementProtocol(dataplane, serve),
+    ]
+    # With an admin port, these answer only there (see AdminSplit).
+    admin_routes = [
+        Route("/metrics", metrics_endpoint, methods=["GET"]),
+        *ManagementProtocol(dataplane, serve).routes(),
     ]
     routes = [
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
-        Route("/metrics", metrics_endpoint, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
         Route("/docs", docs, methods=["GET"]),
     ]
     for protocol in protocols:
         routes.extend(protocol.routes())
+    routes.extend(admin_routes)
 
     async def load_models() -> None:
         await repository.start(refs)
@@ -121,7 +126,7 @@ def create_app(
     app.state.dataplane = dataplane
     app.state.repository = repository
     hot = [route for protocol in protocols for route in getattr(protocol, "hot_routes", list)()]
-    return ShipyardApp(app, hot)
+    return ShipyardApp(app, hot, AdminSplit.of(serve, admin_routes))
 
 
 class ShipyardApp:
@@ -132,14 +137,18 @@ class ShipyardApp:
     are the same ones Starlette routes to, with the same error mapping and metrics.
     """
 
-    def __init__(self, app: Starlette, hot: list[Route]) -> None:
+    def __init__(self, app: Starlette, hot: list[Route], admin: AdminSplit | None = None) -> None:
         self.app = app
+        self._admin = admin
         self.state = app.state
         self.router = app.router
         self._hot = [(re.compile(r.path_regex.pattern), r.endpoint) for r in hot]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
+            if self._admin is not None and (refusal := self._admin.refusal(scope)) is not None:
+                await refusal(scope, receive, send)
+                return
             path = scope["path"]
             for pattern, handler in self._hot:
                 match = pattern.match(path)

@@ -63,7 +63,9 @@ def _serve_on(spec: ServeSpec, sock: socket.socket, worker: int | None = None) -
 
     from shipyard.monitor.logs import configure_logging
     from shipyard.serve.access_log import AccessLog
+    from shipyard.serve.admin import admin_sockets
     from shipyard.serve.app import create_app
+    from shipyard.serve.tls import start_reloading
     from shipyard.serve.transport import OneWriteHttpProtocol
 
     serve = spec.settings.serve
@@ -93,12 +95,13 @@ def _serve_on(spec: ServeSpec, sock: socket.socket, worker: int | None = None) -
         log_level="warning",
         timeout_graceful_shutdown=int(serve.grace_period_s) or None,
         backlog=2048,
+        ssl_context_factory=start_reloading(serve),  # None without --tls-cert
     )
     # uvicorn drains on SIGTERM/SIGINT, then re-raises the signal to the handler it found:
     # a no-op handler here turns that into a clean exit with status 0.
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: None)
-    uvicorn.Server(config).run(sockets=[sock])
+    uvicorn.Server(config).run(sockets=[sock, *admin_sockets(serve)])
 
 
 def _worker_main(spec: ServeSpec, host: str, port: int, worker: int) -> None:
@@ -148,6 +151,10 @@ def run(spec: ServeSpec, announce: Callable[[str, int], None]) -> int:
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
+    if serve.tls_cert:  # SIGHUP reloads certificates: each worker reloads its own
+        from shipyard.serve.tls import forward_sighup
+
+        forward_sighup(lambda: [w.pid for w in workers if w.is_alive() and w.pid is not None])
     try:
         for worker in workers:
             worker.join()
