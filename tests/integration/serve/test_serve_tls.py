@@ -18,6 +18,7 @@ from typing import Any
 
 import httpx
 import pytest
+import tritonclient.http as tritonclient_http
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -148,6 +149,14 @@ def test_https_serves_with_the_ca_and_plain_http_gets_nothing(
             }
             response = client.post("/v2/models/iris-onnx/infer", json=body)
             assert response.status_code == 200, response.text
+        triton = tritonclient_http.InferenceServerClient(
+            server.url.removeprefix("https://"), ssl=True, ssl_context_factory=ca.client_context
+        )
+        try:
+            assert triton.is_server_ready()
+            assert triton.get_model_metadata("iris-onnx")["name"] == "iris-onnx"
+        finally:
+            triton.close()
         # The system's CAs do not know ours.
         with httpx.Client(verify=True, timeout=10.0) as untrusting, pytest.raises(httpx.ConnectError):
             untrusting.get(f"{server.url}/readyz")
