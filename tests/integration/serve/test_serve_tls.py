@@ -254,3 +254,21 @@ def test_bad_tls_files_are_one_line_and_exit_2(
     assert message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_several_workers_each_reload_and_sighup_does_not_stop_the_server(
+    serve_models: ServeModels, ca: Authority, tmp_path: Path
+) -> None:
+    served = ca.issue("served", 100)
+    context = ca.client_context()
+    args = ["--tls-cert", str(served[0]), "--tls-key", str(served[1]), "--workers", "2"]
+    with tls_server(serve_models, tmp_path / "log", ca, args) as server:
+        install(ca.issue("second", 200), served)
+        server.proc.send_signal(signal.SIGHUP)  # the parent passes it on instead of exiting
+        # Connections are spread across the workers by hash: several in a row see both.
+        wait_for(
+            lambda: all(peer_serial(server, context) == 200 for _ in range(8)),
+            "not every worker reloaded",
+            server,
+        )
+        assert server.proc.poll() is None
