@@ -25,7 +25,7 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -79,6 +79,28 @@ class ServeSettings(BaseModel):
     log_json: bool = False
     vertex_health_route: str | None = None  # AIP_HEALTH_ROUTE
     vertex_predict_route: str | None = None  # AIP_PREDICT_ROUTE
+    tls_cert: str | None = Field(None, description="PEM certificate chain; serves HTTPS with tls_key")
+    tls_key: str | None = Field(None, description="PEM private key of tls_cert")
+    tls_client_ca: str | None = Field(None, description="CA that client certificates must chain to (mTLS)")
+    admin_port: int | None = Field(
+        None, ge=0, le=65535, description="serve management and /metrics on this port only (0 = any free one)"
+    )
+    admin_host: str = "127.0.0.1"
+
+    @model_validator(mode="after")
+    def _tls_complete(self) -> ServeSettings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            given, missing = ("tls_cert", "tls_key") if self.tls_key is None else ("tls_key", "tls_cert")
+            raise ValueError(
+                f"{given} is set but {missing} is not; HTTPS needs both (--tls-cert and --tls-key)"
+            )
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ValueError(
+                "tls_client_ca needs tls_cert and tls_key: client certificates are checked over HTTPS"
+            )
+        if self.admin_port and self.admin_port == self.port:
+            raise ValueError("admin_port must differ from port: the admin listener is a second port")
+        return self
 
     def for_version(self, serving: Mapping[str, Any], ref: str = "the version") -> ServeSettings:
         """These settings with the options stored with a version (`serving`) in place of defaults:

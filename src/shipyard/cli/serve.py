@@ -12,7 +12,7 @@ from shipyard.cli._context import state
 from shipyard.errors import InvalidInputError, NotFoundError, NotReadyError, ShipyardError
 
 if TYPE_CHECKING:
-    from shipyard.settings import Settings
+    from shipyard.settings import ServeSettings, Settings
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 
@@ -43,9 +43,21 @@ def serve(
     insecure: Annotated[
         bool, typer.Option("--insecure", help="Serve a non-loopback address without API keys (not advised).")
     ] = False,
+    tls_cert: Annotated[
+        Path | None, typer.Option(help="PEM certificate (chain): serve HTTPS. Reloaded on SIGHUP or change.")
+    ] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="PEM private key of --tls-cert.")] = None,
+    tls_client_ca: Annotated[
+        Path | None, typer.Option(help="Require client certificates issued by this PEM CA (mutual TLS).")
+    ] = None,
+    admin_port: Annotated[
+        int | None,
+        typer.Option(help="Serve management and /metrics only on this port (loopback; 0 = any free port)."),
+    ] = None,
     config: Annotated[Path | None, typer.Option(help="TOML config file.")] = None,
 ) -> None:
     """Serve models over HTTP (V2/Triton, V1/TF Serving, SageMaker, Vertex AI)."""
+    from shipyard.serve.admin import reserved_admin_port
     from shipyard.serve.server import ServeSpec, run
     from shipyard.types import ModelRef
 
@@ -61,8 +73,13 @@ def serve(
         "max_queue": max_queue,
         "wait_for_refs": True if wait else None,  # absent: the environment or file may say so
         "insecure": True if insecure else None,
+        "tls_cert": _text(tls_cert),
+        "tls_key": _text(tls_key),
+        "tls_client_ca": _text(tls_client_ca),
+        "admin_port": admin_port,
     }
     settings = state(ctx).settings(config, serve=flags)
+    _check_tls(settings)
     _require_safe_bind(settings)
     if settings.serve.insecure:
         typer.echo(
@@ -72,15 +89,19 @@ def serve(
         _require_refs(settings, refs)
 
     def announce(bound_host: str, bound_port: int) -> None:
-        shown = f"[{bound_host}]" if ":" in bound_host else bound_host  # an IPv6 address
-        base_url = f"http://{shown}:{bound_port}"
-        typer.echo(f"shipyard: serving {', '.join(refs)} on {base_url} ({settings.serve.workers} worker(s))")
+        serve = settings.serve
+        base_url = _url(serve, bound_host, bound_port)
+        typer.echo(f"shipyard: serving {', '.join(refs)} on {base_url} ({serve.workers} worker(s))")
         for name in dict.fromkeys(ModelRef.parse(ref).name for ref in refs):
             typer.echo(f"  V2:  POST {base_url}/v2/models/{name}/infer")
             typer.echo(f"  V1:  POST {base_url}/v1/models/{name}:predict")
-        typer.echo(f"  docs: {base_url}/docs   metrics: {base_url}/metrics   ready: {base_url}/readyz")
+        admin_url = base_url if serve.admin_port is None else _url(serve, serve.admin_host, serve.admin_port)
+        typer.echo(f"  docs: {base_url}/docs   metrics: {admin_url}/metrics   ready: {base_url}/readyz")
+        if serve.admin_port is not None:
+            typer.echo(f"  admin: {admin_url} (management and metrics only)")
 
-    code = run(ServeSpec(settings, refs), announce)
+    with reserved_admin_port(settings) as settings:
+        code = run(ServeSpec(settings, refs), announce)
     if code:
         raise typer.Exit(code)
 
@@ -92,6 +113,24 @@ def _require_safe_bind(settings: Settings) -> None:
 
     with Registry(settings=settings) as registry:
         require_safe_bind(settings, registry)
+
+
+def _text(path: Path | None) -> str | None:
+    return None if path is None else str(path)
+
+
+def _url(serve: ServeSettings, host: str, port: int) -> str:
+    shown = f"[{host}]" if ":" in host else host  # an IPv6 address
+    return f"{'https' if serve.tls_cert else 'http'}://{shown}:{port}"
+
+
+def _check_tls(settings: Settings) -> None:
+    """Certificate problems are one line and exit code 2 here, before any worker starts."""
+    from shipyard.serve.tls import TlsFiles, build_context
+
+    files = TlsFiles.from_settings(settings.serve)
+    if files is not None:
+        build_context(files)
 
 
 def _require_refs(settings: Settings, refs: list[str]) -> None:

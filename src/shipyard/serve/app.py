@@ -18,6 +18,7 @@ from starlette.types import Receive, Scope, Send
 from shipyard.errors import MethodNotAllowedError, NotFoundError
 from shipyard.monitor import metrics
 from shipyard.registry import Registry
+from shipyard.serve.admin import AdminSplit
 from shipyard.serve.auth import Authenticator
 from shipyard.serve.dataplane import DataPlane
 from shipyard.serve.protocols._http import error_response, internal_error, json_response
@@ -73,22 +74,26 @@ def create_app(
     async def docs(request: Request) -> Response:
         return HTMLResponse(docs_page(build_openapi(dataplane, routes)))
 
-    protocols: list[V2Protocol | V1Protocol | OpenAIProtocol | SageMakerProtocol | ManagementProtocol] = [
+    protocols: list[V2Protocol | V1Protocol | OpenAIProtocol | SageMakerProtocol] = [
         V2Protocol(dataplane, serve),
         OpenAIProtocol(dataplane, serve),
         V1Protocol(dataplane, serve),
         SageMakerProtocol(dataplane, serve, *vertex_routes),
-        ManagementProtocol(dataplane, serve),
+    ]
+    # With an admin port, these answer only there (see AdminSplit).
+    admin_routes = [
+        Route("/metrics", metrics_endpoint, methods=["GET"]),
+        *ManagementProtocol(dataplane, serve).routes(),
     ]
     routes = [
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
-        Route("/metrics", metrics_endpoint, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
         Route("/docs", docs, methods=["GET"]),
     ]
     for protocol in protocols:
         routes.extend(protocol.routes())
+    routes.extend(admin_routes)
 
     async def load_models() -> None:
         await repository.start(refs)
@@ -131,7 +136,7 @@ def create_app(
     app.state.dataplane = dataplane
     app.state.repository = repository
     hot = [route for protocol in protocols for route in getattr(protocol, "hot_routes", list)()]
-    return ShipyardApp(app, hot, auth)
+    return ShipyardApp(app, hot, auth, AdminSplit.of(serve, admin_routes))
 
 
 class ShipyardApp:
@@ -142,15 +147,21 @@ class ShipyardApp:
     are the same ones Starlette routes to, with the same error mapping and metrics.
     """
 
-    def __init__(self, app: Starlette, hot: list[Route], auth: Authenticator) -> None:
+    def __init__(
+        self, app: Starlette, hot: list[Route], auth: Authenticator, admin: AdminSplit | None = None
+    ) -> None:
         self.app = app
         self.auth = auth
+        self._admin = admin
         self.state = app.state
         self.router = app.router
         self._hot = [(re.compile(r.path_regex.pattern), r.endpoint) for r in hot]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
+            if self._admin is not None and (refusal := self._admin.refusal(scope)) is not None:
+                await refusal(scope, receive, send)
+                return
             refused = await self.auth.check(scope)  # every route, before any of them runs
             if refused is not None:
                 await error_response(refused)(scope, receive, send)

@@ -69,7 +69,9 @@ def _serve_on(
     import uvicorn
 
     from shipyard.serve.access_log import AccessLog
+    from shipyard.serve.admin import admin_sockets
     from shipyard.serve.app import create_app
+    from shipyard.serve.tls import start_reloading
     from shipyard.serve.transport import OneWriteHttpProtocol
 
     serve = spec.settings.serve
@@ -99,6 +101,7 @@ def _serve_on(
         log_level="warning",
         timeout_graceful_shutdown=int(serve.grace_period_s) or None,
         backlog=2048,
+        ssl_context_factory=start_reloading(serve),  # None without --tls-cert
     )
     # uvicorn drains on SIGTERM/SIGINT, then re-raises the signal to the handler it found:
     # a no-op handler here turns that into a clean exit with status 0.
@@ -111,7 +114,7 @@ def _serve_on(
             if started is not None and not self.should_exit:
                 started()
 
-    Server(config).run(sockets=[sock])
+    Server(config).run(sockets=[sock, *admin_sockets(serve)])
 
 
 def _worker_main(spec: ServeSpec, host: str, port: int, worker: int, status: Connection) -> None:
@@ -162,6 +165,10 @@ def run(spec: ServeSpec, announce: Callable[[str, int], None]) -> int:
         (ServeSpec(_share_cores(spec.settings), spec.refs), serve.host, port),
         on_exit=_forget_worker,
     )
+    if serve.tls_cert:  # SIGHUP reloads certificates: each worker reloads its own
+        from shipyard.serve.tls import forward_sighup
+
+        forward_sighup(supervisor.pids)
     try:
         supervisor.run(started=lambda: announce(serve.host, port))
     finally:

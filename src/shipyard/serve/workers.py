@@ -126,6 +126,14 @@ class Supervisor:
                 f"({'; '.join(self._stop_failures)})"
             )
 
+    def pids(self) -> list[int]:
+        """The pids of the workers alive now."""
+        return [
+            pid
+            for slot in self._slots
+            if slot.process is not None and slot.process.is_alive() and (pid := slot.process.pid) is not None
+        ]
+
     @contextlib.contextmanager
     def _stop_signals(self) -> Iterator[socket.socket]:
         """Handlers that only note the request and wake the loop, which does the work: a handler
