@@ -63,6 +63,9 @@ class ServeSettings(BaseModel):
     max_queue: int = Field(1024, ge=1)
     max_body_bytes: int = Field(64 * 1024 * 1024, ge=1)
     admin_token: str | None = None
+    require_signed: Path | None = Field(
+        None, description="Ed25519 public key (PEM) that must have signed every version served"
+    )
     poll_interval_s: float = Field(2.0, gt=0, description="how often moving refs are re-resolved")
     wait_for_refs: bool = Field(False, description="start even if a reference does not resolve yet")
     grace_period_s: float = Field(30.0, ge=0)

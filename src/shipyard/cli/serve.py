@@ -40,6 +40,12 @@ def serve(
             "--wait", help="Start even if a reference does not resolve yet; serve it once it appears."
         ),
     ] = False,
+    require_signed: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="PUBKEY_FILE", help="Load only versions signed by this Ed25519 key (see `shipyard sign`)."
+        ),
+    ] = None,
     config: Annotated[Path | None, typer.Option(help="TOML config file.")] = None,
 ) -> None:
     """Serve models over HTTP (V2/Triton, V1/TF Serving, SageMaker, Vertex AI)."""
@@ -57,8 +63,13 @@ def serve(
         "max_batch_delay_ms": max_batch_delay_ms,
         "max_queue": max_queue,
         "wait_for_refs": True if wait else None,  # absent: the environment or file may say so
+        "require_signed": require_signed,
     }
     settings = state(ctx).settings(config, serve=flags)
+    if settings.serve.require_signed is not None:  # a bad key file is one line, before the port is bound
+        from shipyard.registry.signing import load_public_key
+
+        load_public_key(settings.serve.require_signed, "require_signed")
     if not settings.serve.wait_for_refs:
         _require_refs(settings, refs)
 
