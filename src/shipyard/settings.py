@@ -71,6 +71,9 @@ class ServeSettings(BaseModel):
     insecure: bool = Field(False, description="serve a non-loopback address without API keys")
     # Deprecated: an admin-scoped key (`shipyard keys create NAME --scope admin`) replaces it.
     admin_token: str | None = None
+    require_signed: Path | None = Field(
+        None, description="Ed25519 public key (PEM) that must have signed every version served"
+    )
     poll_interval_s: float = Field(2.0, gt=0, description="how often moving refs are re-resolved")
     wait_for_refs: bool = Field(False, description="start even if a reference does not resolve yet")
     grace_period_s: float = Field(30.0, ge=0)

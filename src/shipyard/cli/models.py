@@ -183,10 +183,13 @@ def export(
 def verify(
     ctx: typer.Context,
     ref: Annotated[str | None, typer.Argument(help="One version (default: all).")] = None,
+    signed_by: Annotated[
+        Path | None, typer.Option(metavar="PUBKEY", help="Also require a valid signature by this public key.")
+    ] = None,
     json_: JsonFlag = False,
 ) -> None:
     """Re-hash artifacts against their digests; exits non-zero on any mismatch."""
-    results = state(ctx).registry().verify(ref)
+    results = state(ctx).registry().verify(ref, signed_by=signed_by)
     bad = sum(1 for _, problems in results if problems)
     if json_:
         from shipyard.cli._render import print_json

@@ -54,6 +54,12 @@ def serve(
         int | None,
         typer.Option(help="Serve management and /metrics only on this port (loopback; 0 = any free port)."),
     ] = None,
+    require_signed: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="PUBKEY_FILE", help="Load only versions signed by this Ed25519 key (see `shipyard sign`)."
+        ),
+    ] = None,
     config: Annotated[Path | None, typer.Option(help="TOML config file.")] = None,
 ) -> None:
     """Serve models over HTTP (V2/Triton, V1/TF Serving, SageMaker, Vertex AI)."""
@@ -77,9 +83,14 @@ def serve(
         "tls_key": _text(tls_key),
         "tls_client_ca": _text(tls_client_ca),
         "admin_port": admin_port,
+        "require_signed": require_signed,
     }
     settings = state(ctx).settings(config, serve=flags)
     _check_tls(settings)
+    if settings.serve.require_signed is not None:  # a bad key file is one line, before the port is bound
+        from shipyard.registry.signing import load_public_key
+
+        load_public_key(settings.serve.require_signed, "require_signed")
     _require_safe_bind(settings)
     if settings.serve.insecure:
         typer.echo(

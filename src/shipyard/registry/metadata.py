@@ -20,11 +20,13 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from shipyard.errors import ConflictError, InvalidInputError, NotFoundError, ShipyardError
+from shipyard.registry import audit
+from shipyard.registry.audit import AuditEntry
 from shipyard.registry.keys import ApiKey
-from shipyard.registry.tables import alias_history, aliases, api_keys, models, versions
+from shipyard.registry.tables import alias_history, aliases, api_keys, models, signatures, versions
 from shipyard.types import ModelVersion, Signature
 
-SCHEMA_HEAD = "0002"  # newest migration; a test keeps it equal to Alembic's head
+SCHEMA_HEAD = "0003"  # newest migration; a test keeps it equal to Alembic's head
 _MIGRATIONS = Path(__file__).parent / "migrations"
 _SQLITE_BUSY_TIMEOUT_MS = 60_000
 
@@ -155,8 +157,16 @@ class MetadataStore:
 
     # -- versions -----------------------------------------------------------------------
 
-    def add_version(self, record: dict[str, Any], alias: str | None = None) -> int:
-        """Allocate the next version number, insert the row and move `alias`, all atomically."""
+    def add_version(
+        self,
+        record: dict[str, Any],
+        alias: str | None = None,
+        *,
+        actor: str | None = None,
+        audit_detail: dict[str, Any] | None = None,
+    ) -> int:
+        """Allocate the next version number, insert the row, move `alias` and record the push
+        in the audit log, all atomically."""
         name = record["name"]
         with self._write() as conn:
             conn.execute(
@@ -171,9 +181,10 @@ class MetadataStore:
                 .returning(models.c.last_version)
             ).scalar_one()
             conn.execute(versions.insert().values(**record, version=number))
+            self._audit(conn, "push", f"{name}:{number}", actor, audit_detail)
             if alias is not None:
                 previous = self._current_alias(conn, name, alias)
-                self._change_alias(conn, name, alias, number, "set", previous=previous)
+                self._change_alias(conn, name, alias, number, "set", previous=previous, actor=actor)
         return int(number)
 
     def get(self, name: str, version: int) -> ModelVersion | None:
@@ -248,7 +259,7 @@ class MetadataStore:
         with self._read() as conn:
             return set(conn.execute(sa.select(versions.c.digest).distinct()).scalars())
 
-    def delete_version(self, name: str, version: int, *, force: bool) -> list[str]:
+    def delete_version(self, name: str, version: int, *, force: bool, actor: str | None = None) -> list[str]:
         """Delete one version row; returns the aliases that pointed at it (removed with --force)."""
         with self._write() as conn:
             pointing = list(
@@ -263,12 +274,16 @@ class MetadataStore:
                     field="ref",
                 )
             for alias in pointing:
-                self._change_alias(conn, name, alias, None, "delete", previous=version)
+                self._change_alias(conn, name, alias, None, "delete", previous=version, actor=actor)
+            conn.execute(
+                signatures.delete().where(signatures.c.name == name, signatures.c.version == version)
+            )
             deleted = conn.execute(
                 versions.delete().where(versions.c.name == name, versions.c.version == version)
             ).rowcount
             if not deleted:
                 raise NotFoundError(f"model {name!r} has no version {version}", field="ref")
+            self._audit(conn, "rm", f"{name}:{version}", actor, {"aliases_removed": pointing})
         return pointing
 
     # -- aliases ------------------------------------------------------------------------
@@ -302,6 +317,7 @@ class MetadataStore:
         action: str,
         *,
         previous: int | None,
+        actor: str | None,
     ) -> None:
         if target is None:
             conn.execute(aliases.delete().where(aliases.c.name == name, aliases.c.alias == alias))
@@ -319,11 +335,14 @@ class MetadataStore:
                 version=target,
                 previous=previous,
                 changed_at=utc_now(),
-                changed_by=current_user(),
+                changed_by=actor or current_user(),
             )
         )
+        self._audit(
+            conn, f"alias.{action}", f"{name}@{alias}", actor, {"version": target, "previous": previous}
+        )
 
-    def set_alias(self, name: str, alias: str, version: int) -> int | None:
+    def set_alias(self, name: str, alias: str, version: int, *, actor: str | None = None) -> int | None:
         """Point `alias` at `version`; returns the previous target."""
         with self._write() as conn:
             exists = conn.execute(
@@ -333,18 +352,18 @@ class MetadataStore:
                 raise NotFoundError(f"model {name!r} has no version {version}", field="version")
             previous = self._current_alias(conn, name, alias)
             if previous != version:
-                self._change_alias(conn, name, alias, version, "set", previous=previous)
+                self._change_alias(conn, name, alias, version, "set", previous=previous, actor=actor)
             return previous
 
-    def delete_alias(self, name: str, alias: str) -> int:
+    def delete_alias(self, name: str, alias: str, *, actor: str | None = None) -> int:
         with self._write() as conn:
             previous = self._current_alias(conn, name, alias)
             if previous is None:
                 raise NotFoundError(self._no_alias_message(conn, name, alias), field="alias")
-            self._change_alias(conn, name, alias, None, "delete", previous=previous)
+            self._change_alias(conn, name, alias, None, "delete", previous=previous, actor=actor)
             return previous
 
-    def rollback_alias(self, name: str, alias: str) -> tuple[int | None, int]:
+    def rollback_alias(self, name: str, alias: str, *, actor: str | None = None) -> tuple[int | None, int]:
         """Move `alias` back to the target it had before its last move; (from, to)."""
         with self._write() as conn:
             current = self._current_alias(conn, name, alias)
@@ -358,7 +377,7 @@ class MetadataStore:
                     f"see `shipyard history {name} {alias}`",
                     field="alias",
                 )
-            self._change_alias(conn, name, alias, target, "rollback", previous=current)
+            self._change_alias(conn, name, alias, target, "rollback", previous=current, actor=actor)
             return current, target
 
     def _history(self, conn: Connection, name: str, alias: str) -> list[AliasChange]:
@@ -382,6 +401,59 @@ class MetadataStore:
         known = sorted(conn.execute(sa.select(aliases.c.alias).where(aliases.c.name == name)).scalars())
         listing = ", ".join(known) if known else "none"
         return f"model {name!r} has no alias {alias!r} (aliases: {listing})"
+
+    # -- audit log and signatures -------------------------------------------------------
+
+    def _audit(
+        self, conn: Connection, action: str, target: str, actor: str | None, detail: dict[str, Any] | None
+    ) -> AuditEntry:
+        return audit.append(
+            conn, action=action, target=target, actor=actor or current_user(), at=utc_now(), detail=detail
+        )
+
+    def record(
+        self, action: str, target: str, *, actor: str | None = None, detail: dict[str, Any] | None = None
+    ) -> AuditEntry:
+        """Append one audit entry in a transaction of its own."""
+        with self._write() as conn:
+            return self._audit(conn, action, target, actor, detail)
+
+    def audit_entries(self, *, since: str | None = None, action: str | None = None) -> list[AuditEntry]:
+        with self._read() as conn:
+            return audit.read(conn, since=since, action=action)
+
+    def verify_audit(self) -> tuple[int, str]:
+        """(entries, head hash) of an intact chain; IntegrityError naming the first bad entry."""
+        with self._read() as conn:
+            return audit.verify_chain(audit.read(conn))
+
+    def add_signature(self, row: dict[str, Any], *, actor: str | None = None) -> None:
+        """Store (or replace) one key's signature of a version and audit it, atomically."""
+        with self._write() as conn:
+            conn.execute(
+                self._insert(signatures)
+                .values(**row)
+                .on_conflict_do_update(
+                    index_elements=["name", "version", "fingerprint"],
+                    set_={k: row[k] for k in ("digest", "signature", "signed_at", "signed_by")},
+                )
+            )
+            self._audit(
+                conn,
+                "sign",
+                f"{row['name']}:{row['version']}",
+                actor,
+                {"fingerprint": row["fingerprint"], "digest": row["digest"]},
+            )
+
+    def signatures_of(self, name: str, version: int) -> list[dict[str, Any]]:
+        with self._read() as conn:
+            rows = conn.execute(
+                signatures.select()
+                .where(signatures.c.name == name, signatures.c.version == version)
+                .order_by(signatures.c.signed_at)
+            )
+            return [dict(row._mapping) for row in rows]
 
     # -- rows ---------------------------------------------------------------------------
 

@@ -8,12 +8,19 @@ import os
 import re
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from shipyard.errors import InvalidInputError, NotFoundError, UnauthorizedError
+from shipyard.errors import (
+    IntegrityError,
+    InvalidInputError,
+    NotFoundError,
+    UnauthorizedError,
+    UntrustedArtifactError,
+)
 from shipyard.packaging import package
-from shipyard.registry import keys
+from shipyard.registry import keys, signing
 from shipyard.registry._git import current_commit
+from shipyard.registry.audit import AuditEntry
 from shipyard.registry.keys import ApiKey
 from shipyard.registry.metadata import AliasChange, MetadataStore, current_user, utc_now
 from shipyard.registry.store import LocalArtifactStore
@@ -21,6 +28,9 @@ from shipyard.runtimes import load_runtime
 from shipyard.runtimes.model import Model
 from shipyard.settings import Settings
 from shipyard.types import MAX_VERSION, ModelRef, ModelVersion, validate_alias, validate_name
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 DIFF_FIELDS = (
     "format",
@@ -192,11 +202,14 @@ class Registry:
         tokenizer: Any = None,
         truncate: bool = True,
         attachments: dict[str, bytes] | None = None,
+        actor: str | None = None,
     ) -> ModelVersion:
         """Store `model` (an estimator or a file path) as the next version of `name`.
 
         `attachments` (relative path → content) are stored inside the immutable artifact beside
-        the model, e.g. the optimization report that justified this version."""
+        the model, e.g. the optimization report that justified this version. The push and its
+        trust decision go to the audit log (`actor`: who pushed; default the OS user); so does a
+        push refused because the artifact would run code."""
         validate_name(name)
         if alias is not None:
             validate_alias(alias)
@@ -208,15 +221,24 @@ class Registry:
         }
         commit, dirty = current_commit(Path(cwd) if cwd else Path.cwd())
         with self.store.staging() as staging:
-            packaged = package(
-                model,
-                staging,
-                sample_input=sample_input,
-                trust=trust,
-                task=task,
-                tokenizer=tokenizer,
-                truncate=truncate,
-            )
+            try:
+                packaged = package(
+                    model,
+                    staging,
+                    sample_input=sample_input,
+                    trust=trust,
+                    task=task,
+                    tokenizer=tokenizer,
+                    truncate=truncate,
+                )
+            except UntrustedArtifactError as exc:
+                self.audit(
+                    "push.refused",
+                    target=name,
+                    actor=actor,
+                    detail={"trusted": False, "trust_flag": trust, "reason": exc.message},
+                )
+                raise
             for relative, content in (attachments or {}).items():
                 target = staging / relative
                 if target.exists() or Path(relative).is_absolute() or ".." in Path(relative).parts:
@@ -248,37 +270,57 @@ class Registry:
             "extra": extra,
             "trusted": packaged.needs_trust,
         }
-        number = self.metadata.add_version(record, alias=alias)
+        trust_detail = {
+            "digest": info.digest,
+            "format": packaged.format,
+            "trusted": packaged.needs_trust,
+            "trust_flag": trust,
+            "reason": (
+                f"{packaged.format} runs code or uses types off the allow-list when loaded; accepted "
+                "because --trust was given"
+                if packaged.needs_trust
+                else f"{packaged.format} loads as data or allow-listed types only"
+            ),
+        }
+        number = self.metadata.add_version(record, alias=alias, actor=actor, audit_detail=trust_detail)
         return self.resolve(ModelRef(name, version=number))
 
-    def set_alias(self, name: str, alias: str, version: int) -> int | None:
+    def set_alias(self, name: str, alias: str, version: int, *, actor: str | None = None) -> int | None:
         """Point NAME@ALIAS at a version; returns the previous target (kept in history)."""
         validate_alias(alias)
         self.resolve(ModelRef(validate_name(name), version=version))  # lists versions if absent
-        return self.metadata.set_alias(name, alias, version)
+        return self.metadata.set_alias(name, alias, version, actor=actor)
 
-    def delete_alias(self, name: str, alias: str) -> int:
+    def delete_alias(self, name: str, alias: str, *, actor: str | None = None) -> int:
         validate_name(name)
         validate_alias(alias)
         self._require_model(name)
-        return self.metadata.delete_alias(name, alias)
+        return self.metadata.delete_alias(name, alias, actor=actor)
 
-    def rollback(self, name: str, alias: str) -> tuple[int | None, int]:
+    def rollback(self, name: str, alias: str, *, actor: str | None = None) -> tuple[int | None, int]:
         """Restore the alias's previous target; (from, to)."""
         validate_name(name)
         validate_alias(alias)
         self.history(name, alias)  # a clear error for an unknown model or alias
-        return self.metadata.rollback_alias(name, alias)
+        return self.metadata.rollback_alias(name, alias, actor=actor)
 
-    def remove(self, ref: str | ModelRef, *, force: bool = False) -> tuple[ModelVersion, list[str]]:
+    def remove(
+        self, ref: str | ModelRef, *, force: bool = False, actor: str | None = None
+    ) -> tuple[ModelVersion, list[str]]:
         """Delete one version's record; its files go at the next `gc` unless shared."""
         version = self.resolve(ref)
-        removed_aliases = self.metadata.delete_version(version.name, version.version, force=force)
+        removed_aliases = self.metadata.delete_version(
+            version.name, version.version, force=force, actor=actor
+        )
         return version, removed_aliases
 
-    def gc(self, grace_s: float = 600.0) -> tuple[int, int]:
-        """Remove unreferenced artifacts and abandoned staging folders; (removed, bytes freed)."""
-        return self.store.collect_garbage(self.metadata.referenced_digests(), grace_s)
+    def gc(self, grace_s: float = 600.0, *, actor: str | None = None) -> tuple[int, int]:
+        """Remove unreferenced artifacts and abandoned staging folders; (removed, bytes freed).
+        A run that removed something is audited."""
+        removed, freed = self.store.collect_garbage(self.metadata.referenced_digests(), grace_s)
+        if removed:
+            self.audit("gc", target="artifacts", actor=actor, detail={"removed": removed, "bytes": freed})
+        return removed, freed
 
     def garbage_in_grace(self, grace_s: float = 600.0) -> tuple[int, int]:
         """What `gc(grace_s)` would keep because it is too recent; (items, bytes)."""
@@ -338,6 +380,54 @@ class Registry:
             self.metadata.touch_key(key.id, utc_now())
         return key
 
+    # -- audit log ----------------------------------------------------------------------
+
+    def audit(
+        self, action: str, *, target: str, actor: str | None = None, detail: dict[str, Any] | None = None
+    ) -> AuditEntry:
+        """Append an entry to the audit log (e.g. a server's load, a key's use).
+
+        `actor` names who acted (a user name or a key's id, never a secret; default the OS
+        user), `target` what was acted on (usually a reference), `detail` any JSON object."""
+        return self.metadata.record(action, target, actor=actor, detail=detail)
+
+    def audit_log(self, *, since: str | None = None, action: str | None = None) -> list[AuditEntry]:
+        """Audit entries oldest first, from `since` (an ISO time) on, of `action` (or `action.*`)."""
+        return self.metadata.audit_entries(since=since, action=action)
+
+    def verify_audit(self) -> tuple[int, str]:
+        """(entries, head hash) if the chain is intact; IntegrityError naming the first bad entry."""
+        return self.metadata.verify_audit()
+
+    # -- signatures ---------------------------------------------------------------------
+
+    def sign(self, ref: str | ModelRef, key_file: str | Path, *, actor: str | None = None) -> dict[str, Any]:
+        """Sign a version (name, number, digest) with an Ed25519 private key, after re-hashing
+        its artifact so a damaged one is never vouched for; returns the stored signature."""
+        key = signing.load_private_key(Path(key_file))
+        version = self.resolve(ref)
+        self.artifact_path(version)
+        row = {
+            "name": version.name,
+            "version": version.version,
+            "fingerprint": signing.fingerprint(key.public_key()),
+            "digest": version.digest,
+            "signature": signing.sign(key, version.name, version.version, version.digest),
+            "signed_at": utc_now(),
+            "signed_by": actor or current_user(),
+        }
+        self.metadata.add_signature(row, actor=actor)
+        return {"ref": str(version.ref), **row}
+
+    def signatures(self, ref: str | ModelRef) -> list[dict[str, Any]]:
+        version = self.resolve(ref)
+        return self.metadata.signatures_of(version.name, version.version)
+
+    def check_signature(self, version: ModelVersion, key: Ed25519PublicKey) -> str:
+        """The key's fingerprint if it signed this exact version; IntegrityError (exit 7) if not."""
+        stored = self.metadata.signatures_of(version.name, version.version)
+        return signing.check(key, stored, version.name, version.version, version.digest)
+
     # -- artifacts ----------------------------------------------------------------------
 
     def artifact_path(self, ref: str | ModelRef | ModelVersion) -> Path:
@@ -345,10 +435,23 @@ class Registry:
         version = ref if isinstance(ref, ModelVersion) else self.resolve(ref)
         return self.store.verify(version.digest, version.files, what=f"artifact of {version.ref}")
 
-    def verify(self, ref: str | ModelRef | None = None) -> list[tuple[ModelVersion, list[str]]]:
-        """Re-hash the artifacts of one version (or all); each with its problems (none = ok)."""
+    def verify(
+        self, ref: str | ModelRef | None = None, *, signed_by: str | Path | None = None
+    ) -> list[tuple[ModelVersion, list[str]]]:
+        """Re-hash the artifacts of one version (or all); each with its problems (none = ok).
+        With `signed_by` (a public key file), a missing or mismatching signature is a problem."""
+        key = signing.load_public_key(Path(signed_by)) if signed_by is not None else None
         targets = [self.resolve(ref)] if ref is not None else self.metadata.all_versions()
-        return [(v, self.store.problems(v.digest, v.files)) for v in targets]
+        results = []
+        for version in targets:
+            problems = self.store.problems(version.digest, version.files)
+            if key is not None:
+                try:
+                    self.check_signature(version, key)
+                except IntegrityError as exc:
+                    problems.append(exc.message)
+            results.append((version, problems))
+        return results
 
     def export(self, ref: str | ModelRef, dest: str | Path) -> Path:
         """Copy a version's verified artifact out and return where it went.

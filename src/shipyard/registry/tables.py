@@ -77,3 +77,31 @@ api_keys = sa.Table(
     sa.Column("last_used_at", sa.String(32)),
     sa.Column("revoked", sa.Boolean, nullable=False),
 )
+
+# Append-only and hash-chained (see audit.py): `seq` is allocated by the appender under the
+# chain's lock, so two appenders that somehow read the same head collide on the primary key
+# instead of forking the chain.
+audit_log = sa.Table(
+    "audit_log",
+    metadata,
+    sa.Column("seq", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("at", sa.String(32), nullable=False, index=True),
+    sa.Column("actor", sa.String(128), nullable=False),
+    sa.Column("action", sa.String(32), nullable=False, index=True),
+    sa.Column("target", sa.String(200), nullable=False),
+    sa.Column("detail", sa.JSON, nullable=False),
+    sa.Column("prev_hash", sa.String(64), nullable=False),
+    sa.Column("hash", sa.String(64), nullable=False),
+)
+
+signatures = sa.Table(
+    "signatures",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("version", sa.Integer, primary_key=True),
+    sa.Column("fingerprint", sa.String(80), primary_key=True),  # of the public key
+    sa.Column("digest", sa.String(80), nullable=False),  # the artifact digest that was signed
+    sa.Column("signature", sa.Text, nullable=False),  # base64 Ed25519 signature
+    sa.Column("signed_at", sa.String(32), nullable=False),
+    sa.Column("signed_by", sa.String(128), nullable=False),
+)

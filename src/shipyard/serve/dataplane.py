@@ -127,15 +127,15 @@ class DataPlane:
     async def index(self) -> list[IndexEntry]:
         return await self._repository.index()
 
-    async def load(self, ref: ModelRef) -> int:
+    async def load(self, ref: ModelRef, *, actor: str | None = None) -> int:
         """Serve `ref` at run time; returns the version unversioned requests now get."""
-        model = await self._repository.load(ref)
+        model = await self._repository.load(ref, actor=actor)
         if model.default is None:
             raise RuntimeError(f"{ref} loaded without a default version")  # load always sets one
         return model.default
 
-    async def unload(self, name: str) -> None:
-        await self._repository.unload(name)
+    async def unload(self, name: str, *, actor: str | None = None) -> None:
+        await self._repository.unload(name, actor=actor)
 
 
 class ClientDisconnectedError(Exception):

@@ -16,7 +16,7 @@ from typing import Any
 
 from shipyard.errors import ModelError, NotFoundError, NotReadyError, ShipyardError
 from shipyard.monitor import metrics
-from shipyard.registry import Registry
+from shipyard.registry import Registry, signing
 from shipyard.runtimes import Runtime, load_runtime
 from shipyard.serve.batching import Batcher
 from shipyard.settings import Settings
@@ -124,6 +124,8 @@ class ModelRepository:
         self.models: dict[str, ServedModel] = {}
         self._poller: asyncio.Task[None] | None = None
         self._swapping: set[str] = set()
+        required = settings.serve.require_signed
+        self._required_key = signing.load_public_key(required, "require_signed") if required else None
 
     # -- lookup -------------------------------------------------------------------------
 
@@ -267,6 +269,8 @@ class ModelRepository:
         return served
 
     def _build_runtime(self, version: ModelVersion) -> Runtime:
+        if self._required_key is not None:  # before any byte of the artifact is read
+            self.registry.check_signature(version, self._required_key)
         path = self.registry.artifact_path(version)
         return load_runtime(version, path, self.settings.runtime)
 
@@ -334,7 +338,7 @@ class ModelRepository:
         if was_ready:
             metrics.LOADED_MODELS.dec()
 
-    async def load(self, ref: ModelRef) -> ServedModel:
+    async def load(self, ref: ModelRef, *, actor: str | None = None) -> ServedModel:
         """Management: serve (or re-resolve) a reference at run time.
 
         The reference is resolved first, so an unknown name, version or alias is a 404 that
@@ -345,6 +349,7 @@ class ModelRepository:
         model = self.models.get(ref.name)
         if model is not None and ref in model.refs:
             await self.refresh(model)
+            await self._audit_load(target, ref, actor)
             return model
         fresh = model is None
         if model is None:
@@ -367,14 +372,21 @@ class ModelRepository:
         model.error = ""
         self.models[ref.name] = model
         self._ensure_poller()
+        await self._audit_load(target, ref, actor)
         return model
 
-    async def unload(self, name: str) -> None:
+    async def _audit_load(self, target: ModelVersion, ref: ModelRef, actor: str | None) -> None:
+        await asyncio.to_thread(
+            self.registry.audit, "serve.load", target=str(target.ref), actor=actor, detail={"ref": str(ref)}
+        )
+
+    async def unload(self, name: str, *, actor: str | None = None) -> None:
         model = self.models.pop(name, None)
         if model is None:
             raise NotFoundError(f"model {name!r} is not loaded", field="model")
         for served in list(model.versions.values()):
             await self._unload(model, served)
+        await asyncio.to_thread(self.registry.audit, "serve.unload", target=name, actor=actor)
 
     async def close(self) -> None:
         if self._poller is not None:

@@ -16,6 +16,8 @@ from shipyard.serve.protocols._http import endpoint, json_response, parse_json, 
 from shipyard.settings import ServeSettings
 from shipyard.types import ModelRef
 
+ADMIN_ACTOR = "admin-token"  # who the audit log names for a request carrying the admin token
+
 
 class ManagementProtocol:
     def __init__(self, dataplane: DataPlane, settings: ServeSettings) -> None:
@@ -89,12 +91,12 @@ class ManagementProtocol:
         ref = ModelRef.parse(str(params.get("ref", name)))
         if ref.name != name:
             raise InvalidInputError(f"parameter ref '{ref}' names another model than {name!r}", field="ref")
-        version = await self.dataplane.load(ref)
+        version = await self.dataplane.load(ref, actor=ADMIN_ACTOR)
         return json_response({"name": name, "version": str(version)})
 
     async def _unload(self, request: Request) -> Response:
         self._authorize(request)
         await self._params(request)
         name = request.path_params["model"]
-        await self.dataplane.unload(name)
+        await self.dataplane.unload(name, actor=ADMIN_ACTOR)
         return json_response({"name": name, "state": "UNLOADED"})
