@@ -344,6 +344,11 @@ class Registry:
         self.metadata.add_key({**record, "id": key_id, "key_hash": key_hash})
         found = self.metadata.key_with_hash(key_id)
         assert found is not None
+        self.audit(
+            "key.create",
+            target=key_id,
+            detail={"name": name, "scopes": record["scopes"], "expires_at": record["expires_at"]},
+        )
         return found[0], secret
 
     def list_keys(self) -> list[ApiKey]:
@@ -356,6 +361,7 @@ class Registry:
             raise NotFoundError(
                 f"no API key with id or name {id_or_name!r}; see `shipyard keys list`", field="key"
             )
+        self.audit("key.revoke", target=revoked.id, detail={"name": revoked.name})
         return revoked
 
     def auth_enabled(self) -> bool:

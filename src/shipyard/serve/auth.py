@@ -35,6 +35,7 @@ ADMIN_TOKEN_CALLER = "admin-token"  # the caller id of the deprecated SHIPYARD_S
 _CALLER = "shipyard.caller"  # scope key: the authenticated key's record
 _BODY_MODEL = "infer:?"  # the model is named in the body: checked by `require_model`
 _CACHE_LIMIT = 10_000  # entries; random keys sent by an attacker cannot grow it past this
+_AUDIT_EVERY_S = 10.0  # one audit entry per event and key at most this often; every one is logged
 _INFER_PATH = re.compile(
     r"^/v2/models/(?P<v2>[^/]+)(?:/versions/[^/]+)?/infer$|^/v1/models/(?P<v1>[^/:]+)(?:/versions/[^/:]+)?:predict$"
 )
@@ -99,6 +100,8 @@ class Authenticator:
         self._admin_token = hashlib.sha256(token.encode()).digest() if token else None
         # hash of the presented key -> (valid until, key record or refusal message, expiry as epoch)
         self._cache: dict[bytes, tuple[float, ApiKey | str, float]] = {}
+        self._audited: dict[tuple[str, str | None], float] = {}  # (event, key id) -> last entry
+        self._pending: set[asyncio.Task[None]] = set()  # referenced, so none is garbage-collected
 
     async def check(self, scope: Scope) -> ShipyardError | None:
         """None if the request may go on (its caller recorded in the scope), else the refusal."""
@@ -115,7 +118,7 @@ class Authenticator:
             return None
         presented = _presented(scope)
         if presented is None:
-            _record("refused", None, reason="no key", path=scope["path"])
+            self._report("refused", None, reason="no key", path=scope["path"])
             return UnauthorizedError(
                 "this server needs an API key: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'",
                 field="authorization",
@@ -127,19 +130,47 @@ class Authenticator:
             and hmac.compare_digest(digest, self._admin_token)
         ):
             scope[_CALLER] = ADMIN_TOKEN_CALLER
-            _record("used", ADMIN_TOKEN_CALLER, scope=ADMIN, path=scope["path"])
+            self._report("used", ADMIN_TOKEN_CALLER, scope=ADMIN, path=scope["path"])
             return None
         key = await self._lookup(presented, digest)
         if isinstance(key, str):
-            _record("refused", key_id_of(presented), reason=key, path=scope["path"])
+            self._report("refused", key_id_of(presented), reason=key, path=scope["path"])
             return UnauthorizedError(key, field="authorization")
         scope[_CALLER] = key
         if needed != _BODY_MODEL and not allows(key.scopes, needed):
-            _record("forbidden", key.id, scope=needed, path=scope["path"])
+            self._report("forbidden", key.id, scope=needed, path=scope["path"])
             return _forbidden(key.id, needed)
         if needed in (ADMIN, WRITE):
-            _record("used", key.id, scope=needed, path=scope["path"])
+            self._report("used", key.id, scope=needed, path=scope["path"])
         return None
+
+    def _report(self, event: str, key_id: str | None, **detail: str | None) -> None:
+        """Log a security event, and append it to the registry's audit log off the request path.
+
+        A flood of bad keys must not become a flood of database writes: the log gets at most one
+        entry per event and key per `_AUDIT_EVERY_S`, the log line gets every one."""
+        _record(event, key_id, **detail)
+        now = time.monotonic()
+        if now - self._audited.get((event, key_id), float("-inf")) < _AUDIT_EVERY_S:
+            return
+        if len(self._audited) >= _CACHE_LIMIT:
+            self._audited.clear()
+        self._audited[(event, key_id)] = now
+        task = asyncio.get_running_loop().create_task(self._audit(event, key_id, detail))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _audit(self, event: str, key_id: str | None, detail: dict[str, str | None]) -> None:
+        try:
+            await asyncio.to_thread(
+                self._registry.audit,
+                f"auth.{event}",
+                target=detail.get("path") or "-",
+                actor=key_id or "anonymous",
+                detail=detail,
+            )
+        except Exception:  # the audit log failing must not fail the request
+            log.exception("cannot append auth.%s to the audit log", event)
 
     async def _lookup(self, presented: str, digest: bytes) -> ApiKey | str:
         """The key's record, or why it is refused (a message without the key)."""

@@ -7,6 +7,7 @@ import hmac
 import logging
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 import sqlalchemy as sa
@@ -237,3 +238,35 @@ async def test_caller_id_names_the_key(keys: dict[str, str], home: Home) -> None
         probe: dict[str, Any] = {"type": "http", "method": "GET", "path": "/healthz", "headers": []}
         assert await served.app.auth.check(probe) is None
         assert caller_id(Request(probe)) is None
+
+
+async def audited(home: Home, action: str, count: int) -> list[Any]:
+    """The audit entries of `action`, once there are `count` (they are written off the request path)."""
+    for _ in range(500):
+        entries = home.registry.audit_log(action=action)
+        if len(entries) >= count:
+            return entries
+        await anyio.sleep(0.01)
+    raise AssertionError(f"{count} {action} audit entries never came: {entries}")
+
+
+async def test_key_changes_refusals_and_admin_use_reach_the_audit_log(
+    keys: dict[str, str], home: Home
+) -> None:
+    created = home.registry.audit_log(action="key.create")
+    assert len(created) == 7 and {e.detail["name"] for e in created} >= {"reader", "admin"}
+    assert [e.detail["name"] for e in home.registry.audit_log(action="key.revoke")] == ["revoked"]
+    async with serve(home, ["iris"]) as served:
+        forged = "sy_0123456789abcdef_" + "x" * 43
+        for _ in range(3):  # a flood of one bad key is one entry, not three
+            response = await served.client.post("/v2/models/iris/infer", json=V2_ROW, headers=bearer(forged))
+            assert response.status_code == 401
+        index = await served.client.post("/v2/repository/index", json={}, headers=bearer(keys["admin"]))
+        assert index.status_code == 200
+        refused = await audited(home, "auth.refused", 1)
+        used = await audited(home, "auth.used", 1)
+    assert len(refused) == 1 and refused[0].actor == "0123456789abcdef"
+    assert refused[0].target == "/v2/models/iris/infer"
+    assert used[0].detail["scope"] == "admin" and used[0].actor != "anonymous"
+    assert all(forged not in str(e.detail) and keys["admin"] not in str(e.detail) for e in refused + used)
+    home.registry.verify_audit()
