@@ -37,8 +37,8 @@ ifeq ($(RESET),1)
 endif
 	SHIPYARD_HOME=$(RUN_HOME) HF_HUB_OFFLINE=1 $(BIN)/python examples/push_examples.py
 	SHIPYARD_HOME=$(RUN_HOME) $(BIN)/shipyard list
-	@echo "ready to serve on http://127.0.0.1:$(RUN_PORT) (Ctrl-C stops). In another shell, use the same registry:"
-	@echo "  export SHIPYARD_HOME=$(RUN_HOME); $(BIN)/shipyard list"
+	@echo "starting the server: ready on http://127.0.0.1:$(RUN_PORT) once /readyz answers 200 (Ctrl-C stops)."
+	@echo "In another shell, the CLI on this registry: export SHIPYARD_HOME=$(RUN_HOME); $(BIN)/shipyard list"
 	SHIPYARD_HOME=$(RUN_HOME) HF_HUB_OFFLINE=1 $(BIN)/shipyard serve $(RUN_MODELS) --port $(RUN_PORT)
 
 run-clean:
