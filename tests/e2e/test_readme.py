@@ -26,6 +26,8 @@ SHIPYARD = Path(sys.executable).parent / "shipyard"
 # Long-running or minutes-long commands, run elsewhere: the Python snippets below talk to a real
 # `shipyard serve`, and the optimize tests run the search.
 NOT_RUN_HERE = ("serve", "optimize")
+# Loading MiniLM with coverage on, on a busy 2-core machine, has taken over two minutes.
+READY_TIMEOUT_S = 600
 
 pytestmark = pytest.mark.slow
 
@@ -106,7 +108,7 @@ def server_url(run_registry: Path, tmp_path_factory: pytest.TempPathFactory) -> 
         announce = proc.stdout.readline()  # the address, printed before the models load
         assert announce.startswith("shipyard: serving "), log.read_text()
         url = announce.split(" on ", 1)[1].split()[0]
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + READY_TIMEOUT_S
         while not _ready(url):
             assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
             time.sleep(0.1)
