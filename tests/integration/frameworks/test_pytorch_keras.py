@@ -21,7 +21,7 @@ def registry(tmp_path: Path) -> Registry:
     return Registry(settings=Settings.load(home=tmp_path / "home"))
 
 
-class TwoHeads(torch.nn.Module):  # type: ignore[misc]
+class TwoHeads(torch.nn.Module):  # type: ignore[misc,name-defined]
     """Two inputs, two outputs: exercises naming and multi-tensor export."""
 
     def __init__(self) -> None:

@@ -17,7 +17,7 @@ from shipyard.optimize.search import optimize
 from shipyard.optimize.steps import compare, convert_version, distill_version, prune_version, quantize_version
 from shipyard.registry import Registry
 
-FAST = {"seconds": 0.1, "threads": 1}
+FAST: dict[str, Any] = {"seconds": 0.1, "threads": 1}
 
 
 def write_csv(path: Path, x: np.ndarray, y: np.ndarray | None, label: str = "label") -> Path:

@@ -17,7 +17,7 @@ from shipyard.optimize.steps import convert_version, prune_version, quantize_ver
 from shipyard.registry import Registry
 
 PAIRS = Path(__file__).parents[3] / "benchmarks" / "data" / "sts_pairs.csv"
-FAST = {"seconds": 0.1, "threads": 1}
+FAST: dict[str, Any] = {"seconds": 0.1, "threads": 1}
 
 
 @pytest.fixture

@@ -532,7 +532,7 @@ def test_latency_model_never_returns_negative_costs() -> None:
     width=st.integers(min_value=1, max_value=4),
 )
 def test_merge_then_split_round_trips(counts: list[int], width: int) -> None:
-    parts = []
+    parts: list[dict[str, np.ndarray[Any, Any]]] = []
     start = 0
     for n in counts:
         parts.append(

@@ -347,7 +347,7 @@ def test_malformed_requested_output_is_a_400_not_a_crash(output: dict[str, Any])
 
 # -- responses -----------------------------------------------------------------------------
 
-OUTPUTS = {
+OUTPUTS: dict[str, np.ndarray[Any, Any]] = {
     "probabilities": np.array([[0.1, 0.7, 0.2], [0.6, 0.3, 0.1]], dtype=np.float32),
     "label": np.array([1, 0], dtype=np.int64),
     "ok": np.array([True, False]),

@@ -1,0 +1,1 @@
+"""What the serving benchmarks share: server processes, wrk, /proc readings and sampling."""

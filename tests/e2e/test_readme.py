@@ -1,0 +1,179 @@
+"""The README's examples run as written: its Python snippets and its `$ shipyard …` commands.
+
+The commands run in order in a registry prepared as the README implies (the example models of
+`make run`, and `model.onnx` / `model.pkl` in the working folder); each must exit as the example
+shows and print the same first words (the rest, digests and times, differs from run to run).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+README = (ROOT / "README.md").read_text()
+SHIPYARD = Path(sys.executable).parent / "shipyard"
+# Long-running or minutes-long commands, run elsewhere: the Python snippets below talk to a real
+# `shipyard serve`, and the optimize tests run the search.
+NOT_RUN_HERE = ("serve", "optimize")
+# Loading MiniLM with coverage on, on a busy 2-core machine, has taken over two minutes.
+READY_TIMEOUT_S = 600
+
+pytestmark = pytest.mark.slow
+
+
+def code_blocks(language: str) -> list[str]:
+    return re.findall(rf"^```{language}\n(.*?)^```", README, flags=re.DOTALL | re.MULTILINE)
+
+
+def python_snippet(containing: str) -> str:
+    (snippet,) = [block for block in code_blocks("python") if containing in block]
+    return snippet
+
+
+def console_examples() -> list[tuple[str, list[str]]]:
+    """Each `$ shipyard …` command of the console blocks with the lines the README shows after it."""
+    examples: list[tuple[str, list[str]]] = []
+    for block in code_blocks("console"):
+        for chunk in re.split(r"^\$ ", block, flags=re.MULTILINE)[1:]:
+            command, *shown = chunk.rstrip("\n").split("\n")
+            if command.startswith("shipyard ") and command.split()[1] not in NOT_RUN_HERE:
+                examples.append((command, [line for line in shown if line.strip()]))
+    return examples
+
+
+def environment(home: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SHIPYARD_")}
+    env.update(SHIPYARD_HOME=str(home), HF_HUB_OFFLINE="1", COLUMNS="200")
+    return env
+
+
+def run_python(code: str, home: Path, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        env=environment(home),
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
+def test_python_api_snippet_runs_in_a_fresh_registry(tmp_path: Path) -> None:
+    result = run_python(python_snippet("shipyard.push("), tmp_path / "home", tmp_path)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("iris:1 sha256:"), result.stdout
+    assert lines[-1] == "(2, 1)", result.stdout
+
+
+@pytest.fixture(scope="module")
+def run_registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A registry with the example models `make run` pushes."""
+    home = tmp_path_factory.mktemp("readme") / "home"
+    pushed = run_python(
+        f"import runpy; runpy.run_path({str(ROOT / 'examples' / 'push_examples.py')!r}, run_name='__main__')",
+        home,
+        ROOT,
+    )
+    assert pushed.returncode == 0, pushed.stderr
+    return home
+
+
+@pytest.fixture(scope="module")
+def server_url(run_registry: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """`shipyard serve` of the models the server snippets use, on a port the kernel chose."""
+    log = tmp_path_factory.mktemp("serve-log") / "stderr.txt"
+    with log.open("wb") as err:
+        proc = subprocess.Popen(
+            [str(SHIPYARD), "serve", "iris@production", "minilm@production", "--port", "0"],
+            stdout=subprocess.PIPE,
+            stderr=err,
+            env=environment(run_registry),
+            text=True,
+        )
+    try:
+        assert proc.stdout is not None
+        announce = proc.stdout.readline()  # the address, printed before the models load
+        assert announce.startswith("shipyard: serving "), log.read_text()
+        url = announce.split(" on ", 1)[1].split()[0]
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while not _ready(url):
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+def _ready(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/readyz").status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+@pytest.mark.parametrize("client", ["tritonclient", "openai"])
+def test_client_snippets_run_against_a_real_server(client: str, server_url: str, tmp_path: Path) -> None:
+    snippet = python_snippet(f"import {client}" if client == "openai" else "tritonclient.http")
+    address = server_url.removeprefix("http://")
+    code = snippet.replace("127.0.0.1:8000", address)
+    assert code != snippet, "the snippet no longer names 127.0.0.1:8000"
+    result = run_python(code, tmp_path / "unused-home", tmp_path)
+    assert result.returncode == 0, result.stderr
+    expected = {"tritonclient": "[[", "openai": "384 Usage("}[client]
+    assert result.stdout.startswith(expected), result.stdout
+
+
+def _prepare_working_folder(folder: Path) -> None:
+    """The files the console examples push: an ONNX model and a pickle."""
+    import pickle
+
+    from skl2onnx import to_onnx
+    from sklearn.datasets import load_iris
+    from sklearn.linear_model import LogisticRegression
+
+    x, y = load_iris(return_X_y=True)
+    clf: Any = LogisticRegression(max_iter=1000).fit(x, y)
+    options = {id(clf): {"zipmap": False}}
+    folder.joinpath("model.onnx").write_bytes(to_onnx(clf, x[:1], options=options).SerializeToString())
+    folder.joinpath("model.pkl").write_bytes(pickle.dumps(clf))
+
+
+def test_console_examples_exit_and_print_as_shown(run_registry: Path, tmp_path: Path) -> None:
+    _prepare_working_folder(tmp_path)
+    examples = console_examples()
+    assert len(examples) >= 5, examples
+    for command, shown in examples:
+        result = subprocess.run(
+            [str(SHIPYARD), *shlex.split(command)[1:]],
+            env=environment(run_registry),
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        output = result.stdout if result.returncode == 0 else result.stderr
+        if shown and shown[0].startswith("error:"):
+            assert result.returncode not in (0, 1), f"{command}: {result.stdout}"
+            assert output.startswith("error:"), f"{command}: {output}"
+            continue
+        assert result.returncode == 0, f"{command}: {result.stderr}"
+        if shown and (shown[0][0].isalnum() or shown[0].startswith("{")):  # not a table
+            words = shown[0].split()[:2] if shown[0].startswith("pushed") else shown[0].split()[:1]
+            assert output.split()[: len(words)] == words, f"{command}: {output}"
