@@ -213,6 +213,7 @@ class Registry:
                 task=task,
                 tokenizer=tokenizer,
                 truncate=truncate,
+                limits=self.settings.push,
             )
             for relative, content in (attachments or {}).items():
                 target = staging / relative
