@@ -1,12 +1,14 @@
-"""Size limits checked before a pushed file is read: a file's own size, and for a zip archive
-the sizes its directory declares (so a bomb is refused before one entry is inflated)."""
+"""Checks made before a pushed file is read: a file's own size, and for a zip archive what its
+directory declares (sizes, so a bomb is refused before one entry is inflated; names and links, so
+no entry can land outside wherever the archive is unpacked)."""
 
 from __future__ import annotations
 
+import stat
 import zipfile
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
-from shipyard.errors import PayloadTooLargeError
+from shipyard.errors import InvalidInputError, PayloadTooLargeError
 from shipyard.settings import PushSettings
 
 # Below this many uncompressed bytes the ratio is not checked: small archives of zeros (an
@@ -36,6 +38,8 @@ def check_archive(path: Path, limits: PushSettings) -> None:
     """Refuse a zip whose entries would inflate past the size limit or by a suspicious ratio."""
     with zipfile.ZipFile(path) as zf:
         infos = zf.infolist()
+    for info in infos:
+        _check_entry(path, info)
     total = sum(i.file_size for i in infos)
     packed = max(1, sum(i.compress_size for i in infos))
     if total > limits.max_uncompressed_bytes:
@@ -50,6 +54,22 @@ def check_archive(path: Path, limits: PushSettings) -> None:
             f"{path.name} would inflate {total / packed:,.0f} times ({_mib(packed)} to {_mib(total)}), "
             f"over the limit of {limits.max_compression_ratio:g}; an archive bomb? Raise "
             "SHIPYARD_PUSH__MAX_COMPRESSION_RATIO if the archive is genuine",
+            field="path",
+        )
+
+
+def _check_entry(path: Path, info: zipfile.ZipInfo) -> None:
+    name = info.filename.replace("\\", "/")
+    if PurePosixPath(name).is_absolute() or ".." in PurePosixPath(name).parts or name[1:3] == ":/":
+        raise InvalidInputError(
+            f"{path.name} holds an entry {info.filename[:80]!r} that points outside the archive "
+            "(absolute or with '..'): a crafted archive",
+            field="path",
+        )
+    if stat.S_ISLNK(info.external_attr >> 16):
+        raise InvalidInputError(
+            f"{path.name} holds a symbolic link {info.filename[:80]!r}; model archives hold only "
+            "files: a crafted archive",
             field="path",
         )
 
