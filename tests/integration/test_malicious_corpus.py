@@ -8,7 +8,6 @@ The pushes run in one child process, because audit hooks cannot be removed once 
 from __future__ import annotations
 
 import importlib.util
-import io
 import json
 import os
 import pickle
@@ -30,16 +29,19 @@ from shipyard.registry import Registry
 # The pushing child: an audit hook records the events a payload would cause, then each artifact
 # is pushed through the CLI entry point in-process; one JSON line per push on stdout.
 WORKER = r"""
-import contextlib, io, json, os, sys
+import contextlib, io, json, os, platform, sys
+platform.processor()  # cached now: libraries that ask later (via `uname -p`) spawn nothing
 canary, listing = sys.argv[1], sys.argv[2]
 seen = []
 WATCHED = ("os.system", "os.exec", "os.posix_spawn", "os.spawn", "os.fork", "subprocess.Popen",
-           "socket.connect", "ctypes.dlopen")
-ISOLATED = "shipyard.packaging.isolated"
+           "socket.connect")
+OWN = (["git", "rev-parse", "HEAD"], ["git", "status", "--porcelain", "--untracked-files=no"])
+def own(argv):  # Shipyard's own children: the isolated load check, the pushed commit's git
+    return "shipyard.packaging.isolated" in argv or argv in OWN
 def hook(event, args):
     if event.startswith(WATCHED):
-        if event == "subprocess.Popen" and ISOLATED in map(str, args[1] or ()):
-            return  # Shipyard's own isolated load check
+        if event == "subprocess.Popen" and own([str(a) for a in args[1] or ()]):
+            return
         seen.append(f"{event} {str(args)[:120]}")
     elif event == "open" and args and str(args[0]) == canary:
         seen.append(f"open {args[0]}")
@@ -199,15 +201,18 @@ def _onnx_corpus(folder: Path) -> dict[str, Path]:
         graph.node.append(helper.make_node("Tile", ["x", "repeats"], ["y"]))
 
     def declared_giant(onnx: Any, graph: Any) -> None:
-        graph.initializer.append(helper.make_tensor("w", TensorProto.FLOAT, [1 << 20, 1 << 20], b"", raw=True))
+        graph.initializer.append(TensorProto(name="w", data_type=TensorProto.FLOAT, dims=[1 << 20, 1 << 20]))
 
     def short_raw_data(onnx: Any, graph: Any) -> None:
-        graph.initializer.append(helper.make_tensor("w", TensorProto.FLOAT, [1024], b"\0" * 8, raw=True))
+        graph.initializer.append(
+            TensorProto(name="w", data_type=TensorProto.FLOAT, dims=[1024], raw_data=bytes(8))
+        )
 
-    makers = {k: v for k, v in locals().items() if callable(v) and not k.startswith("_")}
-    makers.pop("numpy_helper", None)
-    makers.pop("helper", None)
-    return {f"onnx-{name}": _onnx_with(make, folder / f"{name}.onnx") for name, make in makers.items()}
+    makers = [
+        outside_initializer, absolute_initializer, outside_constant, outside_sparse,
+        constant_of_shape, expand, tile, declared_giant, short_raw_data,
+    ]  # fmt: skip
+    return {f"onnx-{m.__name__}": _onnx_with(m, folder / f"{m.__name__}.onnx") for m in makers}
 
 
 def _tflite_bytes() -> bytes:
@@ -221,9 +226,8 @@ def _tflite_bytes() -> bytes:
     return bytes(module.dense_tflite())
 
 
-def build_corpus(folder: Path, canary: Path, port: int, sources: dict[str, Path]) -> dict[str, Path]:
-    """name → path of every malicious artifact; `sources` holds real onnx, skops, tree, keras,
-    h5, tflite files to corrupt."""
+def _pickle_corpus(folder: Path, canary: Path, port: int) -> dict[str, Path]:
+    """Code-executing pickles, joblib, cloudpickle and torch.save files."""
     corpus: dict[str, Path] = {}
     for payload, obj in _payloads(canary, port).items():
         for protocol in range(6):
@@ -255,6 +259,13 @@ def build_corpus(folder: Path, canary: Path, port: int, sources: dict[str, Path]
         corpus["torch-save-legacy"],
         _use_new_zipfile_serialization=False,
     )
+    return corpus
+
+
+def build_corpus(folder: Path, canary: Path, port: int, sources: dict[str, Path]) -> dict[str, Path]:
+    """name → path of every malicious artifact; `sources` holds real onnx, skops, tree, keras,
+    h5, tflite files to corrupt."""
+    corpus = _pickle_corpus(folder, canary, port)
     corpus["hf-pytorch-model-bin"] = _hf_folder(
         folder, "hf-bin", {"pytorch_model.bin": corpus["torch-save"].read_bytes()}
     )
@@ -283,7 +294,9 @@ def build_corpus(folder: Path, canary: Path, port: int, sources: dict[str, Path]
     corpus["folder-symlink"] = linked
     climbing = _hf_folder(folder, "hf-climb", {"model.safetensors": _safetensors({})})
     (climbing / "modules.json").write_text(
-        json.dumps([{"idx": 0, "name": "1", "path": "../../", "type": "sentence_transformers.models.Pooling"}])
+        json.dumps(
+            [{"idx": 0, "name": "1", "path": "../../", "type": "sentence_transformers.models.Pooling"}]
+        )
     )
     corpus["folder-dotdot"] = climbing
     corpus.update(_onnx_corpus(folder))
@@ -292,8 +305,12 @@ def build_corpus(folder: Path, canary: Path, port: int, sources: dict[str, Path]
         "not-json": _safetensors(b"{not json at all"),
         "huge-header": _safetensors(b"{}", length=1 << 40),
         "past-end": _safetensors({"w": {"dtype": "F32", "shape": [1 << 30], "data_offsets": [0, 1 << 32]}}),
-        "overlap": _safetensors({**four, "v": {"dtype": "F32", "shape": [2], "data_offsets": [8, 16]}}, bytes(16)),
-        "bad-dtype": _safetensors({"w": {"dtype": "PY_OBJECT", "shape": [4], "data_offsets": [0, 16]}}, bytes(16)),
+        "overlap": _safetensors(
+            {**four, "v": {"dtype": "F32", "shape": [2], "data_offsets": [8, 16]}}, bytes(16)
+        ),
+        "bad-dtype": _safetensors(
+            {"w": {"dtype": "PY_OBJECT", "shape": [4], "data_offsets": [0, 16]}}, bytes(16)
+        ),
     }
     for name, content in bad_headers.items():
         corpus[f"safetensors-{name}"] = _hf_folder(folder, f"st-{name}", {"model.safetensors": content})
@@ -342,7 +359,9 @@ def build_sources(folder: Path) -> dict[str, Path]:
     return sources
 
 
-def push_all(corpus: dict[str, Path], env: dict[str, str], canary: Path, listing: Path) -> list[dict[str, Any]]:
+def push_all(
+    corpus: dict[str, Path], env: dict[str, str], canary: Path, listing: Path
+) -> list[dict[str, Any]]:
     """Push each artifact through the CLI in one child with the audit hook; one result each."""
     listing.write_text(json.dumps([(name, str(path)) for name, path in corpus.items()]))
     done = subprocess.run(
@@ -398,8 +417,14 @@ def _connections(server: socket.socket) -> int:
 
 @pytest.mark.slow
 def test_every_malicious_artifact_is_refused_without_side_effects(
-    registry: Registry, registry_env: dict[str, str], listener: socket.socket, tmp_path: Path
+    registry: Registry,
+    registry_env: dict[str, str],
+    listener: socket.socket,
+    tmp_path: Path,
+    logreg: Any,
+    iris: tuple[np.ndarray, np.ndarray],
 ) -> None:
+    registry.push("victim", logreg, sample_input=iris[0][:2])  # "unchanged" is not "empty"
     pytest.importorskip("tflite")
     os.environ.setdefault("KERAS_BACKEND", "torch")
     pytest.importorskip("keras")
