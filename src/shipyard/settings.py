@@ -52,6 +52,18 @@ class RuntimeSettings(BaseModel):
     inter_op_threads: int = Field(0, ge=0, description="threads across ops; 0 = library default")
 
 
+class PushSettings(BaseModel):
+    """Limits on what a push reads, so a small crafted file cannot cost gigabytes or minutes;
+    raise one (e.g. `SHIPYARD_PUSH__MAX_UNCOMPRESSED_BYTES`) to accept a larger real model."""
+
+    max_file_bytes: int = Field(16 << 30, ge=1, description="size of one model or weights file")
+    max_json_bytes: int = Field(64 << 20, ge=1, description="size of one JSON file (tokenizer.json, …)")
+    max_uncompressed_bytes: int = Field(8 << 30, ge=1, description="all entries of a zip archive")
+    max_compression_ratio: float = Field(200.0, ge=1, description="uncompressed / compressed, archives")
+    max_tensor_bytes: int = Field(4 << 30, ge=1, description="one tensor an ONNX graph declares or builds")
+    check_timeout_s: float = Field(300.0, gt=0, description="the isolated load check of a native format")
+
+
 class ServeSettings(BaseModel):
     """Options of the inference server."""
 
@@ -143,6 +155,7 @@ class Settings(BaseSettings):
     registry_url: str | None = None  # default: sqlite:///<home>/registry.db
     artifact_url: str | None = None  # default: <home>/artifacts
     runtime: RuntimeSettings = RuntimeSettings()
+    push: PushSettings = PushSettings()
     serve: ServeSettings = ServeSettings()
 
     @classmethod

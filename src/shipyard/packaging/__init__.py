@@ -8,8 +8,12 @@ from pathlib import Path
 from typing import Any
 
 from shipyard.errors import InvalidInputError
+from shipyard.packaging.folder import refuse_links
 from shipyard.packaging.formats import Detected, detect_format
+from shipyard.packaging.isolated import check_isolated
+from shipyard.packaging.limits import check_archive, check_file_size, check_folder_sizes
 from shipyard.packaging.packaged import Packaged
+from shipyard.settings import PushSettings
 
 __all__ = ["Packaged", "package"]
 
@@ -25,17 +29,28 @@ def package(
     task: str | None = None,
     tokenizer: Any = None,
     truncate: bool = True,
+    limits: PushSettings | None = None,
 ) -> Packaged:
-    """Write the artifact for `obj` into the empty folder `dest` and describe it."""
+    """Write the artifact for `obj` into the empty folder `dest` and describe it, within `limits`."""
     from shipyard.packaging import pytorch, sklearn, transformers
 
+    limits = limits or PushSettings()
     if isinstance(obj, (str, Path)):
         path = Path(obj).expanduser()
+        if path.is_dir() and not path.is_symlink():
+            refuse_links(path)
+            check_folder_sizes(path, limits)
+        elif path.is_file():
+            check_file_size(path, limits)
         if transformers.is_hf_folder(path):
-            return transformers.package_folder(path, dest, trust=trust, task=task, truncate=truncate)
-        return _package_file(detect_format(path), dest, sample_input, trust)
+            return transformers.package_folder(
+                path, dest, trust=trust, task=task, truncate=truncate, limits=limits
+            )
+        return _package_file(detect_format(path), dest, sample_input, trust, limits)
     if transformers.is_transformers_object(obj):
-        return transformers.package_object(obj, dest, tokenizer=tokenizer, task=task, truncate=truncate)
+        return transformers.package_object(
+            obj, dest, tokenizer=tokenizer, task=task, truncate=truncate, limits=limits
+        )
     if sklearn.is_estimator(obj):
         return sklearn.package_estimator(obj, dest, sample_input, trust)
     if pytorch.is_module(obj):
@@ -49,12 +64,18 @@ def package(
     )
 
 
-def _package_file(detected: Detected, dest: Path, sample_input: Any, trust: bool) -> Packaged:
+def _package_file(
+    detected: Detected, dest: Path, sample_input: Any, trust: bool, limits: PushSettings
+) -> Packaged:
     fmt, file = detected.format, detected.file
+    if fmt in ("skops", "keras", "torch-checkpoint"):
+        check_archive(file, limits)
     if fmt == "onnx":
         from shipyard.packaging.onnx import package_onnx
 
-        return package_onnx(file, dest, detected.onnx_model)
+        return package_onnx(file, dest, detected.onnx_model, limits)
+    if fmt in ("tflite", "keras", "keras-h5"):
+        check_isolated([(fmt, file)], limits)
     from shipyard.packaging import sklearn
 
     if fmt == "skops":

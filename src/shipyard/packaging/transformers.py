@@ -10,10 +10,15 @@ from typing import Any
 
 from shipyard.errors import InvalidInputError, UntrustedArtifactError
 from shipyard.packaging.folder import inside, refuse_links
+from shipyard.packaging.isolated import check_isolated
+from shipyard.packaging.limits import check_folder_sizes
+from shipyard.packaging.onnx import check_self_contained
+from shipyard.packaging.onnx_memory import check_onnx_memory
 from shipyard.packaging.packaged import Packaged
+from shipyard.packaging.safetensors_header import check_safetensors
 from shipyard.runtimes.onnx import ONNX_FILE, onnx_session
 from shipyard.runtimes.transformers import INPUT_NAME, TASKS, import_transformers
-from shipyard.settings import RuntimeSettings
+from shipyard.settings import PushSettings, RuntimeSettings
 from shipyard.types import Signature, TensorSpec
 
 _SAFE_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
@@ -100,10 +105,16 @@ def _max_length(folder: Path, config: dict[str, Any], tokenizer: Any) -> int:
 
 
 def package_folder(
-    source: Path, dest: Path, *, trust: bool, task: str | None = None, truncate: bool = True
+    source: Path,
+    dest: Path,
+    *,
+    trust: bool,
+    task: str | None = None,
+    truncate: bool = True,
+    limits: PushSettings | None = None,
 ) -> Packaged:
     """Copy a Hugging Face model folder after checking weights, tokenizer and task."""
-    refuse_links(source)
+    limits = _check_files(source, limits or PushSettings())
     _modules(source)
     names = {p.name for p in source.iterdir()}
     onnx_backend = ONNX_FILE in names and not any(n in names for n in _SAFE_WEIGHTS)
@@ -127,6 +138,7 @@ def package_folder(
             "tokenizer into the folder with tokenizer.save_pretrained(folder)",
             field="path",
         )
+    _check_contents(source, onnx_backend, limits)
     config = _read_json(source / "config.json")
     task = task or _detect_task(config)
     if task not in TASKS:
@@ -177,6 +189,36 @@ def package_folder(
     return Packaged("transformers", "transformers", signature, versions, extra, needs_trust=needs_trust)
 
 
+def _check_files(source: Path, limits: PushSettings) -> PushSettings:
+    """Before any file is read: only regular files, each within its size limit."""
+    refuse_links(source)
+    check_folder_sizes(source, limits)
+    return limits
+
+
+def _check_contents(source: Path, onnx_backend: bool, limits: PushSettings) -> None:
+    """Safetensors headers and the graph's own checks, then one isolated load of the graph and
+    the tokenizer (native code that a crafted file could crash)."""
+    for weights in sorted(source.rglob("*.safetensors")):
+        check_safetensors(weights)
+    checks: list[tuple[str, Path]] = []
+    if onnx_backend:
+        import onnx
+        from google.protobuf.message import DecodeError
+
+        graph = source / ONNX_FILE
+        try:
+            model = onnx.load_model(str(graph), load_external_data=False)
+        except (DecodeError, ValueError, RuntimeError) as exc:
+            raise InvalidInputError(f"{ONNX_FILE} in {source} cannot be parsed: {exc}", field="path") from exc
+        check_self_contained(model, graph)
+        check_onnx_memory(model, limits)
+        checks.append(("onnx", graph))
+    if (source / "tokenizer.json").is_file():
+        checks.append(("tokenizer", source / "tokenizer.json"))
+    check_isolated(checks, limits)
+
+
 def _check_onnx_graph(path: Path) -> list[str]:
     """The encoder's input names; the graph must take token ids and return hidden states or logits."""
     session = onnx_session(path, RuntimeSettings())
@@ -197,7 +239,13 @@ def _labels(config: dict[str, Any]) -> list[str]:
 
 
 def package_object(
-    obj: Any, dest: Path, *, tokenizer: Any = None, task: str | None = None, truncate: bool = True
+    obj: Any,
+    dest: Path,
+    *,
+    tokenizer: Any = None,
+    task: str | None = None,
+    truncate: bool = True,
+    limits: PushSettings | None = None,
 ) -> Packaged:
     """Save an in-memory transformers model (+ tokenizer) or SentenceTransformer, then package."""
     staging = dest.parent / (dest.name + ".src")
@@ -214,7 +262,7 @@ def package_object(
                 )
             obj.save_pretrained(str(staging), safe_serialization=True)
             tokenizer.save_pretrained(str(staging))
-        return package_folder(staging, dest, trust=False, task=task, truncate=truncate)
+        return package_folder(staging, dest, trust=False, task=task, truncate=truncate, limits=limits)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 

@@ -230,6 +230,7 @@ class Registry:
                     task=task,
                     tokenizer=tokenizer,
                     truncate=truncate,
+                    limits=self.settings.push,
                 )
             except UntrustedArtifactError as exc:
                 self.audit(
