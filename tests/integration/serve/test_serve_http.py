@@ -27,7 +27,8 @@ def _v1_request(body: bytes, extra: bytes = b"", version: bytes = b"HTTP/1.1") -
 
 def _read_responses(sock: socket.socket, count: int) -> list[tuple[bytes, bytes]]:
     """`count` whole responses (status line, body) read off a raw socket, by Content-Length."""
-    data, responses = b"", []
+    data = b""
+    responses: list[tuple[bytes, bytes]] = []
     while len(responses) < count:
         head_end = data.find(b"\r\n\r\n")
         if head_end >= 0:

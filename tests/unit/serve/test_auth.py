@@ -14,7 +14,6 @@ import sqlalchemy as sa
 from app_support import ROW, V2_ROW, Home, assert_error, serve
 from fake_runtime import Controls
 
-from shipyard.registry import registry as registry_module
 from shipyard.registry.tables import api_keys
 from shipyard.serve.auth import caller_id, required_scope
 
@@ -194,7 +193,7 @@ def test_a_key_is_checked_with_a_constant_time_compare(home: Home, monkeypatch: 
         compared.append((len(a), len(b)))
         return original(a, b)
 
-    monkeypatch.setattr(registry_module.hmac, "compare_digest", spy)
+    monkeypatch.setattr(hmac, "compare_digest", spy)
     record, secret = home.registry.create_key("k", ["read"])
     assert home.registry.authenticate(secret).id == record.id
     forged = f"sy_{record.id}_{'B' * 43}"
