@@ -30,6 +30,7 @@ class ServeSpec:
 
     settings: Settings
     refs: list[str]
+    limits_file: str | None = None  # the rate-limit table shared by the workers (serve.limits)
 
 
 def bind_socket(host: str, port: int, reuse_port: bool) -> socket.socket:
@@ -64,7 +65,7 @@ def _serve_on(spec: ServeSpec, sock: socket.socket, worker: int | None = None) -
     from shipyard.monitor.logs import configure_logging
     from shipyard.serve.access_log import AccessLog
     from shipyard.serve.app import create_app
-    from shipyard.serve.transport import OneWriteHttpProtocol
+    from shipyard.serve.transport import HeadLimits, OneWriteHttpProtocol
 
     serve = spec.settings.serve
     configure_logging(serve.log_level, as_json=serve.log_json, worker=worker)
@@ -76,13 +77,18 @@ def _serve_on(spec: ServeSpec, sock: socket.socket, worker: int | None = None) -
         # With several workers a worker must not join the shared port before it can serve:
         # the kernel would hand it connections that get 503s while a sibling is ready.
         wait_for_models=serve.workers > 1,
+        limits_file=spec.limits_file,
+        worker=worker or 0,
     )
     if serve.access_log:
         app = AccessLog(app)
     config = uvicorn.Config(
         app,
         loop="uvloop",
-        http=OneWriteHttpProtocol,
+        http=OneWriteHttpProtocol.limited(
+            HeadLimits(serve.header_timeout_s, serve.max_header_bytes, serve.max_header_count)
+        ),
+        timeout_keep_alive=max(1, round(serve.keep_alive_s)),
         lifespan="on",
         access_log=False,  # AccessLog writes it, through Shipyard's log set-up
         # X-Forwarded-For/-Proto only change the client address and scheme in the scope, which
@@ -132,7 +138,9 @@ def run(spec: ServeSpec, announce: Callable[[str, int], None]) -> int:
     metrics_dir = tempfile.mkdtemp(prefix="shipyard-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     context = multiprocessing.get_context("spawn")
-    spec = ServeSpec(_share_cores(spec.settings), spec.refs)
+    from shipyard.serve.limits import create_table
+
+    spec = ServeSpec(_share_cores(spec.settings), spec.refs, create_table(metrics_dir, serve.workers))
     workers = [
         context.Process(target=_worker_main, args=(spec, serve.host, port, i), name=f"shipyard-worker-{i}")
         for i in range(1, serve.workers + 1)
