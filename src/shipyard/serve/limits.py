@@ -64,9 +64,12 @@ class Table:
         self._cells = struct.Struct(f"<{self._columns}q")
         self._cells_at = BUCKETS * _BUCKET.size
 
-    def take(self, key: str, rate: float, burst: float) -> float:
-        """Take one token from `key`'s bucket: 0 if there was one, else seconds until there is."""
-        offset = (zlib.crc32(key.encode()) % BUCKETS) * _BUCKET.size
+    def bucket(self, key: str) -> int:
+        """Where `key`'s token bucket lives (the same in every process)."""
+        return (zlib.crc32(key.encode()) % BUCKETS) * _BUCKET.size
+
+    def take(self, offset: int, rate: float, burst: float) -> float:
+        """Take one token from the bucket at `offset`: 0 if there was one, else seconds until there is."""
         now = time.monotonic()
         if self._fd is not None:
             fcntl.flock(self._fd, fcntl.LOCK_EX)
@@ -83,12 +86,14 @@ class Table:
     def slot(self, name: str) -> int:
         return zlib.crc32(name.encode()) % MODEL_SLOTS
 
-    def add(self, slot: int, worker: int, delta: int) -> int:
-        """Add `delta` to this worker's cell of `slot`; returns the total over every worker."""
-        row = self._cells_at + slot * self._cells.size
-        cell = row + worker * _CELL.size
+    def add(self, slot: int, worker: int, delta: int) -> None:
+        """Add `delta` to this worker's cell of `slot`."""
+        cell = self._cells_at + slot * self._cells.size + worker * _CELL.size
         _CELL.pack_into(self._mem, cell, _CELL.unpack_from(self._mem, cell)[0] + delta)
-        return sum(self._cells.unpack_from(self._mem, row))
+
+    def total(self, slot: int) -> int:
+        """The count of `slot` over every worker."""
+        return sum(self._cells.unpack_from(self._mem, self._cells_at + slot * self._cells.size))
 
     def reset(self, worker: int) -> None:
         """Zero this worker's cells: a replaced worker must not inherit its predecessor's count."""
@@ -132,13 +137,14 @@ class Limits:
         self._worker = worker
         self._key_rate = serve.rate_limit_per_key
         self._key_burst = float(serve.rate_burst_per_key or max(1, math.ceil(self._key_rate or 1)))
-        self._slots: dict[str, int] = {}
+        self._slots: dict[str, int] = {}  # served model names only: both stay small
+        self._buckets: dict[str, int] = {}
         self._table.reset(worker)
 
     def admit(self, model: str, policy: ModelPolicy, caller: str | None) -> Admission | None:
         """Count one request; raises if a limit refuses it. Release the admission when done."""
         if caller is not None and self._key_rate is not None:
-            wait = self._table.take(f"key:{caller}", self._key_rate, self._key_burst)
+            wait = self._table.take(self._table.bucket(f"key:{caller}"), self._key_rate, self._key_burst)
             if wait:
                 raise RateLimitedError(
                     f"this API key is over its rate limit of {self._key_rate:g} requests per second "
@@ -147,7 +153,10 @@ class Limits:
                     field="authorization",
                 )
         if policy.rate is not None:
-            wait = self._table.take(f"model:{model}", policy.rate, policy.burst)
+            bucket = self._buckets.get(model)
+            if bucket is None:
+                bucket = self._buckets[model] = self._table.bucket(f"model:{model}")
+            wait = self._table.take(bucket, policy.rate, policy.burst)
             if wait:
                 raise RateLimitedError(
                     f"model {model!r} is over its rate limit of {policy.rate:g} requests per second "
@@ -162,7 +171,8 @@ class Limits:
             slot = self._slots[model] = self._table.slot(model)
         # Count first, then check: two workers racing for the last place may both refuse, but
         # never both run past the limit.
-        if self._table.add(slot, self._worker, 1) > policy.concurrency:
+        self._table.add(slot, self._worker, 1)
+        if self._table.total(slot) > policy.concurrency:
             self._table.add(slot, self._worker, -1)
             raise OverloadedError(
                 f"model {model!r} is already running its limit of {policy.concurrency} concurrent "

@@ -24,10 +24,11 @@ SLOW = 0.001  # requests per second: no token comes back during a test
 
 def test_a_token_bucket_lets_a_burst_through_then_says_when_to_retry() -> None:
     table = Table()
-    assert [table.take("model:m", SLOW, 3) for _ in range(3)] == [0, 0, 0]
-    wait = table.take("model:m", SLOW, 3)
+    bucket = table.bucket("model:m")
+    assert [table.take(bucket, SLOW, 3) for _ in range(3)] == [0, 0, 0]
+    wait = table.take(bucket, SLOW, 3)
     assert wait > 100  # about 1 / rate
-    assert table.take("model:other", SLOW, 3) == 0  # another bucket
+    assert table.take(table.bucket("model:other"), SLOW, 3) == 0  # another bucket
 
 
 def test_workers_sharing_the_table_share_the_limits(tmp_path: Path) -> None:
