@@ -52,7 +52,7 @@ class Table:
     """The shared counters: token buckets and per-worker in-flight cells."""
 
     def __init__(self, path: str | None = None, workers: int = 1) -> None:
-        self._columns = workers + 1  # worker numbers 1..N; 0 is the single-process server
+        self.columns = workers + 1  # worker numbers 1..N; 0 is the single-process server
         size = table_size(workers)
         self._fd: int | None = None
         self._mem: bytearray | mmap.mmap
@@ -61,7 +61,7 @@ class Table:
         else:
             self._fd = os.open(path, os.O_RDWR)
             self._mem = mmap.mmap(self._fd, size)
-        self._cells = struct.Struct(f"<{self._columns}q")
+        self._cells = struct.Struct(f"<{self.columns}q")
         self._cells_at = BUCKETS * _BUCKET.size
 
     def bucket(self, key: str) -> int:
@@ -134,6 +134,8 @@ class Limits:
 
     def __init__(self, serve: ServeSettings, table: Table | None = None, worker: int = 0) -> None:
         self._table = table or Table()
+        if not 0 <= worker < self._table.columns:  # another worker's cells would be overwritten
+            raise ValueError(f"worker {worker} has no cells in a table for {self._table.columns - 1} workers")
         self._worker = worker
         self._key_rate = serve.rate_limit_per_key
         self._key_burst = float(serve.rate_burst_per_key or max(1, math.ceil(self._key_rate or 1)))
