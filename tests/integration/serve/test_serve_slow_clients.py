@@ -22,8 +22,8 @@ WAIT_S = 30.0  # an upper bound for what must happen: a hang fails, never blocks
 
 @pytest.fixture(scope="module")
 def impatient(serve_models: ServeModels, serve_launcher: Callable[..., Any]) -> Iterator[Server]:
-    """A server that gives a request head one second."""
-    env = {"SHIPYARD_SERVE__HEADER_TIMEOUT_S": "1"}
+    """A server that gives a request head one second, and an idle connection one more."""
+    env = {"SHIPYARD_SERVE__HEADER_TIMEOUT_S": "1", "SHIPYARD_SERVE__KEEP_ALIVE_S": "1"}
     with serve_launcher(serve_models.home, ["iris-onnx"], env=env) as server:
         yield server
 
@@ -53,6 +53,21 @@ def test_half_open_connections_are_closed_and_others_still_served(impatient: Ser
         return True
 
     asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("then", [b"", b"GET /healthz HTTP/1.1\r\nHost: shi"], ids=["idle", "half-sent"])
+def test_a_kept_alive_connection_is_closed_when_idle_or_stuck_in_its_next_head(
+    impatient: Server, then: bytes
+) -> None:
+    with socket.create_connection(("127.0.0.1", impatient.port), timeout=WAIT_S) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: shipyard\r\n\r\n")
+        first = sock.recv(65536)
+        assert first.startswith(b"HTTP/1.1 200 "), first
+        sock.sendall(then)
+        rest = b""
+        while chunk := sock.recv(65536):  # the server closes it: recv returns b"" (no timeout)
+            rest += chunk
+        assert rest == b""
 
 
 def _raw(port: int, head: bytes) -> bytes:
