@@ -92,6 +92,7 @@ class OneWriteHttpProtocol(HttpToolsProtocol):
     head_limits: ClassVar[HeadLimits] = HeadLimits()
     _head_since: float | None = None  # loop time the current head began; None once complete
     _head_bytes = 0  # bytes of chunks after which the head was still incomplete
+    _chunk_bytes = 0  # bytes of the chunk being parsed
     _head_timer: asyncio.TimerHandle | None = None
 
     @classmethod
@@ -111,6 +112,7 @@ class OneWriteHttpProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        self._chunk_bytes = len(data)
         super().data_received(data)
         if self._head_since is not None and not self.transport.is_closing():
             # httptools buffers a header until it ends: bound what an unfinished head holds.
@@ -125,15 +127,17 @@ class OneWriteHttpProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         limits = self.head_limits
-        self._head_since = None
-        self._head_bytes = 0
         headers = self.headers
         if len(headers) > limits.max_count:
             self._refuse(f"the request has {len(headers)} headers, over the limit of {limits.max_count}")
             raise _HeadRefusedError
-        if len(self.url) + sum(len(n) + len(v) for n, v in headers) > limits.max_bytes:
+        # A head is no larger than the bytes it came in: only a large one is measured exactly.
+        over = self._head_bytes + self._chunk_bytes > limits.max_bytes
+        if over and len(self.url) + sum(len(n) + len(v) for n, v in headers) > limits.max_bytes:
             self._refuse(f"the request head is over {limits.max_bytes} bytes")
             raise _HeadRefusedError
+        self._head_since = None
+        self._head_bytes = 0
         super().on_headers_complete()
 
     def _check_head(self) -> None:
