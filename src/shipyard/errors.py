@@ -97,6 +97,26 @@ class OverloadedError(NotReadyError):
     kind = "overloaded"
 
 
+class RateLimitedError(ShipyardError):
+    """Too many requests for a key or model; `retry_after_s` says when a request will pass."""
+
+    status_code = 429
+    exit_code = 6
+    kind = "rate_limited"
+
+    def __init__(self, message: str, *, retry_after_s: float, field: str | None = None) -> None:
+        super().__init__(message, field=field)
+        self.retry_after_s = retry_after_s
+
+
+class DeadlineExceededError(ShipyardError):
+    """The request's deadline passed before its result was ready; its queued work is dropped."""
+
+    status_code = 504
+    exit_code = 6
+    kind = "deadline_exceeded"
+
+
 class ModelError(ShipyardError):
     """The model or its runtime failed on a request it should have handled: the server's fault,
     not the caller's. The message carries the detail (for the log and the CLI); over HTTP the

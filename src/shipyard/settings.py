@@ -37,7 +37,14 @@ from pydantic_settings import (
 from shipyard.errors import InvalidInputError
 
 # The serving options a version may carry (level 4 of the precedence).
-VERSION_OPTIONS = ("max_batch_size", "max_batch_delay_ms")
+VERSION_OPTIONS = (
+    "max_batch_size",
+    "max_batch_delay_ms",
+    "timeout_s",
+    "rate_limit_per_model",
+    "rate_burst_per_model",
+    "max_concurrency_per_model",
+)
 
 # The config file of the `load` call in progress. pydantic-settings builds its sources in a
 # classmethod that never sees the constructor's arguments, so the path reaches it this way; a
@@ -94,6 +101,25 @@ class ServeSettings(BaseModel):
     log_json: bool = False
     vertex_health_route: str | None = None  # AIP_HEALTH_ROUTE
     vertex_predict_route: str | None = None  # AIP_PREDICT_ROUTE
+    # Slow and oversized clients: a connection must send its request head within
+    # `header_timeout_s`, within these sizes; an idle keep-alive connection closes after `keep_alive_s`.
+    header_timeout_s: float = Field(10.0, gt=0)
+    max_header_bytes: int = Field(16 * 1024, ge=1024)
+    max_header_count: int = Field(100, ge=8)
+    keep_alive_s: float = Field(5.0, gt=0)
+    # Deadlines: `timeout_s` per request unless the client asks for another (X-Request-Timeout,
+    # grpc-timeout), which is honoured up to `max_timeout_s`; past it the request answers 504.
+    timeout_s: float = Field(60.0, gt=0)
+    max_timeout_s: float = Field(600.0, gt=0)
+    max_rows_per_request: int = Field(10_000, ge=1)
+    max_elements_per_request: int = Field(10_000_000, ge=1)
+    # Rate limits (requests per second, token buckets; None = no limit), burst default = one
+    # second's worth; the caller key's limit applies once requests carry a key id.
+    rate_limit_per_model: float | None = Field(None, gt=0)
+    rate_burst_per_model: int | None = Field(None, ge=1)
+    rate_limit_per_key: float | None = Field(None, gt=0)
+    rate_burst_per_key: int | None = Field(None, ge=1)
+    max_concurrency_per_model: int | None = Field(None, ge=1)
     tls_cert: str | None = Field(None, description="PEM certificate chain; serves HTTPS with tls_key")
     tls_key: str | None = Field(None, description="PEM private key of tls_cert")
     tls_client_ca: str | None = Field(None, description="CA that client certificates must chain to (mTLS)")

@@ -21,6 +21,7 @@ from shipyard.registry import Registry
 from shipyard.serve.admin import AdminSplit
 from shipyard.serve.auth import Authenticator
 from shipyard.serve.dataplane import DataPlane
+from shipyard.serve.limits import Limits, Table
 from shipyard.serve.protocols._http import error_response, internal_error, json_response
 from shipyard.serve.protocols.management import ManagementProtocol
 from shipyard.serve.protocols.openai import OpenAIProtocol
@@ -41,13 +42,17 @@ def create_app(
     registry: Registry | None = None,
     vertex_routes: tuple[str | None, str | None] = (None, None),
     wait_for_models: bool = False,
+    limits_file: str | None = None,
+    worker: int = 0,
 ) -> ShipyardApp:
     """An ASGI app serving `refs`. Models load in the background so the server is live at once,
-    unless `wait_for_models` (several workers: a worker joins the port only once it can serve)."""
+    unless `wait_for_models` (several workers: a worker joins the port only once it can serve).
+    `limits_file` is the rate-limit table the workers share, `worker` this worker's number."""
     registry = registry or Registry(settings=settings)
     repository = ModelRepository(registry, settings)
-    dataplane = DataPlane(repository)
     serve = settings.serve
+    table = Table(limits_file, serve.workers) if limits_file else None
+    dataplane = DataPlane(repository, serve, Limits(serve, table, worker))
     probes = frozenset(p for p in ("/healthz", "/readyz", "/ping", vertex_routes[0]) if p)
     auth = Authenticator(registry, serve, probes)
     if serve.insecure:

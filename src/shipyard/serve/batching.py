@@ -10,6 +10,7 @@ only while the next request is expected sooner than `b`, never longer than `max_
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections import deque
 from collections.abc import Callable
@@ -18,7 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from shipyard.errors import InvalidInputError, OverloadedError, ShipyardError
+from shipyard.errors import DeadlineExceededError, InvalidInputError, OverloadedError, ShipyardError
 
 Arrays = dict[str, np.ndarray]
 INLINE_BELOW_S = 0.0005  # a batch predicted faster than this runs without a thread hop
@@ -30,6 +31,7 @@ class _Item:
     rows: int
     future: asyncio.Future[Arrays]
     enqueued: float = field(default_factory=time.perf_counter)
+    deadline: float = math.inf  # event-loop time after which the work is dropped, never run
 
 
 class LatencyModel:
@@ -102,8 +104,12 @@ class Batcher:
             self._loop = asyncio.get_running_loop()
             self._task = self._loop.create_task(self._run())
 
-    async def submit(self, inputs: Arrays) -> Arrays:
-        """Run one request (a batch of >= 1 rows along axis 0) and return its own outputs."""
+    async def submit(self, inputs: Arrays, timeout_s: float | None = None) -> Arrays:
+        """Run one request (a batch of >= 1 rows along axis 0) and return its own outputs.
+
+        Past `timeout_s` the request fails with DeadlineExceededError at once, even while its
+        batch runs; if it is still queued then, its work is dropped, never run.
+        """
         if self._closed:
             raise OverloadedError("the model is shutting down; retry on another replica")
         if len(self._queue) >= self.max_queue:
@@ -116,10 +122,22 @@ class Batcher:
             gap = now - self._last_arrival
             self._arrival_gap = gap if self._arrival_gap is None else 0.8 * self._arrival_gap + 0.2 * gap
         self._last_arrival = now
-        future: asyncio.Future[Arrays] = (self._loop or asyncio.get_running_loop()).create_future()
-        self._queue.append(_Item(inputs, rows, future, now))
+        loop = self._loop or asyncio.get_running_loop()
+        future: asyncio.Future[Arrays] = loop.create_future()
+        if timeout_s is None:
+            self._queue.append(_Item(inputs, rows, future, now))
+            self._wakeup.set()
+            return await future  # cancelled if the client goes away; the batch loop skips it
+        deadline = loop.time() + timeout_s
+        self._queue.append(_Item(inputs, rows, future, now, deadline))
         self._wakeup.set()
-        return await future  # cancelled if the client goes away; the batch loop skips it
+        # One timer per request: it fails the future at the deadline, which also takes the
+        # item out of the batch loop's reach (done futures are skipped).
+        timer = loop.call_at(deadline, _expire, future, timeout_s)
+        try:
+            return await future
+        finally:
+            timer.cancel()
 
     def _hold_back_s(self, rows: int, oldest: float) -> float:
         """How long to wait for more rows before running a partial batch (0 = run now).
@@ -151,10 +169,15 @@ class Batcher:
     def _take_batch(self) -> list[_Item]:
         batch: list[_Item] = []
         rows = 0
+        now = self._loop.time() if self._loop is not None else 0.0
         while self._queue:
             item = self._queue[0]
-            if item.future.done():  # cancelled by a disconnected client: drop its work
+            if item.future.done():  # a client that left, or a deadline that passed: drop its work
                 self._queue.popleft()
+                continue
+            if item.deadline <= now:  # expired, but its timer has not run yet (a busy loop)
+                self._queue.popleft()
+                _expire(item.future, None)
                 continue
             if batch and (rows + item.rows > self.max_batch_size or not _compatible(batch[0], item)):
                 break
@@ -247,6 +270,18 @@ class Batcher:
                 item.future.set_exception(OverloadedError("the model was unloaded; retry"))
         self._queue.clear()
         self._executor.shutdown(wait=False)
+
+
+def _expire(future: asyncio.Future[Arrays], timeout_s: float | None) -> None:
+    if not future.done():
+        within = f" of {timeout_s:g} s" if timeout_s is not None else ""
+        future.set_exception(
+            DeadlineExceededError(
+                f"the request's deadline{within} passed before the model answered; its work was "
+                "dropped. Send X-Request-Timeout (seconds) to allow more, up to the server's cap "
+                "(setting serve.max_timeout_s), or raise the model's timeout_s"
+            )
+        )
 
 
 def _timed(predict: Callable[[Arrays], Arrays], inputs: Arrays) -> tuple[Arrays, float]:

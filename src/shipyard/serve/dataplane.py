@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from shipyard.errors import PayloadTooLargeError
+from shipyard.serve.limits import Limits, ModelPolicy
 from shipyard.serve.repository import IndexEntry, ModelRepository, ModelStatus, Readiness, ServedVersion
+from shipyard.settings import ServeSettings
 from shipyard.tensors import coerce_inputs
 from shipyard.types import ModelRef, ModelVersion
 
@@ -54,8 +58,13 @@ class InferResult:
 class DataPlane:
     """Transport-agnostic inference: protocol adapters translate wire formats to and from this."""
 
-    def __init__(self, repository: ModelRepository) -> None:
+    def __init__(
+        self, repository: ModelRepository, settings: ServeSettings | None = None, limits: Limits | None = None
+    ) -> None:
         self._repository = repository
+        self._settings = settings or repository.settings.serve
+        self._limits = limits or Limits(self._settings)
+        self._policies: weakref.WeakKeyDictionary[ServedVersion, ModelPolicy] = weakref.WeakKeyDictionary()
 
     def model(self, name: str, version: int | None = None) -> ServedVersion:
         return self._repository.get(name, version)
@@ -69,26 +78,67 @@ class DataPlane:
         served: ServedVersion,
         inputs: Any,
         disconnected: Callable[[], Awaitable[None]] | None = None,
+        *,
+        timeout_s: float | None = None,
+        caller: str | None = None,
     ) -> InferResult:
         """Run one request on a held version; `inputs` maps names to values (or rows).
 
         `disconnected` resolves when the client goes away: the request is then withdrawn from
-        its queue, so an abandoned request costs no inference and holds no memory.
+        its queue, so an abandoned request costs no inference and holds no memory. `timeout_s`
+        is the client's deadline (capped by the server's), else the version's `timeout_s`;
+        `caller` is the caller's key id, for its rate limit.
         """
         record = served.version
-        arrays = coerce_inputs(record.signature, inputs)
-        if served.batcher is None:
-            raise RuntimeError(f"{record.ref} has no batcher")  # cannot happen once ready
-        batcher = served.batcher
-        # Watching for a disconnect costs a task; it pays only for a request that will wait
-        # behind at least one whole batch, which is also when abandoned work would pile up.
-        if disconnected is None or batcher.depth < batcher.max_batch_size:
-            outputs = await batcher.submit(arrays)
-        else:
-            outputs = await _unless_disconnected(batcher.submit(arrays), disconnected)
+        policy = self._policies.get(served) or self._policy(served)
+        admission = self._limits.admit(record.name, policy, caller)
+        try:
+            arrays = coerce_inputs(record.signature, inputs)
+            rows = self._check_size(arrays)
+            if served.batcher is None:
+                raise RuntimeError(f"{record.ref} has no batcher")  # cannot happen once ready
+            batcher = served.batcher
+            timeout = policy.timeout_s if timeout_s is None else min(timeout_s, self._settings.max_timeout_s)
+            # Watching for a disconnect costs a task; it pays only for a request that will wait
+            # behind at least one whole batch, which is also when abandoned work would pile up.
+            if disconnected is None or batcher.depth < batcher.max_batch_size:
+                outputs = await batcher.submit(arrays, timeout)
+            else:
+                outputs = await _unless_disconnected(batcher.submit(arrays, timeout), disconnected)
+        finally:
+            if admission is not None:
+                admission.release()
         served.requests += 1
-        served.rows += next(iter(arrays.values())).shape[0] if arrays else 0
+        served.rows += rows
         return InferResult(record, outputs)
+
+    def _policy(self, served: ServedVersion) -> ModelPolicy:
+        record = served.version
+        policy = self._policies[served] = ModelPolicy.of(
+            self._settings.for_version(record.serving, str(record.ref))
+        )
+        return policy
+
+    def _check_size(self, arrays: dict[str, np.ndarray]) -> int:
+        """The request's row count; 413 above the row or element cap, before any work is queued:
+        one huge request would hold the model (and every request behind it) for its whole run."""
+        settings = self._settings
+        rows = max((a.shape[0] if a.ndim else 1 for a in arrays.values()), default=0)
+        if rows > settings.max_rows_per_request:
+            raise PayloadTooLargeError(
+                f"the request has {rows} rows, over the limit of {settings.max_rows_per_request} per "
+                "request (setting serve.max_rows_per_request); send them in smaller requests",
+                field="inputs",
+            )
+        elements = sum(a.size for a in arrays.values())
+        if elements > settings.max_elements_per_request:
+            raise PayloadTooLargeError(
+                f"the request has {elements} elements, over the limit of "
+                f"{settings.max_elements_per_request} per request (setting "
+                "serve.max_elements_per_request); send them in smaller requests",
+                field="inputs",
+            )
+        return rows
 
     def served_names(self) -> list[str]:
         """The model names served here, in the order the server was given them."""

@@ -163,6 +163,10 @@ class ModelRepository:
             current = self.default(name)
             if current is None:
                 return ModelStatus("failed" if model.error else "loading", model.default, model.error)
+            if model.error and current.ready:
+                # Still ready (the old version answers), but a target that could not be loaded,
+                # e.g. one failing its integrity check, must show: readiness says why.
+                return ModelStatus(current.state, current.version.version, model.error)
             return _status_of(current)
         served = model.versions.get(version)
         if served is None:
@@ -307,7 +311,9 @@ class ModelRepository:
             if served is None or not served.ready:
                 served = await self._load_version(model, target)
             if not served.ready:
-                model.error = served.reason
+                model.error = (
+                    f"{ref} points at version {target.version}, which cannot be served: {served.reason}"
+                )
                 return
             old = model.default
             model.default, model.error = target.version, ""

@@ -22,6 +22,7 @@ from typing import Any
 
 from shipyard.errors import ConflictError, InvalidInputError, ShipyardError
 from shipyard.monitor.logs import configure_logging
+from shipyard.serve.limits import create_table
 from shipyard.serve.workers import Supervisor, report_failure, report_ready
 from shipyard.settings import Settings
 
@@ -32,6 +33,7 @@ class ServeSpec:
 
     settings: Settings
     refs: list[str]
+    limits_file: str | None = None  # the rate-limit table shared by the workers (serve.limits)
 
 
 def bind_socket(host: str, port: int, reuse_port: bool) -> socket.socket:
@@ -72,7 +74,7 @@ def _serve_on(
     from shipyard.serve.admin import admin_sockets
     from shipyard.serve.app import create_app
     from shipyard.serve.tls import start_reloading
-    from shipyard.serve.transport import OneWriteHttpProtocol
+    from shipyard.serve.transport import HeadLimits, OneWriteHttpProtocol
 
     serve = spec.settings.serve
     configure_logging(serve.log_level, as_json=serve.log_json, worker=worker)
@@ -84,13 +86,18 @@ def _serve_on(
         # With several workers a worker must not join the shared port before it can serve:
         # the kernel would hand it connections that get 503s while a sibling is ready.
         wait_for_models=serve.workers > 1,
+        limits_file=spec.limits_file,
+        worker=worker or 0,
     )
     if serve.access_log:
         app = AccessLog(app)
     config = uvicorn.Config(
         app,
         loop="uvloop",
-        http=OneWriteHttpProtocol,
+        http=OneWriteHttpProtocol.limited(
+            HeadLimits(serve.header_timeout_s, serve.max_header_bytes, serve.max_header_count)
+        ),
+        timeout_keep_alive=max(1, round(serve.keep_alive_s)),
         lifespan="on",
         access_log=False,  # AccessLog writes it, through Shipyard's log set-up
         # X-Forwarded-For/-Proto only change the client address and scheme in the scope, which
@@ -159,10 +166,11 @@ def run(spec: ServeSpec, announce: Callable[[str, int], None]) -> int:
     metrics_dir = tempfile.mkdtemp(prefix="shipyard-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     configure_logging(serve.log_level, as_json=serve.log_json)
+    limits_file = create_table(metrics_dir, serve.workers)
     supervisor = Supervisor(
         serve.workers,
         _worker_main,
-        (ServeSpec(_share_cores(spec.settings), spec.refs), serve.host, port),
+        (ServeSpec(_share_cores(spec.settings), spec.refs, limits_file), serve.host, port),
         on_exit=_forget_worker,
     )
     if serve.tls_cert:  # SIGHUP reloads certificates: each worker reloads its own

@@ -4,6 +4,7 @@ and the per-request metrics wrapper. The HTTP layer maps errors to responses her
 from __future__ import annotations
 
 import logging
+import math
 import time
 import zlib
 from collections.abc import Awaitable, Callable
@@ -18,12 +19,13 @@ from shipyard.errors import (
     MethodNotAllowedError,
     ModelError,
     PayloadTooLargeError,
+    RateLimitedError,
     ShipyardError,
     UnauthorizedError,
     UnsupportedMediaTypeError,
 )
 from shipyard.monitor import metrics
-from shipyard.serve.auth import require_model
+from shipyard.serve.auth import caller_id, require_model
 from shipyard.serve.dataplane import ClientDisconnectedError
 from shipyard.types import MAX_VERSION
 
@@ -117,7 +119,9 @@ def openai_error(exc: ShipyardError) -> dict[str, Any]:
 def error_response(exc: ShipyardError, body: ErrorBody = plain_error) -> Response:
     """The one mapping from an error to an HTTP response (status, JSON body, headers)."""
     headers = None
-    if exc.status_code == 503:
+    if isinstance(exc, RateLimitedError):
+        headers = {"Retry-After": str(max(1, math.ceil(exc.retry_after_s)))}
+    elif exc.status_code == 503:
         headers = {"Retry-After": "1"}
     elif isinstance(exc, MethodNotAllowedError):
         headers = {"Allow": exc.allow}
@@ -197,15 +201,59 @@ def parse_json(data: bytes, what: str = "request body") -> Any:
         raise InvalidInputError(f"{what} is not valid JSON: {exc}", field="body") from exc
 
 
-def require_json(request: Request) -> None:
-    """415 unless the body is declared as JSON (a missing type is accepted, as curl sends)."""
+def require_json(request: Request, *also: str) -> str:
+    """The body's media type; 415 unless it is JSON (`application/json` or `…+json`) or one of `also`.
+
+    A missing type is refused too: a web page on another origin may post without a CORS
+    preflight only with a form or text/plain type, or with none (a Blob body), so accepting
+    none would let any page a user visits run inference here. `curl -d` sends a form type and
+    was refused already; `curl --json` and every client library send application/json.
+    """
     content_type = header(request, b"content-type") or ""
     media = content_type.split(";")[0].strip().lower()
-    if media and media != "application/json" and not media.endswith("+json"):
-        raise UnsupportedMediaTypeError(
-            f"Content-Type {content_type!r} is not supported here; send application/json",
-            field="content-type",
+    if media != "application/json" and not media.endswith("+json") and media not in also:
+        accepted = " or ".join(["application/json (or a +json type)", *filter(None, also)])
+        given = (
+            f"Content-Type {content_type[:100]!r} is" if content_type else "a request without Content-Type is"
         )
+        raise UnsupportedMediaTypeError(f"{given} not supported here; send {accepted}", field="content-type")
+    return media
+
+
+def request_timeout(request: Request) -> float | None:
+    """The deadline the client asks for, in seconds: `X-Request-Timeout: 2.5` or gRPC's
+    `grpc-timeout: 2500m`; None if it asks for none. 400 if malformed (never silently ignored)."""
+    text = header(request, b"x-request-timeout")
+    if text is not None:
+        try:
+            seconds = float(text)
+        except ValueError:
+            seconds = math.nan
+        if not 0 < seconds < math.inf:
+            raise InvalidInputError(
+                f"X-Request-Timeout must be a positive number of seconds, got {text[:40]!r}",
+                field="x-request-timeout",
+            )
+        return seconds
+    text = header(request, b"grpc-timeout")
+    if text is None:
+        return None
+    unit = _GRPC_UNITS.get(text[-1:])
+    digits = text[:-1]
+    if unit is None or not (digits.isascii() and digits.isdigit() and len(digits) <= 8) or not int(digits):
+        raise InvalidInputError(
+            f"grpc-timeout must be 1 to 8 digits and a unit (H, M, S, m, u, n), got {text[:40]!r}",
+            field="grpc-timeout",
+        )
+    return int(digits) * unit
+
+
+_GRPC_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
+
+
+def call_options(request: Request) -> dict[str, Any]:
+    """What a request tells `DataPlane.infer` beyond its inputs: its deadline and its caller."""
+    return {"timeout_s": request_timeout(request), "caller": caller_id(request)}
 
 
 def endpoint(

@@ -19,6 +19,11 @@ from shipyard.types import ModelRef
 ADMIN_ACTOR = "admin-token"  # who the audit log names for a request carrying the admin token
 
 
+def _actor(request: Request) -> str:
+    """Who the audit log names: the admin key's id, or the deprecated admin token."""
+    return caller_id(request) or ADMIN_ACTOR
+
+
 class ManagementProtocol:
     def __init__(self, dataplane: DataPlane, settings: ServeSettings) -> None:
         self.dataplane = dataplane
@@ -91,12 +96,12 @@ class ManagementProtocol:
         ref = ModelRef.parse(str(params.get("ref", name)))
         if ref.name != name:
             raise InvalidInputError(f"parameter ref '{ref}' names another model than {name!r}", field="ref")
-        version = await self.dataplane.load(ref, actor=ADMIN_ACTOR)
+        version = await self.dataplane.load(ref, actor=_actor(request))
         return json_response({"name": name, "version": str(version)})
 
     async def _unload(self, request: Request) -> Response:
         self._authorize(request)
         await self._params(request)
         name = request.path_params["model"]
-        await self.dataplane.unload(name, actor=ADMIN_ACTOR)
+        await self.dataplane.unload(name, actor=_actor(request))
         return json_response({"name": name, "state": "UNLOADED"})

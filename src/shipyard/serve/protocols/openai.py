@@ -16,6 +16,7 @@ from starlette.routing import Route
 from shipyard.errors import InvalidInputError
 from shipyard.serve.dataplane import DataPlane
 from shipyard.serve.protocols._http import (
+    call_options,
     disconnect_watcher,
     endpoint,
     json_response,
@@ -116,7 +117,10 @@ class OpenAIProtocol:
                 )
             _check_dimensions(body.get("dimensions"), served.version.extra)
             result = await self.dataplane.infer(
-                served, {signature.inputs[0].name: texts}, disconnect_watcher(request)
+                served,
+                {signature.inputs[0].name: texts},
+                disconnect_watcher(request),
+                **call_options(request),
             )
         outputs = result.outputs
         tokens = int(outputs["tokens"].sum()) if "tokens" in outputs else 0

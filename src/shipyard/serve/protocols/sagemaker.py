@@ -9,9 +9,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from shipyard.errors import InvalidInputError, NotFoundError, UnsupportedMediaTypeError
+from shipyard.errors import InvalidInputError, NotFoundError
 from shipyard.serve.dataplane import DataPlane
 from shipyard.serve.protocols._http import (
+    call_options,
     disconnect_watcher,
     endpoint,
     header,
@@ -19,6 +20,7 @@ from shipyard.serve.protocols._http import (
     label,
     parse_json,
     read_body,
+    require_json,
 )
 from shipyard.serve.protocols.rows import inputs_from_body, predictions
 from shipyard.settings import ServeSettings
@@ -100,12 +102,7 @@ class SageMakerProtocol:
     async def _invocations(self, request: Request) -> Response:
         name = self._target(request)
         label(request, name)
-        media = (header(request, b"content-type") or "application/json").split(";")[0].strip().lower()
-        if media not in ("application/json", "text/csv", ""):
-            raise UnsupportedMediaTypeError(
-                f"Content-Type {media!r} is not supported; send application/json or text/csv",
-                field="content-type",
-            )
+        media = require_json(request, "text/csv")
         with self.dataplane.acquire(name) as served:
             label(request, name, served.version.version)
             raw = await read_body(request, self.settings.max_body_bytes)
@@ -113,5 +110,7 @@ class SageMakerProtocol:
                 inputs = parse_csv(raw)
             else:
                 inputs = inputs_from_body(parse_json(raw), served.version.signature)
-            result = await self.dataplane.infer(served, inputs, disconnect_watcher(request))
+            result = await self.dataplane.infer(
+                served, inputs, disconnect_watcher(request), **call_options(request)
+            )
         return json_response({"predictions": predictions(result.outputs)})

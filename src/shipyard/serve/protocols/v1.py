@@ -8,6 +8,7 @@ from starlette.routing import Route
 
 from shipyard.serve.dataplane import DataPlane
 from shipyard.serve.protocols._http import (
+    call_options,
     disconnect_watcher,
     endpoint,
     json_response,
@@ -49,7 +50,9 @@ class V1Protocol:
             label(request, name, served.version.version)
             body = parse_json(await read_body(request, self.settings.max_body_bytes))
             inputs = inputs_from_body(body, served.version.signature)
-            result = await self.dataplane.infer(served, inputs, disconnect_watcher(request))
+            result = await self.dataplane.infer(
+                served, inputs, disconnect_watcher(request), **call_options(request)
+            )
         return json_response({"predictions": predictions(result.outputs)})
 
     async def _status(self, request: Request) -> Response:

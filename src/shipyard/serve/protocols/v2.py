@@ -14,6 +14,7 @@ from shipyard.serve.dataplane import DataPlane
 from shipyard.serve.protocols import v2_codec
 from shipyard.serve.protocols._http import (
     BytesResponse,
+    call_options,
     disconnect_watcher,
     endpoint,
     header,
@@ -21,6 +22,7 @@ from shipyard.serve.protocols._http import (
     label,
     parse_version,
     read_body,
+    require_json,
 )
 from shipyard.settings import ServeSettings
 
@@ -144,6 +146,9 @@ class V2Protocol:
         )
 
     async def _infer(self, request: Request) -> Response:
+        # tritonclient sends no Content-Type at all, so none is accepted here; a browser posting
+        # a typeless body cross-origin is stopped by the API key it cannot attach unpreflighted.
+        require_json(request, "application/octet-stream", "")
         name = request.path_params["model"]
         version = parse_version(request)
         declared = header(request, b"inference-header-content-length")
@@ -159,7 +164,9 @@ class V2Protocol:
             label(request, name, served.version.version)
             body = await read_body(request, self.settings.max_body_bytes)
             parsed = v2_codec.decode_request(body, header_length, served.version.signature)
-            result = await self.dataplane.infer(served, parsed.inputs, disconnect_watcher(request))
+            result = await self.dataplane.infer(
+                served, parsed.inputs, disconnect_watcher(request), **call_options(request)
+            )
         payload, json_length = v2_codec.encode_response(
             parsed, name, str(result.version.version), result.outputs, result.version.extra.get("classes")
         )

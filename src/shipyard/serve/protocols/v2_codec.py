@@ -79,7 +79,8 @@ def encode_bytes_elements(arr: np.ndarray) -> bytes:
 
 
 def _shape(value: Any, name: str) -> tuple[int, ...]:
-    if not isinstance(value, list) or not all(isinstance(d, int) and d >= 0 for d in value):
+    # bool is an int subclass: `true` must not pass as a dimension of 1
+    if not isinstance(value, list) or not all(type(d) is int and d >= 0 for d in value):
         raise _error(f"input {name!r} needs a 'shape' list of non-negative integers", name)
     return tuple(value)
 
