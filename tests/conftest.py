@@ -45,9 +45,6 @@ def _isolated_environment(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pyt
     monkeypatch.setenv("SHIPYARD_HOME", str(tmp_path_factory.mktemp("default-home")))
 
 
-# -- data and estimators ----------------------------------------------------------------
-
-
 @pytest.fixture(scope="session")
 def iris() -> tuple[np.ndarray, np.ndarray]:
     from sklearn.datasets import load_iris
@@ -70,9 +67,6 @@ def forest(iris: tuple[np.ndarray, np.ndarray]) -> Any:
 
     x, y = iris
     return RandomForestClassifier(n_estimators=5, max_depth=3, random_state=0).fit(x, y)
-
-
-# -- model files ------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="session")

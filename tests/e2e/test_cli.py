@@ -121,7 +121,7 @@ class Journey:
     skops_digest: str = ""
 
 
-# The keys the issue promises in `show --json`.
+# The keys `show --json` promises.
 SHOW_KEYS = {"name", "version", "format", "digest", "size", "aliases", "parent", "metrics", "params", "tags"}
 SHOW_KEYS |= {"signature", "created_at", "git_commit", "trusted"}
 
@@ -272,9 +272,6 @@ def test_pickle_pushed_with_trust_is_recorded(cli: Cli, pickle_path: Path) -> No
     assert (shown["format"], shown["trusted"]) == ("pickle", True)
     predicted = cli("predict", "legacy", "--input", json.dumps({"inputs": ROWS})).json()
     assert len(predicted["outputs"]["label"]) == 2
-
-
-# -- bad input ------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")

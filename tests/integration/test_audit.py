@@ -52,9 +52,6 @@ def history(registry: Registry, onnx_variants: Callable[[int], Path]) -> Registr
     return registry
 
 
-# -- what is recorded ------------------------------------------------------------------------
-
-
 def test_each_registry_write_is_one_entry(registry: Registry, onnx_variants: Callable[[int], Path]) -> None:
     steps: list[tuple[Callable[[], object], list[tuple[str, str]]]] = [
         (lambda: registry.push("iris", onnx_variants(0)), [("push", "iris:1")]),
@@ -107,9 +104,6 @@ def test_bad_action_is_refused(registry: Registry) -> None:
     with pytest.raises(InvalidInputError, match="audit action"):
         registry.audit("Drop Table", target="x")
     assert registry.audit_log() == []
-
-
-# -- tamper evidence --------------------------------------------------------------------------
 
 
 def test_intact_chain_verifies(history: Registry) -> None:
@@ -210,9 +204,6 @@ def test_concurrent_writers_keep_one_linear_chain(
     assert registry.verify_audit()[0] == len(entries)
 
 
-# -- the CLI ----------------------------------------------------------------------------------
-
-
 @pytest.fixture
 def cli_home(tmp_path: Path, onnx_variants: Callable[[int], Path]) -> Path:
     home = tmp_path / "home"
@@ -290,9 +281,6 @@ def test_cli_verify_exits_7_naming_the_altered_entry(cli_home: Path) -> None:
     [line] = done.stderr.splitlines()
     assert line.startswith("error: audit log broken at entry 2 (alias.set iris@prod at ")
     assert line.endswith("its content no longer matches its hash (altered or moved)")
-
-
-# -- the server's management routes ----------------------------------------------------------
 
 
 def test_management_load_and_unload_are_audited(cli_home: Path) -> None:

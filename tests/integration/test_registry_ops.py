@@ -16,9 +16,6 @@ def _stored_file(registry: Registry, version: ModelVersion) -> Path:
     return registry.store.path(version.digest) / str(version.files[0]["path"])
 
 
-# -- not found --------------------------------------------------------------------------
-
-
 def test_unknown_name_lists_the_models(registry: Registry, onnx_path: Path) -> None:
     with pytest.raises(NotFoundError, match=r"no model named 'iris' in the registry \(models: none yet\)"):
         registry.resolve("iris")
@@ -61,9 +58,6 @@ def test_huge_version_number_is_not_found(
         registry.resolve(ModelRef("iris", version=number))
 
 
-# -- diff -------------------------------------------------------------------------------
-
-
 def test_diff_shows_every_field_side_by_side(registry: Registry, onnx_path: Path, skops_path: Path) -> None:
     registry.push("iris", onnx_path, metrics={"accuracy": 0.9}, tags={"team": "ml"})
     registry.push("iris", skops_path, metrics={"accuracy": 0.95}, tags={"team": "ml"}, params={"n": 5})
@@ -89,9 +83,6 @@ def test_diff_of_identical_artifacts(registry: Registry, onnx_path: Path) -> Non
     assert not fields["description"]["same"]
 
 
-# -- export -----------------------------------------------------------------------------
-
-
 def test_export_a_single_file(registry: Registry, onnx_path: Path, tmp_path: Path) -> None:
     registry.push("iris", onnx_path)
     target = registry.export("iris:1", tmp_path / "out" / "iris.onnx")
@@ -112,9 +103,6 @@ def test_export_refuses_a_tampered_artifact(
     with pytest.raises(IntegrityError, match="artifact of iris:1"):
         registry.export("iris:1", tmp_path / "out.onnx")
     assert not (tmp_path / "out.onnx").exists()
-
-
-# -- verify -----------------------------------------------------------------------------
 
 
 def test_verify_detects_a_tampered_file_and_load_refuses_it(
@@ -154,9 +142,6 @@ def test_pushing_the_same_bytes_again_repairs_a_damaged_artifact(
     tamper(_stored_file(registry, version))
     registry.push("iris", onnx_path)
     assert [problems for _, problems in registry.verify()] == [[], []]
-
-
-# -- remove and gc ----------------------------------------------------------------------
 
 
 def test_remove_then_gc_frees_the_files(

@@ -55,9 +55,6 @@ def baseline(registry: Registry, logreg: Any, iris: Iris) -> Registry:
     return registry
 
 
-# -- skops: classes re-exported under a sklearn module -----------------------------------------
-
-
 def _json_node(value: Any) -> dict[str, Any]:
     return {
         "__class__": type(value).__name__,
@@ -180,9 +177,6 @@ def test_the_cli_refuses_a_reexported_class_with_the_untrusted_exit_code(
     assert "memmap" in done.stdout + done.stderr
 
 
-# -- skops: trees with indices out of range ----------------------------------------------------
-
-
 def _patched_tree(skops_file: Path, target: Path, patch: Any) -> Path:
     """A copy of a skops DecisionTree file with its node array changed by `patch`."""
     with zipfile.ZipFile(skops_file) as zin:
@@ -276,9 +270,6 @@ def test_real_tree_models_still_push_and_predict(registry: Registry, iris: Iris,
         loaded = registry.load(f"{name}:{version.version}")
         out = loaded.predict({"input": x[:10]})
         np.testing.assert_array_equal(out["label"], model.predict(x[:10]))
-
-
-# -- folders: links and paths out of the folder ------------------------------------------------
 
 
 @pytest.fixture

@@ -84,9 +84,6 @@ def reference_logits(model: Any, tokenizer: Any, batch: list[str]) -> np.ndarray
         return np.asarray(model(**encoded).logits.numpy())
 
 
-# -- in-memory models: task, labels and outputs ---------------------------------------------------
-
-
 def test_sequence_classifier_detects_task_and_labels(
     registry: Registry, classifier: Any, tokenizer: Any
 ) -> None:
@@ -155,9 +152,6 @@ def test_model_without_tokenizer_is_refused(registry: Registry, classifier: Any)
     assert registry.list_models() == []
 
 
-# -- folders: what is refused, and why -----------------------------------------------------------
-
-
 def test_pickled_weights_are_refused_unless_trusted(
     registry: Registry, classifier: Any, tokenizer: Any, tmp_path: Path
 ) -> None:
@@ -198,9 +192,6 @@ def test_unknown_task_is_refused(registry: Registry, classifier: Any, tokenizer:
         registry.push("x", classifier, tokenizer=tokenizer, task="summarization")
     assert all(task in caught.value.message for task in TASKS)
     assert registry.list_models() == []
-
-
-# -- the runtime ---------------------------------------------------------------------------------
 
 
 def test_loading_is_deterministic(registry: Registry, classifier: Any, tokenizer: Any) -> None:

@@ -21,8 +21,8 @@ from shipyard.runtimes.base import quiet
 from shipyard.runtimes.onnx import ONNX_FILE, ONNX_OPSET
 from shipyard.types import Signature
 
-# What "agrees with the original" means (issue: labels identical; probabilities or embeddings
-# within 1e-4 relative; cosine >= 0.9999).
+# What "agrees with the original" means: labels identical; probabilities or embeddings
+# within 1e-4 relative; cosine >= 0.9999.
 PARITY_REL = 1e-4
 PARITY_COSINE = 0.9999
 

@@ -4,7 +4,7 @@ Quantization and ONNX conversion keep the model's structure; distillation replac
 (a forest of hundreds of trees, a boosted ensemble, a wide network) is imitated by a small MLP, or by a
 simpler scikit-learn estimator, trained on the teacher's own predictions for the user's inputs — no
 ground-truth labels are needed. It is a training loop with its own data, epochs and compute, so it runs
-as an explicit job rather than inside a post-training `optimize` call (OPTIMIZATION.md §2.6).
+as an explicit job rather than inside a post-training `optimize` call.
 
 The MLP student is a drop-in replacement: it standardizes raw features itself and returns what the teacher
 returns — (label, probabilities) for a classifier, the prediction in the teacher's shape for a regressor —
@@ -42,9 +42,6 @@ _DEFAULTS: dict[str, Any] = {
     "temperature": 2.0,
     "weight_decay": 0.0,
 }
-
-
-# -- the student spec ---------------------------------------------------------------------
 
 
 def parse_student(spec: str) -> dict[str, Any]:
@@ -117,9 +114,6 @@ def _is_int(value: Any) -> bool:
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
-# -- asking the teacher -------------------------------------------------------------------------
 
 
 def _as_inputs(inputs: np.ndarray) -> np.ndarray:
@@ -197,9 +191,6 @@ def _class_values(outputs: dict[str, np.ndarray], classes: list[Any] | None) -> 
             field="teacher",
         )
     return values.astype(np.int64 if values.dtype.kind in "iu" else np.float64)
-
-
-# -- the MLP student --------------------------------------------------------------------------------
 
 
 def __getattr__(name: str) -> Any:
@@ -392,9 +383,6 @@ def _train(
             progress(epoch, epochs, final_loss)
     module.eval()
     return final_loss
-
-
-# -- a scikit-learn student ---------------------------------------------------------------------
 
 
 def distill_estimator(

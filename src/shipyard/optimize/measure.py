@@ -1,9 +1,8 @@
 """Measure one loaded model: load time, latency at batch 1 and 32, throughput, size, and the host.
 
 Every candidate is timed the same way — the same thread count, warm-up first, the same rows —
-because a speed-up measured with different thread budgets is not a speed-up (see
-OPTIMIZATION.md §4, "unfair benchmarks"). Int8 results hold only for the CPU they were measured
-on, so the CPU's instruction-set flags travel with every figure.
+because a speed-up measured with different thread budgets is not a speed-up. Int8 results hold
+only for the CPU they were measured on, so the CPU's instruction-set flags travel with every figure.
 """
 
 from __future__ import annotations

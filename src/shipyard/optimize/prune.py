@@ -56,9 +56,6 @@ def prune_onnx(source: Path, dest: Path, *, sparsity: float, structured: bool = 
     return facts
 
 
-# -- unstructured --------------------------------------------------------------------------------
-
-
 def _prune_unstructured(model: onnx.ModelProto, sparsity: float) -> dict[str, Any]:
     graph = model.graph
     index = _Index(graph)
@@ -115,9 +112,6 @@ def _prune_unstructured(model: onnx.ModelProto, sparsity: float) -> dict[str, An
         "parameters_zeroed": zeroed,
         "stored_sparse": names,
     }
-
-
-# -- structured ----------------------------------------------------------------------------------
 
 
 @dataclass
@@ -301,9 +295,6 @@ def _slice_per_unit(
     graph.initializer.append(numpy_helper.from_array(sliced, copy))
     node.input[slot] = copy
     return {name}
-
-
-# -- shared helpers ------------------------------------------------------------------------------
 
 
 def _load(source: Path) -> onnx.ModelProto:

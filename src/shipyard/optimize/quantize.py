@@ -2,7 +2,7 @@
 
 Dynamic quantization (weights int8, activations quantized on the fly) suits transformers and
 MLPs; static QDQ with MinMax calibration suits convolutions. Which variant is fastest and which
-keeps accuracy depends on the CPU (OPTIMIZATION.md §1.5), so the search tries several and
+keeps accuracy depends on the CPU (VNNI or not, per-channel or per-tensor), so the search tries several and
 measures them rather than trusting a rule.
 """
 

@@ -100,9 +100,6 @@ def concat(parts: list[Outputs]) -> Outputs:
     )
 
 
-# -- metrics ------------------------------------------------------------------------------
-
-
 def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
     return np.asarray(np.sum(a * b, axis=1) / np.clip(norms, 1e-12, None))

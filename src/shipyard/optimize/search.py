@@ -194,7 +194,7 @@ class Search:
         self.run_fallback(baseline)
         session.notes.append(
             "fp16/bf16 not tried: onnxruntime's CPU kernels compute them through casts to fp32 "
-            "(slower on CPUs, OPTIMIZATION.md §1.8); fp16 is only a storage format here"
+            "(slower than fp32 on CPUs); fp16 is only a storage format here"
         )
 
     def run_fallback(self, baseline: Candidate) -> None:

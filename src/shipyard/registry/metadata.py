@@ -105,8 +105,6 @@ class MetadataStore:
         except sa.exc.OperationalError as exc:
             raise ShipyardError(f"cannot open the registry database {_safe(url)}: {exc.orig}") from exc
 
-    # -- transactions -------------------------------------------------------------------
-
     @contextmanager
     def _read(self) -> Iterator[Connection]:
         with self.engine.connect() as conn, conn.begin():
@@ -154,8 +152,6 @@ class MetadataStore:
 
     def close(self) -> None:
         self.engine.dispose()
-
-    # -- versions -----------------------------------------------------------------------
 
     def add_version(
         self,
@@ -286,8 +282,6 @@ class MetadataStore:
             self._audit(conn, "rm", f"{name}:{version}", actor, {"aliases_removed": pointing})
         return pointing
 
-    # -- aliases ------------------------------------------------------------------------
-
     def _aliases_of(self, conn: Connection, name: str) -> dict[int, tuple[str, ...]]:
         found: dict[int, list[str]] = {}
         for row in conn.execute(aliases.select().where(aliases.c.name == name).order_by(aliases.c.alias)):
@@ -402,8 +396,6 @@ class MetadataStore:
         listing = ", ".join(known) if known else "none"
         return f"model {name!r} has no alias {alias!r} (aliases: {listing})"
 
-    # -- audit log and signatures -------------------------------------------------------
-
     def _audit(
         self, conn: Connection, action: str, target: str, actor: str | None, detail: dict[str, Any] | None
     ) -> AuditEntry:
@@ -454,10 +446,6 @@ class MetadataStore:
                 .order_by(signatures.c.signed_at)
             )
             return [dict(row._mapping) for row in rows]
-
-    # -- rows ---------------------------------------------------------------------------
-
-    # -- api keys -----------------------------------------------------------------------
 
     def add_key(self, record: dict[str, Any]) -> None:
         with self._write() as conn:

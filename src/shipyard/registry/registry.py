@@ -103,8 +103,6 @@ class Registry:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    # -- reading ------------------------------------------------------------------------
-
     def resolve(self, ref: str | ModelRef) -> ModelVersion:
         """The version a reference selects, with a message listing what exists if none."""
         ref = ModelRef.parse(ref) if isinstance(ref, str) else ref
@@ -178,8 +176,6 @@ class Registry:
             "right": b["ref"],
             "fields": {f: {"left": a[f], "right": b[f], "same": a[f] == b[f]} for f in DIFF_FIELDS},
         }
-
-    # -- writing ------------------------------------------------------------------------
 
     def push(
         self,
@@ -327,8 +323,6 @@ class Registry:
         """What `gc(grace_s)` would keep because it is too recent; (items, bytes)."""
         return self.store.fresh_garbage(self.metadata.referenced_digests(), grace_s)
 
-    # -- api keys -----------------------------------------------------------------------
-
     def create_key(self, name: str, scopes: list[str], expires: str | None = None) -> tuple[ApiKey, str]:
         """A new key: its record and the full key, which is shown once and never stored."""
         keys.validate_key_name(name)
@@ -387,8 +381,6 @@ class Registry:
             self.metadata.touch_key(key.id, utc_now())
         return key
 
-    # -- audit log ----------------------------------------------------------------------
-
     def audit(
         self, action: str, *, target: str, actor: str | None = None, detail: dict[str, Any] | None = None
     ) -> AuditEntry:
@@ -405,8 +397,6 @@ class Registry:
     def verify_audit(self) -> tuple[int, str]:
         """(entries, head hash) if the chain is intact; IntegrityError naming the first bad entry."""
         return self.metadata.verify_audit()
-
-    # -- signatures ---------------------------------------------------------------------
 
     def sign(self, ref: str | ModelRef, key_file: str | Path, *, actor: str | None = None) -> dict[str, Any]:
         """Sign a version (name, number, digest) with an Ed25519 private key, after re-hashing
@@ -434,8 +424,6 @@ class Registry:
         """The key's fingerprint if it signed this exact version; IntegrityError (exit 7) if not."""
         stored = self.metadata.signatures_of(version.name, version.version)
         return signing.check(key, stored, version.name, version.version, version.digest)
-
-    # -- artifacts ----------------------------------------------------------------------
 
     def artifact_path(self, ref: str | ModelRef | ModelVersion) -> Path:
         """The artifact folder of a version, after re-hashing every file against its digest."""

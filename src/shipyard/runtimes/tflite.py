@@ -128,8 +128,6 @@ class TfliteRuntime:
     def close(self) -> None:
         self._interpreter = None
 
-    # -- internals ------------------------------------------------------------------------
-
     def _named(self, values: list[np.ndarray]) -> dict[str, np.ndarray]:
         return {spec.name: v for spec, v in zip(self.signature.outputs, values, strict=True)}
 

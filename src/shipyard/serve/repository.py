@@ -127,8 +127,6 @@ class ModelRepository:
         required = settings.serve.require_signed
         self._required_key = signing.load_public_key(required, "require_signed") if required else None
 
-    # -- lookup -------------------------------------------------------------------------
-
     def get(self, name: str, version: int | None = None) -> ServedVersion:
         """The served version for a request; 404 naming what is served, 503 if not ready."""
         model = self.models.get(name)
@@ -201,8 +199,6 @@ class ModelRepository:
             if summary["name"] not in self.models:
                 entries.append(IndexEntry(summary["name"], int(summary["latest"]), "unloaded"))
         return entries
-
-    # -- lifecycle ----------------------------------------------------------------------
 
     async def start(self, refs: list[str]) -> None:
         """Resolve and load every reference; a failure leaves that model unready, not the server."""

@@ -100,8 +100,6 @@ def test_state_dict_checkpoint_is_explained(registry: Registry, tmp_path: Path) 
         registry.push("net", path, trust=True, sample_input=[[0.0] * 4, [1.0] * 4])
 
 
-# -- Keras -----------------------------------------------------------------------------
-
 # Keras' own model.save() converts its variables with np.array(), whose __array__ lacks numpy
 # 2's `copy` keyword: a warning inside Keras, not in what Shipyard does.
 KERAS_SAVE_WARNING = pytest.mark.filterwarnings(

@@ -38,9 +38,6 @@ def expected(x: np.ndarray) -> np.ndarray:
     return np.asarray(x, np.float32) @ W.T + B
 
 
-# -- a minimal TFLite writer ----------------------------------------------------------------
-
-
 @dataclass
 class _Tensor:
     name: str
@@ -208,9 +205,6 @@ def dense_reshape_tflite() -> bytes:
     return write_tflite(graph)
 
 
-# -- fixtures -------------------------------------------------------------------------------
-
-
 @pytest.fixture
 def home(tmp_path: Path) -> Path:
     return tmp_path / "home"
@@ -227,9 +221,6 @@ def dense_path(tmp_path: Path) -> Path:
     path = tmp_path / "dense.tflite"
     path.write_bytes(dense_tflite())
     return path
-
-
-# -- registry and runtime -------------------------------------------------------------------
 
 
 def test_push_records_format_and_signature(registry: Registry, dense_path: Path) -> None:
@@ -326,9 +317,6 @@ def test_missing_litert_names_the_extra(
     monkeypatch.setitem(sys.modules, "ai_edge_litert.interpreter", None)  # import fails
     with pytest.raises(MissingDependencyError, match=r"shipyard\[tflite\]"):
         registry.push("tfl", dense_path)
-
-
-# -- served over HTTP -----------------------------------------------------------------------
 
 
 def _start_server(home: Path, log_dir: Path) -> tuple[subprocess.Popen[bytes], str]:

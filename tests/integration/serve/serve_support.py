@@ -33,9 +33,6 @@ ADMIN_TOKEN = "s3cret-admin-token"
 MAX_BODY_BYTES = 1_000_000  # the shared server's body limit: small enough to pass in a test
 
 
-# -- models ---------------------------------------------------------------------------------
-
-
 @dataclass
 class ServeModels:
     """What the test registry holds, and the estimators behind it (to compare predictions)."""
@@ -121,9 +118,6 @@ def push_file(registry: Registry, name: str, data: bytes, folder: Path, **kwargs
     path = folder / f"{name}-{len(list(folder.iterdir()))}.onnx"
     path.write_bytes(data)
     return registry.push(name, path, **kwargs)
-
-
-# -- servers --------------------------------------------------------------------------------
 
 
 def free_port() -> int:
@@ -254,9 +248,6 @@ def running(home: Path, refs: list[str], log_dir: Path, **kwargs: Any) -> Iterat
     assert code == 0, f"exit code {code} after SIGTERM; stderr:\n{server.stderr()}"
 
 
-# -- metrics --------------------------------------------------------------------------------
-
-
 def metric_sum(text: str, name: str, **labels: str) -> float:
     """The sum of the samples called `name` in a /metrics page whose labels include `labels`."""
     return sum(
@@ -265,9 +256,6 @@ def metric_sum(text: str, name: str, **labels: str) -> float:
         for sample in family.samples
         if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
     )
-
-
-# -- assertions -----------------------------------------------------------------------------
 
 
 def assert_error(response: httpx.Response, status: int, *fragments: str) -> str:

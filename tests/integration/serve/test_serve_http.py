@@ -14,7 +14,6 @@ import orjson
 import pytest
 from serve_support import Server
 
-# -- the wire: responses are gathered into one write, never held back or reordered ----------
 GOOD = b'{"instances": [[5.1, 3.5, 1.4, 0.2]]}'
 
 

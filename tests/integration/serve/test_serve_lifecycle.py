@@ -96,9 +96,6 @@ def test_an_ipv6_address_is_announced_in_brackets(
             assert client.get("/healthz").json() == {"live": True}
 
 
-# -- workers --------------------------------------------------------------------------------
-
-
 def test_two_workers_share_the_port_and_add_up_their_metrics(
     serve_models: ServeModels, serve_launcher: Callable[..., Any]
 ) -> None:
@@ -133,9 +130,6 @@ def test_two_workers_share_the_port_and_add_up_their_metrics(
             config = c.get("/v2/models/iris-onnx/config").json()
         assert config["max_batch_size"] == 4  # command-line options reach every worker
         assert config["dynamic_batching"]["max_queue_delay_microseconds"] == 5000
-
-
-# -- graceful shutdown --------------------------------------------------------------------
 
 
 def test_sigterm_finishes_the_request_in_flight_then_exits_0(
@@ -201,9 +195,6 @@ def refuses_connections(client: httpx.Client) -> bool:
     except httpx.TransportError:
         return True
     return False
-
-
-# -- hot swap -------------------------------------------------------------------------------
 
 
 class Load:

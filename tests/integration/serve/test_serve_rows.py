@@ -17,9 +17,6 @@ def proba_of(predictions: list[dict[str, Any]]) -> np.ndarray:
     return np.array([p["probabilities"] for p in predictions])
 
 
-# -- V1 -------------------------------------------------------------------------------------
-
-
 def test_v1_instances_row_format(http: httpx.Client, serve_models: ServeModels) -> None:
     response = http.post("/v1/models/iris:predict", json={"instances": X4})
     assert response.status_code == 200, response.text
@@ -121,9 +118,6 @@ def test_v1_fractional_values_for_an_integer_input_are_refused(http: httpx.Clien
     assert_error(response, 400, "fractional")
 
 
-# -- SageMaker ------------------------------------------------------------------------------
-
-
 def test_sagemaker_ping(http: httpx.Client) -> None:
     response = http.get("/ping")
     assert response.status_code == 200
@@ -175,9 +169,6 @@ def test_sagemaker_unknown_target_model_is_404(http: httpx.Client) -> None:
 def test_sagemaker_unsupported_content_type_is_415(http: httpx.Client) -> None:
     response = http.post("/invocations", content=b"<x/>", headers={"content-type": "application/xml"})
     assert_error(response, 415, "text/csv")
-
-
-# -- Vertex AI ------------------------------------------------------------------------------
 
 
 def test_vertex_ai_routes_and_port_from_the_environment(

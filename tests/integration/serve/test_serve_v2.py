@@ -62,9 +62,6 @@ def raises(status: int, *fragments: str) -> Any:
     return _Check()
 
 
-# -- health and metadata ------------------------------------------------------------------
-
-
 def test_server_live_and_ready(client: triton.InferenceServerClient) -> None:
     assert client.is_server_live()
     assert client.is_server_ready()
@@ -135,9 +132,6 @@ def test_inference_statistics(client: triton.InferenceServerClient) -> None:
     stats = client.get_inference_statistics("iris-onnx")
     entry = stats["model_stats"][0]
     assert entry["name"] == "iris-onnx" and entry["request_count"] >= 1 and entry["inference_count"] >= 3
-
-
-# -- inference ------------------------------------------------------------------------------
 
 
 def test_infer_onnx_matches_scikit_learn(
@@ -253,9 +247,6 @@ def test_compressed_request_and_response(client: triton.InferenceServerClient) -
         "multi", inputs, request_compression_algorithm="gzip", response_compression_algorithm="deflate"
     )
     np.testing.assert_allclose(result.as_numpy("y"), arrays["x"] * 2)
-
-
-# -- errors ---------------------------------------------------------------------------------
 
 
 def test_unknown_model_is_404_listing_served_models(

@@ -100,9 +100,6 @@ def assert_openai_error(response: httpx.Response, status: int, param: str | None
     return str(error["message"])
 
 
-# -- the same embeddings through every protocol ------------------------------------------------
-
-
 def test_openai_client_floats_match_sentence_transformers(oai: openai.OpenAI, reference: np.ndarray) -> None:
     response = oai.embeddings.create(model="minilm", input=SENTENCES, encoding_format="float")
     assert response.object == "list" and response.model == "minilm"
@@ -240,9 +237,6 @@ def test_classifier_over_v2_returns_labels(http: httpx.Client) -> None:
     assert outputs["label"].tolist() == labels.tolist()
 
 
-# -- bad input: a 4xx in OpenAI's error shape, naming the problem --------------------------------
-
-
 REJECTED = {
     "empty-list": ({"model": "minilm", "input": []}, 400, "input", "empty"),
     "number-item": ({"model": "minilm", "input": ["ok", 3]}, 400, "input", "input[1]"),
@@ -355,9 +349,6 @@ def test_zero_rows_give_empty_outputs(http: httpx.Client) -> None:
     assert response.status_code == 200, response.text
     shapes = {o["name"]: (o["shape"], o["data"]) for o in response.json()["outputs"]}
     assert shapes == {"embedding": ([0, DIM], []), "tokens": ([0], []), "truncated": ([0], [])}
-
-
-# -- batching: concurrent requests of different lengths keep their own rows ---------------------
 
 
 def _stats(http: httpx.Client) -> tuple[int, int]:

@@ -167,8 +167,6 @@ def tiny_sentence_transformer(tokenizer: Any, folder: Path, pooling: str, normal
     return SentenceTransformer(modules=modules, device="cpu")
 
 
-# -- a real `shipyard serve` process ---------------------------------------------------------
-
 SHIPYARD = Path(sys.executable).with_name("shipyard")
 START_TIMEOUT_S = 90.0  # importing torch + transformers and loading three models, on 2 slow cores
 

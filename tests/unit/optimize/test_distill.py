@@ -78,9 +78,6 @@ def diabetes() -> dict[str, Any]:
     return {"model": boosted, "train": x_train, "test": x_test}
 
 
-# -- MLP students ----------------------------------------------------------------------------------
-
-
 def test_mlp_student_agrees_with_the_forest_on_held_out_rows(
     digits: dict[str, Any], digits_student: tuple[Any, dict[str, Any], list[Any]]
 ) -> None:
@@ -234,9 +231,6 @@ def test_module_imports_without_torch_or_sklearn() -> None:
     assert out.stdout.strip() == "[]"
 
 
-# -- scikit-learn students -------------------------------------------------------------------------
-
-
 def test_estimator_student_refits_a_clone_on_the_teachers_labels(digits: dict[str, Any]) -> None:
     prototype = DecisionTreeClassifier(max_depth=8, random_state=0)
     tree, facts = distill_estimator(
@@ -267,9 +261,6 @@ def test_estimator_that_cannot_be_cloned_or_fitted(digits: dict[str, Any], estim
             digits["teacher"], digits["train"][:50], input_name="x", student_estimator=estimator
         )
     assert info.value.field == "student"
-
-
-# -- the student spec ------------------------------------------------------------------------------
 
 
 def test_spec_defaults_and_file(tmp_path: Path) -> None:

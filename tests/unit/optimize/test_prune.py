@@ -21,9 +21,6 @@ RNG = np.random.default_rng(7)
 TRAIN = 1200  # digits rows used for training; the other 597 are held out
 
 
-# -- models ----------------------------------------------------------------------------------------
-
-
 @pytest.fixture(scope="module")
 def digits() -> tuple[np.ndarray, np.ndarray]:
     from sklearn.datasets import load_digits
@@ -113,9 +110,6 @@ def _bert_ffn(tmp_path: Path, *, extra_output: str | None = None, activation: st
         [_float(extra_output, "batch", "seq", 128)] if extra_output else []
     )
     return _save(tmp_path / "ffn_source.onnx", nodes, inits, [_float("X", "batch", "seq", 32)], outputs)
-
-
-# -- the sklearn MLP ------------------------------------------------------------------------------------
 
 
 def test_skl2onnx_mlp_is_matmul_add_relu_matmul(mlp: Path) -> None:
@@ -216,9 +210,6 @@ def test_structured_ten_percent_keeps_the_digits_accuracy(
     assert (after == y).mean() > (before == y).mean() - 0.03
 
 
-# -- hand-built graphs ------------------------------------------------------------------------------
-
-
 def test_structured_finds_bert_ffn_through_exploded_gelu(tmp_path: Path) -> None:
     source = _bert_ffn(tmp_path)
     dest = tmp_path / "ffn.onnx"
@@ -317,9 +308,6 @@ def test_nothing_to_prune_does_not_apply(tmp_path: Path) -> None:
         prune_onnx(source, tmp_path / "out.onnx", sparsity=0.5)
     with pytest.raises(NotApplicable, match="no prunable MLP/FFN chain"):
         prune_onnx(source, tmp_path / "out.onnx", sparsity=0.5, structured=True)
-
-
-# -- bad input --------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("sparsity", [0, 1, 0.0, 1.0, -0.1, 1.5, math.nan, True, "0.5", None])

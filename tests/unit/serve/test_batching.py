@@ -474,9 +474,6 @@ def test_batch_time_is_the_runtime_s_not_the_busy_loop_s(clock: FakeClock) -> No
     assert seen == [1.0, 1.0, 1.0]
 
 
-# -- the latency model ------------------------------------------------------------------
-
-
 def test_latency_model_recovers_slope_and_intercept() -> None:
     model = LatencyModel()
     a, b = 0.0007, 0.004
@@ -522,9 +519,6 @@ def test_latency_model_never_returns_negative_costs() -> None:
     a, b = model.fit() or (None, None)
     assert a == 0.0
     assert b is not None and b >= 0
-
-
-# -- merge / split ----------------------------------------------------------------------
 
 
 @given(

@@ -30,9 +30,6 @@ async def http(fake: Controls, home: Home) -> AsyncIterator[httpx.AsyncClient]:
         yield served.client
 
 
-# -- malformed requests ---------------------------------------------------------------------
-
-
 async def test_malformed_json_is_400(http: httpx.AsyncClient) -> None:
     headers = {"content-type": "application/json"}
     response = await http.post("/v2/models/m/infer", content=b'{"inputs": [', headers=headers)
@@ -107,9 +104,6 @@ async def test_corrupt_compressed_body_is_400(http: httpx.AsyncClient) -> None:
     assert_error(response, 400, "gzip")
 
 
-# -- body limit -----------------------------------------------------------------------------
-
-
 def big_v1_body(size: int) -> bytes:
     row = len(orjson.dumps(ROW)) + 1  # with its comma
     body = orjson.dumps({"instances": [ROW] * (size // row + 1)})
@@ -163,9 +157,6 @@ async def test_body_just_under_the_limit_is_served(http: httpx.AsyncClient, fake
     assert fake.rows[2] == rows
 
 
-# -- routes ---------------------------------------------------------------------------------
-
-
 @pytest.mark.parametrize("path", ["/nope", "/v2/models/m/explain", "/v3", "/v2/models/m/versions/1/x/y"])
 async def test_unknown_route_is_404_json(http: httpx.AsyncClient, path: str) -> None:
     assert_error(await http.get(path), 404, path)
@@ -176,9 +167,6 @@ async def test_wrong_method_is_405_json(http: httpx.AsyncClient) -> None:
     assert_error(await http.delete("/healthz"), 405)
 
 
-# -- probes ---------------------------------------------------------------------------------
-
-
 async def test_healthz_and_readyz(http: httpx.AsyncClient) -> None:
     live = await http.get("/healthz")
     assert live.status_code == 200 and live.json() == {"live": True}
@@ -186,8 +174,6 @@ async def test_healthz_and_readyz(http: httpx.AsyncClient) -> None:
     ready = await http.get("/readyz")
     assert ready.status_code == 200 and ready.json()["ready"] is True
 
-
-# -- metrics --------------------------------------------------------------------------------
 
 Samples = dict[str, list[tuple[dict[str, str], float]]]
 
@@ -248,9 +234,6 @@ async def test_metrics_never_label_with_user_input(http: httpx.AsyncClient) -> N
     assert "attacker-chosen-name" not in text and "another-made-up-name" not in text
 
 
-# -- OpenAPI and docs -------------------------------------------------------------------------
-
-
 async def test_openapi_is_generated_from_the_signatures(http: httpx.AsyncClient) -> None:
     import schemathesis
 
@@ -282,9 +265,6 @@ async def test_docs_page(http: httpx.AsyncClient) -> None:
     assert "/v2/models/m/infer" in response.text
     assert "/openapi.json" in response.text
     assert "<script" not in response.text.lower()  # self-contained, nothing from a CDN
-
-
-# -- a model that fails to load ---------------------------------------------------------------
 
 
 @pytest.fixture

@@ -82,9 +82,6 @@ def metric(text: str, name: str, **labels: str) -> float:
     )
 
 
-# -- readiness: one body for /readyz, /v2/health/ready and /ping ------------------------------
-
-
 def test_readyz_lists_every_model_with_its_state(home: Path) -> None:
     async def body(client: Client) -> None:
         response = await client.get("/readyz")
@@ -129,8 +126,6 @@ def test_model_ready_route_reports_the_same_entry(home: Path) -> None:
 
     run(home, ["iris", "broken"], body)
 
-
-# -- 405 with Allow on every route, inference routes included ---------------------------------
 
 INFERENCE_ROUTES = [
     "/v1/models/iris:predict",
@@ -177,9 +172,6 @@ def test_unknown_route_is_404_in_the_one_error_shape(home: Path) -> None:
     run(home, ["iris"], body)
 
 
-# -- server-side failures are 500s that name what failed, not 400s ----------------------------
-
-
 def test_a_runtime_crash_is_500_without_internals_and_counted_by_kind(home: Path) -> None:
     async def body(client: Client) -> None:
         labels = {"model": "crash", "version": "1", "protocol": "v2"}
@@ -210,9 +202,6 @@ def test_a_model_that_fails_to_load_on_management_load_is_500(home: Path) -> Non
     run(home, ["iris"], body)
 
 
-# -- management parses references with the one parser ---------------------------------------
-
-
 def test_management_load_takes_a_reference_to_the_same_model(home: Path) -> None:
     async def body(client: Client) -> None:
         path = "/v2/repository/models/iris/load"
@@ -226,9 +215,6 @@ def test_management_load_takes_a_reference_to_the_same_model(home: Path) -> None
         assert_error(unknown, 404, "nowhere")
 
     run(home, ["crash"], body)
-
-
-# -- metric labels: the model and version a request ran on, never user input ------------------
 
 
 def test_requests_are_labelled_with_the_version_that_answered(home: Path) -> None:
@@ -252,9 +238,6 @@ def test_requests_are_labelled_with_the_version_that_answered(home: Path) -> Non
         assert "made-up" not in (await client.get("/metrics")).text
 
     run(home, ["iris"], body)
-
-
-# -- /openapi.json lists every route ----------------------------------------------------------
 
 
 def test_openapi_lists_every_route(home: Path) -> None:

@@ -67,9 +67,6 @@ def invalid(body: bytes, header_length: int | None = None, signature: Signature 
     return caught.value
 
 
-# -- JSON tensors ------------------------------------------------------------------------
-
-
 @pytest.mark.parametrize("data", [X.ravel().tolist(), X.tolist()], ids=["flat", "nested"])
 def test_json_data_flat_or_nested_becomes_the_declared_shape_and_dtype(data: list[Any]) -> None:
     request = decode_request(json_request(tensor("x", "FP32", [2, 4], data=data)), None, SIG)
@@ -106,9 +103,6 @@ def test_requested_outputs_are_kept_in_order() -> None:
     outputs = [{"name": "y", "parameters": {"binary_data": True}}]
     body = json_request(tensor("x", "FP32", [1, 4], data=[0, 0, 0, 0]), outputs=outputs)
     assert decode_request(body, None, SIG).outputs == outputs
-
-
-# -- binary tensors ----------------------------------------------------------------------
 
 
 def test_binary_fp32_int64_bool_and_bytes_in_one_request() -> None:
@@ -202,9 +196,6 @@ def test_binary_is_little_endian_whatever_the_host() -> None:
     assert decode_request(body, length, sig).inputs["v"].tolist() == [1, 256]
 
 
-# -- BYTES elements ----------------------------------------------------------------------
-
-
 def test_bytes_length_prefixes() -> None:
     raw = bytes_elements(b"", b"a", b"bc" * 100)
     assert decode_bytes_elements(memoryview(raw), 3, "s").tolist() == ["", "a", "bc" * 100]
@@ -258,9 +249,6 @@ def test_bytes_tensor_round_trips_through_a_binary_request(rows: int, cols: int,
     decoded = decode_request(body, length, sig).inputs["s"]
     assert decoded.shape == (rows, cols)
     assert decoded.tolist() == arr.tolist()
-
-
-# -- what the request says about the inputs -----------------------------------------------
 
 
 def test_unknown_input_names_the_expected_signature() -> None:
@@ -344,8 +332,6 @@ def test_malformed_requested_output_is_a_400_not_a_crash(output: dict[str, Any])
     with pytest.raises(InvalidInputError):
         encode_response(request, "m", "1", {"y": np.zeros((1, 4), dtype=np.float32)})
 
-
-# -- responses -----------------------------------------------------------------------------
 
 OUTPUTS: dict[str, np.ndarray[Any, Any]] = {
     "probabilities": np.array([[0.1, 0.7, 0.2], [0.6, 0.3, 0.1]], dtype=np.float32),
