@@ -12,17 +12,16 @@ import re
 import shlex
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
+
+from servers import SHIPYARD, running
 
 ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()
-SHIPYARD = Path(sys.executable).parent / "shipyard"
 # Long-running or minutes-long commands, run elsewhere: the Python snippets below talk to a real
 # `shipyard serve`, and the optimize tests run the search.
 NOT_RUN_HERE = ("serve", "optimize")
@@ -94,37 +93,14 @@ def run_registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def server_url(run_registry: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """`shipyard serve` of the models the server snippets use, on a port the kernel chose."""
-    log = tmp_path_factory.mktemp("serve-log") / "stderr.txt"
-    with log.open("wb") as err:
-        proc = subprocess.Popen(
-            [str(SHIPYARD), "serve", "iris@production", "minilm@production", "--port", "0"],
-            stdout=subprocess.PIPE,
-            stderr=err,
-            env=environment(run_registry),
-            text=True,
-        )
-    try:
-        assert proc.stdout is not None
-        announce = proc.stdout.readline()  # the address, printed before the models load
-        assert announce.startswith("shipyard: serving "), log.read_text()
-        url = announce.split(" on ", 1)[1].split()[0]
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while not _ready(url):
-            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
-            time.sleep(0.1)
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=60)
-        if proc.stdout is not None:
-            proc.stdout.close()
-
-
-def _ready(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/readyz").status_code == 200
-    except httpx.TransportError:
-        return False
+    with running(
+        run_registry,
+        ["iris@production", "minilm@production"],
+        tmp_path_factory.mktemp("serve-log"),
+        env={"HF_HUB_OFFLINE": "1"},
+        ready_timeout=READY_TIMEOUT_S,
+    ) as server:
+        yield server.url
 
 
 @pytest.mark.parametrize("client", ["tritonclient", "openai"])

@@ -7,11 +7,7 @@ weights and can check LiteRT's answers against numpy.
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from servers import running
 from shipyard.errors import InvalidInputError, MissingDependencyError, NotReadyError
 from shipyard.registry import Registry
 from shipyard.settings import Settings
@@ -28,7 +25,6 @@ pytest.importorskip("ai_edge_litert")
 tflite = pytest.importorskip("tflite")
 flatbuffers = pytest.importorskip("flatbuffers")
 
-SHIPYARD = Path(sys.executable).with_name("shipyard")
 RNG = np.random.default_rng(0)
 W = RNG.normal(size=(3, 4)).astype(np.float32)  # FULLY_CONNECTED weights: [units, features]
 B = RNG.normal(size=3).astype(np.float32)
@@ -319,57 +315,11 @@ def test_missing_litert_names_the_extra(
         registry.push("tfl", dense_path)
 
 
-def _start_server(home: Path, log_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
-    """`shipyard serve tfl --port 0` as a user starts it; its URL from the first stdout line."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SHIPYARD_", "AIP_"))}
-    env["SHIPYARD_HOME"] = str(home)
-    command = [str(SHIPYARD), "serve", "tfl", "--port", "0"]
-    with (log_dir / "stdout.txt").open("wb") as out, (log_dir / "stderr.txt").open("wb") as err:
-        proc = subprocess.Popen(command, stdout=out, stderr=err, env=env)
-    deadline = time.monotonic() + 60
-    while True:
-        first = (log_dir / "stdout.txt").read_text(errors="replace").split("\n", 1)
-        if len(first) == 2:  # a whole first line
-            assert first[0].startswith("shipyard: serving "), first[0]
-            return proc, first[0].split(" on ", 1)[1].split()[0]
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            proc.wait()
-            pytest.fail(f"no announcement; stderr:\n{(log_dir / 'stderr.txt').read_text(errors='replace')}")
-        time.sleep(0.05)
-
-
-def _wait_ready(proc: subprocess.Popen[bytes], client: Any) -> None:
-    import httpx
-
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if client.get("/readyz").status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        assert proc.poll() is None, f"server exited with {proc.returncode}"
-        assert time.monotonic() < deadline, "server not ready within 60 s"
-        time.sleep(0.05)
-
-
 def test_served_over_http(registry: Registry, dense_path: Path, home: Path, tmp_path: Path) -> None:
-    import httpx
-
     registry.push("tfl", dense_path)
-    proc, url = _start_server(home, tmp_path)
-    try:
-        with httpx.Client(base_url=url, timeout=30.0) as client:
-            _wait_ready(proc, client)
-            for rows in ([[1, 2, 3, 4]], [[1, 2, 3, 4], [0.5, -1, 0, 2], [0, 0, 0, 0]], [[-1, 0, 1, 2]]):
-                response = client.post("/v1/models/tfl:predict", json={"instances": rows})
-                assert response.status_code == 200, response.text
-                predictions = response.json()["predictions"]
-                np.testing.assert_allclose(predictions, expected(np.array(rows)), rtol=1e-5, atol=1e-5)
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(30) == 0, (tmp_path / "stderr.txt").read_text(errors="replace")
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    with running(home, ["tfl"], tmp_path) as server, server.client() as client:
+        for rows in ([[1, 2, 3, 4]], [[1, 2, 3, 4], [0.5, -1, 0, 2], [0, 0, 0, 0]], [[-1, 0, 1, 2]]):
+            response = client.post("/v1/models/tfl:predict", json={"instances": rows})
+            assert response.status_code == 200, response.text
+            predictions = response.json()["predictions"]
+            np.testing.assert_allclose(predictions, expected(np.array(rows)), rtol=1e-5, atol=1e-5)

@@ -1,7 +1,7 @@
 """Fixtures for the inference server: a registry of small models and real `shipyard serve` processes.
 
 Helpers live in `serve_support.py` so test modules can import them (a conftest cannot be imported
-by name: there are several).
+by name: there are several); servers are started by `servers.py`, shared by every test folder.
 """
 
 from __future__ import annotations
@@ -12,16 +12,9 @@ from typing import Any
 
 import httpx
 import pytest
-from serve_support import (
-    MAX_BODY_BYTES,
-    ServeModels,
-    Server,
-    iris_onnx_bytes,
-    multi_onnx_bytes,
-    push_file,
-    running,
-)
+from serve_support import MAX_BODY_BYTES, ServeModels, iris_onnx_bytes, multi_onnx_bytes, push_file
 
+from servers import Server, running
 from shipyard.registry import Registry
 from shipyard.settings import Settings
 

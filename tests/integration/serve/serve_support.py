@@ -1,34 +1,21 @@
-"""Helpers for the inference-server tests: the test models and real `shipyard serve` processes.
+"""Helpers for the inference-server tests: the test models, metrics and the error shape.
 
-Every server is the installed console script started exactly as a user would start it, on a
-port the kernel picks (`--port 0`; the first line it prints names the real one). Servers are
-shared per session or per module; each is stopped with SIGTERM and must exit 0.
+Servers are started by `servers.py` (beside tests/conftest.py), shared per session or module.
 """
 
 from __future__ import annotations
 
-import os
-import signal
 import socket
-import subprocess
-import sys
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
-import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from shipyard.registry import Registry
 
-SHIPYARD = Path(sys.executable).with_name("shipyard")
-START_TIMEOUT_S = 60.0
-STOP_TIMEOUT_S = 30.0
 ADMIN_TOKEN = "s3cret-admin-token"
 MAX_BODY_BYTES = 1_000_000  # the shared server's body limit: small enough to pass in a test
 
@@ -124,128 +111,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def server_env(home: Path, **extra: str) -> dict[str, str]:
-    """The parent's environment minus anything Shipyard or Vertex AI would read, plus `extra`."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SHIPYARD_", "AIP_", "PROMETHEUS_"))}
-    env["SHIPYARD_HOME"] = str(home)
-    env.update(extra)
-    return env
-
-
-@dataclass
-class Server:
-    proc: subprocess.Popen[bytes]
-    url: str
-    log_dir: Path
-    stopped_code: int | None = None
-
-    @property
-    def port(self) -> int:
-        return int(self.url.rsplit(":", 1)[1])
-
-    @property
-    def host_port(self) -> str:
-        """host:port, the form tritonclient wants."""
-        return self.url.removeprefix("http://")
-
-    def client(self, **kwargs: Any) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=kwargs.pop("timeout", 30.0), **kwargs)
-
-    def stdout(self) -> str:
-        return (self.log_dir / "stdout.txt").read_text(errors="replace")
-
-    def stderr(self) -> str:
-        return (self.log_dir / "stderr.txt").read_text(errors="replace")
-
-    def stop(self, timeout: float = STOP_TIMEOUT_S) -> int:
-        """SIGTERM, then the exit code (killing it, and failing, if it does not exit in time)."""
-        if self.stopped_code is not None:
-            return self.stopped_code
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.stopped_code = self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            pytest.fail(f"server did not exit within {timeout}s of SIGTERM; stderr:\n{self.stderr()}")
-        return self.stopped_code
-
-    def kill(self) -> None:
-        """For a server that failed its test anyway: no orphan process."""
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-
-    def wait_until(self, predicate: Callable[[httpx.Client], bool], timeout: float = START_TIMEOUT_S) -> None:
-        deadline = time.monotonic() + timeout
-        with self.client(timeout=5.0) as client:
-            while True:
-                if self.proc.poll() is not None:
-                    pytest.fail(f"server exited with {self.proc.returncode}; stderr:\n{self.stderr()}")
-                try:
-                    if predicate(client):
-                        return
-                except httpx.TransportError:
-                    pass
-                if time.monotonic() > deadline:
-                    pytest.fail(f"server not ready within {timeout}s; stderr:\n{self.stderr()}")
-                time.sleep(0.05)
-
-
-def launch(
-    home: Path,
-    refs: list[str],
-    log_dir: Path,
-    *,
-    args: list[str] | None = None,
-    env: dict[str, str] | None = None,
-    port: int | None = 0,
-    wait_ready: bool = True,
-) -> Server:
-    """Start `shipyard serve REFS --port PORT ARGS` and wait for its announcement (and /readyz)."""
-    log_dir.mkdir(parents=True, exist_ok=True)
-    command = [
-        str(SHIPYARD),
-        "serve",
-        *refs,
-        *(["--port", str(port)] if port is not None else []),
-        *(args or []),
-    ]
-    with (log_dir / "stdout.txt").open("wb") as out, (log_dir / "stderr.txt").open("wb") as err:
-        proc = subprocess.Popen(command, stdout=out, stderr=err, env=server_env(home, **(env or {})))
-    server = Server(proc, "", log_dir)
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while not server.url:
-        first = server.stdout().split("\n", 1)
-        if len(first) == 2:  # a whole first line
-            assert first[0].startswith("shipyard: serving "), first[0]
-            server.url = first[0].split(" on ", 1)[1].split()[0]
-        elif proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"`{' '.join(command)}` announced no address; stderr:\n{server.stderr()}")
-        else:
-            time.sleep(0.02)
-    if wait_ready:
-        try:
-            server.wait_until(lambda c: c.get("/readyz").status_code == 200)
-        except BaseException:
-            server.kill()
-            raise
-    return server
-
-
-@contextmanager
-def running(home: Path, refs: list[str], log_dir: Path, **kwargs: Any) -> Iterator[Server]:
-    """A server for the duration of the block; it must exit 0 on SIGTERM afterwards."""
-    server = launch(home, refs, log_dir, **kwargs)
-    try:
-        yield server
-    finally:
-        code = server.stop()
-    assert code == 0, f"exit code {code} after SIGTERM; stderr:\n{server.stderr()}"
 
 
 def metric_sum(text: str, name: str, **labels: str) -> float:

@@ -7,7 +7,9 @@ from typing import Any
 
 import httpx
 import pytest
-from serve_support import ADMIN_TOKEN, ServeModels, Server, assert_error
+from serve_support import ADMIN_TOKEN, ServeModels, assert_error
+
+from servers import Server
 
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 IRIS_ROW = {"inputs": [{"name": "X", "shape": [1, 4], "datatype": "FP32", "data": [5.1, 3.5, 1.4, 0.2]}]}

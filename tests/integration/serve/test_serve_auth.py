@@ -3,7 +3,6 @@ client (`api_key=` sends a Bearer header) and tritonclient (custom headers on ea
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -11,9 +10,10 @@ from typing import Any
 import numpy as np
 import pytest
 import tritonclient.http as triton
-from serve_support import SHIPYARD, ServeModels, Server, assert_error, push_file, server_env
+from serve_support import ServeModels, assert_error, push_file
 from tritonclient.utils import InferenceServerException
 
+from servers import Server, run_to_exit
 from shipyard.registry import Registry
 from shipyard.settings import Settings
 
@@ -92,10 +92,7 @@ def test_probes_stay_open_and_the_rest_is_closed(secured: tuple[Server, dict[str
 
 
 def test_a_non_loopback_address_without_keys_is_refused(tmp_path: Path) -> None:
-    command = [str(SHIPYARD), "serve", "iris", "--host", "0.0.0.0", "--port", "0"]
-    done = subprocess.run(
-        command, env=server_env(tmp_path), capture_output=True, text=True, timeout=60, check=False
-    )
+    done = run_to_exit(tmp_path, ["iris"], args=["--host", "0.0.0.0"])
     assert done.returncode == 2, done.stderr
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "shipyard keys create" in lines[0] and "--insecure" in lines[0], lines

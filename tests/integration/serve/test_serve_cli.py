@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from serve_support import SHIPYARD, ServeModels, Server, free_port, launch, push_file, server_env
+from serve_support import ServeModels, free_port, push_file
 
+from servers import SHIPYARD, Server, launch, run_to_exit, server_env
 from shipyard.cli.serve import _served_models
 from shipyard.registry import Registry
 from shipyard.settings import Settings
@@ -59,7 +60,8 @@ def json_lines(text: str) -> list[dict[str, Any]]:
 @pytest.mark.parametrize("ref", ["nope", "iris:99", "iris@staging"])
 def test_an_unknown_reference_fails_before_binding(serve_models: ServeModels, ref: str) -> None:
     port = free_port()
-    line = one_line_error(shipyard(serve_models.home, "serve", "iris-onnx", ref, "--port", str(port)), 3)
+    done = run_to_exit(serve_models.home, ["iris-onnx", ref], port=port, env={"COLUMNS": "200"})
+    line = one_line_error(done, 3)
     assert line.startswith(f"error: cannot serve {ref}: ")
     assert "`shipyard list" in line and "--wait" in line
 

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import orjson
 import pytest
-from serve_support import Server
+
+from servers import Server
 
 GOOD = b'{"instances": [[5.1, 3.5, 1.4, 0.2]]}'
 

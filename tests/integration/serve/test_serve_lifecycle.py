@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import signal
 import socket
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -14,17 +13,9 @@ import httpx
 import numpy as np
 import orjson
 import pytest
-from serve_support import (
-    SHIPYARD,
-    ServeModels,
-    Server,
-    iris_onnx_bytes,
-    launch,
-    metric_sum,
-    push_file,
-    server_env,
-)
+from serve_support import ServeModels, iris_onnx_bytes, metric_sum, push_file
 
+from servers import Server, launch, run_to_exit
 from shipyard.registry import Registry
 from shipyard.settings import Settings
 
@@ -65,13 +56,8 @@ def test_a_server_that_cannot_start_says_why_in_one_line(
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = str(taken.getsockname()[1])
-        done = subprocess.run(
-            [str(SHIPYARD), "serve", "iris-onnx", *(a.replace("PORT", port) for a in args)],
-            env=server_env(serve_models.home, **env),
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
+        done = run_to_exit(
+            serve_models.home, ["iris-onnx"], args=[a.replace("PORT", port) for a in args], env=env, port=None
         )
     assert done.returncode == code, done.stderr
     lines = done.stderr.strip().splitlines()

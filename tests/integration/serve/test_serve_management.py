@@ -14,8 +14,10 @@ import httpx
 import numpy as np
 import pytest
 import tritonclient.http as triton
-from serve_support import ADMIN_TOKEN, ServeModels, Server, assert_error, metric_sum
+from serve_support import ADMIN_TOKEN, ServeModels, assert_error, metric_sum
 from tritonclient.utils import InferenceServerException
+
+from servers import Server
 
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 ROW = {"inputs": [{"name": "X", "shape": [1, 4], "datatype": "FP32", "data": [5.1, 3.5, 1.4, 0.2]}]}

@@ -7,7 +7,8 @@ import subprocess
 import sys
 
 import pytest
-from serve_support import Server
+
+from servers import Server
 
 
 @pytest.mark.slow

@@ -12,7 +12,9 @@ from typing import Any
 
 import httpx
 import pytest
-from serve_support import ServeModels, Server, assert_error
+from serve_support import ServeModels, assert_error
+
+from servers import Server
 
 PATH = "/v1/models/iris-onnx:predict"
 ROW = {"instances": [[5.1, 3.5, 1.4, 0.2]]}

@@ -9,7 +9,6 @@ import os
 import signal
 import socket
 import ssl
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -23,7 +22,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from serve_support import SHIPYARD, START_TIMEOUT_S, ServeModels, Server, launch, server_env
+from serve_support import ServeModels
+
+from servers import Server, launch, run_to_exit, running
 
 RELOAD_TIMEOUT_S = 30.0
 
@@ -99,24 +100,10 @@ def ca(tmp_path: Path) -> Authority:
 
 @contextmanager
 def tls_server(models: ServeModels, log_dir: Path, ca: Authority, args: list[str]) -> Iterator[Server]:
-    server = launch(models.home, ["iris-onnx"], log_dir, args=args, wait_ready=False)
-    try:
+    trusting_ca = {"verify": ca.client_context()}
+    with running(models.home, ["iris-onnx"], log_dir, args=args, client_options=trusting_ca) as server:
         assert server.url.startswith("https://127.0.0.1:"), server.url
-        deadline = time.monotonic() + START_TIMEOUT_S
-        with httpx.Client(base_url=server.url, verify=ca.client_context(), timeout=5.0) as client:
-            while True:
-                try:
-                    if client.get("/readyz").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                if server.proc.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"TLS server not ready; stderr:\n{server.stderr()}")
-                time.sleep(0.05)
         yield server
-    finally:
-        code = server.stop()
-    assert code == 0, server.stderr()
 
 
 def peer_serial(server: Server, context: ssl.SSLContext) -> int:
@@ -246,10 +233,7 @@ def test_bad_tls_files_are_one_line_and_exit_2(
     cert, key = ca.issue("server", 100)
     _, other_key = ca.issue("other", 101)
     paths = {"cert": cert, "key": key, "other_key": other_key, "missing": tmp_path / "missing.pem"}
-    command = [str(SHIPYARD), "serve", "iris-onnx", "--port", "0", *(a.format(**paths) for a in args)]
-    result = subprocess.run(
-        command, check=False, capture_output=True, text=True, env=server_env(serve_models.home), timeout=60
-    )
+    result = run_to_exit(serve_models.home, ["iris-onnx"], args=[a.format(**paths) for a in args])
     assert result.returncode == 2, result.stderr
     assert message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr

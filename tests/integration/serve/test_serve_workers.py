@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -14,7 +13,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from serve_support import SHIPYARD, ServeModels, Server, launch, metric_sum, server_env
+from serve_support import ServeModels, metric_sum
+
+from servers import Server, launch, run_to_exit
 
 EVENT_TIMEOUT_S = 60.0
 GIVE_UP_TIMEOUT_S = 180.0  # five failed starts of two workers, with their back-off, on a busy host
@@ -138,14 +139,7 @@ def test_a_worker_that_cannot_start_stops_the_server_with_one_line(tmp_path: Pat
     home.mkdir()
     # A registry database the workers cannot open (--wait: the parent does not open it).
     (home / "registry.db").write_bytes(b"this is not an SQLite database\n" * 64)
-    done = subprocess.run(
-        [str(SHIPYARD), "serve", "iris", "--wait", "--workers", "2", "--port", "0"],
-        env=server_env(home),
-        capture_output=True,
-        text=True,
-        timeout=GIVE_UP_TIMEOUT_S,
-        check=False,
-    )
+    done = run_to_exit(home, ["iris"], args=["--wait", "--workers", "2"], timeout=GIVE_UP_TIMEOUT_S)
     assert done.returncode == 1, done.stderr
     assert "Traceback" not in done.stderr
     errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]

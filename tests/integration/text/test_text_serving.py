@@ -23,17 +23,19 @@ from text_support import (
     DIM,
     LONG_PROSE,
     MAX_SEQ,
+    OFFLINE,
     SENTENCES,
     WORD_TOKENS_254,
     WORD_TOKENS_255,
     TextRegistry,
-    TextServer,
     assert_same_embeddings,
     cosines,
-    start_server,
 )
 
+from servers import Server, running
+
 REFS = ["minilm", "minilm-strict", "sentiment"]
+READY_TIMEOUT_S = 90.0  # importing torch + transformers and loading three models, on 2 slow cores
 # All but the long texts: for tests about the wire format rather than the numbers, so that only
 # the tests that must send every sentence pay for the 256-token ones on a small CPU.
 SHORT = [t for t in SENTENCES if len(t) < 100]
@@ -41,25 +43,21 @@ HELLO_WORLD_IDS = [7592, 2088]  # "hello world" in the uncased BERT vocabulary
 
 
 @pytest.fixture(scope="module")
-def server(text_registry: TextRegistry, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TextServer]:
+def server(text_registry: TextRegistry, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """One server for the module; the three transformers models load at once, in threads."""
     log_dir = tmp_path_factory.mktemp("text-server-log")
-    srv = start_server(text_registry.home, REFS, log_dir)
-    try:
+    with running(text_registry.home, REFS, log_dir, env=OFFLINE, ready_timeout=READY_TIMEOUT_S) as srv:
         yield srv
-    finally:
-        code = srv.stop()
-    assert code == 0, f"exit code {code} after SIGTERM; stderr:\n{srv.stderr()}"
 
 
 @pytest.fixture(scope="module")
-def http(server: TextServer) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server.url, timeout=60.0) as client:
+def http(server: Server) -> Iterator[httpx.Client]:
+    with server.client(timeout=60.0) as client:
         yield client
 
 
 @pytest.fixture(scope="module")
-def oai(server: TextServer) -> Iterator[openai.OpenAI]:
+def oai(server: Server) -> Iterator[openai.OpenAI]:
     with openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0) as client:
         yield client
 
@@ -188,7 +186,7 @@ def test_models_lists_the_served_models(oai: openai.OpenAI, http: httpx.Client) 
         assert entry["root"] == f"{entry['id']}:1"
 
 
-def test_v2_tritonclient_binary_bytes_input(server: TextServer, reference: np.ndarray) -> None:
+def test_v2_tritonclient_binary_bytes_input(server: Server, reference: np.ndarray) -> None:
     client = triton.InferenceServerClient(url=server.host_port)
     try:
         text = triton.InferInput("text", [len(SENTENCES)], "BYTES")
@@ -356,7 +354,7 @@ def _stats(http: httpx.Client) -> tuple[int, int]:
     return int(entry["request_count"]), int(entry["execution_count"])
 
 
-def test_concurrent_requests_match_one_at_a_time(server: TextServer, http: httpx.Client) -> None:
+def test_concurrent_requests_match_one_at_a_time(server: Server, http: httpx.Client) -> None:
     pool = [*SHORT, LONG_PROSE]
     alone = {t: v2_json(http, "minilm", [t]) for t in pool}
     # 16 threads, each sending requests of 1-4 texts, short and long mixed: merged batches hold
@@ -365,7 +363,7 @@ def test_concurrent_requests_match_one_at_a_time(server: TextServer, http: httpx
     before = _stats(http)
 
     def send(chunk: list[list[str]]) -> list[tuple[list[str], dict[str, np.ndarray]]]:
-        with httpx.Client(base_url=server.url, timeout=120.0) as client:
+        with server.client(timeout=120.0) as client:
             return [(texts, v2_json(client, "minilm", texts)) for texts in chunk]
 
     with ThreadPoolExecutor(16) as executor:

@@ -6,15 +6,10 @@ Kept out of conftest.py so test modules can import them by name (as `serve_suppo
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 
 from tiny_models import tiny_bert_config
@@ -165,65 +160,3 @@ def tiny_sentence_transformer(tokenizer: Any, folder: Path, pooling: str, normal
     if normalize:
         modules.append(Normalize())
     return SentenceTransformer(modules=modules, device="cpu")
-
-
-SHIPYARD = Path(sys.executable).with_name("shipyard")
-START_TIMEOUT_S = 90.0  # importing torch + transformers and loading three models, on 2 slow cores
-
-
-@dataclass
-class TextServer:
-    proc: subprocess.Popen[bytes]
-    url: str
-    log_dir: Path
-
-    @property
-    def host_port(self) -> str:
-        return self.url.removeprefix("http://")
-
-    def stderr(self) -> str:
-        return (self.log_dir / "stderr.txt").read_text(errors="replace")
-
-    def stop(self) -> int:
-        """SIGTERM, then the exit code (killed, and reported, if it does not exit in time)."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            return -9
-
-
-def start_server(home: Path, refs: list[str], log_dir: Path) -> TextServer:
-    """`shipyard serve REFS --port 0`, as a user runs it; returns once /readyz answers 200."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SHIPYARD_", "AIP_"))}
-    env.update(OFFLINE, SHIPYARD_HOME=str(home))
-    out_path, err_path = log_dir / "stdout.txt", log_dir / "stderr.txt"
-    with out_path.open("wb") as out, err_path.open("wb") as err:
-        proc = subprocess.Popen(
-            [str(SHIPYARD), "serve", *refs, "--port", "0"], stdout=out, stderr=err, env=env
-        )
-    server = TextServer(proc, "", log_dir)
-    deadline = time.monotonic() + START_TIMEOUT_S
-    try:
-        while True:
-            first = out_path.read_text(errors="replace").split("\n", 1)
-            if not server.url and len(first) == 2:
-                assert first[0].startswith("shipyard: serving "), first[0]
-                server.url = first[0].split(" on ", 1)[1].split()[0]
-            if server.url:
-                try:
-                    if httpx.get(f"{server.url}/readyz", timeout=5).status_code == 200:
-                        return server
-                except httpx.TransportError:
-                    pass
-            if proc.poll() is not None:
-                raise AssertionError(f"server exited with {proc.returncode}; stderr:\n{server.stderr()}")
-            if time.monotonic() > deadline:
-                raise AssertionError(f"server not ready in {START_TIMEOUT_S}s; stderr:\n{server.stderr()}")
-            time.sleep(0.1)
-    except BaseException:
-        server.stop()
-        raise
