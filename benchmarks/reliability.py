@@ -364,7 +364,9 @@ def build_variant(folder: Path) -> Path:
 def shipyard_cli(b: Bench, *argv: str, home: Path | None = None) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SHIPYARD_")}
     env["SHIPYARD_HOME"] = str(home or b.home)
-    done = subprocess.run([SHIPYARD, *argv], env=env, capture_output=True, text=True, timeout=120, check=False)
+    done = subprocess.run(
+        [SHIPYARD, *argv], env=env, capture_output=True, text=True, timeout=120, check=False
+    )
     if done.returncode != 0 and argv[0] not in ("verify", "gc"):
         raise RuntimeError(f"shipyard {' '.join(argv)} exited with {done.returncode}: {done.stderr}")
     return done
@@ -372,13 +374,16 @@ def shipyard_cli(b: Bench, *argv: str, home: Path | None = None) -> subprocess.C
 
 def registry_kills(b: Bench) -> None:
     import onnx
+
     from shipyard.registry import Registry
     from shipyard.settings import Settings
 
     kills = b.args.kills
     home = b.folder / "kills"
     home.mkdir()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SHIPYARD_")} | {"SHIPYARD_HOME": str(home)}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SHIPYARD_")} | {
+        "SHIPYARD_HOME": str(home)
+    }
     proto = onnx.load(str(b.model))
     rng = random.Random(b.args.seed)
 
@@ -433,7 +438,12 @@ def registry_kills(b: Bench) -> None:
 def corpus(b: Bench) -> None:
     script = HERE / "corpus.py"
     if not script.exists():
-        b.add("malicious corpus", "see tests/integration/test_malicious_corpus.py", "refused all, 0 effects", None)
+        b.add(
+            "malicious corpus",
+            "see tests/integration/test_malicious_corpus.py",
+            "refused all, 0 effects",
+            None,
+        )
         return
     done = subprocess.run(
         [sys.executable, str(script)], capture_output=True, text=True, timeout=1800, check=False
@@ -459,9 +469,7 @@ def table(rows: list[Row]) -> str:
     head = ("scenario", "measured", "goal", "")
     cells = [head, *[(r.scenario, r.measured, r.goal, r.mark) for r in rows]]
     widths = [max(len(c[i]) for c in cells) for i in range(3)]
-    return "\n".join(
-        " | ".join(c[i].ljust(widths[i]) for i in range(3)) + " | " + c[3] for c in cells
-    )
+    return "\n".join(" | ".join(c[i].ljust(widths[i]) for i in range(3)) + " | " + c[3] for c in cells)
 
 
 def main() -> int:

@@ -116,6 +116,11 @@ def main() -> int:
         for label in TARGETS:
             results[label] = Measured.merge(rounds[label])
             describe(results[label], args)
+    print(summary(results, args), flush=True)
+    return 0
+
+
+def summary(results: dict[str, Measured], args: argparse.Namespace) -> str:
     base = results["w1"].wrk.rps
     base_cpu = cpu_per_request(results["w1"])
     parts, ok = [], True
@@ -128,18 +133,17 @@ def main() -> int:
         if label != "w1":
             cost = 1 - m.wrk.rps / base
             ok = ok and cost < GOAL_COST and m.wrk.errors == 0
-            text += f" ({m.wrk.rps / base:.3f}x w1 rps, cost {cost:+.1%}; cpu {cpu_per_request(m) / base_cpu:.2f}x)"
+            cpu = cpu_per_request(m) / base_cpu
+            text += f" ({m.wrk.rps / base:.3f}x w1 rps, cost {cost:+.1%}; cpu {cpu:.2f}x)"
         parts.append(text)
     noisy = max(m.other_cores for m in results.values())
-    print(
+    return (
         "security cost: " + " | ".join(parts)
         + f" | goal: cost<{GOAL_COST:.0%} {'ok' if ok else 'MISS'}"
         + (f" | NOISY: up to {noisy:.1f} cores used by other processes" if noisy > NOISE_CORES else "")
         + f" | {os.cpu_count()} cpus, wrk -t{args.threads} -c{args.connections}, "
-        f"{args.rounds} alternating rounds of {args.round_s}s per target",
-        flush=True,
+        f"{args.rounds} alternating rounds of {args.round_s}s per target"
     )  # fmt: skip
-    return 0
 
 
 if __name__ == "__main__":

@@ -6,7 +6,6 @@ import contextlib
 import http.client
 import os
 import re
-import resource
 import shutil
 import signal
 import socket
@@ -92,6 +91,8 @@ def launch(
     process's limit is."""
     environ = {k: v for k, v in os.environ.items() if not k.startswith("SHIPYARD_")}
     environ |= {"SHIPYARD_HOME": str(home), **(env or {})}
+    if nofile is not None:  # the shell's ulimit, then exec: the server keeps the pid
+        cmd = ["sh", "-c", f'ulimit -Sn {int(nofile)} && exec "$@"', "sh", *cmd]
     log_path = folder / f"{label}.log"
     with log_path.open("wb") as out:
         started = time.perf_counter()
@@ -100,14 +101,8 @@ def launch(
             stdout=out,
             stderr=subprocess.STDOUT,
             env=environ,
-            preexec_fn=None if nofile is None else lambda: _limit_files(nofile),
         )
     return Server(label, workers, port, log_path, proc, started)
-
-
-def _limit_files(soft: int) -> None:
-    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-    resource.setrlimit(resource.RLIMIT_NOFILE, (min(soft, hard), hard))
 
 
 def http_call(
