@@ -58,7 +58,13 @@ class Server:
 
 
 def start_shipyard(
-    label: str, model: str, flags: list[str], home: Path, folder: Path, env: dict[str, str] | None = None
+    label: str,
+    model: str,
+    flags: list[str],
+    home: Path,
+    folder: Path,
+    env: dict[str, str] | None = None,
+    nofile: int | None = None,
 ) -> Server:
     """`shipyard serve MODEL FLAGS` on a free loopback port, with a registry at `home`."""
     port = free_port()
@@ -67,7 +73,7 @@ def start_shipyard(
         exe = Path(shutil.which("shipyard") or "shipyard")
     cmd = [str(exe), "serve", model, "--host", HOST, "--port", str(port), *flags]
     workers = int(flags[flags.index("--workers") + 1]) if "--workers" in flags else 1
-    return launch(label, cmd, workers, port, home, folder, env)
+    return launch(label, cmd, workers, port, home, folder, env, nofile)
 
 
 def launch(
@@ -78,23 +84,35 @@ def launch(
     home: Path,
     folder: Path,
     env: dict[str, str] | None = None,
+    nofile: int | None = None,
 ) -> Server:
-    """Start `cmd` with its output in FOLDER/LABEL.log; SHIPYARD_* of this shell are dropped."""
+    """Start `cmd` with its output in FOLDER/LABEL.log; SHIPYARD_* of this shell are dropped.
+    `nofile`: the server's soft limit on open files (e.g. the usual default 1024), whatever this
+    process's limit is."""
     environ = {k: v for k, v in os.environ.items() if not k.startswith("SHIPYARD_")}
     environ |= {"SHIPYARD_HOME": str(home), **(env or {})}
+    if nofile is not None:  # the shell's ulimit, then exec: the server keeps the pid
+        cmd = ["sh", "-c", f'ulimit -Sn {int(nofile)} && exec "$@"', "sh", *cmd]
     log_path = folder / f"{label}.log"
     with log_path.open("wb") as out:
         started = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=environ)
+        proc = subprocess.Popen(
+            cmd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=environ,
+        )
     return Server(label, workers, port, log_path, proc, started)
 
 
-def http_call(port: int, method: str, path: str, body: bytes | None = None) -> tuple[int, bytes] | None:
+def http_call(
+    port: int, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None
+) -> tuple[int, bytes] | None:
     """One request on a fresh connection: (status, body), or None if nothing answered."""
     conn = http.client.HTTPConnection(HOST, port, timeout=5)
     try:
-        headers = {"Content-Type": "application/json"} if body is not None else {}
-        conn.request(method, path, body=body, headers=headers)
+        sent = {"Content-Type": "application/json"} if body is not None else {}
+        conn.request(method, path, body=body, headers=sent | (headers or {}))
         response = conn.getresponse()
         return response.status, response.read()
     except (OSError, http.client.HTTPException):

@@ -20,6 +20,64 @@ LATENCY_HOOK = """done = function(summary, latency, requests)
   end
 end
 """
+# Counts every answer by status and checks each body: `expected` bodies are Lua strings, each
+# counted apart (ok1, ok2, …), so a test can see which model version answered; a 2xx body that is
+# none of them is wrong, a 503 without Retry-After is counted. Per-thread counts meet in `done`.
+CHECK_TEMPLATE = """local threads = {{}}
+local expected = {{ {expected} }}
+function setup(thread) table.insert(threads, thread) end
+function init(args)
+  s200 = 0; s503 = 0; s429 = 0; sother = 0; wrong = 0; noretry = 0
+  for i = 1, #expected do _G["ok" .. i] = 0 end
+end
+function response(status, headers, body)
+  if status == 200 then
+    s200 = s200 + 1
+    local matched = false
+    for i = 1, #expected do
+      if body == expected[i] then _G["ok" .. i] = _G["ok" .. i] + 1; matched = true; break end
+    end
+    if not matched then wrong = wrong + 1 end
+  elseif status == 503 then
+    s503 = s503 + 1
+    if headers["Retry-After"] == nil and headers["retry-after"] == nil then noretry = noretry + 1 end
+  elseif status == 429 then s429 = s429 + 1
+  else sother = sother + 1 end
+end
+done = function(summary, latency, requests)
+  local names = {{"s200", "s503", "s429", "sother", "wrong", "noretry"}}
+  for i = 1, #expected do table.insert(names, "ok" .. i) end
+  for _, name in ipairs(names) do
+    local total = 0
+    for _, thread in ipairs(threads) do total = total + (thread:get(name) or 0) end
+    io.write(string.format("CHECK %s %d\\n", name, total))
+  end
+  for i = 1, #latency do
+    local value, count = latency(i)
+    io.write(string.format("LATENCY_US %d %d\\n", value, count))
+  end
+end
+"""
+
+
+def _lua_string(text: str) -> str:
+    return '"' + "".join(c if c.isalnum() or c in " .,:_-[]{}" else f"\\{ord(c):03d}" for c in text) + '"'
+
+
+def checking_script(body: bytes, expected: list[bytes], headers: dict[str, str] | None = None) -> str:
+    """A wrk Lua script that POSTs `body` and counts statuses and wrong answers (see CHECK_TEMPLATE)."""
+    lines = ['wrk.method = "POST"', f"wrk.body = {_lua_string(body.decode())}"]
+    for name, value in {"Content-Type": "application/json", **(headers or {})}.items():
+        lines.append(f"wrk.headers[{_lua_string(name)}] = {_lua_string(value)}")
+    table = ", ".join(_lua_string(e.decode()) for e in expected)
+    return "\n".join(lines) + "\n" + CHECK_TEMPLATE.format(expected=table)
+
+
+def parse_checks(output: str) -> dict[str, int]:
+    """The `CHECK name count` lines a checking script prints (s200, s503, wrong, ok1, …)."""
+    return {k: int(v) for k, v in re.findall(r"^CHECK (\w+) (\d+)$", output, re.M)}
+
+
 _UNIT_MS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 6e4, "h": 3.6e6}
 
 

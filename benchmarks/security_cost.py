@@ -1,0 +1,154 @@
+"""What API keys and rate limits cost on the serving hot path, measured like benchmarks/serve.py.
+
+Three `shipyard serve --workers 1` of the same iris ONNX model, loaded in alternating rounds:
+`w1` (a registry without keys: no auth), `w1-auth` (a registry with one `infer:*` key; every
+request carries `Authorization: Bearer`), `w1-auth-limits` (the same, plus a per-key and a
+per-model rate limit far above any reachable rate, so they are checked and never refuse).
+What it measures, its goal and the last figures: benchmarks/README.md.
+
+    .venv/bin/python benchmarks/security_cost.py                          # 4 rounds of 5 s
+    .venv/bin/python benchmarks/security_cost.py --duration 6 --rounds 2  # a quick run
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import orjson
+from harness.sampling import NOISE_CORES
+from harness.servers import http_call, log, start_shipyard, stop_on_sigterm, stop_server, wait_ready
+from harness.wrk import LATENCY_HOOK, add_load_options, find_wrk, run_wrk
+from serve import BODY, MODEL_NAME, Measured, Prepared, build_model, describe, load, push_model
+
+GOAL_COST = 0.03
+UNREACHABLE_RATE = "1000000"  # requests/s: checked on every request, never reached
+TARGETS = ("w1", "w1-auth", "w1-auth-limits")
+
+
+def cpu_per_request(m: Measured) -> float:
+    """The server's CPU µs per answered request: steadier than requests/s on a shared host."""
+    return sum(m.worker_cpu.values()) / max(m.wrk.requests, 1) * 1e6
+
+
+def create_key(home: Path) -> str:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SHIPYARD_")} | {
+        "SHIPYARD_HOME": str(home)
+    }
+    exe = str(Path(sys.executable).with_name("shipyard"))
+    done = subprocess.run(
+        [exe, "keys", "create", "bench", "--scope", "infer:*", "--json"],
+        env=env, capture_output=True, text=True, timeout=120, check=True,
+    )  # fmt: skip
+    document = orjson.loads(done.stdout)
+    key = document.get("key") or document.get("token") or document.get("secret")
+    if not isinstance(key, str):
+        raise RuntimeError(f"`shipyard keys create --json` printed no key: {sorted(document)}")
+    return key
+
+
+def lua_script(headers: dict[str, str]) -> str:
+    lines = [
+        'wrk.method = "POST"',
+        f"wrk.body = '{BODY.decode()}'",
+        'wrk.headers["Content-Type"] = "application/json"',
+    ]
+    lines += [f'wrk.headers["{k}"] = "{v}"' for k, v in headers.items()]
+    return "\n".join(lines) + "\n" + LATENCY_HOOK
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_load_options(parser, duration=20, warmup=2)
+    parser.add_argument("--rounds", type=int, default=4, help="loads per target, alternating (default 4)")
+    args = parser.parse_args()
+    args.round_s = max(1, round(args.duration / args.rounds))
+    wrk = find_wrk()
+    stop_on_sigterm()
+    results: dict[str, Measured] = {}
+    with tempfile.TemporaryDirectory(prefix="shipyard-bench-security-") as tmp:
+        folder = Path(tmp)
+        model = build_model(folder)
+        open_home, keyed_home = folder / "open", folder / "keyed"
+        for home in (open_home, keyed_home):
+            home.mkdir()
+            push_model(home, model)
+        key = create_key(keyed_home)
+        auth = {"Authorization": f"Bearer {key}"}
+        limits = {
+            "SHIPYARD_SERVE__RATE_LIMIT_PER_MODEL": UNREACHABLE_RATE,
+            "SHIPYARD_SERVE__RATE_LIMIT_PER_KEY": UNREACHABLE_RATE,
+        }
+        setups = {
+            "w1": (open_home, {}, {}),
+            "w1-auth": (keyed_home, auth, {}),
+            "w1-auth-limits": (keyed_home, auth, limits),
+        }
+        started: dict[str, Prepared] = {}
+        scripts: dict[str, Path] = {}
+        path = f"/v1/models/{MODEL_NAME}:predict"
+        try:
+            for label, (home, headers, env) in setups.items():
+                server = start_shipyard(label, MODEL_NAME, ["--workers", "1"], home, folder, env)
+                started[label] = Prepared(server, 0.0, "", None, [])
+                ready = wait_ready(server)
+                if headers and (refused := http_call(server.port, "POST", path, BODY)) and refused[0] != 401:
+                    raise RuntimeError(f"{label}: a request without a key got {refused[0]}, not 401")
+                answer = http_call(server.port, "POST", path, BODY, headers)
+                if answer is None or answer[0] != 200:
+                    raise RuntimeError(f"{label}: a sample request failed: {answer}\n{server.log_tail()}")
+                url = f"http://127.0.0.1:{server.port}{path}"
+                started[label] = Prepared(server, ready, url, orjson.loads(answer[1]).get("predictions"), [])
+                scripts[label] = folder / f"{label}.lua"
+                scripts[label].write_text(lua_script(headers))
+                run_wrk(wrk, url, scripts[label], args.warmup, args.connections, args.threads)
+            rounds: dict[str, list[Measured]] = {label: [] for label in TARGETS}
+            for number in range(args.rounds):  # alternating, so the host's drift cancels out
+                for label in TARGETS if number % 2 == 0 else TARGETS[::-1]:
+                    rounds[label].append(load(started[label], args, wrk, scripts[label], args.round_s))
+        finally:
+            for target in started.values():
+                stop_server(target.server)
+        for label in TARGETS:
+            results[label] = Measured.merge(rounds[label])
+            describe(results[label], args)
+    print(summary(results, args), flush=True)
+    return 0
+
+
+def summary(results: dict[str, Measured], args: argparse.Namespace) -> str:
+    base = results["w1"].wrk.rps
+    base_cpu = cpu_per_request(results["w1"])
+    parts, ok = [], True
+    for label in TARGETS:
+        m = results[label]
+        text = (
+            f"{label} {m.wrk.rps:,.0f} rps p99 {m.wrk.percentiles[99]:.1f}ms errors {m.wrk.errors} "
+            f"server cpu {cpu_per_request(m):.0f}us/request"
+        )
+        if label != "w1":
+            cost = 1 - m.wrk.rps / base
+            ok = ok and cost < GOAL_COST and m.wrk.errors == 0
+            cpu = cpu_per_request(m) / base_cpu
+            text += f" ({m.wrk.rps / base:.3f}x w1 rps, cost {cost:+.1%}; cpu {cpu:.2f}x)"
+        parts.append(text)
+    noisy = max(m.other_cores for m in results.values())
+    return (
+        "security cost: " + " | ".join(parts)
+        + f" | goal: cost<{GOAL_COST:.0%} {'ok' if ok else 'MISS'}"
+        + (f" | NOISY: up to {noisy:.1f} cores used by other processes" if noisy > NOISE_CORES else "")
+        + f" | {os.cpu_count()} cpus, wrk -t{args.threads} -c{args.connections}, "
+        f"{args.rounds} alternating rounds of {args.round_s}s per target"
+    )  # fmt: skip
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        log("security_cost.py: interrupted; every server it started has been stopped")
+        sys.exit(130)
