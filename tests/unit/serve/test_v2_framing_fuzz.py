@@ -244,3 +244,16 @@ def test_the_app_answers_every_framing_with_a_client_status_and_one_json_line(
 
     run()
     assert {200, 400, 404, 413, 415} <= set(statuses), dict(statuses)
+
+
+def test_classification_of_zero_rows_is_an_empty_answer_not_a_server_error(
+    app: tuple[Served, anyio.from_thread.BlockingPortal],
+) -> None:
+    served, portal = app
+    request = {
+        "inputs": [{"name": "X", "shape": [0, 4], "datatype": "FP32", "data": []}],
+        "outputs": [{"name": "probabilities", "parameters": {"classification": 2}}],
+    }
+    response = portal.call(lambda: served.client.post("/v2/models/iris/infer", json=request))
+    assert response.status_code == 200, response.text
+    assert response.json()["outputs"][0]["shape"] == [0, 2]
