@@ -211,20 +211,29 @@ def test_the_app_answers_every_framing_with_a_client_status_and_one_json_line(
     statuses: Counter[int] = Counter()
     content_types = st.sampled_from([None, "application/octet-stream", "application/json", "text/plain"])
 
-    @settings(max_examples=400, database=None, deadline=None, suppress_health_check=list(HealthCheck))
+    # derandomized: the same framings on every run, so the statuses seen are the same too
+    @settings(
+        max_examples=400,
+        database=None,
+        deadline=None,
+        derandomize=True,
+        suppress_health_check=list(HealthCheck),
+    )
     @given(
         framings(Signature(SIG.inputs[:1], SIG.outputs)),
         content_types,
         st.sampled_from(["iris", "ghost", "iris/versions/1", "iris/versions/9"]),
-        st.integers(0, 5000),
+        st.booleans(),
     )
-    def run(framing: tuple[bytes, str | None], content_type: str | None, target: str, padding: int) -> None:
+    def run(
+        framing: tuple[bytes, str | None], content_type: str | None, target: str, oversized: bool
+    ) -> None:
         body, length = framing
         headers = {} if length is None else {"Inference-Header-Content-Length": length.encode()}
         if content_type is not None:
             headers["Content-Type"] = content_type.encode()
-        if padding > 4000:  # over max_body_bytes: refused with 413 before it is decoded
-            body += b"\0" * padding
+        if oversized:  # over max_body_bytes: refused with 413 before it is decoded
+            body += b"\0" * 4096
         response: httpx.Response = portal.call(
             lambda: served.client.post(f"/v2/models/{target}/infer", content=body, headers=headers)
         )
@@ -243,6 +252,7 @@ def test_the_app_answers_every_framing_with_a_client_status_and_one_json_line(
         assert len(response.content) - len(header) == binary
 
     run()
+    print(f"V2 framing fuzz in-process: {sum(statuses.values())} requests, statuses {dict(statuses)}")
     assert {200, 400, 404, 413, 415} <= set(statuses), dict(statuses)
 
 
