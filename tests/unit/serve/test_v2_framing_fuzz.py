@@ -28,7 +28,7 @@ from shipyard.errors import InvalidInputError
 from shipyard.serve.protocols.v2_codec import V2Request, decode_request, encode_response
 from shipyard.types import DATATYPES, Signature, TensorSpec
 
-MAX_MESSAGE = 400  # characters: room for the explanation and short excerpts, not for an echo
+MAX_MESSAGE = 500  # characters: room for the explanation and short excerpts, not for an echo
 ANSWERED = {200, 400, 404, 413, 415}
 SIG = Signature(
     inputs=(
@@ -267,3 +267,27 @@ def test_classification_of_zero_rows_is_an_empty_answer_not_a_server_error(
     response = portal.call(lambda: served.client.post("/v2/models/iris/infer", json=request))
     assert response.status_code == 200, response.text
     assert response.json()["outputs"][0]["shape"] == [0, 2]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "options"),
+    [
+        ("GET", "/v2/models/{long}", {}),
+        ("POST", "/v2/models/{long}/infer", {"json": {}}),
+        ("GET", "/v2/models/iris/versions/{long}", {}),
+        ("POST", "/v1/embeddings", {"json": {"model": "{long}", "input": "x"}}),
+    ],
+)
+def test_an_error_quotes_a_long_client_text_only_as_a_bounded_excerpt(
+    app: tuple[Served, anyio.from_thread.BlockingPortal], method: str, path: str, options: dict[str, Any]
+) -> None:
+    served, portal = app
+    long = "A%01" * 3000 if "{long}" in path else "A\x01" * 3000
+    options = orjson.loads(orjson.dumps(options).replace(b"{long}", orjson.dumps(long)[1:-1]))
+    target = path.replace("{long}", long)
+    response = portal.call(lambda: served.client.request(method, target, **options))
+    assert 400 <= response.status_code < 500, response.text[:300]
+    error = response.json()["error"]
+    message = error["message"] if isinstance(error, dict) else error
+    _check_message(message)
+    assert len(response.content) < 1000
