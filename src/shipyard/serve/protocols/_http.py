@@ -77,7 +77,9 @@ def parse_version(request: Request) -> int | None:
     if not text:
         return None
     if not text.isascii() or not text.isdigit() or not 1 <= int(text[:12]) <= MAX_VERSION:
-        raise InvalidInputError(f"model version must be a positive integer, got {text!r}", field="version")
+        raise InvalidInputError(
+            f"model version must be a positive integer, got {text[:20]!r}", field="version"
+        )
     return int(text)
 
 
@@ -95,24 +97,36 @@ def label(request: Request, name: str, version: int | None = None) -> None:
 
 
 _LABELS = "shipyard.labels"  # the scope key `label` writes and `endpoint` reads; nothing else
+# Characters of an error message and its field: room to explain, none to echo a client's input whole.
+MAX_MESSAGE = 500
+_MAX_FIELD = 64
 
 
 def client_message(exc: ShipyardError) -> str:
-    """What the caller may read: a model failure's detail stays in the server log."""
-    return exc.public if isinstance(exc, ModelError) else exc.message
+    """What the caller may read: a model failure's detail stays in the server log, and a message
+    quoting the client (a 9 KB model name) keeps its start (what) and end (the next step)."""
+    message = exc.public if isinstance(exc, ModelError) else exc.message
+    if len(message) <= MAX_MESSAGE:
+        return message
+    keep = (MAX_MESSAGE - 5) // 2
+    return f"{message[:keep]} ... {message[-keep:]}"
+
+
+def _field(exc: ShipyardError) -> str | None:
+    return None if exc.field is None else exc.field[:_MAX_FIELD]
 
 
 def plain_error(exc: ShipyardError) -> dict[str, Any]:
     body: dict[str, Any] = {"error": client_message(exc)}
     if exc.field:
-        body["field"] = exc.field
+        body["field"] = _field(exc)
     return body
 
 
 def openai_error(exc: ShipyardError) -> dict[str, Any]:
     kind = "invalid_request_error" if exc.status_code < 500 else "server_error"
     return {
-        "error": {"message": client_message(exc), "type": kind, "param": exc.field, "code": exc.status_code}
+        "error": {"message": client_message(exc), "type": kind, "param": _field(exc), "code": exc.status_code}
     }
 
 

@@ -41,8 +41,17 @@ class V2Request:
     outputs: list[dict[str, Any]] | None = None  # requested outputs, or None for all
 
 
+_EXCERPT = 40  # characters of a client's own text an error shows back
+
+
 def _error(message: str, name: str | None = None) -> InvalidInputError:
     return InvalidInputError(message, field=name or "inputs")
+
+
+def _shown(value: object) -> str:
+    """A value the client sent, for an error message: escaped, and cut to a short excerpt."""
+    text = repr(value)
+    return text if len(text) <= _EXCERPT else f"{text[:_EXCERPT]}..."
 
 
 def decode_bytes_elements(buf: memoryview, count: int, name: str) -> np.ndarray:
@@ -143,10 +152,10 @@ def decode_request(body: bytes, header_length: int | None, signature: Signature)
         spec = signature.input(name)
         if spec is None:
             expected = ", ".join(t.describe() for t in signature.inputs)
-            raise _error(f"unknown input {name!r}; the model expects {expected}", name)
+            raise _error(f"unknown input {_shown(name)}; the model expects {expected}", name[:_EXCERPT])
         datatype = entry.get("datatype")
         if datatype not in DATATYPES:
-            raise _error(f"input {name!r} has unknown datatype {datatype!r}", name)
+            raise _error(f"input {name!r} has unknown datatype {_shown(datatype)}", name)
         if datatype != spec.datatype:
             raise _error(
                 f"input {name!r} has datatype {datatype}, but the model expects {spec.describe()}",
@@ -195,7 +204,8 @@ def _classify(arr: np.ndarray, k: int, labels: list[Any] | None) -> np.ndarray:
     """Classification extension: top-k 'score:index[:label]' strings per row."""
     if arr.dtype.kind not in "biuf":
         raise _error("classification needs a numeric output (scores), not text", "outputs")
-    rows = arr.reshape(arr.shape[0], -1) if arr.ndim > 1 else arr.reshape(1, -1)
+    # explicit row width: -1 cannot be inferred when there are no rows
+    rows = arr.reshape(arr.shape[0], math.prod(arr.shape[1:])) if arr.ndim > 1 else arr.reshape(1, -1)
     top = np.argsort(-rows, axis=1)[:, :k]
     out = np.empty(top.shape, dtype=object)
     for r, idx in enumerate(top):
@@ -222,7 +232,9 @@ def encode_response(
     for spec in wanted:
         name = spec["name"]
         if name not in outputs:
-            raise _error(f"unknown output {name!r}; the model's outputs are {', '.join(outputs)}", "outputs")
+            raise _error(
+                f"unknown output {_shown(name)}; the model's outputs are {', '.join(outputs)}", "outputs"
+            )
         params = spec.get("parameters") or {}
         arr = outputs[name]
         k = params.get("classification")
