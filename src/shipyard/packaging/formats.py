@@ -13,6 +13,7 @@ from typing import Any
 
 from shipyard.errors import InvalidInputError
 from shipyard.packaging.folder import refuse_links
+from shipyard.runtimes.base import one_line
 
 _PICKLE_PROTOCOLS = range(2, 6)
 _KNOWN = (
@@ -58,7 +59,7 @@ def _zip_format(path: Path) -> str:
         with zipfile.ZipFile(path) as zf:
             names = zf.namelist()
     except zipfile.BadZipFile as exc:
-        raise InvalidInputError(f"{path} is a damaged zip archive: {exc}", field="path") from exc
+        raise InvalidInputError(f"{path} is a damaged zip archive: {one_line(exc)}", field="path") from exc
     if "schema.json" in names:
         return "skops"
     if any(n.endswith("data.pkl") for n in names):
@@ -78,7 +79,7 @@ def _parse_onnx(path: Path) -> Any:
         model = onnx.load_model(str(path), load_external_data=False)
     except (DecodeError, ValueError, RuntimeError) as exc:
         raise InvalidInputError(
-            f"{path} looks like an ONNX file but cannot be parsed (truncated or damaged?): {exc}",
+            f"{path} looks like an ONNX file but cannot be parsed (truncated or damaged?): {one_line(exc)}",
             field="path",
         ) from exc
     if not model.graph.node and not model.graph.output:

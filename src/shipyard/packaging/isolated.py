@@ -88,7 +88,8 @@ def _load(kind: str, path: Path) -> None:
 
 
 def _walk_h5(path: Path, kind: str) -> None:
-    """Open the HDF5 file (inside the zip for .keras) and read every dataset."""
+    """Open the HDF5 file (inside the zip for .keras) and read every attribute and dataset: a
+    damaged attribute can send the HDF5 library into an endless loop, which the timeout ends."""
     import io
     import zipfile
 
@@ -99,10 +100,13 @@ def _walk_h5(path: Path, kind: str) -> None:
         with zipfile.ZipFile(path) as zf:
             source = io.BytesIO(zf.read("model.weights.h5"))
     with h5py.File(source, "r") as fh:
-        datasets: list[Any] = []
-        fh.visititems(lambda _, item: datasets.append(item) if isinstance(item, h5py.Dataset) else None)
-        for dataset in datasets:
-            dataset[()]
+        items: list[Any] = [fh]
+        fh.visititems(lambda _, item: items.append(item))
+        for item in items:
+            for name in item.attrs:
+                item.attrs[name]
+            if isinstance(item, h5py.Dataset):
+                item[()]
 
 
 def main(argv: list[str]) -> int:

@@ -13,7 +13,7 @@ import numpy as np
 from shipyard.errors import InvalidInputError, MissingDependencyError, UntrustedArtifactError
 from shipyard.packaging.onnx import package_onnx
 from shipyard.packaging.packaged import Packaged
-from shipyard.runtimes.base import quiet
+from shipyard.runtimes.base import one_line, quiet
 from shipyard.runtimes.onnx import ONNX_FILE, ONNX_OPSET
 
 WEIGHTS_FILE = "weights.safetensors"
@@ -187,7 +187,7 @@ def package_checkpoint(source: Path, dest: Path, sample_input: Any, trust: bool)
     try:
         obj = torch.load(io.BytesIO(source.read_bytes()), map_location="cpu", weights_only=False)
     except Exception as exc:  # unpickling fails in whatever way the pickled code chooses
-        raise InvalidInputError(f"cannot load {source.name} with torch.load: {exc}") from exc
+        raise InvalidInputError(f"cannot load {source.name} with torch.load: {one_line(exc)}") from exc
     if not is_module(obj):
         raise InvalidInputError(
             f"{source.name} holds a {type(obj).__name__}, not an nn.Module (a state_dict has no "

@@ -11,6 +11,7 @@ import numpy as np
 
 from shipyard.errors import InvalidInputError, UntrustedArtifactError
 from shipyard.packaging.packaged import Packaged
+from shipyard.runtimes.base import one_line
 from shipyard.runtimes.sklearn import (
     PICKLE_FILES,
     SKOPS_FILE,
@@ -64,7 +65,7 @@ def _estimator_signature(model: Any, sample_input: Any) -> tuple[Signature, dict
             outputs = [_spec_of(name, getattr(model, m)(sample[:2])) for name, m in plan.items()]
         except Exception as exc:  # the estimator's own error: wrong features, unfitted, …
             raise InvalidInputError(
-                f"the model fails on sample_input: {type(exc).__name__}: {exc}",
+                f"the model fails on sample_input: {type(exc).__name__}: {one_line(exc)}",
                 field="sample_input",
             ) from exc
     elif hasattr(model, "n_features_in_"):
@@ -101,7 +102,7 @@ def package_estimator(model: Any, dest: Path, sample_input: Any, trust: bool) ->
         sio.dump(model, target)
     except Exception as exc:  # skops cannot serialise some objects (lambdas, open files, …)
         raise InvalidInputError(
-            f"skops cannot save this {type(model).__name__}: {exc}", field="model"
+            f"skops cannot save this {type(model).__name__}: {one_line(exc)}", field="model"
         ) from exc
     # The user's own object: trees with splits Shipyard cannot check are recorded as trusted, so
     # serving loads them as pushed.

@@ -16,6 +16,7 @@ from shipyard.packaging.onnx import check_self_contained
 from shipyard.packaging.onnx_memory import check_onnx_memory
 from shipyard.packaging.packaged import Packaged
 from shipyard.packaging.safetensors_header import check_safetensors
+from shipyard.runtimes.base import one_line
 from shipyard.runtimes.onnx import ONNX_FILE, onnx_session
 from shipyard.runtimes.transformers import INPUT_NAME, TASKS, import_transformers
 from shipyard.settings import PushSettings, RuntimeSettings
@@ -34,8 +35,8 @@ def is_hf_folder(path: Path) -> bool:
 def _read_json(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise InvalidInputError(f"{path.name} is not valid JSON: {exc}", field="path") from exc
+    except (OSError, ValueError) as exc:  # ValueError: bad JSON or bytes that are not UTF-8
+        raise InvalidInputError(f"{path.name} is not valid JSON: {one_line(exc)}", field="path") from exc
     return data if isinstance(data, dict) else {}
 
 
@@ -56,7 +57,7 @@ def _modules(folder: Path) -> list[dict[str, Any]]:
     try:
         entries = json.loads(modules.read_text())
     except (OSError, ValueError) as exc:
-        raise InvalidInputError(f"modules.json is not valid JSON: {exc}", field="path") from exc
+        raise InvalidInputError(f"modules.json is not valid JSON: {one_line(exc)}", field="path") from exc
     if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
         raise InvalidInputError("modules.json must be a list of objects", field="path")
     for entry in entries:
@@ -151,7 +152,9 @@ def package_folder(
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(str(dest), local_files_only=True)
     except (OSError, ValueError) as exc:
-        raise InvalidInputError(f"the tokenizer in {source} cannot be loaded: {exc}", field="path") from exc
+        raise InvalidInputError(
+            f"the tokenizer in {source} cannot be loaded: {one_line(exc)}", field="path"
+        ) from exc
     extra: dict[str, Any] = {
         "task": task,
         "max_length": _max_length(dest, config, tokenizer),
@@ -210,7 +213,9 @@ def _check_contents(source: Path, onnx_backend: bool, limits: PushSettings) -> N
         try:
             model = onnx.load_model(str(graph), load_external_data=False)
         except (DecodeError, ValueError, RuntimeError) as exc:
-            raise InvalidInputError(f"{ONNX_FILE} in {source} cannot be parsed: {exc}", field="path") from exc
+            raise InvalidInputError(
+                f"{ONNX_FILE} in {source} cannot be parsed: {one_line(exc)}", field="path"
+            ) from exc
         check_self_contained(model, graph)
         check_onnx_memory(model, limits)
         checks.append(("onnx", graph))

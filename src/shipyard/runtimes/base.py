@@ -35,3 +35,10 @@ def quiet() -> Iterator[None]:
             yield
     finally:
         logging.disable(logging.NOTSET)
+
+
+def one_line(exc: BaseException, limit: int = 300) -> str:
+    """A dependency's exception as one short line: native libraries often report several."""
+    text = " ".join(part.strip() for part in str(exc).splitlines() if part.strip())
+    text = text or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 1] + "…"

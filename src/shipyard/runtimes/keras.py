@@ -4,12 +4,14 @@ always loaded in safe mode: a Lambda layer carrying Python code is refused unles
 from __future__ import annotations
 
 import os
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from shipyard.errors import InvalidInputError, MissingDependencyError, UntrustedArtifactError
+from shipyard.runtimes.base import one_line
 from shipyard.settings import RuntimeSettings
 from shipyard.types import ModelVersion
 
@@ -38,9 +40,10 @@ def load_keras(path: Path, trusted: bool) -> Any:
                 f"{path.name} contains a layer that runs Python code when loaded (e.g. a Lambda); "
                 "push it with --trust if you trust it"
             ) from exc
-        raise InvalidInputError(f"Keras cannot load {path.name}: {exc}", field="path") from exc
-    except (OSError, TypeError, KeyError) as exc:
-        raise InvalidInputError(f"Keras cannot load {path.name}: {exc}", field="path") from exc
+        raise InvalidInputError(f"Keras cannot load {path.name}: {one_line(exc)}", field="path") from exc
+    # BadZipFile: a damaged .keras; RuntimeError: h5py on a damaged HDF5 structure
+    except (OSError, TypeError, KeyError, RuntimeError, zipfile.BadZipFile) as exc:
+        raise InvalidInputError(f"Keras cannot load {path.name}: {one_line(exc)}", field="path") from exc
 
 
 class KerasRuntime:

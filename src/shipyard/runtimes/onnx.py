@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from shipyard.errors import InvalidInputError, ModelError
+from shipyard.runtimes.base import one_line
 from shipyard.settings import RuntimeSettings
 from shipyard.types import ModelVersion, Signature, TensorSpec
 
@@ -61,7 +62,7 @@ def onnx_session(path: Path, settings: RuntimeSettings) -> Any:
     try:
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own untyped Fail/InvalidGraph errors
-        raise InvalidInputError(f"onnxruntime cannot load {path.name}: {exc}") from exc
+        raise InvalidInputError(f"onnxruntime cannot load {path.name}: {one_line(exc)}") from exc
 
 
 def onnx_signature(session: Any) -> Signature:
@@ -86,7 +87,7 @@ class OnnxRuntime:
             results = self._session.run(self._output_names, inputs)
         except Exception as exc:  # the input already fits the signature: a failure here is the model's
             raise ModelError(
-                f"onnxruntime failed to run the model: {exc}",
+                f"onnxruntime failed to run the model: {one_line(exc)}",
                 public="onnxruntime failed to run the model on this input; the server log has the details",
             ) from exc
         out = {}

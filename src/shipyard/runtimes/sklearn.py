@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from shipyard.errors import InvalidInputError, UntrustedArtifactError
+from shipyard.runtimes.base import one_line
 from shipyard.runtimes.sklearn_trees import TREE_TYPES, check_trees
 from shipyard.settings import RuntimeSettings
 from shipyard.types import ModelVersion
@@ -54,7 +55,12 @@ def skops_untrusted(path: Path) -> tuple[list[str], list[str]]:
     """(types Shipyard allows beyond skops' defaults, types nobody vouched for)."""
     import skops.io as sio
 
-    names = sio.get_untrusted_types(file=path)
+    try:
+        names = sio.get_untrusted_types(file=path)
+    except Exception as exc:  # a damaged archive or schema: skops raises what zipfile/json raise
+        raise InvalidInputError(
+            f"cannot read {path.name} with skops (a damaged file?): {one_line(exc)}", field="path"
+        ) from exc
     allowed = [n for n in names if _is_sklearn_class(n)]
     return allowed, [n for n in names if n not in allowed]
 
@@ -89,7 +95,7 @@ def load_skops(path: Path, trusted_types: list[str] | None, trust: bool) -> Any:
     try:
         model = sio.load(path, trusted=allowed + unknown)
     except Exception as exc:  # skops raises plain exceptions for damaged or foreign files
-        raise InvalidInputError(f"cannot load {path.name} with skops: {exc}") from exc
+        raise InvalidInputError(f"cannot load {path.name} with skops: {one_line(exc)}") from exc
     check_trees(model, trust=trust)
     return model
 
@@ -101,7 +107,9 @@ def load_pickle(path: Path) -> Any:
     try:
         return joblib.load(path)
     except Exception as exc:  # unpickling can fail in any way the pickled code chooses
-        raise InvalidInputError(f"cannot unpickle {path.name}: {type(exc).__name__}: {exc}") from exc
+        raise InvalidInputError(
+            f"cannot unpickle {path.name}: {type(exc).__name__}: {one_line(exc)}"
+        ) from exc
 
 
 class _EstimatorRuntime:
@@ -123,7 +131,7 @@ class _EstimatorRuntime:
         try:
             return {name: np.asarray(method(x)) for name, method in self._methods.items()}
         except ValueError as exc:  # scikit-learn's input validation errors
-            raise InvalidInputError(f"the model rejected the input: {exc}") from exc
+            raise InvalidInputError(f"the model rejected the input: {one_line(exc)}") from exc
 
     def close(self) -> None:
         self._model = None

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from shipyard.errors import InvalidInputError, MissingDependencyError, NotReadyError
+from shipyard.runtimes.base import one_line
 from shipyard.settings import RuntimeSettings
 from shipyard.tensors import datatype_of
 from shipyard.types import ModelVersion, Signature, TensorSpec
@@ -44,7 +45,7 @@ def load_interpreter(path: Path, settings: RuntimeSettings, label: str | None = 
     except _LITERT_ERRORS as exc:  # e.g. "The model is not a valid Flatbuffer buffer"
         raise InvalidInputError(
             f"LiteRT cannot load {label or path.name}: a damaged or truncated TFLite file, or one "
-            f"using ops LiteRT does not have ({exc})",
+            f"using ops LiteRT does not have ({one_line(exc)})",
             field="path",
         ) from exc
     return interpreter
@@ -147,7 +148,7 @@ class TfliteRuntime:
             return self._invoke(arrays)
         except _LITERT_ERRORS as exc:
             self._recover()
-            raise InvalidInputError(f"LiteRT rejected the input: {exc}") from exc
+            raise InvalidInputError(f"LiteRT rejected the input: {one_line(exc)}") from exc
 
     def _invoke(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
         interpreter = self._interpreter
