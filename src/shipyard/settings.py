@@ -68,7 +68,7 @@ class PushSettings(BaseModel):
     max_uncompressed_bytes: int = Field(8 << 30, ge=1, description="all entries of a zip archive")
     max_compression_ratio: float = Field(200.0, ge=1, description="uncompressed / compressed, archives")
     max_tensor_bytes: int = Field(4 << 30, ge=1, description="one tensor an ONNX graph declares or builds")
-    check_timeout_s: float = Field(300.0, gt=0, description="the isolated load check of a native format")
+    check_timeout_s: float = Field(60.0, gt=0, description="the isolated load check of a native format")
 
 
 class ServeSettings(BaseModel):

@@ -47,7 +47,7 @@ def _fail_before_rename(registry: Registry, monkeypatch: pytest.MonkeyPatch) -> 
 
 
 def _fail_after_rename(registry: Registry, monkeypatch: pytest.MonkeyPatch) -> Cleanup | None:
-    def add_version(self: MetadataStore, record: dict[str, Any], alias: str | None = None) -> int:
+    def add_version(self: MetadataStore, record: dict[str, Any], *args: Any, **kwargs: Any) -> int:
         raise InjectedFault("database went away")
 
     monkeypatch.setattr(MetadataStore, "add_version", add_version)
@@ -157,6 +157,7 @@ with Registry() as registry:
         path = work / f"big-{i}.onnx"
         onnx.save_model(model, str(path))
         registry.push("big", path)
+        print("pushed", flush=True)
         path.unlink()
         i += 1
 """
@@ -184,10 +185,11 @@ def test_push_killed_with_sigkill_leaves_a_consistent_registry(
         )
         try:
             assert child.stdout is not None and child.stderr is not None
-            readable, _, _ = select.select([child.stdout], [], [], 60)
-            assert readable, "the pusher did not start within 60 s"
-            assert child.stdout.readline().strip() == "ready", child.stderr.read()
-            time.sleep(delay)
+            for expected in ("ready", "pushed"):  # one whole push first, so a version exists
+                readable, _, _ = select.select([child.stdout], [], [], 120)
+                assert readable, f"the pusher did not print {expected!r} within 120 s"
+                assert child.stdout.readline().strip() == expected, child.stderr.read()
+            time.sleep(delay)  # then the kill lands somewhere inside a later push
             assert child.poll() is None, child.stderr.read()
         finally:
             os.kill(child.pid, signal.SIGKILL)
@@ -207,7 +209,7 @@ def test_push_killed_with_sigkill_leaves_a_consistent_registry(
         assert all(path.parent == registry.store.root / ".staging" for path in staged)
 
     versions = registry.list_versions("big")
-    assert versions, "the pusher never completed a push: make the delays longer"
+    assert len(versions) >= 3  # each round completed a push before its kill
     leftovers = len(staging_entries(registry)) + len(unreferenced)
     removed, _ = registry.gc(grace_s=0)
     assert removed == leftovers  # gc removes exactly the leftovers, no artifact of a version

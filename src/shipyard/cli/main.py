@@ -79,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
         # raising it: keep it, or `shipyard serve` would exit 0 after its workers failed.
         result = command.main(args=argv, prog_name="shipyard", standalone_mode=False)
     except ShipyardError as exc:
-        click.echo(f"error: {exc.message}", err=True)
+        # One line whatever a dependency put in the message (a wrapped library error may span several).
+        click.echo(f"error: {' '.join(exc.message.split())}", err=True)
         return exc.exit_code
     except (click.exceptions.Exit, typer.exceptions.Exit) as exc:
         return int(getattr(exc, "exit_code", 0) or 0)

@@ -120,8 +120,10 @@ def serve(
 def _require_safe_bind(settings: Settings) -> None:
     """A non-loopback address needs API keys (or --insecure); refused before anything binds."""
     from shipyard.registry import Registry
-    from shipyard.serve.auth import require_safe_bind
+    from shipyard.serve.auth import is_loopback, require_safe_bind
 
+    if is_loopback(settings.serve.host):
+        return  # no registry needed: a loopback server is safe without keys
     with Registry(settings=settings) as registry:
         require_safe_bind(settings, registry)
 

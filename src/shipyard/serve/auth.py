@@ -76,7 +76,8 @@ def require_model(request: Request, model: str) -> None:
 def _record(event: str, key_id: str | None, **detail: str | None) -> None:
     """A security event (refused key, missing scope, admin or write use): the one place that
     reports them, as a structured log line. Never given the secret, only the key's id."""
-    log.warning("auth %s key=%s %s", event, key_id or "-", " ".join(f"{k}={v}" for k, v in detail.items()))
+    # Values are repr()'d: a path is the client's text, and a newline in it must not forge a log line.
+    log.warning("auth %s key=%s %s", event, key_id or "-", " ".join(f"{k}={v!r}" for k, v in detail.items()))
 
 
 def _forbidden(key_id: str, needed: str) -> ForbiddenError:

@@ -37,7 +37,12 @@ def test_default_bind_and_announcement(server: Server) -> None:
     [
         (["--port", "PORT"], {}, 4, "cannot listen on 127.0.0.1:PORT: the port is in use"),
         (["--port", "PORT", "--workers", "2"], {}, 4, "the port is in use"),
-        (["--host", "10.255.255.1"], {}, 2, "cannot listen on 10.255.255.1:8000: no such address"),
+        (
+            ["--host", "10.255.255.1"],
+            {"SHIPYARD_SERVE__AUTH": "required"},  # past the no-keys refusal, to the bind
+            2,
+            "cannot listen on 10.255.255.1:8000: no such address",
+        ),
         (["--port", "70000"], {}, 2, "serve.port: Input should be less than or equal to 65535"),
         ([], {"AIP_HTTP_PORT": "eighty"}, 2, "port: Input should be a valid integer"),
         (
