@@ -115,7 +115,9 @@ def test_json_size_limit(registry_env: dict[str, str], tmp_path: Path) -> None:
     assert code == 0, stderr
 
 
-def test_load_turns_a_runtime_failure_into_one_line(registry: Registry, tmp_path: Path) -> None:
+def test_load_turns_a_runtime_failure_into_one_line(
+    registry: Registry, registry_env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A version whose artifact verifies but which onnxruntime cannot load: its files were
     replaced and the digest recorded again, as a store written by a broken tool would hold."""
     pushed = registry.push("broken", _onnx_with(lambda onnx, graph: None, tmp_path / "model.onnx"))
@@ -127,8 +129,11 @@ def test_load_turns_a_runtime_failure_into_one_line(registry: Registry, tmp_path
     row.update(digest=info.digest, files=[dict(f) for f in info.files], size=info.size)
     number = registry.metadata.add_version(row)
 
+    for key, value in registry_env.items():  # the test's registry, SQLite or PostgreSQL
+        if key.startswith("SHIPYARD_"):
+            monkeypatch.setenv(key, value)
     with pytest.raises(ShipyardError) as caught:
-        shipyard.load(f"broken:{number}", home=registry.settings.home)
+        shipyard.load(f"broken:{number}")
 
     assert "\n" not in caught.value.message
     assert "broken" in caught.value.message or "model.onnx" in caught.value.message
