@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -121,21 +120,3 @@ def metric_sum(text: str, name: str, **labels: str) -> float:
         for sample in family.samples
         if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
     )
-
-
-def assert_error(response: httpx.Response, status: int, *fragments: str) -> str:
-    """An error in Shipyard's shape: that status, exactly application/json, {"error": "..."} naming
-    the problem (each fragment appears in the message); a 5xx never shows a traceback or path."""
-    assert response.status_code == status, (response.status_code, response.text)
-    assert response.headers["content-type"] == "application/json"
-    body = response.json()
-    assert isinstance(body, dict) and isinstance(body.get("error"), str), body
-    message = body["error"]
-    for fragment in fragments:
-        assert fragment in message, (fragment, message)
-    if status >= 500:
-        assert "Traceback" not in response.text
-        assert "/" not in message, message
-    if status == 503:
-        assert "retry-after" in response.headers
-    return message

@@ -7,8 +7,9 @@ from typing import Any
 
 import httpx
 import pytest
-from serve_support import ADMIN_TOKEN, ServeModels, assert_error
+from serve_support import ADMIN_TOKEN, ServeModels
 
+from http_errors import assert_error
 from servers import Server
 
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}

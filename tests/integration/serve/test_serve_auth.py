@@ -10,9 +10,10 @@ from typing import Any
 import numpy as np
 import pytest
 import tritonclient.http as triton
-from serve_support import ServeModels, assert_error, push_file
+from serve_support import ServeModels, push_file
 from tritonclient.utils import InferenceServerException
 
+from http_errors import assert_error
 from servers import Server, run_to_exit
 from shipyard.registry import Registry
 from shipyard.settings import Settings

@@ -14,9 +14,10 @@ import httpx
 import numpy as np
 import pytest
 import tritonclient.http as triton
-from serve_support import ADMIN_TOKEN, ServeModels, assert_error, metric_sum
+from serve_support import ADMIN_TOKEN, ServeModels, metric_sum
 from tritonclient.utils import InferenceServerException
 
+from http_errors import assert_error
 from servers import Server
 
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}

@@ -10,8 +10,9 @@ from typing import Any
 
 import httpx
 import pytest
-from serve_support import assert_error, metric_sum, push_file, slow_onnx_bytes
+from serve_support import metric_sum, push_file, slow_onnx_bytes
 
+from http_errors import assert_error
 from servers import Server
 from shipyard.registry import Registry
 from shipyard.settings import Settings

@@ -12,8 +12,9 @@ from typing import Any
 
 import httpx
 import pytest
-from serve_support import ServeModels, assert_error
+from serve_support import ServeModels
 
+from http_errors import assert_error
 from servers import Server
 
 PATH = "/v1/models/iris-onnx:predict"

@@ -14,9 +14,10 @@ import httpx
 import numpy as np
 import pytest
 import tritonclient.http as triton
-from serve_support import ServeModels, assert_error
+from serve_support import ServeModels
 from tritonclient.utils import InferenceServerException
 
+from http_errors import assert_error
 from servers import Server
 
 X4 = np.array([[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3], [5.9, 3.0, 4.2, 1.5]])

@@ -11,9 +11,10 @@ import anyio
 import httpx
 import pytest
 import sqlalchemy as sa
-from app_support import ROW, V2_ROW, Home, assert_error, serve
+from app_support import ROW, V2_ROW, Home, serve
 from fake_runtime import Controls
 
+from http_errors import assert_error
 from shipyard.registry.tables import api_keys
 from shipyard.serve.auth import caller_id, required_scope
 

@@ -7,8 +7,10 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from app_support import ROW, Home, assert_error, serve, until
+from app_support import ROW, Home, serve, until
 from fake_runtime import WAIT_S, Controls
+
+from http_errors import assert_error
 
 pytestmark = pytest.mark.anyio
 

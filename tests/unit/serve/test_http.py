@@ -12,9 +12,11 @@ from pathlib import Path
 import httpx
 import orjson
 import pytest
-from app_support import ROW, V2_ROW, Home, assert_error, serve
+from app_support import ROW, V2_ROW, Home, serve
 from fake_runtime import Controls
 from prometheus_client.parser import text_string_to_metric_families
+
+from http_errors import assert_error
 
 pytestmark = pytest.mark.anyio
 

@@ -8,9 +8,10 @@ import asyncio
 from pathlib import Path
 
 import pytest
-from app_support import ROW, V2_ROW, Home, assert_error, serve
+from app_support import ROW, V2_ROW, Home, serve
 from fake_runtime import WAIT_S, Controls
 
+from http_errors import assert_error
 from shipyard.errors import OverloadedError, RateLimitedError
 from shipyard.serve.limits import Limits, ModelPolicy, Table, create_table
 from shipyard.settings import ServeSettings

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from app_support import V2_ROW, Home, Served, assert_error, serve, until
+from app_support import V2_ROW, Home, Served, serve, until
 from fake_runtime import WAIT_S, Controls
 
+from http_errors import assert_error
 from shipyard.errors import ShipyardError
 from shipyard.types import ModelRef
 
