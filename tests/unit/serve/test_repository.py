@@ -80,6 +80,24 @@ async def test_a_new_version_that_fails_to_load_leaves_the_old_one_serving(
         assert model.error == ""
 
 
+async def test_readyz_names_an_alias_target_that_fails_its_integrity_check(
+    fake: Controls, home: Home, tamper: Callable[[Path], None]
+) -> None:
+    """The old version keeps answering, so the server stays ready (a probe failing on every
+    replica would take the whole service down), and /readyz says which target failed and why."""
+    home.push("m", alias="prod")
+    damaged = home.push("m")
+    tamper(home.registry.artifact_path(damaged) / "model.onnx")
+    async with serve(home, ["m@prod"], poll_interval_s=NEVER_S) as served:
+        await move_alias(home, served, 2)
+        readyz = await served.client.get("/readyz")
+        assert readyz.status_code == 200
+        entry = readyz.json()["models"]["m"]
+        assert entry["state"] == "ready" and entry["version"] == 1
+        assert "version 2" in entry["reason"] and "integrity" in entry["reason"]
+        assert (await served.client.post("/v2/models/m/infer", json=V2_ROW)).json()["model_version"] == "1"
+
+
 async def test_a_new_version_that_fails_its_integrity_check_is_never_loaded(
     fake: Controls, home: Home, tamper: Callable[[Path], None]
 ) -> None:
