@@ -119,8 +119,10 @@ def test_a_killed_worker_is_replaced_while_the_other_keeps_answering(
             assert replacement not in before and replacement in now, (before, now, server.stderr())
             answered = traffic.ok
             wait_for(lambda: traffic.ok >= answered + 20, "answers after the replacement", server)
-        # Only a request in flight on the killed worker can fail: at most one per client.
-        assert traffic.failed <= CLIENTS, (traffic.failed, traffic.ok, server.stderr())
+        # Only requests that reached the killed worker can fail: the one in flight, and a reconnect
+        # the kernel hashed to its listening socket before that socket closed (seen in CI: 6 of 4
+        # clients). At most two per client; every other request is answered.
+        assert traffic.failed <= 2 * CLIENTS, (traffic.failed, traffic.ok, server.stderr())
         assert traffic.statuses == [], (traffic.statuses, server.stderr())
 
         # The dead worker's gauges are gone: two live workers, one model each.
