@@ -80,6 +80,9 @@ class ServeSettings(BaseModel):
     max_batch_size: int = Field(32, ge=1)
     max_batch_delay_ms: float = Field(2.0, ge=0)
     max_queue: int = Field(1024, ge=1)
+    max_queue_wait_s: float = Field(
+        0.5, ge=0, description="how long a request waits for a place in a full queue before 503 (0: none)"
+    )
     max_body_bytes: int = Field(64 * 1024 * 1024, ge=1)
     auth: Literal["auto", "required"] = Field(
         "auto", description="auto: keys are required once any key exists in the registry"

@@ -34,6 +34,10 @@ def serve(
     max_queue: Annotated[
         int | None, typer.Option(help="Queued requests per model before 503.", min=1)
     ] = None,
+    max_queue_wait_s: Annotated[
+        float | None,
+        typer.Option(help="How long a request waits for a place in a full queue before 503.", min=0),
+    ] = None,
     wait: Annotated[
         bool,
         typer.Option(
@@ -77,6 +81,7 @@ def serve(
         "max_batch_size": max_batch_size,
         "max_batch_delay_ms": max_batch_delay_ms,
         "max_queue": max_queue,
+        "max_queue_wait_s": max_queue_wait_s,
         "wait_for_refs": True if wait else None,  # absent: the environment or file may say so
         "insecure": True if insecure else None,
         "tls_cert": _text(tls_cert),

@@ -10,6 +10,7 @@ reaches every server within the TTL.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import hmac
 import ipaddress
@@ -35,14 +36,20 @@ ADMIN_TOKEN_CALLER = "admin-token"  # the caller id of the deprecated SHIPYARD_S
 _CALLER = "shipyard.caller"  # scope key: the authenticated key's record
 _BODY_MODEL = "infer:?"  # the model is named in the body: checked by `require_model`
 _CACHE_LIMIT = 10_000  # entries; random keys sent by an attacker cannot grow it past this
-_AUDIT_EVERY_S = 10.0  # one audit entry per event and key at most this often; every one is logged
+_AUDIT_EVERY_S = 10.0  # one audit entry per event and key at most this often
+# A flood of random keys names a new key id each time, so per-key spacing alone would not bound
+# it: these cap what all security events together may cost per second (lines, database writes).
+_LOG_LINES_PER_S = 20
+_AUDIT_ENTRIES_PER_S = 5
 _INFER_PATH = re.compile(
     r"^/v2/models/(?P<v2>[^/]+)(?:/versions/[^/]+)?/infer$|^/v1/models/(?P<v1>[^/:]+)(?:/versions/[^/:]+)?:predict$"
 )
 _BODY_MODEL_PATHS = frozenset({"/v1/embeddings", "/v1/completions", "/v1/chat/completions", "/invocations"})
 _PROBES = frozenset({"/healthz", "/readyz", "/ping"})
+_NEVER = float("inf")
 
 
+@functools.lru_cache(maxsize=4096)  # a path's scope never changes; a hit costs ~0.1 µs, the regex ~1
 def required_scope(method: str, path: str, probes: frozenset[str] = _PROBES) -> str | None:
     """The scope a request needs: None for probes, `admin` for management, `infer:<model>` for
     inference, `read` for everything else (metadata, docs, metrics, /openapi.json)."""
@@ -67,17 +74,34 @@ def caller_id(request: Request) -> str | None:
 
 def require_model(request: Request, model: str) -> None:
     """403 unless the caller may infer on `model` (for routes whose body names the model)."""
-    key = request.scope.get(_CALLER)
+    scope = request.scope
+    key = scope.get(_CALLER)
     if isinstance(key, ApiKey) and not key.allows(f"infer:{model}"):
-        _record("forbidden", key.id, scope=f"infer:{model}", path=request.url.path)
+        authenticator: Authenticator = scope[_AUTHENTICATOR]
+        authenticator.report("forbidden", key.id, scope=f"infer:{model}", path=scope["path"])
         raise _forbidden(key.id, f"infer:{model}")
 
 
-def _record(event: str, key_id: str | None, **detail: str | None) -> None:
-    """A security event (refused key, missing scope, admin or write use): the one place that
-    reports them, as a structured log line. Never given the secret, only the key's id."""
-    # Values are repr()'d: a path is the client's text, and a newline in it must not forge a log line.
-    log.warning("auth %s key=%s %s", event, key_id or "-", " ".join(f"{k}={v!r}" for k, v in detail.items()))
+_AUTHENTICATOR = "shipyard.authenticator"  # scope key: set for routes whose body names the model
+
+
+class _Budget:
+    """At most `per_s` events per second; counts the ones it turns away."""
+
+    __slots__ = ("_left", "_per_s", "_second", "suppressed")
+
+    def __init__(self, per_s: int) -> None:
+        self._per_s, self._left, self._second, self.suppressed = per_s, per_s, 0, 0
+
+    def allow(self, now: float) -> bool:
+        second = int(now)
+        if second != self._second:
+            self._second, self._left = second, self._per_s
+        if self._left <= 0:
+            self.suppressed += 1
+            return False
+        self._left -= 1
+        return True
 
 
 def _forbidden(key_id: str, needed: str) -> ForbiddenError:
@@ -102,6 +126,8 @@ class Authenticator:
         # hash of the presented key -> (valid until, key record or refusal message, expiry as epoch)
         self._cache: dict[bytes, tuple[float, ApiKey | str, float]] = {}
         self._audited: dict[tuple[str, str | None], float] = {}  # (event, key id) -> last entry
+        self._log_budget = _Budget(_LOG_LINES_PER_S)
+        self._audit_budget = _Budget(_AUDIT_ENTRIES_PER_S)
         self._pending: set[asyncio.Task[None]] = set()  # referenced, so none is garbage-collected
 
     async def check(self, scope: Scope) -> ShipyardError | None:
@@ -119,7 +145,7 @@ class Authenticator:
             return None
         presented = _presented(scope)
         if presented is None:
-            self._report("refused", None, reason="no key", path=scope["path"])
+            self.report("refused", None, reason="no key", path=scope["path"])
             return UnauthorizedError(
                 "this server needs an API key: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'",
                 field="authorization",
@@ -131,28 +157,49 @@ class Authenticator:
             and hmac.compare_digest(digest, self._admin_token)
         ):
             scope[_CALLER] = ADMIN_TOKEN_CALLER
-            self._report("used", ADMIN_TOKEN_CALLER, scope=ADMIN, path=scope["path"])
+            self.report("used", ADMIN_TOKEN_CALLER, scope=ADMIN, path=scope["path"])
             return None
-        key = await self._lookup(presented, digest)
+        hit = self._cache.get(digest)  # the cache hit stays synchronous: no coroutine per request
+        if hit is None or hit[0] <= time.monotonic():
+            hit = await self._lookup(presented, digest)
+        key = hit[1]
+        if hit[2] != _NEVER and isinstance(key, ApiKey) and time.time() >= hit[2]:  # expired while cached
+            key = f"API key {key.id} expired at {key.expires_at}"
         if isinstance(key, str):
-            self._report("refused", key_id_of(presented), reason=key, path=scope["path"])
+            self.report("refused", key_id_of(presented), reason=key, path=scope["path"])
             return UnauthorizedError(key, field="authorization")
         scope[_CALLER] = key
-        if needed != _BODY_MODEL and not allows(key.scopes, needed):
-            self._report("forbidden", key.id, scope=needed, path=scope["path"])
+        if needed == _BODY_MODEL:
+            scope[_AUTHENTICATOR] = self  # `require_model` reports through it
+        elif not allows(key.scopes, needed):
+            self.report("forbidden", key.id, scope=needed, path=scope["path"])
             return _forbidden(key.id, needed)
         if needed in (ADMIN, WRITE):
-            self._report("used", key.id, scope=needed, path=scope["path"])
+            self.report("used", key.id, scope=needed, path=scope["path"])
         return None
 
-    def _report(self, event: str, key_id: str | None, **detail: str | None) -> None:
-        """Log a security event, and append it to the registry's audit log off the request path.
+    def report(self, event: str, key_id: str | None, **detail: str | None) -> None:
+        """A security event (refused key, missing scope, admin or write use): logged as one
+        structured line and appended to the registry's audit log off the request path. Never
+        given the secret, only the key's id.
 
-        A flood of bad keys must not become a flood of database writes: the log gets at most one
-        entry per event and key per `_AUDIT_EVERY_S`, the log line gets every one."""
-        _record(event, key_id, **detail)
+        A flood of bad keys must not become a flood of log lines or database writes: refusals
+        get at most `_LOG_LINES_PER_S` lines (the next one says how many were left out) and
+        `_AUDIT_ENTRIES_PER_S` audit entries in all; every event gets at most one audit entry
+        per event and key per `_AUDIT_EVERY_S`. The use of a valid key is never crowded out."""
         now = time.monotonic()
+        refusal = event != "used"  # what anyone can cause, unlike the use of a valid key
+        if not refusal or self._log_budget.allow(now):
+            if self._log_budget.suppressed:
+                detail = {**detail, "suppressed": str(self._log_budget.suppressed)}
+                self._log_budget.suppressed = 0
+            # repr(): a path is the client's text, and a newline in it must not forge a log line.
+            log.warning(
+                "auth %s key=%s %s", event, key_id or "-", " ".join(f"{k}={v!r}" for k, v in detail.items())
+            )
         if now - self._audited.get((event, key_id), float("-inf")) < _AUDIT_EVERY_S:
+            return
+        if refusal and not self._audit_budget.allow(now):
             return
         if len(self._audited) >= _CACHE_LIMIT:
             self._audited.clear()
@@ -173,26 +220,21 @@ class Authenticator:
         except Exception:  # the audit log failing must not fail the request
             log.exception("cannot append auth.%s to the audit log", event)
 
-    async def _lookup(self, presented: str, digest: bytes) -> ApiKey | str:
-        """The key's record, or why it is refused (a message without the key)."""
-        now = time.monotonic()
-        hit = self._cache.get(digest)
-        if hit is None or hit[0] <= now:
-            result: ApiKey | str
-            try:
-                result = await asyncio.to_thread(self._registry.authenticate, presented)
-            except UnauthorizedError as exc:
-                result = exc.message
-            if len(self._cache) >= _CACHE_LIMIT:
-                self._cache.clear()
-            expires = float("inf")
-            if isinstance(result, ApiKey) and result.expires_at is not None:
-                expires = datetime.fromisoformat(result.expires_at).timestamp()
-            hit = self._cache[digest] = (now + self._ttl, result, expires)
-        key = hit[1]
-        if isinstance(key, ApiKey) and time.time() >= hit[2]:  # it may expire while cached
-            return f"API key {key.id} expired at {key.expires_at}"
-        return key
+    async def _lookup(self, presented: str, digest: bytes) -> tuple[float, ApiKey | str, float]:
+        """Look the key up in the registry and cache the answer: (valid until, the key's record or
+        why it is refused, in a message without the key, the key's expiry as epoch seconds)."""
+        result: ApiKey | str
+        try:
+            result = await asyncio.to_thread(self._registry.authenticate, presented)
+        except UnauthorizedError as exc:
+            result = exc.message
+        if len(self._cache) >= _CACHE_LIMIT:
+            self._cache.clear()
+        expires = _NEVER
+        if isinstance(result, ApiKey) and result.expires_at is not None:
+            expires = datetime.fromisoformat(result.expires_at).timestamp()
+        hit = self._cache[digest] = (time.monotonic() + self._ttl, result, expires)
+        return hit
 
 
 def _presented(scope: Scope) -> str | None:

@@ -61,6 +61,7 @@ class Table:
         else:
             self._fd = os.open(path, os.O_RDWR)
             self._mem = mmap.mmap(self._fd, size)
+        self._local: dict[int, list[float]] = {}  # one process: buckets as lists, no packing
         self._cells = struct.Struct(f"<{self.columns}q")
         self._cells_at = BUCKETS * _BUCKET.size
 
@@ -71,16 +72,25 @@ class Table:
     def take(self, offset: int, rate: float, burst: float) -> float:
         """Take one token from the bucket at `offset`: 0 if there was one, else seconds until there is."""
         now = time.monotonic()
-        if self._fd is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_EX)
+        if self._fd is None:  # the hot path of a single-process server: about 0.3 µs
+            bucket = self._local.get(offset)
+            if bucket is None:
+                bucket = self._local[offset] = [burst, now]
+            tokens = min(burst, bucket[0] + (now - bucket[1]) * rate)
+            bucket[1] = now
+            if tokens >= 1:
+                bucket[0] = tokens - 1
+                return 0.0
+            bucket[0] = tokens
+            return (1 - tokens) / rate
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
         try:
             tokens, stamp = _BUCKET.unpack_from(self._mem, offset)
             tokens = burst if stamp == 0 else min(burst, tokens + (now - stamp) * rate)
             wait = 0.0 if tokens >= 1 else (1 - tokens) / rate
             _BUCKET.pack_into(self._mem, offset, tokens - 1 if wait == 0 else tokens, now)
         finally:
-            if self._fd is not None:
-                fcntl.flock(self._fd, fcntl.LOCK_UN)
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
         return wait
 
     def slot(self, name: str) -> int:
@@ -139,14 +149,18 @@ class Limits:
         self._worker = worker
         self._key_rate = serve.rate_limit_per_key
         self._key_burst = float(serve.rate_burst_per_key or max(1, math.ceil(self._key_rate or 1)))
-        self._slots: dict[str, int] = {}  # served model names only: both stay small
+        self._slots: dict[str, int] = {}  # served model names and key ids: all stay small
         self._buckets: dict[str, int] = {}
+        self._key_buckets: dict[str, int] = {}
         self._table.reset(worker)
 
     def admit(self, model: str, policy: ModelPolicy, caller: str | None) -> Admission | None:
         """Count one request; raises if a limit refuses it. Release the admission when done."""
         if caller is not None and self._key_rate is not None:
-            wait = self._table.take(self._table.bucket(f"key:{caller}"), self._key_rate, self._key_burst)
+            bucket = self._key_buckets.get(caller)
+            if bucket is None:  # callers are authenticated key ids: as few as the keys created
+                bucket = self._key_buckets[caller] = self._table.bucket(f"key:{caller}")
+            wait = self._table.take(bucket, self._key_rate, self._key_burst)
             if wait:
                 raise RateLimitedError(
                     f"this API key is over its rate limit of {self._key_rate:g} requests per second "

@@ -257,6 +257,7 @@ class ModelRepository:
             can_batch=served.runtime.can_batch,
             name=model.name,
             max_queue=self.settings.serve.max_queue,
+            max_queue_wait_s=self.settings.serve.max_queue_wait_s,
             on_batch=lambda rows, secs, waits: _observe_batch(served, labels, rows, secs, waits),
             on_idle=served.sample_gauges,
             **batch_options,

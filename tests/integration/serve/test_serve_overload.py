@@ -1,6 +1,7 @@
-"""A slow model under more requests than it can take: a full queue answers 503 + Retry-After at
-once. That requests whose clients hang up are withdrawn instead of run is counted exactly, with
-a fake runtime, in tests/unit/serve/test_overload.py."""
+"""A slow model under more requests than it can take: a full queue answers 503 + Retry-After
+once a request has waited `--max-queue-wait-s` for a place. That requests whose clients hang up
+are withdrawn instead of run is counted exactly, with a fake runtime, in
+tests/unit/serve/test_overload.py."""
 
 from __future__ import annotations
 
@@ -28,7 +29,9 @@ def slow_server(
     home = tmp_path_factory.mktemp("slow-home")
     with Registry(settings=Settings.load(home=home)) as registry:
         push_file(registry, "slow", slow_onnx_bytes(), tmp_path_factory.mktemp("slow-files"))
-    args = ["--max-batch-size", "1", "--max-queue", "3"]  # one row at a time, three waiting at most
+    # One row at a time, three queued at most, and a request finding the queue full waits 10 ms
+    # for a place: a call takes tens of milliseconds, so most of the 16 below are refused.
+    args = ["--max-batch-size", "1", "--max-queue", "3", "--max-queue-wait-s", "0.01"]
     with serve_launcher(home, ["slow"], args=args) as server:
         yield server
 
@@ -38,7 +41,7 @@ def _sample(client: httpx.Client, name: str) -> float:
     return metric_sum(client.get("/metrics").text, name, model="slow")
 
 
-def test_a_full_queue_answers_503_with_retry_after_at_once(slow_server: Server) -> None:
+def test_a_full_queue_answers_503_with_retry_after(slow_server: Server) -> None:
     with slow_server.client() as client, ThreadPoolExecutor(16) as pool:
         answers = list(pool.map(lambda _: client.post(PATH, json=ROW), range(16)))
         overloaded = _sample(client, "shipyard_server_errors_total")

@@ -270,3 +270,38 @@ async def test_key_changes_refusals_and_admin_use_reach_the_audit_log(
     assert used[0].detail["scope"] == "admin" and used[0].actor != "anonymous"
     assert all(forged not in str(e.detail) and keys["admin"] not in str(e.detail) for e in refused + used)
     home.registry.verify_audit()
+
+
+async def test_a_model_named_in_the_body_refused_for_want_of_scope_is_audited(
+    keys: dict[str, str], home: Home
+) -> None:
+    async with serve(home, ["iris"]) as served:
+        body = {"model": "iris", "input": ["hello"]}
+        response = await served.client.post("/v1/embeddings", json=body, headers=bearer(keys["other-model"]))
+        assert response.status_code == 403
+        forbidden = await audited(home, "auth.forbidden", 1)
+    assert forbidden[0].detail["scope"] == "infer:iris" and forbidden[0].target == "/v1/embeddings"
+
+
+async def test_a_flood_of_random_keys_costs_a_bounded_number_of_log_lines_and_audit_entries(
+    keys: dict[str, str], home: Home, caplog: pytest.LogCaptureFixture
+) -> None:
+    flood = 300
+    async with serve(home, ["iris"]) as served:
+        started = anyio.current_time()
+        with caplog.at_level(logging.WARNING, logger="shipyard.auth"):
+            for i in range(flood):  # every one a different key id: per-key spacing cannot bound them
+                forged = f"sy_{i:016x}_" + "x" * 43
+                response = await served.client.post(
+                    "/v2/models/iris/infer", json=V2_ROW, headers=bearer(forged)
+                )
+                assert response.status_code == 401
+        seconds = int(anyio.current_time() - started) + 2  # the flood may span this many clock seconds
+        await anyio.wait_all_tasks_blocked()
+        pending = list(served.app.auth._pending)
+        for task in pending:
+            await task
+    lines = [r for r in caplog.records if r.getMessage().startswith("auth refused")]
+    assert len(lines) <= 20 * seconds < flood
+    assert any("suppressed=" in r.getMessage() for r in lines) or len(lines) == flood
+    assert 1 <= len(home.registry.audit_log(action="auth.refused")) <= 5 * seconds

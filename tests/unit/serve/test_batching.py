@@ -291,6 +291,92 @@ def test_a_full_queue_answers_overloaded_at_once() -> None:
     run(body)
 
 
+def test_a_request_finding_the_queue_full_waits_for_a_place_in_arrival_order() -> None:
+    fake = FakeRuntime(gated=True)
+
+    async def body() -> None:
+        batcher, first = await busy(
+            fake, rows(1.0), max_batch_size=1, max_delay_s=0.0, max_queue=1, max_queue_wait_s=WAIT_S
+        )
+        queued = asyncio.create_task(batcher.submit(rows(2.0)))
+        await settle()
+        waiting = [asyncio.create_task(batcher.submit(rows(float(i)))) for i in (3, 4, 5)]
+        await settle()
+        assert batcher.depth == 1  # the queue holds its one request; the rest wait outside it
+        fake.gate.set()
+        results = await gather_within(first, queued, *waiting)
+        assert not any(isinstance(r, BaseException) for r in results), results
+        assert [b[0, 0] for b in fake.batches] == [1.0, 2.0, 3.0, 4.0, 5.0]  # first come, first served
+        await batcher.close()
+
+    run(body)
+
+
+def test_a_request_that_waits_past_max_queue_wait_is_refused_and_leaves_no_place_taken() -> None:
+    fake = FakeRuntime(gated=True)
+
+    async def body() -> None:
+        batcher, first = await busy(
+            fake, rows(1.0), max_batch_size=1, max_delay_s=0.0, max_queue=1, max_queue_wait_s=0.01
+        )
+        queued = asyncio.create_task(batcher.submit(rows(2.0)))
+        await settle()
+        with pytest.raises(OverloadedError, match=r"queue is full .* within 0.01 s") as caught:
+            await asyncio.wait_for(batcher.submit(rows(3.0)), WAIT_S)
+        assert caught.value.status_code == 503
+        fake.gate.set()
+        await gather_within(first, queued)
+        later = await gather_within(batcher.submit(rows(4.0)))  # the refused one holds no place
+        np.testing.assert_array_equal(later[0]["y"], rows(4.0)["x"] * 2)
+        await batcher.close()
+
+    run(body)
+
+
+def test_a_waiting_request_whose_client_left_passes_its_place_on() -> None:
+    fake = FakeRuntime(gated=True)
+
+    async def body() -> None:
+        batcher, first = await busy(
+            fake, rows(1.0), max_batch_size=1, max_delay_s=0.0, max_queue=1, max_queue_wait_s=WAIT_S
+        )
+        queued = asyncio.create_task(batcher.submit(rows(2.0)))
+        await settle()
+        gone = asyncio.create_task(batcher.submit(rows(3.0)))
+        stays = asyncio.create_task(batcher.submit(rows(4.0)))
+        await settle()
+        gone.cancel()
+        fake.gate.set()
+        results = await gather_within(first, queued, gone, stays)
+        assert isinstance(results[2], asyncio.CancelledError)
+        np.testing.assert_array_equal(results[3]["y"], rows(4.0)["x"] * 2)
+        assert [b[0, 0] for b in fake.batches] == [1.0, 2.0, 4.0]  # the one that left never ran
+        await batcher.close()
+
+    run(body)
+
+
+def test_close_refuses_the_requests_waiting_for_a_place() -> None:
+    fake = FakeRuntime(gated=True)
+
+    async def body() -> None:
+        batcher, first = await busy(
+            fake, rows(1.0), max_batch_size=1, max_delay_s=0.0, max_queue=1, max_queue_wait_s=WAIT_S
+        )
+        queued = asyncio.create_task(batcher.submit(rows(2.0)))
+        await settle()
+        waiting = asyncio.create_task(batcher.submit(rows(3.0)))
+        await settle()
+        closing = asyncio.create_task(batcher.close(timeout_s=WAIT_S))
+        await settle()
+        fake.gate.set()
+        results = await gather_within(first, queued, waiting, closing)
+        assert isinstance(results[2], OverloadedError), results[2]
+        assert not isinstance(results[1], BaseException)
+
+    run(body)
+
+
 def test_close_lets_queued_work_finish_then_refuses_new_requests() -> None:
     fake = FakeRuntime(gated=True)
 
