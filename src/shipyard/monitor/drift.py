@@ -44,18 +44,36 @@ TESTS = frozenset({"ks", "chisquare", "z"})  # methods whose score is a p-value
 # --- the numerics, each checked against scipy in the unit tests -----------------------------
 
 
-def reference_cdf(cdf_x: np.ndarray, cdf_count: np.ndarray, count: int, at: np.ndarray) -> np.ndarray:
-    """The reference's CDF at `at`, as a right-continuous step through its stored points."""
-    index = np.searchsorted(cdf_x, at, side="right") - 1
-    return np.where(index >= 0, cdf_count[np.maximum(index, 0)], 0) / count
+def reference_cdf(feature: Feature, at: np.ndarray, *, right_of: bool = False) -> np.ndarray:
+    """The reference's CDF at `at` (or just right of it), from the profile's stored points.
+
+    At a stored point, and everywhere when the points are every distinct value, it is exact.
+    Strictly between two quantile points v < w the true CDF lies in [F(v), min(F(v) + 1/R, F(w)))
+    (R: the resolution); the middle of that range is returned, so the error is under 1/(2R).
+    """
+    x, count = feature.cdf_x, feature.cdf_count
+    index = np.searchsorted(x, at, side="right") - 1
+    clipped = np.maximum(index, 0)
+    exact = np.where(index >= 0, count[clipped], 0) / feature.count
+    if feature.cdf_exact:
+        return exact
+    following = count[np.minimum(index + 1, len(x) - 1)] / feature.count
+    middle = (exact + np.minimum(exact + 1 / feature.resolution, following)) / 2
+    between = (index >= 0) & (index < len(x) - 1)
+    if not right_of:
+        between &= x[clipped] != at
+    return np.where(between, middle, exact)
 
 
 def ks_statistic(feature: Feature, current: np.ndarray) -> float:
-    """sup |F_ref - F_cur| over every point where either CDF steps (`current` sorted)."""
-    points = np.concatenate([feature.cdf_x, current])
-    ref = reference_cdf(feature.cdf_x, feature.cdf_count, feature.count, points)
-    cur = np.searchsorted(current, points, side="right") / len(current)
-    return float(np.max(np.abs(ref - cur)))
+    """sup |F_ref - F_cur| (`current` sorted): both CDFs are steps, so the supremum is taken at
+    a current value, at a stored point, or just right of a stored point."""
+    m = len(current)
+    at_current = reference_cdf(feature, current) - np.searchsorted(current, current, side="right") / m
+    cur_at_points = np.searchsorted(current, feature.cdf_x, side="right") / m
+    at_points = reference_cdf(feature, feature.cdf_x) - cur_at_points
+    right_of_points = reference_cdf(feature, feature.cdf_x, right_of=True) - cur_at_points
+    return float(max(np.abs(at_current).max(), np.abs(at_points).max(), np.abs(right_of_points).max()))
 
 
 def ks_pvalue(statistic: float, n: int, m: int) -> float:
@@ -72,7 +90,7 @@ def wasserstein(feature: Feature, current: np.ndarray) -> float:
     points = np.unique(np.concatenate([feature.cdf_x, current]))
     if len(points) < 2:
         return 0.0
-    ref = reference_cdf(feature.cdf_x, feature.cdf_count, feature.count, points[:-1])
+    ref = reference_cdf(feature, points[:-1], right_of=True)
     cur = np.searchsorted(current, points[:-1], side="right") / len(current)
     return float(np.sum(np.abs(ref - cur) * np.diff(points)))
 

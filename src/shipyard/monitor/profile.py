@@ -6,14 +6,15 @@ large or private), so it keeps what the drift methods need:
 - numeric features: the empirical CDF exactly at up to `RESOLUTION` + 1 points (every distinct
   value when there are no more, else the distinct values of the quantile grid), mean, std, range,
   and a histogram on fixed edges with a bucket below and above them;
-- categorical features (text with few distinct values, numbers with at most
-  `CATEGORICAL_UNIQUE` distinct values, as Evidently decides): counts of the `MAX_CATEGORIES`
-  most frequent values, the rest counted as `OTHER`;
-- text: the length and whitespace-token count of each value, as two numeric features;
+- categorical features (text whose values repeat, numbers with at most `CATEGORICAL_UNIQUE`
+  distinct values, as Evidently decides): counts of the `MAX_CATEGORIES` most frequent
+  values, the rest counted as `OTHER`;
+- text (values mostly distinct): the length and whitespace-token count of each value, as two
+  numeric features;
 - inputs too wide to watch column by column (images, embeddings): each row's mean and std.
 
 Between two stored CDF points the true CDF rises by less than 1/RESOLUTION, which bounds the
-error of the Kolmogorov–Smirnov statistic (see `monitor.drift`).
+error of the drift methods that use it (see `monitor.drift`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import Any, Literal
 import numpy as np
 
 from shipyard.errors import InvalidInputError
+from shipyard.tensors import numpy_dtype
 from shipyard.types import Signature
 
 SCHEMA = 1
@@ -59,6 +61,9 @@ class Feature:
     max: float = 0.0
     cdf_x: np.ndarray = field(default_factory=lambda: np.empty(0))
     cdf_count: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
+    # Exact: cdf_x holds every distinct value. Else they are quantiles 1/resolution apart.
+    cdf_exact: bool = True
+    resolution: int = RESOLUTION
     edges: np.ndarray = field(default_factory=lambda: np.empty(0))
     buckets: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))  # len(edges) + 1
     # categorical
@@ -78,7 +83,12 @@ class Feature:
             out["categories"] = dict(self.categories)
         elif self.count:
             out.update(mean=self.mean, std=self.std, min=self.min, max=self.max)
-            out["cdf"] = {"x": self.cdf_x.tolist(), "count": self.cdf_count.tolist()}
+            out["cdf"] = {
+                "x": self.cdf_x.tolist(),
+                "count": self.cdf_count.tolist(),
+                "exact": self.cdf_exact,
+                "resolution": self.resolution,
+            }
             out["histogram"] = {"edges": self.edges.tolist(), "counts": self.buckets.tolist()}
         return out
 
@@ -105,6 +115,8 @@ class Feature:
             max=float(data["max"]),
             cdf_x=np.asarray(data["cdf"]["x"], dtype=np.float64),
             cdf_count=np.asarray(data["cdf"]["count"], dtype=np.int64),
+            cdf_exact=bool(data["cdf"]["exact"]),
+            resolution=int(data["cdf"]["resolution"]),
             edges=np.asarray(data["histogram"]["edges"], dtype=np.float64),
             buckets=np.asarray(data["histogram"]["counts"], dtype=np.int64),
         )
@@ -176,6 +188,14 @@ def build_profile(
     rows = lengths.pop() if lengths else 0
     if not rows:
         raise InvalidInputError("the reference has no rows", field="reference")
+    # Numbers as the model receives them: 0.2 as FP32 is not 0.2 as FP64, and a profile of the
+    # wider values would see every live value of an atom like 0.2 as shifted.
+    inputs = {
+        spec.name: inputs[spec.name].astype(numpy_dtype(spec.datatype))
+        if spec.datatype in ("FP16", "FP32") and inputs[spec.name].dtype.kind == "f"
+        else inputs[spec.name]
+        for spec in signature.inputs
+    }
     planned: list[tuple[str, str, int | None, Derive | None]] = []
     for spec in signature.inputs:
         planned.extend(_plan(spec.name, spec.datatype, inputs[spec.name], (names or {}).get(spec.name)))
@@ -298,12 +318,13 @@ def _tokens(value: Any) -> float:
 
 
 def _text_features(name: str, input_name: str, index: int | None, values: np.ndarray) -> list[Feature]:
-    """Categories when few distinct values repeat (a `color` column), else length and tokens."""
+    """Categories when values repeat (each twice on average: a `city` column), else text,
+    watched through its length and token count."""
     keys = category_keys(values)
     present = [k for k in keys if k is not None]
     distinct = len(set(present))
     tokenized = any(isinstance(v, (list, tuple)) for v in values)
-    if not tokenized and distinct <= MAX_CATEGORIES and distinct * 2 <= len(present):
+    if not tokenized and distinct * 2 <= len(present):
         return [_categorical_feature(name, input_name, index, None, keys)]
     derived: list[Feature] = []
     for derive in ("length", "tokens"):
@@ -371,6 +392,7 @@ def _numeric_feature(
         max=float(ordered[-1]),
         cdf_x=points.astype(np.float64),
         cdf_count=cdf_count.astype(np.int64),
+        cdf_exact=len(points) == len(unique),
         edges=edges,
         buckets=buckets.astype(np.int64),
     )
