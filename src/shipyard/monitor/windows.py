@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import logging
+import math
 import re
 import threading
 import time
@@ -19,6 +20,7 @@ import weakref
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from time import monotonic
 from typing import Any, Protocol
 
 import numpy as np
@@ -28,7 +30,8 @@ from shipyard.monitor import metrics
 from shipyard.monitor.drift import DriftReport, compare
 from shipyard.monitor.profile import Profile, summarise, summary_key
 from shipyard.settings import DriftSettings
-from shipyard.types import ModelVersion
+from shipyard.tensors import numpy_dtype
+from shipyard.types import ModelVersion, Signature
 
 log = logging.getLogger("shipyard.monitor")
 
@@ -42,6 +45,7 @@ class Served(Protocol):
 
     version: ModelVersion
     state: str
+    drift_window: Any  # where the monitor keeps the version's window: an attribute read is cheapest
 
 
 @dataclass(frozen=True)
@@ -98,7 +102,7 @@ class InputWindow:
     thread, so no lock is taken on the request path.
     """
 
-    def __init__(self, profile: Profile, settings: DriftSettings) -> None:
+    def __init__(self, profile: Profile, settings: DriftSettings, signature: Signature | None = None) -> None:
         self.profile = profile
         self.settings = settings
         self.started = time.time()
@@ -110,8 +114,14 @@ class InputWindow:
         self.added = 0  # part of the cache key of computed reports
         self._cache: dict[Window, tuple[tuple[int, int], DriftReport]] = {}
         self._lock = threading.Lock()  # guards the cache: reports are computed in worker threads
+        self._max_rows, self._max_bytes, self._max_age_s = (
+            settings.max_rows,
+            settings.max_bytes,
+            settings.max_age_s,
+        )
+        self._row_bytes = _row_bytes(signature, self._summarised) if signature is not None else None
 
-    def add(self, arrays: dict[str, np.ndarray]) -> None:
+    def add(self, arrays: dict[str, np.ndarray], rows: int) -> None:
         """Keep one request's inputs (the request path: no copy, no computation)."""
         if self._summarised:
             arrays = {
@@ -120,31 +130,33 @@ class InputWindow:
                 )
                 for k, a in arrays.items()
             }
-        rows = 0
-        size = 0
-        for name, array in arrays.items():
-            rows = len(array) if array.ndim else 1
-            size += array.nbytes if name not in self._text_inputs else array.size * _TEXT_ROW_BYTES
-        now = time.monotonic()
+        if self._row_bytes is not None:  # every input has a fixed row size
+            size = rows * self._row_bytes
+        else:
+            size = 0
+            for name, array in arrays.items():
+                size += array.size * _TEXT_ROW_BYTES if name in self._text_inputs else array.nbytes
+        now = monotonic()
         chunks = self._chunks
         chunks.append((now, rows, size, arrays))
         self.rows += rows
         self.bytes += size
         self.added += 1
-        settings = self.settings
-        oldest = now - settings.max_age_s
-        while len(chunks) > 1 and (
-            self.rows > settings.max_rows or self.bytes > settings.max_bytes or chunks[0][0] < oldest
-        ):
-            _, dropped_rows, dropped_size, _ = chunks.popleft()
-            self.rows -= dropped_rows
-            self.bytes -= dropped_size
+        if self.rows > self._max_rows or self.bytes > self._max_bytes or chunks[0][0] < now - self._max_age_s:
+            while len(chunks) > 1 and (
+                self.rows > self._max_rows
+                or self.bytes > self._max_bytes
+                or chunks[0][0] < now - self._max_age_s
+            ):
+                _, dropped_rows, dropped_size, _ = chunks.popleft()
+                self.rows -= dropped_rows
+                self.bytes -= dropped_size
 
     def snapshot(self, window: Window) -> tuple[dict[str, np.ndarray], int, tuple[int, int]]:
         """The rows `window` selects, concatenated per input; their count; a key that changes
         whenever the selection does."""
         chunks = list(self._chunks)  # one atomic copy: the event loop may append meanwhile
-        now = time.monotonic()
+        now = monotonic()
         since = now - min(window.seconds or self.settings.max_age_s, self.settings.max_age_s)
         chunks = [c for c in chunks if c[0] >= since]
         limit = window.rows or self.settings.max_rows
@@ -182,10 +194,23 @@ class InputWindow:
         return report
 
 
+def _row_bytes(signature: Signature, summarised: frozenset[str]) -> int | None:
+    """Bytes a row of the inputs takes, when every input's row has a fixed size."""
+    total = 0
+    for spec in signature.inputs:
+        if spec.name in summarised:
+            total += 16  # a row's mean and std
+        elif spec.datatype == "BYTES" or any(d < 0 for d in spec.shape[1:]):
+            return None
+        else:
+            total += math.prod(spec.shape[1:]) * numpy_dtype(spec.datatype).itemsize
+    return total
+
+
 class _Off:
     """The window of a version without a profile (or with drift off): keeps nothing."""
 
-    def add(self, arrays: dict[str, np.ndarray]) -> None:
+    def add(self, arrays: dict[str, np.ndarray], rows: int) -> None:
         pass
 
 
@@ -206,22 +231,23 @@ class DriftMonitor:
         self._metrics_window = Window.parse(settings.window, settings)
         metrics.DRIFT.add_source(self.series)
 
-    def observe(self, served: Served, arrays: dict[str, np.ndarray]) -> None:
+    def observe(self, served: Served, arrays: dict[str, np.ndarray], rows: int) -> None:
         """After a successful inference: keep its inputs (the one call on the request path)."""
-        window = self._windows.get(served)
+        window = served.drift_window
         if window is None:
             window = self._open(served, served.version.data_profile)
-        window.add(arrays)
+        window.add(arrays, rows)
 
     def _open(self, served: Served, stored: dict[str, Any] | None) -> InputWindow | _Off:
         window: InputWindow | _Off = _OFF
         if self.settings.enabled and stored is not None:
             try:
-                window = InputWindow(Profile.from_dict(stored), self.settings)
+                window = InputWindow(Profile.from_dict(stored), self.settings, served.version.signature)
             except ShipyardError as exc:
                 log.warning("no drift for %s: %s", served.version.ref, exc.message)
             else:
                 _import_scipy_in_background()
+        served.drift_window = window
         self._windows[served] = window
         return window
 
@@ -230,7 +256,7 @@ class DriftMonitor:
         event loop. 404 with how to add one if the version has no profile; a profile added since
         the version loaded (`shipyard profile`) is picked up here, its window starting now."""
         selected = Window.parse(window, self.settings)
-        live = self._windows.get(served)
+        live = served.drift_window
         if not isinstance(live, InputWindow):
             ref = served.version.ref
             if not self.settings.enabled:

@@ -117,7 +117,7 @@ class DataPlane:
         served.requests += 1
         served.rows += rows
         if self.drift is not None:
-            self.drift.observe(served, arrays)
+            self.drift.observe(served, arrays, rows)
         return InferResult(record, outputs)
 
     def _policy(self, served: ServedVersion) -> ModelPolicy:

@@ -49,7 +49,9 @@ def test_ks_is_exact_when_the_profile_holds_every_value(case: str) -> None:
     statistic = drift.ks_statistic(feature, np.sort(current))
     expected = stats.ks_2samp(reference, current, method="asymp")
     assert statistic == pytest.approx(expected.statistic, abs=1e-12)
-    assert drift.ks_pvalue(statistic, len(reference), len(current)) == pytest.approx(expected.pvalue, rel=1e-9)
+    assert drift.ks_pvalue(statistic, len(reference), len(current)) == pytest.approx(
+        expected.pvalue, rel=1e-9
+    )
 
 
 @pytest.mark.parametrize("seed", [2, 3, 4])
@@ -94,6 +96,7 @@ def test_histogram_methods_agree_with_scipy_on_the_profile_buckets() -> None:
     reference = rng.lognormal(0, 1, 8000)
     current = rng.lognormal(0.3, 1.2, 2000)
     feature = feature_of(reference)
+
     # The stored buckets are the raw reference's counts on the stored edges, tails included.
     def buckets(values: np.ndarray) -> np.ndarray:
         inner = np.histogram(values, feature.edges)[0]
@@ -132,7 +135,9 @@ def test_chisquare_calls_an_unseen_category_drift() -> None:
     assert drift.chisquare(np.array([10.0, 5.0, 0.0]), np.array([3.0, 2.0, 1.0])) == (np.inf, 0.0)
 
 
-@pytest.mark.parametrize(("reference", "current"), [([700, 300], [55, 45]), ([90, 10], [80, 20]), ([5, 5], [5, 5])])
+@pytest.mark.parametrize(
+    ("reference", "current"), [([700, 300], [55, 45]), ([90, 10], [80, 20]), ([5, 5], [5, 5])]
+)
 def test_z_test_agrees_with_scipy_contingency(reference: list[int], current: list[int]) -> None:
     z, p_value = drift.z_test(np.array(reference, dtype=np.float64), np.array(current, dtype=np.float64))
     expected = stats.chi2_contingency(np.array([reference, current]), correction=False)

@@ -35,7 +35,9 @@ def test_numeric_categorical_and_missing_values() -> None:
     profile = roundtrip(build_profile({"X": data}, TABULAR, names={"X": ["age", "income", "plan"]}))
     age, income, plan = profile.features
     assert (age.name, age.kind, age.count, age.missing) == ("age", "numeric", 1900, 100)
-    assert age.cdf_x[0] == np.float32(np.nanmin(data[:, 0])) and age.cdf_x[-1] == np.float32(np.nanmax(data[:, 0]))
+    assert age.cdf_x[0] == np.float32(np.nanmin(data[:, 0])) and age.cdf_x[-1] == np.float32(
+        np.nanmax(data[:, 0])
+    )
     assert age.cdf_count[-1] == 1900 and age.buckets.sum() == 1900
     assert income.kind == "numeric" and income.std == pytest.approx(np.std(data[:, 1]), rel=1e-6)
     assert plan.kind == "categorical"  # three distinct numbers: categories, as Evidently decides
@@ -55,7 +57,12 @@ def test_text_becomes_length_and_token_counts() -> None:
     counts = np.random.default_rng(2).integers(1, 40, 300)
     texts = np.array([f"{i} " + " ".join(["word"] * int(k)) for i, k in enumerate(counts)], dtype=object)
     length, tokens = roundtrip(build_profile({"text": texts}, signature)).features
-    assert (length.name, length.derive, tokens.name, tokens.derive) == ("text.length", "length", "text.tokens", "tokens")
+    assert (length.name, length.derive, tokens.name, tokens.derive) == (
+        "text.length",
+        "length",
+        "text.tokens",
+        "tokens",
+    )
     assert tokens.max == max(len(t.split()) for t in texts) and length.max == max(map(len, texts))
 
 
@@ -101,7 +108,10 @@ def test_compare_uses_tests_for_small_windows_and_distances_for_large() -> None:
     small = compare(profile, {"X": tabular(500, seed=5)}, settings)
     assert {(f.kind, f.method) for f in small.features} == {("numeric", "ks"), ("categorical", "chisquare")}
     large = compare(profile, {"X": tabular(3000, seed=6)}, settings)
-    assert {(f.kind, f.method) for f in large.features} == {("numeric", "wasserstein"), ("categorical", "jensenshannon")}
+    assert {(f.kind, f.method) for f in large.features} == {
+        ("numeric", "wasserstein"),
+        ("categorical", "jensenshannon"),
+    }
     assert small.detected is False and large.detected is False
 
 

@@ -25,6 +25,7 @@ class FakeServed:
 
     version: ModelVersion
     state: str = "ready"
+    drift_window: object = None
 
 
 def version(profile: dict | None, name: str = "iris", number: int = 1) -> ModelVersion:
@@ -46,7 +47,7 @@ class Clock:
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
     fake = Clock()
-    monkeypatch.setattr(windows.time, "monotonic", fake)
+    monkeypatch.setattr(windows, "monotonic", fake)
     return fake
 
 
@@ -57,7 +58,7 @@ def window(**settings: object) -> InputWindow:
 def test_rows_are_bounded_and_the_newest_kept() -> None:
     live = window(max_rows=1000)
     for i in range(100):
-        live.add({"X": np.full((50, 2), i, dtype=np.float32)})
+        live.add({"X": np.full((50, 2), i, dtype=np.float32)}, 50)
     assert live.rows == 1000
     arrays, rows, _ = live.snapshot(Window())
     assert rows == 1000 and arrays["X"][0, 0] == 80 and arrays["X"][-1, 0] == 99
@@ -66,23 +67,23 @@ def test_rows_are_bounded_and_the_newest_kept() -> None:
 def test_bytes_are_bounded() -> None:
     live = window(max_bytes=10 * 8 * 20)  # 20 rows of 2 float32 per chunk: 160 bytes each
     for _ in range(30):
-        live.add({"X": np.zeros((20, 2), dtype=np.float32)})
+        live.add({"X": np.zeros((20, 2), dtype=np.float32)}, 20)
     assert live.bytes <= 1600 and live.rows == 200
 
 
 def test_old_rows_leave_the_window(clock: Clock) -> None:
     live = window(max_age_s=60)
-    live.add({"X": np.zeros((10, 2), dtype=np.float32)})
+    live.add({"X": np.zeros((10, 2), dtype=np.float32)}, 10)
     clock.now += 61
     assert live.snapshot(Window())[1] == 0  # too old to report, before any new request
-    live.add({"X": np.ones((5, 2), dtype=np.float32)})
+    live.add({"X": np.ones((5, 2), dtype=np.float32)}, 5)
     assert live.rows == 5  # and dropped on the next request
 
 
 def test_count_and_time_windows_select_the_latest_rows(clock: Clock) -> None:
     live = window()
     for i in range(6):
-        live.add({"X": np.full((10, 2), i, dtype=np.float32)})
+        live.add({"X": np.full((10, 2), i, dtype=np.float32)}, 10)
         clock.now += 60
     arrays, rows, _ = live.snapshot(Window(rows=25))
     assert rows == 25 and arrays["X"][:, 0].tolist() == [3] * 5 + [4] * 10 + [5] * 10
@@ -106,17 +107,17 @@ def test_window_beyond_what_is_kept_names_window(text: str, message: str) -> Non
 
 def test_reports_are_computed_once_per_change() -> None:
     live = window()
-    live.add({"X": reference(1, 100)})
+    live.add({"X": reference(1, 100)}, 100)
     first = live.report(Window())
     assert live.report(Window()) is first
-    live.add({"X": reference(2, 100)})
+    live.add({"X": reference(2, 100)}, 100)
     assert live.report(Window()) is not first
 
 
 def test_a_version_without_profile_keeps_nothing_and_says_how_to_add_one() -> None:
     monitor = DriftMonitor(DriftSettings())
     served = FakeServed(version(None))
-    monitor.observe(served, {"X": reference(1, 10)})
+    monitor.observe(served, {"X": reference(1, 10)}, 10)
     with pytest.raises(NotFoundError, match=r"add one with `shipyard profile iris:1 FILE`"):
         asyncio.run(monitor.report(served, None))
 
@@ -125,10 +126,10 @@ def test_a_profile_added_while_serving_is_picked_up() -> None:
     stored = build_profile({"X": reference()}, SIGNATURE).to_dict()
     monitor = DriftMonitor(DriftSettings(), fetch_profile=lambda v: stored)
     served = FakeServed(version(None))
-    monitor.observe(served, {"X": reference(1, 10)})  # before the profile: not kept
-    live, report = asyncio.run(monitor.report(served, None))
+    monitor.observe(served, {"X": reference(1, 10)}, 10)  # before the profile: not kept
+    _, report = asyncio.run(monitor.report(served, None))
     assert report.rows == 0
-    monitor.observe(served, {"X": reference(2, 40)})
+    monitor.observe(served, {"X": reference(2, 40)}, 40)
     assert asyncio.run(monitor.report(served, None))[1].rows == 40
 
 
@@ -136,9 +137,9 @@ def test_metrics_show_drift_of_versions_with_a_verdict() -> None:
     stored = build_profile({"X": reference()}, SIGNATURE, names={"X": ["width", "height"]}).to_dict()
     monitor = DriftMonitor(DriftSettings(min_rows=30))
     drifted, quiet, unloaded = (FakeServed(version(stored, name)) for name in ("drifted", "quiet", "gone"))
-    monitor.observe(drifted, {"X": reference(3, 200) + 2})
-    monitor.observe(quiet, {"X": reference(4, 10)})  # under min_rows: no series yet
-    monitor.observe(unloaded, {"X": reference(5, 200)})
+    monitor.observe(drifted, {"X": reference(3, 200) + 2}, 200)
+    monitor.observe(quiet, {"X": reference(4, 10)}, 10)  # under min_rows: no series yet
+    monitor.observe(unloaded, {"X": reference(5, 200)}, 200)
     unloaded.state = "unloaded"
     text = metrics.exposition().decode()
     assert 'shipyard_drift_detected{model="drifted",version="1"} 1.0' in text

@@ -18,7 +18,9 @@ from shipyard.settings import Settings
 
 
 @pytest.fixture(scope="module")
-def home(tmp_path_factory: pytest.TempPathFactory, onnx_path: Path, iris: tuple[np.ndarray, np.ndarray]) -> Path:
+def home(
+    tmp_path_factory: pytest.TempPathFactory, onnx_path: Path, iris: tuple[np.ndarray, np.ndarray]
+) -> Path:
     """iris:1 with a reference profile of the iris data; iris:2 without one."""
     home = tmp_path_factory.mktemp("drift-home")
     names = {"X": ["sepal_length", "sepal_width", "petal_length", "petal_width"]}
@@ -34,7 +36,11 @@ def home(tmp_path_factory: pytest.TempPathFactory, onnx_path: Path, iris: tuple[
 
 def infer(rows: np.ndarray) -> dict[str, Any]:
     data = rows.astype(np.float32)
-    return {"inputs": [{"name": "X", "shape": list(data.shape), "datatype": "FP32", "data": data.ravel().tolist()}]}
+    return {
+        "inputs": [
+            {"name": "X", "shape": list(data.shape), "datatype": "FP32", "data": data.ravel().tolist()}
+        ]
+    }
 
 
 def drift_lines(text: str) -> dict[str, float]:
@@ -60,7 +66,9 @@ def test_shifted_inputs_cross_the_threshold_on_the_route_and_in_metrics(
         assert lines['shipyard_drift_detected{model="iris",version="1"}'] == 0.0
 
         for _ in range(4):
-            response = await client.post("/v2/models/iris/versions/1/infer", json=infer(x + [1.5, 0.0, 2.0, 0.0]))
+            response = await client.post(
+                "/v2/models/iris/versions/1/infer", json=infer(x + np.array([1.5, 0.0, 2.0, 0.0]))
+            )
             assert response.status_code == 200, response.text
         shifted = (await client.get("/v2/models/iris/versions/1/drift", params={"window": "600"})).json()
         assert shifted["rows"] == 600 and shifted["detected"] is True
@@ -103,7 +111,9 @@ def test_a_version_without_profile_says_how_to_add_one(home: Path) -> None:
         ("20000", "window '20000' asks for 20000 rows; this server keeps at most 10000 per version"),
     ],
 )
-def test_a_window_larger_than_what_is_kept_is_400_naming_window(home: Path, window: str, message: str) -> None:
+def test_a_window_larger_than_what_is_kept_is_400_naming_window(
+    home: Path, window: str, message: str
+) -> None:
     async def body(client: httpx.AsyncClient) -> None:
         response = await client.get("/v2/models/iris/versions/1/drift", params={"window": window})
         assert response.status_code == 400
