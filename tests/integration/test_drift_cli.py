@@ -106,13 +106,13 @@ def test_reference_columns_that_do_not_fit_fail_the_push_and_store_nothing(
     shipyard, home: Path, tmp_path: Path, onnx_path: Path, iris: tuple[np.ndarray, np.ndarray]
 ) -> None:
     wrong = write_csv(tmp_path / "wrong.csv", iris[0][:, :3], COLUMNS[:3])
-    code, out, err = shipyard("push", "iris", onnx_path, "--reference", wrong)
+    code, _, err = shipyard("push", "iris", onnx_path, "--reference", wrong)
     assert code == 2
     assert one_error_line(err) == (
         "error: wrong.csv has 3 feature columns (sepal_length, sepal_width, petal_length) but the model "
         "takes 4 features in input X: FP32[?, 4]; give exactly those columns, in the model's order"
     )
-    code, out, err = shipyard("push", "iris", onnx_path, "--reference", tmp_path / "missing.csv")
+    code, _, err = shipyard("push", "iris", onnx_path, "--reference", tmp_path / "missing.csv")
     assert code == 2 and "reference file" in one_error_line(err) and "does not exist" in err
     code, _, err = shipyard("list")
     assert "is empty" in err  # nothing was stored
