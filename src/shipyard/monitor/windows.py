@@ -1,7 +1,7 @@
 """Live windows of recent inputs, one per served version with a reference profile.
 
 The request path only appends: `DriftMonitor.observe` puts a reference to the request's arrays
-(already validated, never copied) in a ring, a few hundred nanoseconds. Drift is computed when
+(already validated, never copied) in a ring, about a microsecond. Drift is computed when
 someone asks (`/metrics`, the drift route) on a snapshot of the ring, and cached until the ring
 changes. Memory is bounded three ways: rows (`max_rows`), age (`max_age_s`) and bytes
 (`max_bytes`); wide inputs (images) are kept as each row's mean and std only.
@@ -10,7 +10,6 @@ changes. Memory is bounded three ways: rows (`max_rows`), age (`max_age_s`) and 
 from __future__ import annotations
 
 import asyncio
-import importlib
 import logging
 import math
 import re
@@ -229,6 +228,7 @@ class DriftMonitor:
         self._fetch_profile = fetch_profile
         self._windows: weakref.WeakKeyDictionary[Any, InputWindow | _Off] = weakref.WeakKeyDictionary()
         self._metrics_window = Window.parse(settings.window, settings)
+        self._lock = threading.Lock()
         metrics.DRIFT.add_source(self.series)
 
     def observe(self, served: Served, arrays: dict[str, np.ndarray], rows: int) -> None:
@@ -245,10 +245,9 @@ class DriftMonitor:
                 window = InputWindow(Profile.from_dict(stored), self.settings, served.version.signature)
             except ShipyardError as exc:
                 log.warning("no drift for %s: %s", served.version.ref, exc.message)
-            else:
-                _import_scipy_in_background()
         served.drift_window = window
-        self._windows[served] = window
+        with self._lock:  # `series` iterates the windows in the /metrics thread
+            self._windows[served] = window
         return window
 
     async def report(self, served: Served, window: str | None) -> tuple[InputWindow, DriftReport]:
@@ -286,7 +285,9 @@ class DriftMonitor:
     def series(self) -> Iterator[tuple[str, str, int, bool, list[tuple[str, str, float]]]]:
         """Per version with a verdict: (model, version, rows, detected, [(feature, method, score)])
         for `/metrics`, the first `max_metric_features` features of the profile in its order."""
-        for served, window in list(self._windows.items()):
+        with self._lock:
+            held = list(self._windows.items())
+        for served, window in held:
             if not isinstance(window, InputWindow) or served.state == "unloaded":
                 continue
             report = window.report(self._metrics_window)
@@ -304,18 +305,3 @@ class DriftMonitor:
                 features[: self.settings.max_metric_features],
             )
 
-
-_scipy_import: list[threading.Thread] = []
-
-
-def _import_scipy_in_background() -> None:
-    """Import scipy's distributions off the event loop, once: the first report (often from a
-    /metrics scrape, computed on the loop) would otherwise stall every request for a second."""
-    if not _scipy_import:
-        thread = threading.Thread(target=_import_scipy, name="shipyard-drift-import", daemon=True)
-        _scipy_import.append(thread)
-        thread.start()
-
-
-def _import_scipy() -> None:
-    importlib.import_module("scipy.stats")

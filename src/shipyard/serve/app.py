@@ -74,7 +74,8 @@ def create_app(
         return json_response(body, 200 if readiness.ready else 503)
 
     async def metrics_endpoint(request: Request) -> Response:
-        return Response(metrics.exposition(), media_type="text/plain; version=0.0.4")
+        # In a thread: drift is computed at scrape time, and must not stall the event loop.
+        return Response(await asyncio.to_thread(metrics.exposition), media_type="text/plain; version=0.0.4")
 
     async def openapi(request: Request) -> Response:
         return json_response(build_openapi(dataplane, routes))
