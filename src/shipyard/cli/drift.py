@@ -146,7 +146,7 @@ def _offline(ctx: typer.Context, ref: str, file: Path) -> dict[str, Any]:
 
     cli = state(ctx)
     version = cli.registry().resolve(ref)
-    reference = Profile.from_dict(_stored_profile(version))
+    reference = Profile.from_dict(_stored_profile(version)).check(version.signature, str(version.ref))
     inputs, _ = reference_inputs(read_reference(file), version.signature, file.name)
     report = compare(reference, inputs, cli.settings().drift)
     return {

@@ -136,6 +136,18 @@ class Profile:
         """Inputs watched through per-row summaries: the live window keeps only those."""
         return frozenset(f.input for f in self.features if f.derive in ("mean", "std"))
 
+    def check(self, signature: Signature, ref: str) -> Profile:
+        """This profile, if it describes inputs of `signature` (a profile stored by hand may not)."""
+        names = {spec.name for spec in signature.inputs}
+        unknown = sorted({f.input for f in self.features} - names)
+        if unknown:
+            raise InvalidInputError(
+                f"the reference profile of {ref} describes input(s) {', '.join(unknown)}, which it does "
+                f"not take ({', '.join(sorted(names))}); compute it again with `shipyard profile {ref} FILE`",
+                field="profile",
+            )
+        return self
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "schema": SCHEMA,
@@ -260,7 +272,7 @@ def _raw_column(array: np.ndarray, index: int | None, derive: Derive | None) -> 
     """One feature's per-row values: float64 numbers, or an object array of text/categories."""
     if derive in ("mean", "std"):
         return summarise(array)[:, 0 if derive == "mean" else 1]
-    column = array if index is None else array.reshape(len(array), -1)[:, index]
+    column = array if array.ndim <= 1 else array.reshape(len(array), -1)[:, index or 0]
     if column.dtype.kind in "OUS":
         return column.astype(object)
     return column.astype(np.float64)

@@ -207,7 +207,10 @@ def _row_bytes(signature: Signature, summarised: frozenset[str]) -> int | None:
 
 
 class _Off:
-    """The window of a version without a profile (or with drift off): keeps nothing."""
+    """The window of a version without a usable profile (or with drift off): keeps nothing."""
+
+    def __init__(self, reason: str = "") -> None:
+        self.reason = reason
 
     def add(self, arrays: dict[str, np.ndarray], rows: int) -> None:
         pass
@@ -242,9 +245,11 @@ class DriftMonitor:
         window: InputWindow | _Off = _OFF
         if self.settings.enabled and stored is not None:
             try:
-                window = InputWindow(Profile.from_dict(stored), self.settings, served.version.signature)
+                profile = Profile.from_dict(stored).check(served.version.signature, str(served.version.ref))
+                window = InputWindow(profile, self.settings, served.version.signature)
             except ShipyardError as exc:
                 log.warning("no drift for %s: %s", served.version.ref, exc.message)
+                window = _Off(exc.message)
         served.drift_window = window
         with self._lock:  # `series` iterates the windows in the /metrics thread
             self._windows[served] = window
@@ -274,11 +279,7 @@ class DriftMonitor:
                 )
             opened = self._open(served, stored)
             if not isinstance(opened, InputWindow):
-                raise NotFoundError(
-                    f"{ref} has a reference profile this server cannot read (the log says why); "
-                    f"compute it again with `shipyard profile {ref} FILE`",
-                    field="profile",
-                )
+                raise NotFoundError(f"no drift for {ref}: {opened.reason}", field="profile")
             live = opened
         return live, await asyncio.to_thread(live.report, selected)
 
@@ -290,7 +291,11 @@ class DriftMonitor:
         for served, window in held:
             if not isinstance(window, InputWindow) or served.state == "unloaded":
                 continue
-            report = window.report(self._metrics_window)
+            try:
+                report = window.report(self._metrics_window)
+            except Exception:  # one version's failure must not take every metric down with it
+                log.exception("cannot compute the drift of %s for /metrics", served.version.ref)
+                continue
             if report.detected is None:
                 continue
             order = {f.name: i for i, f in enumerate(window.profile.features)}
@@ -304,4 +309,3 @@ class DriftMonitor:
                 report.detected,
                 features[: self.settings.max_metric_features],
             )
-

@@ -148,3 +148,32 @@ def test_metrics_show_drift_of_versions_with_a_verdict() -> None:
     assert 'model="quiet"' not in text and 'model="gone"' not in text
     del monitor  # a server's monitor that goes stops reporting
     assert 'model="drifted"' not in metrics.exposition().decode()
+
+
+def test_a_profile_of_other_inputs_is_refused_without_breaking_metrics() -> None:
+    other = Signature((TensorSpec("Z", "FP32", (-1, 2)),), ())
+    stored = build_profile({"Z": reference()}, other).to_dict()
+    monitor = DriftMonitor(DriftSettings())
+    served = FakeServed(version(stored))
+    monitor.observe(served, {"X": reference(1, 50)}, 50)
+    with pytest.raises(NotFoundError) as caught:
+        asyncio.run(monitor.report(served, None))
+    assert caught.value.message == (
+        "no drift for iris:1: the reference profile of iris:1 describes input(s) Z, which it does not "
+        "take (X); compute it again with `shipyard profile iris:1 FILE`"
+    )
+    assert "shipyard_drift_" in metrics.exposition().decode()  # the families, still served
+
+
+def test_text_categories_come_from_two_dimensional_live_inputs() -> None:
+    signature = Signature((TensorSpec("color", "BYTES", (-1, 1)),), ())
+    colors = np.array(["red", "green", "blue"] * 100, dtype=object)
+    stored = build_profile({"color": colors}, signature).to_dict()
+    monitor = DriftMonitor(DriftSettings())
+    served = FakeServed(ModelVersion("paint", 1, "onnx", "d", 0, (), signature, data_profile=stored))
+    live = np.array([["red"]] * 40 + [["purple"]] * 10, dtype=object)  # as the server coerces them
+    monitor.observe(served, {"color": live}, 50)
+    (color,) = asyncio.run(monitor.report(served, None))[1].features
+    assert (color.kind, color.method, color.drifted) == ("categorical", "chisquare", True)
+    assert color.histogram["categories"] == ["blue", "green", "red", "(other)"]
+    assert color.histogram["current"] == [0.0, 0.0, 0.8, 0.2]
