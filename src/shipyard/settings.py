@@ -158,6 +158,33 @@ class ServeSettings(BaseModel):
             raise _invalid(exc, f"invalid serving options stored with {ref}") from exc
 
 
+class DriftSettings(BaseModel):
+    """Input drift: the live windows a server keeps per model version (for versions with a
+    reference profile) and how drift is judged, there and offline (`shipyard drift`)."""
+
+    enabled: bool = Field(True, description="keep windows of recent inputs for versions with a profile")
+    max_rows: int = Field(10_000, ge=1, description="rows kept per version: the largest count window")
+    max_age_s: float = Field(3600.0, gt=0, description="age of the oldest row kept: the longest time window")
+    max_bytes: int = Field(64 << 20, ge=1, description="memory for one version's window")
+    window: str | None = Field(
+        None, description="what /metrics reports: rows (`1000`) or a duration (`15m`); unset: all kept"
+    )
+    min_rows: int = Field(30, ge=1, description="rows a window needs before it gets a verdict")
+    small_window_rows: int = Field(
+        1000, ge=1, description="windows up to this many rows get statistical tests, larger ones distances"
+    )
+    numeric_method: Literal["auto", "ks", "wasserstein", "psi", "jensenshannon"] = "auto"
+    categorical_method: Literal["auto", "chisquare", "z", "psi", "jensenshannon"] = "auto"
+    # p-value below which a test says "drifted"; distance at or above which a distance does
+    # (Evidently's defaults).
+    p_value: float = Field(0.05, gt=0, lt=1)
+    distance: float = Field(0.1, gt=0)
+    drift_share: float = Field(
+        0.5, gt=0, le=1, description="share of drifted features at which the whole input has drifted"
+    )
+    max_metric_features: int = Field(50, ge=1, description="features per version exported to /metrics")
+
+
 class _VertexSource(PydanticBaseSettingsSource):
     """Vertex AI's variables, which name the port and routes its traffic uses."""
 
@@ -186,6 +213,7 @@ class Settings(BaseSettings):
     runtime: RuntimeSettings = RuntimeSettings()
     push: PushSettings = PushSettings()
     serve: ServeSettings = ServeSettings()
+    drift: DriftSettings = DriftSettings()
 
     @classmethod
     def settings_customise_sources(

@@ -34,6 +34,12 @@ def push(
     trust: Annotated[
         bool, typer.Option(help="Allow formats that run code when loaded (pickle, joblib).")
     ] = False,
+    reference: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="FILE", help="Sample inputs (CSV, JSON, Parquet, NPY): the reference for drift."
+        ),
+    ] = None,
     task: Annotated[
         str | None,
         typer.Option(
@@ -61,6 +67,7 @@ def push(
         trust=trust,
         task=task,
         truncate=truncate,
+        data_profile=_profile_from(reference),
     )
     if json_:
         from shipyard.cli._render import print_json
@@ -69,6 +76,16 @@ def push(
         return
     suffix = f" ({alias} → {version.version})" if alias else ""
     typer.echo(f"pushed {version.ref} {version.digest} to registry {registry.location}{suffix}")
+
+
+def _profile_from(reference: Path | None) -> Any:
+    """A function of the pushed model's signature that profiles `reference` (None: no profile)."""
+    if reference is None:
+        return None
+    from shipyard.cli.drift import profile_of, read_reference
+
+    read_reference(reference)  # a missing or unreadable file fails before the model is packaged
+    return lambda signature: profile_of(reference, signature)
 
 
 def list_(

@@ -1,17 +1,21 @@
 """Every Prometheus object Shipyard exports, named `shipyard_<area>_<what>_<unit>`.
 
-Labels are limited to model, version, protocol, status and (errors only) the error kind: never
-request ids or user input. With several worker processes, `PROMETHEUS_MULTIPROC_DIR` is set
-before this module is imported and `/metrics` aggregates the workers' files, so figures add up
-across them.
+Labels are limited to model, version, protocol, status, (errors only) the error kind and (drift
+only) the feature and method, capped per version: never request ids or user input. With several
+worker processes, `PROMETHEUS_MULTIPROC_DIR` is set before this module is imported and
+`/metrics` aggregates the workers' files, so figures add up across them.
 """
 
 from __future__ import annotations
 
 import os
+import weakref
+from collections.abc import Callable, Iterable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client import multiprocess as _multiprocess
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 _LATENCY_BUCKETS = (
     0.0005,
@@ -90,11 +94,70 @@ ERRORS = Counter(
 )
 
 
+# Per served version: (model, version, window rows, drift detected, [(feature, method, score)]).
+DriftSeries = tuple[str, str, int, bool, list[tuple[str, str, float]]]
+
+
+class _DriftCollector(Collector):
+    """Drift gauges, computed when /metrics is read (never on the request path) from the live
+    windows of this process: with several workers, the one that answers the scrape reports
+    the traffic it saw. Versions no longer served simply stop appearing."""
+
+    def __init__(self) -> None:
+        # Weak: a server's drift monitor stops reporting when it goes, with no unregistering.
+        self._sources: list[weakref.WeakMethod[Callable[[], Iterable[DriftSeries]]]] = []
+
+    def add_source(self, source: Callable[[], Iterable[DriftSeries]]) -> None:
+        """Report what the bound method `source` yields at every scrape, while its object lives."""
+        self._sources = [s for s in self._sources if s() is not None]
+        self._sources.append(weakref.WeakMethod(source))
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        return iter(self._families())
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        score, detected, rows = families = self._families()
+        for reference in list(self._sources):
+            source = reference()
+            for model, version, count, drifted, features in source() if source is not None else ():
+                rows.add_metric([model, version], count)
+                detected.add_metric([model, version], 1.0 if drifted else 0.0)
+                for feature, method, value in features:
+                    score.add_metric([model, version, feature, method], value)
+        return iter(families)
+
+    @staticmethod
+    def _families() -> tuple[GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily]:
+        return (
+            GaugeMetricFamily(
+                "shipyard_drift_score",
+                "Input drift per feature: a p-value for tests (ks, chisquare, z; drifted below 0.05 by "
+                "default), a distance otherwise (wasserstein, jensenshannon, psi; drifted from 0.1).",
+                labels=["model", "version", "feature", "method"],
+            ),
+            GaugeMetricFamily(
+                "shipyard_drift_detected",
+                "1 when the share of drifted features reaches drift.drift_share (0.5), else 0.",
+                labels=["model", "version"],
+            ),
+            GaugeMetricFamily(
+                "shipyard_drift_window_rows",
+                "Rows in the window drift is computed on.",
+                labels=["model", "version"],
+            ),
+        )
+
+
+DRIFT = _DriftCollector()
+REGISTRY.register(DRIFT)
+
+
 def exposition() -> bytes:
     """The text exposition of all metrics, summed over worker processes when there are several."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
         _multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        registry.register(DRIFT)
         return generate_latest(registry)
     return generate_latest()
 

@@ -183,6 +183,26 @@ class MetadataStore:
                 self._change_alias(conn, name, alias, number, "set", previous=previous, actor=actor)
         return int(number)
 
+    def set_data_profile(
+        self,
+        name: str,
+        version: int,
+        profile: dict[str, Any],
+        *,
+        actor: str | None = None,
+        audit_detail: dict[str, Any] | None = None,
+    ) -> None:
+        """Replace one version's reference profile and audit it, atomically."""
+        with self._write() as conn:
+            updated = conn.execute(
+                versions.update()
+                .where(versions.c.name == name, versions.c.version == version)
+                .values(data_profile=profile)
+            ).rowcount
+            if not updated:
+                raise NotFoundError(f"model {name!r} has no version {version}", field="ref")
+            self._audit(conn, "profile", f"{name}:{version}", actor, audit_detail)
+
     def get(self, name: str, version: int) -> ModelVersion | None:
         with self._read() as conn:
             row = conn.execute(

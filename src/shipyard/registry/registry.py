@@ -7,6 +7,7 @@ import math
 import os
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,7 +28,7 @@ from shipyard.registry.store import LocalArtifactStore
 from shipyard.runtimes import load_runtime
 from shipyard.runtimes.model import Model
 from shipyard.settings import Settings
-from shipyard.types import MAX_VERSION, ModelRef, ModelVersion, validate_alias, validate_name
+from shipyard.types import MAX_VERSION, ModelRef, ModelVersion, Signature, validate_alias, validate_name
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -192,7 +193,7 @@ class Registry:
         parent: str | ModelRef | None = None,
         recipe: dict[str, Any] | None = None,
         serving: dict[str, Any] | None = None,
-        data_profile: dict[str, Any] | None = None,
+        data_profile: dict[str, Any] | Callable[[Signature], dict[str, Any]] | None = None,
         cwd: str | Path | None = None,
         task: str | None = None,
         tokenizer: Any = None,
@@ -203,7 +204,9 @@ class Registry:
         """Store `model` (an estimator or a file path) as the next version of `name`.
 
         `attachments` (relative path → content) are stored inside the immutable artifact beside
-        the model, e.g. the optimization report that justified this version. The push and its
+        the model, e.g. the optimization report that justified this version. `data_profile` (the
+        reference for drift) may be a function of the model's signature, called before anything
+        is stored, so a reference that does not fit the model fails the push. The push and its
         trust decision go to the audit log (`actor`: who pushed; default the OS user); so does a
         push refused because the artifact would run code."""
         validate_name(name)
@@ -236,6 +239,8 @@ class Registry:
                     detail={"trusted": False, "trust_flag": trust, "reason": exc.message},
                 )
                 raise
+            if callable(data_profile):
+                data_profile = data_profile(packaged.signature)
             for relative, content in (attachments or {}).items():
                 target = staging / relative
                 if target.exists() or Path(relative).is_absolute() or ".." in Path(relative).parts:
@@ -281,6 +286,22 @@ class Registry:
         }
         number = self.metadata.add_version(record, alias=alias, actor=actor, audit_detail=trust_detail)
         return self.resolve(ModelRef(name, version=number))
+
+    def set_data_profile(
+        self, ref: str | ModelRef, profile: dict[str, Any], *, actor: str | None = None
+    ) -> ModelVersion:
+        """Store (or replace) a version's reference profile for drift, and audit it. The profile
+        is metadata about the version's data: the artifact stays as it was."""
+        version = self.resolve(ref)
+        detail = {
+            "rows": profile.get("rows"),
+            "features": len(profile.get("features", [])),
+            "source": profile.get("source"),
+        }
+        self.metadata.set_data_profile(
+            version.name, version.version, profile, actor=actor, audit_detail=detail
+        )
+        return self.resolve(version.ref)
 
     def set_alias(self, name: str, alias: str, version: int, *, actor: str | None = None) -> int | None:
         """Point NAME@ALIAS at a version; returns the previous target (kept in history)."""

@@ -17,12 +17,14 @@ from starlette.types import Receive, Scope, Send
 
 from shipyard.errors import MethodNotAllowedError, NotFoundError
 from shipyard.monitor import metrics
+from shipyard.monitor.windows import DriftMonitor
 from shipyard.registry import Registry
 from shipyard.serve.admin import AdminSplit
 from shipyard.serve.auth import Authenticator
 from shipyard.serve.dataplane import DataPlane
 from shipyard.serve.limits import Limits, Table
 from shipyard.serve.protocols._http import error_response, internal_error, json_response
+from shipyard.serve.protocols.drift import drift_routes
 from shipyard.serve.protocols.management import ManagementProtocol
 from shipyard.serve.protocols.openai import OpenAIProtocol
 from shipyard.serve.protocols.openapi import build_openapi, docs_page
@@ -52,7 +54,8 @@ def create_app(
     repository = ModelRepository(registry, settings)
     serve = settings.serve
     table = Table(limits_file, serve.workers) if limits_file else None
-    dataplane = DataPlane(repository, serve, Limits(serve, table, worker))
+    drift = DriftMonitor(settings.drift, fetch_profile=lambda v: registry.resolve(v.ref).data_profile)
+    dataplane = DataPlane(repository, serve, Limits(serve, table, worker), drift)
     probes = frozenset(p for p in ("/healthz", "/readyz", "/ping", vertex_routes[0]) if p)
     auth = Authenticator(registry, serve, probes)
     if serve.insecure:
@@ -71,7 +74,8 @@ def create_app(
         return json_response(body, 200 if readiness.ready else 503)
 
     async def metrics_endpoint(request: Request) -> Response:
-        return Response(metrics.exposition(), media_type="text/plain; version=0.0.4")
+        # In a thread: drift is computed at scrape time, and must not stall the event loop.
+        return Response(await asyncio.to_thread(metrics.exposition), media_type="text/plain; version=0.0.4")
 
     async def openapi(request: Request) -> Response:
         return json_response(build_openapi(dataplane, routes))
@@ -95,6 +99,7 @@ def create_app(
         Route("/readyz", readyz, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
         Route("/docs", docs, methods=["GET"]),
+        *drift_routes(dataplane, drift),
     ]
     for protocol in protocols:
         routes.extend(protocol.routes())

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from shipyard.errors import PayloadTooLargeError
+from shipyard.monitor.windows import DriftMonitor
 from shipyard.serve.limits import Limits, ModelPolicy
 from shipyard.serve.repository import IndexEntry, ModelRepository, ModelStatus, Readiness, ServedVersion
 from shipyard.settings import ServeSettings
@@ -59,11 +60,16 @@ class DataPlane:
     """Transport-agnostic inference: protocol adapters translate wire formats to and from this."""
 
     def __init__(
-        self, repository: ModelRepository, settings: ServeSettings | None = None, limits: Limits | None = None
+        self,
+        repository: ModelRepository,
+        settings: ServeSettings | None = None,
+        limits: Limits | None = None,
+        drift: DriftMonitor | None = None,
     ) -> None:
         self._repository = repository
         self._settings = settings or repository.settings.serve
         self._limits = limits or Limits(self._settings)
+        self.drift = drift
         self._policies: weakref.WeakKeyDictionary[ServedVersion, ModelPolicy] = weakref.WeakKeyDictionary()
 
     def model(self, name: str, version: int | None = None) -> ServedVersion:
@@ -110,6 +116,8 @@ class DataPlane:
                 admission.release()
         served.requests += 1
         served.rows += rows
+        if self.drift is not None:
+            self.drift.observe(served, arrays, rows)
         return InferResult(record, outputs)
 
     def _policy(self, served: ServedVersion) -> ModelPolicy:

@@ -34,6 +34,7 @@ class ServedVersion:
     batcher: Batcher | None = None
     in_flight: int = 0
     sample_gauges: Callable[[], None] | None = None  # also called when in_flight drops to 0
+    drift_window: Any = None  # its live inputs, for drift: set by monitor.windows on first use
     requests: int = 0
     rows: int = 0
     batches: int = 0

@@ -1,0 +1,242 @@
+"""`shipyard profile` (a version's reference for drift) and `shipyard drift` (how far the inputs
+a server sees, or a local file, are from it)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from shipyard.cli._context import JsonFlag, state
+from shipyard.errors import InvalidInputError, NotFoundError, NotReadyError, ShipyardError
+from shipyard.types import ModelRef
+
+if TYPE_CHECKING:
+    from shipyard.types import ModelVersion, Signature
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+REFERENCE_SUFFIXES = (".csv", ".jsonl", ".ndjson", ".json", ".parquet", ".pq", ".npy")
+
+
+def read_reference(path: Path) -> Any:
+    """A reference file's rows: CSV, JSON (an array of rows or records, or JSON lines), Parquet
+    or NPY. Records as the optimizer reads its eval files; NPY as one array."""
+    path = path.expanduser()
+    if not path.is_file():
+        raise InvalidInputError(f"reference file {path} does not exist", field="reference")
+    suffix = path.suffix.lower()
+    if suffix not in REFERENCE_SUFFIXES:
+        raise InvalidInputError(
+            f"{path.name}: unknown reference file type {suffix or '(none)'}; use "
+            f"{', '.join(REFERENCE_SUFFIXES)}",
+            field="reference",
+        )
+    if suffix == ".npy":
+        import numpy as np
+
+        try:
+            return np.load(path, allow_pickle=False)
+        except ValueError as exc:  # object arrays need pickle, which is refused
+            raise InvalidInputError(
+                f"{path.name} is not a plain numeric .npy array ({exc}); save text references as CSV or JSON",
+                field="reference",
+            ) from exc
+    if suffix == ".json":
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            data = None  # JSON lines, read below
+        if isinstance(data, list | dict):
+            return data
+    from shipyard.optimize.evalset import read_records
+
+    return read_records(path)
+
+
+def profile_of(path: Path, signature: Signature) -> dict[str, Any]:
+    """The reference profile of the file at `path` for a model with `signature`."""
+    from shipyard.monitor.profile import build_profile
+    from shipyard.monitor.reference import reference_inputs
+
+    inputs, names = reference_inputs(read_reference(path), signature, path.name)
+    return build_profile(inputs, signature, names=names, source=path.name).to_dict()
+
+
+def profile(
+    ctx: typer.Context,
+    ref: Annotated[str, typer.Argument(help="NAME, NAME:VERSION or NAME@ALIAS.")],
+    file: Annotated[
+        Path, typer.Argument(help="Reference inputs: CSV, JSON, JSON lines, Parquet or NPY.", metavar="FILE")
+    ],
+    json_: JsonFlag = False,
+) -> None:
+    """Compute the reference profile drift is measured against, from FILE, and store it with REF."""
+    registry = state(ctx).registry()
+    version = registry.resolve(ref)
+    stored = profile_of(file, version.signature)
+    version = registry.set_data_profile(version.ref, stored)
+    if json_:
+        from shipyard.cli._render import print_json
+
+        print_json({"ref": str(version.ref), "profile": stored})
+        return
+    kinds = [f["kind"] for f in stored["features"]]
+    note = f"; {stored['left_out']} more not watched" if stored["left_out"] else ""
+    typer.echo(
+        f"profiled {version.ref} from {file.name}: {stored['rows']} rows, {len(kinds)} features "
+        f"({kinds.count('numeric')} numeric, {kinds.count('categorical')} categorical){note}"
+    )
+
+
+def drift(
+    ctx: typer.Context,
+    ref: Annotated[
+        str, typer.Argument(help="NAME (the server's default version), NAME:VERSION or NAME@ALIAS.")
+    ],
+    file: Annotated[
+        Path | None,
+        typer.Argument(help="Compare this file to the reference instead of asking a server.", metavar="FILE"),
+    ] = None,
+    url: Annotated[str, typer.Option(help="The server's address.")] = DEFAULT_URL,
+    window: Annotated[
+        str | None,
+        typer.Option(
+            metavar="WINDOW", help="Recent rows (500) or time (15m, 1h); default all the server keeps."
+        ),
+    ] = None,
+    png: Annotated[
+        Path | None,
+        typer.Option(metavar="FILE", help="Write reference vs live histograms of the worst features."),
+    ] = None,
+    api_key: Annotated[
+        str | None,
+        typer.Option(envvar="SHIPYARD_API_KEY", help="API key with the read scope.", show_default=False),
+    ] = None,
+    json_: JsonFlag = False,
+) -> None:
+    """Show input drift, worst feature first: from a running server, or of FILE offline."""
+    from shipyard.cli import _drift_render
+
+    if file is not None:
+        if window is not None:
+            raise InvalidInputError(
+                "--window applies to a server's live inputs, not to a FILE", field="window"
+            )
+        body = _offline(ctx, ref, file)
+    else:
+        body = _from_server(ctx, ref, url, window, api_key)
+    if png is not None:
+        _drift_render.write_png(body, png)
+    if json_:
+        from shipyard.cli._render import print_json
+
+        print_json(body)
+        return
+    _drift_render.show(body)
+    if png is not None:
+        typer.echo(f"wrote {png}")
+
+
+def _offline(ctx: typer.Context, ref: str, file: Path) -> dict[str, Any]:
+    from shipyard.monitor.drift import compare
+    from shipyard.monitor.profile import Profile
+    from shipyard.monitor.reference import reference_inputs
+
+    cli = state(ctx)
+    version = cli.registry().resolve(ref)
+    reference = Profile.from_dict(_stored_profile(version)).check(version.signature, str(version.ref))
+    inputs, _ = reference_inputs(read_reference(file), version.signature, file.name)
+    report = compare(reference, inputs, cli.settings().drift)
+    return {
+        "model": version.name,
+        "version": version.version,
+        "window": {"requested": file.name, "rows": report.rows},
+        "reference": {"rows": reference.rows, "source": reference.source},
+        **report.to_dict(),
+    }
+
+
+def _stored_profile(version: ModelVersion) -> dict[str, Any]:
+    if version.data_profile is None:
+        raise NotFoundError(
+            f"{version.ref} has no reference profile; add one with `shipyard profile {version.ref} FILE`",
+            field="profile",
+        )
+    return version.data_profile
+
+
+def _from_server(
+    ctx: typer.Context, ref: str, url: str, window: str | None, api_key: str | None
+) -> dict[str, Any]:
+    import urllib.parse
+
+    parsed = ModelRef.parse(ref)
+    number = parsed.version
+    if parsed.alias is not None:  # the server knows versions, not aliases: ask the registry
+        number = state(ctx).registry().resolve(parsed).version
+    base = url.rstrip("/") if "://" in url else f"http://{url.rstrip('/')}"
+    if not base.startswith(("http://", "https://")):
+        raise InvalidInputError(f"URL {url!r} is not an http(s) address", field="url")
+    path = f"/v2/models/{parsed.name}" + (f"/versions/{number}" if number is not None else "") + "/drift"
+    query = f"?{urllib.parse.urlencode({'window': window})}" if window else ""
+    return _get_json(base, path + query, api_key)
+
+
+def _get_json(base: str, path: str, api_key: str | None) -> dict[str, Any]:
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(
+        base + path, headers={"Authorization": f"Bearer {api_key}"} if api_key else {}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            raw = response.read()
+    except urllib.error.HTTPError as exc:
+        raise _server_error(exc.code, exc.read(), base) from exc
+    except (urllib.error.URLError, OSError) as exc:
+        why = getattr(exc, "reason", exc)
+        raise NotReadyError(
+            f"nothing answers at {base} ({why}); start a server with `shipyard serve REF`, give its "
+            "address with --url, or compare a file offline: `shipyard drift REF FILE`"
+        ) from exc
+    body = _json_or_none(raw)
+    if not isinstance(body, dict):
+        raise ShipyardError(f"{base}{path} did not answer with JSON: is a Shipyard server listening there?")
+    return body
+
+
+def _server_error(status: int, raw: bytes, base: str) -> ShipyardError:
+    """The server's JSON error as the error of the matching kind (so the exit code matches)."""
+    from shipyard import errors
+
+    body = _json_or_none(raw)
+    message = body.get("error") if isinstance(body, dict) else None
+    if not isinstance(message, str):
+        return ShipyardError(f"{base} answered {status}: is a Shipyard server listening there?")
+    field = body.get("field") if isinstance(body, dict) else None
+    kinds: dict[int, type[ShipyardError]] = {
+        400: errors.InvalidInputError,
+        401: errors.UnauthorizedError,
+        403: errors.ForbiddenError,
+        404: errors.NotFoundError,
+        409: errors.ConflictError,
+        503: errors.NotReadyError,
+    }
+    return kinds.get(status, ShipyardError)(
+        f"{base}: {message}", field=field if isinstance(field, str) else None
+    )
+
+
+def _json_or_none(raw: bytes) -> Any:
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return None
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(profile)
+    app.command()(drift)

@@ -1,0 +1,311 @@
+"""Live windows of recent inputs, one per served version with a reference profile.
+
+The request path only appends: `DriftMonitor.observe` puts a reference to the request's arrays
+(already validated, never copied) in a ring, about a microsecond. Drift is computed when
+someone asks (`/metrics`, the drift route) on a snapshot of the ring, and cached until the ring
+changes. Memory is bounded three ways: rows (`max_rows`), age (`max_age_s`) and bytes
+(`max_bytes`); wide inputs (images) are kept as each row's mean and std only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import re
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from time import monotonic
+from typing import Any, Protocol
+
+import numpy as np
+
+from shipyard.errors import InvalidInputError, NotFoundError, ShipyardError
+from shipyard.monitor import metrics
+from shipyard.monitor.drift import DriftReport, compare
+from shipyard.monitor.profile import Profile, summarise, summary_key
+from shipyard.settings import DriftSettings
+from shipyard.tensors import numpy_dtype
+from shipyard.types import ModelVersion, Signature
+
+log = logging.getLogger("shipyard.monitor")
+
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(s|m|h|d)$")
+_SECONDS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_TEXT_ROW_BYTES = 256  # what a row of text is taken to cost (numpy counts only the pointer)
+
+
+class Served(Protocol):
+    """What the monitor needs of a served version (`serve.repository.ServedVersion`)."""
+
+    version: ModelVersion
+    state: str
+    drift_window: Any  # where the monitor keeps the version's window: an attribute read is cheapest
+
+
+@dataclass(frozen=True)
+class Window:
+    """Which recent rows to judge: the last `rows`, or those of the last `seconds`; all if neither."""
+
+    rows: int | None = None
+    seconds: float | None = None
+    text: str = "all"
+
+    @classmethod
+    def parse(cls, text: str | None, settings: DriftSettings) -> Window:
+        """`500` (rows) or `90s`, `15m`, `1h`, `1d`; 400 naming `window` if malformed or larger
+        than what is kept."""
+        if text is None or not text.strip():
+            return cls()
+        value = text.strip().lower()
+        if value.isdigit():
+            rows = int(value)
+            if not 1 <= rows <= settings.max_rows:
+                raise InvalidInputError(
+                    f"window {text!r} asks for {rows} rows; this server keeps at most {settings.max_rows} "
+                    "per version (setting drift.max_rows)",
+                    field="window",
+                )
+            return cls(rows=rows, text=value)
+        match = _DURATION.match(value)
+        if match is None:
+            raise InvalidInputError(
+                f"window must be a row count (500) or a duration (90s, 15m, 1h, 1d), got {text[:40]!r}",
+                field="window",
+            )
+        seconds = float(match.group(1)) * _SECONDS[match.group(2)]
+        if not 0 < seconds <= settings.max_age_s:
+            raise InvalidInputError(
+                f"window {text!r} is longer than the {_duration(settings.max_age_s)} of inputs this "
+                "server keeps (setting drift.max_age_s)",
+                field="window",
+            )
+        return cls(seconds=seconds, text=value)
+
+
+def _duration(seconds: float) -> str:
+    for unit in ("d", "h", "m"):
+        if seconds >= _SECONDS[unit] and seconds % _SECONDS[unit] == 0:
+            return f"{int(seconds // _SECONDS[unit])}{unit}"
+    return f"{seconds:g}s"
+
+
+class InputWindow:
+    """The recent inputs of one served version: a ring of (time, rows, bytes, arrays).
+
+    Only the event loop's thread changes the ring (`add`); reports read a copy of it, from any
+    thread, so no lock is taken on the request path.
+    """
+
+    def __init__(self, profile: Profile, settings: DriftSettings, signature: Signature | None = None) -> None:
+        self.profile = profile
+        self.settings = settings
+        self.started = time.time()
+        self._chunks: deque[tuple[float, int, int, dict[str, np.ndarray]]] = deque()
+        self._summarised = profile.summarised
+        self._text_inputs = frozenset(f.input for f in profile.features if f.derive in ("length", "tokens"))
+        self.rows = 0
+        self.bytes = 0
+        self.added = 0  # part of the cache key of computed reports
+        self._cache: dict[Window, tuple[tuple[int, int], DriftReport]] = {}
+        self._lock = threading.Lock()  # guards the cache: reports are computed in worker threads
+        self._max_rows, self._max_bytes, self._max_age_s = (
+            settings.max_rows,
+            settings.max_bytes,
+            settings.max_age_s,
+        )
+        self._row_bytes = _row_bytes(signature, self._summarised) if signature is not None else None
+
+    def add(self, arrays: dict[str, np.ndarray], rows: int) -> None:
+        """Keep one request's inputs (the request path: no copy, no computation)."""
+        if self._summarised:
+            arrays = {
+                (summary_key(k) if k in self._summarised else k): (
+                    summarise(a) if k in self._summarised else a
+                )
+                for k, a in arrays.items()
+            }
+        if self._row_bytes is not None:  # every input has a fixed row size
+            size = rows * self._row_bytes
+        else:
+            size = 0
+            for name, array in arrays.items():
+                size += array.size * _TEXT_ROW_BYTES if name in self._text_inputs else array.nbytes
+        now = monotonic()
+        chunks = self._chunks
+        chunks.append((now, rows, size, arrays))
+        self.rows += rows
+        self.bytes += size
+        self.added += 1
+        if self.rows > self._max_rows or self.bytes > self._max_bytes or chunks[0][0] < now - self._max_age_s:
+            while len(chunks) > 1 and (
+                self.rows > self._max_rows
+                or self.bytes > self._max_bytes
+                or chunks[0][0] < now - self._max_age_s
+            ):
+                _, dropped_rows, dropped_size, _ = chunks.popleft()
+                self.rows -= dropped_rows
+                self.bytes -= dropped_size
+
+    def snapshot(self, window: Window) -> tuple[dict[str, np.ndarray], int, tuple[int, int]]:
+        """The rows `window` selects, concatenated per input; their count; a key that changes
+        whenever the selection does."""
+        chunks = list(self._chunks)  # one atomic copy: the event loop may append meanwhile
+        now = monotonic()
+        since = now - min(window.seconds or self.settings.max_age_s, self.settings.max_age_s)
+        chunks = [c for c in chunks if c[0] >= since]
+        limit = window.rows or self.settings.max_rows
+        picked: list[dict[str, np.ndarray]] = []
+        total = 0
+        for _, rows, _, arrays in reversed(chunks):
+            if total >= limit:
+                break
+            picked.append(arrays)
+            total += rows
+        key = (self.added, len(picked))
+        if not picked:
+            return {}, 0, key
+        picked.reverse()
+        merged = {name: np.concatenate([p[name] for p in picked]) for name in picked[0]}
+        if total > limit:
+            merged = {name: array[total - limit :] for name, array in merged.items()}
+        return merged, min(total, limit), key
+
+    def report(self, window: Window) -> DriftReport:
+        """Drift of the rows `window` selects (cached until the selection changes)."""
+        arrays, rows, key = self.snapshot(window)
+        with self._lock:
+            cached = self._cache.get(window)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        if rows:
+            report = compare(self.profile, arrays, self.settings)
+        else:
+            report = DriftReport(0, self.profile.rows, (), self.settings.drift_share, self.settings.min_rows)
+        with self._lock:
+            if len(self._cache) > 8:
+                self._cache.clear()  # windows are chosen by callers: keep a few
+            self._cache[window] = (key, report)
+        return report
+
+
+def _row_bytes(signature: Signature, summarised: frozenset[str]) -> int | None:
+    """Bytes a row of the inputs takes, when every input's row has a fixed size."""
+    total = 0
+    for spec in signature.inputs:
+        if spec.name in summarised:
+            total += 16  # a row's mean and std
+        elif spec.datatype == "BYTES" or any(d < 0 for d in spec.shape[1:]):
+            return None
+        else:
+            total += math.prod(spec.shape[1:]) * numpy_dtype(spec.datatype).itemsize
+    return total
+
+
+class _Off:
+    """The window of a version without a usable profile (or with drift off): keeps nothing."""
+
+    def __init__(self, reason: str = "") -> None:
+        self.reason = reason
+
+    def add(self, arrays: dict[str, np.ndarray], rows: int) -> None:
+        pass
+
+
+_OFF = _Off()
+
+
+class DriftMonitor:
+    """Every served version's window; the server's one drift object (built in `serve.app`)."""
+
+    def __init__(
+        self,
+        settings: DriftSettings,
+        fetch_profile: Callable[[ModelVersion], dict[str, Any] | None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self._fetch_profile = fetch_profile
+        self._windows: weakref.WeakKeyDictionary[Any, InputWindow | _Off] = weakref.WeakKeyDictionary()
+        self._metrics_window = Window.parse(settings.window, settings)
+        self._lock = threading.Lock()
+        metrics.DRIFT.add_source(self.series)
+
+    def observe(self, served: Served, arrays: dict[str, np.ndarray], rows: int) -> None:
+        """After a successful inference: keep its inputs (the one call on the request path)."""
+        window = served.drift_window
+        if window is None:
+            window = self._open(served, served.version.data_profile)
+        window.add(arrays, rows)
+
+    def _open(self, served: Served, stored: dict[str, Any] | None) -> InputWindow | _Off:
+        window: InputWindow | _Off = _OFF
+        if self.settings.enabled and stored is not None:
+            try:
+                profile = Profile.from_dict(stored).check(served.version.signature, str(served.version.ref))
+                window = InputWindow(profile, self.settings, served.version.signature)
+            except ShipyardError as exc:
+                log.warning("no drift for %s: %s", served.version.ref, exc.message)
+                window = _Off(exc.message)
+        served.drift_window = window
+        with self._lock:  # `series` iterates the windows in the /metrics thread
+            self._windows[served] = window
+        return window
+
+    async def report(self, served: Served, window: str | None) -> tuple[InputWindow, DriftReport]:
+        """The drift of one served version over `window` (see `Window.parse`), computed off the
+        event loop. 404 with how to add one if the version has no profile; a profile added since
+        the version loaded (`shipyard profile`) is picked up here, its window starting now."""
+        selected = Window.parse(window, self.settings)
+        live = served.drift_window
+        if not isinstance(live, InputWindow):
+            ref = served.version.ref
+            if not self.settings.enabled:
+                raise NotFoundError(
+                    f"drift is off on this server (setting drift.enabled), so {ref} has no window",
+                    field="drift",
+                )
+            stored = served.version.data_profile
+            if stored is None and self._fetch_profile is not None:
+                stored = await asyncio.to_thread(self._fetch_profile, served.version)
+            if stored is None:
+                raise NotFoundError(
+                    f"{ref} has no reference profile; add one with `shipyard profile {ref} FILE` "
+                    "(a sample of its training inputs)",
+                    field="profile",
+                )
+            opened = self._open(served, stored)
+            if not isinstance(opened, InputWindow):
+                raise NotFoundError(f"no drift for {ref}: {opened.reason}", field="profile")
+            live = opened
+        return live, await asyncio.to_thread(live.report, selected)
+
+    def series(self) -> Iterator[tuple[str, str, int, bool, list[tuple[str, str, float]]]]:
+        """Per version with a verdict: (model, version, rows, detected, [(feature, method, score)])
+        for `/metrics`, the first `max_metric_features` features of the profile in its order."""
+        with self._lock:
+            held = list(self._windows.items())
+        for served, window in held:
+            if not isinstance(window, InputWindow) or served.state == "unloaded":
+                continue
+            try:
+                report = window.report(self._metrics_window)
+            except Exception:  # one version's failure must not take every metric down with it
+                log.exception("cannot compute the drift of %s for /metrics", served.version.ref)
+                continue
+            if report.detected is None:
+                continue
+            order = {f.name: i for i, f in enumerate(window.profile.features)}
+            scored = sorted((f for f in report.features if f.score is not None), key=lambda f: order[f.name])
+            features = [(f.name, f.method, float(f.score or 0.0)) for f in scored]
+            version = served.version
+            yield (
+                version.name,
+                str(version.version),
+                report.rows,
+                report.detected,
+                features[: self.settings.max_metric_features],
+            )
