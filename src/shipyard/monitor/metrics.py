@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import os
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client import multiprocess as _multiprocess
+from prometheus_client.exposition import choose_encoder
 
 _LATENCY_BUCKETS = (
     0.0005,
@@ -90,13 +91,19 @@ ERRORS = Counter(
 )
 
 
-def exposition() -> bytes:
-    """The text exposition of all metrics, summed over worker processes when there are several."""
+def exposition(accept: str | None = None) -> tuple[bytes, str]:
+    """All metrics and their media type, summed over worker processes when there are several.
+
+    OpenMetrics, which carries exemplars (the trace id of a traced request's latency), when the
+    scraper's `accept` asks for it, as Prometheus does with exemplar storage on; else the classic
+    text format. prometheus_client keeps no exemplars across worker processes.
+    """
+    encode, media_type = choose_encoder(accept or "")
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
         _multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-        return generate_latest(registry)
-    return generate_latest()
+        return encode(registry), media_type
+    return encode(REGISTRY), media_type
 
 
 def forget_process(pid: int) -> None:

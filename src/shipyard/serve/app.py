@@ -17,6 +17,7 @@ from starlette.types import Receive, Scope, Send
 
 from shipyard.errors import MethodNotAllowedError, NotFoundError
 from shipyard.monitor import metrics
+from shipyard.monitor.tracing import start_tracing
 from shipyard.registry import Registry
 from shipyard.serve.admin import AdminSplit
 from shipyard.serve.auth import Authenticator
@@ -49,7 +50,8 @@ def create_app(
     unless `wait_for_models` (several workers: a worker joins the port only once it can serve).
     `limits_file` is the rate-limit table the workers share, `worker` this worker's number."""
     registry = registry or Registry(settings=settings)
-    repository = ModelRepository(registry, settings)
+    # The tracer is None unless an OTLP endpoint is set; each worker process starts its own.
+    repository = ModelRepository(registry, settings, start_tracing(settings.tracing, worker))
     serve = settings.serve
     table = Table(limits_file, serve.workers) if limits_file else None
     dataplane = DataPlane(repository, serve, Limits(serve, table, worker))
@@ -69,9 +71,6 @@ def create_app(
         if serve.insecure:
             body["insecure"] = True
         return json_response(body, 200 if readiness.ready else 503)
-
-    async def metrics_endpoint(request: Request) -> Response:
-        return Response(metrics.exposition(), media_type="text/plain; version=0.0.4")
 
     async def openapi(request: Request) -> Response:
         return json_response(build_openapi(dataplane, routes))
@@ -120,6 +119,8 @@ def create_app(
             loading.cancel()
             await repository.close()
             registry.close()
+            if repository.tracer is not None:  # the last spans are exported before the process ends
+                await asyncio.to_thread(repository.tracer.shutdown)
 
     async def not_found(request: Request, exc: Exception) -> Response:
         return error_response(NotFoundError(f"no route {request.method} {request.url.path}", field="path"))
@@ -142,6 +143,12 @@ def create_app(
     app.state.repository = repository
     hot = [route for protocol in protocols for route in getattr(protocol, "hot_routes", list)()]
     return ShipyardApp(app, hot, auth, AdminSplit.of(serve, admin_routes))
+
+
+async def metrics_endpoint(request: Request) -> Response:
+    """Prometheus metrics: OpenMetrics (with exemplars) if the scraper accepts it, else text."""
+    body, media_type = metrics.exposition(request.headers.get("accept"))
+    return Response(body, media_type=media_type)
 
 
 class ShipyardApp:
