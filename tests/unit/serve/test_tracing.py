@@ -9,12 +9,14 @@ reaches a collector is tested against `shipyard serve` in tests/integration/serv
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +41,42 @@ CALLER_TRACE = "0af7651916cd43dd8448eb211c80319c"
 CALLER_SPAN = "b7ad6b7169203331"
 
 
+@dataclass(frozen=True)
+class Seen:
+    """An exported span, with the fields an ended span always has."""
+
+    name: str
+    kind: SpanKind
+    trace_id: int
+    span_id: int
+    parent: int | None  # the parent's span id
+    parent_is_remote: bool
+    trace_state: dict[str, str]
+    start: int
+    end: int
+    status: StatusCode
+    attributes: dict[str, Any]
+    links: set[int]  # the linked spans' ids
+
+    @classmethod
+    def of(cls, span: ReadableSpan) -> Seen:
+        assert span.context is not None and span.start_time is not None and span.end_time is not None
+        return cls(
+            span.name,
+            span.kind,
+            span.context.trace_id,
+            span.context.span_id,
+            None if span.parent is None else span.parent.span_id,
+            span.parent is not None and span.parent.is_remote,
+            dict(span.context.trace_state),
+            span.start_time,
+            span.end_time,
+            span.status.status_code,
+            dict(span.attributes or {}),
+            {link.context.span_id for link in span.links},
+        )
+
+
 class Exported:
     """The spans the app exported, and where it was told to send them."""
 
@@ -51,37 +89,23 @@ class Exported:
         return self.exporter
 
     @property
-    def spans(self) -> list[ReadableSpan]:
-        return list(self.exporter.get_finished_spans())
+    def spans(self) -> list[Seen]:
+        return [Seen.of(span) for span in self.exporter.get_finished_spans()]
 
-    def named(self, name: str) -> list[ReadableSpan]:
+    def named(self, name: str) -> list[Seen]:
         return [s for s in self.spans if s.name == name]
 
-    def children(self, parent: ReadableSpan) -> dict[str, ReadableSpan]:
-        found = {s.name: s for s in self.spans if s.parent is not None and s.parent.span_id == span_id(parent)}
-        assert all(s.context.trace_id == trace_id(parent) for s in found.values())
+    def children(self, parent: Seen) -> dict[str, Seen]:
+        found = {s.name: s for s in self.spans if s.parent == parent.span_id}
+        assert all(s.trace_id == parent.trace_id for s in found.values())
         return found
 
 
 @pytest.fixture
 def exported(monkeypatch: pytest.MonkeyPatch) -> Iterator[Exported]:
     spans = Exported()
-    monkeypatch.setattr(_tracer, "OTLPSpanExporter", lambda endpoint: spans.create(endpoint))
+    monkeypatch.setattr(_tracer, "OTLPSpanExporter", spans.create)
     yield spans
-
-
-def span_id(span: ReadableSpan) -> int:
-    assert span.context is not None
-    return span.context.span_id
-
-
-def trace_id(span: ReadableSpan) -> int:
-    assert span.context is not None
-    return span.context.trace_id
-
-
-def linked(span: ReadableSpan) -> set[int]:
-    return {link.context.span_id for link in span.links}
 
 
 @asynccontextmanager
@@ -115,10 +139,10 @@ async def test_a_batch_links_the_requests_it_ran_and_each_request_links_back(
     assert exported.urls == [f"{ENDPOINT}/v1/traces"]
 
     requests = exported.named("v1 predict")
-    batches = sorted(exported.named("batch"), key=lambda s: s.attributes["shipyard.batch.id"])
+    batches = sorted(exported.named("batch"), key=lambda s: int(s.attributes["shipyard.batch.id"]))
     assert len(requests) == 4 and len(batches) == 2
     alone, shared = batches
-    assert dict(shared.attributes) == {
+    assert shared.attributes == {
         "shipyard.model.name": "m",
         "shipyard.model.version": 1,
         "shipyard.batch.id": 2,
@@ -128,18 +152,18 @@ async def test_a_batch_links_the_requests_it_ran_and_each_request_links_back(
     assert alone.attributes["shipyard.batch.size"] == 1
     for batch in batches:  # a batch is shared work: a root span of its own trace
         assert batch.parent is None and batch.kind is SpanKind.INTERNAL
-        assert batch.context is not None and batch.context.trace_id not in {trace_id(r) for r in requests}
+        assert batch.trace_id not in {r.trace_id for r in requests}
         inference = exported.children(batch)
         assert set(inference) == {"inference"}
-        assert batch.start_time <= inference["inference"].start_time <= inference["inference"].end_time
-        assert inference["inference"].end_time <= batch.end_time
-    by_batch = {span_id(b): {span_id(r) for r in requests if linked(r) == {span_id(b)}} for b in batches}
-    assert by_batch == {span_id(alone): linked(alone), span_id(shared): linked(shared)}
-    assert len(linked(shared)) == 3 and len(linked(alone)) == 1
+        assert batch.start <= inference["inference"].start <= inference["inference"].end
+        assert inference["inference"].end <= batch.end
+    by_batch = {b.span_id: {r.span_id for r in requests if r.links == {b.span_id}} for b in batches}
+    assert by_batch == {alone.span_id: alone.links, shared.span_id: shared.links}
+    assert len(shared.links) == 3 and len(alone.links) == 1
 
     for request in requests:
         assert request.kind is SpanKind.SERVER and request.parent is None  # no traceparent sent
-        batch = alone if linked(request) == {span_id(alone)} else shared
+        batch = alone if request.links == {alone.span_id} else shared
         assert request.attributes["shipyard.batch.id"] == batch.attributes["shipyard.batch.id"]
         assert request.attributes["shipyard.batch.size"] == batch.attributes["shipyard.batch.size"]
         assert request.attributes["shipyard.protocol"] == "v1"
@@ -149,16 +173,15 @@ async def test_a_batch_links_the_requests_it_ran_and_each_request_links_back(
         phases = exported.children(request)
         order = [phases[name] for name in ("receive", "decode", "queue", "encode")]
         assert set(phases) == {"receive", "decode", "queue", "encode"}
-        assert order[0].start_time == request.start_time and order[-1].end_time == request.end_time
-        for before, after in zip(order, order[1:], strict=False):
-            assert before.end_time is not None and after.start_time is not None
-            assert before.end_time <= after.start_time  # one after the other, within the request
+        assert order[0].start == request.start and order[-1].end == request.end
+        for before, after in itertools.pairwise(order):
+            assert before.end <= after.start  # one after the other, within the request
         # The queue ends as the batch starts, and the answer is encoded once the batch is over.
-        assert abs(phases["queue"].end_time - batch.start_time) < 5_000_000
-        assert phases["encode"].start_time >= batch.end_time - 5_000_000
-    waited = [exported.children(r)["queue"] for r in requests if linked(r) == linked(shared)]
+        assert abs(phases["queue"].end - batch.start) < 5_000_000
+        assert phases["encode"].start >= batch.end - 5_000_000
+    waited = [exported.children(r)["queue"] for r in requests if r.links == shared.links]
     ran = exported.children(alone)["inference"]
-    assert all(q.end_time >= ran.end_time - 5_000_000 for q in waited)  # they queued behind it
+    assert all(q.end >= ran.end - 5_000_000 for q in waited)  # they queued behind it
 
 
 async def test_a_failed_batch_and_its_requests_are_marked_as_errors(
@@ -170,19 +193,21 @@ async def test_a_failed_batch_and_its_requests_are_marked_as_errors(
         assert (await served.client.post(PATH, json=BODY)).status_code == 500
     (batch,) = exported.named("batch")
     (request,) = exported.named("v1 predict")
-    assert batch.status.status_code is StatusCode.ERROR
+    assert batch.status is StatusCode.ERROR
     assert "inference" not in exported.children(batch)  # the runtime never answered
-    assert request.status.status_code is StatusCode.ERROR
+    assert request.status is StatusCode.ERROR
     assert request.attributes["http.response.status_code"] == 500
 
 
-async def test_a_4xx_is_not_a_server_error_and_has_no_batch(fake: Controls, home: Home, exported: Exported) -> None:
+async def test_a_4xx_is_not_a_server_error_and_has_no_batch(
+    fake: Controls, home: Home, exported: Exported
+) -> None:
     home.push("m")
     async with traced(home, ["m"]) as served:
         answer = await served.client.post(PATH, json={"instances": [[1, 2]]})
         assert answer.status_code == 400
     (request,) = exported.named("v1 predict")
-    assert request.status.status_code is StatusCode.UNSET
+    assert request.status is StatusCode.UNSET
     assert set(exported.children(request)) == {"receive", "decode"}  # it never reached a queue
     assert not exported.named("batch")
 
@@ -195,16 +220,15 @@ async def test_traceparent_is_honoured_and_returned(fake: Controls, home: Home, 
         fresh = await served.client.post(PATH, json=BODY)
         ignored = await served.client.post(PATH, json=BODY, headers={"traceparent": "00-not-a-trace"})
     child, new, unrelated = exported.named("v1 predict")
-    assert child.parent is not None and child.parent.is_remote
-    assert f"{child.parent.span_id:016x}" == CALLER_SPAN
-    assert f"{trace_id(child):032x}" == CALLER_TRACE
-    assert child.context is not None and child.context.trace_state.get("vendor") == "1"
-    assert answer.headers["traceparent"] == f"00-{CALLER_TRACE}-{span_id(child):016x}-01"
+    assert child.parent_is_remote and f"{child.parent:016x}" == CALLER_SPAN
+    assert f"{child.trace_id:032x}" == CALLER_TRACE
+    assert child.trace_state == {"vendor": "1"}
+    assert answer.headers["traceparent"] == f"00-{CALLER_TRACE}-{child.span_id:016x}-01"
     # Without one (or with a malformed one, as W3C says) the request starts a trace of its own.
     for span, response in ((new, fresh), (unrelated, ignored)):
-        assert span.parent is None and f"{trace_id(span):032x}" != CALLER_TRACE
+        assert span.parent is None and f"{span.trace_id:032x}" != CALLER_TRACE
         version, trace, parent, flags = response.headers["traceparent"].split("-")
-        assert (version, trace, parent) == ("00", f"{trace_id(span):032x}", f"{span_id(span):016x}")
+        assert (version, trace, parent) == ("00", f"{span.trace_id:032x}", f"{span.span_id:016x}")
         assert int(flags, 16) & 1  # sampled (a new trace also sets W3C level 2's "random" flag)
 
 
@@ -262,10 +286,12 @@ async def main():
         await app.state.loading
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://shipyard.test") as client:
-            answer = await client.post({PATH!r}, json={BODY!r}, headers={{"traceparent": "00-{CALLER_TRACE}-{CALLER_SPAN}-01"}})
+            sent = {{"traceparent": "00-{CALLER_TRACE}-{CALLER_SPAN}-01"}}
+            answer = await client.post({PATH!r}, json={BODY!r}, headers=sent)
             metrics = await client.get("/metrics", headers={{"Accept": "application/openmetrics-text"}})
     loaded = sorted(m for m in sys.modules if m.split(".")[0] == "opentelemetry")
-    print(json.dumps([answer.status_code, "traceparent" in answer.headers, "trace_id" in metrics.text, loaded]))
+    traced = ["traceparent" in answer.headers, "trace_id" in metrics.text]
+    print(json.dumps([answer.status_code, *traced, loaded]))
 
 asyncio.run(main())
 """
