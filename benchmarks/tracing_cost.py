@@ -2,10 +2,11 @@
 
 The app `create_app` builds serves the iris ONNX model and is called directly as an ASGI app
 (no socket, no HTTP client: what is left is the server's own work per request), by `--clients`
-concurrent callers sending single-row V1 requests. `off` has no OTLP endpoint; `on` exports
-every span over OTLP/HTTP to a receiver process on loopback that answers 200. Targets run in
-alternating rounds so a shared machine's drift cancels out; the figure is the process's CPU
-time per request (the span export thread included), steadier than wall time on a shared host.
+concurrent callers sending single-row V1 requests. `off` has no OTLP endpoint; `on` traces every
+request and exports every span over OTLP/HTTP to a receiver process on loopback that answers 200;
+`sampled` traces 1% (OTEL_TRACES_SAMPLER=parentbased_traceidratio). Targets run in alternating
+rounds so a shared machine's drift cancels out; the figure is the process's CPU time per request,
+the export thread's included (a round ends once its spans are sent), steadier than wall time.
 What it measures, its goal and the last figures: benchmarks/README.md.
 
     .venv/bin/python benchmarks/tracing_cost.py                      # 5 rounds of 4,000 requests
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 import subprocess
 import sys
@@ -26,10 +28,11 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import uvloop
 from harness.servers import free_port, log
 from serve import BODY, MODEL_NAME, build_model, push_model
 
-GOAL_OFF_US = 1.0  # tracing off may cost at most this much CPU per request over no tracing code
+SAMPLED = 0.01  # the `sampled` target traces this share of requests
 RECEIVER = """
 import http.server, sys
 class Ok(http.server.BaseHTTPRequestHandler):
@@ -56,12 +59,17 @@ HEADERS = [(b"content-type", b"application/json"), (b"content-length", str(len(B
 
 
 @asynccontextmanager
-async def serving(home: Path, endpoint: str | None) -> AsyncIterator[Any]:
+async def serving(home: Path, endpoint: str | None, ratio: float | None = None) -> AsyncIterator[Any]:
+    """The app, tracing to `endpoint` if given, a `ratio` of the traces if given."""
     from shipyard.serve.app import create_app
     from shipyard.settings import Settings
 
+    if ratio is not None:  # read by the SDK as the tracer starts
+        os.environ |= {"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": str(ratio)}
     settings = Settings.load(home=home, tracing={"otlp_endpoint": endpoint})
     app = create_app(settings, [MODEL_NAME])
+    for name in ("OTEL_TRACES_SAMPLER", "OTEL_TRACES_SAMPLER_ARG"):
+        os.environ.pop(name, None)
     async with app.app.router.lifespan_context(app.app):
         await app.state.loading
         yield app
@@ -90,7 +98,8 @@ async def call(app: Any, headers: list[tuple[bytes, bytes]]) -> int:
 
 
 async def load(app: Any, requests: int, clients: int, traceparent: bool) -> tuple[float, float]:
-    """CPU and wall µs per request for `requests` requests from `clients` concurrent callers."""
+    """CPU and wall µs per request for `requests` requests from `clients` concurrent callers,
+    the export of their spans included (the round waits until every span has been sent)."""
     headers = list(HEADERS)
     if traceparent:
         headers.append((b"traceparent", b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"))
@@ -103,19 +112,28 @@ async def load(app: Any, requests: int, clients: int, traceparent: bool) -> tupl
 
     cpu, wall = time.process_time(), time.perf_counter()
     await asyncio.gather(*(client(requests // clients) for _ in range(clients)))
+    tracer = app.state.repository.tracer
+    if tracer is not None:
+        await asyncio.to_thread(tracer._processor.force_flush)
     done = requests // clients * clients
     return (time.process_time() - cpu) / done * 1e6, (time.perf_counter() - wall) / done * 1e6
 
 
 async def measure(home: Path, endpoint: str, args: argparse.Namespace) -> dict[str, list[float]]:
-    cpu: dict[str, list[float]] = {"off": [], "on": []}
-    async with serving(home, None) as off, serving(home, endpoint) as on:
-        apps = {"off": off, "on": on}
-        for app in apps.values():
-            await load(app, 500, args.clients, True)  # warm-up: the latency fit, caches
+    """Per target, the CPU µs per request of each round. `on` requests carry a sampled
+    `traceparent` (every one is traced); `sampled` ones none, and 1% of them are traced."""
+    cpu: dict[str, list[float]] = {"off": [], "on": [], "sampled": []}
+    async with (
+        serving(home, None) as off,
+        serving(home, endpoint) as on,
+        serving(home, endpoint, SAMPLED) as sampled,
+    ):
+        apps = {"off": off, "on": on, "sampled": sampled}
+        for label, app in apps.items():
+            await load(app, 500, args.clients, label == "on")  # warm-up: the latency fit, caches
         for round_ in range(args.rounds):
             for label, app in apps.items():
-                used, wall = await load(app, args.requests, args.clients, True)
+                used, wall = await load(app, args.requests, args.clients, label == "on")
                 cpu[label].append(used)
                 log(f"round {round_ + 1} {label}: {used:.1f} µs CPU, {wall:.1f} µs wall per request")
     return cpu
@@ -129,18 +147,22 @@ def main() -> int:
     args = parser.parse_args()
     port = free_port()
     receiver = subprocess.Popen([sys.executable, "-c", RECEIVER, str(port)])
+    # Every span is kept for export (the default queue of 2,048 would drop most of a round's).
+    os.environ["OTEL_BSP_MAX_QUEUE_SIZE"] = str(args.requests * 8)
     try:
         with tempfile.TemporaryDirectory(prefix="shipyard-bench-tracing-") as tmp:
             home = Path(tmp)
             push_model(home, build_model(home))
-            cpu = asyncio.run(measure(home, f"http://127.0.0.1:{port}", args))
+            # uvloop, as the server runs
+            cpu = uvloop.run(measure(home, f"http://127.0.0.1:{port}", args))
     finally:
         receiver.terminate()
         receiver.wait()
-    off, on = statistics.median(cpu["off"]), statistics.median(cpu["on"])
+    off, on, sampled = (statistics.median(cpu[label]) for label in ("off", "on", "sampled"))
     print(
         f"tracing cost, CPU µs per request (median of {args.rounds} rounds, {args.clients} clients): "
-        f"off {off:.1f}, on {on:.1f} (+{on - off:.1f} µs, {on / off - 1:+.0%})"
+        f"off {off:.1f}; every request traced {on:.1f} (+{on - off:.1f} µs, {on / off - 1:+.0%}); "
+        f"1% traced {sampled:.1f} (+{sampled - off:.1f} µs, {sampled / off - 1:+.0%})"
     )
     return 0
 

@@ -15,8 +15,10 @@ links to each request span it served, and each request span links back to it. Op
 messaging conventions prescribe the same for a consumer processing a batch of messages (its
 span "SHOULD link to the message's creation context"). Making the inference a child of every
 request instead would copy one run into N traces, and a sum of time spent in inference would
-count it N times. Trace views (Jaeger, Tempo, Grafana) follow links both ways. With a ratio
-sampler (`OTEL_TRACES_SAMPLER`), a batch trace is sampled on its own like any root span.
+count it N times. Trace views (Jaeger, Tempo, Grafana) follow links both ways.
+
+The sampler (`OTEL_TRACES_SAMPLER`, default: every request, or as its caller's `traceparent`
+says) decides per request; a batch is traced whenever a request in it is.
 """
 
 from __future__ import annotations

@@ -232,6 +232,29 @@ async def test_traceparent_is_honoured_and_returned(fake: Controls, home: Home, 
         assert int(flags, 16) & 1  # sampled (a new trace also sets W3C level 2's "random" flag)
 
 
+async def test_a_request_the_sampler_drops_leaves_no_span(
+    fake: Controls, home: Home, exported: Exported, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    home.push("m")
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "parentbased_traceidratio")
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER_ARG", "0")  # no trace of its own is kept
+    async with traced(home, ["m"]) as served:
+        unsampled = await served.client.post(
+            PATH, json=BODY, headers={"traceparent": f"00-{CALLER_TRACE}-{CALLER_SPAN}-00"}
+        )
+        untraced = await served.client.post(PATH, json=BODY)
+        sampled = await served.client.post(
+            PATH, json=BODY, headers={"traceparent": f"00-{CALLER_TRACE}-{CALLER_SPAN}-01"}
+        )
+    assert [r.status_code for r in (unsampled, untraced, sampled)] == [200] * 3
+    assert "traceparent" not in unsampled.headers and "traceparent" not in untraced.headers
+    # The caller's decision stands (parent-based), and its batch is traced with it.
+    (request,) = exported.named("v1 predict")
+    assert f"{request.trace_id:032x}" == CALLER_TRACE and "traceparent" in sampled.headers
+    (batch,) = exported.named("batch")
+    assert request.links == {batch.span_id} and batch.links == {request.span_id}
+
+
 async def test_every_inference_protocol_is_traced(fake: Controls, home: Home, exported: Exported) -> None:
     home.push("m")
     v2 = {"inputs": [{"name": "X", "shape": [1, 4], "datatype": "FP32", "data": ROW}]}
