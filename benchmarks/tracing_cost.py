@@ -112,7 +112,7 @@ async def load(app: Any, requests: int, clients: int, traceparent: bool) -> tupl
 
     cpu, wall = time.process_time(), time.perf_counter()
     await asyncio.gather(*(client(requests // clients) for _ in range(clients)))
-    tracer = app.state.repository.tracer
+    tracer = getattr(app.state.repository, "tracer", None)  # None before tracing existed
     if tracer is not None:
         await asyncio.to_thread(tracer._processor.force_flush)
     done = requests // clients * clients
