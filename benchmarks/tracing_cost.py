@@ -65,7 +65,8 @@ async def serving(home: Path, endpoint: str | None, ratio: float | None = None) 
     from shipyard.settings import Settings
 
     if ratio is not None:  # read by the SDK as the tracer starts
-        os.environ |= {"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": str(ratio)}
+        os.environ["OTEL_TRACES_SAMPLER"] = "parentbased_traceidratio"
+        os.environ["OTEL_TRACES_SAMPLER_ARG"] = str(ratio)
     settings = Settings.load(home=home, tracing={"otlp_endpoint": endpoint})
     app = create_app(settings, [MODEL_NAME])
     for name in ("OTEL_TRACES_SAMPLER", "OTEL_TRACES_SAMPLER_ARG"):
