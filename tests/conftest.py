@@ -38,9 +38,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture(autouse=True)
 def _isolated_environment(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
-    """No test reads the developer's ~/.shipyard or their SHIPYARD_* variables."""
+    """No test reads the developer's ~/.shipyard, their SHIPYARD_* or OpenTelemetry variables."""
     for name in list(os.environ):
-        if name.startswith("SHIPYARD_"):
+        if name.startswith(("SHIPYARD_", "OTEL_")):
             monkeypatch.delenv(name)
     monkeypatch.setenv("SHIPYARD_HOME", str(tmp_path_factory.mktemp("default-home")))
 

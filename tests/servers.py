@@ -31,8 +31,10 @@ REFUSAL_TIMEOUT_S = 60.0
 
 
 def server_env(home: Path, **extra: str) -> dict[str, str]:
-    """The parent's environment minus anything Shipyard or Vertex AI would read, plus `extra`."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SHIPYARD_", "AIP_", "PROMETHEUS_"))}
+    """The parent's environment minus what Shipyard, Vertex AI or OpenTelemetry would read, plus `extra`."""
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("SHIPYARD_", "AIP_", "PROMETHEUS_", "OTEL_"))
+    }
     env["SHIPYARD_HOME"] = str(home)
     env.update(extra)
     return env

@@ -6,7 +6,8 @@ adds level 4, and nothing else merges settings:
 1. command-line flags (keyword arguments of `Settings.load`, None meaning "not given");
 2. the environment: `SHIPYARD_…`, nested with `__` (`SHIPYARD_SERVE__MAX_BATCH_SIZE=8`).
    On Vertex AI the platform's `AIP_HTTP_PORT`, `AIP_HEALTH_ROUTE` and `AIP_PREDICT_ROUTE` rank
-   above `SHIPYARD_…`: Vertex sends traffic only to the port and routes it names;
+   above `SHIPYARD_…`: Vertex sends traffic only to the port and routes it names; OpenTelemetry's
+   standard `OTEL_EXPORTER_OTLP_…ENDPOINT` and `OTEL_SERVICE_NAME` rank below them;
 3. the TOML config file named by `--config` or `SHIPYARD_CONFIG` (`[serve]` holds `SHIPYARD_SERVE__…`);
 4. serving options stored with a model version (`push(..., serving={"max_batch_size": 8})`):
    only `VERSION_OPTIONS`, for that version only;
@@ -24,8 +25,9 @@ from collections.abc import Mapping
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, ClassVar, Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -185,6 +187,37 @@ class DriftSettings(BaseModel):
     max_metric_features: int = Field(50, ge=1, description="features per version exported to /metrics")
 
 
+class TracingSettings(BaseModel):
+    """OpenTelemetry traces of inference requests: off until an OTLP endpoint is set (also from
+    the standard OTEL_EXPORTER_OTLP_TRACES_ENDPOINT / OTEL_EXPORTER_OTLP_ENDPOINT)."""
+
+    otlp_endpoint: str | None = Field(
+        None, description="OTLP/HTTP collector, e.g. http://localhost:4318 (/v1/traces added if no path)"
+    )
+    service_name: str = Field("shipyard", min_length=1, description="service.name of the spans")
+
+    @field_validator("otlp_endpoint")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError(
+                "must be an http(s) URL of an OTLP/HTTP collector, such as http://localhost:4318"
+            )
+        return value
+
+    @property
+    def traces_url(self) -> str | None:
+        """Where spans are posted: the endpoint, with the OTLP path if it names none."""
+        if self.otlp_endpoint is None:
+            return None
+        if urlsplit(self.otlp_endpoint).path.strip("/"):
+            return self.otlp_endpoint
+        return self.otlp_endpoint.rstrip("/") + "/v1/traces"
+
+
 class _VertexSource(PydanticBaseSettingsSource):
     """Vertex AI's variables, which name the port and routes its traffic uses."""
 
@@ -202,6 +235,24 @@ class _VertexSource(PydanticBaseSettingsSource):
         return {"serve": serve} if serve else {}
 
 
+class _OtelSource(PydanticBaseSettingsSource):
+    """OpenTelemetry's standard variables, below SHIPYARD_TRACING__…: the generic endpoint is a
+    base URL that the OTLP path is added to; the traces endpoint is used as it is."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # unused: __call__ builds the whole mapping
+
+    def __call__(self) -> dict[str, Any]:
+        tracing = {}
+        if endpoint := os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
+            tracing["otlp_endpoint"] = endpoint
+        elif endpoint := os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
+            tracing["otlp_endpoint"] = endpoint.rstrip("/") + "/v1/traces"
+        if name := os.environ.get("OTEL_SERVICE_NAME"):
+            tracing["service_name"] = name
+        return {"tracing": tracing} if tracing else {}
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="SHIPYARD_", env_nested_delimiter="__", extra="ignore", frozen=True
@@ -215,6 +266,8 @@ class Settings(BaseSettings):
     serve: ServeSettings = ServeSettings()
     drift: DriftSettings = DriftSettings()
 
+    tracing: TracingSettings = TracingSettings()
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -226,7 +279,12 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # Highest first; nested sections are merged key by key (a flag for serve.port leaves
         # SHIPYARD_SERVE__MAX_BATCH_SIZE in force).
-        sources: list[PydanticBaseSettingsSource] = [init_settings, _VertexSource(settings_cls), env_settings]
+        sources: list[PydanticBaseSettingsSource] = [
+            init_settings,
+            _VertexSource(settings_cls),
+            env_settings,
+            _OtelSource(settings_cls),
+        ]
         path = _config_file.get()
         if path is not None:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))

@@ -98,6 +98,7 @@ def test_profile_stores_on_an_existing_version_and_audits_it(
     with Registry(settings=Settings.load(home=home)) as registry:
         version = registry.resolve("iris:1")
         entry = registry.audit_log(action="profile")[-1]
+    assert version.data_profile is not None
     assert [f["name"] for f in version.data_profile["features"]] == ["X[0]", "X[1]", "X[2]", "X[3]"]
     assert (entry.target, entry.detail["rows"], entry.detail["features"]) == ("iris:1", 150, 4)
 

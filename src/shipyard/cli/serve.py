@@ -92,6 +92,9 @@ def serve(
     }
     settings = state(ctx).settings(config, serve=flags)
     _check_tls(settings)
+    from shipyard.monitor.tracing import require_tracing
+
+    require_tracing(settings.tracing)  # a missing extra is one line here, not N failing workers
     if settings.serve.require_signed is not None:  # a bad key file is one line, before the port is bound
         from shipyard.registry.signing import load_public_key
 

@@ -12,9 +12,10 @@ import os
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client import multiprocess as _multiprocess
 from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
 _LATENCY_BUCKETS = (
@@ -152,14 +153,20 @@ DRIFT = _DriftCollector()
 REGISTRY.register(DRIFT)
 
 
-def exposition() -> bytes:
-    """The text exposition of all metrics, summed over worker processes when there are several."""
+def exposition(accept: str | None = None) -> tuple[bytes, str]:
+    """All metrics and their media type, summed over worker processes when there are several.
+
+    OpenMetrics, which carries exemplars (the trace id of a traced request's latency), when the
+    scraper's `accept` asks for it, as Prometheus does with exemplar storage on; else the classic
+    text format. prometheus_client keeps no exemplars across worker processes.
+    """
+    encode, media_type = choose_encoder(accept or "")
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
         _multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         registry.register(DRIFT)
-        return generate_latest(registry)
-    return generate_latest()
+        return encode(registry), media_type
+    return encode(REGISTRY), media_type
 
 
 def forget_process(pid: int) -> None:

@@ -17,6 +17,7 @@ from starlette.types import Receive, Scope, Send
 
 from shipyard.errors import MethodNotAllowedError, NotFoundError
 from shipyard.monitor import metrics
+from shipyard.monitor.tracing import start_tracing
 from shipyard.monitor.windows import DriftMonitor
 from shipyard.registry import Registry
 from shipyard.serve.admin import AdminSplit
@@ -51,7 +52,8 @@ def create_app(
     unless `wait_for_models` (several workers: a worker joins the port only once it can serve).
     `limits_file` is the rate-limit table the workers share, `worker` this worker's number."""
     registry = registry or Registry(settings=settings)
-    repository = ModelRepository(registry, settings)
+    # The tracer is None unless an OTLP endpoint is set; each worker process starts its own.
+    repository = ModelRepository(registry, settings, start_tracing(settings.tracing, worker))
     serve = settings.serve
     table = Table(limits_file, serve.workers) if limits_file else None
     drift = DriftMonitor(settings.drift, fetch_profile=lambda v: registry.resolve(v.ref).data_profile)
@@ -72,10 +74,6 @@ def create_app(
         if serve.insecure:
             body["insecure"] = True
         return json_response(body, 200 if readiness.ready else 503)
-
-    async def metrics_endpoint(request: Request) -> Response:
-        # In a thread: drift is computed at scrape time, and must not stall the event loop.
-        return Response(await asyncio.to_thread(metrics.exposition), media_type="text/plain; version=0.0.4")
 
     async def openapi(request: Request) -> Response:
         return json_response(build_openapi(dataplane, routes))
@@ -125,18 +123,8 @@ def create_app(
             loading.cancel()
             await repository.close()
             registry.close()
-
-    async def not_found(request: Request, exc: Exception) -> Response:
-        return error_response(NotFoundError(f"no route {request.method} {request.url.path}", field="path"))
-
-    async def method_not_allowed(request: Request, exc: Exception) -> Response:
-        # Starlette's router names the route's methods in the Allow header of its exception.
-        allow = getattr(exc, "headers", None) or {}
-        return error_response(_not_allowed(request.method, request.url.path, allow.get("Allow", "")))
-
-    async def server_error(request: Request, exc: Exception) -> Response:
-        log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-        return error_response(internal_error())
+            if repository.tracer is not None:  # the last spans are exported before the process ends
+                await asyncio.to_thread(repository.tracer.shutdown)
 
     app = Starlette(
         routes=routes,
@@ -147,6 +135,28 @@ def create_app(
     app.state.repository = repository
     hot = [route for protocol in protocols for route in getattr(protocol, "hot_routes", list)()]
     return ShipyardApp(app, hot, auth, AdminSplit.of(serve, admin_routes))
+
+
+async def not_found(request: Request, exc: Exception) -> Response:
+    return error_response(NotFoundError(f"no route {request.method} {request.url.path}", field="path"))
+
+
+async def method_not_allowed(request: Request, exc: Exception) -> Response:
+    # Starlette's router names the route's methods in the Allow header of its exception.
+    allow = getattr(exc, "headers", None) or {}
+    return error_response(_not_allowed(request.method, request.url.path, allow.get("Allow", "")))
+
+
+async def server_error(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return error_response(internal_error())
+
+
+async def metrics_endpoint(request: Request) -> Response:
+    """Prometheus metrics: OpenMetrics (with exemplars) if the scraper accepts it, else text.
+    In a thread: drift is computed at scrape time, and must not stall the event loop."""
+    body, media_type = await asyncio.to_thread(metrics.exposition, request.headers.get("accept"))
+    return Response(body, media_type=media_type)
 
 
 class ShipyardApp:

@@ -24,10 +24,14 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from shipyard.errors import DeadlineExceededError, InvalidInputError, OverloadedError, ShipyardError
+
+if TYPE_CHECKING:
+    from shipyard.monitor.tracing import BatchTrace, RequestTrace
 
 Arrays = dict[str, np.ndarray]
 INLINE_BELOW_S = 0.0005  # a batch predicted faster than this runs without a thread hop
@@ -40,6 +44,7 @@ class _Item:
     future: asyncio.Future[Arrays]
     enqueued: float = field(default_factory=time.perf_counter)
     deadline: float = math.inf  # event-loop time after which the work is dropped, never run
+    trace: RequestTrace | None = None
 
 
 class LatencyModel:
@@ -83,6 +88,7 @@ class Batcher:
         can_batch: bool = True,
         on_batch: Callable[[int, float, list[float]], None] | None = None,
         on_idle: Callable[[], None] | None = None,
+        trace_batch: Callable[[list[RequestTrace], int, int], BatchTrace | None] | None = None,
         name: str = "model",
     ) -> None:
         self._predict = predict
@@ -94,6 +100,7 @@ class Batcher:
         self._reserved = 0  # places handed to waiters that have not queued their request yet
         self._on_batch = on_batch
         self._on_idle = on_idle  # the queue ran dry (also when its last requests were withdrawn)
+        self._trace_batch = trace_batch  # with tracing on: (traces, requests, rows) -> the batch's trace
         self._queue: deque[_Item] = deque()
         self._wakeup = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"shipyard-{name}")
@@ -116,7 +123,9 @@ class Batcher:
             self._loop = asyncio.get_running_loop()
             self._task = self._loop.create_task(self._run())
 
-    async def submit(self, inputs: Arrays, timeout_s: float | None = None) -> Arrays:
+    async def submit(
+        self, inputs: Arrays, timeout_s: float | None = None, trace: RequestTrace | None = None
+    ) -> Arrays:
         """Run one request (a batch of >= 1 rows along axis 0) and return its own outputs.
 
         Past `timeout_s` the request fails with DeadlineExceededError at once, even while its
@@ -137,12 +146,14 @@ class Batcher:
             self._arrival_gap = gap if self._arrival_gap is None else 0.8 * self._arrival_gap + 0.2 * gap
         self._last_arrival = now
         future: asyncio.Future[Arrays] = loop.create_future()
+        if trace is not None:
+            trace.queued = now
         if timeout_s is None:
-            self._queue.append(_Item(inputs, rows, future, now))
+            self._queue.append(_Item(inputs, rows, future, now, trace=trace))
             self._wakeup.set()
             return await future  # cancelled if the client goes away; the batch loop skips it
         deadline = loop.time() + timeout_s
-        self._queue.append(_Item(inputs, rows, future, now, deadline))
+        self._queue.append(_Item(inputs, rows, future, now, deadline, trace))
         self._wakeup.set()
         # One timer per request: it fails the future at the deadline, which also takes the
         # item out of the batch loop's reach (done futures are skipped).
@@ -266,13 +277,24 @@ class Batcher:
             if not batch:
                 continue
             self.busy = True
+            trace = None if self._trace_batch is None else self._trace(batch)
             try:
-                await self._execute(loop, batch)
+                await self._execute(loop, batch, trace)
             finally:
                 self.busy = False
                 self._idle_since = time.perf_counter()
+                if trace is not None:
+                    trace.end()
 
-    async def _execute(self, loop: asyncio.AbstractEventLoop, batch: list[_Item]) -> None:
+    def _trace(self, batch: list[_Item]) -> BatchTrace | None:
+        """The batch's trace: linked to its traced requests (None if none of them is traced)."""
+        start = self._trace_batch
+        traces = [item.trace for item in batch if item.trace is not None]
+        return None if start is None else start(traces, len(batch), sum(item.rows for item in batch))
+
+    async def _execute(
+        self, loop: asyncio.AbstractEventLoop, batch: list[_Item], trace: BatchTrace | None = None
+    ) -> None:
         started = time.perf_counter()
         waits = [started - item.enqueued for item in batch]
         merged = batch[0].inputs if len(batch) == 1 else _merge([i.inputs for i in batch])
@@ -291,7 +313,7 @@ class Batcher:
         except InvalidInputError as exc:
             if len(batch) > 1:  # one bad request must not fail its neighbours: run each alone
                 for item in batch:
-                    await self._execute(loop, [item])
+                    await self._execute(loop, [item], trace)
                 return
             _fail(batch, exc)
             return
@@ -299,6 +321,8 @@ class Batcher:
             _fail(batch, exc)
             return
         self.latency.observe(rows, elapsed)
+        if trace is not None:
+            trace.ran(rows, elapsed)
         if self._on_batch is not None:
             self._on_batch(rows, elapsed, waits)
         if len(batch) == 1:

@@ -6,7 +6,7 @@ import asyncio
 import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -17,6 +17,9 @@ from shipyard.serve.repository import IndexEntry, ModelRepository, ModelStatus, 
 from shipyard.settings import ServeSettings
 from shipyard.tensors import coerce_inputs
 from shipyard.types import ModelRef, ModelVersion
+
+if TYPE_CHECKING:
+    from shipyard.monitor.tracing import RequestTrace
 
 
 class Held:
@@ -71,6 +74,7 @@ class DataPlane:
         self._limits = limits or Limits(self._settings)
         self.drift = drift
         self._policies: weakref.WeakKeyDictionary[ServedVersion, ModelPolicy] = weakref.WeakKeyDictionary()
+        self.tracer = repository.tracer  # None unless tracing is on
 
     def model(self, name: str, version: int | None = None) -> ServedVersion:
         return self._repository.get(name, version)
@@ -87,13 +91,14 @@ class DataPlane:
         *,
         timeout_s: float | None = None,
         caller: str | None = None,
+        trace: RequestTrace | None = None,
     ) -> InferResult:
         """Run one request on a held version; `inputs` maps names to values (or rows).
 
         `disconnected` resolves when the client goes away: the request is then withdrawn from
         its queue, so an abandoned request costs no inference and holds no memory. `timeout_s`
         is the client's deadline (capped by the server's), else the version's `timeout_s`;
-        `caller` is the caller's key id, for its rate limit.
+        `caller` is the caller's key id, for its rate limit; `trace` the request's, if traced.
         """
         record = served.version
         policy = self._policies.get(served) or self._policy(served)
@@ -108,9 +113,9 @@ class DataPlane:
             # Watching for a disconnect costs a task; it pays only for a request that will wait
             # behind at least one whole batch, which is also when abandoned work would pile up.
             if disconnected is None or batcher.depth < batcher.max_batch_size:
-                outputs = await batcher.submit(arrays, timeout)
+                outputs = await batcher.submit(arrays, timeout, trace)
             else:
-                outputs = await _unless_disconnected(batcher.submit(arrays, timeout), disconnected)
+                outputs = await _unless_disconnected(batcher.submit(arrays, timeout, trace), disconnected)
         finally:
             if admission is not None:
                 admission.release()

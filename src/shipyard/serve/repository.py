@@ -12,7 +12,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from shipyard.errors import ModelError, NotFoundError, NotReadyError, ShipyardError
 from shipyard.monitor import metrics
@@ -21,6 +21,9 @@ from shipyard.runtimes import Runtime, load_runtime
 from shipyard.serve.batching import Batcher
 from shipyard.settings import Settings
 from shipyard.types import ModelRef, ModelVersion
+
+if TYPE_CHECKING:
+    from shipyard.monitor.tracing import Tracer
 
 log = logging.getLogger("shipyard.serve")
 
@@ -119,9 +122,10 @@ class ServedModel:
 
 
 class ModelRepository:
-    def __init__(self, registry: Registry, settings: Settings) -> None:
+    def __init__(self, registry: Registry, settings: Settings, tracer: Tracer | None = None) -> None:
         self.registry = registry
         self.settings = settings
+        self.tracer = tracer
         self.models: dict[str, ServedModel] = {}
         self._poller: asyncio.Task[None] | None = None
         self._swapping: set[str] = set()
@@ -261,6 +265,7 @@ class ModelRepository:
             max_queue_wait_s=self.settings.serve.max_queue_wait_s,
             on_batch=lambda rows, secs, waits: _observe_batch(served, labels, rows, secs, waits),
             on_idle=served.sample_gauges,
+            trace_batch=None if self.tracer is None else self.tracer.batches(model.name, version.version),
             **batch_options,
         )
         served.batcher.start()

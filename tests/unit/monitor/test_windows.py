@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pytest
@@ -28,7 +29,7 @@ class FakeServed:
     drift_window: object = None
 
 
-def version(profile: dict | None, name: str = "iris", number: int = 1) -> ModelVersion:
+def version(profile: dict[str, Any] | None, name: str = "iris", number: int = 1) -> ModelVersion:
     return ModelVersion(name, number, "onnx", "sha256:0", 0, (), SIGNATURE, data_profile=profile)
 
 
@@ -141,13 +142,13 @@ def test_metrics_show_drift_of_versions_with_a_verdict() -> None:
     monitor.observe(quiet, {"X": reference(4, 10)}, 10)  # under min_rows: no series yet
     monitor.observe(unloaded, {"X": reference(5, 200)}, 200)
     unloaded.state = "unloaded"
-    text = metrics.exposition().decode()
+    text = metrics.exposition()[0].decode()
     assert 'shipyard_drift_detected{model="drifted",version="1"} 1.0' in text
     assert 'shipyard_drift_window_rows{model="drifted",version="1"} 200.0' in text
     assert 'shipyard_drift_score{feature="width",method="ks",model="drifted",version="1"}' in text
     assert 'model="quiet"' not in text and 'model="gone"' not in text
     del monitor  # a server's monitor that goes stops reporting
-    assert 'model="drifted"' not in metrics.exposition().decode()
+    assert 'model="drifted"' not in metrics.exposition()[0].decode()
 
 
 def test_a_profile_of_other_inputs_is_refused_without_breaking_metrics() -> None:
@@ -162,7 +163,7 @@ def test_a_profile_of_other_inputs_is_refused_without_breaking_metrics() -> None
         "no drift for iris:1: the reference profile of iris:1 describes input(s) Z, which it does not "
         "take (X); compute it again with `shipyard profile iris:1 FILE`"
     )
-    assert "shipyard_drift_" in metrics.exposition().decode()  # the families, still served
+    assert "shipyard_drift_" in metrics.exposition()[0].decode()  # the families, still served
 
 
 def test_text_categories_come_from_two_dimensional_live_inputs() -> None:

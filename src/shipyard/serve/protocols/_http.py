@@ -8,7 +8,7 @@ import math
 import time
 import zlib
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from starlette.requests import Request
@@ -25,9 +25,13 @@ from shipyard.errors import (
     UnsupportedMediaTypeError,
 )
 from shipyard.monitor import metrics
+from shipyard.monitor.tracing import SCOPE_KEY as TRACE
 from shipyard.serve.auth import caller_id, require_model
 from shipyard.serve.dataplane import ClientDisconnectedError
 from shipyard.types import MAX_VERSION
+
+if TYPE_CHECKING:
+    from shipyard.monitor.tracing import Tracer
 
 log = logging.getLogger("shipyard.serve")
 
@@ -175,6 +179,8 @@ async def read_body(request: Request, limit: int) -> bytes:
             raise PayloadTooLargeError(f"request body is over the limit of {limit} bytes", field="body")
         chunks.append(chunk)
     body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    if (trace := request.scope.get(TRACE)) is not None:
+        trace.received = time.perf_counter()
     encoding = (header(request, b"content-encoding") or "identity").lower()
     if encoding in ("gzip", "deflate"):
         body = _decompress(body, encoding, limit)
@@ -266,14 +272,20 @@ _GRPC_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9
 
 
 def call_options(request: Request) -> dict[str, Any]:
-    """What a request tells `DataPlane.infer` beyond its inputs: its deadline and its caller."""
-    return {"timeout_s": request_timeout(request), "caller": caller_id(request)}
+    """What a request tells `DataPlane.infer` beyond its inputs: its deadline, its caller and its
+    trace (if it is traced)."""
+    scope = request.scope
+    return {"timeout_s": request_timeout(request), "caller": caller_id(request), "trace": scope.get(TRACE)}
 
 
 def endpoint(
-    protocol: str, served: Callable[[str], bool], errors: ErrorBody = plain_error
+    protocol: str,
+    served: Callable[[str], bool],
+    errors: ErrorBody = plain_error,
+    tracer: Tracer | None = None,
 ) -> Callable[[Handler], Handler]:
-    """Wrap a handler: map errors to JSON responses and record request metrics.
+    """Wrap a handler: map errors to JSON responses, record request metrics and, with a `tracer`,
+    the request's span (its trace id then goes with the latency observation as an exemplar).
 
     `served(name)` tells whether a path's model name is served, so the `model` label only ever
     holds served names, never arbitrary user input.
@@ -283,8 +295,11 @@ def endpoint(
     children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
 
     def wrap(fn: Handler) -> Handler:
+        span_name = f"{protocol} {fn.__name__.strip('_')}"
+
         async def handler(request: Request) -> Response:
             started = time.perf_counter()
+            trace = None if tracer is None else tracer.begin(request.scope, span_name, protocol)
             kind = ""
             try:
                 response = await fn(request)
@@ -311,7 +326,8 @@ def endpoint(
                     metrics.REQUEST_LATENCY.labels(*labels),
                 )
             pair[0].inc()
-            pair[1].observe(time.perf_counter() - started)
+            exemplar = None if trace is None else trace.finish(response, key[0], key[1])
+            pair[1].observe(time.perf_counter() - started, exemplar)
             if kind:  # errors by kind (not_found, invalid_input, overloaded, …), never by message
                 metrics.ERRORS.labels(key[0], key[1], protocol, kind).inc()
             return response

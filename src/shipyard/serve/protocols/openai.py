@@ -64,7 +64,7 @@ class OpenAIProtocol:
     def __init__(self, dataplane: DataPlane, settings: ServeSettings) -> None:
         self.dataplane = dataplane
         self.settings = settings
-        wrap = endpoint("openai", dataplane.is_served, openai_error)
+        wrap = endpoint("openai", dataplane.is_served, openai_error, dataplane.tracer)
         self.embeddings = wrap(self._embeddings)
         self.models = wrap(self._models)
 

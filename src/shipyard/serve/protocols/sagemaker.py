@@ -62,7 +62,8 @@ class SageMakerProtocol:
         self.settings = settings
         self.health_route = health_route
         self.predict_route = predict_route
-        self.invocations = endpoint("sagemaker", dataplane.is_served)(self._invocations)
+        wrap = endpoint("sagemaker", dataplane.is_served, tracer=dataplane.tracer)
+        self.invocations = wrap(self._invocations)
 
     def hot_routes(self) -> list[Route]:
         routes = [Route("/invocations", self.invocations, methods=["POST"])]

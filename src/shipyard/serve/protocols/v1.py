@@ -26,7 +26,7 @@ class V1Protocol:
     def __init__(self, dataplane: DataPlane, settings: ServeSettings) -> None:
         self.dataplane = dataplane
         self.settings = settings
-        wrap = endpoint("v1", dataplane.is_served)
+        wrap = endpoint("v1", dataplane.is_served, tracer=dataplane.tracer)
         self.predict = wrap(self._predict)
         self.status = wrap(self._status)
 

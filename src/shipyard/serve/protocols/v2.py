@@ -40,7 +40,7 @@ class V2Protocol:
     def __init__(self, dataplane: DataPlane, settings: ServeSettings) -> None:
         self.dataplane = dataplane
         self.settings = settings
-        wrap = endpoint("v2", dataplane.is_served)
+        wrap = endpoint("v2", dataplane.is_served, tracer=dataplane.tracer)
         self.infer = wrap(self._infer)
         self.model_metadata = wrap(self._model_metadata)
         self.model_ready = wrap(self._model_ready)
