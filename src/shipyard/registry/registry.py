@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import math
 import os
@@ -318,6 +319,17 @@ class Registry:
         if removed:
             self.audit("gc", target="artifacts", actor=actor, detail={"removed": removed, "bytes": freed})
         return removed, freed
+
+    def disk_bytes(self) -> int:
+        """Bytes the registry takes on this machine: its artifact store, and its SQLite database
+        with the database's journal files (a server database is not on this machine)."""
+        size = self.store.disk_bytes()
+        if self.settings.registry_url is None:
+            database = self.settings.home / "registry.db"
+            for path in (database, database.with_name("registry.db-wal"), database.with_name("registry.db-shm")):
+                with contextlib.suppress(FileNotFoundError):
+                    size += path.stat().st_size
+        return size
 
     def garbage_in_grace(self, grace_s: float = 600.0) -> tuple[int, int]:
         """What `gc(grace_s)` would keep because it is too recent; (items, bytes)."""

@@ -12,7 +12,7 @@ from contextlib import asynccontextmanager
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
-from starlette.routing import Route
+from starlette.routing import Match, Route
 from starlette.types import Receive, Scope, Send
 
 from shipyard.errors import MethodNotAllowedError, NotFoundError
@@ -21,6 +21,7 @@ from shipyard.registry import Registry
 from shipyard.serve.admin import AdminSplit
 from shipyard.serve.auth import Authenticator
 from shipyard.serve.dataplane import DataPlane
+from shipyard.serve.gauges import Gauges, stop
 from shipyard.serve.limits import Limits, Table
 from shipyard.serve.protocols._http import error_response, internal_error, json_response
 from shipyard.serve.protocols.management import ManagementProtocol
@@ -55,6 +56,7 @@ def create_app(
     dataplane = DataPlane(repository, serve, Limits(serve, table, worker))
     probes = frozenset(p for p in ("/healthz", "/readyz", "/ping", vertex_routes[0]) if p)
     auth = Authenticator(registry, serve, probes)
+    gauges = Gauges(repository, registry, worker)
     if serve.insecure:
         log.warning(
             "serving with --insecure: no API key is required until one is created with `shipyard keys create`"
@@ -71,6 +73,7 @@ def create_app(
         return json_response(body, 200 if readiness.ready else 503)
 
     async def metrics_endpoint(request: Request) -> Response:
+        gauges.sample()  # this worker's figures as of now; the others' are at most seconds old
         return Response(metrics.exposition(), media_type="text/plain; version=0.0.4")
 
     async def openapi(request: Request) -> Response:
@@ -112,12 +115,14 @@ def create_app(
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         loading = asyncio.create_task(load_models())
         app.state.loading = loading
+        sampling = gauges.start()
         if wait_for_models:
             await asyncio.shield(loading)
         try:
             yield
         finally:
             loading.cancel()
+            await stop(sampling)
             await repository.close()
             registry.close()
 
@@ -169,6 +174,7 @@ class ShipyardApp:
                 return
             refused = await self.auth.check(scope)  # every route, before any of them runs
             if refused is not None:
+                metrics.count_rejection(self._model_label(scope), refused.kind)
                 await error_response(refused)(scope, receive, send)
                 return
             path = scope["path"]
@@ -185,6 +191,18 @@ class ShipyardApp:
                 await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+    def _model_label(self, scope: Scope) -> str:
+        """The served model a refused request named in its path, else "-" (only when refusing:
+        it routes the path a second time)."""
+        for route in self.router.routes:
+            match, child = route.matches(scope)
+            if match != Match.NONE:
+                name = child.get("path_params", {}).get("model")
+                if isinstance(name, str) and self.state.dataplane.is_served(name):
+                    return name
+                break
+        return "-"
 
 
 def _not_allowed(method: str, path: str, allow: str) -> MethodNotAllowedError:

@@ -19,7 +19,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from shipyard.errors import DeadlineExceededError, InvalidInputError, OverloadedError, ShipyardError
+from shipyard.errors import (
+    DeadlineExceededError,
+    InvalidInputError,
+    OverloadedError,
+    QueueFullError,
+    ShipyardError,
+)
 
 Arrays = dict[str, np.ndarray]
 INLINE_BELOW_S = 0.0005  # a batch predicted faster than this runs without a thread hop
@@ -113,7 +119,7 @@ class Batcher:
         if self._closed:
             raise OverloadedError("the model is shutting down; retry on another replica")
         if len(self._queue) >= self.max_queue:
-            raise OverloadedError(
+            raise QueueFullError(
                 f"the model's queue is full ({self.max_queue} requests waiting); retry later"
             )
         rows = _rows(inputs)

@@ -313,7 +313,7 @@ def endpoint(
             pair[0].inc()
             pair[1].observe(time.perf_counter() - started)
             if kind:  # errors by kind (not_found, invalid_input, overloaded, …), never by message
-                metrics.ERRORS.labels(key[0], key[1], protocol, kind).inc()
+                metrics.count_error(key[0], key[1], protocol, kind)
             return response
 
         handler.__name__ = fn.__name__
