@@ -64,4 +64,3 @@ class ProcessSampler:
         soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
         if soft != resource.RLIM_INFINITY:
             self._max_files.set(soft)
-

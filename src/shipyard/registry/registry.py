@@ -325,8 +325,8 @@ class Registry:
         with the database's journal files (a server database is not on this machine)."""
         size = self.store.disk_bytes()
         if self.settings.registry_url is None:
-            database = self.settings.home / "registry.db"
-            for path in (database, database.with_name("registry.db-wal"), database.with_name("registry.db-shm")):
+            home = self.settings.home
+            for path in (home / "registry.db", home / "registry.db-wal", home / "registry.db-shm"):
                 with contextlib.suppress(FileNotFoundError):
                     size += path.stat().st_size
         return size

@@ -21,7 +21,7 @@ from shipyard.registry import Registry
 from shipyard.serve.admin import AdminSplit
 from shipyard.serve.auth import Authenticator
 from shipyard.serve.dataplane import DataPlane
-from shipyard.serve.gauges import Gauges, stop
+from shipyard.serve.gauges import Gauges
 from shipyard.serve.limits import Limits, Table
 from shipyard.serve.protocols._http import error_response, internal_error, json_response
 from shipyard.serve.protocols.management import ManagementProtocol
@@ -36,7 +36,7 @@ from shipyard.settings import Settings
 log = logging.getLogger("shipyard.serve")
 
 
-def create_app(
+def create_app(  # noqa: PLR0915 -- the composition root: a statement or two per part it wires
     settings: Settings,
     refs: list[str],
     *,
@@ -73,8 +73,7 @@ def create_app(
         return json_response(body, 200 if readiness.ready else 503)
 
     async def metrics_endpoint(request: Request) -> Response:
-        gauges.sample()  # this worker's figures as of now; the others' are at most seconds old
-        return Response(metrics.exposition(), media_type="text/plain; version=0.0.4")
+        return Response(gauges.exposition(), media_type="text/plain; version=0.0.4")
 
     async def openapi(request: Request) -> Response:
         return json_response(build_openapi(dataplane, routes))
@@ -115,14 +114,13 @@ def create_app(
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         loading = asyncio.create_task(load_models())
         app.state.loading = loading
-        sampling = gauges.start()
         if wait_for_models:
             await asyncio.shield(loading)
         try:
-            yield
+            async with gauges.running():
+                yield
         finally:
             loading.cancel()
-            await stop(sampling)
             await repository.close()
             registry.close()
 

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import AsyncIterator
 
 from shipyard.monitor import metrics
 from shipyard.monitor.resources import ProcessSampler
@@ -25,7 +26,7 @@ DISK_INTERVAL_S = 60.0
 
 
 class Gauges:
-    """Samples the gauges of one worker: now (`sample`) and every INTERVAL_S while `run` runs."""
+    """Samples the gauges of one worker: now (`sample`) and every INTERVAL_S while `running`."""
 
     def __init__(self, repository: ModelRepository, registry: Registry, worker: int) -> None:
         self._repository = repository
@@ -55,11 +56,18 @@ class Gauges:
                 log.exception("sampling the monitoring gauges failed")
             await asyncio.sleep(INTERVAL_S)
 
-    def start(self) -> asyncio.Task[None]:
-        return asyncio.get_running_loop().create_task(self.run())
+    def exposition(self) -> bytes:
+        """/metrics: this worker's gauges as of now, the others' at most INTERVAL_S old."""
+        self.sample()
+        return metrics.exposition()
 
-
-async def stop(task: asyncio.Task[None]) -> None:
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[None]:
+        """Samples every INTERVAL_S while the block runs."""
+        task = asyncio.get_running_loop().create_task(self.run())
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task

@@ -1,0 +1,138 @@
+"""`shipyard monitor export`: a Grafana dashboard and Prometheus alerting rules for the servers."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from shipyard.cli._context import JsonFlag
+from shipyard.cli._help import PlainHelpGroup
+from shipyard.errors import InvalidInputError
+
+monitor_app = typer.Typer(
+    name="monitor",
+    cls=PlainHelpGroup,
+    help="Dashboards and alerts for running servers.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
+
+DASHBOARD_FILE = "shipyard.json"
+
+
+def _threshold(help_text: str, metavar: str = "X") -> Any:
+    return typer.Option(metavar=metavar, help=help_text, show_default=False)
+
+
+@monitor_app.command()
+def export(
+    grafana: Annotated[
+        Path | None,
+        typer.Option(metavar="DIR", help=f"Write the Grafana dashboard as DIR/{DASHBOARD_FILE}."),
+    ] = None,
+    prometheus_rules: Annotated[
+        Path | None, typer.Option(metavar="FILE", help="Write the Prometheus alerting rules to FILE.")
+    ] = None,
+    error_rate: Annotated[float | None, _threshold("Alert above this share of 5xx answers (0.05).")] = None,
+    p99_latency: Annotated[
+        float | None, _threshold("Alert above this p99 request time in seconds (0.5).", "SECONDS")
+    ] = None,
+    queue_saturation: Annotated[
+        float | None, _threshold("Alert above this share of a model's queue in use (0.8).")
+    ] = None,
+    drift_score: Annotated[
+        float | None, _threshold("Alert above this drift score of a feature (0.2).")
+    ] = None,
+    quality_min: Annotated[float | None, _threshold("Alert under this live accuracy / F1 (0.8).")] = None,
+    quality_metrics: Annotated[
+        str | None, _threshold("Quality metrics held to --quality-min (accuracy|f1_macro).", "REGEX")
+    ] = None,
+    open_files_ratio: Annotated[
+        float | None, _threshold("Alert above this share of a worker's file limit (0.9).")
+    ] = None,
+    window: Annotated[str | None, _threshold("Range of rates and quantiles (5m).", "DURATION")] = None,
+    pending: Annotated[
+        str | None,
+        typer.Option(
+            "--for",
+            metavar="DURATION",
+            help="How long a condition holds before it fires (5m).",
+            show_default=False,
+        ),
+    ] = None,
+    job: Annotated[str | None, _threshold("Prometheus job of the servers (shipyard).", "NAME")] = None,
+    json_: JsonFlag = False,
+) -> None:
+    """Write a Grafana dashboard and Prometheus alerting rules for Shipyard's metrics."""
+    from shipyard.monitor.alerts import AlertConfig, alert_rules, render_rules
+    from shipyard.monitor.dashboard import render_dashboard
+
+    if grafana is None and prometheus_rules is None:
+        raise InvalidInputError(
+            "nothing to export: give --grafana DIR and/or --prometheus-rules FILE", field="grafana"
+        )
+    config = AlertConfig.of(
+        error_rate=error_rate,
+        p99_latency=p99_latency,
+        queue_saturation=queue_saturation,
+        drift_score=drift_score,
+        quality_min=quality_min,
+        quality_metrics=quality_metrics,
+        open_files_ratio=open_files_ratio,
+        window=window,
+        pending=pending,
+        job=job,
+    )
+    written: dict[str, Any] = {}
+    if grafana is not None:
+        path = grafana / DASHBOARD_FILE
+        dashboard = render_dashboard()
+        _write(path, json.dumps(dashboard, indent=2) + "\n", "grafana")
+        written["grafana"] = {"path": str(path), "panels": len(dashboard["panels"])}
+    if prometheus_rules is not None:
+        _write(prometheus_rules, render_rules(config), "prometheus-rules")
+        written["prometheus_rules"] = {
+            "path": str(prometheus_rules),
+            "alerts": [rule.alert for rule in alert_rules(config)],
+            "thresholds": config.model_dump(),
+        }
+    if json_:
+        from shipyard.cli._render import print_json
+
+        print_json(written)
+        return
+    if "grafana" in written:
+        typer.echo(f"wrote the Grafana dashboard to {written['grafana']['path']}")
+    if "prometheus_rules" in written:
+        rules = written["prometheus_rules"]
+        typer.echo(f"wrote {len(rules['alerts'])} Prometheus alerting rules to {rules['path']}")
+
+
+def _write(path: Path, text: str, option: str) -> None:
+    """Write `text` to `path` whole or not at all (a temporary file renamed over it)."""
+    path = path.expanduser()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        try:
+            with os.fdopen(handle, "w") as out:
+                out.write(text)
+            os.chmod(temporary, 0o644)  # mkstemp's 0600 would hide it from a Prometheus user
+            os.replace(temporary, path)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
+    except OSError as exc:
+        raise InvalidInputError(
+            f"cannot write {str(path)!r} (--{option}): {exc.strerror or exc}; choose a writable location",
+            field=option,
+        ) from exc
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(monitor_app)
