@@ -345,7 +345,6 @@ def render_dashboard(title: str = "Shipyard", uid: str = "shipyard") -> dict[str
                     "type": "query",
                     "datasource": _DATASOURCE,
                     "query": {"query": "label_values(shipyard_server_model_ready, model)", "refId": "models"},
-                    "definition": "label_values(shipyard_server_model_ready, model)",
                     "refresh": 2,
                     "multi": True,
                     "includeAll": True,
