@@ -85,6 +85,12 @@ class Prometheus:
         result: list[dict[str, Any]] = body["data"]["result"]
         return result
 
+    def series(self, expr: str, count: int) -> list[dict[str, Any]]:
+        """The query's result once it holds `count` series."""
+        return self.until(
+            f"{count} series of {expr}", lambda: r if len(r := self.query(expr)) == count else None
+        )
+
     def alerts(self, state: str) -> set[str]:
         body = self.client.get("/api/v1/alerts").json()
         return {a["labels"]["alertname"] for a in body["data"]["alerts"] if a["state"] == state}
@@ -100,13 +106,15 @@ class Prometheus:
         self.log.close()
 
 
+TUNED = ["--p99-latency", "0.000001", "--for", "1s", "--window", "30s"]
+
+
 def export_rules(folder: Path) -> Path:
     """The rules as `shipyard monitor export` writes them, tuned to fire within seconds: any
     latency at all is over the p99 threshold, and a condition fires after holding 1 s."""
     rules = folder / "rules.yml"
     done = subprocess.run(
-        [str(SHIPYARD), "monitor", "export", "--prometheus-rules", str(rules)]
-        + ["--p99-latency", "0.000001", "--for", "1s", "--window", "30s"],
+        [str(SHIPYARD), "monitor", "export", "--prometheus-rules", str(rules), *TUNED],
         capture_output=True,
         text=True,
         timeout=60,
@@ -189,20 +197,14 @@ def test_prometheus_stores_the_traffic_with_its_labels(scraped: tuple[Server, Pr
     assert number(counted) == sum(expected.values())  # one observation per request
     buckets = prometheus.query(f'{latency}_bucket{{model="iris-onnx",protocol="v2",status="200"}}')
     assert {b["metric"]["le"] for b in buckets} >= {"0.001", "0.01", "0.1", "+Inf"}
-    p99 = prometheus.until(
-        "a p99 latency from the histogram",
-        lambda: prometheus.query(
-            f'histogram_quantile(0.99, sum by (le) (rate({latency}_bucket{{model="iris-onnx"}}[30s])))'
-        ),
+    p99 = prometheus.series(
+        f'histogram_quantile(0.99, sum by (le) (rate({latency}_bucket{{model="iris-onnx"}}[30s])))', 1
     )
     assert 0 < float(p99[0]["value"][1]) < 5
 
     # Resources: one series per worker number (never per pid), from both workers.
     for name in ("shipyard_process_resident_memory_bytes", "shipyard_process_open_files"):
-        series = prometheus.until(
-            f"{name} of both workers",
-            lambda name=name: len(prometheus.query(name)) == 2 and prometheus.query(name),
-        )
+        series = prometheus.series(name, 2)
         assert {s["metric"]["worker"] for s in series} == {"1", "2"}, series
     memory = {
         s["metric"]["worker"]: float(s["value"][1])
@@ -211,7 +213,7 @@ def test_prometheus_stores_the_traffic_with_its_labels(scraped: tuple[Server, Pr
     assert all(20e6 < rss < 4e9 for rss in memory.values()), memory
     cpu = prometheus.query("shipyard_process_cpu_seconds_total")
     assert {s["metric"]["worker"] for s in cpu} == {"1", "2"} and number(cpu) > 0
-    model_memory = prometheus.query(f'shipyard_model_resident_memory_bytes{{model="iris-onnx",version="1"}}')
+    model_memory = prometheus.query('shipyard_model_resident_memory_bytes{model="iris-onnx",version="1"}')
     assert len(model_memory) == 1 and number(model_memory) > 0  # both workers' estimates, summed
     artifact = prometheus.query('shipyard_model_artifact_bytes{model="iris-onnx",version="1"}')
     assert number(artifact) > 0

@@ -27,7 +27,7 @@ SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), 
 
 def exported_names() -> set[str]:
     """Every sample name Shipyard's metrics produce (counters end in _total, histograms in three)."""
-    names = set()
+    names: set[str] = set()
     for value in vars(metrics).values():
         if isinstance(value, MetricWrapperBase):
             for family in value.describe():

@@ -100,12 +100,12 @@ async def test_rate_limits_and_keys_refuse_with_their_reason(fake: Controls, hom
         as_inferrer = {"Authorization": f"Bearer {inferrer}"}
         assert (await client.post(PATH, json=BODY, headers=as_inferrer)).status_code == 200  # the burst of 1
         assert_error(await client.post(PATH, json=BODY, headers=as_inferrer), 429)
-        unnamed = {"headers": as_admin, "model": "-", "reason": "unauthorized"}
-        anonymous = await value(client, REJECTED, **unnamed)
+        anonymous = await value(client, REJECTED, headers=as_admin, model="-", reason="unauthorized")
         assert_error(await client.get("/metrics"), 401)  # no model in the path: labelled "-"
         after = {r: await value(client, REJECTED, headers=as_admin, model="m", reason=r) for r in reasons}
         assert after == {r: before[r] + 1 for r in reasons}
-        assert await value(client, REJECTED, **unnamed) == anonymous + 1
+        now = await value(client, REJECTED, headers=as_admin, model="-", reason="unauthorized")
+        assert now == anonymous + 1
 
 
 async def test_models_report_readiness_artifact_size_and_memory(fake: Controls, home: Home) -> None:
