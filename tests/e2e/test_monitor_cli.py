@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -72,7 +73,7 @@ def test_an_output_that_cannot_be_a_folder_is_one_line(cli: Cli, tmp_path: Path)
         (["--p99-latency", "0"], "--p99-latency: input should be greater than 0"),
         (["--for", "five minutes"], "--for: expects a Prometheus duration such as 30s, 5m or 1h"),
         (["--job", 'a"b'], "--job: expects a label value without quotes"),
-        ([], "nothing to export: give --grafana DIR and/or --prometheus-rules FILE"),
+        ([], "nothing to export: give --grafana DIR, --prometheus-rules FILE or --tensorboard DIR"),
     ],
 )
 def test_bad_options_are_one_line_with_exit_code_2(
@@ -84,3 +85,13 @@ def test_bad_options_are_one_line_with_exit_code_2(
     assert_one_line_error(result, fragment)
     assert result.code == 2
     assert not rules.exists()  # nothing half-written
+
+
+def test_tensorboard_without_a_server_is_one_line_with_exit_code_6(cli: Cli, tmp_path: Path) -> None:
+    with socket.socket() as probe:  # a port nothing listens on once closed
+        probe.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    result = cli("monitor", "export", "--tensorboard", tmp_path / "run", "--url", url)
+    assert_one_line_error(result, f"nothing answers at {url}")
+    assert result.code == 6
+    assert not (tmp_path / "run").exists()

@@ -20,6 +20,7 @@ import pytest
 from serve_support import ServeModels, free_port, metric_sum
 
 from servers import SHIPYARD, Server, server_env
+from tensorboard_events import read_scalars
 
 PROMETHEUS = shutil.which("prometheus")
 pytestmark = pytest.mark.skipif(
@@ -236,3 +237,35 @@ def test_an_exported_alert_fires_in_prometheus(scraped: tuple[Server, Prometheus
     (alert,) = [a for a in body["data"]["alerts"] if a["labels"]["alertname"] == "ShipyardHighLatencyP99"]
     assert alert["labels"]["model"] == "iris-onnx"
     assert alert["annotations"]["summary"].startswith("Model iris-onnx answers in ")
+
+
+def test_tensorboard_gets_the_latency_prometheus_computes(
+    scraped: tuple[Server, Prometheus], tmp_path: Path
+) -> None:
+    server, prometheus = scraped
+    send(server, 5)
+    done = subprocess.run(
+        [str(SHIPYARD), "monitor", "export", "--tensorboard", str(tmp_path / "run"), "--url", server.url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env=server_env(tmp_path),
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"added 4 scalars of {server.url} to the TensorBoard run "), done.stdout
+    board = {tag: points[-1][2] for tag, points in read_scalars(tmp_path / "run").items()}
+    assert set(board) == {"requests/iris-onnx", *(f"latency/iris-onnx/p{p}" for p in (50, 90, 99))}
+
+    # Prometheus's own histogram_quantile over the same totals (no traffic since) agrees.
+    histogram = "shipyard_server_request_duration_seconds"
+    prometheus.until(
+        "Prometheus holds the same totals",
+        lambda: (
+            number(prometheus.query(f'sum({histogram}_count{{model="iris-onnx"}})'))
+            == board["requests/iris-onnx"]
+        ),
+    )
+    for p in (50, 90, 99):
+        expr = f'histogram_quantile({p / 100}, sum by (le) ({histogram}_bucket{{model="iris-onnx"}}))'
+        assert board[f"latency/iris-onnx/p{p}"] == pytest.approx(number(prometheus.query(expr)), rel=1e-6), p
