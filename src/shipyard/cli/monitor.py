@@ -63,8 +63,11 @@ def export(
     queue_saturation: Annotated[
         float | None, _threshold("Alert above this share of a model's queue in use (0.8).")
     ] = None,
-    drift_score: Annotated[
-        float | None, _threshold("Alert above this drift score of a feature (0.2).")
+    drift_p_value: Annotated[
+        float | None, _threshold("Alert under this drift test p-value of a feature (0.05).")
+    ] = None,
+    drift_distance: Annotated[
+        float | None, _threshold("Alert from this drift distance of a feature (0.1).")
     ] = None,
     quality_min: Annotated[float | None, _threshold("Alert under this live accuracy / F1 (0.8).")] = None,
     quality_metrics: Annotated[
@@ -100,7 +103,8 @@ def export(
         error_rate=error_rate,
         p99_latency=p99_latency,
         queue_saturation=queue_saturation,
-        drift_score=drift_score,
+        drift_p_value=drift_p_value,
+        drift_distance=drift_distance,
         quality_min=quality_min,
         quality_metrics=quality_metrics,
         open_files_ratio=open_files_ratio,

@@ -17,6 +17,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from shipyard.errors import InvalidInputError
 
 QUALITY_METRIC = "shipyard_quality_score"  # {model, version, metric}: live accuracy, F1, …
+# shipyard_drift_score is a p-value for the statistical tests (drift when low) and a distance for
+# the other methods (drift when high): each kind is held to its own threshold.
+DRIFT_TESTS = "ks|chisquare|z"
+DRIFT_DISTANCES = "wasserstein|jensenshannon|psi"
 _DURATION = re.compile(r"^(\d+(ms|s|m|h|d|w|y))+$")  # Prometheus's duration syntax
 
 
@@ -28,7 +32,10 @@ class AlertConfig(BaseModel):
     error_rate: float = Field(0.05, gt=0, le=1, description="share of requests answered 5xx")
     p99_latency: float = Field(0.5, gt=0, description="99th percentile of request time, seconds")
     queue_saturation: float = Field(0.8, gt=0, le=1, description="share of a model's queue in use")
-    drift_score: float = Field(0.2, gt=0, description="drift score of one feature (PSI 0.2: a real shift)")
+    drift_p_value: float = Field(
+        0.05, gt=0, lt=1, description="a feature's test p-value under which it drifted"
+    )
+    drift_distance: float = Field(0.1, gt=0, description="a feature's distance from which it drifted")
     quality_min: float = Field(0.8, gt=0, le=1, description="floor of live accuracy / F1")
     quality_metrics: str = Field("accuracy|f1_macro", description="quality metrics held to the floor")
     open_files_ratio: float = Field(0.9, gt=0, le=1, description="share of a worker's file limit in use")
@@ -139,13 +146,16 @@ def alert_rules(config: AlertConfig) -> list[Rule]:
             "Every connection holds a file: new connections will be refused at the limit.",
         ),
         Rule(
-            "ShipyardDriftScoreHigh",
-            f"max by (model, version, feature) (shipyard_drift_score) > {c.drift_score:g}",
+            "ShipyardFeatureDrift",
+            f'min by (model, version, feature, method) (shipyard_drift_score{{method=~"{DRIFT_TESTS}"}})'
+            f" < {c.drift_p_value:g} or max by (model, version, feature, method) "
+            f'(shipyard_drift_score{{method=~"{DRIFT_DISTANCES}"}}) >= {c.drift_distance:g}',
             c.pending,
             "warning",
             "Feature {{ $labels.feature }} of {{ $labels.model }}:{{ $labels.version }} drifted "
-            "(score {{ $value }})",
-            "Live inputs no longer look like the reference data: see `shipyard drift`.",
+            "({{ $labels.method }} {{ $value }})",
+            f"Live inputs no longer look like the reference data (a test's p-value under "
+            f"{c.drift_p_value:g}, or a distance of {c.drift_distance:g} or more): see `shipyard drift`.",
         ),
         Rule(
             "ShipyardDriftDetected",

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from shipyard.monitor.alerts import QUALITY_METRIC
+from shipyard.monitor.alerts import DRIFT_DISTANCES, DRIFT_TESTS, QUALITY_METRIC
 
 SCHEMA_VERSION = 39  # Grafana 10.x; newer versions migrate it on load
 _DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
@@ -231,15 +231,28 @@ def _sections() -> list[tuple[str, list[Chart]]]:
             "Drift",
             [
                 Chart(
-                    "Drift score by feature",
+                    "Drift tests (p-value)",
                     "short",
                     (
                         Query(
-                            f"max by (model, version, feature, method) (shipyard_drift_score{{{_M}}})",
+                            "max by (model, version, feature, method) "
+                            f'(shipyard_drift_score{{{_M}, method=~"{DRIFT_TESTS}"}})',
                             "{{model}}:{{version}} {{feature}} ({{method}})",
                         ),
                     ),
-                    "How far each feature's live distribution is from the reference profile.",
+                    "Per feature, the statistical test's p-value against the reference: drifted when low.",
+                ),
+                Chart(
+                    "Drift distances",
+                    "short",
+                    (
+                        Query(
+                            "max by (model, version, feature, method) "
+                            f'(shipyard_drift_score{{{_M}, method=~"{DRIFT_DISTANCES}"}})',
+                            "{{model}}:{{version}} {{feature}} ({{method}})",
+                        ),
+                    ),
+                    "Per feature, the live distribution's distance from the reference: drifted when high.",
                 ),
                 Chart(
                     "Drift detected",
@@ -252,6 +265,17 @@ def _sections() -> list[tuple[str, list[Chart]]]:
                     ),
                     "1 when the share of drifted features crosses the dataset-level threshold.",
                     kind="stat",
+                ),
+                Chart(
+                    "Drift window",
+                    "short",
+                    (
+                        Query(
+                            f"max by (model, version) (shipyard_drift_window_rows{{{_M}}})",
+                            "{{model}}:{{version}}",
+                        ),
+                    ),
+                    "Rows of live inputs drift is judged on.",
                 ),
             ],
         ),

@@ -101,8 +101,11 @@ INPUT = [
     series("shipyard_process_max_open_files", "1000x30", worker="1", instance="h:8000"),
     series("shipyard_process_open_files", "10x30", worker="2", instance="h:8000"),
     series("shipyard_process_max_open_files", "1000x30", worker="2", instance="h:8000"),
+    # distances drift when high, test p-values when low: each held to its own threshold.
     series("shipyard_drift_score", "0.5x30", model="a", version="1", feature="age", method="psi"),
     series("shipyard_drift_score", "0.05x30", model="a", version="1", feature="income", method="psi"),
+    series("shipyard_drift_score", "0.001x30", model="a", version="1", feature="city", method="chisquare"),
+    series("shipyard_drift_score", "0.8x30", model="a", version="1", feature="height", method="ks"),
     series("shipyard_drift_detected", "1x30", model="a", version="1"),
     series("shipyard_drift_detected", "0x30", model="b", version="1"),
     series(QUALITY_METRIC, "0.6x30", model="a", version="1", metric="accuracy"),
@@ -126,7 +129,22 @@ EXPECTED = [
         {"worker": "1", "instance": "h:8000"},
         "Worker 1 on h:8000 uses 95% of its file limit",
     ),
-    fires("ShipyardDriftScoreHigh", {**A1, "feature": "age"}, "Feature age of a:1 drifted (score 0.5)"),
+    {
+        "eval_time": "15m",
+        "alertname": "ShipyardFeatureDrift",
+        "exp_alerts": [
+            {
+                "exp_labels": {**A1, "feature": feature, "method": method, "severity": "warning"},
+                "exp_annotations": {
+                    "summary": f"Feature {feature} of a:1 drifted ({method} {value})",
+                    "description": next(
+                        r for r in alert_rules(AlertConfig()) if r.alert == "ShipyardFeatureDrift"
+                    ).description,
+                },
+            }
+            for feature, method, value in (("age", "psi", "0.5"), ("city", "chisquare", "0.001"))
+        ],
+    },
     fires("ShipyardDriftDetected", A1, "The inputs of a:1 drifted"),
     fires("ShipyardQualityDrop", {**A1, "metric": "accuracy"}, "Live accuracy of a:1 fell to 0.6"),
 ]

@@ -21,7 +21,7 @@ from shipyard.monitor.alerts import QUALITY_METRIC, AlertConfig, alert_rules
 from shipyard.monitor.dashboard import render_dashboard
 
 # Gauges other parts of the monitor export (drift, live quality); the dashboard shows them already.
-ELSEWHERE = {"shipyard_drift_score", "shipyard_drift_detected", QUALITY_METRIC}
+ELSEWHERE = {"shipyard_drift_score", "shipyard_drift_detected", "shipyard_drift_window_rows", QUALITY_METRIC}
 SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
 
 
