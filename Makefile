@@ -48,6 +48,7 @@ run-clean:
 ## print coverage per package (it fails when a module of serve/ or registry/ is never run).
 test: install-dev
 	bash scripts/install-debian-tool.sh chromium
+	bash scripts/install-debian-tool.sh prometheus
 	rm -f .coverage .coverage.*
 	$(BIN)/python -m pytest -q -n $(TEST_JOBS) --dist loadfile --cov --cov-report=
 	$(BIN)/python scripts/coverage_summary.py

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # install-debian-tool.sh TOOL [--required]: the system tool TOOL (a Debian package of the same
 # name), installed with apt-get when missing and when we may (root). The test suite drives
-# chromium (the /docs page in a real browser; those tests skip without it); the serving
-# benchmark drives wrk (--required: without it, fail with a line saying why).
+# chromium (the /docs page in a real browser) and prometheus (a real Prometheus scraping a server,
+# and its promtool checking the exported alerting rules); those tests skip without them. The
+# serving benchmark drives wrk (--required: without it, fail with a line saying why).
 set -euo pipefail
 tool="$1"
 required="${2:-}"

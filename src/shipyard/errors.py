@@ -97,6 +97,12 @@ class OverloadedError(NotReadyError):
     kind = "overloaded"
 
 
+class QueueFullError(OverloadedError):
+    """A model's queue holds as many requests as it may: more replicas or a larger queue help."""
+
+    kind = "queue_full"
+
+
 class RateLimitedError(ShipyardError):
     """Too many requests for a key or model; `retry_after_s` says when a request will pass."""
 

@@ -1,13 +1,17 @@
 """Every Prometheus object Shipyard exports, named `shipyard_<area>_<what>_<unit>`.
 
-Labels are limited to model, version, protocol, status, (errors only) the error kind and (drift
-only) the feature and method, capped per version: never request ids or user input. With several
-worker processes, `PROMETHEUS_MULTIPROC_DIR` is set before this module is imported and
-`/metrics` aggregates the workers' files, so figures add up across them.
+Labels are limited to model, version, protocol, status, the error kind (errors), the refusal
+reason (rejections), the worker number (process resources) and (drift only) the feature and
+method, capped per version: never request ids or user input. With several worker processes,
+`PROMETHEUS_MULTIPROC_DIR` is set before this module is imported and `/metrics` aggregates the
+workers' files, so figures add up across them. Gauges use a `live*` mode: a worker that ended
+stops counting once `forget_process` drops its files, and a replacement takes over its worker
+number, so no series is left behind by a pid.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import weakref
 from collections.abc import Callable, Iterable, Iterator
@@ -93,6 +97,109 @@ ERRORS = Counter(
     "Failed requests by model, version, protocol and error kind (not_found, invalid_input, model_error, …).",
     ["model", "version", "protocol", "kind"],
 )
+REJECTED = Counter(
+    "shipyard_server_rejected_total",
+    "Requests refused before inference, by reason (rate_limited, overloaded, queue_full, too_large, "
+    "deadline, not_ready, unauthorized, forbidden).",
+    ["model", "reason"],
+)
+# The error kinds that are refusals (the request was fine or unchecked; the server would not run
+# it), and the reason each is counted under.
+REJECTION_REASONS = {
+    "rate_limited": "rate_limited",
+    "overloaded": "overloaded",
+    "queue_full": "queue_full",
+    "payload_too_large": "too_large",
+    "deadline_exceeded": "deadline",
+    "not_ready": "not_ready",
+    "unauthorized": "unauthorized",
+    "forbidden": "forbidden",
+}
+QUEUE_CAPACITY = Gauge(
+    "shipyard_batcher_queue_capacity_requests",
+    "Requests a model's queue holds before it refuses more (serve.max_queue), for saturation ratios.",
+    ["model", "version"],
+    multiprocess_mode="livesum",
+)
+MODEL_READY = Gauge(
+    "shipyard_server_model_ready",
+    "1 while a served model name answers requests, 0 while it loads or failed (min over workers).",
+    ["model"],
+    multiprocess_mode="livemin",
+)
+MODEL_MEMORY = Gauge(
+    "shipyard_model_resident_memory_bytes",
+    "Estimate: resident memory a worker grew by while it loaded the version, summed over workers "
+    "(0 once unloaded; memory a runtime allocates on first use is not in it).",
+    ["model", "version"],
+    multiprocess_mode="livesum",
+)
+MODEL_ARTIFACT = Gauge(
+    "shipyard_model_artifact_bytes",
+    "Bytes of a served version's artifact in the registry (0 once unloaded).",
+    ["model", "version"],
+    multiprocess_mode="livemax",
+)
+REGISTRY_DISK = Gauge(
+    "shipyard_registry_disk_bytes",
+    "Bytes the registry uses on disk: its artifacts and, for SQLite, its database file.",
+    multiprocess_mode="livemax",
+)
+# Per worker (its number, 0 for a single process), not per pid: a replacement takes over the
+# number, so the series stay the same across restarts and a dead worker's value stops counting.
+PROCESS_CPU = Counter(
+    "shipyard_process_cpu_seconds",
+    "CPU time (user + system) of each worker; a replaced worker's time stays counted.",
+    ["worker"],
+)
+PROCESS_MEMORY = Gauge(
+    "shipyard_process_resident_memory_bytes",
+    "Resident memory of each worker.",
+    ["worker"],
+    multiprocess_mode="livesum",
+)
+PROCESS_FILES = Gauge(
+    "shipyard_process_open_files",
+    "Open file descriptors (connections included) of each worker.",
+    ["worker"],
+    multiprocess_mode="livesum",
+)
+PROCESS_MAX_FILES = Gauge(
+    "shipyard_process_max_open_files",
+    "The open-file limit of each worker.",
+    ["worker"],
+    multiprocess_mode="livesum",
+)
+PROCESS_START = Gauge(
+    "shipyard_process_start_time_seconds",
+    "When each worker started (Unix time): it moves when a worker is replaced.",
+    ["worker"],
+    multiprocess_mode="livesum",
+)
+
+
+def count_error(model: str, version: str, protocol: str, kind: str) -> None:
+    """One failed request: by kind, and by reason when it was a refusal."""
+    ERRORS.labels(model, version, protocol, kind).inc()
+    reason = REJECTION_REASONS.get(kind)
+    if reason is not None:
+        REJECTED.labels(model, reason).inc()
+
+
+def count_rejection(model: str, kind: str) -> None:
+    """A request refused before it reached a route (authentication)."""
+    reason = REJECTION_REASONS.get(kind)
+    if reason is not None:
+        REJECTED.labels(model, reason).inc()
+
+
+def forget_model(name: str) -> None:
+    """A model name no longer served: its readiness series goes. With several workers it cannot
+    (prometheus_client keeps no way to delete a series from the workers' files) and stays at its
+    last value until the server restarts."""
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        with contextlib.suppress(KeyError):
+            MODEL_READY.remove(name)
 
 
 # Per served version: (model, version, window rows, drift detected, [(feature, method, score)]).

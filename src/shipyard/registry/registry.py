@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import math
 import os
@@ -339,6 +340,17 @@ class Registry:
         if removed:
             self.audit("gc", target="artifacts", actor=actor, detail={"removed": removed, "bytes": freed})
         return removed, freed
+
+    def disk_bytes(self) -> int:
+        """Bytes the registry takes on this machine: its artifact store, and its SQLite database
+        with the database's journal files (a server database is not on this machine)."""
+        size = self.store.disk_bytes()
+        if self.settings.registry_url is None:
+            home = self.settings.home
+            for path in (home / "registry.db", home / "registry.db-wal", home / "registry.db-shm"):
+                with contextlib.suppress(FileNotFoundError):
+                    size += path.stat().st_size
+        return size
 
     def garbage_in_grace(self, grace_s: float = 600.0) -> tuple[int, int]:
         """What `gc(grace_s)` would keep because it is too recent; (items, bytes)."""

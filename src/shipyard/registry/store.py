@@ -8,6 +8,7 @@ leaves at most a staging folder or an unreferenced artifact, both removed by `gc
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -168,6 +169,10 @@ class LocalArtifactStore:
             for entry in prefix.iterdir():
                 yield "sha256:" + entry.name
 
+    def disk_bytes(self) -> int:
+        """Bytes of every file under the store: artifacts, garbage and pushes in flight."""
+        return _tree_size(self.root) if self.root.is_dir() else 0
+
     def delete(self, digest: str) -> None:
         shutil.rmtree(self._final_path(digest), ignore_errors=True)
 
@@ -211,4 +216,9 @@ class LocalArtifactStore:
 
 
 def _tree_size(path: Path) -> int:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    size = 0
+    for dirpath, _, filenames in os.walk(path):
+        for name in filenames:
+            with contextlib.suppress(FileNotFoundError):  # a push or gc may move it meanwhile
+                size += os.lstat(os.path.join(dirpath, name)).st_size
+    return size

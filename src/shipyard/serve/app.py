@@ -12,7 +12,7 @@ from contextlib import asynccontextmanager
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
-from starlette.routing import Route
+from starlette.routing import Match, Route
 from starlette.types import Receive, Scope, Send
 
 from shipyard.errors import MethodNotAllowedError, NotFoundError
@@ -23,6 +23,7 @@ from shipyard.registry import Registry
 from shipyard.serve.admin import AdminSplit
 from shipyard.serve.auth import Authenticator
 from shipyard.serve.dataplane import DataPlane
+from shipyard.serve.gauges import Gauges
 from shipyard.serve.limits import Limits, Table
 from shipyard.serve.protocols._http import error_response, internal_error, json_response
 from shipyard.serve.protocols.drift import drift_routes
@@ -60,6 +61,7 @@ def create_app(
     dataplane = DataPlane(repository, serve, Limits(serve, table, worker), drift)
     probes = frozenset(p for p in ("/healthz", "/readyz", "/ping", vertex_routes[0]) if p)
     auth = Authenticator(registry, serve, probes)
+    gauges = Gauges(repository, registry, worker)
     if serve.insecure:
         log.warning(
             "serving with --insecure: no API key is required until one is created with `shipyard keys create`"
@@ -118,7 +120,8 @@ def create_app(
         if wait_for_models:
             await asyncio.shield(loading)
         try:
-            yield
+            async with gauges.running():
+                yield
         finally:
             loading.cancel()
             await repository.close()
@@ -133,6 +136,7 @@ def create_app(
     )
     app.state.dataplane = dataplane
     app.state.repository = repository
+    app.state.gauges = gauges
     hot = [route for protocol in protocols for route in getattr(protocol, "hot_routes", list)()]
     return ShipyardApp(app, hot, auth, AdminSplit.of(serve, admin_routes))
 
@@ -154,7 +158,10 @@ async def server_error(request: Request, exc: Exception) -> Response:
 
 async def metrics_endpoint(request: Request) -> Response:
     """Prometheus metrics: OpenMetrics (with exemplars) if the scraper accepts it, else text.
-    In a thread: drift is computed at scrape time, and must not stall the event loop."""
+    This worker's gauges are sampled first, on the event loop (they read the repository); the
+    exposition runs in a thread: drift is computed at scrape time, and must not stall the loop."""
+    gauges: Gauges = request.app.state.gauges
+    gauges.sample()
     body, media_type = await asyncio.to_thread(metrics.exposition, request.headers.get("accept"))
     return Response(body, media_type=media_type)
 
@@ -184,6 +191,7 @@ class ShipyardApp:
                 return
             refused = await self.auth.check(scope)  # every route, before any of them runs
             if refused is not None:
+                metrics.count_rejection(self._model_label(scope), refused.kind)
                 await error_response(refused)(scope, receive, send)
                 return
             path = scope["path"]
@@ -200,6 +208,18 @@ class ShipyardApp:
                 await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+    def _model_label(self, scope: Scope) -> str:
+        """The served model a refused request named in its path, else "-" (only when refusing:
+        it routes the path a second time)."""
+        for route in self.router.routes:
+            match, child = route.matches(scope)
+            if match != Match.NONE:
+                name = child.get("path_params", {}).get("model")
+                if isinstance(name, str) and self.state.dataplane.is_served(name):
+                    return name
+                break
+        return "-"
 
 
 def _not_allowed(method: str, path: str, allow: str) -> MethodNotAllowedError:

@@ -28,7 +28,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from shipyard.errors import DeadlineExceededError, InvalidInputError, OverloadedError, ShipyardError
+from shipyard.errors import (
+    DeadlineExceededError,
+    InvalidInputError,
+    OverloadedError,
+    QueueFullError,
+    ShipyardError,
+)
 
 if TYPE_CHECKING:
     from shipyard.monitor.tracing import BatchTrace, RequestTrace
@@ -190,8 +196,8 @@ class Batcher:
         if self._closed:  # handed a place just before the model was unloaded
             raise OverloadedError("the model was unloaded; retry")
 
-    def _full(self) -> OverloadedError:
-        return OverloadedError(
+    def _full(self) -> QueueFullError:
+        return QueueFullError(
             f"the model's queue is full ({self.max_queue} requests waiting, none left within "
             f"{self.max_queue_wait_s:g} s; settings serve.max_queue and serve.max_queue_wait_s); "
             "retry later"

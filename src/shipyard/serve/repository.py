@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from shipyard.errors import ModelError, NotFoundError, NotReadyError, ShipyardError
 from shipyard.monitor import metrics
+from shipyard.monitor.resources import resident_bytes
 from shipyard.registry import Registry, signing
 from shipyard.runtimes import Runtime, load_runtime
 from shipyard.serve.batching import Batcher
@@ -237,7 +238,7 @@ class ModelRepository:
     async def _load_version(self, model: ServedModel, version: ModelVersion) -> ServedVersion:
         served = ServedVersion(version)
         model.versions[version.version] = served
-        started = time.perf_counter()
+        started, memory_before = time.perf_counter(), resident_bytes()
         try:
             batch_options = self._batch_options(version)
             building = asyncio.ensure_future(asyncio.to_thread(self._build_runtime, version))
@@ -272,6 +273,7 @@ class ModelRepository:
         served.state = "ready"
         metrics.LOAD_TIME.labels(*labels).observe(time.perf_counter() - started)
         metrics.LOADED_MODELS.inc()
+        _publish_sizes(served, labels, self.settings.serve.max_queue, memory_before)
         log.info("loaded %s in %.3fs", version.ref, time.perf_counter() - started)
         return served
 
@@ -346,6 +348,7 @@ class ModelRepository:
             await asyncio.to_thread(served.runtime.close)
         if was_ready:
             metrics.LOADED_MODELS.dec()
+            _publish_sizes(served, (model.name, str(served.version.version)), 0, None)
 
     async def load(self, ref: ModelRef, *, actor: str | None = None) -> ServedModel:
         """Management: serve (or re-resolve) a reference at run time.
@@ -429,6 +432,19 @@ def _observe_batch(
     queue_time = metrics.QUEUE_TIME.labels(*labels)
     for wait in waits:
         queue_time.observe(wait)
+
+
+def _publish_sizes(
+    served: ServedVersion, labels: tuple[str, str], max_queue: int, memory_before: int | None
+) -> None:
+    """A version's queue capacity, artifact size and memory estimate; all 0 once it is unloaded
+    (`max_queue` 0). The estimate is what this process grew by while the version loaded: other
+    versions loading at the same time blur it."""
+    metrics.QUEUE_CAPACITY.labels(*labels).set(max_queue)
+    metrics.MODEL_ARTIFACT.labels(*labels).set(served.version.size if max_queue else 0)
+    memory_after = resident_bytes()
+    grown = memory_after - memory_before if memory_before is not None and memory_after is not None else 0
+    metrics.MODEL_MEMORY.labels(*labels).set(max(0, grown))
 
 
 def _close_built_runtime(building: asyncio.Future[Runtime]) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from serve_support import ServeModels, metric_sum
 
 from servers import Server, launch, run_to_exit
@@ -34,6 +35,16 @@ def worker_pids(parent: int) -> list[int]:
         except FileNotFoundError:  # it ended between the two reads
             pass
     return pids
+
+
+def per_worker(text: str, name: str) -> dict[str, float]:
+    """Metric `name` of a /metrics page by its `worker` label."""
+    return {
+        sample.labels["worker"]: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name
+    }
 
 
 def wait_for(condition: Callable[[], bool], what: str, server: Server) -> None:
@@ -107,6 +118,9 @@ def test_a_killed_worker_is_replaced_while_the_other_keeps_answering(
 
         with Traffic(server.url, CLIENTS) as traffic:
             wait_for(lambda: traffic.ok >= 20, "answers before the kill", server)
+            with server.client() as client:
+                cpu_before = per_worker(client.get("/metrics").text, "shipyard_process_cpu_seconds_total")
+            killed_at = time.time()
             os.kill(victim, signal.SIGKILL)
             died = stderr_line(
                 server,
@@ -129,6 +143,14 @@ def test_a_killed_worker_is_replaced_while_the_other_keeps_answering(
         with server.client() as client:
             text = client.get("/metrics").text
         assert metric_sum(text, "shipyard_server_loaded_models") == 2, text
+        # Resources are per worker number, not per pid: still one series per worker, the replaced
+        # one's from the new process alone (a dead worker's value still added would double it),
+        # while its CPU counter keeps the time the dead worker used.
+        started = per_worker(text, "shipyard_process_start_time_seconds")
+        assert set(started) == {"1", "2"}, text
+        assert killed_at < started[died[1]] < time.time(), (killed_at, started)
+        assert set(per_worker(text, "shipyard_process_resident_memory_bytes")) == {"1", "2"}
+        assert per_worker(text, "shipyard_process_cpu_seconds_total")[died[1]] >= cpu_before[died[1]]
         code = server.stop()
     except BaseException:
         server.kill()

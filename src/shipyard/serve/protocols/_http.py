@@ -329,7 +329,7 @@ def endpoint(
             exemplar = None if trace is None else trace.finish(response, key[0], key[1])
             pair[1].observe(time.perf_counter() - started, exemplar)
             if kind:  # errors by kind (not_found, invalid_input, overloaded, …), never by message
-                metrics.ERRORS.labels(key[0], key[1], protocol, kind).inc()
+                metrics.count_error(key[0], key[1], protocol, kind)
             return response
 
         handler.__name__ = fn.__name__

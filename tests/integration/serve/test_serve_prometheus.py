@@ -1,0 +1,271 @@
+"""A real Prometheus scraping a real `shipyard serve --workers 2`: the metrics it stores carry the
+traffic with the right labels, and the exported alerting rules fire in Prometheus itself.
+
+Prometheus (Debian's `prometheus` package, which `make test` installs) runs on loopback with a
+1 s scrape and evaluation interval and its own data folder; the tests poll its HTTP API until
+what they expect is there, up to a deadline. Without the binary they skip, saying so.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from serve_support import ServeModels, free_port, metric_sum
+
+from servers import SHIPYARD, Server, server_env
+from tensorboard_events import read_scalars
+
+PROMETHEUS = shutil.which("prometheus")
+pytestmark = pytest.mark.skipif(
+    PROMETHEUS is None,
+    reason="prometheus is not installed (Debian's `prometheus` package; `make test` installs it)",
+)
+DEADLINE_S = 30.0
+ROW = [5.1, 3.5, 1.4, 0.2]
+V2_ROW = {"inputs": [{"name": "X", "shape": [1, 4], "datatype": "FP32", "data": ROW}]}
+REQUESTS = 'shipyard_server_requests_total{model="iris-onnx",version="1",status="200"}'
+
+
+class Prometheus:
+    """A Prometheus process scraping one server every second, queried over its HTTP API."""
+
+    def __init__(self, folder: Path, target: str, rules: Path) -> None:
+        self.port = free_port()
+        config = folder / "prometheus.yml"
+        config.write_text(
+            "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
+            f"rule_files: [{str(rules)!r}]\n"
+            "scrape_configs:\n"
+            f"  - {{job_name: shipyard, static_configs: [{{targets: [{target!r}]}}]}}\n"
+        )
+        self.log = (folder / "prometheus.log").open("wb")
+        assert PROMETHEUS is not None
+        self.proc = subprocess.Popen(
+            [
+                PROMETHEUS,
+                f"--config.file={config}",
+                f"--storage.tsdb.path={folder / 'data'}",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+            ],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+        self.client = httpx.Client(base_url=f"http://127.0.0.1:{self.port}", timeout=5.0)
+        self.folder = folder
+
+    def output(self) -> str:
+        return (self.folder / "prometheus.log").read_text(errors="replace")[-4000:]
+
+    def until(self, what: str, check: Callable[[], Any]) -> Any:
+        """Poll `check()` until it returns something truthy (returned), failing after DEADLINE_S."""
+        deadline = time.monotonic() + DEADLINE_S
+        last: Any = None
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                pytest.fail(f"prometheus exited with {self.proc.returncode}:\n{self.output()}")
+            try:
+                last = check()
+            except httpx.TransportError as exc:
+                last = exc
+            if last and not isinstance(last, Exception):
+                return last
+            time.sleep(0.1)
+        pytest.fail(f"never happened within {DEADLINE_S} s: {what}; last: {last!r}\n{self.output()}")
+
+    def query(self, expr: str) -> list[dict[str, Any]]:
+        """An instant query's result vector: [{"metric": labels, "value": [time, "text"]}]."""
+        body = self.client.get("/api/v1/query", params={"query": expr}).json()
+        assert body["status"] == "success", body
+        result: list[dict[str, Any]] = body["data"]["result"]
+        return result
+
+    def series(self, expr: str, count: int) -> list[dict[str, Any]]:
+        """The query's result once it holds `count` series."""
+        return self.until(
+            f"{count} series of {expr}", lambda: r if len(r := self.query(expr)) == count else None
+        )
+
+    def alerts(self, state: str) -> set[str]:
+        body = self.client.get("/api/v1/alerts").json()
+        return {a["labels"]["alertname"] for a in body["data"]["alerts"] if a["state"] == state}
+
+    def stop(self) -> None:
+        self.client.close()
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.log.close()
+
+
+TUNED = ["--p99-latency", "0.000001", "--for", "1s", "--window", "30s"]
+
+
+def export_rules(folder: Path) -> Path:
+    """The rules as `shipyard monitor export` writes them, tuned to fire within seconds: any
+    latency at all is over the p99 threshold, and a condition fires after holding 1 s."""
+    rules = folder / "rules.yml"
+    done = subprocess.run(
+        [str(SHIPYARD), "monitor", "export", "--prometheus-rules", str(rules), *TUNED],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env=server_env(folder),
+    )
+    assert done.returncode == 0, done.stderr
+    return rules
+
+
+@pytest.fixture(scope="module")
+def scraped(
+    serve_models: ServeModels,
+    serve_launcher: Callable[..., Any],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[Server, Prometheus]]:
+    """`shipyard serve iris-onnx --workers 2`, both workers serving, and a Prometheus scraping it."""
+    folder = tmp_path_factory.mktemp("prometheus")
+    rules = export_rules(folder)
+    with serve_launcher(serve_models.home, ["iris-onnx"], args=["--workers", "2"]) as server:
+        with server.client() as client:
+            deadline = time.monotonic() + DEADLINE_S
+            while metric_sum(client.get("/metrics").text, "shipyard_server_loaded_models") < 2:
+                assert time.monotonic() < deadline, "the second worker never loaded its model"
+                time.sleep(0.05)
+        prometheus = Prometheus(folder, server.host_port, rules)
+        try:
+            prometheus.until(
+                "prometheus is ready", lambda: prometheus.client.get("/-/ready").status_code == 200
+            )
+            # A counter's first sample shows no increase: let Prometheus see the series before
+            # the tests send what they measure.
+            send(server, 1)
+            prometheus.until("the first requests scraped", lambda: number(prometheus.query(REQUESTS)) == 2)
+            yield server, prometheus
+        finally:
+            prometheus.stop()
+
+
+def send(server: Server, count: int) -> None:
+    """`count` V2 and `count` V1 requests, one connection each, so both workers get some."""
+    for _ in range(count):
+        with server.client(headers={"Connection": "close"}) as client:
+            assert client.post("/v2/models/iris-onnx/infer", json=V2_ROW).status_code == 200
+            assert client.post("/v1/models/iris-onnx:predict", json={"instances": [ROW]}).status_code == 200
+
+
+def number(result: list[dict[str, Any]]) -> float:
+    return sum(float(item["value"][1]) for item in result)
+
+
+def test_prometheus_stores_the_traffic_with_its_labels(scraped: tuple[Server, Prometheus]) -> None:
+    server, prometheus = scraped
+    assert number(prometheus.query('up{job="shipyard"}')) == 1
+    before = {r["metric"]["protocol"]: float(r["value"][1]) for r in prometheus.query(REQUESTS)}
+    count = 20
+    send(server, count)
+    expected = {protocol: seen + count for protocol, seen in before.items()}
+    by_protocol = prometheus.until(
+        f"{count} more requests of each protocol counted",
+        lambda: (
+            {r["metric"]["protocol"]: float(r["value"][1]) for r in prometheus.query(REQUESTS)} == expected
+            and prometheus.query(REQUESTS)
+        ),
+    )
+    assert set(expected) == {"v1", "v2"}
+    for item in by_protocol:  # the vocabulary's labels, and the scrape's own
+        assert set(item["metric"]) == {
+            "__name__",
+            "model",
+            "version",
+            "protocol",
+            "status",
+            "job",
+            "instance",
+        }
+
+    latency = "shipyard_server_request_duration_seconds"
+    counted = prometheus.query(f'sum({latency}_count{{model="iris-onnx",status="200"}})')
+    assert number(counted) == sum(expected.values())  # one observation per request
+    buckets = prometheus.query(f'{latency}_bucket{{model="iris-onnx",protocol="v2",status="200"}}')
+    assert {b["metric"]["le"] for b in buckets} >= {"0.001", "0.01", "0.1", "+Inf"}
+    p99 = prometheus.series(
+        f'histogram_quantile(0.99, sum by (le) (rate({latency}_bucket{{model="iris-onnx"}}[30s])))', 1
+    )
+    assert 0 < float(p99[0]["value"][1]) < 5
+
+    # Resources: one series per worker number (never per pid), from both workers.
+    for name in ("shipyard_process_resident_memory_bytes", "shipyard_process_open_files"):
+        series = prometheus.series(name, 2)
+        assert {s["metric"]["worker"] for s in series} == {"1", "2"}, series
+    memory = {
+        s["metric"]["worker"]: float(s["value"][1])
+        for s in prometheus.query("shipyard_process_resident_memory_bytes")
+    }
+    assert all(20e6 < rss < 4e9 for rss in memory.values()), memory
+    cpu = prometheus.query("shipyard_process_cpu_seconds_total")
+    assert {s["metric"]["worker"] for s in cpu} == {"1", "2"} and number(cpu) > 0
+    model_memory = prometheus.query('shipyard_model_resident_memory_bytes{model="iris-onnx",version="1"}')
+    assert len(model_memory) == 1 and number(model_memory) > 0  # both workers' estimates, summed
+    artifact = prometheus.query('shipyard_model_artifact_bytes{model="iris-onnx",version="1"}')
+    assert number(artifact) > 0
+    assert number(prometheus.query('shipyard_server_model_ready{model="iris-onnx"}')) == 1
+
+
+def test_an_exported_alert_fires_in_prometheus(scraped: tuple[Server, Prometheus]) -> None:
+    server, prometheus = scraped
+    prometheus.until(
+        "the rules are loaded", lambda: prometheus.client.get("/api/v1/rules").json()["data"]["groups"]
+    )
+    send(server, 10)
+    firing = prometheus.until(
+        "ShipyardHighLatencyP99 firing",
+        lambda: "ShipyardHighLatencyP99" in (s := prometheus.alerts("firing")) and s,
+    )
+    # A healthy server sets off nothing else, though every rule waits only 1 s here.
+    assert firing == {"ShipyardHighLatencyP99"}, firing
+    body = prometheus.client.get("/api/v1/alerts").json()
+    (alert,) = [a for a in body["data"]["alerts"] if a["labels"]["alertname"] == "ShipyardHighLatencyP99"]
+    assert alert["labels"]["model"] == "iris-onnx"
+    assert alert["annotations"]["summary"].startswith("Model iris-onnx answers in ")
+
+
+def test_tensorboard_gets_the_latency_prometheus_computes(
+    scraped: tuple[Server, Prometheus], tmp_path: Path
+) -> None:
+    server, prometheus = scraped
+    send(server, 5)
+    done = subprocess.run(
+        [str(SHIPYARD), "monitor", "export", "--tensorboard", str(tmp_path / "run"), "--url", server.url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env=server_env(tmp_path),
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"added 4 scalars of {server.url} to the TensorBoard run "), done.stdout
+    board = {tag: points[-1][2] for tag, points in read_scalars(tmp_path / "run").items()}
+    assert set(board) == {"requests/iris-onnx", *(f"latency/iris-onnx/p{p}" for p in (50, 90, 99))}
+
+    # Prometheus's own histogram_quantile over the same totals (no traffic since) agrees.
+    histogram = "shipyard_server_request_duration_seconds"
+    prometheus.until(
+        "Prometheus holds the same totals",
+        lambda: (
+            number(prometheus.query(f'sum({histogram}_count{{model="iris-onnx"}})'))
+            == board["requests/iris-onnx"]
+        ),
+    )
+    for p in (50, 90, 99):
+        expr = f'histogram_quantile({p / 100}, sum by (le) ({histogram}_bucket{{model="iris-onnx"}}))'
+        assert board[f"latency/iris-onnx/p{p}"] == pytest.approx(number(prometheus.query(expr)), rel=1e-6), p
