@@ -88,6 +88,11 @@ ERRORS = Counter(
     "Failed requests by model, version, protocol and error kind (not_found, invalid_input, model_error, …).",
     ["model", "version", "protocol", "kind"],
 )
+PREDICTION_LOG_DROPPED = Counter(
+    "shipyard_predictionlog_dropped_total",
+    "Prediction log entries dropped: queue_full (the writer fell behind) or write_failed (the disk refused).",
+    ["model", "reason"],
+)
 
 
 def exposition() -> bytes:

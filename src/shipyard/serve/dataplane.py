@@ -6,7 +6,7 @@ import asyncio
 import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -16,6 +16,9 @@ from shipyard.serve.repository import IndexEntry, ModelRepository, ModelStatus, 
 from shipyard.settings import ServeSettings
 from shipyard.tensors import coerce_inputs
 from shipyard.types import ModelRef, ModelVersion
+
+if TYPE_CHECKING:
+    from shipyard.monitor.prediction_recorder import Sample
 
 
 class Held:
@@ -81,19 +84,23 @@ class DataPlane:
         *,
         timeout_s: float | None = None,
         caller: str | None = None,
+        sample: Sample | None = None,
     ) -> InferResult:
         """Run one request on a held version; `inputs` maps names to values (or rows).
 
         `disconnected` resolves when the client goes away: the request is then withdrawn from
         its queue, so an abandoned request costs no inference and holds no memory. `timeout_s`
         is the client's deadline (capped by the server's), else the version's `timeout_s`;
-        `caller` is the caller's key id, for its rate limit.
+        `caller` is the caller's key id, for its rate limit; `sample`, if given, is filled in with
+        the validated inputs and the outputs (for the prediction log).
         """
         record = served.version
         policy = self._policies.get(served) or self._policy(served)
         admission = self._limits.admit(record.name, policy, caller)
         try:
             arrays = coerce_inputs(record.signature, inputs)
+            if sample is not None:
+                sample.inputs = arrays
             rows = self._check_size(arrays)
             if served.batcher is None:
                 raise RuntimeError(f"{record.ref} has no batcher")  # cannot happen once ready
@@ -110,6 +117,8 @@ class DataPlane:
                 admission.release()
         served.requests += 1
         served.rows += rows
+        if sample is not None:
+            sample.outputs = outputs
         return InferResult(record, outputs)
 
     def _policy(self, served: ServedVersion) -> ModelPolicy:

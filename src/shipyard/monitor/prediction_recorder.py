@@ -1,0 +1,337 @@
+"""Recording the prediction log without slowing requests: sample, queue, write in a thread.
+
+The request path draws one random number and appends to a bounded deque (no lock, no wake-up);
+a writer thread drains the deque every 0.2 s into this process's segment (`predictions.py`),
+summarizing and serializing there. When the queue is full, or the disk refuses a write, entries
+are dropped and counted in `shipyard_predictionlog_dropped_total{model,reason}`, with a warning at
+most once a minute: a request never waits for the log and never fails because of it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+import sqlite3
+import threading
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+
+from shipyard.monitor import metrics
+from shipyard.monitor.predictions import INSERT, enforce_retention, open_segment, segment_bytes, segment_name
+from shipyard.settings import PredictionLogSettings, Settings
+
+log = logging.getLogger("shipyard.predictions")
+
+_INTERVAL_S = 0.2
+_CHUNK = 256  # entries per transaction
+_WARN_EVERY_S = 60.0
+_RETENTION_EVERY_S = 60.0
+_MAX_VALUES = 256  # an output of at most this many elements is summarized with its values
+_MAX_HELD_BYTES = 64 << 20  # arrays queued entries keep alive; past it, entries are summarized at once
+_JSON = orjson.OPT_SERIALIZE_NUMPY
+QUEUE_FULL, WRITE_FAILED = "queue_full", "write_failed"
+_WHY = {
+    QUEUE_FULL: "the queue was full: the writer fell behind (lower prediction_log.sample_rate)",
+    WRITE_FAILED: "the prediction log could not be written",
+}
+
+
+class Sample:
+    """What one request ran on, noted by the dataplane as it goes (None where it never got)."""
+
+    __slots__ = ("inputs", "outputs")
+
+    def __init__(self) -> None:
+        self.inputs: dict[str, np.ndarray] | None = None
+        self.outputs: dict[str, np.ndarray] | None = None
+
+
+# A queued entry, as a tuple (the cheapest thing to build on the request path):
+# (time, request id, model, version, protocol, status, latency s, inputs, outputs, with payload,
+#  bytes held, summary made at once or None)
+_Pending = tuple[float, str, str, "int | None", str, int, float, Any, Any, bool, int, "dict[str, Any] | None"]
+
+
+class PredictionRecorder:
+    """One process's prediction log writer. `record` is the only call on the request path."""
+
+    def __init__(self, settings: PredictionLogSettings, directory: Path, worker: int = 0) -> None:
+        self.directory = directory
+        self.worker = worker
+        self._settings = settings
+        self._default = _rates(settings.sample_rate, settings.payload_rate)
+        self._rates = {
+            name: _rates(
+                settings.sample_rate if m.sample_rate is None else m.sample_rate,
+                settings.payload_rate if m.payload_rate is None else m.payload_rate,
+            )
+            for name, m in settings.models.items()
+        }
+        self._segment_bytes = max(1 << 16, settings.max_bytes // 16)
+        self._segment_age_s = min(settings.max_age_s / 8, 86400.0)
+        self._queue: deque[_Pending] = deque()
+        self._queue_size = settings.queue_size
+        self._held_in = 0  # bytes of arrays ever queued (request path) ...
+        self._held_out = 0  # ... and ever released by the writer: the difference is held now
+        self._appended = 0  # entries ever queued; `flush` waits for the writer to reach it
+        self._handled = 0
+        self._dropped = {QUEUE_FULL: 0, WRITE_FAILED: 0}
+        self._warned = {QUEUE_FULL: 0, WRITE_FAILED: 0}
+        self._warned_at = -_WARN_EVERY_S
+        self._full_counters: dict[str, Any] = {}
+        self._wake = threading.Event()
+        self._progress = threading.Condition()
+        self._closing = False
+        self._thread: threading.Thread | None = None
+        self._db: sqlite3.Connection | None = None
+        self._path: Path | None = None
+        self._started = 0.0
+        self._trimmed_at = 0.0
+        self._last_error = ""
+
+    @classmethod
+    def create(cls, settings: Settings, worker: int = 0) -> PredictionRecorder | None:
+        """The recorder `settings` ask for; None when every rate is 0 (the log costs nothing)."""
+        log_settings = settings.prediction_log
+        recorder = cls(log_settings, settings.predictions_dir, worker)
+        rates = [recorder._default[0], *(r[0] for r in recorder._rates.values())]
+        return recorder if any(rates) else None
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="shipyard-prediction-log", daemon=True)
+            self._thread.start()
+
+    def record(
+        self,
+        request_id: str,
+        model: str,
+        version: int | None,
+        protocol: str,
+        status: int,
+        latency_s: float,
+        sample: Sample,
+    ) -> None:
+        """Queue one request's entry if it is drawn, or drop and count it: never blocks."""
+        logged, with_payload = self._rates.get(model, self._default)
+        draw = random.random()
+        if draw >= logged:
+            return
+        if len(self._queue) >= self._queue_size:
+            self._dropped[QUEUE_FULL] += 1
+            counter = self._full_counters.get(model)
+            if counter is None:  # labels() costs microseconds: once per model
+                counter = metrics.PREDICTION_LOG_DROPPED.labels(model, QUEUE_FULL)
+                self._full_counters[model] = counter
+            counter.inc()
+            return
+        inputs, outputs = sample.inputs, sample.outputs
+        held = 0
+        for array in (inputs or {}).values():
+            held += array.nbytes
+        for array in (outputs or {}).values():
+            held += array.nbytes
+        summary = None
+        if self._held_in - self._held_out + held > _MAX_HELD_BYTES:  # keep memory bounded
+            summary = summarize(inputs, outputs)
+            if draw < with_payload:
+                summary["payload_omitted_bytes"] = held
+            inputs = outputs = None
+            held = 0
+        self._held_in += held
+        self._appended += 1
+        self._queue.append(
+            (
+                time.time(),
+                request_id,
+                model,
+                version,
+                protocol,
+                status,
+                latency_s,
+                inputs,
+                outputs,
+                draw < with_payload,
+                held,
+                summary,
+            )
+        )
+
+    def flush(self, timeout_s: float = 10.0) -> bool:
+        """Wait until every entry queued so far is written or dropped; False on timeout."""
+        target = self._appended
+        with self._progress:
+            self._wake.set()
+            return self._progress.wait_for(lambda: self._handled >= target, timeout_s)
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        """Write what is queued, then stop the writer (which a hung disk cannot keep alive)."""
+        self._closing = True
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+
+    @property
+    def dropped(self) -> dict[str, int]:
+        """Entries dropped so far, by reason."""
+        return dict(self._dropped)
+
+    def _run(self) -> None:
+        try:
+            while True:
+                self._wake.wait(_INTERVAL_S)
+                self._wake.clear()
+                self._drain()
+                self._warn()
+                if self._closing and not self._queue:
+                    break
+                if self._db is not None and time.monotonic() - self._trimmed_at > _RETENTION_EVERY_S:
+                    self._trim()
+        finally:
+            self._close_segment()
+
+    def _drain(self) -> None:
+        queue = self._queue
+        while queue:
+            batch = [queue.popleft() for _ in range(min(len(queue), _CHUNK))]
+            rows, kept = [], []
+            for pending in batch:
+                try:
+                    rows.append(self._row(pending))
+                    kept.append(pending)
+                except (TypeError, ValueError) as exc:  # a value JSON cannot hold: this entry only
+                    self._failed([pending], exc)
+            try:
+                connection = self._connection()
+                with connection:
+                    connection.executemany(INSERT, rows)
+            except (sqlite3.Error, OSError) as exc:
+                self._close_segment()  # the next batch starts over: a new segment, the folder re-made
+                self._failed(kept, exc)
+            with self._progress:
+                self._held_out += sum(pending[10] for pending in batch)
+                self._handled += len(batch)
+                self._progress.notify_all()
+
+    def _row(self, pending: _Pending) -> tuple[Any, ...]:
+        at, request_id, model, version, protocol, status, latency_s = pending[:7]
+        inputs, outputs, payload, held, summary = pending[7:]
+        if summary is None:
+            summary = summarize(inputs, outputs)
+        body = None
+        if payload and inputs is not None:
+            if held > self._settings.max_payload_bytes:
+                summary["payload_omitted_bytes"] = held
+            else:
+                body = orjson.dumps({"inputs": inputs, "outputs": outputs}, option=_JSON, default=_plain)
+        return (
+            request_id,
+            at,
+            model,
+            version,
+            protocol,
+            status,
+            round(latency_s * 1000, 3),
+            self.worker,
+            orjson.dumps(summary, option=_JSON, default=_plain).decode(),
+            None if body is None else body.decode(),
+        )
+
+    def _connection(self) -> sqlite3.Connection:
+        """This process's current segment: a new one when it is full, old, or was deleted."""
+        now = time.time()
+        path = self._path
+        if self._db is not None and path is not None:
+            size = segment_bytes(path)
+            if not size or size >= self._segment_bytes or now - self._started >= self._segment_age_s:
+                self._close_segment()
+        if self._db is None:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            self._path = self.directory / segment_name(now, self.worker)
+            self._db = open_segment(self._path)
+            self._started = now
+            self._trim()
+        return self._db
+
+    def _close_segment(self) -> None:
+        if self._db is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.close()
+            self._db = None
+
+    def _trim(self) -> None:
+        self._trimmed_at = time.monotonic()
+        try:
+            enforce_retention(self.directory, self._settings.max_bytes, self._settings.max_age_s, self._path)
+        except OSError as exc:
+            log.warning("prediction log: retention failed in %s: %s", self.directory, exc)
+
+    def _failed(self, batch: list[_Pending], exc: Exception) -> None:
+        self._last_error = f"{type(exc).__name__}: {exc}"
+        by_model: dict[str, int] = {}
+        for pending in batch:
+            by_model[pending[2]] = by_model.get(pending[2], 0) + 1
+        for model, count in by_model.items():
+            metrics.PREDICTION_LOG_DROPPED.labels(model, WRITE_FAILED).inc(count)
+        self._dropped[WRITE_FAILED] += len(batch)
+
+    def _warn(self) -> None:
+        """At most one warning a minute, saying how many entries went and why."""
+        now = time.monotonic()
+        if now - self._warned_at < _WARN_EVERY_S:
+            return
+        lost = {reason: count - self._warned[reason] for reason, count in self._dropped.items()}
+        if not any(lost.values()):
+            return
+        self._warned_at = now
+        self._warned.update(self._dropped)
+        for reason, count in lost.items():
+            if count:
+                detail = f" ({self._last_error})" if reason == WRITE_FAILED else ""
+                log.warning(
+                    "prediction log: dropped %d entries: %s%s; requests are unaffected",
+                    count,
+                    _WHY[reason],
+                    detail,
+                    extra={"fields": {"dropped": count, "reason": reason}},
+                )
+
+
+def _rates(sample_rate: float, payload_rate: float) -> tuple[float, float]:
+    """(share of requests logged, share logged with their payload): one draw decides both."""
+    return max(sample_rate, payload_rate), payload_rate
+
+
+def summarize(inputs: dict[str, np.ndarray] | None, outputs: dict[str, np.ndarray] | None) -> dict[str, Any]:
+    """Rows, each input's shape and dtype, each output's too with its values when it is small
+    (a classifier's labels, a regressor's values: what late feedback is compared with)."""
+    summary: dict[str, Any] = {}
+    if inputs is not None:
+        summary["rows"] = max((a.shape[0] if a.ndim else 1 for a in inputs.values()), default=0)
+        summary["inputs"] = {name: {"shape": a.shape, "dtype": a.dtype.name} for name, a in inputs.items()}
+    if outputs is not None:
+        described = {}
+        for name, array in outputs.items():
+            about: dict[str, Any] = {"shape": array.shape, "dtype": array.dtype.name}
+            if array.size <= _MAX_VALUES:
+                about["values"] = array
+            described[name] = about
+        summary["outputs"] = described
+    return summary
+
+
+def _plain(value: Any) -> Any:
+    """What orjson cannot write itself: text (object) arrays, bytes, numpy scalars."""
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not serializable")
