@@ -12,7 +12,7 @@ import typer
 import typer.exceptions
 
 from shipyard import __version__
-from shipyard.cli import aliases, audit, keys, models, optimize, serve, sign
+from shipyard.cli import aliases, audit, keys, logs, models, optimize, serve, sign
 from shipyard.cli._context import CliState
 from shipyard.cli._help import PlainHelpGroup
 from shipyard.errors import ShipyardError
@@ -57,6 +57,7 @@ optimize.register(app)
 keys.register(app)
 audit.register(app)
 sign.register(app)
+logs.register(app)
 
 
 def _click_errors() -> tuple[type[Exception], ...]:

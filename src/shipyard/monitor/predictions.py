@@ -28,6 +28,8 @@ from typing import Any
 
 import orjson
 
+from shipyard.errors import InvalidInputError, MissingDependencyError
+
 SUFFIX = ".sqlite"
 _SIDE_FILES = ("-wal", "-shm", "-journal")
 _SCHEMA = """
@@ -241,3 +243,54 @@ class PredictionStore:
                 orjson.loads(summary),
                 None if payload is None else orjson.loads(payload),
             )
+
+
+def export(entries: list[Entry], path: Path) -> None:
+    """Write entries to `path`: JSON Lines (`.jsonl`), or Parquet (`.parquet`, needs pyarrow) with
+    the summary and payload as JSON text columns."""
+    suffix = path.suffix.lower()
+    if suffix not in (".jsonl", ".parquet"):
+        raise InvalidInputError(
+            f"cannot export to {path.name!r}: name a .parquet or .jsonl file", field="export"
+        )
+    try:
+        if suffix == ".jsonl":
+            with path.open("wb") as out:
+                for entry in entries:
+                    out.write(orjson.dumps(entry.to_dict()) + b"\n")
+        else:
+            _write_parquet(entries, path)
+    except OSError as exc:
+        raise InvalidInputError(f"cannot write {str(path)!r}: {exc.strerror or exc}", field="export") from exc
+
+
+def _write_parquet(entries: list[Entry], path: Path) -> None:
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError as exc:
+        raise MissingDependencyError("pyarrow", "parquet", "exporting the prediction log as Parquet") from exc
+    rows = [
+        {
+            **entry.to_dict(),
+            "time": datetime.fromtimestamp(entry.time, UTC),
+            "summary": orjson.dumps(entry.summary).decode(),
+            "payload": None if entry.payload is None else orjson.dumps(entry.payload).decode(),
+        }
+        for entry in entries
+    ]
+    schema = pa.schema(
+        [
+            ("request_id", pa.string()),
+            ("time", pa.timestamp("ms", tz="UTC")),
+            ("model", pa.string()),
+            ("version", pa.int64()),
+            ("protocol", pa.string()),
+            ("status", pa.int32()),
+            ("latency_ms", pa.float64()),
+            ("worker", pa.int32()),
+            ("summary", pa.string()),
+            ("payload", pa.string()),
+        ]
+    )
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), path)
