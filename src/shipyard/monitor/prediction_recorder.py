@@ -9,7 +9,6 @@ most once a minute: a request never waits for the log and never fails because of
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import random
 import sqlite3
@@ -23,7 +22,7 @@ import numpy as np
 import orjson
 
 from shipyard.monitor import metrics
-from shipyard.monitor.predictions import INSERT, enforce_retention, open_segment, segment_bytes, segment_name
+from shipyard.monitor.predictions import Segment, enforce_retention, segment_bytes, segment_name
 from shipyard.settings import PredictionLogSettings, Settings
 
 log = logging.getLogger("shipyard.predictions")
@@ -54,8 +53,9 @@ class Sample:
 
 # A queued entry, as a tuple (the cheapest thing to build on the request path):
 # (time, request id, model, version, protocol, status, latency s, inputs, outputs, with payload,
-#  bytes held, summary made at once or None)
-_Pending = tuple[float, str, str, "int | None", str, int, float, Any, Any, bool, int, "dict[str, Any] | None"]
+#  bytes held, `describe` made at once or None)
+_Described = tuple[list[list[Any]] | None, list[list[Any]] | None, int]
+_Pending = tuple[float, str, str, "int | None", str, int, float, Any, Any, bool, int, "_Described | None"]
 
 
 class PredictionRecorder:
@@ -89,8 +89,7 @@ class PredictionRecorder:
         self._progress = threading.Condition()
         self._closing = False
         self._thread: threading.Thread | None = None
-        self._db: sqlite3.Connection | None = None
-        self._path: Path | None = None
+        self._current: Segment | None = None
         self._started = 0.0
         self._trimmed_at = 0.0
         self._last_error = ""
@@ -137,11 +136,9 @@ class PredictionRecorder:
             held += array.nbytes
         for array in (outputs or {}).values():
             held += array.nbytes
-        summary = None
+        described = None
         if self._held_in - self._held_out + held > _MAX_HELD_BYTES:  # keep memory bounded
-            summary = summarize(inputs, outputs)
-            if draw < with_payload:
-                summary["payload_omitted_bytes"] = held
+            described = describe(inputs, outputs, held if draw < with_payload else 0)
             inputs = outputs = None
             held = 0
         self._held_in += held
@@ -159,7 +156,7 @@ class PredictionRecorder:
                 outputs,
                 draw < with_payload,
                 held,
-                summary,
+                described,
             )
         )
 
@@ -191,7 +188,7 @@ class PredictionRecorder:
                 self._warn()
                 if self._closing and not self._queue:
                     break
-                if self._db is not None and time.monotonic() - self._trimmed_at > _RETENTION_EVERY_S:
+                if self._current is not None and time.monotonic() - self._trimmed_at > _RETENTION_EVERY_S:
                     self._trim()
         finally:
             self._close_segment()
@@ -200,75 +197,79 @@ class PredictionRecorder:
         queue = self._queue
         while queue:
             batch = [queue.popleft() for _ in range(min(len(queue), _CHUNK))]
-            rows, kept = [], []
-            for pending in batch:
-                try:
-                    rows.append(self._row(pending))
-                    kept.append(pending)
-                except (TypeError, ValueError) as exc:  # a value JSON cannot hold: this entry only
-                    self._failed([pending], exc)
             try:
-                connection = self._connection()
-                with connection:
-                    connection.executemany(INSERT, rows)
+                self._write(batch)
             except (sqlite3.Error, OSError) as exc:
-                self._close_segment()  # the next batch starts over: a new segment, the folder re-made
-                self._failed(kept, exc)
+                self._close_segment(seal=False)  # the next batch starts over: a new segment
+                self._failed(batch, exc)
             with self._progress:
                 self._held_out += sum(pending[10] for pending in batch)
                 self._handled += len(batch)
                 self._progress.notify_all()
 
-    def _row(self, pending: _Pending) -> tuple[Any, ...]:
+    def _write(self, batch: list[_Pending]) -> None:
+        """One chunk of entries (see predictions.py), serialized in one call where it can be."""
+        entries = [self._fields(pending) for pending in batch]
+        try:
+            blob = orjson.dumps(entries, option=_JSON, default=_plain)
+        except TypeError:  # a value JSON cannot hold: drop that entry, keep the others
+            kept = []
+            for pending, fields in zip(batch, entries, strict=True):
+                try:
+                    orjson.dumps(fields, option=_JSON, default=_plain)
+                    kept.append(fields)
+                except TypeError as exc:
+                    self._failed([pending], exc)
+            if not kept:
+                return
+            entries, blob = kept, orjson.dumps(kept, option=_JSON, default=_plain)
+        request_ids = orjson.dumps([fields[0] for fields in entries])
+        self._segment().append(entries[0][1], entries[-1][1], request_ids, blob)
+
+    def _fields(self, pending: _Pending) -> list[Any]:
         at, request_id, model, version, protocol, status, latency_s = pending[:7]
-        inputs, outputs, payload, held, summary = pending[7:]
-        if summary is None:
-            summary = summarize(inputs, outputs)
-        body = None
+        inputs, outputs, payload, held, described = pending[7:]
+        if described is None:
+            described = describe(inputs, outputs)
+        body = omitted = None
         if payload and inputs is not None:
             if held > self._settings.max_payload_bytes:
-                summary["payload_omitted_bytes"] = held
+                omitted = held
             else:
-                body = orjson.dumps({"inputs": inputs, "outputs": outputs}, option=_JSON, default=_plain)
-        return (
-            request_id,
-            at,
-            model,
-            version,
-            protocol,
-            status,
-            round(latency_s * 1000, 3),
-            self.worker,
-            orjson.dumps(summary, option=_JSON, default=_plain).decode(),
-            None if body is None else body.decode(),
-        )
+                body = {"inputs": inputs, "outputs": outputs}
+        elif payload and described[2]:
+            omitted = described[2]
+        latency_ms = round(latency_s * 1000, 3)
+        return [request_id, at, model, version, protocol, status, latency_ms, *described[:2], body, omitted]
 
-    def _connection(self) -> sqlite3.Connection:
+    def _segment(self) -> Segment:
         """This process's current segment: a new one when it is full, old, or was deleted."""
         now = time.time()
-        path = self._path
-        if self._db is not None and path is not None:
-            size = segment_bytes(path)
+        segment = self._current
+        if segment is not None:
+            size = segment_bytes(segment.path)
             if not size or size >= self._segment_bytes or now - self._started >= self._segment_age_s:
-                self._close_segment()
-        if self._db is None:
+                self._close_segment(seal=bool(size))
+        if self._current is None:
             self.directory.mkdir(parents=True, exist_ok=True)
-            self._path = self.directory / segment_name(now, self.worker)
-            self._db = open_segment(self._path)
+            self._current = Segment(self.directory / segment_name(now, self.worker), self.worker)
             self._started = now
             self._trim()
-        return self._db
+        return self._current
 
-    def _close_segment(self) -> None:
-        if self._db is not None:
-            with contextlib.suppress(sqlite3.Error):
-                self._db.close()
-            self._db = None
+    def _close_segment(self, *, seal: bool = True) -> None:
+        segment, self._current = self._current, None
+        if segment is not None:
+            if seal:
+                segment.seal()
+            else:
+                segment.close()
 
     def _trim(self) -> None:
         self._trimmed_at = time.monotonic()
         try:
-            enforce_retention(self.directory, self._settings.max_bytes, self._settings.max_age_s, self._path)
+            keep = None if self._current is None else self._current.path
+            enforce_retention(self.directory, self._settings.max_bytes, self._settings.max_age_s, keep)
         except OSError as exc:
             log.warning("prediction log: retention failed in %s: %s", self.directory, exc)
 
@@ -308,22 +309,34 @@ def _rates(sample_rate: float, payload_rate: float) -> tuple[float, float]:
     return max(sample_rate, payload_rate), payload_rate
 
 
-def summarize(inputs: dict[str, np.ndarray] | None, outputs: dict[str, np.ndarray] | None) -> dict[str, Any]:
-    """Rows, each input's shape and dtype, each output's too with its values when it is small
-    (a classifier's labels, a regressor's values: what late feedback is compared with)."""
-    summary: dict[str, Any] = {}
+_DTYPE_NAMES: dict[np.dtype[Any], str] = {}  # numpy computes `dtype.name` in Python: microseconds
+
+
+def _dtype_name(dtype: np.dtype[Any]) -> str:
+    name = _DTYPE_NAMES.get(dtype)
+    if name is None:
+        name = dtype.name
+        if len(_DTYPE_NAMES) < 256:  # text dtypes differ by length: keep the cache bounded
+            _DTYPE_NAMES[dtype] = name
+    return name
+
+
+def describe(
+    inputs: dict[str, np.ndarray] | None, outputs: dict[str, np.ndarray] | None, left_out: int = 0
+) -> _Described:
+    """Each input's shape and dtype, each output's too with its values when it is small (a
+    classifier's labels, a regressor's values: what late feedback is compared with), in the
+    compact form of a chunk (predictions.py), and the payload bytes `left_out`."""
+    described_inputs = None
     if inputs is not None:
-        summary["rows"] = max((a.shape[0] if a.ndim else 1 for a in inputs.values()), default=0)
-        summary["inputs"] = {name: {"shape": a.shape, "dtype": a.dtype.name} for name, a in inputs.items()}
+        described_inputs = [[name, a.shape, _dtype_name(a.dtype)] for name, a in inputs.items()]
+    described_outputs = None
     if outputs is not None:
-        described = {}
-        for name, array in outputs.items():
-            about: dict[str, Any] = {"shape": array.shape, "dtype": array.dtype.name}
-            if array.size <= _MAX_VALUES:
-                about["values"] = array
-            described[name] = about
-        summary["outputs"] = described
-    return summary
+        described_outputs = [
+            [name, a.shape, _dtype_name(a.dtype), a if a.size <= _MAX_VALUES else None]
+            for name, a in outputs.items()
+        ]
+    return described_inputs, described_outputs, left_out
 
 
 def _plain(value: Any) -> Any:

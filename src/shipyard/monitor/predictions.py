@@ -2,9 +2,16 @@
 
 Each server process writes its own segment files and no other process ever writes to them, so
 several workers never wait on one another's locks and need no coordination; readers merge all
-segments. SQLite (in the standard library, no server) gives a transactional append of a batch of
-entries, an index on the request id (late feedback is joined to its prediction by that id, see
-`PredictionStore.lookup`) and, in WAL mode, `shipyard logs` reading while the servers write.
+segments. SQLite (in the standard library, no server) gives transactional appends and, in WAL
+mode, `shipyard logs` reading while the servers write.
+
+A segment holds chunks: each batch the writer drains (up to 256 entries) is one row, its entries
+one compact JSON array. A row per entry with an index on its request id cost about 3x more CPU
+per request (measured: SQLite's per-row work and random inserts into the index), which a server
+logging every request pays on its request-serving core. The request id index is built in bulk
+when a segment is closed (`Segment.seal`); until then, a lookup scans the segment's chunks' id
+lists (tens of milliseconds for 50,000 entries). Late feedback is joined to its prediction by that
+id: see `PredictionStore.lookup`.
 
 A writer starts a new segment once its current one passes a sixteenth of `max_bytes` or an eighth
 of `max_age_s` (at most a day), so retention deletes whole files, oldest first, and never has to
@@ -33,24 +40,28 @@ from shipyard.errors import InvalidInputError, MissingDependencyError
 SUFFIX = ".sqlite"
 _SIDE_FILES = ("-wal", "-shm", "-journal")
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS entries (
-    request_id TEXT NOT NULL,
-    time REAL NOT NULL,
-    model TEXT NOT NULL,
-    version INTEGER,
-    protocol TEXT NOT NULL,
-    status INTEGER NOT NULL,
-    latency_ms REAL NOT NULL,
+CREATE TABLE IF NOT EXISTS chunks (
+    id INTEGER PRIMARY KEY,
+    first REAL NOT NULL,
+    last REAL NOT NULL,
     worker INTEGER NOT NULL,
-    summary TEXT NOT NULL,
-    payload TEXT
+    request_ids TEXT NOT NULL,
+    entries BLOB NOT NULL
 );
-CREATE INDEX IF NOT EXISTS entries_request_id ON entries (request_id);
-CREATE INDEX IF NOT EXISTS entries_model_time ON entries (model, time);
 """
-COLUMNS = "request_id, time, model, version, protocol, status, latency_ms, worker, summary, payload"
-INSERT = f"INSERT INTO entries ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+# An entry in a chunk's `entries`, one JSON array (no key repeated per entry):
+# [request id, time, model, version, protocol, status, latency ms, inputs, outputs, payload,
+#  payload bytes left out]; inputs [[name, shape, dtype], ...]; outputs [[name, shape, dtype,
+#  values or null], ...] (null inputs or outputs: the request never got that far).
+_SEAL = """
+BEGIN;
+CREATE TABLE ids (request_id TEXT NOT NULL, chunk INTEGER NOT NULL);
+INSERT INTO ids SELECT value, chunks.id FROM chunks, json_each(chunks.request_ids);
+CREATE INDEX ids_request_id ON ids (request_id);
+COMMIT;
+"""
 _LOOKUP_CHUNK = 500  # ids per query: under SQLite's oldest limit on bound variables (999)
+_CLOCK_SLACK_S = 60.0  # how far the wall clock may step back between two entries of one segment
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,17 +104,41 @@ def segment_name(started: float, worker: int) -> str:
     return f"{stamp}-{os.getpid()}-w{worker}{SUFFIX}"
 
 
-def open_segment(path: Path) -> sqlite3.Connection:
-    """A segment to append to (created with its schema if new)."""
-    connection = sqlite3.connect(path, timeout=5.0, check_same_thread=False)
-    try:
-        connection.execute("PRAGMA journal_mode=WAL")
-        connection.execute("PRAGMA synchronous=NORMAL")  # a crash may lose the last batch, never corrupt
-        connection.executescript(_SCHEMA)
-    except BaseException:
-        connection.close()
-        raise
-    return connection
+class Segment:
+    """A segment this process appends to, one chunk per transaction."""
+
+    def __init__(self, path: Path, worker: int) -> None:
+        self.path = path
+        self.worker = worker
+        self._db = sqlite3.connect(path, timeout=5.0, check_same_thread=False)
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")  # a crash may lose the last chunk, never corrupt
+            self._db.executescript(_SCHEMA)
+        except BaseException:
+            self._db.close()
+            raise
+
+    def append(self, first: float, last: float, request_ids: bytes, entries: bytes) -> None:
+        """One chunk: its entries' time span, their ids and the entries, as JSON arrays."""
+        with self._db:
+            self._db.execute(
+                "INSERT INTO chunks (first, last, worker, request_ids, entries) VALUES (?, ?, ?, ?, ?)",
+                (first, last, self.worker, request_ids.decode(), entries),
+            )
+
+    def seal(self) -> None:
+        """Index the request ids (in bulk: far cheaper than entry by entry), then close."""
+        try:
+            self._db.executescript(_SEAL)  # all or nothing: closing rolls back a failed script
+        except sqlite3.Error:
+            pass  # lookups scan a segment without an index: slower, still right
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        with contextlib.suppress(sqlite3.Error):
+            self._db.close()
 
 
 def segment_bytes(path: Path) -> int:
@@ -164,8 +199,9 @@ def list_segments(directory: Path) -> list[Path]:
 class PredictionStore:
     """Reads the prediction log in `directory`: every worker's segments together.
 
-    `read` lists a model's entries newest first; `lookup` finds entries by request id, through an
-    index in each segment (cost: one indexed query per segment per 500 ids).
+    `read` lists a model's entries newest first; `lookup` finds entries by request id: one
+    indexed query per closed segment (per 500 ids), a scan of the chunks' id lists in a segment
+    still being written.
     """
 
     def __init__(self, directory: Path) -> None:
@@ -180,28 +216,31 @@ class PredictionStore:
         limit: int | None = None,
     ) -> list[Entry]:
         """Entries newest first: of `model` (and `version`), at or after `since` (Unix seconds)."""
-        where: list[str] = []
+        sql = "SELECT worker, entries FROM chunks"
         params: list[Any] = []
-        if model is not None:
-            where.append("model = ?")
-            params.append(model)
-        if version is not None:
-            where.append("version = ?")
-            params.append(version)
         if since is not None:
-            where.append("time >= ?")
+            sql += " WHERE last >= ?"
             params.append(since)
-        sql = f"SELECT {COLUMNS} FROM entries"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY time DESC"
-        if limit is not None:
-            sql += f" LIMIT {int(limit)}"
+        sql += " ORDER BY id DESC"
         entries: list[Entry] = []
-        for path in reversed(list_segments(self.directory)):
+        for path in list_segments(self.directory):
             if since is not None and _last_write(path) < since:
                 continue  # written to last before the window opened
-            entries.extend(self._query(path, sql, params))
+            found = 0
+            for worker, blob in self._rows(path, sql, params):
+                for fields in reversed(orjson.loads(blob)):  # newest first; a chunk is in time order
+                    if (model is not None and fields[2] != model) or (
+                        version is not None and fields[3] != version
+                    ):
+                        continue
+                    if since is not None and fields[1] < since:
+                        continue
+                    entries.append(_entry(fields, worker))
+                    found += 1
+                    if found == limit:
+                        break
+                if found == limit:
+                    break
         entries.sort(key=lambda e: e.time, reverse=True)
         return entries if limit is None else entries[:limit]
 
@@ -209,40 +248,61 @@ class PredictionStore:
         """The entries of these request ids, newest first. An id may match several entries (a
         client that reused one) or none (never logged, not sampled, or deleted by retention)."""
         wanted = sorted(set(request_ids))
+        if not wanted:
+            return []
         entries: list[Entry] = []
         for path in list_segments(self.directory):
             for start in range(0, len(wanted), _LOOKUP_CHUNK):
                 chunk = wanted[start : start + _LOOKUP_CHUNK]
                 marks = ", ".join("?" * len(chunk))
-                sql = f"SELECT {COLUMNS} FROM entries WHERE request_id IN ({marks})"
-                entries.extend(self._query(path, sql, chunk))
+                sql = (
+                    "SELECT worker, entries FROM chunks WHERE id IN "
+                    f"(SELECT chunk FROM ids WHERE request_id IN ({marks}))"
+                    if self._sealed(path)
+                    else "SELECT worker, entries FROM chunks WHERE EXISTS (SELECT 1 FROM "
+                    f"json_each(chunks.request_ids) WHERE value IN ({marks}))"
+                )
+                keep = set(chunk)
+                for worker, blob in self._rows(path, sql, chunk):
+                    entries.extend(
+                        _entry(fields, worker) for fields in orjson.loads(blob) if fields[0] in keep
+                    )
         entries.sort(key=lambda e: e.time, reverse=True)
         return entries
 
-    def _query(self, path: Path, sql: str, params: list[Any]) -> Iterator[Entry]:
+    def _sealed(self, path: Path) -> bool:
+        sql = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'ids'"
+        return any(True for _ in self._rows(path, sql, []))
+
+    def _rows(self, path: Path, sql: str, params: list[Any]) -> Iterator[tuple[Any, ...]]:
         try:
             connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5.0)
         except sqlite3.OperationalError:
             return  # deleted by retention since it was listed
         try:
-            rows = connection.execute(sql, params).fetchall()
+            yield from connection.execute(sql, params)
         except sqlite3.DatabaseError:
             return  # just created (no schema yet), deleted meanwhile, or not a segment at all
         finally:
             connection.close()
-        for request_id, at, model, version, protocol, status, latency_ms, worker, summary, payload in rows:
-            yield Entry(
-                request_id,
-                at,
-                model,
-                version,
-                protocol,
-                status,
-                latency_ms,
-                worker,
-                orjson.loads(summary),
-                None if payload is None else orjson.loads(payload),
-            )
+
+
+def _entry(fields: list[Any], worker: int) -> Entry:
+    request_id, at, model, version, protocol, status, latency_ms, inputs, outputs, payload, omitted = fields
+    summary: dict[str, Any] = {}
+    if inputs is not None:
+        summary["rows"] = max((shape[0] if shape else 1 for _, shape, _ in inputs), default=0)
+        summary["inputs"] = {name: {"shape": shape, "dtype": dtype} for name, shape, dtype in inputs}
+    if outputs is not None:
+        summary["outputs"] = {
+            name: {"shape": shape, "dtype": dtype}
+            if values is None
+            else {"shape": shape, "dtype": dtype, "values": values}
+            for name, shape, dtype, values in outputs
+        }
+    if omitted:
+        summary["payload_omitted_bytes"] = omitted
+    return Entry(request_id, at, model, version, protocol, status, latency_ms, worker, summary, payload)
 
 
 def export(entries: list[Entry], path: Path) -> None:

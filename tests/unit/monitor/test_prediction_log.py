@@ -4,8 +4,10 @@ lookups by request id across every worker's segments."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -225,3 +227,41 @@ def test_a_deleted_current_segment_is_replaced(tmp_path: Path, recorders: list[P
     assert recorder.flush(FLUSH_S)
     assert [e.request_id for e in PredictionStore(tmp_path).read("m")] == ["b"]
     assert list_segments(tmp_path) != [first]
+
+
+def test_a_closed_segment_is_indexed_and_the_current_one_scanned(
+    tmp_path: Path, recorders: list[PredictionRecorder]
+) -> None:
+    first = make(recorders, tmp_path, worker=1)
+    for i in range(300):  # two chunks
+        first.record(f"a{i}", "m", 1, "v2", 200, 0.001, sample())
+    first.close()
+    second = make(recorders, tmp_path, worker=2)
+    for i in range(300):
+        second.record(f"b{i}", "m", 1, "v2", 200, 0.001, sample())
+    assert second.flush(FLUSH_S)
+    closed, current = list_segments(tmp_path)
+    tables = "SELECT name FROM sqlite_master WHERE type = 'table'"
+    with contextlib.closing(sqlite3.connect(closed)) as db:
+        assert {name for (name,) in db.execute(tables)} == {"chunks", "ids"}
+        assert db.execute("SELECT count(*) FROM ids").fetchone() == (300,)
+    with contextlib.closing(sqlite3.connect(current)) as db:
+        assert {name for (name,) in db.execute(tables)} == {"chunks"}
+    found = PredictionStore(tmp_path).lookup(["a0", "a299", "b0", "b299", "x"])
+    assert sorted((e.request_id, e.worker) for e in found) == [("a0", 1), ("a299", 1), ("b0", 2), ("b299", 2)]
+
+
+def test_a_value_json_cannot_hold_drops_that_entry_only(
+    tmp_path: Path, recorders: list[PredictionRecorder]
+) -> None:
+    recorder = make(recorders, tmp_path)
+    odd = sample()
+    assert odd.outputs is not None
+    odd.outputs["label"] = np.array([object()], dtype=object)
+    before = dropped("odd", "write_failed")
+    recorder.record("fine-1", "odd", 1, "v2", 200, 0.001, sample())
+    recorder.record("odd-1", "odd", 1, "v2", 200, 0.001, odd)
+    recorder.record("fine-2", "odd", 1, "v2", 200, 0.001, sample())
+    assert recorder.flush(FLUSH_S)
+    assert [e.request_id for e in PredictionStore(tmp_path).read("odd")] == ["fine-2", "fine-1"]
+    assert dropped("odd", "write_failed") - before == 1
