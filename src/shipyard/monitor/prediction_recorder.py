@@ -2,9 +2,10 @@
 
 The request path draws one random number and appends to a bounded deque (no lock, no wake-up);
 a writer thread drains the deque every 0.2 s into this process's segment (`predictions.py`),
-summarizing and serializing there. When the queue is full, or the disk refuses a write, entries
-are dropped and counted in `shipyard_predictionlog_dropped_total{model,reason}`, with a warning at
-most once a minute: a request never waits for the log and never fails because of it.
+describing and serializing the entries there, up to 256 at a time. When the queue is full, or
+the disk refuses a write, entries are dropped and counted in
+`shipyard_predictionlog_dropped_total{model,reason}`, with a warning at most once a minute: a
+request never waits for the log and never fails because of it.
 """
 
 from __future__ import annotations

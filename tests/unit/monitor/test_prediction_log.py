@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from prometheus_client import REGISTRY
 
+from shipyard.errors import InvalidInputError
 from shipyard.monitor.prediction_recorder import PredictionRecorder, Sample
 from shipyard.monitor.predictions import PredictionStore, list_segments, segment_bytes
 from shipyard.settings import PredictionLogSettings, Settings
@@ -265,3 +266,11 @@ def test_a_value_json_cannot_hold_drops_that_entry_only(
     assert recorder.flush(FLUSH_S)
     assert [e.request_id for e in PredictionStore(tmp_path).read("odd")] == ["fine-2", "fine-1"]
     assert dropped("odd", "write_failed") - before == 1
+
+
+def test_a_bad_rate_is_one_line_naming_the_setting(tmp_path: Path) -> None:
+    with pytest.raises(InvalidInputError) as caught:
+        Settings.load(home=tmp_path, prediction_log={"models": {"iris": {"sample_rate": 2}}})
+    assert caught.value.message.startswith(
+        "invalid settings: prediction_log.models.iris.sample_rate: Input should be less than or equal to 1"
+    )
