@@ -1,7 +1,7 @@
 """Recording the prediction log without slowing requests: sample, queue, write in a thread.
 
-The request path draws one random number and appends to a bounded deque (no lock, no wake-up);
-a writer thread drains the deque every 0.2 s into this process's segment (`predictions.py`),
+The request path draws one random number and appends to a bounded deque (no lock; a wake-up
+only when it is half full); a writer thread drains it every second into this process's segment,
 describing and serializing the entries there, up to 256 at a time. When the queue is full, or
 the disk refuses a write, entries are dropped and counted in
 `shipyard_predictionlog_dropped_total{model,reason}`, with a warning at most once a minute: a
@@ -23,12 +23,14 @@ import numpy as np
 import orjson
 
 from shipyard.monitor import metrics
-from shipyard.monitor.predictions import Segment, enforce_retention, segment_bytes, segment_name
+from shipyard.monitor.predictions import Chunk, Segment, enforce_retention, segment_bytes, segment_name
 from shipyard.settings import PredictionLogSettings, Settings
 
 log = logging.getLogger("shipyard.predictions")
 
-_INTERVAL_S = 0.2
+# The writer wakes every second, or once the queue is half full: larger batches cost less CPU
+# per entry (measured: about half of what 0.2 s rounds cost).
+_INTERVAL_S = 1.0
 _CHUNK = 256  # entries per transaction
 _WARN_EVERY_S = 60.0
 _RETENTION_EVERY_S = 60.0
@@ -78,6 +80,7 @@ class PredictionRecorder:
         self._segment_age_s = min(settings.max_age_s / 8, 86400.0)
         self._queue: deque[_Pending] = deque()
         self._queue_size = settings.queue_size
+        self._wake_at = settings.queue_size // 2
         self._held_in = 0  # bytes of arrays ever queued (request path) ...
         self._held_out = 0  # ... and ever released by the writer: the difference is held now
         self._appended = 0  # entries ever queued; `flush` waits for the writer to reach it
@@ -123,7 +126,8 @@ class PredictionRecorder:
         draw = random.random()
         if draw >= logged:
             return
-        if len(self._queue) >= self._queue_size:
+        depth = len(self._queue)
+        if depth >= self._queue_size:
             self._dropped[QUEUE_FULL] += 1
             counter = self._full_counters.get(model)
             if counter is None:  # labels() costs microseconds: once per model
@@ -160,6 +164,8 @@ class PredictionRecorder:
                 described,
             )
         )
+        if depth == self._wake_at:
+            self._wake.set()
 
     def flush(self, timeout_s: float = 10.0) -> bool:
         """Wait until every entry queued so far is written or dropped; False on timeout."""
@@ -195,21 +201,25 @@ class PredictionRecorder:
             self._close_segment()
 
     def _drain(self) -> None:
+        """Write everything queued now in one transaction: every call that releases the GIL
+        (a commit, a stat) costs the event loop a switch, so the writer makes few of them."""
         queue = self._queue
-        while queue:
-            batch = [queue.popleft() for _ in range(min(len(queue), _CHUNK))]
-            try:
-                self._write(batch)
-            except (sqlite3.Error, OSError) as exc:
-                self._close_segment(seal=False)  # the next batch starts over: a new segment
-                self._failed(batch, exc)
-            with self._progress:
-                self._held_out += sum(pending[10] for pending in batch)
-                self._handled += len(batch)
-                self._progress.notify_all()
+        if not queue:
+            return
+        batch = [queue.popleft() for _ in range(len(queue))]
+        try:
+            chunks = [self._chunk(batch[start : start + _CHUNK]) for start in range(0, len(batch), _CHUNK)]
+            self._segment().append([chunk for chunk in chunks if chunk is not None])
+        except (sqlite3.Error, OSError) as exc:
+            self._close_segment(seal=False)  # the next batch starts over: a new segment
+            self._failed(batch, exc)
+        with self._progress:
+            self._held_out += sum(pending[10] for pending in batch)
+            self._handled += len(batch)
+            self._progress.notify_all()
 
-    def _write(self, batch: list[_Pending]) -> None:
-        """One chunk of entries (see predictions.py), serialized in one call where it can be."""
+    def _chunk(self, batch: list[_Pending]) -> Chunk | None:
+        """Up to 256 entries as one row (see predictions.py), serialized in one call if it can be."""
         entries = [self._fields(pending) for pending in batch]
         try:
             blob = orjson.dumps(entries, option=_JSON, default=_plain)
@@ -222,10 +232,9 @@ class PredictionRecorder:
                 except TypeError as exc:
                     self._failed([pending], exc)
             if not kept:
-                return
+                return None
             entries, blob = kept, orjson.dumps(kept, option=_JSON, default=_plain)
-        request_ids = orjson.dumps([fields[0] for fields in entries])
-        self._segment().append(entries[0][1], entries[-1][1], request_ids, blob)
+        return entries[0][1], entries[-1][1], orjson.dumps([fields[0] for fields in entries]), blob
 
     def _fields(self, pending: _Pending) -> list[Any]:
         at, request_id, model, version, protocol, status, latency_s = pending[:7]

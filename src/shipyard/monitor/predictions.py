@@ -60,6 +60,9 @@ INSERT INTO ids SELECT value, chunks.id FROM chunks, json_each(chunks.request_id
 CREATE INDEX ids_request_id ON ids (request_id);
 COMMIT;
 """
+# A chunk as the writer hands it over: its first and last entry's time, the entries' request ids
+# and the entries themselves, as JSON arrays.
+Chunk = tuple[float, float, bytes, bytes]
 _LOOKUP_CHUNK = 500  # ids per query: under SQLite's oldest limit on bound variables (999)
 _CLOCK_SLACK_S = 60.0  # how far the wall clock may step back between two entries of one segment
 
@@ -119,12 +122,12 @@ class Segment:
             self._db.close()
             raise
 
-    def append(self, first: float, last: float, request_ids: bytes, entries: bytes) -> None:
-        """One chunk: its entries' time span, their ids and the entries, as JSON arrays."""
+    def append(self, chunks: list[Chunk]) -> None:
+        """Chunks, in one transaction."""
+        rows = [(first, last, self.worker, ids.decode(), entries) for first, last, ids, entries in chunks]
         with self._db:
-            self._db.execute(
-                "INSERT INTO chunks (first, last, worker, request_ids, entries) VALUES (?, ?, ?, ?, ?)",
-                (first, last, self.worker, request_ids.decode(), entries),
+            self._db.executemany(
+                "INSERT INTO chunks (first, last, worker, request_ids, entries) VALUES (?, ?, ?, ?, ?)", rows
             )
 
     def seal(self) -> None:
