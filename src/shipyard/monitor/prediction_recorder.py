@@ -219,22 +219,23 @@ class PredictionRecorder:
             self._progress.notify_all()
 
     def _chunk(self, batch: list[_Pending]) -> Chunk | None:
-        """Up to 256 entries as one row (see predictions.py), serialized in one call if it can be."""
-        entries = [self._fields(pending) for pending in batch]
-        try:
-            blob = orjson.dumps(entries, option=_JSON, default=_plain)
-        except TypeError:  # a value JSON cannot hold: drop that entry, keep the others
-            kept = []
-            for pending, fields in zip(batch, entries, strict=True):
-                try:
-                    orjson.dumps(fields, option=_JSON, default=_plain)
-                    kept.append(fields)
-                except TypeError as exc:
-                    self._failed([pending], exc)
-            if not kept:
-                return None
-            entries, blob = kept, orjson.dumps(kept, option=_JSON, default=_plain)
-        return entries[0][1], entries[-1][1], orjson.dumps([fields[0] for fields in entries]), blob
+        """Up to 256 entries as one row (see predictions.py). Each entry is serialized on its own
+        so that its lists are freed at once: holding a chunk's worth of them alive set off the
+        garbage collector several times more often (measured), and it stops the event loop."""
+        request_ids, parts = [], []
+        first = last = 0.0
+        for pending in batch:
+            try:
+                parts.append(orjson.dumps(self._fields(pending), option=_JSON, default=_plain))
+            except TypeError as exc:  # a value JSON cannot hold: that entry only
+                self._failed([pending], exc)
+                continue
+            request_ids.append(pending[1])
+            last = pending[0]
+            first = first or last
+        if not parts:
+            return None
+        return first, last, orjson.dumps(request_ids), b"[" + b",".join(parts) + b"]"
 
     def _fields(self, pending: _Pending) -> list[Any]:
         at, request_id, model, version, protocol, status, latency_s = pending[:7]
