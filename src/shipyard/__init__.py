@@ -11,10 +11,21 @@ from shipyard.errors import ShipyardError
 from shipyard.types import ModelRef
 
 __version__ = "0.1.0"
-__all__ = ["Model", "ModelRef", "ModelVersion", "Registry", "ShipyardError", "__version__", "load", "push"]
+__all__ = [
+    "Model",
+    "ModelRef",
+    "ModelVersion",
+    "Registry",
+    "ShipyardError",
+    "__version__",
+    "load",
+    "lookup_predictions",
+    "predictions",
+    "push",
+]
 
 if TYPE_CHECKING:
-    from shipyard.api import load, push
+    from shipyard.api import load, lookup_predictions, predictions, push
     from shipyard.registry import Registry
     from shipyard.runtimes.model import Model
     from shipyard.types import ModelVersion
@@ -22,6 +33,8 @@ if TYPE_CHECKING:
 _LAZY = {
     "push": "shipyard.api",
     "load": "shipyard.api",
+    "predictions": "shipyard.api",
+    "lookup_predictions": "shipyard.api",
     "Registry": "shipyard.registry",
     "Model": "shipyard.runtimes.model",
     "ModelVersion": "shipyard.types",

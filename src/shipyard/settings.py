@@ -218,6 +218,29 @@ class TracingSettings(BaseModel):
         return self.otlp_endpoint.rstrip("/") + "/v1/traces"
 
 
+class ModelSampling(BaseModel):
+    """One model's sample rates in the prediction log, in place of the log's own (None: inherit)."""
+
+    sample_rate: float | None = Field(None, ge=0, le=1)
+    payload_rate: float | None = Field(None, ge=0, le=1)
+
+
+class PredictionLogSettings(BaseModel):
+    """The prediction log: a sample of each served model's requests and responses, kept under
+    `<home>/predictions` (or `path`) and read with `shipyard logs`."""
+
+    sample_rate: float = Field(1.0, ge=0, le=1, description="share of requests logged (their summary)")
+    payload_rate: float = Field(
+        0.0, ge=0, le=1, description="share of requests logged with their inputs and outputs"
+    )
+    models: dict[str, ModelSampling] = Field(default_factory=dict, description="rates per model name")
+    max_payload_bytes: int = Field(1 << 20, ge=0, description="a larger payload is left out")
+    max_bytes: int = Field(1 << 30, ge=1 << 16, description="all segments together; the oldest go first")
+    max_age_s: float = Field(7 * 86400.0, gt=0, description="entries older than this are deleted")
+    queue_size: int = Field(10_000, ge=1, description="entries waiting for the writer; more are dropped")
+    path: Path | None = Field(None, description="default: <home>/predictions")
+
+
 class _VertexSource(PydanticBaseSettingsSource):
     """Vertex AI's variables, which name the port and routes its traffic uses."""
 
@@ -267,6 +290,8 @@ class Settings(BaseSettings):
     drift: DriftSettings = DriftSettings()
 
     tracing: TracingSettings = TracingSettings()
+
+    prediction_log: PredictionLogSettings = PredictionLogSettings()
 
     @classmethod
     def settings_customise_sources(
@@ -322,6 +347,10 @@ class Settings(BaseSettings):
     @property
     def artifact_root(self) -> str:
         return self.artifact_url or str(self.home / "artifacts")
+
+    @property
+    def predictions_dir(self) -> Path:
+        return self.prediction_log.path or self.home / "predictions"
 
 
 def _given(flags: Mapping[str, Any]) -> dict[str, Any]:

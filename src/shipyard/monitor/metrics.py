@@ -176,6 +176,11 @@ PROCESS_START = Gauge(
     ["worker"],
     multiprocess_mode="livesum",
 )
+PREDICTION_LOG_DROPPED = Counter(
+    "shipyard_predictionlog_dropped_total",
+    "Prediction log entries dropped: queue_full (the writer fell behind) or write_failed (the disk refused).",
+    ["model", "reason"],
+)
 
 
 def count_error(model: str, version: str, protocol: str, kind: str) -> None:

@@ -1,4 +1,4 @@
-"""The access log: one line per HTTP request (client, method, path, status, duration).
+"""The access log: one line per HTTP request (client, method, path, status, duration, request id).
 
 Written through Shipyard's own logger rather than uvicorn's, so it follows `log_json`, carries the
 worker id, and reports the duration, which uvicorn's access line lacks.
@@ -27,11 +27,15 @@ class AccessLog:
             return
         started = time.perf_counter()
         status = 500  # what uvicorn answers when the app fails before starting a response
+        request_id = ""  # routes other than the protocols' (probes, /metrics) have none
 
         async def send_and_note(message: Message) -> None:
-            nonlocal status
+            nonlocal status, request_id
             if message["type"] == "http.response.start":
                 status = message["status"]
+                for name, value in message.get("headers", ()):
+                    if name == b"x-request-id":
+                        request_id = value.decode("latin-1")
             await send(message)
 
         try:
@@ -41,20 +45,23 @@ class AccessLog:
             host, port = scope.get("client") or ("-", 0)
             client = f"{host}:{port}" if port else host
             method, path = scope["method"], scope["path"]
+            fields = {
+                "client": client,
+                "method": method,
+                "path": path,
+                "status": status,
+                "duration_ms": round(duration_ms, 3),
+            }
+            if request_id:
+                fields["request_id"] = request_id
+                request_id = f" {request_id}"
             log.info(
-                '%s "%s %s" %d %.1fms',
+                '%s "%s %s" %d %.1fms%s',
                 client,
                 method,
                 path,
                 status,
                 duration_ms,
-                extra={
-                    "fields": {
-                        "client": client,
-                        "method": method,
-                        "path": path,
-                        "status": status,
-                        "duration_ms": round(duration_ms, 3),
-                    }
-                },
+                request_id,
+                extra={"fields": fields},
             )

@@ -17,6 +17,7 @@ from starlette.types import Receive, Scope, Send
 
 from shipyard.errors import MethodNotAllowedError, NotFoundError
 from shipyard.monitor import metrics
+from shipyard.monitor.prediction_recorder import PredictionRecorder
 from shipyard.monitor.tracing import start_tracing
 from shipyard.monitor.windows import DriftMonitor
 from shipyard.registry import Registry
@@ -25,7 +26,7 @@ from shipyard.serve.auth import Authenticator
 from shipyard.serve.dataplane import DataPlane
 from shipyard.serve.gauges import Gauges
 from shipyard.serve.limits import Limits, Table
-from shipyard.serve.protocols._http import error_response, internal_error, json_response
+from shipyard.serve.protocols._http import PREDICTIONS, error_response, internal_error, json_response
 from shipyard.serve.protocols.drift import drift_routes
 from shipyard.serve.protocols.management import ManagementProtocol
 from shipyard.serve.protocols.openai import OpenAIProtocol
@@ -34,12 +35,14 @@ from shipyard.serve.protocols.sagemaker import SageMakerProtocol
 from shipyard.serve.protocols.v1 import V1Protocol
 from shipyard.serve.protocols.v2 import V2Protocol
 from shipyard.serve.repository import ModelRepository
+from shipyard.serve.request_ids import HEADER as REQUEST_ID_HEADER
+from shipyard.serve.request_ids import request_id_of
 from shipyard.settings import Settings
 
 log = logging.getLogger("shipyard.serve")
 
 
-def create_app(
+def create_app(  # noqa: PLR0915 -- the composition root wires every part in one place
     settings: Settings,
     refs: list[str],
     *,
@@ -59,6 +62,7 @@ def create_app(
     table = Table(limits_file, serve.workers) if limits_file else None
     drift = DriftMonitor(settings.drift, fetch_profile=lambda v: registry.resolve(v.ref).data_profile)
     dataplane = DataPlane(repository, serve, Limits(serve, table, worker), drift)
+    predictions = PredictionRecorder.create(settings, worker)
     probes = frozenset(p for p in ("/healthz", "/readyz", "/ping", vertex_routes[0]) if p)
     auth = Authenticator(registry, serve, probes)
     gauges = Gauges(repository, registry, worker)
@@ -117,6 +121,8 @@ def create_app(
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         loading = asyncio.create_task(load_models())
         app.state.loading = loading
+        if predictions is not None:
+            predictions.start()
         if wait_for_models:
             await asyncio.shield(loading)
         try:
@@ -128,6 +134,8 @@ def create_app(
             registry.close()
             if repository.tracer is not None:  # the last spans are exported before the process ends
                 await asyncio.to_thread(repository.tracer.shutdown)
+            if predictions is not None:
+                await asyncio.to_thread(predictions.close)
 
     app = Starlette(
         routes=routes,
@@ -137,8 +145,9 @@ def create_app(
     app.state.dataplane = dataplane
     app.state.repository = repository
     app.state.gauges = gauges
+    app.state.predictions = predictions
     hot = [route for protocol in protocols for route in getattr(protocol, "hot_routes", list)()]
-    return ShipyardApp(app, hot, auth, AdminSplit.of(serve, admin_routes))
+    return ShipyardApp(app, hot, auth, AdminSplit.of(serve, admin_routes), predictions)
 
 
 async def not_found(request: Request, exc: Exception) -> Response:
@@ -175,11 +184,17 @@ class ShipyardApp:
     """
 
     def __init__(
-        self, app: Starlette, hot: list[Route], auth: Authenticator, admin: AdminSplit | None = None
+        self,
+        app: Starlette,
+        hot: list[Route],
+        auth: Authenticator,
+        admin: AdminSplit | None = None,
+        predictions: PredictionRecorder | None = None,
     ) -> None:
         self.app = app
         self.auth = auth
         self._admin = admin
+        self._predictions = predictions
         self.state = app.state
         self.router = app.router
         self._hot = [(re.compile(r.path_regex.pattern), r.endpoint) for r in hot]
@@ -192,8 +207,12 @@ class ShipyardApp:
             refused = await self.auth.check(scope)  # every route, before any of them runs
             if refused is not None:
                 metrics.count_rejection(self._model_label(scope), refused.kind)
-                await error_response(refused)(scope, receive, send)
+                response = error_response(refused)
+                response.raw_headers.append((REQUEST_ID_HEADER, request_id_of(scope).encode()))
+                await response(scope, receive, send)
                 return
+            if self._predictions is not None:
+                scope[PREDICTIONS] = self._predictions
             path = scope["path"]
             for pattern, handler in self._hot:
                 match = pattern.match(path)

@@ -19,6 +19,7 @@ from shipyard.tensors import coerce_inputs
 from shipyard.types import ModelRef, ModelVersion
 
 if TYPE_CHECKING:
+    from shipyard.monitor.prediction_recorder import Sample
     from shipyard.monitor.tracing import RequestTrace
 
 
@@ -92,19 +93,24 @@ class DataPlane:
         timeout_s: float | None = None,
         caller: str | None = None,
         trace: RequestTrace | None = None,
+        sample: Sample | None = None,
     ) -> InferResult:
         """Run one request on a held version; `inputs` maps names to values (or rows).
 
         `disconnected` resolves when the client goes away: the request is then withdrawn from
         its queue, so an abandoned request costs no inference and holds no memory. `timeout_s`
         is the client's deadline (capped by the server's), else the version's `timeout_s`;
-        `caller` is the caller's key id, for its rate limit; `trace` the request's, if traced.
+        `caller` is the caller's key id, for its rate limit; `trace` the request's, if traced;
+        `sample`, if given, is filled in with the validated inputs and the outputs (for the
+        prediction log).
         """
         record = served.version
         policy = self._policies.get(served) or self._policy(served)
         admission = self._limits.admit(record.name, policy, caller)
         try:
             arrays = coerce_inputs(record.signature, inputs)
+            if sample is not None:
+                sample.inputs = arrays
             rows = self._check_size(arrays)
             if served.batcher is None:
                 raise RuntimeError(f"{record.ref} has no batcher")  # cannot happen once ready
@@ -123,6 +129,8 @@ class DataPlane:
         served.rows += rows
         if self.drift is not None:
             self.drift.observe(served, arrays, rows)
+        if sample is not None:
+            sample.outputs = outputs
         return InferResult(record, outputs)
 
     def _policy(self, served: ServedVersion) -> ModelPolicy:

@@ -24,34 +24,10 @@ from shipyard.serve.app import ShipyardApp, create_app
 from shipyard.serve.repository import ModelRepository
 from shipyard.settings import Settings
 from shipyard.types import ModelVersion
+from tiny_models import tiny_onnx
 
 ROW = [5.1, 3.5, 1.4, 0.2]
 V2_ROW = {"inputs": [{"name": "X", "shape": [1, 4], "datatype": "FP32", "data": ROW}]}
-
-
-def tiny_onnx(doc: str) -> bytes:
-    """A real ONNX file with iris's signature: X FP32[-1,4] -> label INT64[-1], probabilities
-    FP32[-1,3]. `doc` changes the digest, so each push stores its own artifact."""
-    import onnx
-    from onnx import TensorProto, helper
-
-    graph = helper.make_graph(
-        [
-            helper.make_node("MatMul", ["X", "w"], ["probabilities"]),
-            helper.make_node("ArgMax", ["probabilities"], ["label"], axis=1, keepdims=0),
-        ],
-        "tiny",
-        [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["N", 4])],
-        [
-            helper.make_tensor_value_info("label", TensorProto.INT64, ["N"]),
-            helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", 3]),
-        ],
-        [helper.make_tensor("w", TensorProto.FLOAT, [4, 3], [0.1] * 12)],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], doc_string=doc)
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    return bytes(model.SerializeToString())
 
 
 @dataclass

@@ -61,3 +61,18 @@ def test_dimensions_other_than_the_models_are_refused(home: Path, dimensions: in
         assert len(same.json()["data"][0]["embedding"]) == 32
 
     run(home, ["tiny"], body)
+
+
+def test_the_request_id_comes_back_and_names_the_logged_request(home: Path) -> None:
+    from shipyard.api import lookup_predictions
+
+    async def body(client: httpx.AsyncClient) -> None:
+        response = await client.post(
+            "/v1/embeddings", json={"model": "tiny", "input": ["a", "b"]}, headers={"X-Request-ID": "emb-1"}
+        )
+        assert response.status_code == 200 and response.headers["x-request-id"] == "emb-1"
+
+    run(home, ["tiny"], body, prediction_log={"payload_rate": 1.0})  # closing the app writes the log
+    [entry] = lookup_predictions(["emb-1"], home=home)
+    assert (entry.model, entry.protocol, entry.status, entry.summary["rows"]) == ("tiny", "openai", 200, 2)
+    assert entry.payload is not None and entry.payload["inputs"]["text"] == ["a", "b"]

@@ -25,9 +25,13 @@ from shipyard.errors import (
     UnsupportedMediaTypeError,
 )
 from shipyard.monitor import metrics
+from shipyard.monitor.logs import REQUEST_ID
+from shipyard.monitor.prediction_recorder import Sample
 from shipyard.monitor.tracing import SCOPE_KEY as TRACE
 from shipyard.serve.auth import caller_id, require_model
 from shipyard.serve.dataplane import ClientDisconnectedError
+from shipyard.serve.request_ids import HEADER as REQUEST_ID_HEADER
+from shipyard.serve.request_ids import request_id as accept_request_id
 from shipyard.types import MAX_VERSION
 
 if TYPE_CHECKING:
@@ -271,11 +275,22 @@ def request_timeout(request: Request) -> float | None:
 _GRPC_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
 
 
+PREDICTIONS = "shipyard.predictions"  # the scope key of the app's prediction log, when it is on
+_SAMPLE = "shipyard.sample"  # what the request ran on, for the prediction log
+
+
 def call_options(request: Request) -> dict[str, Any]:
-    """What a request tells `DataPlane.infer` beyond its inputs: its deadline, its caller and its
-    trace (if it is traced)."""
+    """What a request tells `DataPlane.infer` beyond its inputs: its deadline, its caller, its
+    trace (if it is traced) and, with the prediction log on, where to note what it ran on."""
     scope = request.scope
-    return {"timeout_s": request_timeout(request), "caller": caller_id(request), "trace": scope.get(TRACE)}
+    options: dict[str, Any] = {
+        "timeout_s": request_timeout(request),
+        "caller": caller_id(request),
+        "trace": scope.get(TRACE),
+    }
+    if PREDICTIONS in scope:
+        options["sample"] = scope[_SAMPLE] = Sample()
+    return options
 
 
 def endpoint(
@@ -300,6 +315,8 @@ def endpoint(
         async def handler(request: Request) -> Response:
             started = time.perf_counter()
             trace = None if tracer is None else tracer.begin(request.scope, span_name, protocol)
+            request_id = accept_request_id(header(request, REQUEST_ID_HEADER))
+            token = REQUEST_ID.set(request_id)  # on every line logged about this request
             kind = ""
             try:
                 response = await fn(request)
@@ -314,6 +331,9 @@ def endpoint(
                 log.exception("unexpected error on %s %s", request.method, request.url.path)
                 kind = "internal_error"
                 response = error_response(internal_error(), errors)
+            finally:
+                REQUEST_ID.reset(token)
+            response.raw_headers.append((REQUEST_ID_HEADER, request_id.encode()))
             scope = request.scope
             name, version = scope.get(_LABELS) or (scope["path_params"].get("model"), None)
             model = name if name and served(name) else "-"
@@ -325,11 +345,17 @@ def endpoint(
                     metrics.REQUESTS.labels(*labels),
                     metrics.REQUEST_LATENCY.labels(*labels),
                 )
+            elapsed = time.perf_counter() - started
             pair[0].inc()
             exemplar = None if trace is None else trace.finish(response, key[0], key[1])
-            pair[1].observe(time.perf_counter() - started, exemplar)
+            pair[1].observe(elapsed, exemplar)
             if kind:  # errors by kind (not_found, invalid_input, overloaded, …), never by message
                 metrics.count_error(key[0], key[1], protocol, kind)
+            sample = scope.get(_SAMPLE)
+            if sample is not None:  # an inference ran, or was refused, with the prediction log on
+                scope[PREDICTIONS].record(
+                    request_id, model, version, protocol, response.status_code, elapsed, sample
+                )
             return response
 
         handler.__name__ = fn.__name__

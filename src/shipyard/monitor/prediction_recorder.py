@@ -1,0 +1,361 @@
+"""Recording the prediction log without slowing requests: sample, queue, write in a thread.
+
+The request path draws one random number and appends to a bounded deque (no lock; a wake-up
+only when it is half full); a writer thread drains it every second into this process's segment,
+describing and serializing the entries there, up to 256 at a time. When the queue is full, or
+the disk refuses a write, entries are dropped and counted in
+`shipyard_predictionlog_dropped_total{model,reason}`, with a warning at most once a minute: a
+request never waits for the log and never fails because of it.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import sqlite3
+import threading
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+
+from shipyard.monitor import metrics
+from shipyard.monitor.predictions import Chunk, Segment, enforce_retention, segment_bytes, segment_name
+from shipyard.settings import PredictionLogSettings, Settings
+
+log = logging.getLogger("shipyard.predictions")
+
+# The writer wakes every second, or once the queue is half full: larger batches cost less CPU
+# per entry (measured: about half of what 0.2 s rounds cost).
+_INTERVAL_S = 1.0
+_CHUNK = 256  # entries per transaction
+_WARN_EVERY_S = 60.0
+_RETENTION_EVERY_S = 60.0
+_MAX_VALUES = 256  # an output of at most this many elements is summarized with its values
+_MAX_HELD_BYTES = 64 << 20  # arrays queued entries keep alive; past it, entries are summarized at once
+_JSON = orjson.OPT_SERIALIZE_NUMPY
+QUEUE_FULL, WRITE_FAILED = "queue_full", "write_failed"
+_WHY = {
+    QUEUE_FULL: "the queue was full: the writer fell behind (lower prediction_log.sample_rate)",
+    WRITE_FAILED: "the prediction log could not be written",
+}
+
+
+class Sample:
+    """What one request ran on, noted by the dataplane as it goes (None where it never got)."""
+
+    __slots__ = ("inputs", "outputs")
+
+    def __init__(self) -> None:
+        self.inputs: dict[str, np.ndarray] | None = None
+        self.outputs: dict[str, np.ndarray] | None = None
+
+
+# A queued entry, as a tuple (the cheapest thing to build on the request path):
+# (time, request id, model, version, protocol, status, latency s, inputs, outputs, with payload,
+#  bytes held, `describe` made at once or None)
+_Described = tuple[list[list[Any]] | None, list[list[Any]] | None, int]
+_Pending = tuple[float, str, str, "int | None", str, int, float, Any, Any, bool, int, "_Described | None"]
+
+
+class PredictionRecorder:
+    """One process's prediction log writer. `record` is the only call on the request path."""
+
+    def __init__(self, settings: PredictionLogSettings, directory: Path, worker: int = 0) -> None:
+        self.directory = directory
+        self.worker = worker
+        self._settings = settings
+        self._default = _rates(settings.sample_rate, settings.payload_rate)
+        self._rates = {
+            name: _rates(
+                settings.sample_rate if m.sample_rate is None else m.sample_rate,
+                settings.payload_rate if m.payload_rate is None else m.payload_rate,
+            )
+            for name, m in settings.models.items()
+        }
+        self._segment_bytes = max(1 << 16, settings.max_bytes // 16)
+        self._segment_age_s = min(settings.max_age_s / 8, 86400.0)
+        self._queue: deque[_Pending] = deque()
+        self._queue_size = settings.queue_size
+        self._wake_at = settings.queue_size // 2
+        self._held_in = 0  # bytes of arrays ever queued (request path) ...
+        self._held_out = 0  # ... and ever released by the writer: the difference is held now
+        self._appended = 0  # entries ever queued; `flush` waits for the writer to reach it
+        self._handled = 0
+        self._dropped = {QUEUE_FULL: 0, WRITE_FAILED: 0}
+        self._warned = {QUEUE_FULL: 0, WRITE_FAILED: 0}
+        self._warned_at = -_WARN_EVERY_S
+        self._full_counters: dict[str, Any] = {}
+        self._wake = threading.Event()
+        self._progress = threading.Condition()
+        self._closing = False
+        self._thread: threading.Thread | None = None
+        self._current: Segment | None = None
+        self._started = 0.0
+        self._trimmed_at = 0.0
+        self._last_error = ""
+
+    @classmethod
+    def create(cls, settings: Settings, worker: int = 0) -> PredictionRecorder | None:
+        """The recorder `settings` ask for; None when every rate is 0 (the log costs nothing)."""
+        log_settings = settings.prediction_log
+        recorder = cls(log_settings, settings.predictions_dir, worker)
+        rates = [recorder._default[0], *(r[0] for r in recorder._rates.values())]
+        return recorder if any(rates) else None
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="shipyard-prediction-log", daemon=True)
+            self._thread.start()
+
+    def record(
+        self,
+        request_id: str,
+        model: str,
+        version: int | None,
+        protocol: str,
+        status: int,
+        latency_s: float,
+        sample: Sample,
+    ) -> None:
+        """Queue one request's entry if it is drawn, or drop and count it: never blocks."""
+        logged, with_payload = self._rates.get(model, self._default)
+        draw = random.random()
+        if draw >= logged:
+            return
+        depth = len(self._queue)
+        if depth >= self._queue_size:
+            self._dropped[QUEUE_FULL] += 1
+            counter = self._full_counters.get(model)
+            if counter is None:  # labels() costs microseconds: once per model
+                counter = metrics.PREDICTION_LOG_DROPPED.labels(model, QUEUE_FULL)
+                self._full_counters[model] = counter
+            counter.inc()
+            return
+        inputs, outputs = sample.inputs, sample.outputs
+        held = 0
+        for array in (inputs or {}).values():
+            held += array.nbytes
+        for array in (outputs or {}).values():
+            held += array.nbytes
+        described = None
+        if self._held_in - self._held_out + held > _MAX_HELD_BYTES:  # keep memory bounded
+            described = describe(inputs, outputs, held if draw < with_payload else 0)
+            inputs = outputs = None
+            held = 0
+        self._held_in += held
+        self._appended += 1
+        self._queue.append(
+            (
+                time.time(),
+                request_id,
+                model,
+                version,
+                protocol,
+                status,
+                latency_s,
+                inputs,
+                outputs,
+                draw < with_payload,
+                held,
+                described,
+            )
+        )
+        if depth == self._wake_at:
+            self._wake.set()
+
+    def flush(self, timeout_s: float = 10.0) -> bool:
+        """Wait until every entry queued so far is written or dropped; False on timeout."""
+        target = self._appended
+        with self._progress:
+            self._wake.set()
+            return self._progress.wait_for(lambda: self._handled >= target, timeout_s)
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        """Write what is queued, then stop the writer (which a hung disk cannot keep alive)."""
+        self._closing = True
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+
+    @property
+    def dropped(self) -> dict[str, int]:
+        """Entries dropped so far, by reason."""
+        return dict(self._dropped)
+
+    def _run(self) -> None:
+        try:
+            while True:
+                self._wake.wait(_INTERVAL_S)
+                self._wake.clear()
+                self._drain()
+                self._warn()
+                if self._closing and not self._queue:
+                    break
+                if self._current is not None and time.monotonic() - self._trimmed_at > _RETENTION_EVERY_S:
+                    self._trim()
+        finally:
+            self._close_segment()
+
+    def _drain(self) -> None:
+        """Write everything queued now in one transaction: every call that releases the GIL
+        (a commit, a stat) costs the event loop a switch, so the writer makes few of them."""
+        queue = self._queue
+        if not queue:
+            return
+        batch = [queue.popleft() for _ in range(len(queue))]
+        try:
+            chunks = [self._chunk(batch[start : start + _CHUNK]) for start in range(0, len(batch), _CHUNK)]
+            self._segment().append([chunk for chunk in chunks if chunk is not None])
+        except (sqlite3.Error, OSError) as exc:
+            self._close_segment(seal=False)  # the next batch starts over: a new segment
+            self._failed(batch, exc)
+        with self._progress:
+            self._held_out += sum(pending[10] for pending in batch)
+            self._handled += len(batch)
+            self._progress.notify_all()
+
+    def _chunk(self, batch: list[_Pending]) -> Chunk | None:
+        """Up to 256 entries as one row (see predictions.py). Each entry is serialized on its own
+        so that its lists are freed at once: holding a chunk's worth of them alive set off the
+        garbage collector several times more often (measured), and it stops the event loop."""
+        request_ids, parts = [], []
+        first = last = 0.0
+        for pending in batch:
+            try:
+                parts.append(orjson.dumps(self._fields(pending), option=_JSON, default=_plain))
+            except TypeError as exc:  # a value JSON cannot hold: that entry only
+                self._failed([pending], exc)
+                continue
+            request_ids.append(pending[1])
+            last = pending[0]
+            first = first or last
+        if not parts:
+            return None
+        return first, last, orjson.dumps(request_ids), b"[" + b",".join(parts) + b"]"
+
+    def _fields(self, pending: _Pending) -> list[Any]:
+        at, request_id, model, version, protocol, status, latency_s = pending[:7]
+        inputs, outputs, payload, held, described = pending[7:]
+        if described is None:
+            described = describe(inputs, outputs)
+        body = omitted = None
+        if payload and inputs is not None:
+            if held > self._settings.max_payload_bytes:
+                omitted = held
+            else:
+                body = {"inputs": inputs, "outputs": outputs}
+        elif payload and described[2]:
+            omitted = described[2]
+        latency_ms = round(latency_s * 1000, 3)
+        return [request_id, at, model, version, protocol, status, latency_ms, *described[:2], body, omitted]
+
+    def _segment(self) -> Segment:
+        """This process's current segment: a new one when it is full, old, or was deleted."""
+        now = time.time()
+        segment = self._current
+        if segment is not None:
+            size = segment_bytes(segment.path)
+            if not size or size >= self._segment_bytes or now - self._started >= self._segment_age_s:
+                self._close_segment(seal=bool(size))
+        if self._current is None:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            self._current = Segment(self.directory / segment_name(now, self.worker), self.worker)
+            self._started = now
+            self._trim()
+        return self._current
+
+    def _close_segment(self, *, seal: bool = True) -> None:
+        segment, self._current = self._current, None
+        if segment is not None:
+            if seal:
+                segment.seal()
+            else:
+                segment.close()
+
+    def _trim(self) -> None:
+        self._trimmed_at = time.monotonic()
+        try:
+            keep = None if self._current is None else self._current.path
+            enforce_retention(self.directory, self._settings.max_bytes, self._settings.max_age_s, keep)
+        except OSError as exc:
+            log.warning("prediction log: retention failed in %s: %s", self.directory, exc)
+
+    def _failed(self, batch: list[_Pending], exc: Exception) -> None:
+        self._last_error = f"{type(exc).__name__}: {exc}"
+        by_model: dict[str, int] = {}
+        for pending in batch:
+            by_model[pending[2]] = by_model.get(pending[2], 0) + 1
+        for model, count in by_model.items():
+            metrics.PREDICTION_LOG_DROPPED.labels(model, WRITE_FAILED).inc(count)
+        self._dropped[WRITE_FAILED] += len(batch)
+
+    def _warn(self) -> None:
+        """At most one warning a minute, saying how many entries went and why."""
+        now = time.monotonic()
+        if now - self._warned_at < _WARN_EVERY_S:
+            return
+        lost = {reason: count - self._warned[reason] for reason, count in self._dropped.items()}
+        if not any(lost.values()):
+            return
+        self._warned_at = now
+        self._warned.update(self._dropped)
+        for reason, count in lost.items():
+            if count:
+                detail = f" ({self._last_error})" if reason == WRITE_FAILED else ""
+                log.warning(
+                    "prediction log: dropped %d entries: %s%s; requests are unaffected",
+                    count,
+                    _WHY[reason],
+                    detail,
+                    extra={"fields": {"dropped": count, "reason": reason}},
+                )
+
+
+def _rates(sample_rate: float, payload_rate: float) -> tuple[float, float]:
+    """(share of requests logged, share logged with their payload): one draw decides both."""
+    return max(sample_rate, payload_rate), payload_rate
+
+
+_DTYPE_NAMES: dict[np.dtype[Any], str] = {}  # numpy computes `dtype.name` in Python: microseconds
+
+
+def _dtype_name(dtype: np.dtype[Any]) -> str:
+    name = _DTYPE_NAMES.get(dtype)
+    if name is None:
+        name = dtype.name
+        if len(_DTYPE_NAMES) < 256:  # text dtypes differ by length: keep the cache bounded
+            _DTYPE_NAMES[dtype] = name
+    return name
+
+
+def describe(
+    inputs: dict[str, np.ndarray] | None, outputs: dict[str, np.ndarray] | None, left_out: int = 0
+) -> _Described:
+    """Each input's shape and dtype, each output's too with its values when it is small (a
+    classifier's labels, a regressor's values: what late feedback is compared with), in the
+    compact form of a chunk (predictions.py), and the payload bytes `left_out`."""
+    described_inputs = None
+    if inputs is not None:
+        described_inputs = [[name, a.shape, _dtype_name(a.dtype)] for name, a in inputs.items()]
+    described_outputs = None
+    if outputs is not None:
+        described_outputs = [
+            [name, a.shape, _dtype_name(a.dtype), a if a.size <= _MAX_VALUES else None]
+            for name, a in outputs.items()
+        ]
+    return described_inputs, described_outputs, left_out
+
+
+def _plain(value: Any) -> Any:
+    """What orjson cannot write itself: text (object) arrays, bytes, numpy scalars."""
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not serializable")

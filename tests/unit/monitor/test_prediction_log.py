@@ -1,0 +1,276 @@
+"""The prediction log's writer and store: sampling, summaries and payloads, drops counted when the
+queue is full or the disk refuses (never an error for the caller), retention by size and age,
+lookups by request id across every worker's segments."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sqlite3
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from prometheus_client import REGISTRY
+
+from shipyard.errors import InvalidInputError
+from shipyard.monitor.prediction_recorder import PredictionRecorder, Sample
+from shipyard.monitor.predictions import PredictionStore, list_segments, segment_bytes
+from shipyard.settings import PredictionLogSettings, Settings
+
+FLUSH_S = 10.0
+
+
+def sample(rows: int = 1, width: int = 4) -> Sample:
+    noted = Sample()
+    noted.inputs = {"X": np.arange(rows * width, dtype=np.float32).reshape(rows, width)}
+    noted.outputs = {
+        "label": np.arange(rows, dtype=np.int64),
+        "probabilities": np.full((rows, 3), 0.5, dtype=np.float32),
+    }
+    return noted
+
+
+def dropped(model: str, reason: str) -> float:
+    value = REGISTRY.get_sample_value(
+        "shipyard_predictionlog_dropped_total", {"model": model, "reason": reason}
+    )
+    return value or 0.0
+
+
+@pytest.fixture
+def recorders() -> Iterator[list[PredictionRecorder]]:
+    """Recorders a test makes; each is closed (its thread stopped) when the test ends."""
+    made: list[PredictionRecorder] = []
+    yield made
+    for recorder in made:
+        recorder.close()
+
+
+def make(
+    recorders: list[PredictionRecorder],
+    directory: Path,
+    worker: int = 0,
+    *,
+    start: bool = True,
+    **options: Any,
+) -> PredictionRecorder:
+    recorder = PredictionRecorder(PredictionLogSettings(**options), directory, worker)
+    recorders.append(recorder)
+    if start:
+        recorder.start()
+    return recorder
+
+
+def test_an_entry_has_the_request_its_summary_and_no_payload_by_default(
+    tmp_path: Path, recorders: list[PredictionRecorder]
+) -> None:
+    recorder = make(recorders, tmp_path)
+    recorder.record("req-1", "iris", 3, "v2", 200, 0.0012, sample(rows=2))
+    assert recorder.flush(FLUSH_S)
+    [entry] = PredictionStore(tmp_path).lookup(["req-1"])
+    assert (entry.request_id, entry.model, entry.version, entry.protocol, entry.status) == (
+        "req-1",
+        "iris",
+        3,
+        "v2",
+        200,
+    )
+    assert entry.latency_ms == 1.2 and abs(entry.time - time.time()) < 60
+    assert entry.summary == {
+        "rows": 2,
+        "inputs": {"X": {"shape": [2, 4], "dtype": "float32"}},
+        "outputs": {
+            "label": {"shape": [2], "dtype": "int64", "values": [0, 1]},
+            "probabilities": {"shape": [2, 3], "dtype": "float32", "values": [[0.5] * 3] * 2},
+        },
+    }
+    assert entry.payload is None
+    assert entry.to_dict()["time"].endswith("+00:00")
+
+
+def test_payloads_are_kept_at_their_rate_and_left_out_when_large(
+    tmp_path: Path, recorders: list[PredictionRecorder]
+) -> None:
+    recorder = make(recorders, tmp_path, payload_rate=1.0, max_payload_bytes=1000)
+    text = Sample()
+    text.inputs = {"text": np.array(["héllo", b"raw"], dtype=object)}
+    text.outputs = {"embedding": np.ones((2, 2), dtype=np.float16)}
+    recorder.record("small", "m", 1, "openai", 200, 0.001, text)
+    recorder.record("large", "m", 1, "v1", 200, 0.001, sample(rows=100))
+    assert recorder.flush(FLUSH_S)
+    entries = {e.request_id: e for e in PredictionStore(tmp_path).lookup(["small", "large"])}
+    assert entries["small"].payload == {
+        "inputs": {"text": ["héllo", "raw"]},
+        "outputs": {"embedding": [[1.0, 1.0], [1.0, 1.0]]},
+    }
+    assert entries["large"].payload is None
+    assert entries["large"].summary["payload_omitted_bytes"] == 100 * 4 * 4 + 100 * 8 + 100 * 3 * 4
+    # An output over 256 values is summarized by its shape and dtype only.
+    assert "values" not in entries["large"].summary["outputs"]["probabilities"]
+
+
+def test_rates_per_model_sample_requests(tmp_path: Path, recorders: list[PredictionRecorder]) -> None:
+    recorder = make(recorders, tmp_path, sample_rate=0.0, models={"kept": {"sample_rate": 1.0}})
+    for i in range(50):
+        recorder.record(f"kept-{i}", "kept", 1, "v2", 200, 0.001, sample())
+        recorder.record(f"other-{i}", "other", 1, "v2", 200, 0.001, sample())
+    assert recorder.flush(FLUSH_S)
+    store = PredictionStore(tmp_path)
+    assert len(store.read("kept")) == 50 and store.read("other") == []
+    half = make(recorders, tmp_path / "half", sample_rate=0.5)
+    for i in range(400):
+        half.record(f"h-{i}", "m", 1, "v2", 200, 0.001, sample())
+    assert half.flush(FLUSH_S)
+    assert 100 < len(PredictionStore(tmp_path / "half").read("m")) < 300  # ~200; 1e-20 to fail
+    assert PredictionRecorder.create(Settings.load(home=tmp_path, prediction_log={"sample_rate": 0})) is None
+
+
+def test_a_full_queue_drops_and_counts_without_waiting(
+    tmp_path: Path, recorders: list[PredictionRecorder]
+) -> None:
+    recorder = make(recorders, tmp_path, start=False, queue_size=3)  # no writer yet: nothing drains
+    before = dropped("full-model", "queue_full")
+    started = time.perf_counter()
+    for i in range(5):
+        recorder.record(f"r{i}", "full-model", 1, "v2", 200, 0.001, sample())
+    assert time.perf_counter() - started < 0.5  # never waited for room
+    assert recorder.dropped["queue_full"] == 2
+    assert dropped("full-model", "queue_full") - before == 2
+    recorder.start()
+    assert recorder.flush(FLUSH_S)
+    assert [e.request_id for e in PredictionStore(tmp_path).read("full-model")] == ["r2", "r1", "r0"]
+
+
+def test_an_unwritable_folder_drops_counts_and_warns_once(
+    tmp_path: Path, recorders: list[PredictionRecorder], caplog: pytest.LogCaptureFixture
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    recorder = make(recorders, blocker / "predictions")  # mkdir fails even for root
+    before = dropped("lost", "write_failed")
+    with caplog.at_level(logging.WARNING, logger="shipyard.predictions"):
+        for i in range(3):
+            recorder.record(f"r{i}", "lost", 1, "v2", 200, 0.001, sample())
+        assert recorder.flush(FLUSH_S)
+        recorder.record("r3", "lost", 1, "v2", 200, 0.001, sample())
+        assert recorder.flush(FLUSH_S)
+        recorder.close()  # its last loop has warned, if it was going to
+    assert recorder.dropped["write_failed"] == 4
+    assert dropped("lost", "write_failed") - before == 4
+    warnings = [r.getMessage() for r in caplog.records if "prediction log: dropped" in r.getMessage()]
+    assert len(warnings) == 1, warnings  # rate-limited: the second failure is counted, not repeated
+    assert "could not be written" in warnings[0] and "NotADirectoryError" in warnings[0]
+
+
+def test_retention_by_size_deletes_the_oldest_segments(
+    tmp_path: Path, recorders: list[PredictionRecorder]
+) -> None:
+    max_bytes = 256 << 10
+    recorder = make(recorders, tmp_path, payload_rate=1.0, max_bytes=max_bytes)
+    for i in range(2000):  # ~600 bytes of payload each: about 1.5 MB in all
+        recorder.record(f"r{i}", "m", 1, "v2", 200, 0.001, sample(rows=4, width=16))
+        if i % 200 == 199:  # the writer rotates and trims as it goes
+            assert recorder.flush(FLUSH_S)
+    recorder.close()
+    segments = list_segments(tmp_path)
+    assert len(segments) > 1
+    # Over the limit by at most the current segment: a sixteenth of max_bytes and one batch.
+    assert sum(segment_bytes(p) for p in segments) <= max_bytes + (max_bytes // 16) + 256 * 2000
+    store = PredictionStore(tmp_path)
+    assert store.lookup(["r0"]) == [] and len(store.lookup(["r1999"])) == 1
+
+
+def test_retention_by_age_deletes_old_segments(tmp_path: Path, recorders: list[PredictionRecorder]) -> None:
+    old = make(recorders, tmp_path, worker=1)
+    old.record("old", "m", 1, "v2", 200, 0.001, sample())
+    old.close()
+    [segment] = list_segments(tmp_path)
+    two_days_ago = time.time() - 2 * 86400
+    for path in tmp_path.iterdir():
+        os.utime(path, (two_days_ago, two_days_ago))
+    new = make(recorders, tmp_path, worker=2, max_age_s=86400)
+    new.record("new", "m", 1, "v2", 200, 0.001, sample())
+    assert new.flush(FLUSH_S)
+    assert segment not in list_segments(tmp_path)
+    assert [e.request_id for e in PredictionStore(tmp_path).read("m")] == ["new"]
+
+
+def test_workers_write_their_own_segments_and_reads_merge_them(
+    tmp_path: Path, recorders: list[PredictionRecorder]
+) -> None:
+    one, two = make(recorders, tmp_path, worker=1), make(recorders, tmp_path, worker=2)
+    for i in range(6):
+        (one if i % 2 else two).record(f"r{i}", "m", 1 + i % 2, "v2", 200, 0.001, sample())
+    assert one.flush(FLUSH_S) and two.flush(FLUSH_S)
+    assert len(list_segments(tmp_path)) == 2
+    store = PredictionStore(tmp_path)
+    assert [e.request_id for e in store.read("m")] == ["r5", "r4", "r3", "r2", "r1", "r0"]
+    assert [e.request_id for e in store.read("m", version=2, limit=2)] == ["r5", "r3"]
+    assert {e.worker for e in store.read("m")} == {1, 2}
+    found = store.lookup(["r0", "r5", "nope"])
+    assert [(e.request_id, e.worker) for e in found] == [("r5", 1), ("r0", 2)]
+    assert store.read("m", since=time.time() + 60) == []
+
+
+def test_a_deleted_current_segment_is_replaced(tmp_path: Path, recorders: list[PredictionRecorder]) -> None:
+    recorder = make(recorders, tmp_path)
+    recorder.record("a", "m", 1, "v2", 200, 0.001, sample())
+    assert recorder.flush(FLUSH_S)
+    [first] = list_segments(tmp_path)
+    for path in tmp_path.iterdir():  # another worker's retention removed it
+        path.unlink()
+    recorder.record("b", "m", 1, "v2", 200, 0.001, sample())
+    assert recorder.flush(FLUSH_S)
+    assert [e.request_id for e in PredictionStore(tmp_path).read("m")] == ["b"]
+    assert list_segments(tmp_path) != [first]
+
+
+def test_a_closed_segment_is_indexed_and_the_current_one_scanned(
+    tmp_path: Path, recorders: list[PredictionRecorder]
+) -> None:
+    first = make(recorders, tmp_path, worker=1)
+    for i in range(300):  # two chunks
+        first.record(f"a{i}", "m", 1, "v2", 200, 0.001, sample())
+    first.close()
+    second = make(recorders, tmp_path, worker=2)
+    for i in range(300):
+        second.record(f"b{i}", "m", 1, "v2", 200, 0.001, sample())
+    assert second.flush(FLUSH_S)
+    closed, current = list_segments(tmp_path)
+    tables = "SELECT name FROM sqlite_master WHERE type = 'table'"
+    with contextlib.closing(sqlite3.connect(closed)) as db:
+        assert {name for (name,) in db.execute(tables)} == {"chunks", "ids"}
+        assert db.execute("SELECT count(*) FROM ids").fetchone() == (300,)
+    with contextlib.closing(sqlite3.connect(current)) as db:
+        assert {name for (name,) in db.execute(tables)} == {"chunks"}
+    found = PredictionStore(tmp_path).lookup(["a0", "a299", "b0", "b299", "x"])
+    assert sorted((e.request_id, e.worker) for e in found) == [("a0", 1), ("a299", 1), ("b0", 2), ("b299", 2)]
+
+
+def test_a_value_json_cannot_hold_drops_that_entry_only(
+    tmp_path: Path, recorders: list[PredictionRecorder]
+) -> None:
+    recorder = make(recorders, tmp_path)
+    odd = sample()
+    assert odd.outputs is not None
+    odd.outputs["label"] = np.array([object()], dtype=object)
+    before = dropped("odd", "write_failed")
+    recorder.record("fine-1", "odd", 1, "v2", 200, 0.001, sample())
+    recorder.record("odd-1", "odd", 1, "v2", 200, 0.001, odd)
+    recorder.record("fine-2", "odd", 1, "v2", 200, 0.001, sample())
+    assert recorder.flush(FLUSH_S)
+    assert [e.request_id for e in PredictionStore(tmp_path).read("odd")] == ["fine-2", "fine-1"]
+    assert dropped("odd", "write_failed") - before == 1
+
+
+def test_a_bad_rate_is_one_line_naming_the_setting(tmp_path: Path) -> None:
+    with pytest.raises(InvalidInputError) as caught:
+        Settings.load(home=tmp_path, prediction_log={"models": {"iris": {"sample_rate": 2}}})
+    assert caught.value.message.startswith(
+        "invalid settings: prediction_log.models.iris.sample_rate: Input should be less than or equal to 1"
+    )
