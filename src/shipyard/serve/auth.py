@@ -25,6 +25,7 @@ from starlette.types import Scope
 
 from shipyard.errors import ForbiddenError, InvalidInputError, ShipyardError, UnauthorizedError
 from shipyard.registry.keys import ADMIN, WRITE, ApiKey, allows, key_id_of
+from shipyard.types import NAME_PATTERN
 
 if TYPE_CHECKING:
     from shipyard.registry import Registry
@@ -47,6 +48,7 @@ _INFER_PATH = re.compile(
 _BODY_MODEL_PATHS = frozenset({"/v1/embeddings", "/v1/completions", "/v1/chat/completions", "/invocations"})
 _PROBES = frozenset({"/healthz", "/readyz", "/ping"})
 _NEVER = float("inf")
+_NAME = re.compile(NAME_PATTERN)
 
 
 @functools.lru_cache(maxsize=4096)  # a path's scope never changes; a hit costs ~0.1 µs, the regex ~1
@@ -105,6 +107,13 @@ class _Budget:
 
 
 def _forbidden(key_id: str, needed: str) -> ForbiddenError:
+    if needed.startswith("infer:") and not _NAME.fullmatch(needed[6:]):
+        # The name came from a request body: a name no model can have is not echoed (it could
+        # hold a newline or a terminal escape), and no key could carry a scope for it anyway.
+        return ForbiddenError(
+            f"API key {key_id} may not infer on a model of that name (no model can have it)",
+            field="authorization",
+        )
     return ForbiddenError(
         f"API key {key_id} lacks the scope {needed!r}; create a key with "
         f"`shipyard keys create NAME --scope {needed}`",

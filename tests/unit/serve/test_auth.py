@@ -319,3 +319,14 @@ def test_the_refusal_budget_counts_per_clock_second_and_what_it_turned_away() ->
     ]
     assert budget.suppressed == 1
     assert budget.allow(11.0) and budget.suppressed == 1  # a new second, the count kept for the next line
+
+
+async def test_a_body_named_model_no_model_can_have_is_refused_without_echoing_it(
+    keys: dict[str, str], home: Home
+) -> None:
+    async with serve(home, ["iris"]) as served:
+        body = {"model": "evil\nname\x1b[31m", "input": ["hello"]}
+        response = await served.client.post("/v1/embeddings", json=body, headers=bearer(keys["other-model"]))
+    assert response.status_code == 403  # in OpenAI's error shape
+    assert "may not infer on a model of that name" in response.json()["error"]["message"]
+    assert "evil" not in response.text
