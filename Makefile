@@ -50,7 +50,7 @@ test: install-dev
 	bash scripts/install-debian-tool.sh chromium
 	bash scripts/install-debian-tool.sh prometheus
 	rm -f .coverage .coverage.*
-	$(BIN)/python -m pytest -q -n $(TEST_JOBS) --dist loadfile --cov --cov-report=
+	$(BIN)/python -m pytest -q -n $(TEST_JOBS) --dist loadfile --cov --cov-report= --durations=15
 	$(BIN)/python scripts/coverage_summary.py
 
 lint: install-dev
