@@ -34,6 +34,7 @@ from shipyard.types import ModelVersion
 _SCORES = ("probabilities", "scores", "logits")
 _MAX_ID = 128  # characters: the longest request id the server keeps (serve.request_ids)
 _SHOWN = 40  # characters of a caller's value quoted in an error
+_UNITS = (("d", 86400.0), ("h", 3600.0), ("m", 60.0))
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,8 +238,10 @@ class FeedbackIntake:
 
     def _not_found(self, model: str, version: int | None, request_id: str) -> NotFoundError:
         which = model if version is None else f"{model}:{version}"
-        days = self._retention_s / 86400
-        kept = f"{days:g} days" if days >= 1 else f"{self._retention_s / 3600:g} hours"
+        kept = next(
+            (f"{self._retention_s / size:g}{unit}" for unit, size in _UNITS if self._retention_s >= size),
+            f"{self._retention_s:g}s",
+        )
         return NotFoundError(
             f"no logged prediction of {which} has request id {request_id!r}: it was not sampled "
             f"(prediction_log.sample_rate), is older than the log keeps ({kept}), was answered by "
