@@ -371,9 +371,10 @@ def _class(value: Any, label: Label, prediction: Prediction, where: str) -> Any:
     )
     if not fits:
         noun = {bool: "a boolean", int: "an integer", float: "a number", str: "text"}[kind]
+        seen = "classes" if prediction.classes else "predictions"
         raise InvalidInputError(
-            f"{label.field} for {label.request_id!r} must be {noun} like {where}'s predictions "
-            f"({_show(sample)}), got {_show(value)}",
+            f"{label.field} for {label.request_id!r} must be {noun} like {where}'s {seen} "
+            f"(e.g. {_show(sample)}), got {_show(value)}",
             field=label.field,
         )
     if prediction.classes is not None and value not in prediction.classes:

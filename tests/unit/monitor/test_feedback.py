@@ -123,7 +123,7 @@ def test_text_classes_and_rows(desk: Desk) -> None:
         "'setosa', 'versicolor', 'virginica'"
     )
     error = desk.error(Label("two-rows", [0, 1]))
-    assert error.message.startswith("label for 'two-rows' must be text like iris:2's predictions")
+    assert error.message.startswith("label for 'two-rows' must be text like iris:2's classes (e.g. 'setosa')")
     (outcome,) = desk.submit(Label("two-rows", ["setosa", "versicolor"]))
     assert outcome.record is not None and outcome.record.predicted == ["setosa", "virginica"]
 
@@ -133,7 +133,7 @@ def test_integer_classes_come_from_the_width_of_the_probabilities(desk: Desk) ->
     assert "its classes are 0, 1, 2" in desk.error(Label("i", 7)).message
     for wrong in ("1", 1.0, True, None, {"class": 1}):
         error = desk.error(Label("i", wrong))
-        assert error.field == "label" and "must be an integer like iris:1's predictions (0)" in error.message
+        assert error.field == "label" and "must be an integer like iris:1's classes (e.g. 0)" in error.message
     # Text from a command line or a CSV cell is read as the prediction's type.
     assert desk.error(Label("i", "one", text=True)).field == "label"
     (outcome,) = desk.submit(Label("i", "2", text=True))

@@ -186,7 +186,7 @@ def test_bad_feedback_is_its_status_naming_the_field(
                 {"request_id": "b1", "label": "0"},
                 400,
                 "label",
-                "label for 'b1' must be an integer like iris:1's",
+                "label for 'b1' must be an integer like iris:1's classes (e.g. 0), got '0'",
             ),
             (
                 {"request_id": "b1", "label": 5},
