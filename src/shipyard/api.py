@@ -125,7 +125,7 @@ def feedback(
         (outcome,) = submit_feedback(ref, parse_feedback(given, 1)[0], settings)
         if outcome.error is not None:
             raise outcome.error
-        return {"model": ModelRef.parse(str(ref)).name, **outcome.to_dict(0)}
+        return {"model": ModelRef.parse(str(ref)).name, **outcome.to_dict()}
     outcomes = submit_feedback(ref, parse_feedback({"feedback": list(items)}, 1 << 62)[0], settings)
     return batch_body(ModelRef.parse(str(ref)).name, outcomes)
 

@@ -55,8 +55,10 @@ class Outcome:
     record: Labelled | None = None
     error: ShipyardError | None = None
 
-    def to_dict(self, index: int) -> dict[str, Any]:
-        body: dict[str, Any] = {"index": index, "request_id": self.request_id}
+    def to_dict(self, index: int | None = None) -> dict[str, Any]:
+        """The item's answer (with its `index` in a batch)."""
+        body: dict[str, Any] = {} if index is None else {"index": index}
+        body["request_id"] = self.request_id
         if self.record is not None:
             body.update(status=200, version=self.record.version)
         elif self.error is not None:

@@ -75,7 +75,7 @@ def feedback_routes(
             (outcome,) = outcomes
             if outcome.error is not None:
                 raise outcome.error
-            return json_response({"model": name, **outcome.to_dict(0), "accepted": 1})
+            return json_response({"model": name, **outcome.to_dict()})
         answer = batch_body(name, outcomes)
         return json_response(answer, 200 if not answer["failed"] else 207)
 
