@@ -11,13 +11,14 @@ from pathlib import Path
 from typing import Any
 
 from shipyard.errors import InvalidInputError, ModelError, NotFoundError, ShipyardError
-from shipyard.monitor.feedback import FeedbackIntake, Label, Outcome, batch_body, parse_feedback
+from shipyard.monitor.feedback import FeedbackIntake, Outcome, batch_body, parse_feedback
 from shipyard.monitor.feedback_store import FeedbackStore
 from shipyard.monitor.predictions import Entry, PredictionStore
 from shipyard.monitor.profile import build_profile
 from shipyard.monitor.quality import Window
 from shipyard.monitor.quality import report as quality_report
 from shipyard.monitor.reference import reference_inputs
+from shipyard.monitor.truth import Label
 from shipyard.registry import Registry
 from shipyard.runtimes.model import Model
 from shipyard.settings import Settings

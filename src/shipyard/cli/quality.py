@@ -17,10 +17,10 @@ from shipyard.errors import InvalidInputError, ShipyardError
 from shipyard.types import ModelRef
 
 if TYPE_CHECKING:
-    from shipyard.monitor.feedback import Label
+    from shipyard.monitor.truth import Label
 
 _URL_HELP = "A running server's address; default: the registry home here (no server needed)."
-_KEY_HELP = "API key (infer:<model> for feedback, read for quality)."
+_KEY_HELP = "API key: one with infer:MODEL for feedback, read for quality."
 _FILE_SUFFIXES = (".csv", ".jsonl", ".ndjson")
 _SHOWN_FAILURES = 10
 
@@ -41,12 +41,13 @@ def feedback(
     ] = None,
     url: Annotated[str | None, typer.Option(metavar="URL", help=_URL_HELP)] = None,
     api_key: Annotated[
-        str | None, typer.Option(envvar="SHIPYARD_API_KEY", help=_KEY_HELP, show_default=False)
+        str | None, typer.Option(metavar="KEY", envvar="SHIPYARD_API_KEY", help=_KEY_HELP, show_default=False)
     ] = None,
     json_: JsonFlag = False,
 ) -> None:
     """Give the true label or value of logged requests, joined with their predictions for live quality."""
-    from shipyard.monitor.feedback import Label, batch_body
+    from shipyard.monitor.feedback import batch_body
+    from shipyard.monitor.truth import Label
 
     if file is not None:
         if request_id is not None or label is not None or value is not None:
@@ -73,7 +74,8 @@ def feedback(
 def read_feedback_file(path: Path) -> list[Label | ShipyardError]:
     """The items of a CSV (header with request_id and label or value; cells are text) or JSON
     lines file (one {"request_id", "label"|"value"} per line, typed as in the HTTP route)."""
-    from shipyard.monitor.feedback import Label, parse_item
+    from shipyard.monitor.feedback import parse_item
+    from shipyard.monitor.truth import Label
 
     path = path.expanduser()
     suffix = path.suffix.lower()
@@ -219,7 +221,7 @@ def quality(
     ] = None,
     url: Annotated[str | None, typer.Option(metavar="URL", help=_URL_HELP)] = None,
     api_key: Annotated[
-        str | None, typer.Option(envvar="SHIPYARD_API_KEY", help=_KEY_HELP, show_default=False)
+        str | None, typer.Option(metavar="KEY", envvar="SHIPYARD_API_KEY", help=_KEY_HELP, show_default=False)
     ] = None,
     json_: JsonFlag = False,
 ) -> None:

@@ -19,10 +19,11 @@ from shipyard.errors import (
     PayloadTooLargeError,
     ShipyardError,
 )
-from shipyard.monitor.feedback import FeedbackIntake, Label, Outcome, parse_feedback
+from shipyard.monitor.feedback import FeedbackIntake, Outcome, parse_feedback
 from shipyard.monitor.feedback_store import CLASSIFICATION, REGRESSION, FeedbackStore, Labelled
 from shipyard.monitor.prediction_recorder import PredictionRecorder, Sample
 from shipyard.monitor.predictions import PredictionStore
+from shipyard.monitor.truth import Label
 from shipyard.settings import PredictionLogSettings
 from shipyard.types import ModelVersion, Signature, TensorSpec
 
@@ -167,7 +168,11 @@ def test_requests_without_a_comparable_prediction_are_400_naming_request_id(desk
     desk.log("failed", 1, iris([0]), status=400)
     desk.log("wide", 1, iris(list(range(300))))  # over 256 values: the log kept no values
     desk.log("unclear", 4, sample(a=np.zeros(1), b=np.zeros(1)))
+    desk.log("nan", 3, sample(variable=np.array([[np.nan]], dtype=np.float32)))
+    desk.log("empty", 1, iris([]))
     messages = {
+        "nan": "its output 'variable' holds NaN or infinite values, which cannot be compared",
+        "empty": "request 'empty' (iris:1) had no rows: there is nothing to compare",
         "failed": "request 'failed' (iris:1) failed with status 400: it has no prediction",
         "wide": "was too large for the prediction log to keep its values (256 at most)",
         "unclear": "cannot tell which of its outputs (a, b) is the prediction",

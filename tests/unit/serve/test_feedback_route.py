@@ -241,6 +241,15 @@ def test_bad_feedback_is_its_status_naming_the_field(
         assert raw.status_code == 400 and raw.json()["field"] == "body"
         plain = await post(url, content=b"{}", headers={"content-type": "text/plain"})
         assert plain.status_code == 415 and plain.json()["field"] == "content-type"
+        for unserved in (
+            post("/v2/models/other/feedback", json={"request_id": "b1", "label": 0}),
+            client.get("/v2/models/other/quality"),
+        ):
+            response = await unserved
+            assert response.status_code == 404 and response.json() == {
+                "error": "model 'other' is not served here (served: iris)",
+                "field": "model",
+            }
         window = await client.get("/v2/models/iris/quality", params={"window": "30d"})
         assert window.status_code == 400 and window.json()["field"] == "window"
         assert "longer than the prediction log keeps (7d" in window.json()["error"]

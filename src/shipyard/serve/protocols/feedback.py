@@ -66,6 +66,7 @@ def feedback_routes(
 
     async def feedback(request: Request) -> Response:
         name = request.path_params["model"]
+        dataplane.versions(name)  # 404 naming the served models; any version it answered with joins
         require_json(request)
         body = parse_json(await read_body(request, settings.serve.max_body_bytes))
         items, batch = parse_feedback(body, settings.quality.max_batch)
@@ -81,6 +82,7 @@ def feedback_routes(
 
     async def live_quality(request: Request) -> Response:
         name = request.path_params["model"]
+        dataplane.versions(name)
         window = Window.parse(request.query_params.get("window"), settings)
         return json_response(await asyncio.to_thread(report, settings, name, parse_version(request), window))
 
