@@ -23,6 +23,7 @@ import orjson
 CLASSIFICATION, REGRESSION = "classification", "regression"
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS feedback (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
     model TEXT NOT NULL,
     request_id TEXT NOT NULL,
     version INTEGER,
@@ -31,10 +32,12 @@ CREATE TABLE IF NOT EXISTS feedback (
     received_at REAL NOT NULL,
     predicted TEXT NOT NULL,
     truth TEXT NOT NULL,
-    PRIMARY KEY (model, request_id)
+    UNIQUE (model, request_id)
 );
-CREATE INDEX IF NOT EXISTS feedback_window ON feedback (model, predicted_at);
+CREATE INDEX IF NOT EXISTS feedback_window ON feedback (model, version, predicted_at);
 """
+# Ids only grow (AUTOINCREMENT never reuses one, even after deletes), so a reader that saw up to
+# id N finds everything added since with `id > N`.
 _COLUMNS = "model, request_id, version, task, predicted_at, received_at, predicted, truth"
 
 
@@ -54,6 +57,20 @@ class Labelled:
     @property
     def delay_s(self) -> float:
         return max(0.0, self.received_at - self.predicted_at)
+
+
+def _record(row: tuple[Any, ...]) -> Labelled:
+    model, request_id, version, task, predicted_at, received_at, predicted, truth = row
+    return Labelled(
+        model,
+        request_id,
+        version,
+        task,
+        predicted_at,
+        received_at,
+        orjson.loads(predicted),
+        orjson.loads(truth),
+    )
 
 
 class FeedbackStore:
@@ -88,54 +105,65 @@ class FeedbackStore:
 
     def read(
         self,
-        models: Iterable[str],
+        models: Iterable[str] | None,
         *,
         version: int | None = None,
         since: float | None = None,
         rows: int | None = None,
+        upto: int | None = None,
     ) -> list[Labelled]:
-        """Records of `models` (of `version`), prediction at or after `since`, newest first; per
-        model and version, the newest until they hold `rows` rows."""
-        names = sorted(set(models))
-        if not names or not self.path.exists():
+        """Records of `models` (None: all) and `version`, prediction at or after `since`, added
+        with an id up to `upto`, newest prediction first; per model and version, the newest
+        until they hold `rows` rows."""
+        if not self.path.exists():
             return []
-        sql = f"SELECT {_COLUMNS} FROM feedback WHERE model IN ({', '.join('?' * len(names))})"
-        params: list[Any] = list(names)
-        if version is not None:
-            sql += " AND version = ?"
-            params.append(version)
-        if since is not None:
-            sql += " AND predicted_at >= ?"
-            params.append(since)
-        sql += " ORDER BY predicted_at DESC"
-        counted: dict[tuple[str, int | None], int] = {}
+        where, params = "1", list[Any]()
+        if models is not None:
+            names = sorted(set(models))
+            if not names:
+                return []
+            where = f"model IN ({', '.join('?' * len(names))})"
+            params += names
+        for clause, value in (("version = ?", version), ("predicted_at >= ?", since), ("id <= ?", upto)):
+            if value is not None:
+                where += f" AND {clause}"
+                params.append(value)
         found = []
         with self._connect() as db:
-            for row in db.execute(sql, params):
-                key = (row[0], row[2])
-                if rows is not None and counted.get(key, 0) >= rows:
-                    continue
-                model, request_id, number, task, predicted_at, received_at, predicted, truth = row
-                record = Labelled(
-                    model,
-                    request_id,
-                    number,
-                    task,
-                    predicted_at,
-                    received_at,
-                    orjson.loads(predicted),
-                    orjson.loads(truth),
+            pairs = db.execute(f"SELECT DISTINCT model, version FROM feedback WHERE {where}", params)
+            for model, number in pairs.fetchall():
+                # One version at a time, newest first along the index: a window reads its rows
+                # only (each record holds a row or more, so `rows` records are enough).
+                sql = (
+                    f"SELECT {_COLUMNS} FROM feedback WHERE {where} AND model = ? AND version IS ? "
+                    "ORDER BY predicted_at DESC" + (" LIMIT ?" if rows is not None else "")
                 )
-                counted[key] = counted.get(key, 0) + len(record.truth)
-                found.append(record)
+                held = 0
+                for row in db.execute(sql, [*params, model, number, *([] if rows is None else [rows])]):
+                    record = _record(row)
+                    found.append(record)
+                    held += len(record.truth)
+                    if rows is not None and held >= rows:
+                        break
+        found.sort(key=lambda r: r.predicted_at, reverse=True)
         return found
 
+    def added(self, after: int, since: float) -> list[Labelled]:
+        """Records added with an id over `after`, of predictions made at or after `since`."""
+        if not self.path.exists():
+            return []
+        with self._connect() as db:
+            sql = f"SELECT {_COLUMNS} FROM feedback WHERE id > ? AND predicted_at >= ?"
+            return [_record(row) for row in db.execute(sql, (after, since))]
+
     def mark(self) -> int:
-        """A number that changes whenever a record is added (for caches)."""
+        """The id of the last record added (0 for none): it changes whenever one is."""
         if not self.path.exists():
             return 0
         with self._connect() as db:
-            (last,) = db.execute("SELECT coalesce(max(rowid), 0) FROM feedback").fetchone()
+            (last,) = db.execute(
+                "SELECT coalesce(max(seq), 0) FROM sqlite_sequence WHERE name = 'feedback'"
+            ).fetchone()
             return int(last)
 
     def prune(self, before: float) -> int:

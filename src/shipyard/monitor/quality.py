@@ -256,13 +256,20 @@ def _iso(at: float) -> str:
 
 
 class QualityMonitor:
-    """The server's live quality in /metrics, scored from the shared store (never per worker)."""
+    """The server's live quality in /metrics, scored from the store every process shares.
+
+    It holds each version's window in memory as a cache of the store: the first scrape reads the
+    windows, each later one only the feedback added since (ids only grow), so a scrape costs the
+    new records and the scoring, not a re-read of every window.
+    """
 
     def __init__(self, settings: Settings, models: Callable[[], Iterable[str]]) -> None:
         self.settings = settings
         self.store = FeedbackStore(settings.feedback_path)
         self._models = models
         self._window = Window.parse(None, settings)
+        self._held: dict[tuple[str, int | None], list[Labelled]] | None = None  # newest first
+        self._read_upto = 0
         self._cached: tuple[tuple[int, int], list[QualitySeries]] | None = None
         self._lock = threading.Lock()
         self._counters: dict[tuple[str, str], tuple[Any, Any]] = {}
@@ -273,24 +280,31 @@ class QualityMonitor:
             key = (self.store.mark(), int(time.time() // _CACHE_S))
             with self._lock:
                 if self._cached is None or self._cached[0] != key:
-                    self._cached = (key, self._compute())
+                    self._cached = (key, self._compute(key[0]))
                 computed = self._cached[1]
         except Exception:  # a damaged store must not take every metric down with it
             log.exception("cannot score live quality for /metrics from %s", self.store.path)
             return iter(())
-        return iter(computed)
+        served = set(self._models())
+        return iter([s for s in computed if s[0] in served])
 
-    def _compute(self) -> list[QualitySeries]:
+    def _compute(self, upto: int) -> list[QualitySeries]:
         window, quality = self._window, self.settings.quality
-        records = self.store.read(self._models(), since=time.time() - window.seconds, rows=window.rows)
-        grouped: dict[tuple[str, int | None], list[Labelled]] = {}
-        for record in records:
-            grouped.setdefault((record.model, record.version), []).append(record)
+        since = time.time() - window.seconds
+        if self._held is None:
+            fresh = self.store.read(None, since=since, rows=window.rows, upto=upto)
+            self._held = {}
+        else:
+            fresh = self.store.added(self._read_upto, since)
+        self._read_upto = max(self._read_upto, upto)
+        for record in fresh:
+            self._held.setdefault((record.model, record.version), []).append(record)
         series = []
-        for (model, version), held in sorted(grouped.items(), key=lambda item: (item[0][0], item[0][1] or 0)):
+        for key in sorted(self._held, key=lambda k: (k[0], k[1] or 0)):
+            held = self._held[key] = _trimmed(self._held[key], since, window.rows)
             scores = score_records(held, window.rows, quality.max_classes)
             if scores is not None and scores.rows >= quality.min_rows:
-                series.append((model, str(version), scores.rows, scores.metric_series()))
+                series.append((key[0], str(key[1]), scores.rows, scores.metric_series()))
         return series
 
     def note(self, records: Iterable[Labelled]) -> None:
@@ -305,3 +319,19 @@ class QualityMonitor:
                 )
             pair[0].inc()
             pair[1].observe(record.delay_s)
+
+
+def _trimmed(records: list[Labelled], since: float, rows: int | None) -> list[Labelled]:
+    """A version's records in the window, newest prediction first: those made since `since`,
+    the newest until they hold `rows` rows."""
+    records = sorted(
+        (r for r in records if r.predicted_at >= since), key=lambda r: r.predicted_at, reverse=True
+    )
+    if rows is None:
+        return records
+    held = 0
+    for count, record in enumerate(records, 1):
+        held += len(record.truth)
+        if held >= rows:
+            return records[:count]
+    return records

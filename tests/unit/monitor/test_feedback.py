@@ -23,8 +23,9 @@ from shipyard.monitor.feedback import FeedbackIntake, Outcome, parse_feedback
 from shipyard.monitor.feedback_store import CLASSIFICATION, REGRESSION, FeedbackStore, Labelled
 from shipyard.monitor.prediction_recorder import PredictionRecorder, Sample
 from shipyard.monitor.predictions import PredictionStore
+from shipyard.monitor.quality import QualityMonitor
 from shipyard.monitor.truth import Label
-from shipyard.settings import PredictionLogSettings
+from shipyard.settings import PredictionLogSettings, Settings
 from shipyard.types import ModelVersion, Signature, TensorSpec
 
 X = TensorSpec("X", "FP32", (-1, 4))
@@ -257,8 +258,11 @@ def test_the_store_reads_newest_first_per_version_and_prunes(tmp_path: Path) -> 
     assert store.add(
         [labelled("a", 1, now - 30, rows=2), labelled("b", 2, now - 20), labelled("c", 1, now - 10)]
     )
+    mark = store.mark()
     assert store.add([labelled("c", 1, now), labelled("d", 1, now - 5)]) == [False, True]
-    assert store.mark() == 4
+    assert store.mark() > mark
+    assert [r.request_id for r in store.added(mark, since=0)] == ["d"]
+    assert [r.request_id for r in store.read(None, upto=mark)] == ["c", "b", "a"]
     assert [r.request_id for r in store.read(["m"])] == ["d", "c", "b", "a"]
     assert [r.request_id for r in store.read(["m"], version=1)] == ["d", "c", "a"]
     assert [r.request_id for r in store.read(["m"], since=now - 15)] == ["d", "c"]
@@ -266,3 +270,27 @@ def test_the_store_reads_newest_first_per_version_and_prunes(tmp_path: Path) -> 
     assert store.read(["other"]) == []
     assert store.prune(now - 15) == 2
     assert [r.request_id for r in store.read(["m"])] == ["d", "c"]
+
+
+def test_the_metrics_follow_new_feedback_as_a_fresh_read_would(tmp_path: Path) -> None:
+    """/metrics keeps the windows in memory and reads only what was added since; late feedback
+    for old predictions lands in its place, and the count window keeps the newest predictions."""
+    settings = Settings.load(home=tmp_path, quality={"window_rows": 6, "window_s": 3600, "min_rows": 1})
+    store = FeedbackStore(settings.feedback_path)
+    now = time.time()
+
+    def labelled(request_id: str, age_s: float, right: bool) -> Labelled:
+        return Labelled("m", request_id, 1, CLASSIFICATION, now - age_s, now, [1], [1 if right else 0])
+
+    store.add([labelled(f"old{i}", 100 + i, right=False) for i in range(4)])
+    monitor = QualityMonitor(settings, lambda: ["m"])
+    assert dict(next(iter(monitor.series()))[3])["accuracy"] == 0.0
+    # Newer predictions, all right; a late label for a prediction older than them; and one
+    # older than the window, which never counts.
+    store.add([labelled(f"new{i}", 10 + i, right=True) for i in range(4)])
+    store.add([labelled("late", 50, right=True), labelled("ancient", 7200, right=True)])
+    (model, version, rows, figures) = next(iter(monitor.series()))
+    assert (model, version, rows) == ("m", "1", 6)  # new0-3, late, old0
+    assert dict(figures)["accuracy"] == pytest.approx(5 / 6)
+    assert list(monitor.series()) == list(QualityMonitor(settings, lambda: ["m"]).series())
+    assert list(QualityMonitor(settings, lambda: ["other"]).series()) == []  # only models served
