@@ -53,7 +53,6 @@ def call_json(
 
 def server_error(status: int, raw: bytes, base: str) -> ShipyardError:
     """The server's JSON error as the error of the matching kind (so the exit code matches)."""
-
     body = json_or_none(raw)
     message = body.get("error") if isinstance(body, dict) else None
     if not isinstance(message, str):

@@ -8,8 +8,8 @@ of predictions made in the last `seconds` (by prediction time, so late feedback 
 prediction was), at most `rows` of them.
 
 The server scores /metrics from the shared feedback store at scrape time (see
-feedback_store.py), cached until a record is added or ten seconds pass (so the time window
-slides), never on a request's path.
+feedback_store.py and `QualityMonitor`), never on a request's path: again when feedback was added
+or ten seconds passed (so the time window slides), else from its cache.
 """
 
 from __future__ import annotations
