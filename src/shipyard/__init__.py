@@ -18,14 +18,16 @@ __all__ = [
     "Registry",
     "ShipyardError",
     "__version__",
+    "feedback",
     "load",
     "lookup_predictions",
     "predictions",
     "push",
+    "quality",
 ]
 
 if TYPE_CHECKING:
-    from shipyard.api import load, lookup_predictions, predictions, push
+    from shipyard.api import feedback, load, lookup_predictions, predictions, push, quality
     from shipyard.registry import Registry
     from shipyard.runtimes.model import Model
     from shipyard.types import ModelVersion
@@ -35,6 +37,8 @@ _LAZY = {
     "load": "shipyard.api",
     "predictions": "shipyard.api",
     "lookup_predictions": "shipyard.api",
+    "feedback": "shipyard.api",
+    "quality": "shipyard.api",
     "Registry": "shipyard.registry",
     "Model": "shipyard.runtimes.model",
     "ModelVersion": "shipyard.types",

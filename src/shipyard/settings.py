@@ -241,6 +241,24 @@ class PredictionLogSettings(BaseModel):
     path: Path | None = Field(None, description="default: <home>/predictions")
 
 
+class QualitySettings(BaseModel):
+    """Live quality: feedback (true labels or values) joined with the prediction log, scored over a
+    sliding window of the latest labelled predictions."""
+
+    window_rows: int = Field(10_000, ge=1, description="/metrics scores at most the latest this many rows")
+    window_s: float = Field(
+        86400.0,
+        gt=0,
+        description="... of the predictions made in the last this many seconds",
+    )
+    min_rows: int = Field(20, ge=1, description="labelled rows a window needs before /metrics exports it")
+    max_classes: int = Field(20, ge=0, description="classes per version with per-class metrics")
+    max_batch: int = Field(1000, ge=1, description="feedback items per request; more is refused (413)")
+    path: Path | None = Field(
+        None, description="the feedback database; default: <prediction log folder>/feedback.db"
+    )
+
+
 class _VertexSource(PydanticBaseSettingsSource):
     """Vertex AI's variables, which name the port and routes its traffic uses."""
 
@@ -292,6 +310,8 @@ class Settings(BaseSettings):
     tracing: TracingSettings = TracingSettings()
 
     prediction_log: PredictionLogSettings = PredictionLogSettings()
+
+    quality: QualitySettings = QualitySettings()
 
     @classmethod
     def settings_customise_sources(
@@ -351,6 +371,10 @@ class Settings(BaseSettings):
     @property
     def predictions_dir(self) -> Path:
         return self.prediction_log.path or self.home / "predictions"
+
+    @property
+    def feedback_path(self) -> Path:
+        return self.quality.path or self.predictions_dir / "feedback.db"
 
 
 def _given(flags: Mapping[str, Any]) -> dict[str, Any]:

@@ -10,13 +10,13 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from shipyard.cli._context import JsonFlag, state
-from shipyard.errors import InvalidInputError, NotFoundError, NotReadyError, ShipyardError
+from shipyard.cli._server import DEFAULT_URL, base_url, call_json
+from shipyard.errors import InvalidInputError, NotFoundError
 from shipyard.types import ModelRef
 
 if TYPE_CHECKING:
     from shipyard.types import ModelVersion, Signature
 
-DEFAULT_URL = "http://127.0.0.1:8000"
 REFERENCE_SUFFIXES = (".csv", ".jsonl", ".ndjson", ".json", ".parquet", ".pq", ".npy")
 
 
@@ -176,65 +176,12 @@ def _from_server(
     number = parsed.version
     if parsed.alias is not None:  # the server knows versions, not aliases: ask the registry
         number = state(ctx).registry().resolve(parsed).version
-    base = url.rstrip("/") if "://" in url else f"http://{url.rstrip('/')}"
-    if not base.startswith(("http://", "https://")):
-        raise InvalidInputError(f"URL {url!r} is not an http(s) address", field="url")
+    base = base_url(url)
     path = f"/v2/models/{parsed.name}" + (f"/versions/{number}" if number is not None else "") + "/drift"
     query = f"?{urllib.parse.urlencode({'window': window})}" if window else ""
-    return _get_json(base, path + query, api_key)
-
-
-def _get_json(base: str, path: str, api_key: str | None) -> dict[str, Any]:
-    import urllib.error
-    import urllib.request
-
-    request = urllib.request.Request(
-        base + path, headers={"Authorization": f"Bearer {api_key}"} if api_key else {}
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            raw = response.read()
-    except urllib.error.HTTPError as exc:
-        raise _server_error(exc.code, exc.read(), base) from exc
-    except (urllib.error.URLError, OSError) as exc:
-        why = getattr(exc, "reason", exc)
-        raise NotReadyError(
-            f"nothing answers at {base} ({why}); start a server with `shipyard serve REF`, give its "
-            "address with --url, or compare a file offline: `shipyard drift REF FILE`"
-        ) from exc
-    body = _json_or_none(raw)
-    if not isinstance(body, dict):
-        raise ShipyardError(f"{base}{path} did not answer with JSON: is a Shipyard server listening there?")
-    return body
-
-
-def _server_error(status: int, raw: bytes, base: str) -> ShipyardError:
-    """The server's JSON error as the error of the matching kind (so the exit code matches)."""
-    from shipyard import errors
-
-    body = _json_or_none(raw)
-    message = body.get("error") if isinstance(body, dict) else None
-    if not isinstance(message, str):
-        return ShipyardError(f"{base} answered {status}: is a Shipyard server listening there?")
-    field = body.get("field") if isinstance(body, dict) else None
-    kinds: dict[int, type[ShipyardError]] = {
-        400: errors.InvalidInputError,
-        401: errors.UnauthorizedError,
-        403: errors.ForbiddenError,
-        404: errors.NotFoundError,
-        409: errors.ConflictError,
-        503: errors.NotReadyError,
-    }
-    return kinds.get(status, ShipyardError)(
-        f"{base}: {message}", field=field if isinstance(field, str) else None
-    )
-
-
-def _json_or_none(raw: bytes) -> Any:
-    try:
-        return json.loads(raw)
-    except ValueError:
-        return None
+    return call_json(
+        base, path + query, api_key, hint=", or compare a file offline: `shipyard drift REF FILE`"
+    )[1]
 
 
 def register(app: typer.Typer) -> None:

@@ -293,6 +293,31 @@ def _sections() -> list[tuple[str, list[Chart]]]:
                     ),
                     "Accuracy, precision, recall, F1 (or MAE, RMSE) measured on feedback.",
                 ),
+                Chart(
+                    "Feedback coverage",
+                    "percentunit",
+                    (
+                        Query(
+                            _rate("shipyard_quality_feedback_total", "model")
+                            + " / "
+                            + _rate(requests, "model", 'status="200"'),
+                            "{{model}}",
+                        ),
+                    ),
+                    "Labels received per request answered: the share of predictions that get feedback.",
+                ),
+                Chart(
+                    "Feedback delay",
+                    "s",
+                    tuple(
+                        Query(
+                            _quantile(q, "shipyard_quality_feedback_delay_seconds", "model"),
+                            f"{{{{model}}}} p{round(q * 100)}",
+                        )
+                        for q in (0.5, 0.9)
+                    ),
+                    "Time from a prediction to its feedback.",
+                ),
             ],
         ),
     ]

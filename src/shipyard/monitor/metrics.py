@@ -176,6 +176,17 @@ PROCESS_START = Gauge(
     ["worker"],
     multiprocess_mode="livesum",
 )
+QUALITY_FEEDBACK = Counter(
+    "shipyard_quality_feedback",
+    "Feedback (true labels or values) joined with a logged prediction, by the version that made it.",
+    ["model", "version"],
+)
+QUALITY_FEEDBACK_DELAY = Histogram(
+    "shipyard_quality_feedback_delay_seconds",
+    "Time from a prediction to its feedback.",
+    ["model", "version"],
+    buckets=(1, 10, 60, 300, 900, 3600, 3 * 3600, 6 * 3600, 12 * 3600, 86400, 3 * 86400, 7 * 86400),
+)
 PREDICTION_LOG_DROPPED = Counter(
     "shipyard_predictionlog_dropped_total",
     "Prediction log entries dropped: queue_full (the writer fell behind) or write_failed (the disk refused).",
@@ -264,6 +275,57 @@ class _DriftCollector(Collector):
 DRIFT = _DriftCollector()
 REGISTRY.register(DRIFT)
 
+# Per version with enough feedback: (model, version, rows, [(metric, value)]).
+QualitySeries = tuple[str, str, int, list[tuple[str, float]]]
+
+
+class _QualityCollector(Collector):
+    """Live quality gauges, scored when /metrics is read from the feedback store every process
+    shares: whichever worker answers the scrape reports the same figures. Their `metric` label
+    names a figure, or one of at most `quality.max_classes` classes per version."""
+
+    def __init__(self) -> None:
+        self._sources: list[weakref.WeakMethod[Callable[[], Iterable[QualitySeries]]]] = []
+
+    def add_source(self, source: Callable[[], Iterable[QualitySeries]]) -> None:
+        """Report what the bound method `source` yields at every scrape, while its object lives."""
+        self._sources = [s for s in self._sources if s() is not None]
+        self._sources.append(weakref.WeakMethod(source))
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        return iter(self._families())
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        score, rows = families = self._families()
+        for reference in list(self._sources):
+            source = reference()
+            for model, version, count, figures in source() if source is not None else ():
+                rows.add_metric([model, version], count)
+                for metric, value in figures:
+                    score.add_metric([model, version, metric], value)
+        return iter(families)
+
+    @staticmethod
+    def _families() -> tuple[GaugeMetricFamily, GaugeMetricFamily]:
+        return (
+            GaugeMetricFamily(
+                "shipyard_quality_score",
+                "Live quality measured on feedback over quality.window_s / window_rows: accuracy, "
+                "precision_macro, recall_macro, f1_macro and precision:C, recall:C, f1:C per class; "
+                "mae, rmse for regressors.",
+                labels=["model", "version", "metric"],
+            ),
+            GaugeMetricFamily(
+                "shipyard_quality_window_rows",
+                "Labelled rows the live quality is measured on.",
+                labels=["model", "version"],
+            ),
+        )
+
+
+QUALITY = _QualityCollector()
+REGISTRY.register(QUALITY)
+
 
 def exposition(accept: str | None = None) -> tuple[bytes, str]:
     """All metrics and their media type, summed over worker processes when there are several.
@@ -277,6 +339,7 @@ def exposition(accept: str | None = None) -> tuple[bytes, str]:
         registry = CollectorRegistry()
         _multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         registry.register(DRIFT)
+        registry.register(QUALITY)
         return encode(registry), media_type
     return encode(REGISTRY), media_type
 

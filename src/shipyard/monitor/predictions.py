@@ -247,6 +247,21 @@ class PredictionStore:
         entries.sort(key=lambda e: e.time, reverse=True)
         return entries if limit is None else entries[:limit]
 
+    def count(self, model: str, *, since: float | None = None, status: int = 200) -> dict[int | None, int]:
+        """How many entries of `model` answered with `status` each version has, at or after `since`
+        (the share of predictions that got feedback is measured against it)."""
+        sql = "SELECT worker, entries FROM chunks" + (" WHERE last >= ?" if since is not None else "")
+        params: list[Any] = [] if since is None else [since]
+        counts: dict[int | None, int] = {}
+        for path in list_segments(self.directory):
+            if since is not None and _last_write(path) < since:
+                continue
+            for _, blob in self._rows(path, sql, params):
+                for fields in orjson.loads(blob):
+                    if fields[2] == model and fields[5] == status and (since is None or fields[1] >= since):
+                        counts[fields[3]] = counts.get(fields[3], 0) + 1
+        return counts
+
     def lookup(self, request_ids: Iterable[str]) -> list[Entry]:
         """The entries of these request ids, newest first. An id may match several entries (a
         client that reused one) or none (never logged, not sampled, or deleted by retention)."""

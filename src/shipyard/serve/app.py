@@ -18,6 +18,7 @@ from starlette.types import Receive, Scope, Send
 from shipyard.errors import MethodNotAllowedError, NotFoundError
 from shipyard.monitor import metrics
 from shipyard.monitor.prediction_recorder import PredictionRecorder
+from shipyard.monitor.quality import QualityMonitor
 from shipyard.monitor.tracing import start_tracing
 from shipyard.monitor.windows import DriftMonitor
 from shipyard.registry import Registry
@@ -28,6 +29,7 @@ from shipyard.serve.gauges import Gauges
 from shipyard.serve.limits import Limits, Table
 from shipyard.serve.protocols._http import PREDICTIONS, error_response, internal_error, json_response
 from shipyard.serve.protocols.drift import drift_routes
+from shipyard.serve.protocols.feedback import feedback_routes
 from shipyard.serve.protocols.management import ManagementProtocol
 from shipyard.serve.protocols.openai import OpenAIProtocol
 from shipyard.serve.protocols.openapi import build_openapi, docs_page
@@ -63,6 +65,7 @@ def create_app(  # noqa: PLR0915 -- the composition root wires every part in one
     drift = DriftMonitor(settings.drift, fetch_profile=lambda v: registry.resolve(v.ref).data_profile)
     dataplane = DataPlane(repository, serve, Limits(serve, table, worker), drift)
     predictions = PredictionRecorder.create(settings, worker)
+    quality = QualityMonitor(settings, dataplane.served_names)
     probes = frozenset(p for p in ("/healthz", "/readyz", "/ping", vertex_routes[0]) if p)
     auth = Authenticator(registry, serve, probes)
     gauges = Gauges(repository, registry, worker)
@@ -104,6 +107,7 @@ def create_app(  # noqa: PLR0915 -- the composition root wires every part in one
         Route("/openapi.json", openapi, methods=["GET"]),
         Route("/docs", docs, methods=["GET"]),
         *drift_routes(dataplane, drift),
+        *feedback_routes(dataplane, registry, settings, quality, predictions),
     ]
     for protocol in protocols:
         routes.extend(protocol.routes())
@@ -146,6 +150,7 @@ def create_app(  # noqa: PLR0915 -- the composition root wires every part in one
     app.state.repository = repository
     app.state.gauges = gauges
     app.state.predictions = predictions
+    app.state.quality = quality  # /metrics reports it while it lives
     hot = [route for protocol in protocols for route in getattr(protocol, "hot_routes", list)()]
     return ShipyardApp(app, hot, auth, AdminSplit.of(serve, admin_routes), predictions)
 

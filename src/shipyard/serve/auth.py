@@ -43,7 +43,8 @@ _AUDIT_EVERY_S = 10.0  # one audit entry per event and key at most this often
 _LOG_LINES_PER_S = 20
 _AUDIT_ENTRIES_PER_S = 5
 _INFER_PATH = re.compile(
-    r"^/v2/models/(?P<v2>[^/]+)(?:/versions/[^/]+)?/infer$|^/v1/models/(?P<v1>[^/:]+)(?:/versions/[^/:]+)?:predict$"
+    r"^/v2/models/(?P<v2>[^/]+)(?:(?:/versions/[^/]+)?/infer|/feedback)$"
+    r"|^/v1/models/(?P<v1>[^/:]+)(?:/versions/[^/:]+)?:predict$"
 )
 _BODY_MODEL_PATHS = frozenset({"/v1/embeddings", "/v1/completions", "/v1/chat/completions", "/invocations"})
 _PROBES = frozenset({"/healthz", "/readyz", "/ping"})
@@ -54,7 +55,7 @@ _NAME = re.compile(NAME_PATTERN)
 @functools.lru_cache(maxsize=4096)  # a path's scope never changes; a hit costs ~0.1 µs, the regex ~1
 def required_scope(method: str, path: str, probes: frozenset[str] = _PROBES) -> str | None:
     """The scope a request needs: None for probes, `admin` for management, `infer:<model>` for
-    inference, `read` for everything else (metadata, docs, metrics, /openapi.json)."""
+    inference and its feedback, `read` for everything else (metadata, docs, metrics, /openapi.json)."""
     if path in probes or path.startswith("/v2/health/"):
         return None
     if path.startswith("/v2/repository/"):

@@ -18,8 +18,10 @@ from typing import Any
 import httpx
 import pytest
 from serve_support import ServeModels, free_port, metric_sum
+from sklearn.metrics import accuracy_score, f1_score
 
 from servers import SHIPYARD, Server, server_env
+from shipyard.api import lookup_predictions
 from tensorboard_events import read_scalars
 
 PROMETHEUS = shutil.which("prometheus")
@@ -269,3 +271,59 @@ def test_tensorboard_gets_the_latency_prometheus_computes(
     for p in (50, 90, 99):
         expr = f'histogram_quantile({p / 100}, sum by (le) ({histogram}_bucket{{model="iris-onnx"}}))'
         assert board[f"latency/iris-onnx/p{p}"] == pytest.approx(number(prometheus.query(expr)), rel=1e-6), p
+
+
+def test_prometheus_sees_live_quality_move(
+    scraped: tuple[Server, Prometheus], serve_models: ServeModels
+) -> None:
+    """Feedback posted to either worker moves accuracy and F1 in Prometheus; both stay over the
+    alert's floor (0.8), so the alert test's healthy server fires nothing whatever the order. Last
+    in the file: the TensorBoard test expects a server without quality series."""
+    server, prometheus = scraped
+    rows = serve_models.x[::7]  # 22 rows of all three classes: over quality.min_rows (20)
+    with server.client(headers={"Connection": "close"}) as client:
+        response = client.post(
+            "/v1/models/iris-onnx:predict",
+            json={"instances": rows.tolist()},
+            headers={"X-Request-ID": "pq-all"},
+        )
+        assert response.status_code == 200, response.text
+        predicted = [p["label"] for p in response.json()["predictions"]]
+        response = client.post(
+            "/v1/models/iris-onnx:predict",
+            json={"instances": rows[:1].tolist()},
+            headers={"X-Request-ID": "pq-one"},
+        )
+        assert response.status_code == 200, response.text
+    deadline = time.monotonic() + DEADLINE_S
+    while len(lookup_predictions(["pq-all", "pq-one"], home=serve_models.home)) < 2:
+        assert time.monotonic() < deadline, "the workers never logged the requests"
+        time.sleep(0.05)
+
+    def quality(metric: str) -> float | None:
+        result = prometheus.query(
+            f'shipyard_quality_score{{model="iris-onnx",version="1",metric="{metric}"}}'
+        )
+        return number(result) if result else None
+
+    def post(payload: dict[str, Any]) -> None:
+        with server.client(headers={"Connection": "close"}) as client:
+            response = client.post("/v2/models/iris-onnx/feedback", json=payload)
+            assert response.status_code == 200, response.text
+
+    post({"request_id": "pq-all", "label": predicted})
+    prometheus.until(
+        "accuracy 1 in Prometheus", lambda: quality("accuracy") == 1.0 and quality("f1_macro") == 1.0
+    )
+    wrong = (predicted[0] + 1) % 3
+    post({"request_id": "pq-one", "label": wrong})
+    truth, answers = [*predicted, wrong], [*predicted, predicted[0]]
+    expected = {
+        "accuracy": accuracy_score(truth, answers),
+        "f1_macro": f1_score(truth, answers, average="macro"),
+    }
+    assert 0.8 < min(expected.values()) < 1
+    prometheus.until(
+        f"accuracy and F1 fall to {expected}",
+        lambda: all(quality(m) == pytest.approx(v) for m, v in expected.items()),
+    )

@@ -92,6 +92,8 @@ _SUMMARIES = {
     "/v2/models/{model}/stats": "Model statistics (V2)",
     "/v2/models/{model}/infer": "Infer (V2): JSON or the binary-tensor extension",
     "/v2/models/{model}/drift": "Input drift per feature vs the version's reference (?window=500 or 15m)",
+    "/v2/models/{model}/feedback": "True labels or values of logged requests; 207 when some fail",
+    "/v2/models/{model}/quality": "Live accuracy, precision, recall, F1 (or MAE, RMSE) on feedback",
     "/v1/models/{model}": "Model status (TF Serving / KServe V1)",
     "/v1/models/{model}:predict": "Predict (TF Serving / KServe V1)",
     "/v1/models": "Served models (OpenAI)",
