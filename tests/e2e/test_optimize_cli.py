@@ -153,11 +153,10 @@ def test_budget_not_met_exits_9_with_the_report(cli: Cli, home: Path, tmp_path: 
     assert result.code == 9
     assert "nothing registered" in result.err and "report:" in result.out
     (saved,) = (home / "reports").glob("optimize-iris-*.json")
-    measured = json.loads(saved.read_text())["candidates"]
-    assert measured
-    for candidate in measured:  # refused, yet measured: in TensorBoard too
-        written = read_scalars(board / candidate["name"])
-        assert written["speed/p50_b1_ms"][0][2] == pytest.approx(candidate["speed"]["p50_b1_ms"], rel=1e-6)
+    report = json.loads(saved.read_text())
+    for model in [report["original"], *report["candidates"]]:  # refused, yet measured: in TensorBoard too
+        written = read_scalars(board / model["name"])
+        assert written["speed/p50_b1_ms"][0][2] == pytest.approx(model["speed"]["p50_b1_ms"], rel=1e-6)
 
 
 def test_a_single_step_beyond_the_budget_exits_9_unless_forced(
