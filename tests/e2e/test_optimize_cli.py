@@ -13,6 +13,7 @@ import pytest
 from test_cli import Cli, assert_one_line_error, cli, home  # noqa: F401 -- fixtures
 
 from shipyard.registry import Registry
+from tensorboard_events import read_scalars
 
 
 @pytest.fixture
@@ -66,6 +67,70 @@ def test_optimize_errors_are_one_line(cli: Cli, digits_home: tuple[Path, Path], 
     assert len(cli("list", "digits", "--json").json()) == 1  # nothing was registered by any of them
 
 
+def iris_eval(tmp_path: Path) -> Path:
+    from sklearn.datasets import load_iris
+
+    x, y = load_iris(return_X_y=True)
+    eval_file = tmp_path / "iris.csv"
+    with eval_file.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["f0", "f1", "f2", "f3", "label"])
+        writer.writerows([*row.tolist(), int(label)] for row, label in zip(x, y, strict=True))
+    return eval_file
+
+
+def test_optimize_adds_each_candidates_figures_to_tensorboard(cli: Cli, home: Path, tmp_path: Path) -> None:
+    from sklearn.datasets import load_iris
+    from sklearn.linear_model import LogisticRegression
+
+    x, y = load_iris(return_X_y=True)
+    with Registry(home) as registry:
+        registry.push("iris", LogisticRegression(max_iter=1000).fit(x, y), sample_input=x[:2])
+    board = tmp_path / "board"
+    result = cli(
+        "optimize",
+        "iris",
+        "--eval",
+        iris_eval(tmp_path),
+        "--seconds",
+        "0.1",
+        "--tensorboard",
+        board,
+        "--json",
+    )
+    assert result.code == 0, result.err
+    report = result.json()
+    models = [report["original"], *report["candidates"]]
+    assert sorted(p.name for p in board.iterdir()) == sorted(m["name"] for m in models)  # a run each
+    for model in models:
+        points = read_scalars(board / model["name"])
+        assert {len(series) for series in points.values()} == {1}  # one point per figure
+        written = {tag: series[0][2] for tag, series in points.items()}
+        expected = {
+            "size_mb": model["size_bytes"] / 1e6,
+            "size_gzip_mb": model["size_gzip_bytes"] / 1e6,
+            "load_s": model["load_s"],
+            **{f"speed/{name}": value for name, value in model["speed"].items()},
+            "metric/accuracy": model["metric"],
+            "metric/accuracy_ci95_low": model["interval95"][0],
+            "metric/accuracy_ci95_high": model["interval95"][1],
+            **{f"agreement/{name}": value for name, value in model["agreement"].items()},
+        }
+        assert written == pytest.approx(expected, rel=1e-6), model["name"]  # float32 in event files
+    steps = {series[0][0] for model in models for series in read_scalars(board / model["name"]).values()}
+    assert len(steps) == 1  # the figures of one run share a step: its time
+
+
+def test_tensorboard_folder_problems_are_one_line_before_any_work(
+    cli: Cli, home: Path, tmp_path: Path
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    result = cli("optimize", "digits", "--eval", tmp_path / "none.csv", "--tensorboard", blocker / "run")
+    assert result.code == 2
+    assert_one_line_error(result, f"cannot write {str(blocker / 'run')!r} (--tensorboard)")
+
+
 def test_budget_not_met_exits_9_with_the_report(cli: Cli, home: Path, tmp_path: Path) -> None:
     from skl2onnx import to_onnx
     from sklearn.datasets import load_iris
@@ -82,10 +147,16 @@ def test_budget_not_met_exits_9_with_the_report(cli: Cli, home: Path, tmp_path: 
     eval_file.write_text(
         "\n".join(json.dumps({"X": r.tolist(), "label": int(t)}) for r, t in zip(x, y, strict=True))
     )
-    result = cli("optimize", "iris", "--eval", eval_file, "--max-drop", "0.05", "--seconds", "0.2")
+    board = tmp_path / "board"
+    args = ("--max-drop", "0.05", "--seconds", "0.2", "--tensorboard", board)
+    result = cli("optimize", "iris", "--eval", eval_file, *args)
     assert result.code == 9
     assert "nothing registered" in result.err and "report:" in result.out
-    assert len(list((home / "reports").glob("optimize-iris-*.json"))) == 1
+    (saved,) = (home / "reports").glob("optimize-iris-*.json")
+    report = json.loads(saved.read_text())
+    for model in [report["original"], *report["candidates"]]:  # refused, yet measured: in TensorBoard too
+        written = read_scalars(board / model["name"])
+        assert written["speed/p50_b1_ms"][0][2] == pytest.approx(model["speed"]["p50_b1_ms"], rel=1e-6)
 
 
 def test_a_single_step_beyond_the_budget_exits_9_unless_forced(

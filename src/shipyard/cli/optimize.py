@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import time
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from shipyard.cli._context import state
+from shipyard.errors import InvalidInputError
 
 EvalOption = Annotated[
     Path | None, typer.Option("--eval", help="CSV, JSONL or Parquet: inputs and labels (or sentence pairs).")
@@ -87,6 +91,55 @@ def _showing_refusals(as_json: bool) -> Iterator[None]:
         raise
 
 
+@contextlib.contextmanager
+def _figures_to_tensorboard(folder: Path | None) -> Iterator[Callable[[Report], None]]:
+    """Yields a function adding a report's figures to TensorBoard in `folder` (None: nothing);
+    a report refused for its metric is added too (its figures were measured). A missing
+    tensorboardX or an unwritable folder fails before any work."""
+    from shipyard.optimize.report import BudgetExceededError
+
+    if folder is None:
+        yield lambda _report: None
+        return
+    from shipyard.monitor.tensorboard import require_writer
+
+    require_writer()
+    _writable(folder)
+    try:
+        yield partial(_to_tensorboard, folder)
+    except BudgetExceededError as exc:
+        _to_tensorboard(folder, exc.details)
+        raise
+
+
+def _to_tensorboard(folder: Path, report: Report) -> None:
+    """Each model's figures, one point per figure in its own run `folder/<name>`, at this time."""
+    from shipyard.monitor.tensorboard import write_runs
+    from shipyard.optimize.report import figures
+
+    taken = time.time()
+    try:
+        write_runs(folder.expanduser(), figures(report), int(taken), taken)
+    except OSError as exc:
+        raise _unwritable(folder, exc) from exc
+
+
+def _writable(folder: Path) -> None:
+    try:
+        folder.expanduser().mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _unwritable(folder, exc) from exc
+    if not os.access(folder.expanduser(), os.W_OK):
+        raise _unwritable(folder, PermissionError(13, "Permission denied"))
+
+
+def _unwritable(folder: Path, exc: OSError) -> InvalidInputError:
+    return InvalidInputError(
+        f"cannot write {str(folder)!r} (--tensorboard): {exc.strerror or exc}; choose a writable folder",
+        field="tensorboard",
+    )
+
+
 def _step(ctx: typer.Context, json_: bool, step: Callable[..., Any], ref: str, **options: Any) -> None:
     """Run one single step (convert, quantize, prune, distill) and show what it registered."""
     with _showing_refusals(json_), _progress(2) as progress:
@@ -117,6 +170,14 @@ def optimize(
     label: LabelOption = None,
     threads: ThreadsOption = None,
     seconds: SecondsOption = 2.0,
+    tensorboard: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="DIR",
+            help="Also add each candidate's figures to TensorBoard, one run per candidate under DIR "
+            "(the tensorboard extra).",
+        ),
+    ] = None,
     json_: JsonOption = False,
 ) -> None:
     """Register the fastest variant of REF whose metric stays within --max-drop."""
@@ -124,7 +185,11 @@ def optimize(
     from shipyard.optimize.search import optimize as run
 
     registry = state(ctx).registry()
-    with _showing_refusals(json_), _progress(MAX_CANDIDATES + 1) as progress:
+    with (
+        _showing_refusals(json_),
+        _figures_to_tensorboard(tensorboard) as add_figures,
+        _progress(MAX_CANDIDATES + 1) as progress,
+    ):
         outcome = run(
             registry,
             ref,
@@ -140,7 +205,10 @@ def optimize(
             min_cosine=min_cosine,
             progress=progress,
         )
+        add_figures(outcome.report)
     _show(outcome.report, json_, outcome.report_path)
+    if tensorboard is not None and not json_:
+        typer.echo(f"tensorboard: {tensorboard} (one run per candidate)")
 
 
 def convert(

@@ -32,6 +32,11 @@ log = logging.getLogger("shipyard.predictions")
 # per entry (measured: about half of what 0.2 s rounds cost).
 _INTERVAL_S = 1.0
 _CHUNK = 256  # entries per transaction
+# Between chunks the writer sleeps a moment, which releases the GIL: a second's entries are tens of
+# milliseconds of Python, and drained in one go (the interpreter takes the GIL from a thread only
+# every 5 ms) they stall the event loop long enough to double the p99 of a busy server; with the
+# pauses, the p99 added was about half (benchmarks/monitoring_cost.py, targets `off,log`).
+_PAUSE_S = 0.001
 _WARN_EVERY_S = 60.0
 _RETENTION_EVERY_S = 60.0
 _MAX_VALUES = 256  # an output of at most this many elements is summarized with its values
@@ -202,13 +207,18 @@ class PredictionRecorder:
 
     def _drain(self) -> None:
         """Write everything queued now in one transaction: every call that releases the GIL
-        (a commit, a stat) costs the event loop a switch, so the writer makes few of them."""
+        (a commit, a stat) costs the event loop a switch, so the writer makes few of them (one
+        pause per chunk of 256 entries, so that it never holds the GIL for long)."""
         queue = self._queue
         if not queue:
             return
         batch = [queue.popleft() for _ in range(len(queue))]
         try:
-            chunks = [self._chunk(batch[start : start + _CHUNK]) for start in range(0, len(batch), _CHUNK)]
+            chunks = []
+            for start in range(0, len(batch), _CHUNK):
+                if start:
+                    time.sleep(_PAUSE_S)  # the event loop runs meanwhile: see _PAUSE_S
+                chunks.append(self._chunk(batch[start : start + _CHUNK]))
             self._segment().append([chunk for chunk in chunks if chunk is not None])
         except (sqlite3.Error, OSError) as exc:
             self._close_segment(seal=False)  # the next batch starts over: a new segment

@@ -1,16 +1,20 @@
-"""A running server's latency and live quality as TensorBoard scalars, for users who live there.
+"""A running server's latency and live quality, and optimization candidates' figures, as
+TensorBoard scalars, for users who live there.
 
 `scalars` reads a /metrics page (pure); `write_scalars` appends one point per series to a
-TensorBoard run folder with tensorboardX (the `tensorboard` extra). Run it periodically (cron, a
-sidecar) and each run adds a point at the time it was taken.
+TensorBoard run folder with tensorboardX (the `tensorboard` extra), `write_runs` to several runs
+side by side (one per optimization candidate: TensorBoard draws them in one chart per figure).
+Run it periodically (cron, a sidecar) and each run adds a point at the time it was taken.
 """
 
 from __future__ import annotations
 
 import math
+import re
 import uuid
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -66,17 +70,39 @@ def scalars(exposition: str) -> dict[str, float]:
     return out
 
 
-def write_scalars(folder: Path, values: dict[str, float], step: int, wall_time: float) -> None:
-    """Append one point per tag to the TensorBoard run in `folder` (a new event file each time,
-    which TensorBoard reads together)."""
+def require_writer() -> None:
+    """MissingDependencyError naming the extra unless tensorboardX is installed: checked before
+    minutes of work whose figures it would write."""
+    _summary_writer()
+
+
+def _summary_writer() -> Any:
     try:
         from tensorboardX import SummaryWriter
     except ImportError as exc:
         raise MissingDependencyError("tensorboardX", "tensorboard", "writing TensorBoard scalars") from exc
+    return SummaryWriter
+
+
+def write_scalars(folder: Path, values: dict[str, float], step: int, wall_time: float) -> None:
+    """Append one point per tag to the TensorBoard run in `folder` (a new event file each time,
+    which TensorBoard reads together)."""
     # Event files are named by the second and host: a suffix keeps two writes in one second apart.
-    writer = SummaryWriter(logdir=str(folder), filename_suffix=f".{uuid.uuid4().hex[:12]}")
+    writer = _summary_writer()(logdir=str(folder), filename_suffix=f".{uuid.uuid4().hex[:12]}")
     try:
         for tag, value in sorted(values.items()):
             writer.add_scalar(tag, value, global_step=step, walltime=wall_time)
     finally:
         writer.close()
+
+
+def run_folder(name: str) -> str:
+    """A run's folder name: `name` with anything but letters, digits, `.`, `_` and `-` as `_`
+    (a candidate may be named after a reference, `iris:2`)."""
+    return re.sub(r"[^\w.-]", "_", name).lstrip(".") or "_"
+
+
+def write_runs(folder: Path, runs: dict[str, dict[str, float]], step: int, wall_time: float) -> None:
+    """One point per tag in each run, `folder/<run>` (see `run_folder`)."""
+    for name, values in runs.items():
+        write_scalars(folder / run_folder(name), values, step, wall_time)

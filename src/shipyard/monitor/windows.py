@@ -3,8 +3,11 @@
 The request path only appends: `DriftMonitor.observe` puts a reference to the request's arrays
 (already validated, never copied) in a ring, about a microsecond. Drift is computed when
 someone asks (`/metrics`, the drift route) on a snapshot of the ring, and cached until the ring
-changes. Memory is bounded three ways: rows (`max_rows`), age (`max_age_s`) and bytes
-(`max_bytes`); wide inputs (images) are kept as each row's mean and std only.
+changes. A snapshot merges only the requests that arrived since the previous one into one array
+per input, kept for the next: a scrape every second costs what arrived in that second, not the
+whole window again. Memory is bounded three ways: rows (`max_rows`), age (`max_age_s`) and bytes
+(`max_bytes`, twice over with the merged copy); wide inputs (images) are kept as each row's mean
+and std only.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import weakref
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from operator import itemgetter
 from time import monotonic
 from typing import Any, Protocol
 
@@ -95,17 +99,18 @@ def _duration(seconds: float) -> str:
 
 
 class InputWindow:
-    """The recent inputs of one served version: a ring of (time, rows, bytes, arrays).
+    """The recent inputs of one served version: a ring of (time, rows, bytes, arrays, sequence).
 
     Only the event loop's thread changes the ring (`add`); reports read a copy of it, from any
-    thread, so no lock is taken on the request path.
+    thread, so no lock is taken on the request path. Chunks are numbered 1, 2, … as they come, so
+    a copy says which chunks a previous merge already holds and which have left the ring.
     """
 
     def __init__(self, profile: Profile, settings: DriftSettings, signature: Signature | None = None) -> None:
         self.profile = profile
         self.settings = settings
         self.started = time.time()
-        self._chunks: deque[tuple[float, int, int, dict[str, np.ndarray]]] = deque()
+        self._chunks: deque[tuple[float, int, int, dict[str, np.ndarray], int]] = deque()
         self._summarised = profile.summarised
         self._text_inputs = frozenset(f.input for f in profile.features if f.derive in ("length", "tokens"))
         self.rows = 0
@@ -119,6 +124,13 @@ class InputWindow:
             settings.max_age_s,
         )
         self._row_bytes = _row_bytes(signature, self._summarised) if signature is not None else None
+        # The ring's rows as merged by the last snapshot: one array per input, each row's time and
+        # chunk number, and the number of the newest chunk merged. Replaced, never changed in place.
+        self._merge_lock = threading.Lock()
+        self._merged: dict[str, np.ndarray] = {}
+        self._times = np.empty(0)
+        self._numbers = np.empty(0, dtype=np.int64)
+        self._merged_upto = 0
 
     def add(self, arrays: dict[str, np.ndarray], rows: int) -> None:
         """Keep one request's inputs (the request path: no copy, no computation)."""
@@ -137,43 +149,56 @@ class InputWindow:
                 size += array.size * _TEXT_ROW_BYTES if name in self._text_inputs else array.nbytes
         now = monotonic()
         chunks = self._chunks
-        chunks.append((now, rows, size, arrays))
+        self.added += 1
+        chunks.append((now, rows, size, arrays, self.added))
         self.rows += rows
         self.bytes += size
-        self.added += 1
         if self.rows > self._max_rows or self.bytes > self._max_bytes or chunks[0][0] < now - self._max_age_s:
             while len(chunks) > 1 and (
                 self.rows > self._max_rows
                 or self.bytes > self._max_bytes
                 or chunks[0][0] < now - self._max_age_s
             ):
-                _, dropped_rows, dropped_size, _ = chunks.popleft()
+                _, dropped_rows, dropped_size, _, _ = chunks.popleft()
                 self.rows -= dropped_rows
                 self.bytes -= dropped_size
 
     def snapshot(self, window: Window) -> tuple[dict[str, np.ndarray], int, tuple[int, int]]:
         """The rows `window` selects, concatenated per input; their count; a key that changes
         whenever the selection does."""
-        chunks = list(self._chunks)  # one atomic copy: the event loop may append meanwhile
-        now = monotonic()
-        since = now - min(window.seconds or self.settings.max_age_s, self.settings.max_age_s)
-        chunks = [c for c in chunks if c[0] >= since]
+        merged, times, newest = self._merge()
+        since = monotonic() - min(window.seconds or self.settings.max_age_s, self.settings.max_age_s)
         limit = window.rows or self.settings.max_rows
-        picked: list[dict[str, np.ndarray]] = []
-        total = 0
-        for _, rows, _, arrays in reversed(chunks):
-            if total >= limit:
-                break
-            picked.append(arrays)
-            total += rows
-        key = (self.added, len(picked))
-        if not picked:
-            return {}, 0, key
-        picked.reverse()
-        merged = {name: np.concatenate([p[name] for p in picked]) for name in picked[0]}
-        if total > limit:
-            merged = {name: array[total - limit :] for name, array in merged.items()}
-        return merged, min(total, limit), key
+        start = max(int(np.searchsorted(times, since)), len(times) - limit)
+        rows = len(times) - start
+        if not rows:
+            return {}, 0, (newest, 0)
+        return {name: array[start:] for name, array in merged.items()}, rows, (newest, rows)
+
+    def _merge(self) -> tuple[dict[str, np.ndarray], np.ndarray, int]:
+        """Every row in the ring, one array per input, with each row's time, and the number of the
+        newest chunk. Rows of chunks that left the ring are cut off the previous merge, and only
+        chunks added since are concatenated to it."""
+        chunks = list(self._chunks)  # one atomic copy: the event loop may append meanwhile
+        with self._merge_lock:
+            first = chunks[0][4] if chunks else self._merged_upto + 1
+            gone = int(np.searchsorted(self._numbers, first))  # rows of chunks no longer in the ring
+            new = chunks[max(0, self._merged_upto + 1 - first) :]
+            if gone or new:
+                counts = np.fromiter(map(itemgetter(1), new), np.int64, len(new))
+                times = np.repeat(np.fromiter(map(itemgetter(0), new), np.float64, len(new)), counts)
+                numbers = np.repeat(np.fromiter(map(itemgetter(4), new), np.int64, len(new)), counts)
+                self._times = np.concatenate([self._times[gone:], times])
+                self._numbers = np.concatenate([self._numbers[gone:], numbers])
+                old, merged = self._merged, {}
+                for name in new[0][3] if new else old:
+                    parts = list(map(itemgetter(name), map(itemgetter(3), new)))
+                    if name in old:
+                        parts.insert(0, old[name][gone:])
+                    merged[name] = np.concatenate(parts)
+                self._merged = merged
+                self._merged_upto = chunks[-1][4] if chunks else self._merged_upto
+            return self._merged, self._times, self._merged_upto
 
     def report(self, window: Window) -> DriftReport:
         """Drift of the rows `window` selects (cached until the selection changes)."""

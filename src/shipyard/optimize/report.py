@@ -236,6 +236,32 @@ def render(report: Report) -> str:
     return "\n".join(lines) + "\n"
 
 
+def figures(report: Report) -> dict[str, dict[str, float]]:
+    """What was measured on each model, by its name (the original first), as named numbers: the
+    JSON report's figures under tags such as `speed/p50_b1_ms`, `metric/accuracy`,
+    `agreement/label_flip_rate`; a figure not measured is left out."""
+    metric = report.metric or "metric"
+    return {item.name: _figures(item, metric) for item in (report.original, *report.candidates)}
+
+
+def _figures(item: Result, metric: str) -> dict[str, float]:
+    measured = item.to_dict()
+    out: dict[str, float] = {}
+    if item.size_bytes:
+        out["size_mb"] = item.size_bytes / 1e6
+    if item.size_gzip_bytes:
+        out["size_gzip_mb"] = item.size_gzip_bytes / 1e6
+    if item.load_s:
+        out["load_s"] = measured["load_s"]
+    out.update({f"speed/{name}": value for name, value in (measured["speed"] or {}).items()})
+    if measured["metric"] is not None:
+        out[f"metric/{metric}"] = measured["metric"]
+    if measured["interval95"] is not None:
+        out[f"metric/{metric}_ci95_low"], out[f"metric/{metric}_ci95_high"] = measured["interval95"]
+    out.update({f"agreement/{name}": value for name, value in measured["agreement"].items()})
+    return out
+
+
 def attachments(report: Report) -> dict[str, bytes]:
     return {
         f"{REPORT_FOLDER}/report.json": json.dumps(report.to_dict(), indent=2, sort_keys=True).encode(),

@@ -1,131 +1,32 @@
 """A real Prometheus scraping a real `shipyard serve --workers 2`: the metrics it stores carry the
 traffic with the right labels, and the exported alerting rules fire in Prometheus itself.
 
-Prometheus (Debian's `prometheus` package, which `make test` installs) runs on loopback with a
-1 s scrape and evaluation interval and its own data folder; the tests poll its HTTP API until
-what they expect is there, up to a deadline. Without the binary they skip, saying so.
+Prometheus (prometheus_support.py) runs on loopback with a 1 s scrape and evaluation interval and
+its own data folder; the tests poll its HTTP API until what they expect is there, up to a
+deadline. Without the binary they skip, saying so.
 """
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
-from serve_support import ServeModels, free_port, metric_sum
+from prometheus_support import DEADLINE_S, Prometheus, export_rules, needs_prometheus, number
+from serve_support import ServeModels, metric_sum
 from sklearn.metrics import accuracy_score, f1_score
 
 from servers import SHIPYARD, Server, server_env
 from shipyard.api import lookup_predictions
 from tensorboard_events import read_scalars
 
-PROMETHEUS = shutil.which("prometheus")
-pytestmark = pytest.mark.skipif(
-    PROMETHEUS is None,
-    reason="prometheus is not installed (Debian's `prometheus` package; `make test` installs it)",
-)
-DEADLINE_S = 30.0
+pytestmark = needs_prometheus
 ROW = [5.1, 3.5, 1.4, 0.2]
 V2_ROW = {"inputs": [{"name": "X", "shape": [1, 4], "datatype": "FP32", "data": ROW}]}
 REQUESTS = 'shipyard_server_requests_total{model="iris-onnx",version="1",status="200"}'
-
-
-class Prometheus:
-    """A Prometheus process scraping one server every second, queried over its HTTP API."""
-
-    def __init__(self, folder: Path, target: str, rules: Path) -> None:
-        self.port = free_port()
-        config = folder / "prometheus.yml"
-        config.write_text(
-            "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
-            f"rule_files: [{str(rules)!r}]\n"
-            "scrape_configs:\n"
-            f"  - {{job_name: shipyard, static_configs: [{{targets: [{target!r}]}}]}}\n"
-        )
-        self.log = (folder / "prometheus.log").open("wb")
-        assert PROMETHEUS is not None
-        self.proc = subprocess.Popen(
-            [
-                PROMETHEUS,
-                f"--config.file={config}",
-                f"--storage.tsdb.path={folder / 'data'}",
-                f"--web.listen-address=127.0.0.1:{self.port}",
-            ],
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-        )
-        self.client = httpx.Client(base_url=f"http://127.0.0.1:{self.port}", timeout=5.0)
-        self.folder = folder
-
-    def output(self) -> str:
-        return (self.folder / "prometheus.log").read_text(errors="replace")[-4000:]
-
-    def until(self, what: str, check: Callable[[], Any]) -> Any:
-        """Poll `check()` until it returns something truthy (returned), failing after DEADLINE_S."""
-        deadline = time.monotonic() + DEADLINE_S
-        last: Any = None
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                pytest.fail(f"prometheus exited with {self.proc.returncode}:\n{self.output()}")
-            try:
-                last = check()
-            except httpx.TransportError as exc:
-                last = exc
-            if last and not isinstance(last, Exception):
-                return last
-            time.sleep(0.1)
-        pytest.fail(f"never happened within {DEADLINE_S} s: {what}; last: {last!r}\n{self.output()}")
-
-    def query(self, expr: str) -> list[dict[str, Any]]:
-        """An instant query's result vector: [{"metric": labels, "value": [time, "text"]}]."""
-        body = self.client.get("/api/v1/query", params={"query": expr}).json()
-        assert body["status"] == "success", body
-        result: list[dict[str, Any]] = body["data"]["result"]
-        return result
-
-    def series(self, expr: str, count: int) -> list[dict[str, Any]]:
-        """The query's result once it holds `count` series."""
-        return self.until(
-            f"{count} series of {expr}", lambda: r if len(r := self.query(expr)) == count else None
-        )
-
-    def alerts(self, state: str) -> set[str]:
-        body = self.client.get("/api/v1/alerts").json()
-        return {a["labels"]["alertname"] for a in body["data"]["alerts"] if a["state"] == state}
-
-    def stop(self) -> None:
-        self.client.close()
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self.log.close()
-
-
-TUNED = ["--p99-latency", "0.000001", "--for", "1s", "--window", "30s"]
-
-
-def export_rules(folder: Path) -> Path:
-    """The rules as `shipyard monitor export` writes them, tuned to fire within seconds: any
-    latency at all is over the p99 threshold, and a condition fires after holding 1 s."""
-    rules = folder / "rules.yml"
-    done = subprocess.run(
-        [str(SHIPYARD), "monitor", "export", "--prometheus-rules", str(rules), *TUNED],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        env=server_env(folder),
-    )
-    assert done.returncode == 0, done.stderr
-    return rules
 
 
 @pytest.fixture(scope="module")
@@ -145,9 +46,7 @@ def scraped(
                 time.sleep(0.05)
         prometheus = Prometheus(folder, server.host_port, rules)
         try:
-            prometheus.until(
-                "prometheus is ready", lambda: prometheus.client.get("/-/ready").status_code == 200
-            )
+            prometheus.ready()
             # A counter's first sample shows no increase: let Prometheus see the series before
             # the tests send what they measure.
             send(server, 1)
@@ -163,10 +62,6 @@ def send(server: Server, count: int) -> None:
         with server.client(headers={"Connection": "close"}) as client:
             assert client.post("/v2/models/iris-onnx/infer", json=V2_ROW).status_code == 200
             assert client.post("/v1/models/iris-onnx:predict", json={"instances": [ROW]}).status_code == 200
-
-
-def number(result: list[dict[str, Any]]) -> float:
-    return sum(float(item["value"][1]) for item in result)
 
 
 def test_prometheus_stores_the_traffic_with_its_labels(scraped: tuple[Server, Prometheus]) -> None:

@@ -10,7 +10,7 @@ import pytest
 
 from shipyard.errors import InvalidInputError
 from shipyard.monitor.alerts import QUALITY_METRIC
-from shipyard.monitor.tensorboard import quantile, scalars, write_scalars
+from shipyard.monitor.tensorboard import quantile, scalars, write_runs, write_scalars
 from tensorboard_events import read_scalars
 
 INF = math.inf
@@ -73,3 +73,15 @@ def test_each_write_adds_a_point_per_series(tmp_path: Path) -> None:
         "latency/iris/p99": [(100, 1e9, 0.25), (160, 1e9 + 60, 0.5)],
         "requests/iris": [(100, 1e9, 10.0), (160, 1e9 + 60, 30.0)],
     }
+
+
+def test_runs_are_folders_side_by_side_named_safely(tmp_path: Path) -> None:
+    runs = {
+        "iris:2": {"speed/p50_b1_ms": 0.5},
+        "int8-dynamic": {"speed/p50_b1_ms": 0.25},
+        "../up": {"x": 1.0},
+    }
+    write_runs(tmp_path, runs, 7, 1700000000.0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["_up", "int8-dynamic", "iris_2"]
+    assert read_scalars(tmp_path / "iris_2") == {"speed/p50_b1_ms": [(7, 1700000000.0, 0.5)]}
+    assert read_scalars(tmp_path / "int8-dynamic") == {"speed/p50_b1_ms": [(7, 1700000000.0, 0.25)]}

@@ -92,6 +92,32 @@ def test_count_and_time_windows_select_the_latest_rows(clock: Clock) -> None:
     assert rows == 20 and set(arrays["X"][:, 0]) == {4, 5}
 
 
+def test_snapshots_merge_what_arrived_since_the_last_and_match_the_ring(clock: Clock) -> None:
+    """Each snapshot concatenates only new requests onto the previous merge: whatever the order
+    of requests, evictions (rows, bytes, age) and snapshots, it holds exactly the ring's rows."""
+    rng = np.random.default_rng(7)
+    live = window(max_rows=300, max_bytes=3000 * 8, max_age_s=100)
+    sent: list[tuple[float, np.ndarray]] = []  # (time, rows) of every request
+    for step in range(400):
+        rows = int(rng.choice([1, 1, 1, 3, 40, 350]))
+        batch = np.column_stack([np.arange(rows) + step * 1000, np.full(rows, clock.now)]).astype(np.float32)
+        live.add({"X": batch}, rows)
+        sent.append((clock.now, batch))
+        clock.now += float(rng.choice([0.0, 1.0, 30.0]))
+        if rng.random() < 0.3:
+            continue
+        for selected in (Window(), Window(rows=50), Window(seconds=45.0)):
+            arrays, count, _ = live.snapshot(selected)
+            ring = np.concatenate([b for _, b in sent])[-live.rows :]  # what the ring holds
+            limit = selected.rows or 300
+            since = clock.now - (selected.seconds or 100)
+            expected = ring[ring[:, 1] >= np.float32(since)][-limit:]
+            assert count == len(expected)
+            assert np.array_equal(arrays.get("X", np.empty((0, 2))), expected), (step, selected)
+    first = live.snapshot(Window())[0]["X"]
+    assert np.shares_memory(first, live.snapshot(Window())[0]["X"])  # nothing new: nothing merged again
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [
