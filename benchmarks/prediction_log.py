@@ -63,7 +63,8 @@ def build_home(folder: Path) -> Path:
     return home
 
 
-def scope() -> dict[str, Any]:
+def scope(extra: tuple[tuple[bytes, bytes], ...] = ()) -> dict[str, Any]:
+    """One single-row V1 request's ASGI scope; `extra` headers (e.g. Authorization) appended."""
     return {
         "type": "http",
         "asgi": {"version": "3.0"},
@@ -74,13 +75,19 @@ def scope() -> dict[str, Any]:
         "raw_path": f"/v1/models/{MODEL}:predict".encode(),
         "query_string": b"",
         "root_path": "",
-        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(BODY)).encode())],
+        "headers": [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(BODY)).encode()),
+            *extra,
+        ],
         "client": ("127.0.0.1", 50000),
         "server": ("127.0.0.1", 8000),
     }
 
 
-async def load(app: Any, seconds: float, concurrency: int) -> int:
+async def load(
+    app: Any, seconds: float, concurrency: int, extra: tuple[tuple[bytes, bytes], ...] = ()
+) -> int:
     """Requests answered in `seconds` by `concurrency` tasks, each sending one after another."""
     done = 0
     stop = time.perf_counter() + seconds
@@ -108,7 +115,7 @@ async def load(app: Any, seconds: float, concurrency: int) -> int:
                 else:
                     body += message.get("body", b"")
 
-            await app(scope(), receive, send)
+            await app(scope(extra), receive, send)
             assert status == 200, (status, body)
             done += 1
 

@@ -8,15 +8,19 @@ What it measures, its goal and the last figures: benchmarks/README.md.
 
     .venv/bin/python benchmarks/security_cost.py                          # 4 rounds of 5 s
     .venv/bin/python benchmarks/security_cost.py --duration 6 --rounds 2  # a quick run
+    .venv/bin/python benchmarks/security_cost.py --in-process --duration 40 --rounds 8  # CPU only
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import orjson
@@ -61,11 +65,79 @@ def lua_script(headers: dict[str, str]) -> str:
     return "\n".join(lines) + "\n" + LATENCY_HOOK
 
 
+async def in_process(folder: Path, rounds: int, seconds: float, concurrency: int) -> dict[str, list[float]]:
+    """CPU µs per request of each target with the app called in-process (no sockets, no wrk): the
+    server's own work only, measured by this process's CPU time, which neighbours on a shared
+    host disturb far less than requests/s. The prediction log is off in all three: its writer's
+    jitter would drown a difference of a few microseconds."""
+    from prediction_log import build_home, load
+
+    from shipyard.registry import Registry
+    from shipyard.serve.app import create_app
+    from shipyard.settings import Settings
+
+    home = build_home(folder)
+    with Registry(settings=Settings.load(home=home)) as registry:
+        _, key = registry.create_key("bench", ["infer:*"])
+    limits = {"rate_limit_per_model": float(UNREACHABLE_RATE), "rate_limit_per_key": float(UNREACHABLE_RATE)}
+    bearer = ((b"authorization", f"Bearer {key}".encode()),)
+    setups = {"w1": ({"auth": "auto"}, ()), "w1-auth": ({}, bearer), "w1-auth-limits": (limits, bearer)}
+    apps, contexts = {}, []
+    off = {"sample_rate": 0.0}
+    try:
+        for label, (serve, headers) in setups.items():
+            settings = Settings.load(home=home, prediction_log=off, serve=serve)
+            app = create_app(settings, ["iris-onnx"])
+            if label == "w1":  # the same registry holds the key: switch authentication off by hand
+                app.auth._enabled, app.auth._recheck_at = False, float("inf")
+            context = app.app.router.lifespan_context(app.app)
+            await context.__aenter__()
+            contexts.append(context)
+            await app.state.loading
+            await load(app, 0.5, concurrency, headers)  # warm-up, and a check that it answers 200
+            apps[label] = (app, headers)
+        cpu: dict[str, list[float]] = {label: [] for label in TARGETS}
+        for number in range(rounds):
+            for label in TARGETS if number % 2 == 0 else TARGETS[::-1]:
+                app, headers = apps[label]
+                used = time.process_time()
+                count = await load(app, seconds, concurrency, headers)
+                cpu[label].append((time.process_time() - used) / count * 1e6)
+                log(f"round {number + 1} {label}: {count / seconds:,.0f} req/s, {cpu[label][-1]:.1f} µs CPU")
+    finally:
+        for context in contexts:
+            await context.__aexit__(None, None, None)
+    return cpu
+
+
+def in_process_summary(cpu: dict[str, list[float]], rounds: int, seconds: float) -> str:
+    base = statistics.median(cpu["w1"])
+    parts, ok = [f"w1 {base:.1f} µs CPU/request"], True
+    for label in TARGETS[1:]:
+        cost = statistics.median(cpu[label]) / base - 1
+        ok = ok and cost < GOAL_COST
+        parts.append(f"{label} {statistics.median(cpu[label]):.1f} µs ({cost:+.1%})")
+    return (
+        "security cost in-process (median CPU per request): " + " | ".join(parts)
+        + f" | goal: cost<{GOAL_COST:.0%} {'ok' if ok else 'MISS'}"
+        + f" | {rounds} alternating rounds of {seconds:g}s"
+    )  # fmt: skip
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_load_options(parser, duration=20, warmup=2)
     parser.add_argument("--rounds", type=int, default=4, help="loads per target, alternating (default 4)")
+    parser.add_argument(
+        "--in-process", action="store_true", help="call the app in-process and compare CPU per request"
+    )
     args = parser.parse_args()
+    if args.in_process:
+        seconds = args.duration / args.rounds
+        with tempfile.TemporaryDirectory(prefix="shipyard-bench-security-") as tmp:
+            cpu = asyncio.run(in_process(Path(tmp), args.rounds, seconds, args.connections))
+        print(in_process_summary(cpu, args.rounds, seconds), flush=True)
+        return 0
     args.round_s = max(1, round(args.duration / args.rounds))
     wrk = find_wrk()
     stop_on_sigterm()
