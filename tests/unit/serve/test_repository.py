@@ -190,8 +190,9 @@ async def test_closing_the_server_while_a_model_loads_does_not_wait_for_the_load
         assert_error(await infer(served), 503, "not ready")
         ready = await served.client.get("/readyz")
         assert ready.status_code == 503 and "m" in ready.json()["models"]
-    # The lifespan has ended with the load still held: the server shut down without it.
-    assert not served.loading.done()
+    # The lifespan has ended with the load still held: the server shut down without it (the
+    # loading task is cancelled, or about to be: the shutdown's own awaits may let it finish).
+    assert served.loading.cancelled() or not served.loading.done()
     assert served.repository.models["m"].versions == {}
     loading.opened.set()
     with pytest.raises(asyncio.CancelledError):
