@@ -12,7 +12,6 @@ from typing import Any
 
 from shipyard.errors import InvalidInputError, ModelError, NotFoundError, ShipyardError
 from shipyard.monitor.feedback import FeedbackIntake, Outcome, batch_body, parse_feedback
-from shipyard.monitor.feedback_store import FeedbackStore
 from shipyard.monitor.predictions import Entry, PredictionStore
 from shipyard.monitor.profile import build_profile
 from shipyard.monitor.quality import Window
@@ -145,12 +144,7 @@ def submit_feedback(
             except NotFoundError:
                 return None
 
-        intake = FeedbackIntake(
-            FeedbackStore(settings.feedback_path),
-            PredictionStore(settings.predictions_dir),
-            version_of,
-            settings.prediction_log.max_age_s,
-        )
+        intake = FeedbackIntake.of(settings, version_of)
         size = settings.quality.max_batch
         outcomes: list[Outcome] = []
         for start in range(0, len(items), size):

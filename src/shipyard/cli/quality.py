@@ -21,6 +21,10 @@ if TYPE_CHECKING:
 
 _URL_HELP = "A running server's address; default: the registry home here (no server needed)."
 _KEY_HELP = "API key: one with infer:MODEL for feedback, read for quality."
+UrlOption = Annotated[str | None, typer.Option(metavar="URL", help=_URL_HELP)]
+ApiKeyOption = Annotated[
+    str | None, typer.Option(metavar="KEY", envvar="SHIPYARD_API_KEY", help=_KEY_HELP, show_default=False)
+]
 _FILE_SUFFIXES = (".csv", ".jsonl", ".ndjson")
 _SHOWN_FAILURES = 10
 
@@ -39,10 +43,8 @@ def feedback(
             metavar="FILE", help="Many at once: CSV or JSON lines with request_id and label (or value)."
         ),
     ] = None,
-    url: Annotated[str | None, typer.Option(metavar="URL", help=_URL_HELP)] = None,
-    api_key: Annotated[
-        str | None, typer.Option(metavar="KEY", envvar="SHIPYARD_API_KEY", help=_KEY_HELP, show_default=False)
-    ] = None,
+    url: UrlOption = None,
+    api_key: ApiKeyOption = None,
     json_: JsonFlag = False,
 ) -> None:
     """Give the true label or value of logged requests, joined with their predictions for live quality."""
@@ -219,10 +221,8 @@ def quality(
             "/metrics scores.",
         ),
     ] = None,
-    url: Annotated[str | None, typer.Option(metavar="URL", help=_URL_HELP)] = None,
-    api_key: Annotated[
-        str | None, typer.Option(metavar="KEY", envvar="SHIPYARD_API_KEY", help=_KEY_HELP, show_default=False)
-    ] = None,
+    url: UrlOption = None,
+    api_key: ApiKeyOption = None,
     json_: JsonFlag = False,
 ) -> None:
     """Show live accuracy, precision, recall and F1 (or MAE and RMSE) measured on feedback."""

@@ -24,6 +24,7 @@ from shipyard.errors import (
 from shipyard.monitor.feedback_store import FeedbackStore, Labelled
 from shipyard.monitor.predictions import Entry, PredictionStore
 from shipyard.monitor.truth import Label, judge, prediction_of, quoted
+from shipyard.settings import Settings
 from shipyard.types import ModelVersion
 
 _MAX_ID = 128  # characters: the longest request id the server keeps (serve.request_ids)
@@ -129,6 +130,16 @@ class FeedbackIntake:
         self._version_of = version_of
         self._retention_s = retention_s
         self._pruned_at = 0.0
+
+    @classmethod
+    def of(cls, settings: Settings, version_of: Callable[[str, int], ModelVersion | None]) -> FeedbackIntake:
+        """The intake of a registry home: its feedback store, its prediction log and retention."""
+        return cls(
+            FeedbackStore(settings.feedback_path),
+            PredictionStore(settings.predictions_dir),
+            version_of,
+            settings.prediction_log.max_age_s,
+        )
 
     def submit(
         self,

@@ -20,9 +20,7 @@ from starlette.routing import Route
 
 from shipyard.errors import NotFoundError, ShipyardError
 from shipyard.monitor.feedback import FeedbackIntake, batch_body, parse_feedback
-from shipyard.monitor.feedback_store import FeedbackStore
 from shipyard.monitor.prediction_recorder import PredictionRecorder
-from shipyard.monitor.predictions import PredictionStore
 from shipyard.monitor.quality import QualityMonitor, Window, report
 from shipyard.registry import Registry
 from shipyard.serve.dataplane import DataPlane
@@ -56,12 +54,7 @@ def feedback_routes(
         except NotFoundError:
             return None
 
-    intake = FeedbackIntake(
-        FeedbackStore(settings.feedback_path),
-        PredictionStore(settings.predictions_dir),
-        version_of,
-        settings.prediction_log.max_age_s,
-    )
+    intake = FeedbackIntake.of(settings, version_of)
     flush = None if recorder is None else recorder.flush
 
     async def feedback(request: Request) -> Response:
