@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -410,7 +411,7 @@ class Registry:
             raise UnauthorizedError(f"API key {key.id} was revoked", field="authorization")
         if key.expired():
             raise UnauthorizedError(f"API key {key.id} expired at {key.expires_at}", field="authorization")
-        if touch:
+        if touch and _stale(key.last_used_at):
             self.metadata.touch_key(key.id, utc_now())
         return key
 
@@ -525,3 +526,14 @@ def _ranges(numbers: list[int]) -> str:
         if n is not None:
             start = prev = n
     return ", ".join(parts)
+
+
+_TOUCH_EVERY_S = 60.0  # a key's last use is written at most this often: a busy key is not a write each lookup
+
+
+def _stale(last_used_at: str | None) -> bool:
+    """Whether a key's recorded last use is older than `_TOUCH_EVERY_S` (or missing)."""
+    if last_used_at is None:
+        return True
+    age = datetime.now(UTC) - datetime.fromisoformat(last_used_at)
+    return age.total_seconds() >= _TOUCH_EVERY_S

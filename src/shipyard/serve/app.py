@@ -209,7 +209,8 @@ class ShipyardApp:
             if self._admin is not None and (refusal := self._admin.refusal(scope)) is not None:
                 await refusal(scope, receive, send)
                 return
-            refused = await self.auth.check(scope)  # every route, before any of them runs
+            # Every route, before any of them runs; `check` (a coroutine) only when `admits` cannot tell.
+            refused = None if self.auth.admits(scope) else await self.auth.check(scope)
             if refused is not None:
                 metrics.count_rejection(self._model_label(scope), refused.kind)
                 response = error_response(refused)

@@ -40,7 +40,8 @@ if TYPE_CHECKING:
     from shipyard.monitor.tracing import BatchTrace, RequestTrace
 
 Arrays = dict[str, np.ndarray]
-INLINE_BELOW_S = 0.0005  # a batch predicted faster than this runs without a thread hop
+INLINE_BELOW_S = 0.0005  # a batch whose own CPU time is predicted below this runs without a thread hop
+INLINE_WALL_BELOW_S = 0.005  # ... unless it takes longer than this by the clock (waiting on other threads)
 
 
 @dataclass(slots=True)
@@ -59,9 +60,11 @@ class LatencyModel:
     def __init__(self, decay: float = 0.98) -> None:
         self._decay = decay
         self._n = self._sx = self._sy = self._sxx = self._sxy = 0.0
+        self._seen = 0  # batches observed, undecayed: a fast-forgetting model's weights stay small
 
     def observe(self, rows: int, seconds: float) -> None:
         d = self._decay
+        self._seen += 1
         self._n = self._n * d + 1
         self._sx = self._sx * d + rows
         self._sy = self._sy * d + seconds
@@ -70,14 +73,16 @@ class LatencyModel:
 
     def fit(self) -> tuple[float, float] | None:
         """(a, b), or None until there is enough spread in batch sizes to tell them apart."""
-        if self._n < 3:
+        if self._seen < 3:
             return None
+        mean = self._sy / self._n
         var = self._sxx - self._sx * self._sx / self._n
         if var <= 1e-9:  # every batch had the same size: all cost counts as fixed
-            return 0.0, self._sy / self._n
+            return 0.0, mean
         a = (self._sxy - self._sx * self._sy / self._n) / var
-        b = (self._sy - a * self._sx) / self._n
-        return max(a, 0.0), max(b, 0.0)
+        if a <= 0:  # larger batches were quicker (a first, cold run was small): no slope to fit
+            return 0.0, mean
+        return a, max((self._sy - a * self._sx) / self._n, 0.0)
 
 
 class Batcher:
@@ -114,6 +119,11 @@ class Batcher:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
         self.latency = LatencyModel()
+        # The CPU time of the thread that ran each batch, which decides what runs inline: by the
+        # clock, a batch in the worker thread also counts its waits for the GIL, which on a busy
+        # server are ten times a small model's own time, so a 50 µs model would look too slow to
+        # run inline, and which path it took would swing with the load.
+        self._cpu = LatencyModel(decay=0.9)
         self._arrival_gap: float | None = None  # EWMA of seconds between requests
         self._last_arrival: float | None = None
         self._idle_since = time.perf_counter()  # when the runtime last became free
@@ -231,12 +241,13 @@ class Batcher:
 
     def _runs_inline(self, rows: int) -> bool:
         """Tiny models run on the event loop: handing a ~50 µs call to a worker thread and back
-        costs more than the call. Only while the fitted latency says the batch is that quick."""
-        fit = self.latency.fit()
-        if fit is None:
+        costs more than the call. Only while the fits say the batch is that quick, both in CPU
+        time and by the clock: a runtime that hands its work to threads of its own and waits uses
+        little CPU of the caller's, yet would hold the loop for as long as it waits."""
+        cpu, wall = self._cpu.fit(), self.latency.fit()
+        if cpu is None or wall is None:
             return False
-        a, b = fit
-        return a * rows + b < INLINE_BELOW_S
+        return cpu[0] * rows + cpu[1] < INLINE_BELOW_S and wall[0] * rows + wall[1] < INLINE_WALL_BELOW_S
 
     def _take_batch(self) -> list[_Item]:
         batch: list[_Item] = []
@@ -307,12 +318,13 @@ class Batcher:
         rows = sum(i.rows for i in batch)
         try:
             if self._runs_inline(rows):
-                outputs, elapsed = _timed(self._predict, merged)
+                outputs, elapsed, cpu = _timed(self._predict, merged)
             else:
                 # Timed in the worker thread: timed from here, it would include the wait for the
                 # busy event loop to take the result back, so under load a fast model would look
                 # slow and never return to the inline path (measured: a third of the throughput).
-                outputs, elapsed = await loop.run_in_executor(self._executor, _timed, self._predict, merged)
+                run = loop.run_in_executor(self._executor, _timed, self._predict, merged)
+                outputs, elapsed, cpu = await run
         except asyncio.CancelledError:  # close() gave up waiting: answer, never strand callers
             _fail(batch, OverloadedError("the model was unloaded while this request ran; retry"))
             raise
@@ -327,6 +339,7 @@ class Batcher:
             _fail(batch, exc)
             return
         self.latency.observe(rows, elapsed)
+        self._cpu.observe(rows, cpu)
         if trace is not None:
             trace.ran(rows, elapsed)
         if self._on_batch is not None:
@@ -389,10 +402,11 @@ def _discard(waiting: deque[asyncio.Future[None]], place: asyncio.Future[None]) 
         waiting.remove(place)
 
 
-def _timed(predict: Callable[[Arrays], Arrays], inputs: Arrays) -> tuple[Arrays, float]:
-    started = time.perf_counter()
+def _timed(predict: Callable[[Arrays], Arrays], inputs: Arrays) -> tuple[Arrays, float, float]:
+    """The outputs, the seconds `predict` took, and the CPU seconds of this thread meanwhile."""
+    started, cpu = time.perf_counter(), time.thread_time()
     outputs = predict(inputs)
-    return outputs, time.perf_counter() - started
+    return outputs, time.perf_counter() - started, time.thread_time() - cpu
 
 
 def _rows(inputs: Arrays) -> int:
