@@ -185,6 +185,12 @@ class DriftSettings(BaseModel):
         0.5, gt=0, le=1, description="share of drifted features at which the whole input has drifted"
     )
     max_metric_features: int = Field(50, ge=1, description="features per version exported to /metrics")
+    metrics_refresh_s: float = Field(
+        10.0,
+        ge=0,
+        description="/metrics recomputes a version's drift at most this often; scrapes between get the "
+        "last figures (0: every scrape)",
+    )
 
 
 class TracingSettings(BaseModel):

@@ -116,7 +116,7 @@ class InputWindow:
         self.rows = 0
         self.bytes = 0
         self.added = 0  # part of the cache key of computed reports
-        self._cache: dict[Window, tuple[tuple[int, int], DriftReport]] = {}
+        self._cache: dict[Window, tuple[tuple[int, int], float, DriftReport]] = {}  # key, when, report
         self._lock = threading.Lock()  # guards the cache: reports are computed in worker threads
         self._max_rows, self._max_bytes, self._max_age_s = (
             settings.max_rows,
@@ -200,13 +200,16 @@ class InputWindow:
                 self._merged_upto = chunks[-1][4] if chunks else self._merged_upto
             return self._merged, self._times, self._merged_upto
 
-    def report(self, window: Window) -> DriftReport:
-        """Drift of the rows `window` selects (cached until the selection changes)."""
-        arrays, rows, key = self.snapshot(window)
+    def report(self, window: Window, reuse_s: float = 0.0) -> DriftReport:
+        """Drift of the rows `window` selects: cached until the selection changes, or, with
+        `reuse_s`, for that many seconds after it was computed whatever came in since."""
         with self._lock:
             cached = self._cache.get(window)
+        if cached is not None and monotonic() - cached[1] < reuse_s:
+            return cached[2]
+        arrays, rows, key = self.snapshot(window)
         if cached is not None and cached[0] == key:
-            return cached[1]
+            return cached[2]
         if rows:
             report = compare(self.profile, arrays, self.settings)
         else:
@@ -214,7 +217,7 @@ class InputWindow:
         with self._lock:
             if len(self._cache) > 8:
                 self._cache.clear()  # windows are chosen by callers: keep a few
-            self._cache[window] = (key, report)
+            self._cache[window] = (key, monotonic(), report)
         return report
 
 
@@ -317,7 +320,9 @@ class DriftMonitor:
             if not isinstance(window, InputWindow) or served.state == "unloaded":
                 continue
             try:
-                report = window.report(self._metrics_window)
+                # Scrapes come every few seconds, from each Prometheus: recomputing every time cost a
+                # busy server 6% of its core at one scrape a second (benchmarks/monitoring_cost.py).
+                report = window.report(self._metrics_window, self.settings.metrics_refresh_s)
             except Exception:  # one version's failure must not take every metric down with it
                 log.exception("cannot compute the drift of %s for /metrics", served.version.ref)
                 continue

@@ -71,7 +71,9 @@ def test_shifted_inputs_cross_the_drift_threshold_in_prometheus_and_in_shipyard_
     same = x[rng.integers(0, len(x), 300)].astype(np.float32)  # drawn from the reference itself
     shifted = (x[rng.integers(0, len(x), 600)] + SHIFT).astype(np.float32)
 
-    with serve_launcher(home, ["iris-onnx"]) as server, server.client() as http:
+    # Drift recomputed for /metrics at most every second (10 s by default): the test waits less.
+    env = {"SHIPYARD_DRIFT__METRICS_REFRESH_S": "1"}
+    with serve_launcher(home, ["iris-onnx"], env=env) as server, server.client() as http:
         prometheus = Prometheus(tmp_path, server.host_port, rules)
         try:
             prometheus.ready()

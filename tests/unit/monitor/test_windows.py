@@ -141,6 +141,21 @@ def test_reports_are_computed_once_per_change() -> None:
     assert live.report(Window()) is not first
 
 
+def test_a_scrape_within_the_refresh_interval_gets_the_last_report_whatever_came_since(clock: Clock) -> None:
+    """/metrics passes `metrics_refresh_s`: drift is recomputed at most that often, however often
+    Prometheus scrapes and however busy the server is; the drift route always gets fresh figures."""
+    live = window()
+    live.add({"X": reference(1, 100)}, 100)
+    first = live.report(Window(), reuse_s=10)
+    live.add({"X": reference(2, 100)}, 100)
+    clock.now += 9.9
+    assert live.report(Window(), reuse_s=10) is first
+    fresh = live.report(Window())  # no reuse: what the drift route and `shipyard drift` ask
+    assert fresh.rows == 200 and first.rows == 100
+    clock.now += 10
+    assert live.report(Window(), reuse_s=10).rows == 200
+
+
 def test_a_version_without_profile_keeps_nothing_and_says_how_to_add_one() -> None:
     monitor = DriftMonitor(DriftSettings())
     served = FakeServed(version(None))

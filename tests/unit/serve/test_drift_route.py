@@ -88,7 +88,7 @@ def test_shifted_inputs_cross_the_threshold_on_the_route_and_in_metrics(
         score = 'shipyard_drift_score{feature="petal_length",method="ks",model="iris",version="1"}'
         assert lines[score] < 0.05
 
-    run(home, ["iris:1"], body, drift={"min_rows": 30})
+    run(home, ["iris:1"], body, drift={"min_rows": 30, "metrics_refresh_s": 0})
 
 
 def test_a_version_without_profile_says_how_to_add_one(home: Path) -> None:
