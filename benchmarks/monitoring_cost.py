@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import orjson
+from harness.compare import paired_ratio
 from harness.sampling import NOISE_CORES
 from harness.servers import http_call, log, start_shipyard, stop_on_sigterm, stop_server, wait_ready
 from harness.wrk import add_load_options, find_wrk, run_wrk
@@ -210,19 +211,26 @@ def main() -> int:
             if times := scrapes[label]:
                 mean, most = np.mean(times) * 1e3, max(times) * 1e3
                 log(f"  /metrics: {len(times)} scrapes, mean {mean:.1f} ms, max {most:.1f} ms")
-    print(summary(results, scrapes, args), flush=True)
+    print(summary(results, rounds, scrapes, args), flush=True)
     return 0
 
 
-def summary(results: dict[str, Measured], scrapes: dict[str, list[float]], args: argparse.Namespace) -> str:
-    off = results["off"]
+def summary(
+    results: dict[str, Measured],
+    rounds: dict[str, list[Measured]],
+    scrapes: dict[str, list[float]],
+    args: argparse.Namespace,
+) -> str:
+    off = rounds["off"]
 
-    def costs(m: Measured) -> tuple[float, float, float]:
-        """Throughput lost, p99 added and CPU per request added, against `off`."""
+    def costs(label: str) -> tuple[float, float, float]:
+        """Throughput lost, p99 added and CPU per request added, against `off`: each the median
+        over rounds of the ratio within a round (harness/compare.py)."""
+        mine = rounds[label]
         return (
-            1 - m.wrk.rps / off.wrk.rps,
-            m.wrk.percentiles[99] / off.wrk.percentiles[99] - 1,
-            cpu_per_request(m) / cpu_per_request(off) - 1,
+            1 - paired_ratio([m.wrk.rps for m in mine], [m.wrk.rps for m in off]),
+            paired_ratio([m.wrk.percentiles[99] for m in mine], [m.wrk.percentiles[99] for m in off]) - 1,
+            paired_ratio([cpu_per_request(m) for m in mine], [cpu_per_request(m) for m in off]) - 1,
         )
 
     parts = []
@@ -234,10 +242,10 @@ def summary(results: dict[str, Measured], scrapes: dict[str, list[float]], args:
         if scrapes[label]:
             text += f" scrape {np.mean(scrapes[label]) * 1e3:.0f}ms"
         if label != "off":
-            rps, p99, cpu = costs(m)
-            text += f" (cost: rps {rps:+.1%} p99 {p99:+.1%} cpu {cpu:+.1%})"
+            rps, p99, cpu = costs(label)
+            text += f" (cost, median of rounds: rps {rps:+.1%} p99 {p99:+.1%} cpu {cpu:+.1%})"
         parts.append(text)
-    rps_cost, p99_cost, _ = costs(results["on"])
+    rps_cost, p99_cost, _ = costs("on")
     checks = {
         f"rps cost<{GOAL_RPS_COST:.0%}": rps_cost < GOAL_RPS_COST,
         f"p99 cost<{GOAL_P99_COST:.0%}": p99_cost < GOAL_P99_COST,

@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 import orjson
+from harness.compare import middle_half, paired_ratio
 from harness.sampling import NOISE_CORES
 from harness.servers import http_call, log, start_shipyard, stop_on_sigterm, stop_server, wait_ready
 from harness.wrk import LATENCY_HOOK, add_load_options, find_wrk, run_wrk
@@ -128,7 +129,7 @@ def in_process_summary(cpu: dict[str, list[float]], rounds: int, seconds: float)
     base = statistics.median(cpu["w1"])
     parts, ok = [f"w1 {base:.1f} µs CPU/request"], True
     for label in IN_PROCESS_TARGETS[1:]:
-        cost = statistics.median(a / b for a, b in zip(cpu[label], cpu["w1"], strict=True)) - 1
+        cost = paired_ratio(cpu[label], cpu["w1"]) - 1
         if label != "w1-again":
             ok = ok and cost < GOAL_COST
         parts.append(f"{label} {statistics.median(cpu[label]):.1f} µs ({cost:+.1%})")
@@ -221,9 +222,8 @@ def alternate(
 
 
 def summary(results: dict[str, Measured], rounds: dict[str, list[Measured]], args: argparse.Namespace) -> str:
-    """Each target against `w1`: the median over rounds of the ratio of its requests/s to w1's in
-    the same round (a round's three loads run back to back, so the host's drift, ±30% within
-    minutes here, largely cancels; a total over all rounds would let one slow minute decide)."""
+    """Each target against `w1`: the median over rounds of its requests/s over w1's in the same
+    round (harness/compare.py)."""
     base_cpu = cpu_per_request(results["w1"])
     parts, ok = [], True
     for label in TARGETS:
@@ -233,15 +233,15 @@ def summary(results: dict[str, Measured], rounds: dict[str, list[Measured]], arg
             f"server cpu {cpu_per_request(m):.0f}us/request"
         )
         if label != "w1":
-            ratios = sorted(a.wrk.rps / b.wrk.rps for a, b in zip(rounds[label], rounds["w1"], strict=True))
-            ratio = statistics.median(ratios)
+            rps, base = [r.wrk.rps for r in rounds[label]], [r.wrk.rps for r in rounds["w1"]]
+            ratio = paired_ratio(rps, base)
+            low, high = middle_half(rps, base)
             cost = 1 - ratio
             ok = ok and cost < GOAL_COST and m.wrk.errors == 0
             cpu = cpu_per_request(m) / base_cpu
-            quartiles = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
             text += (
-                f" ({ratio:.3f}x w1 rps, median of rounds, middle half "
-                f"{quartiles[0]:.2f}-{quartiles[2]:.2f}; cost {cost:+.1%}; cpu {cpu:.2f}x)"
+                f" ({ratio:.3f}x w1 rps, median of rounds, middle half {low:.2f}-{high:.2f}; "
+                f"cost {cost:+.1%}; cpu {cpu:.2f}x)"
             )
         parts.append(text)
     noisy = max(m.other_cores for m in results.values())
