@@ -13,8 +13,9 @@ import httpx
 import numpy as np
 import orjson
 import pytest
-from serve_support import ServeModels, iris_onnx_bytes, metric_sum, push_file
+from serve_support import ServeModels, iris_onnx_bytes, push_file
 
+from prometheus_text import metric_sum
 from servers import Server, launch, run_to_exit
 from shipyard.registry import Registry
 from shipyard.settings import Settings

@@ -14,10 +14,11 @@ import httpx
 import numpy as np
 import pytest
 import tritonclient.http as triton
-from serve_support import ADMIN_TOKEN, ServeModels, metric_sum
+from serve_support import ADMIN_TOKEN, ServeModels
 from tritonclient.utils import InferenceServerException
 
 from http_errors import assert_error
+from prometheus_text import metric_sum
 from servers import Server
 
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}

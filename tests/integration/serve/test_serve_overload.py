@@ -11,9 +11,10 @@ from typing import Any
 
 import httpx
 import pytest
-from serve_support import metric_sum, push_file, slow_onnx_bytes
+from serve_support import push_file, slow_onnx_bytes
 
 from http_errors import assert_error
+from prometheus_text import metric_sum
 from servers import Server
 from shipyard.registry import Registry
 from shipyard.settings import Settings

@@ -16,9 +16,10 @@ from typing import Any
 
 import pytest
 from prometheus_support import DEADLINE_S, Prometheus, export_rules, needs_prometheus, number
-from serve_support import ServeModels, metric_sum
+from serve_support import ServeModels
 from sklearn.metrics import accuracy_score, f1_score
 
+from prometheus_text import metric_sum
 from servers import SHIPYARD, Server, server_env
 from shipyard.api import lookup_predictions
 from tensorboard_events import read_scalars

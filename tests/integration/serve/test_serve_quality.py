@@ -13,9 +13,10 @@ from typing import Any
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from serve_support import ServeModels, iris_onnx_bytes, metric_sum, push_file
+from serve_support import ServeModels, iris_onnx_bytes, push_file
 from sklearn.metrics import accuracy_score, f1_score
 
+from prometheus_text import metric_sum
 from servers import Server
 from shipyard.api import lookup_predictions
 from shipyard.cli.main import main

@@ -14,8 +14,9 @@ from pathlib import Path
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from serve_support import ServeModels, metric_sum
+from serve_support import ServeModels
 
+from prometheus_text import metric_sum
 from servers import Server, launch, run_to_exit
 
 EVENT_TIMEOUT_S = 60.0

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 from fake_runtime import WAIT_S
 
@@ -28,6 +29,16 @@ from tiny_models import tiny_onnx
 
 ROW = [5.1, 3.5, 1.4, 0.2]
 V2_ROW = {"inputs": [{"name": "X", "shape": [1, 4], "datatype": "FP32", "data": ROW}]}
+
+
+def v2_body(rows: np.ndarray) -> dict[str, Any]:
+    """A V2 inference request of `rows` as the FP32 input `X`."""
+    data = rows.astype(np.float32)
+    return {
+        "inputs": [
+            {"name": "X", "shape": list(data.shape), "datatype": "FP32", "data": data.ravel().tolist()}
+        ]
+    }
 
 
 @dataclass

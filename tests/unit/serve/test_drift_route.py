@@ -4,11 +4,11 @@ take the drift route's verdict and /metrics over the threshold (real iris ONNX m
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import httpx
 import numpy as np
 import pytest
+from app_support import v2_body
 from asgi_serving import run
 
 from shipyard.monitor.profile import build_profile
@@ -34,15 +34,6 @@ def home(
     return home
 
 
-def infer(rows: np.ndarray) -> dict[str, Any]:
-    data = rows.astype(np.float32)
-    return {
-        "inputs": [
-            {"name": "X", "shape": list(data.shape), "datatype": "FP32", "data": data.ravel().tolist()}
-        ]
-    }
-
-
 def drift_lines(text: str) -> dict[str, float]:
     return {
         line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
@@ -57,7 +48,7 @@ def test_shifted_inputs_cross_the_threshold_on_the_route_and_in_metrics(
     x = iris[0]
 
     async def body(client: httpx.AsyncClient) -> None:
-        response = await client.post("/v2/models/iris/versions/1/infer", json=infer(x[::2]))
+        response = await client.post("/v2/models/iris/versions/1/infer", json=v2_body(x[::2]))
         assert response.status_code == 200, response.text
         quiet = (await client.get("/v2/models/iris/versions/1/drift")).json()
         assert quiet["rows"] == 75 and quiet["detected"] is False
@@ -67,7 +58,7 @@ def test_shifted_inputs_cross_the_threshold_on_the_route_and_in_metrics(
 
         for _ in range(4):
             response = await client.post(
-                "/v2/models/iris/versions/1/infer", json=infer(x + np.array([1.5, 0.0, 2.0, 0.0]))
+                "/v2/models/iris/versions/1/infer", json=v2_body(x + np.array([1.5, 0.0, 2.0, 0.0]))
             )
             assert response.status_code == 200, response.text
         shifted = (await client.get("/v2/models/iris/versions/1/drift", params={"window": "600"})).json()

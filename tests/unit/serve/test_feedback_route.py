@@ -11,11 +11,12 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from app_support import Home, serve
+from app_support import Home, serve, v2_body
 from asgi_serving import run
 from prometheus_client.parser import text_string_to_metric_families
 from sklearn.metrics import accuracy_score, f1_score, mean_absolute_error, mean_squared_error
 
+from prometheus_text import metric_sum
 from shipyard.registry import Registry
 from shipyard.serve.auth import required_scope
 from shipyard.settings import Settings
@@ -39,15 +40,6 @@ def models(
     return home
 
 
-def v2_rows(rows: np.ndarray) -> dict[str, Any]:
-    data = rows.astype(np.float32)
-    return {
-        "inputs": [
-            {"name": "X", "shape": list(data.shape), "datatype": "FP32", "data": data.ravel().tolist()}
-        ]
-    }
-
-
 def quality_scores(text: str) -> dict[tuple[str, str], float]:
     return {
         (sample.labels["model"], sample.labels["metric"]): sample.value
@@ -55,15 +47,6 @@ def quality_scores(text: str) -> dict[tuple[str, str], float]:
         for sample in family.samples
         if sample.name == "shipyard_quality_score"
     }
-
-
-def sample_value(text: str, name: str, **labels: str) -> float:
-    return sum(
-        sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-        if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
-    )
 
 
 def test_feedback_moves_accuracy_and_f1_in_metrics(models: Path, iris: tuple[np.ndarray, np.ndarray]) -> None:
@@ -74,15 +57,15 @@ def test_feedback_moves_accuracy_and_f1_in_metrics(models: Path, iris: tuple[np.
         predicted = []
         for i, row in enumerate(rows):
             response = await client.post(
-                "/v2/models/iris/infer", json=v2_rows(row[None]), headers={"X-Request-ID": f"q{i}"}
+                "/v2/models/iris/infer", json=v2_body(row[None]), headers={"X-Request-ID": f"q{i}"}
             )
             assert response.status_code == 200, response.text
             predicted.append(response.json()["outputs"][0]["data"][0])
         metrics = (await client.get("/metrics")).text
         assert "shipyard_quality_score{" not in metrics  # no feedback yet
         # Counters are the process's: other tests in it may have counted some already.
-        counted = sample_value(metrics, "shipyard_quality_feedback_total", model="iris", version="1")
-        delays = sample_value(metrics, "shipyard_quality_feedback_delay_seconds_count", model="iris")
+        counted = metric_sum(metrics, "shipyard_quality_feedback_total", model="iris", version="1")
+        delays = metric_sum(metrics, "shipyard_quality_feedback_delay_seconds_count", model="iris")
 
         # Half of them, labelled with a wrong class: the figures are sklearn's on the same pairs.
         truth = [int(label) for label in y[::10]]
@@ -96,12 +79,12 @@ def test_feedback_moves_accuracy_and_f1_in_metrics(models: Path, iris: tuple[np.
         scores = quality_scores(metrics)
         assert scores["iris", "accuracy"] == pytest.approx(accuracy_score(given, predicted[:5]))
         assert scores["iris", "f1_macro"] == pytest.approx(f1_score(given, predicted[:5], average="macro"))
-        assert sample_value(metrics, "shipyard_quality_window_rows", model="iris", version="1") == 5
+        assert metric_sum(metrics, "shipyard_quality_window_rows", model="iris", version="1") == 5
         assert (
-            sample_value(metrics, "shipyard_quality_feedback_total", model="iris", version="1") == counted + 5
+            metric_sum(metrics, "shipyard_quality_feedback_total", model="iris", version="1") == counted + 5
         )
         assert (
-            sample_value(metrics, "shipyard_quality_feedback_delay_seconds_count", model="iris") == delays + 5
+            metric_sum(metrics, "shipyard_quality_feedback_delay_seconds_count", model="iris") == delays + 5
         )
         before = scores["iris", "accuracy"]
 
@@ -163,7 +146,7 @@ def test_bad_feedback_is_its_status_naming_the_field(
     async def body(client: httpx.AsyncClient) -> None:
         for request_id in ("b1", "b2"):
             response = await client.post(
-                "/v2/models/iris/infer", json=v2_rows(x[:1]), headers={"X-Request-ID": request_id}
+                "/v2/models/iris/infer", json=v2_body(x[:1]), headers={"X-Request-ID": request_id}
             )
             assert response.status_code == 200
         post = client.post

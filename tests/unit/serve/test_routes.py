@@ -13,6 +13,7 @@ import pytest
 from asgi_serving import run as serve
 from prometheus_client.parser import text_string_to_metric_families
 
+from prometheus_text import metric_sum
 from shipyard.registry import Registry
 from shipyard.settings import Settings
 
@@ -71,15 +72,6 @@ def assert_error(response: httpx.Response, status: int, *fragments: str) -> dict
     if status >= 500:
         assert "Traceback" not in response.text and "/" not in message  # no internals, no paths
     return body
-
-
-def metric(text: str, name: str, **labels: str) -> float:
-    return sum(
-        sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-        if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
-    )
 
 
 def test_readyz_lists_every_model_with_its_state(home: Path) -> None:
@@ -175,15 +167,15 @@ def test_unknown_route_is_404_in_the_one_error_shape(home: Path) -> None:
 def test_a_runtime_crash_is_500_without_internals_and_counted_by_kind(home: Path) -> None:
     async def body(client: Client) -> None:
         labels = {"model": "crash", "version": "1", "protocol": "v2"}
-        before = metric((await client.get("/metrics")).text, "shipyard_server_errors_total", **labels)
+        before = metric_sum((await client.get("/metrics")).text, "shipyard_server_errors_total", **labels)
         one_row = {"inputs": [{"name": "X", "shape": [1, 4], "datatype": "FP32", "data": ROW}]}
         assert (await client.post("/v2/models/crash/infer", json=one_row)).status_code == 200
         response = await client.post("/v2/models/crash/infer", json=V2_ROWS)
         assert_error(response, 500, "onnxruntime failed", "server log")
         assert "Reshape" not in response.text  # onnxruntime's own words stay in the log
         after = (await client.get("/metrics")).text
-        assert metric(after, "shipyard_server_errors_total", kind="model_error", **labels) == 1
-        assert metric(after, "shipyard_server_errors_total", **labels) - before == 1
+        assert metric_sum(after, "shipyard_server_errors_total", kind="model_error", **labels) == 1
+        assert metric_sum(after, "shipyard_server_errors_total", **labels) - before == 1
         for family in text_string_to_metric_families(after):
             if family.name == "shipyard_server_errors":
                 for sample in family.samples:
@@ -227,11 +219,11 @@ def test_requests_are_labelled_with_the_version_that_answered(home: Path) -> Non
             ("v2", "/v2/models/iris/infer", V2_ROWS),
         ]:
             text = (await client.get("/metrics")).text
-            counts[protocol] = metric(text, "shipyard_server_requests_total", protocol=protocol, **ok)
+            counts[protocol] = metric_sum(text, "shipyard_server_requests_total", protocol=protocol, **ok)
             assert (await client.post(path, json=payload)).status_code == 200
         text = (await client.get("/metrics")).text
         for protocol, before in counts.items():
-            after = metric(text, "shipyard_server_requests_total", protocol=protocol, **ok)
+            after = metric_sum(text, "shipyard_server_requests_total", protocol=protocol, **ok)
             assert after - before == 1, protocol
         made_up = {"model": "made-up", "input": "x"}
         assert (await client.post("/v1/embeddings", json=made_up)).status_code == 404
