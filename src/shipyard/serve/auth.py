@@ -8,11 +8,11 @@ Lookups are cached for `serve.auth_cache_ttl_s`, keyed by the credential header'
 process's memory only (the registry stores only a hash of each secret): per request, a dict and a
 set lookup on a synchronous path (`admits`) taken before any coroutine is made, under a
 microsecond. (A SHA-256 of the header as the cache's key cost as much again: a fifth of the 3%
-that auth and limits together may cost.) A revocation reaches every server within the TTL and
-one lookup: an entry past its TTL keeps answering, for one more TTL at most, while one lookup
-refreshes it in the background, so a busy server neither stalls its requests every TTL nor
-sends every request in flight to the registry at once (32 concurrent lookups, each with a
-write, every 5 s, were a tenth of the throughput).
+that auth and limits together may cost.) A revocation stops a key within the TTL, bar the
+requests that arrive while the one lookup after it runs: an entry past its TTL keeps answering,
+for one more TTL at most, while one lookup refreshes it in the background, so a busy server
+neither stalls its requests every TTL nor sends every request in flight to the registry at once
+(32 concurrent lookups, each with a write, every 5 s, were a tenth of the throughput).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import ipaddress
 import logging
 import re
 import time
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING
 
@@ -33,6 +34,7 @@ from starlette.types import Scope
 
 from shipyard.errors import ForbiddenError, InvalidInputError, ShipyardError, UnauthorizedError
 from shipyard.registry.keys import ADMIN, WRITE, ApiKey, allows, key_id_of
+from shipyard.serve.headers import headers_of
 from shipyard.types import NAME_PATTERN
 
 if TYPE_CHECKING:
@@ -58,9 +60,17 @@ _BODY_MODEL_PATHS = frozenset({"/v1/embeddings", "/v1/completions", "/v1/chat/co
 _PROBES = frozenset({"/healthz", "/readyz", "/ping"})
 _NEVER = float("inf")
 _NAME = re.compile(NAME_PATTERN)
-# A cached lookup: (valid until, key or refusal, expiry as epoch, the scopes it was found to allow).
-_Entry = tuple[float, "ApiKey | str", float, set[str]]
 _ALLOWED_LIMIT = 64  # scopes remembered per key: paths name models, and anyone can name many
+
+
+@dataclass(slots=True)
+class _Lookup:
+    """The registry's answer for one credential, as cached."""
+
+    valid_until: float  # monotonic seconds
+    key: ApiKey | str  # the key's record, or why it is refused (a message without the key)
+    expires: float  # the key's own expiry, as epoch seconds (inf: never)
+    allowed: set[str] = field(default_factory=set)  # scopes it was found to carry, up to _ALLOWED_LIMIT
 
 
 @functools.lru_cache(maxsize=4096)  # a path's scope never changes; a hit costs ~0.1 µs, the regex ~1
@@ -145,8 +155,8 @@ class Authenticator:
         token = settings.admin_token
         self._admin_token = hashlib.sha256(token.encode()).digest() if token else None
         # the credential header's value -> the lookup's answer
-        self._cache: dict[bytes, _Entry] = {}
-        self._lookups: dict[bytes, asyncio.Future[_Entry]] = {}
+        self._cache: dict[bytes, _Lookup] = {}
+        self._lookups: dict[bytes, asyncio.Future[_Lookup]] = {}
         self._audited: dict[tuple[str, str | None], float] = {}  # (event, key id) -> last entry
         self._log_budget = _Budget(_LOG_LINES_PER_S)
         self._audit_budget = _Budget(_AUDIT_ENTRIES_PER_S)
@@ -167,19 +177,19 @@ class Authenticator:
         if credential is None:
             return False
         hit = self._cache.get(credential)
-        if hit is None or hit[0] <= time.monotonic() or (hit[2] != _NEVER and time.time() >= hit[2]):
+        if hit is None or hit.valid_until <= time.monotonic() or hit.expires <= time.time():
             return False
-        key = hit[1]
+        key = hit.key
         if not isinstance(key, ApiKey):
             return False
         if needed == _BODY_MODEL:
             scope[_CALLER], scope[_AUTHENTICATOR] = key, self  # `require_model` reports through it
             return True
-        if needed not in hit[3]:
+        if needed not in hit.allowed:
             if not allows(key.scopes, needed):
                 return False
-            if len(hit[3]) < _ALLOWED_LIMIT:
-                hit[3].add(needed)
+            if len(hit.allowed) < _ALLOWED_LIMIT:
+                hit.allowed.add(needed)
         scope[_CALLER] = key
         return True
 
@@ -197,7 +207,7 @@ class Authenticator:
         if needed is None:
             return None
         credential = _credential(scope)
-        presented = _presented(credential, scope)
+        presented = _presented(scope)
         if credential is None or presented is None:
             self.report("refused", None, reason="no key", path=scope["path"])
             return UnauthorizedError(
@@ -214,13 +224,13 @@ class Authenticator:
             return None
         hit = self._cache.get(credential)
         now = time.monotonic()
-        if hit is None or hit[0] <= now:
-            if hit is not None and isinstance(hit[1], ApiKey) and now < hit[0] + self._ttl:
+        if hit is None or hit.valid_until <= now:
+            if hit is not None and isinstance(hit.key, ApiKey) and now < hit.valid_until + self._ttl:
                 self._lookup_once(presented, credential)  # answer from the entry while it refreshes
             else:
                 hit = await self._lookup_once(presented, credential)
-        key = hit[1]
-        if hit[2] != _NEVER and isinstance(key, ApiKey) and time.time() >= hit[2]:  # expired while cached
+        key = hit.key
+        if isinstance(key, ApiKey) and hit.expires <= time.time():  # expired while cached
             key = f"API key {key.id} expired at {key.expires_at}"
         if isinstance(key, str):
             self.report("refused", key_id_of(presented), reason=key, path=scope["path"])
@@ -277,7 +287,7 @@ class Authenticator:
         except Exception:  # the audit log failing must not fail the request
             log.exception("cannot append auth.%s to the audit log", event)
 
-    def _lookup_once(self, presented: str, credential: bytes) -> asyncio.Future[_Entry]:
+    def _lookup_once(self, presented: str, credential: bytes) -> asyncio.Future[_Lookup]:
         """The registry's answer for a key, cached: one lookup at a time per key, however many
         requests are waiting for it."""
         pending = self._lookups.get(credential)
@@ -287,14 +297,13 @@ class Authenticator:
             pending.add_done_callback(lambda done: self._looked_up(credential, done))
         return pending
 
-    def _looked_up(self, credential: bytes, done: asyncio.Future[_Entry]) -> None:
+    def _looked_up(self, credential: bytes, done: asyncio.Future[_Lookup]) -> None:
         self._lookups.pop(credential, None)
         if not done.cancelled() and (exc := done.exception()) is not None:  # a waiter sees it too
             log.warning("API key lookup failed: %s", exc)
 
-    async def _lookup(self, presented: str, credential: bytes) -> _Entry:
-        """Look the key up in the registry and cache the answer: (valid until, the key's record or
-        why it is refused, in a message without the key, the key's expiry as epoch seconds)."""
+    async def _lookup(self, presented: str, credential: bytes) -> _Lookup:
+        """Look the key up in the registry and cache the answer."""
         result: ApiKey | str
         try:
             result = await asyncio.to_thread(self._registry.authenticate, presented)
@@ -305,27 +314,26 @@ class Authenticator:
         expires = _NEVER
         if isinstance(result, ApiKey) and result.expires_at is not None:
             expires = datetime.fromisoformat(result.expires_at).timestamp()
-        hit = self._cache[credential] = (time.monotonic() + self._ttl, result, expires, set())
+        hit = self._cache[credential] = _Lookup(time.monotonic() + self._ttl, result, expires)
         return hit
 
 
 def _credential(scope: Scope) -> bytes | None:
     """The raw value of the `Authorization` header, else of `X-API-Key` (what the cache is keyed by)."""
-    headers: dict[bytes, bytes] | None = scope.get("shipyard.headers")
-    if headers is None:  # the same dict `_http.header` builds and reuses
-        headers = scope["shipyard.headers"] = dict(scope["headers"])
+    headers = headers_of(scope)
     value = headers.get(b"authorization")
     return value if value is not None else headers.get(b"x-api-key")
 
 
-def _presented(credential: bytes | None, scope: Scope) -> str | None:
+def _presented(scope: Scope) -> str | None:
     """The key sent as `Authorization: Bearer <key>` or `X-API-Key: <key>`."""
-    if credential is None:
-        return None
-    if b"authorization" in scope["shipyard.headers"]:
-        scheme, _, key = credential.decode("latin-1").partition(" ")
+    headers = headers_of(scope)
+    value = headers.get(b"authorization")
+    if value is not None:
+        scheme, _, key = value.decode("latin-1").partition(" ")
         return key.strip() or None if scheme.lower() == "bearer" else None
-    return credential.decode("latin-1").strip() or None
+    api_key = headers.get(b"x-api-key")
+    return api_key.decode("latin-1").strip() or None if api_key is not None else None
 
 
 def is_loopback(host: str) -> bool:

@@ -84,6 +84,11 @@ class LatencyModel:
             return 0.0, mean
         return a, max((self._sy - a * self._sx) / self._n, 0.0)
 
+    def predict(self, rows: int) -> float | None:
+        """The fitted seconds for a batch of `rows`; None until there is a fit."""
+        fit = self.fit()
+        return None if fit is None else fit[0] * rows + fit[1]
+
 
 class Batcher:
     """Queues requests for one runtime and runs them in merged batches, one batch at a time."""
@@ -244,10 +249,8 @@ class Batcher:
         costs more than the call. Only while the fits say the batch is that quick, both in CPU
         time and by the clock: a runtime that hands its work to threads of its own and waits uses
         little CPU of the caller's, yet would hold the loop for as long as it waits."""
-        cpu, wall = self._cpu.fit(), self.latency.fit()
-        if cpu is None or wall is None:
-            return False
-        return cpu[0] * rows + cpu[1] < INLINE_BELOW_S and wall[0] * rows + wall[1] < INLINE_WALL_BELOW_S
+        cpu, wall = self._cpu.predict(rows), self.latency.predict(rows)
+        return cpu is not None and wall is not None and cpu < INLINE_BELOW_S and wall < INLINE_WALL_BELOW_S
 
     def _take_batch(self) -> list[_Item]:
         batch: list[_Item] = []

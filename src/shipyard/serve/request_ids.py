@@ -12,8 +12,10 @@ from __future__ import annotations
 import itertools
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import MutableMapping
 from typing import Any
+
+from shipyard.serve.headers import headers_of
 
 HEADER = b"x-request-id"
 _safe = re.compile(r"[A-Za-z0-9._~:;=+/@-]{1,128}").fullmatch
@@ -41,7 +43,7 @@ def request_id(given: str | None) -> str:
     return f"{_ids.prefix}{next(_ids.counter):x}"
 
 
-def request_id_of(scope: Mapping[str, Any]) -> str:
+def request_id_of(scope: MutableMapping[str, Any]) -> str:
     """The id of the request in an ASGI scope (for responses made before any handler runs)."""
-    given = dict(scope["headers"]).get(HEADER)
+    given = headers_of(scope).get(HEADER)
     return request_id(None if given is None else given.decode("latin-1"))

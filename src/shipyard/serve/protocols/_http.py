@@ -30,6 +30,7 @@ from shipyard.monitor.prediction_recorder import Sample
 from shipyard.monitor.tracing import SCOPE_KEY as TRACE
 from shipyard.serve.auth import caller_id, require_model
 from shipyard.serve.dataplane import ClientDisconnectedError
+from shipyard.serve.headers import headers_of
 from shipyard.serve.request_ids import HEADER as REQUEST_ID_HEADER
 from shipyard.serve.request_ids import request_id as accept_request_id
 from shipyard.types import MAX_VERSION
@@ -71,11 +72,7 @@ def json_response(data: Any, status: int = 200, headers: dict[str, str] | None =
 
 def header(request: Request, name: bytes) -> str | None:
     """One request header, from a dict built once per request (no Starlette Headers object)."""
-    scope = request.scope
-    headers: dict[bytes, bytes] | None = scope.get("shipyard.headers")
-    if headers is None:  # ASGI header names are lower-case already; the last one wins
-        headers = scope["shipyard.headers"] = dict(scope["headers"])
-    value = headers.get(name)
+    value = headers_of(request.scope).get(name)
     return None if value is None else value.decode("latin-1")
 
 
