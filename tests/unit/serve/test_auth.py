@@ -209,6 +209,29 @@ def test_a_key_is_checked_with_a_constant_time_compare(home: Home, monkeypatch: 
     assert compared == [(64, 64)] * 3
 
 
+def test_a_keys_last_use_is_written_at_most_once_a_minute(home: Home) -> None:
+    """Every server looks each key up every TTL: a write each time would be a write per key per
+    server every 5 s. The first use is recorded, then only once the recorded one is a minute old."""
+    record, secret = home.registry.create_key("k", ["read"])
+
+    def last_used() -> str | None:
+        return next(k.last_used_at for k in home.registry.list_keys() if k.id == record.id)
+
+    home.registry.authenticate(secret)
+    first = last_used()
+    assert first is not None
+    home.registry.authenticate(secret)
+    assert last_used() == first
+    with home.registry.metadata.engine.begin() as conn:  # as if the use were two minutes old
+        conn.execute(
+            api_keys.update()
+            .where(api_keys.c.id == record.id)
+            .values(last_used_at="2020-01-01T00:00:00.000+00:00")
+        )
+    home.registry.authenticate(secret)
+    assert (last_used() or "") > first
+
+
 def test_keys_carry_256_random_bits_and_only_their_hash_is_stored(home: Home) -> None:
     record, secret = home.registry.create_key("k", ["read"])
     prefix, key_id, random_part = secret.split("_", 2)
