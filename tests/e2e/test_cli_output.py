@@ -55,6 +55,12 @@ def test_help_of_every_command_has_no_placeholders(cli: Cli) -> None:
         assert "{" not in usage and "<" not in usage, usage
 
 
+def test_every_command_that_asks_a_server_takes_its_key_from_shipyard_api_key(cli: Cli) -> None:
+    for command in (["drift"], ["quality"], ["feedback"], ["monitor", "export"]):
+        help_text = " ".join(cli(*command, "--help").out.split())  # rich wraps the panel's lines
+        assert "--api-key" in help_text and "SHIPYARD_API_KEY" in help_text, (command, help_text)
+
+
 def test_every_command_prints_one_json_document(cli: Cli, tmp_path: Path, onnx_path: Path) -> None:
     pushed = cli("push", "iris", onnx_path, "--metric", f"accuracy={ACCURACY}", "--json").json()
     assert (pushed["name"], pushed["version"], pushed["metrics"]) == ("iris", 1, {"accuracy": ACCURACY})

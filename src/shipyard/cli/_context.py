@@ -20,6 +20,17 @@ if TYPE_CHECKING:
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print the result as one JSON document.")]
 
 
+def api_key_option(scope: str) -> Any:
+    """`--api-key KEY`, or SHIPYARD_API_KEY, for a command that asks a server: `scope` names what
+    the key needs (`the read scope`)."""
+    return typer.Option(
+        metavar="KEY",
+        envvar="SHIPYARD_API_KEY",
+        help=f"API key with {scope}, if the server needs one.",
+        show_default=False,
+    )
+
+
 @dataclass
 class CliState:
     home: Path | None = None

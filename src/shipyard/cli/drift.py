@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from shipyard.cli._context import JsonFlag, state
+from shipyard.cli._context import JsonFlag, api_key_option, state
 from shipyard.cli._server import DEFAULT_URL, base_url, call_json
 from shipyard.errors import InvalidInputError, NotFoundError
 from shipyard.types import ModelRef
@@ -110,10 +110,7 @@ def drift(
         Path | None,
         typer.Option(metavar="FILE", help="Write reference vs live histograms of the worst features."),
     ] = None,
-    api_key: Annotated[
-        str | None,
-        typer.Option(envvar="SHIPYARD_API_KEY", help="API key with the read scope.", show_default=False),
-    ] = None,
+    api_key: Annotated[str | None, api_key_option("the read scope")] = None,
     json_: JsonFlag = False,
 ) -> None:
     """Show input drift, worst feature first: from a running server, or of FILE offline."""

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 import typer
 
-from shipyard.cli._context import JsonFlag
+from shipyard.cli._context import JsonFlag, api_key_option
 from shipyard.cli._help import PlainHelpGroup
 from shipyard.errors import InvalidInputError, NotReadyError, ShipyardError
 
@@ -50,12 +50,7 @@ def export(
     url: Annotated[
         str, typer.Option(metavar="URL", help="The server --tensorboard reads (its /metrics).")
     ] = "http://127.0.0.1:8000",
-    api_key: Annotated[
-        str | None,
-        typer.Option(
-            metavar="KEY", help="A key with the read scope, if the server needs one.", show_default=False
-        ),
-    ] = None,
+    api_key: Annotated[str | None, api_key_option("the read scope")] = None,
     error_rate: Annotated[float | None, _threshold("Alert above this share of 5xx answers (0.05).")] = None,
     p99_latency: Annotated[
         float | None, _threshold("Alert above this p99 request time in seconds (0.5).", "SECONDS")

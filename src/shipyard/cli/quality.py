@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from shipyard.cli._context import JsonFlag, state
+from shipyard.cli._context import JsonFlag, api_key_option, state
 from shipyard.cli._server import base_url, call_json, error_of
 from shipyard.errors import InvalidInputError, ShipyardError
 from shipyard.types import ModelRef
@@ -20,11 +20,7 @@ if TYPE_CHECKING:
     from shipyard.monitor.truth import Label
 
 _URL_HELP = "A running server's address; default: the registry home here (no server needed)."
-_KEY_HELP = "API key: one with infer:MODEL for feedback, read for quality."
 UrlOption = Annotated[str | None, typer.Option(metavar="URL", help=_URL_HELP)]
-ApiKeyOption = Annotated[
-    str | None, typer.Option(metavar="KEY", envvar="SHIPYARD_API_KEY", help=_KEY_HELP, show_default=False)
-]
 _FILE_SUFFIXES = (".csv", ".jsonl", ".ndjson")
 _SHOWN_FAILURES = 10
 
@@ -44,7 +40,7 @@ def feedback(
         ),
     ] = None,
     url: UrlOption = None,
-    api_key: ApiKeyOption = None,
+    api_key: Annotated[str | None, api_key_option("the scope infer:MODEL")] = None,
     json_: JsonFlag = False,
 ) -> None:
     """Give the true label or value of logged requests, joined with their predictions for live quality."""
@@ -222,7 +218,7 @@ def quality(
         ),
     ] = None,
     url: UrlOption = None,
-    api_key: ApiKeyOption = None,
+    api_key: Annotated[str | None, api_key_option("the read scope")] = None,
     json_: JsonFlag = False,
 ) -> None:
     """Show live accuracy, precision, recall and F1 (or MAE and RMSE) measured on feedback."""
