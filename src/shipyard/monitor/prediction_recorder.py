@@ -23,6 +23,7 @@ import numpy as np
 import orjson
 
 from shipyard.monitor import metrics
+from shipyard.monitor.prediction_chunks import Pending, describe, encode_each
 from shipyard.monitor.predictions import Chunk, Segment, enforce_retention, segment_bytes, segment_name
 from shipyard.settings import PredictionLogSettings, Settings
 
@@ -39,9 +40,7 @@ _CHUNK = 256  # entries per transaction
 _PAUSE_S = 0.001
 _WARN_EVERY_S = 60.0
 _RETENTION_EVERY_S = 60.0
-_MAX_VALUES = 256  # an output of at most this many elements is summarized with its values
 _MAX_HELD_BYTES = 64 << 20  # arrays queued entries keep alive; past it, entries are summarized at once
-_JSON = orjson.OPT_SERIALIZE_NUMPY
 QUEUE_FULL, WRITE_FAILED = "queue_full", "write_failed"
 _WHY = {
     QUEUE_FULL: "the queue was full: the writer fell behind (lower prediction_log.sample_rate)",
@@ -57,13 +56,6 @@ class Sample:
     def __init__(self) -> None:
         self.inputs: dict[str, np.ndarray] | None = None
         self.outputs: dict[str, np.ndarray] | None = None
-
-
-# A queued entry, as a tuple (the cheapest thing to build on the request path):
-# (time, request id, model, version, protocol, status, latency s, inputs, outputs, with payload,
-#  bytes held, `describe` made at once or None)
-_Described = tuple[list[list[Any]] | None, list[list[Any]] | None, int]
-_Pending = tuple[float, str, str, "int | None", str, int, float, Any, Any, bool, int, "_Described | None"]
 
 
 class PredictionRecorder:
@@ -83,7 +75,7 @@ class PredictionRecorder:
         }
         self._segment_bytes = max(1 << 16, settings.max_bytes // 16)
         self._segment_age_s = min(settings.max_age_s / 8, 86400.0)
-        self._queue: deque[_Pending] = deque()
+        self._queue: deque[Pending] = deque()
         self._queue_size = settings.queue_size
         self._wake_at = settings.queue_size // 2
         self._held_in = 0  # bytes of arrays ever queued (request path) ...
@@ -228,40 +220,16 @@ class PredictionRecorder:
             self._handled += len(batch)
             self._progress.notify_all()
 
-    def _chunk(self, batch: list[_Pending]) -> Chunk | None:
-        """Up to 256 entries as one row (see predictions.py). Each entry is serialized on its own
-        so that its lists are freed at once: holding a chunk's worth of them alive set off the
-        garbage collector several times more often (measured), and it stops the event loop."""
-        request_ids, parts = [], []
-        first = last = 0.0
-        for pending in batch:
-            try:
-                parts.append(orjson.dumps(self._fields(pending), option=_JSON, default=_plain))
-            except TypeError as exc:  # a value JSON cannot hold: that entry only
-                self._failed([pending], exc)
-                continue
-            request_ids.append(pending[1])
-            last = pending[0]
-            first = first or last
-        if not parts:
+    def _chunk(self, batch: list[Pending]) -> Chunk | None:
+        """Up to 256 entries as one row (see prediction_chunks.py); an entry with a value JSON
+        cannot hold is dropped alone."""
+        written, entries = encode_each(batch, self._settings.max_payload_bytes, self._failed_one)
+        if entries is None:
             return None
-        return first, last, orjson.dumps(request_ids), b"[" + b",".join(parts) + b"]"
+        return written[0][0], written[-1][0], orjson.dumps([pending[1] for pending in written]), entries
 
-    def _fields(self, pending: _Pending) -> list[Any]:
-        at, request_id, model, version, protocol, status, latency_s = pending[:7]
-        inputs, outputs, payload, held, described = pending[7:]
-        if described is None:
-            described = describe(inputs, outputs)
-        body = omitted = None
-        if payload and inputs is not None:
-            if held > self._settings.max_payload_bytes:
-                omitted = held
-            else:
-                body = {"inputs": inputs, "outputs": outputs}
-        elif payload and described[2]:
-            omitted = described[2]
-        latency_ms = round(latency_s * 1000, 3)
-        return [request_id, at, model, version, protocol, status, latency_ms, *described[:2], body, omitted]
+    def _failed_one(self, pending: Pending, exc: Exception) -> None:
+        self._failed([pending], exc)
 
     def _segment(self) -> Segment:
         """This process's current segment: a new one when it is full, old, or was deleted."""
@@ -294,7 +262,7 @@ class PredictionRecorder:
         except OSError as exc:
             log.warning("prediction log: retention failed in %s: %s", self.directory, exc)
 
-    def _failed(self, batch: list[_Pending], exc: Exception) -> None:
+    def _failed(self, batch: list[Pending], exc: Exception) -> None:
         self._last_error = f"{type(exc).__name__}: {exc}"
         by_model: dict[str, int] = {}
         for pending in batch:
@@ -328,44 +296,3 @@ class PredictionRecorder:
 def _rates(sample_rate: float, payload_rate: float) -> tuple[float, float]:
     """(share of requests logged, share logged with their payload): one draw decides both."""
     return max(sample_rate, payload_rate), payload_rate
-
-
-_DTYPE_NAMES: dict[np.dtype[Any], str] = {}  # numpy computes `dtype.name` in Python: microseconds
-
-
-def _dtype_name(dtype: np.dtype[Any]) -> str:
-    name = _DTYPE_NAMES.get(dtype)
-    if name is None:
-        name = dtype.name
-        if len(_DTYPE_NAMES) < 256:  # text dtypes differ by length: keep the cache bounded
-            _DTYPE_NAMES[dtype] = name
-    return name
-
-
-def describe(
-    inputs: dict[str, np.ndarray] | None, outputs: dict[str, np.ndarray] | None, left_out: int = 0
-) -> _Described:
-    """Each input's shape and dtype, each output's too with its values when it is small (a
-    classifier's labels, a regressor's values: what late feedback is compared with), in the
-    compact form of a chunk (predictions.py), and the payload bytes `left_out`."""
-    described_inputs = None
-    if inputs is not None:
-        described_inputs = [[name, a.shape, _dtype_name(a.dtype)] for name, a in inputs.items()]
-    described_outputs = None
-    if outputs is not None:
-        described_outputs = [
-            [name, a.shape, _dtype_name(a.dtype), a if a.size <= _MAX_VALUES else None]
-            for name, a in outputs.items()
-        ]
-    return described_inputs, described_outputs, left_out
-
-
-def _plain(value: Any) -> Any:
-    """What orjson cannot write itself: text (object) arrays, bytes, numpy scalars."""
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, bytes):
-        return value.decode("utf-8", errors="replace")
-    if isinstance(value, np.generic):
-        return value.item()
-    raise TypeError(f"{type(value).__name__} is not serializable")

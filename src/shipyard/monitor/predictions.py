@@ -6,12 +6,12 @@ segments. SQLite (in the standard library, no server) gives transactional append
 mode, `shipyard logs` reading while the servers write.
 
 A segment holds chunks: each batch the writer drains (up to 256 entries) is one row, its entries
-one compact JSON array. A row per entry with an index on its request id cost about 3x more CPU
-per request (measured: SQLite's per-row work and random inserts into the index), which a server
-logging every request pays on its request-serving core. The request id index is built in bulk
-when a segment is closed (`Segment.seal`); until then, a lookup scans the segment's chunks' id
-lists (tens of milliseconds for 50,000 entries). Late feedback is joined to its prediction by that
-id: see `PredictionStore.lookup`.
+one columnar JSON document (prediction_chunks.py). A row per entry with an index on its request id
+cost about 3x more CPU per request (measured: SQLite's per-row work and random inserts into the
+index), which a server logging every request pays on its request-serving core. The request id
+index is built in bulk when a segment is closed (`Segment.seal`); until then, a lookup scans the
+segment's chunks' id lists (tens of milliseconds for 50,000 entries). Late feedback is joined to
+its prediction by that id: see `PredictionStore.lookup`.
 
 A writer starts a new segment once its current one passes a sixteenth of `max_bytes` or an eighth
 of `max_age_s` (at most a day), so retention deletes whole files, oldest first, and never has to
@@ -36,6 +36,7 @@ from typing import Any
 import orjson
 
 from shipyard.errors import InvalidInputError, MissingDependencyError
+from shipyard.monitor.prediction_chunks import decode
 
 SUFFIX = ".sqlite"
 _SIDE_FILES = ("-wal", "-shm", "-journal")
@@ -49,10 +50,7 @@ CREATE TABLE IF NOT EXISTS chunks (
     entries BLOB NOT NULL
 );
 """
-# An entry in a chunk's `entries`, one JSON array (no key repeated per entry):
-# [request id, time, model, version, protocol, status, latency ms, inputs, outputs, payload,
-#  payload bytes left out]; inputs [[name, shape, dtype], ...]; outputs [[name, shape, dtype,
-#  values or null], ...] (null inputs or outputs: the request never got that far).
+# A chunk's `entries`: its entries' JSON, in the format of prediction_chunks.py.
 _SEAL = """
 BEGIN;
 CREATE TABLE ids (request_id TEXT NOT NULL, chunk INTEGER NOT NULL);
@@ -231,7 +229,7 @@ class PredictionStore:
                 continue  # written to last before the window opened
             found = 0
             for worker, blob in self._rows(path, sql, params):
-                for fields in reversed(orjson.loads(blob)):  # newest first; a chunk is in time order
+                for fields in reversed(decode(blob)):  # newest first; a chunk is in time order
                     if (model is not None and fields[2] != model) or (
                         version is not None and fields[3] != version
                     ):
@@ -257,7 +255,7 @@ class PredictionStore:
             if since is not None and _last_write(path) < since:
                 continue
             for _, blob in self._rows(path, sql, params):
-                for fields in orjson.loads(blob):
+                for fields in decode(blob):
                     if fields[2] == model and fields[5] == status and (since is None or fields[1] >= since):
                         counts[fields[3]] = counts.get(fields[3], 0) + 1
         return counts
@@ -282,9 +280,7 @@ class PredictionStore:
                 )
                 keep = set(chunk)
                 for worker, blob in self._rows(path, sql, chunk):
-                    entries.extend(
-                        _entry(fields, worker) for fields in orjson.loads(blob) if fields[0] in keep
-                    )
+                    entries.extend(_entry(fields, worker) for fields in decode(blob) if fields[0] in keep)
         entries.sort(key=lambda e: e.time, reverse=True)
         return entries
 

@@ -1,7 +1,8 @@
 """Live windows of recent inputs, one per served version with a reference profile.
 
-The request path only appends: `DriftMonitor.observe` puts a reference to the request's arrays
-(already validated, never copied) in a ring, about a microsecond. Drift is computed when
+Serving only appends: after each batch a model ran, `DriftMonitor.observe` puts a reference to
+the batch's inputs (already validated and merged, never copied) in a ring, about a microsecond
+per batch, not per request. Drift is computed when
 someone asks (`/metrics`, the drift route) on a snapshot of the ring, and cached until the ring
 changes. A snapshot merges only the requests that arrived since the previous one into one array
 per input, kept for the next: a scrape every second costs what arrived in that second, not the
@@ -133,7 +134,7 @@ class InputWindow:
         self._merged_upto = 0
 
     def add(self, arrays: dict[str, np.ndarray], rows: int) -> None:
-        """Keep one request's inputs (the request path: no copy, no computation)."""
+        """Keep one batch's inputs (the serving path: no copy, no computation)."""
         if self._summarised:
             arrays = {
                 (summary_key(k) if k in self._summarised else k): (
@@ -263,7 +264,7 @@ class DriftMonitor:
         metrics.DRIFT.add_source(self.series)
 
     def observe(self, served: Served, arrays: dict[str, np.ndarray], rows: int) -> None:
-        """After a successful inference: keep its inputs (the one call on the request path)."""
+        """After a batch ran: keep its inputs (the one call on the serving path)."""
         window = served.drift_window
         if window is None:
             window = self._open(served, served.version.data_profile)

@@ -59,11 +59,11 @@ def create_app(  # noqa: PLR0915 -- the composition root wires every part in one
     `limits_file` is the rate-limit table the workers share, `worker` this worker's number."""
     registry = registry or Registry(settings=settings)
     # The tracer is None unless an OTLP endpoint is set; each worker process starts its own.
-    repository = ModelRepository(registry, settings, start_tracing(settings.tracing, worker))
+    drift = DriftMonitor(settings.drift, fetch_profile=lambda v: registry.resolve(v.ref).data_profile)
+    repository = ModelRepository(registry, settings, start_tracing(settings.tracing, worker), drift)
     serve = settings.serve
     table = Table(limits_file, serve.workers) if limits_file else None
-    drift = DriftMonitor(settings.drift, fetch_profile=lambda v: registry.resolve(v.ref).data_profile)
-    dataplane = DataPlane(repository, serve, Limits(serve, table, worker), drift)
+    dataplane = DataPlane(repository, serve, Limits(serve, table, worker))
     predictions = PredictionRecorder.create(settings, worker)
     quality = QualityMonitor(settings, dataplane.served_names)
     probes = frozenset(p for p in ("/healthz", "/readyz", "/ping", vertex_routes[0]) if p)

@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from shipyard.errors import PayloadTooLargeError
-from shipyard.monitor.windows import DriftMonitor
 from shipyard.serve.limits import Limits, ModelPolicy
 from shipyard.serve.repository import IndexEntry, ModelRepository, ModelStatus, Readiness, ServedVersion
 from shipyard.settings import ServeSettings
@@ -68,12 +67,10 @@ class DataPlane:
         repository: ModelRepository,
         settings: ServeSettings | None = None,
         limits: Limits | None = None,
-        drift: DriftMonitor | None = None,
     ) -> None:
         self._repository = repository
         self._settings = settings or repository.settings.serve
         self._limits = limits or Limits(self._settings)
-        self.drift = drift
         self._policies: weakref.WeakKeyDictionary[ServedVersion, ModelPolicy] = weakref.WeakKeyDictionary()
         self.tracer = repository.tracer  # None unless tracing is on
 
@@ -127,8 +124,6 @@ class DataPlane:
                 admission.release()
         served.requests += 1
         served.rows += rows
-        if self.drift is not None:
-            self.drift.observe(served, arrays, rows)
         if sample is not None:
             sample.outputs = outputs
         return InferResult(record, outputs)

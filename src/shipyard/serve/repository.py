@@ -14,6 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from shipyard.errors import ModelError, NotFoundError, NotReadyError, ShipyardError
 from shipyard.monitor import metrics
 from shipyard.monitor.resources import resident_bytes
@@ -25,6 +27,7 @@ from shipyard.types import ModelRef, ModelVersion
 
 if TYPE_CHECKING:
     from shipyard.monitor.tracing import Tracer
+    from shipyard.monitor.windows import DriftMonitor
 
 log = logging.getLogger("shipyard.serve")
 
@@ -123,10 +126,17 @@ class ServedModel:
 
 
 class ModelRepository:
-    def __init__(self, registry: Registry, settings: Settings, tracer: Tracer | None = None) -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        settings: Settings,
+        tracer: Tracer | None = None,
+        drift: DriftMonitor | None = None,
+    ) -> None:
         self.registry = registry
         self.settings = settings
         self.tracer = tracer
+        self.drift = drift  # sees the inputs of every batch a model ran
         self.models: dict[str, ServedModel] = {}
         self._poller: asyncio.Task[None] | None = None
         self._swapping: set[str] = set()
@@ -264,7 +274,7 @@ class ModelRepository:
             name=model.name,
             max_queue=self.settings.serve.max_queue,
             max_queue_wait_s=self.settings.serve.max_queue_wait_s,
-            on_batch=lambda rows, secs, waits: _observe_batch(served, labels, rows, secs, waits),
+            on_batch=_batch_observer(served, labels, self.drift),
             on_idle=served.sample_gauges,
             trace_batch=None if self.tracer is None else self.tracer.batches(model.name, version.version),
             **batch_options,
@@ -421,17 +431,29 @@ def _gauge_sampler(served: ServedVersion, labels: tuple[str, str]) -> Callable[[
     return sample
 
 
-def _observe_batch(
-    served: ServedVersion, labels: tuple[str, str], rows: int, seconds: float, waits: list[float]
-) -> None:
-    served.batches += 1
-    if served.sample_gauges is not None:
-        served.sample_gauges()
-    metrics.BATCH_SIZE.labels(*labels).observe(rows)
-    metrics.INFERENCE_TIME.labels(*labels).observe(seconds)
+def _batch_observer(
+    served: ServedVersion, labels: tuple[str, str], drift: DriftMonitor | None
+) -> Callable[[int, float, list[float], dict[str, np.ndarray]], None]:
+    """What follows each batch a version ran: its metrics, and its inputs for drift. Drift sees
+    whole batches, not requests: one entry per batch in the window, so a busy server holds a
+    fraction of the objects (measured: per-request entries cost a request several µs in memory
+    traffic, more than the append itself)."""
+    batch_size = metrics.BATCH_SIZE.labels(*labels)  # labels() costs microseconds: once
+    inference_time = metrics.INFERENCE_TIME.labels(*labels)
     queue_time = metrics.QUEUE_TIME.labels(*labels)
-    for wait in waits:
-        queue_time.observe(wait)
+
+    def observe(rows: int, seconds: float, waits: list[float], inputs: dict[str, np.ndarray]) -> None:
+        served.batches += 1
+        if served.sample_gauges is not None:
+            served.sample_gauges()
+        batch_size.observe(rows)
+        inference_time.observe(seconds)
+        for wait in waits:
+            queue_time.observe(wait)
+        if drift is not None:
+            drift.observe(served, inputs, rows)
+
+    return observe
 
 
 def _publish_sizes(

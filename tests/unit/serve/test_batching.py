@@ -480,8 +480,8 @@ def test_outputs_with_the_wrong_row_count_fail_the_merged_batch_clearly() -> Non
     run(body)
 
 
-def test_on_batch_reports_rows_time_and_queue_waits(clock: FakeClock) -> None:
-    seen: list[tuple[int, float, list[float]]] = []
+def test_on_batch_reports_rows_time_queue_waits_and_inputs(clock: FakeClock) -> None:
+    seen: list[tuple[int, float, list[float], dict[str, np.ndarray]]] = []
     fake = FakeRuntime(gated=True)
 
     async def body() -> None:
@@ -496,8 +496,10 @@ def test_on_batch_reports_rows_time_and_queue_waits(clock: FakeClock) -> None:
         await batcher.close()
 
     run(body)
-    assert [(n, waits) for n, _, waits in seen] == [(1, [0.0]), (4, [20.0, 20.0])]
-    assert all(secs >= 0 for _, secs, _ in seen)
+    assert [(n, waits) for n, _, waits, _ in seen] == [(1, [0.0]), (4, [20.0, 20.0])]
+    assert all(secs >= 0 for _, secs, _, _ in seen)
+    # The inputs the model ran, merged: drift windows keep one entry per batch.
+    assert [inputs["x"][:, 0].tolist() for *_, inputs in seen] == [[1.0], [2.0, 3.0, 2.0, 3.0]]
 
 
 class FakeClock:
@@ -550,7 +552,7 @@ def test_batch_time_is_the_runtime_s_not_the_busy_loop_s(clock: FakeClock) -> No
         return {"y": inputs["x"] * 2}
 
     async def body() -> None:
-        batcher = Batcher(predict, max_batch_size=8, max_delay_s=0.0, on_batch=lambda n, s, w: seen.append(s))
+        batcher = Batcher(predict, max_batch_size=8, max_delay_s=0.0, on_batch=lambda *a: seen.append(a[1]))
         batcher.start()
         for i in range(3):  # no fit yet: each batch goes to the worker thread
             request = asyncio.create_task(batcher.submit(rows(1.0)))

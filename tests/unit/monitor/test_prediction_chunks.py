@@ -1,0 +1,89 @@
+"""The prediction log's chunk format: columnar on disk, the same entries back, old chunks readable."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import orjson
+import pytest
+
+from shipyard.monitor.prediction_chunks import Pending, decode, describe, encode, encode_each
+
+
+def pending(
+    request_id: str,
+    inputs: dict[str, np.ndarray] | None,
+    outputs: dict[str, np.ndarray] | None,
+    *,
+    payload: bool = False,
+    described: Any = None,
+    status: int = 200,
+) -> Pending:
+    held = sum(a.nbytes for a in (inputs or {}).values()) + sum(a.nbytes for a in (outputs or {}).values())
+    return (1e9, request_id, "m", 2, "v2", status, 0.0015, inputs, outputs, payload, held, described)
+
+
+def iris(rows: int, first: int = 0) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    x = np.arange(first, first + rows * 4, dtype=np.float32).reshape(rows, 4)
+    return {"X": x}, {"label": np.arange(first, first + rows), "scores": np.full((rows, 300), 0.5)}
+
+
+def test_entries_of_several_layouts_come_back_as_they_went_in() -> None:
+    one, two = iris(1, first=7), iris(2, first=3)
+    text_in = {"text": np.array(["héllo", b"raw"], dtype=object)}
+    text_out = {"embedding": np.ones((2, 2), dtype=np.float16)}
+    batch = [
+        pending("a", *one),
+        pending("b", *two),
+        pending("c", *iris(1, first=9)),  # same layout as "a": the same group
+        pending("refused", {"X": np.zeros((1, 4), np.float32)}, None, status=400),
+        pending("undecoded", None, None, status=400),
+        pending("text", text_in, text_out, payload=True),
+        pending("big", *two, payload=True),
+    ]
+    entries = {e[0]: e for e in decode(encode(batch, max_payload_bytes=100))}
+    assert list(entries) == ["a", "b", "c", "refused", "undecoded", "text", "big"]
+    assert entries["a"] == [
+        "a", 1e9, "m", 2, "v2", 200, 1.5,
+        [["X", [1, 4], "float32"]],
+        [["label", [1], "int64", [7]], ["scores", [1, 300], "float64", None]],  # over 256 values
+        None, 0,
+    ]  # fmt: skip
+    assert entries["b"][8][0] == ["label", [2], "int64", [3, 4]]
+    assert entries["c"][8][0] == ["label", [1], "int64", [9]]
+    assert entries["refused"][7:9] == [[["X", [1, 4], "float32"]], None]
+    assert entries["undecoded"][7:9] == [None, None]
+    assert entries["text"][7] == [["text", [2], "object"]]
+    assert entries["text"][8] == [["embedding", [2, 2], "float16", [[1.0, 1.0], [1.0, 1.0]]]]
+    assert entries["text"][9:] == [
+        {"inputs": {"text": ["héllo", "raw"]}, "outputs": {"embedding": [[1.0, 1.0], [1.0, 1.0]]}},
+        0,
+    ]
+    assert entries["big"][9:] == [None, 2 * 4 * 4 + 2 * 8 + 2 * 300 * 8]  # over max_payload_bytes
+
+
+def test_an_entry_described_on_the_request_path_keeps_its_description() -> None:
+    inputs, outputs = iris(1, first=5)
+    made = describe(inputs, outputs, left_out=1234)
+    [entry] = decode(encode([pending("held", None, None, payload=True, described=made)], 100))
+    assert entry[7] == [["X", [1, 4], "float32"]]
+    assert entry[8] == [["label", [1], "int64", [5]], ["scores", [1, 300], "float64", None]]
+    assert entry[9:] == [None, 1234]
+
+
+def test_a_value_json_cannot_hold_drops_only_its_entry() -> None:
+    odd = {"label": np.array([object()], dtype=object)}
+    batch = [pending("fine", *iris(1)), pending("odd", {"X": np.zeros((1, 4), np.float32)}, odd)]
+    with pytest.raises(TypeError):
+        encode(batch, 100)
+    failed: list[str] = []
+    written, blob = encode_each(batch, 100, lambda entry, exc: failed.append(entry[1]))
+    assert failed == ["odd"] and [p[1] for p in written] == ["fine"]
+    assert blob is not None and [e[0] for e in decode(blob)] == ["fine"]
+
+
+def test_chunks_written_by_an_earlier_server_are_read() -> None:
+    outputs = [["y", [1], "int64", [1]]]
+    old = [["r1", 1e9, "m", 1, "v1", 200, 2.0, [["X", [1, 4], "float32"]], outputs, None, 0]]
+    assert decode(orjson.dumps(old)) == old
