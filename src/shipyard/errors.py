@@ -57,6 +57,13 @@ class UnsupportedMediaTypeError(InvalidInputError):
     kind = "unsupported_media_type"
 
 
+class NotAcceptableError(InvalidInputError):
+    """No media type the client accepts (its Accept header) is one the route can answer in."""
+
+    status_code = 406
+    kind = "not_acceptable"
+
+
 class UnauthorizedError(ShipyardError):
     status_code = 401
     exit_code = 5

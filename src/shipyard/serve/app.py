@@ -28,6 +28,7 @@ from shipyard.serve.dataplane import DataPlane
 from shipyard.serve.gauges import Gauges
 from shipyard.serve.limits import Limits, Table
 from shipyard.serve.protocols._http import PREDICTIONS, error_response, internal_error, json_response
+from shipyard.serve.protocols.azure import AzureProtocol
 from shipyard.serve.protocols.drift import drift_routes
 from shipyard.serve.protocols.feedback import feedback_routes
 from shipyard.serve.protocols.management import ManagementProtocol
@@ -66,7 +67,7 @@ def create_app(  # noqa: PLR0915 -- the composition root wires every part in one
     dataplane = DataPlane(repository, serve, Limits(serve, table, worker), drift)
     predictions = PredictionRecorder.create(settings, worker)
     quality = QualityMonitor(settings, dataplane.served_names)
-    probes = frozenset(p for p in ("/healthz", "/readyz", "/ping", vertex_routes[0]) if p)
+    probes = frozenset(p for p in ("/healthz", "/readyz", "/ping", "/", vertex_routes[0]) if p)
     auth = Authenticator(registry, serve, probes)
     gauges = Gauges(repository, registry, worker)
     if serve.insecure:
@@ -90,11 +91,12 @@ def create_app(  # noqa: PLR0915 -- the composition root wires every part in one
     async def docs(request: Request) -> Response:
         return HTMLResponse(docs_page(build_openapi(dataplane, routes)))
 
-    protocols: list[V2Protocol | V1Protocol | OpenAIProtocol | SageMakerProtocol] = [
+    protocols: list[V2Protocol | V1Protocol | OpenAIProtocol | SageMakerProtocol | AzureProtocol] = [
         V2Protocol(dataplane, serve),
         OpenAIProtocol(dataplane, serve),
         V1Protocol(dataplane, serve),
         SageMakerProtocol(dataplane, serve, *vertex_routes),
+        AzureProtocol(dataplane, serve),
     ]
     # With an admin port, these answer only there (see AdminSplit).
     admin_routes = [
