@@ -110,6 +110,14 @@ class QueueFullError(OverloadedError):
     kind = "queue_full"
 
 
+class InsufficientStorageError(ShipyardError):
+    """Not enough memory or disk to load a model (SageMaker's multi-model load answers 507)."""
+
+    status_code = 507
+    exit_code = 6
+    kind = "insufficient_storage"
+
+
 class RateLimitedError(ShipyardError):
     """Too many requests for a key or model; `retry_after_s` says when a request will pass."""
 

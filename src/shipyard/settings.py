@@ -108,7 +108,8 @@ class ServeSettings(BaseModel):
     log_level: str = "INFO"
     log_json: bool = False
     platform: Platform = Field(
-        "generic", description="whose container contract to follow: sagemaker adds the multi-model /models API"
+        "generic",
+        description="whose container contract to follow: sagemaker adds the multi-model /models API",
     )
     vertex_health_route: str | None = None  # AIP_HEALTH_ROUTE
     vertex_predict_route: str | None = None  # AIP_PREDICT_ROUTE

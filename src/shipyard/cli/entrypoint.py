@@ -51,7 +51,8 @@ def entrypoint(
         Path | None,
         typer.Option(
             envvar="SHIPYARD_WORK_DIR",
-            help="Writable folder for the embedded registry's working copy and logs (default: a new temp folder).",
+            help="Writable folder for the embedded registry's working copy and logs "
+            "(default: a new temp folder).",
         ),
     ] = None,
 ) -> None:
@@ -65,10 +66,12 @@ def entrypoint(
     if words[:1] == ["serve"]:
         words = words[1:]
     if words[:1] == ["train"]:
-        raise InvalidInputError("this image serves models; it cannot train (SageMaker passed `train`)", field="args")
+        raise InvalidInputError(
+            "this image serves models; it cannot train (SageMaker passed `train`)", field="args"
+        )
     plan = platforms.plan(chosen, os.environ)
     settings = _settings(ctx, plan, model_dir, work_dir)
-    refs = _refs(settings, words)
+    refs = _refs(settings, words, allow_none=plan.multi_model)
     _check_tls(settings)
     _require_safe_bind(settings)
     if not settings.serve.wait_for_refs:
@@ -78,12 +81,15 @@ def entrypoint(
 
     def announce(bound_host: str, bound_port: int) -> None:
         serve = settings.serve
-        typer.echo(f"shipyard: serving {', '.join(refs)} on http://{bound_host}:{bound_port} ({serve.workers} worker(s))")
+        where = f"http://{bound_host}:{bound_port}"
+        served = ", ".join(refs) or "no model yet (SageMaker multi-model: POST /models loads one)"
+        typer.echo(f"shipyard: serving {served} on {where} ({serve.workers} worker(s))")
         routes = ROUTES[plan.platform].format(
             health=serve.vertex_health_route or "/ping", predict=serve.vertex_predict_route or "/invocations"
         )
         typer.echo(f"  platform: {plan.platform}: {routes}")
-        typer.echo(f"  models from: {settings.home if settings.registry_url is None else settings.artifact_root}")
+        source = settings.home if settings.registry_url is None else settings.artifact_root
+        typer.echo(f"  models from: {source}")
 
     code = run(ServeSpec(settings, refs), announce)
     if code:
@@ -102,12 +108,13 @@ def _platform(given: str | None, words: list[str]) -> Any:
     return given
 
 
-def _settings(ctx: typer.Context, plan: PlatformPlan, model_dir: Path | None, work_dir: Path | None) -> Settings:
+def _settings(
+    ctx: typer.Context, plan: PlatformPlan, model_dir: Path | None, work_dir: Path | None
+) -> Settings:
     """The platform's required options over everything, its defaults under what the environment
     and config file set; an embedded registry found in the platform's model folder (or
     --model-dir) is served from a working copy."""
     from shipyard.serve import embedded
-
     from shipyard.settings import Settings
 
     cli = state(ctx)
@@ -130,7 +137,7 @@ def _settings(ctx: typer.Context, plan: PlatformPlan, model_dir: Path | None, wo
     return Settings.load(cli.config, serve={**required, **defaults}, **where)
 
 
-def _refs(settings: Settings, words: list[str]) -> list[str]:
+def _refs(settings: Settings, words: list[str], *, allow_none: bool) -> list[str]:
     """The references named (arguments, else $SHIPYARD_REFS), else every version the registry holds."""
     from shipyard.registry import Registry
     from shipyard.serve import embedded
@@ -143,7 +150,7 @@ def _refs(settings: Settings, words: list[str]) -> list[str]:
         return list(dict.fromkeys(named))
     with Registry(settings=settings) as registry:
         refs = embedded.every_version(registry)
-    if not refs:
+    if not refs and not allow_none:
         raise NotFoundError(
             f"no models to serve: the registry at {settings.home} is empty and no reference was given; "
             "pass REF arguments, set SHIPYARD_REFS, or mount a registry with --model-dir",

@@ -35,6 +35,7 @@ from shipyard.serve.protocols.management import ManagementProtocol
 from shipyard.serve.protocols.openai import OpenAIProtocol
 from shipyard.serve.protocols.openapi import build_openapi, docs_page
 from shipyard.serve.protocols.sagemaker import SageMakerProtocol
+from shipyard.serve.protocols.sagemaker_models import MultiModelProtocol
 from shipyard.serve.protocols.v1 import V1Protocol
 from shipyard.serve.protocols.v2 import V2Protocol
 from shipyard.serve.repository import ModelRepository
@@ -43,6 +44,7 @@ from shipyard.serve.request_ids import request_id_of
 from shipyard.settings import Settings
 
 log = logging.getLogger("shipyard.serve")
+Protocol = V2Protocol | V1Protocol | OpenAIProtocol | SageMakerProtocol | AzureProtocol | MultiModelProtocol
 
 
 def create_app(  # noqa: PLR0915 -- the composition root wires every part in one place
@@ -91,13 +93,16 @@ def create_app(  # noqa: PLR0915 -- the composition root wires every part in one
     async def docs(request: Request) -> Response:
         return HTMLResponse(docs_page(build_openapi(dataplane, routes)))
 
-    protocols: list[V2Protocol | V1Protocol | OpenAIProtocol | SageMakerProtocol | AzureProtocol] = [
+    sagemaker = SageMakerProtocol(dataplane, serve, *vertex_routes)
+    protocols: list[Protocol] = [
         V2Protocol(dataplane, serve),
         OpenAIProtocol(dataplane, serve),
         V1Protocol(dataplane, serve),
-        SageMakerProtocol(dataplane, serve, *vertex_routes),
+        sagemaker,
         AzureProtocol(dataplane, serve),
     ]
+    if serve.platform == "sagemaker":  # SageMaker is then the only caller that reaches /models
+        protocols.append(MultiModelProtocol(dataplane, settings, sagemaker))
     # With an admin port, these answer only there (see AdminSplit).
     admin_routes = [
         Route("/metrics", metrics_endpoint, methods=["GET"]),

@@ -44,8 +44,10 @@ def working_copy(folder: Path, work: Path) -> tuple[str, str]:
 def every_version(registry: Registry) -> list[str]:
     """`NAME:VERSION` for every version the registry holds: each is served, and a request that
     names no version gets the highest."""
-    refs = []
+    refs: list[str] = []
     for summary in registry.list_models():
         name = summary["name"]
-        refs.extend(f"{name}:{v.version}" for v in sorted(registry.list_versions(name), key=lambda v: v.version))
+        refs.extend(
+            f"{name}:{v.version}" for v in sorted(registry.list_versions(name), key=lambda v: v.version)
+        )
     return refs

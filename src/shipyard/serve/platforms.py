@@ -63,6 +63,7 @@ class PlatformPlan:
     defaults: dict[str, Any]
     model_dirs: list[Path]  # where the platform puts model data, first match wins
     notes: list[str] = field(default_factory=list)  # variables found and not used, and why
+    multi_model: bool = False  # SageMaker loads models at run time: start with none if none is found
 
 
 def detect(environ: Mapping[str, str], args: Sequence[str]) -> Platform:
@@ -84,7 +85,9 @@ def plan(platform: Platform, environ: Mapping[str, str]) -> PlatformPlan:
     planners = {"sagemaker": _sagemaker, "vertex": _vertex, "azure": _azure, "generic": _generic}
     chosen = planners[platform](environ)
     notes = [*chosen.notes, *(f"{name} ignored" for name in IGNORED[platform] if name in environ)]
-    return PlatformPlan(platform, chosen.required, chosen.defaults, chosen.model_dirs, notes)
+    return PlatformPlan(
+        platform, chosen.required, chosen.defaults, chosen.model_dirs, notes, chosen.multi_model
+    )
 
 
 def _sagemaker(environ: Mapping[str, str]) -> PlatformPlan:
@@ -98,20 +101,26 @@ def _sagemaker(environ: Mapping[str, str]) -> PlatformPlan:
         defaults["max_body_bytes"] = payload * 1024 * 1024
     if level := environ.get("SAGEMAKER_CONTAINER_LOG_LEVEL"):
         defaults["log_level"] = _log_level(level, "SAGEMAKER_CONTAINER_LOG_LEVEL")
-    required = {"platform": "sagemaker", "host": "0.0.0.0", "port": port}  # noqa: S104 -- the platform's network
-    return PlatformPlan("sagemaker", required, defaults, [SAGEMAKER_MODEL_DIR])
+    required = {"platform": "sagemaker", "host": "0.0.0.0", "port": port}
+    multi_model = environ.get("SAGEMAKER_MULTI_MODEL", "").lower() == "true"
+    return PlatformPlan("sagemaker", required, defaults, [SAGEMAKER_MODEL_DIR], multi_model=multi_model)
 
 
 def _vertex(environ: Mapping[str, str]) -> PlatformPlan:
     required: dict[str, Any] = {
         "platform": "vertex",
-        "host": "0.0.0.0",  # noqa: S104 -- Vertex AI reaches the container from outside it
+        "host": "0.0.0.0",
         "port": _port(environ, "AIP_HTTP_PORT") or DEFAULT_PORT,
     }
-    for variable, option in (("AIP_HEALTH_ROUTE", "vertex_health_route"), ("AIP_PREDICT_ROUTE", "vertex_predict_route")):
+    for variable, option in (
+        ("AIP_HEALTH_ROUTE", "vertex_health_route"),
+        ("AIP_PREDICT_ROUTE", "vertex_predict_route"),
+    ):
         if route := environ.get(variable):
             if not route.startswith("/"):
-                raise InvalidInputError(f"{variable} must be a path starting with '/', got {route[:80]!r}", field=variable)
+                raise InvalidInputError(
+                    f"{variable} must be a path starting with '/', got {route[:80]!r}", field=variable
+                )
             required[option] = route
     notes, model_dirs = [], []
     storage = environ.get("AIP_STORAGE_URI", "")
@@ -126,7 +135,7 @@ def _vertex(environ: Mapping[str, str]) -> PlatformPlan:
 
 
 def _azure(environ: Mapping[str, str]) -> PlatformPlan:
-    required = {"platform": "azure", "host": "0.0.0.0", "port": AZURE_PORT}  # noqa: S104 -- the platform's network
+    required = {"platform": "azure", "host": "0.0.0.0", "port": AZURE_PORT}
     defaults: dict[str, Any] = {}
     if workers := _positive(environ, "WORKER_COUNT"):  # what Azure's own inference server reads
         defaults["workers"] = workers
@@ -137,7 +146,7 @@ def _azure(environ: Mapping[str, str]) -> PlatformPlan:
 
 
 def _generic(environ: Mapping[str, str]) -> PlatformPlan:
-    defaults = {"host": "0.0.0.0", "port": _port(environ, "PORT") or DEFAULT_PORT}  # noqa: S104 -- a container's network
+    defaults = {"host": "0.0.0.0", "port": _port(environ, "PORT") or DEFAULT_PORT}
     return PlatformPlan("generic", {"platform": "generic"}, defaults, [])
 
 
@@ -164,5 +173,7 @@ def _log_level(text: str, name: str) -> str:
     names = {"10": "DEBUG", "20": "INFO", "30": "WARNING", "40": "ERROR", "50": "CRITICAL"}
     level = names.get(text.strip(), text.strip().upper())
     if level not in names.values():
-        raise InvalidInputError(f"{name} must be a logging level (10-50 or DEBUG…CRITICAL), got {text[:40]!r}", field=name)
+        raise InvalidInputError(
+            f"{name} must be a logging level (10-50 or DEBUG…CRITICAL), got {text[:40]!r}", field=name
+        )
     return level

@@ -45,7 +45,9 @@ def content_media(content_type: str | None) -> str:
     known = _NAMES.get(media)
     if known is None or "*" in media:
         given = f"Content-Type {content_type[:100]!r}" if content_type else "a request without Content-Type"
-        raise UnsupportedMediaTypeError(f"{given} is not supported here; send one of {_LISTED}", field="content-type")
+        raise UnsupportedMediaTypeError(
+            f"{given} is not supported here; send one of {_LISTED}", field="content-type"
+        )
     return known
 
 
@@ -70,7 +72,8 @@ def accept_media(accept: str | None) -> str:
             choices.append((-quality, position, known))
     if not choices:
         raise NotAcceptableError(
-            f"Accept {accept[:100]!r} names no type this route answers in; accept one of {_LISTED}", field="accept"
+            f"Accept {accept[:100]!r} names no type this route answers in; accept one of {_LISTED}",
+            field="accept",
         )
     return min(choices)[2]
 
@@ -152,7 +155,9 @@ def _parse_npy(body: bytes) -> np.ndarray:
     try:
         array = np.load(io.BytesIO(body), allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:  # what numpy raises for a bad or pickled file
-        raise InvalidInputError(f"body is not a NumPy .npy array without objects: {exc}", field="body") from exc
+        raise InvalidInputError(
+            f"body is not a NumPy .npy array without objects: {exc}", field="body"
+        ) from exc
     if not isinstance(array, np.ndarray):  # an .npz archive
         raise InvalidInputError("body is an .npz archive; send one array as .npy", field="body")
     return array
@@ -160,7 +165,10 @@ def _parse_npy(body: bytes) -> np.ndarray:
 
 def _csv_rows(outputs: dict[str, np.ndarray]) -> bytes:
     """One line per row: every output's values for that row, in output order."""
-    columns = [to_jsonable(arr.reshape(len(arr), -1)) if arr.ndim else [[to_jsonable(arr)]] for arr in outputs.values()]
+    columns = [
+        to_jsonable(arr.reshape(len(arr), -1)) if arr.ndim else [[to_jsonable(arr)]]
+        for arr in outputs.values()
+    ]
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
     for parts in zip(*columns, strict=True):
