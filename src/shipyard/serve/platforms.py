@@ -135,12 +135,16 @@ def _vertex(environ: Mapping[str, str]) -> PlatformPlan:
 
 
 def _azure(environ: Mapping[str, str]) -> PlatformPlan:
-    required = {"platform": "azure", "host": "0.0.0.0", "port": AZURE_PORT}
-    defaults: dict[str, Any] = {}
+    required = {"platform": "azure", "host": "0.0.0.0"}
+    # 5001 is what Azure probes unless a deployment's inference_config names another port, which
+    # SHIPYARD_SERVE__PORT then matches.
+    defaults: dict[str, Any] = {"port": AZURE_PORT}
     if workers := _positive(environ, "WORKER_COUNT"):  # what Azure's own inference server reads
         defaults["workers"] = workers
     if timeout_ms := _positive(environ, "SCORING_TIMEOUT_MS"):
         defaults["timeout_s"] = timeout_ms / 1000
+    if level := environ.get("AZUREML_LOG_LEVEL"):
+        defaults["log_level"] = _log_level(level, "AZUREML_LOG_LEVEL")
     model_dir = environ.get("AZUREML_MODEL_DIR")
     return PlatformPlan("azure", required, defaults, [Path(model_dir)] if model_dir else [])
 
