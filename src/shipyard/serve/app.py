@@ -72,7 +72,12 @@ def create_app(  # noqa: PLR0915 -- the composition root wires every part in one
     probes = frozenset(p for p in ("/healthz", "/readyz", "/ping", "/", vertex_routes[0]) if p)
     auth = Authenticator(registry, serve, probes)
     gauges = Gauges(repository, registry, worker)
-    if serve.insecure:
+    if serve.insecure and serve.platform != "generic":
+        log.info(
+            "serving without API keys: %s authenticates callers before they reach the container",
+            serve.platform,
+        )
+    elif serve.insecure:
         log.warning(
             "serving with --insecure: no API key is required until one is created with `shipyard keys create`"
         )

@@ -67,23 +67,25 @@ def entrypoint(
 def test_sagemaker(tmp_path: Path, models: Path) -> None:
     port = free_port()
     env = {"SAGEMAKER_BIND_TO_PORT": str(port), "SHIPYARD_MODEL_DIR": str(models)}
-    with entrypoint(tmp_path, ["serve"], env, port, lambda c: c.get("/ping").status_code == 200) as server:
-        with server.client() as http:
-            csv_rows = "".join(",".join(map(str, row)) + "\n" for row in ROWS)
-            answer = http.post(
-                "/invocations",
-                content=csv_rows,
-                headers={
-                    "content-type": "text/csv",
-                    "accept": "text/csv",
-                    "x-amzn-sagemaker-custom-attributes": "c=1",
-                },
-            )
-            assert answer.status_code == 200, answer.text
-            rows = [[float(v) for v in line] for line in csv.reader(io.StringIO(answer.text))]
-            assert [row[0] for row in rows] == [0, 0]
-            assert [row[1] for row in rows] == pytest.approx(SCORES, rel=1e-5)
-            assert answer.headers["x-amzn-sagemaker-custom-attributes"] == "c=1"
+    with (
+        entrypoint(tmp_path, ["serve"], env, port, lambda c: c.get("/ping").status_code == 200) as server,
+        server.client() as http,
+    ):
+        csv_rows = "".join(",".join(map(str, row)) + "\n" for row in ROWS)
+        answer = http.post(
+            "/invocations",
+            content=csv_rows,
+            headers={
+                "content-type": "text/csv",
+                "accept": "text/csv",
+                "x-amzn-sagemaker-custom-attributes": "c=1",
+            },
+        )
+        assert answer.status_code == 200, answer.text
+        rows = [[float(v) for v in line] for line in csv.reader(io.StringIO(answer.text))]
+        assert [row[0] for row in rows] == [0, 0]
+        assert [row[1] for row in rows] == pytest.approx(SCORES, rel=1e-5)
+        assert answer.headers["x-amzn-sagemaker-custom-attributes"] == "c=1"
     assert "platform: sagemaker" in server.stdout()
 
 
@@ -98,12 +100,14 @@ def test_vertex(tmp_path: Path, models: Path) -> None:
         "AIP_DEPLOYED_MODEL_ID": "3",
     }
     probe = env["AIP_HEALTH_ROUTE"]
-    with entrypoint(tmp_path, [], env, port, lambda c: c.get(probe).status_code == 200) as server:
-        with server.client() as http:
-            answer = http.post(env["AIP_PREDICT_ROUTE"], json={"instances": ROWS, "parameters": {"t": 0}})
-            assert answer.status_code == 200, answer.text
-            predictions = answer.json()["predictions"]
-            assert [p["probabilities"][0] for p in predictions] == pytest.approx(SCORES, rel=1e-5)
+    with (
+        entrypoint(tmp_path, [], env, port, lambda c: c.get(probe).status_code == 200) as server,
+        server.client() as http,
+    ):
+        answer = http.post(env["AIP_PREDICT_ROUTE"], json={"instances": ROWS, "parameters": {"t": 0}})
+        assert answer.status_code == 200, answer.text
+        predictions = answer.json()["predictions"]
+        assert [p["probabilities"][0] for p in predictions] == pytest.approx(SCORES, rel=1e-5)
     assert "AIP_DEPLOYED_MODEL_ID ignored" in server.stderr()
 
 
@@ -111,20 +115,24 @@ def test_azure(tmp_path: Path, models: Path) -> None:
     port = free_port()
     # Azure mounts the registered model's folder inside AZUREML_MODEL_DIR.
     env = {"AZUREML_MODEL_DIR": str(models.parent), "SHIPYARD_SERVE__PORT": str(port)}
-    with entrypoint(tmp_path, [], env, port, lambda c: c.get("/").text == "Healthy") as server:
-        with server.client() as http:
-            answer = http.post("/score", json={"input_data": ROWS})
-            assert answer.status_code == 200, answer.text
-            assert [p["probabilities"][2] for p in answer.json()] == pytest.approx(SCORES, rel=1e-5)
+    with (
+        entrypoint(tmp_path, [], env, port, lambda c: c.get("/").text == "Healthy") as server,
+        server.client() as http,
+    ):
+        answer = http.post("/score", json={"input_data": ROWS})
+        assert answer.status_code == 200, answer.text
+        assert [p["probabilities"][2] for p in answer.json()] == pytest.approx(SCORES, rel=1e-5)
 
 
 def test_generic(tmp_path: Path, models: Path) -> None:
     port = free_port()
     env = {"PORT": str(port), "SHIPYARD_MODEL_DIR": str(models), "SHIPYARD_SERVE__INSECURE": "true"}
-    with entrypoint(tmp_path, [], env, port, lambda c: c.get("/readyz").status_code == 200) as server:
-        with server.client() as http:
-            answer = http.post("/v1/models/iris:predict", json={"instances": ROWS})
-            assert answer.status_code == 200, answer.text
+    with (
+        entrypoint(tmp_path, [], env, port, lambda c: c.get("/readyz").status_code == 200) as server,
+        server.client() as http,
+    ):
+        answer = http.post("/v1/models/iris:predict", json={"instances": ROWS})
+        assert answer.status_code == 200, answer.text
 
 
 def test_generic_refuses_an_open_port_without_keys(tmp_path: Path, models: Path) -> None:
