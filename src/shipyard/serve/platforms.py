@@ -30,6 +30,7 @@ PLATFORMS: tuple[str, ...] = get_args(Platform)
 SAGEMAKER_MAX_BODY = 6 * 1024 * 1024
 VERTEX_MAX_BODY = 3 * 512 * 1024  # 1.5 MB
 SAGEMAKER_MODEL_DIR = Path("/opt/ml/model")
+SAGEMAKER_GRACE_S = 25.0
 AZURE_PORT = 5001
 DEFAULT_PORT = 8080
 
@@ -92,7 +93,8 @@ def plan(platform: Platform, environ: Mapping[str, str]) -> PlatformPlan:
 
 def _sagemaker(environ: Mapping[str, str]) -> PlatformPlan:
     port = _port(environ, "SAGEMAKER_BIND_TO_PORT") or DEFAULT_PORT
-    defaults: dict[str, Any] = {"max_body_bytes": SAGEMAKER_MAX_BODY}
+    # SageMaker sends SIGKILL 30 s after SIGTERM: the drain must end before it.
+    defaults: dict[str, Any] = {"max_body_bytes": SAGEMAKER_MAX_BODY, "grace_period_s": SAGEMAKER_GRACE_S}
     if workers := _positive(environ, "SAGEMAKER_MODEL_SERVER_WORKERS"):
         defaults["workers"] = workers
     if timeout := _positive(environ, "SAGEMAKER_MODEL_SERVER_TIMEOUT"):

@@ -37,6 +37,7 @@ def test_sagemaker() -> None:
     assert chosen.required == {"platform": "sagemaker", "host": "0.0.0.0", "port": 9001}
     assert chosen.defaults == {
         "max_body_bytes": SAGEMAKER_MAX_BODY,
+        "grace_period_s": 25.0,
         "workers": 3,
         "timeout_s": 20.0,
         "log_level": "WARNING",
