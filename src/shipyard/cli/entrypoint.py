@@ -15,7 +15,7 @@ from shipyard.errors import InvalidInputError, NotFoundError
 
 if TYPE_CHECKING:
     from shipyard.serve.platforms import PlatformPlan
-    from shipyard.settings import Settings
+    from shipyard.settings import Platform, Settings
 
 ROUTES = {
     "sagemaker": "GET /ping, POST /invocations, /models (multi-model)",
@@ -96,16 +96,17 @@ def entrypoint(
         raise typer.Exit(code)
 
 
-def _platform(given: str | None, words: list[str]) -> Any:
+def _platform(given: str | None, words: list[str]) -> Platform:
     from shipyard.serve import platforms
 
     if given is None:
         return platforms.detect(os.environ, words)
-    if given not in platforms.PLATFORMS:
-        raise InvalidInputError(
-            f"unknown platform {given!r}; choose one of {', '.join(platforms.PLATFORMS)}", field="platform"
-        )
-    return given
+    for known in platforms.PLATFORMS:
+        if given == known:
+            return known
+    raise InvalidInputError(
+        f"unknown platform {given!r}; choose one of {', '.join(platforms.PLATFORMS)}", field="platform"
+    )
 
 
 def _settings(

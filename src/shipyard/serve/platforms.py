@@ -23,7 +23,7 @@ from typing import Any, get_args
 from shipyard.errors import InvalidInputError
 from shipyard.settings import Platform
 
-PLATFORMS: tuple[str, ...] = get_args(Platform)
+PLATFORMS: tuple[Platform, ...] = get_args(Platform)
 
 # Body limits as each platform documents them. Read as binary megabytes: a request the platform
 # lets through must never be refused here, and the platform refuses larger ones before us.
@@ -103,9 +103,14 @@ def _sagemaker(environ: Mapping[str, str]) -> PlatformPlan:
         defaults["max_body_bytes"] = payload * 1024 * 1024
     if level := environ.get("SAGEMAKER_CONTAINER_LOG_LEVEL"):
         defaults["log_level"] = _log_level(level, "SAGEMAKER_CONTAINER_LOG_LEVEL")
-    required = {"platform": "sagemaker", "host": "0.0.0.0", "port": port}
+    required: dict[str, Any] = {"platform": "sagemaker", "host": "0.0.0.0", "port": port}
+    notes = []
     multi_model = environ.get("SAGEMAKER_MULTI_MODEL", "").lower() == "true"
-    return PlatformPlan("sagemaker", required, defaults, [SAGEMAKER_MODEL_DIR], multi_model=multi_model)
+    if multi_model:  # a load lands in the one process that took it: every process must be that one
+        required["workers"] = 1
+        if defaults.pop("workers", 1) != 1:
+            notes.append("SAGEMAKER_MODEL_SERVER_WORKERS ignored: multi-model serving runs one worker")
+    return PlatformPlan("sagemaker", required, defaults, [SAGEMAKER_MODEL_DIR], notes, multi_model)
 
 
 def _vertex(environ: Mapping[str, str]) -> PlatformPlan:

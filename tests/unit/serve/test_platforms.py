@@ -46,7 +46,9 @@ def test_sagemaker() -> None:
     assert chosen.notes == ["SAGEMAKER_PROGRAM ignored"]
     assert not chosen.multi_model
     assert plan("sagemaker", {}).required["port"] == 8080
-    assert plan("sagemaker", {"SAGEMAKER_MULTI_MODEL": "true"}).multi_model
+    multi = plan("sagemaker", {"SAGEMAKER_MULTI_MODEL": "true", "SAGEMAKER_MODEL_SERVER_WORKERS": "4"})
+    assert multi.multi_model and multi.required["workers"] == 1 and "workers" not in multi.defaults
+    assert multi.notes == ["SAGEMAKER_MODEL_SERVER_WORKERS ignored: multi-model serving runs one worker"]
     batch = plan("sagemaker", {"SAGEMAKER_MAX_PAYLOAD_IN_MB": "20"})
     assert batch.defaults["max_body_bytes"] == 20 * 1024 * 1024
 

@@ -38,9 +38,6 @@ _LIMITS = {
     "vertex": "Vertex AI's limit for a prediction request is 1.5 MB",
 }
 
-# Kept importable from here: tests and older callers use it.
-parse_csv = media.parse_csv
-
 
 class SageMakerProtocol:
     def __init__(

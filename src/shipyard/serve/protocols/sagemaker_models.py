@@ -70,11 +70,7 @@ class MultiModelProtocol:
         body = parse_json(await read_body(request, 1 << 20))
         if not isinstance(body, dict):
             raise InvalidInputError('body must be {"model_name": ..., "url": ...}', field="body")
-        name, url = body.get("model_name"), body.get("url")
-        for key, value in (("model_name", name), ("url", url)):
-            if not isinstance(value, str) or not value:
-                raise InvalidInputError(f"{key} must be a non-empty string", field=key)
-        assert isinstance(name, str) and isinstance(url, str)
+        name, url = _text(body, "model_name"), _text(body, "url")
         if self.dataplane.is_served(name):
             raise ConflictError(f"model {name!r} is loaded already; unload it first", field="model_name")
         source, version = await asyncio.to_thread(self._open, Path(url))
@@ -139,3 +135,10 @@ class MultiModelProtocol:
 
     def _entry(self, name: str) -> dict[str, str]:
         return {"modelName": name, "modelUrl": self.loaded[name].url}
+
+
+def _text(body: dict[str, Any], key: str) -> str:
+    value = body.get(key)
+    if not isinstance(value, str) or not value:
+        raise InvalidInputError(f"{key} must be a non-empty string", field=key)
+    return value
