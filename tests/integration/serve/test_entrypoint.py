@@ -146,3 +146,44 @@ def test_generic_refuses_an_open_port_without_keys(tmp_path: Path, models: Path)
     )
     assert done.returncode != 0
     assert "--insecure" in done.stderr or "API key" in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "environ", "fragment"),
+    [
+        (["--platform", "heroku"], {}, "unknown platform 'heroku'; choose one of sagemaker, vertex"),
+        (["train"], {"SAGEMAKER_BIND_TO_PORT": "8080"}, "cannot train"),
+        (["serve"], {}, "no models to serve"),
+        (["serve", "--model-dir", "{empty}"], {}, "holds no Shipyard registry"),
+        (["serve", "iris:9"], {"SHIPYARD_MODEL_DIR": "{models}"}, "iris:9"),
+        (["--platform", "vertex"], {"AIP_HTTP_PORT": "http"}, "AIP_HTTP_PORT must be a port"),
+    ],
+    ids=["platform", "train", "no-models", "empty-dir", "unknown-ref", "bad-port"],
+)
+def test_refusals_are_one_line(
+    tmp_path: Path,
+    models: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    args: list[str],
+    environ: dict[str, str],
+    fragment: str,
+) -> None:
+    """Each refusal before anything binds: one `error:` line and a non-zero exit code."""
+    from shipyard.cli.main import main
+
+    for name in (
+        "SAGEMAKER_BIND_TO_PORT",
+        "AIP_HTTP_PORT",
+        "AIP_MODE",
+        "AZUREML_MODEL_DIR",
+        "SHIPYARD_MODEL_DIR",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value.format(models=models))
+    (tmp_path / "empty").mkdir()
+    argv = [a.format(empty=tmp_path / "empty") for a in args]
+    assert main(["--home", str(tmp_path / "home"), "entrypoint", *argv]) != 0
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert len(errors) == 1 and errors[0].startswith("error: ") and fragment in errors[0], errors
