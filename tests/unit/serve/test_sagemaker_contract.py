@@ -1,6 +1,14 @@
-"""SageMaker's container contract in-process, as its SDK's serializers and deserializers drive it
-(the SDK does not install offline: these are its documented wire formats): JSON, CSV, JSON Lines
-and .npy bodies, Accept, the echoed headers, the body limit, and the multi-model /models API."""
+"""SageMaker's container contract in-process, as its SDK's serializers and deserializers drive it:
+JSON, CSV, JSON Lines and .npy bodies, Accept, the echoed headers, the body limit, and the
+multi-model /models API.
+
+The SDK (sagemaker 3.x) pulls in mlflow, pandas and boto3 and moves pinned versions, so it is not
+installed; the bodies here are what its serializers write (sagemaker-core 2.27,
+serializers/base.py): CSVSerializer joins rows with "\n" and no final newline, JSONLinesSerializer
+the same with one JSON value per line, NumpySerializer `np.save`; and what its deserializers ask
+for and read: Accept `text/csv` read with `csv.reader(text.splitlines())`, `application/jsonlines`,
+`application/x-npy` read with `np.load(allow_pickle=False)`, PandasDeserializer's
+`text/csv, application/json`, and `*/*` by default."""
 
 from __future__ import annotations
 
@@ -66,7 +74,8 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def csv_body(rows: list[list[float]]) -> bytes:
-    return "".join(",".join(map(str, row)) + "\n" for row in rows).encode()
+    """As the SDK's CSVSerializer writes rows: joined by newlines, none at the end."""
+    return "\n".join(",".join(map(str, row)) for row in rows).encode()
 
 
 def test_each_body_type_in_and_out(home: Path) -> None:
@@ -76,12 +85,12 @@ def test_each_body_type_in_and_out(home: Path) -> None:
         )
         assert answer.status_code == 200, answer.text
         assert answer.headers["content-type"] == "text/csv"
-        lines = list(csv.reader(io.StringIO(answer.text)))  # what the SDK's CSVDeserializer reads
+        lines = list(csv.reader(answer.text.splitlines()))  # what the SDK's CSVDeserializer reads
         np.testing.assert_allclose(
             [[float(v) for v in line] for line in lines], [[0, *s] for s in SCORES], rtol=1e-5
         )
 
-        lines_in = b"".join(json.dumps(row).encode() + b"\n" for row in ROWS)
+        lines_in = "\n".join(json.dumps(row) for row in ROWS).encode()  # JSONLinesSerializer
         answer = await http.post(
             "/invocations",
             content=lines_in,
@@ -119,6 +128,7 @@ def test_each_body_type_in_and_out(home: Path) -> None:
         ("text/csv;q=0.5, application/jsonlines", "application/jsonlines"),
         ("application/xml, text/csv;q=0.1", "text/csv"),
         ("*/*", "application/json"),
+        ("text/csv, application/json", "text/csv"),  # PandasDeserializer
         ("application/vnd.api+json", "application/json"),
         ("text/*", "text/csv"),
     ],
