@@ -186,6 +186,12 @@ def test_custom_attributes_and_inference_id_come_back(home: Path) -> None:
         assert answer.headers["x-amzn-sagemaker-inference-id"] == "inf-7"
         plain = await http.post("/invocations", json=ROWS)
         assert "x-amzn-sagemaker-custom-attributes" not in plain.headers
+        parameters = (await http.get("/execution-parameters")).json()  # asked by batch transform
+        assert parameters == {
+            "MaxConcurrentTransforms": 1,
+            "BatchStrategy": "MULTI_RECORD",
+            "MaxPayloadInMB": 6,
+        }
 
     serve(home, ["iris"], body, **SAGEMAKER)
 

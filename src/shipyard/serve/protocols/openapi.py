@@ -99,6 +99,7 @@ _SUMMARIES = {
     "/v1/models": "Served models (OpenAI)",
     "/v1/embeddings": "Embeddings (OpenAI-compatible)",
     "/ping": "Health (SageMaker)",
+    "/execution-parameters": "Batch transform defaults: concurrency, strategy, payload size (SageMaker)",
     "/invocations": "Predict (SageMaker): JSON, CSV, JSON Lines or .npy, answered as Accept asks",
     "/models": "Multi-model endpoint: list, or load a folder holding a registry (SageMaker)",
     "/models/{model}": "Multi-model endpoint: one loaded model, or unload it (SageMaker)",

@@ -61,7 +61,11 @@ class SageMakerProtocol:
         return routes
 
     def routes(self) -> list[Route]:
-        routes = [Route("/ping", self.ping, methods=["GET"]), *self.hot_routes()]
+        routes = [
+            Route("/ping", self.ping, methods=["GET"]),
+            Route("/execution-parameters", self.execution_parameters, methods=["GET"]),
+            *self.hot_routes(),
+        ]
         if self.health_route and self.health_route != "/ping":
             routes.append(Route(self.health_route, self.ping, methods=["GET"]))
         return routes
@@ -70,6 +74,18 @@ class SageMakerProtocol:
         """Ready when every model is: one pass over in-memory states, never a model call."""
         readiness = self.dataplane.readiness()
         return json_response(readiness.to_dict(), 200 if readiness.ready else 503)
+
+    async def execution_parameters(self, request: Request) -> Response:
+        """What a batch transform job should send, when its request leaves these unset: one
+        request per worker at a time, many records per request, bodies within the server's limit."""
+        megabytes = max(1, min(100, self.settings.max_body_bytes // (1024 * 1024)))
+        return json_response(
+            {
+                "MaxConcurrentTransforms": self.settings.workers,
+                "BatchStrategy": "MULTI_RECORD",
+                "MaxPayloadInMB": megabytes,
+            }
+        )
 
     def _target(self, request: Request) -> str:
         models = self.dataplane.served_names()
