@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import csv
 import io
+import signal
+import socket
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -86,7 +89,28 @@ def test_sagemaker(tmp_path: Path, models: Path) -> None:
         assert [row[0] for row in rows] == [0, 0]
         assert [row[1] for row in rows] == pytest.approx(SCORES, rel=1e-5)
         assert answer.headers["x-amzn-sagemaker-custom-attributes"] == "c=1"
+        # SIGTERM with a request in flight (half its body sent): it is answered, then the server exits.
+        assert drained(server, port, csv_rows.encode()).startswith(b"HTTP/1.1 200 ")
+        server.proc.wait(30)
     assert "platform: sagemaker" in server.stdout()
+
+
+def drained(server: Server, port: int, body: bytes) -> bytes:
+    """The answer to an /invocations request whose body is finished only after SIGTERM."""
+    head = (
+        f"POST /invocations HTTP/1.1\r\nHost: sagemaker\r\nContent-Type: text/csv\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(head + body[:10])
+        time.sleep(0.3)  # the server has read the head and waits for the body
+        server.proc.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        sock.sendall(body[10:])
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    return answer
 
 
 def test_vertex(tmp_path: Path, models: Path) -> None:
