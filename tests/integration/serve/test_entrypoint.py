@@ -159,19 +159,6 @@ def test_generic(tmp_path: Path, models: Path) -> None:
         assert answer.status_code == 200, answer.text
 
 
-def test_generic_refuses_an_open_port_without_keys(tmp_path: Path, models: Path) -> None:
-    done = subprocess.run(
-        [str(SHIPYARD), "entrypoint", "--platform", "generic"],
-        env=server_env(tmp_path / "home", PORT=str(free_port()), SHIPYARD_MODEL_DIR=str(models)),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert done.returncode != 0
-    assert "--insecure" in done.stderr or "API key" in done.stderr, done.stderr
-
-
 @pytest.mark.parametrize(
     ("args", "environ", "fragment"),
     [
@@ -181,8 +168,9 @@ def test_generic_refuses_an_open_port_without_keys(tmp_path: Path, models: Path)
         (["serve", "--model-dir", "{empty}"], {}, "holds no Shipyard registry"),
         (["serve", "iris:9"], {"SHIPYARD_MODEL_DIR": "{models}"}, "iris:9"),
         (["--platform", "vertex"], {"AIP_HTTP_PORT": "http"}, "AIP_HTTP_PORT must be a port"),
+        (["--platform", "generic"], {"SHIPYARD_MODEL_DIR": "{models}"}, "--insecure"),
     ],
-    ids=["platform", "train", "no-models", "empty-dir", "unknown-ref", "bad-port"],
+    ids=["platform", "train", "no-models", "empty-dir", "unknown-ref", "bad-port", "generic-keyless"],
 )
 def test_refusals_are_one_line(
     tmp_path: Path,
