@@ -57,6 +57,13 @@ class UnsupportedMediaTypeError(InvalidInputError):
     kind = "unsupported_media_type"
 
 
+class NotAcceptableError(InvalidInputError):
+    """No media type the client accepts (its Accept header) is one the route can answer in."""
+
+    status_code = 406
+    kind = "not_acceptable"
+
+
 class UnauthorizedError(ShipyardError):
     status_code = 401
     exit_code = 5
@@ -101,6 +108,14 @@ class QueueFullError(OverloadedError):
     """A model's queue holds as many requests as it may: more replicas or a larger queue help."""
 
     kind = "queue_full"
+
+
+class InsufficientStorageError(ShipyardError):
+    """Not enough memory or disk to load a model (SageMaker's multi-model load answers 507)."""
+
+    status_code = 507
+    exit_code = 6
+    kind = "insufficient_storage"
 
 
 class RateLimitedError(ShipyardError):

@@ -48,6 +48,9 @@ VERSION_OPTIONS = (
     "max_concurrency_per_model",
 )
 
+# The managed platform whose container contract a server follows (`shipyard entrypoint` sets it).
+Platform = Literal["sagemaker", "vertex", "azure", "generic"]
+
 # The config file of the `load` call in progress. pydantic-settings builds its sources in a
 # classmethod that never sees the constructor's arguments, so the path reaches it this way; a
 # ContextVar (not a class attribute) keeps loads in other threads or tasks from seeing it.
@@ -104,6 +107,10 @@ class ServeSettings(BaseModel):
     access_log: bool = False  # one line per request costs throughput; off by default
     log_level: str = "INFO"
     log_json: bool = False
+    platform: Platform = Field(
+        "generic",
+        description="whose container contract to follow: sagemaker adds the multi-model /models API",
+    )
     vertex_health_route: str | None = None  # AIP_HEALTH_ROUTE
     vertex_predict_route: str | None = None  # AIP_PREDICT_ROUTE
     # Slow and oversized clients: a connection must send its request head within

@@ -12,7 +12,20 @@ import typer
 import typer.exceptions
 
 from shipyard import __version__
-from shipyard.cli import aliases, audit, drift, keys, logs, models, monitor, optimize, quality, serve, sign
+from shipyard.cli import (
+    aliases,
+    audit,
+    drift,
+    entrypoint,
+    keys,
+    logs,
+    models,
+    monitor,
+    optimize,
+    quality,
+    serve,
+    sign,
+)
 from shipyard.cli._context import CliState
 from shipyard.cli._help import PlainHelpGroup
 from shipyard.errors import ShipyardError
@@ -53,6 +66,7 @@ def _root(
 models.register(app)
 aliases.register(app)
 serve.register(app)
+entrypoint.register(app)
 optimize.register(app)
 keys.register(app)
 audit.register(app)

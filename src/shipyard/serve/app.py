@@ -28,12 +28,14 @@ from shipyard.serve.dataplane import DataPlane
 from shipyard.serve.gauges import Gauges
 from shipyard.serve.limits import Limits, Table
 from shipyard.serve.protocols._http import PREDICTIONS, error_response, internal_error, json_response
+from shipyard.serve.protocols.azure import AzureProtocol
 from shipyard.serve.protocols.drift import drift_routes
 from shipyard.serve.protocols.feedback import feedback_routes
 from shipyard.serve.protocols.management import ManagementProtocol
 from shipyard.serve.protocols.openai import OpenAIProtocol
 from shipyard.serve.protocols.openapi import build_openapi, docs_page
 from shipyard.serve.protocols.sagemaker import SageMakerProtocol
+from shipyard.serve.protocols.sagemaker_models import MultiModelProtocol
 from shipyard.serve.protocols.v1 import V1Protocol
 from shipyard.serve.protocols.v2 import V2Protocol
 from shipyard.serve.repository import ModelRepository
@@ -42,6 +44,7 @@ from shipyard.serve.request_ids import request_id_of
 from shipyard.settings import Settings
 
 log = logging.getLogger("shipyard.serve")
+Protocol = V2Protocol | V1Protocol | OpenAIProtocol | SageMakerProtocol | AzureProtocol | MultiModelProtocol
 
 
 def create_app(  # noqa: PLR0915 -- the composition root wires every part in one place
@@ -66,10 +69,15 @@ def create_app(  # noqa: PLR0915 -- the composition root wires every part in one
     dataplane = DataPlane(repository, serve, Limits(serve, table, worker))
     predictions = PredictionRecorder.create(settings, worker)
     quality = QualityMonitor(settings, dataplane.served_names)
-    probes = frozenset(p for p in ("/healthz", "/readyz", "/ping", vertex_routes[0]) if p)
+    probes = frozenset(p for p in ("/healthz", "/readyz", "/ping", "/", vertex_routes[0]) if p)
     auth = Authenticator(registry, serve, probes)
     gauges = Gauges(repository, registry, worker)
-    if serve.insecure:
+    if serve.insecure and serve.platform != "generic":
+        log.info(
+            "serving without API keys: %s authenticates callers before they reach the container",
+            serve.platform,
+        )
+    elif serve.insecure:
         log.warning(
             "serving with --insecure: no API key is required until one is created with `shipyard keys create`"
         )
@@ -90,12 +98,16 @@ def create_app(  # noqa: PLR0915 -- the composition root wires every part in one
     async def docs(request: Request) -> Response:
         return HTMLResponse(docs_page(build_openapi(dataplane, routes)))
 
-    protocols: list[V2Protocol | V1Protocol | OpenAIProtocol | SageMakerProtocol] = [
+    sagemaker = SageMakerProtocol(dataplane, serve, *vertex_routes)
+    protocols: list[Protocol] = [
         V2Protocol(dataplane, serve),
         OpenAIProtocol(dataplane, serve),
         V1Protocol(dataplane, serve),
-        SageMakerProtocol(dataplane, serve, *vertex_routes),
+        sagemaker,
+        AzureProtocol(dataplane, serve),
     ]
+    if serve.platform == "sagemaker":  # SageMaker is then the only caller that reaches /models
+        protocols.append(MultiModelProtocol(dataplane, settings, sagemaker))
     # With an admin port, these answer only there (see AdminSplit).
     admin_routes = [
         Route("/metrics", metrics_endpoint, methods=["GET"]),

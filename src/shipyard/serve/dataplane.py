@@ -20,6 +20,7 @@ from shipyard.types import ModelRef, ModelVersion
 if TYPE_CHECKING:
     from shipyard.monitor.prediction_recorder import Sample
     from shipyard.monitor.tracing import RequestTrace
+    from shipyard.registry import Registry
 
 
 class Held:
@@ -199,6 +200,10 @@ class DataPlane:
         if model.default is None:
             raise RuntimeError(f"{ref} loaded without a default version")  # load always sets one
         return model.default
+
+    async def load_from(self, name: str, source: Registry, version: ModelVersion) -> None:
+        """Serve `version` of the registry `source` under `name` (SageMaker's multi-model load)."""
+        await self._repository.load_from(name, source, version)
 
     async def unload(self, name: str, *, actor: str | None = None) -> None:
         await self._repository.unload(name, actor=actor)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from shipyard.errors import ModelError, NotFoundError, NotReadyError, ShipyardError
+from shipyard.errors import ConflictError, ModelError, NotFoundError, NotReadyError, ShipyardError
 from shipyard.monitor import metrics
 from shipyard.monitor.resources import resident_bytes
 from shipyard.registry import Registry, signing
@@ -115,6 +115,7 @@ class ServedModel:
     versions: dict[int, ServedVersion] = field(default_factory=dict)
     default: int | None = None
     error: str = ""  # why the name could not be resolved or loaded
+    source: Registry | None = None  # where its versions come from, if not the server's registry
 
     @property
     def moving(self) -> ModelRef | None:
@@ -251,7 +252,8 @@ class ModelRepository:
         started, memory_before = time.perf_counter(), resident_bytes()
         try:
             batch_options = self._batch_options(version)
-            building = asyncio.ensure_future(asyncio.to_thread(self._build_runtime, version))
+            source = model.source or self.registry
+            building = asyncio.ensure_future(asyncio.to_thread(self._build_runtime, version, source))
             try:
                 served.runtime = await asyncio.shield(building)
             except asyncio.CancelledError:
@@ -287,10 +289,10 @@ class ModelRepository:
         log.info("loaded %s in %.3fs", version.ref, time.perf_counter() - started)
         return served
 
-    def _build_runtime(self, version: ModelVersion) -> Runtime:
+    def _build_runtime(self, version: ModelVersion, registry: Registry) -> Runtime:
         if self._required_key is not None:  # before any byte of the artifact is read
-            self.registry.check_signature(version, self._required_key)
-        path = self.registry.artifact_path(version)
+            registry.check_signature(version, self._required_key)
+        path = registry.artifact_path(version)
         return load_runtime(version, path, self.settings.runtime)
 
     def _batch_options(self, version: ModelVersion) -> dict[str, Any]:
@@ -402,12 +404,37 @@ class ModelRepository:
             self.registry.audit, "serve.load", target=str(target.ref), actor=actor, detail={"ref": str(ref)}
         )
 
+    async def load_from(self, name: str, source: Registry, version: ModelVersion) -> ServedModel:
+        """Serve `version` of another registry (a folder SageMaker unpacked) under `name`, pinned;
+        409 if `name` is served already. The repository closes `source` when it unloads `name`."""
+        if name in self.models or name in self._swapping:
+            raise ConflictError(f"model {name!r} is loaded already; unload it first", field="model_name")
+        model = ServedModel(name, [ModelRef(version.name, version.version)], source=source)
+        # Out of `models` until it is ready, so readiness (SageMaker's /ping) stays as it was.
+        self._swapping.add(name)
+        try:
+            served = await self._load_version(model, version)
+        finally:
+            self._swapping.discard(name)
+        if not served.ready:
+            await self._unload(model, served)
+            await asyncio.to_thread(source.close)
+            raise ModelError(
+                f"{version.ref} failed to load as {name!r}: {served.reason}",
+                public=f"{version.ref} failed to load; the server log has the details",
+            )
+        model.default = version.version
+        self.models[name] = model
+        return model
+
     async def unload(self, name: str, *, actor: str | None = None) -> None:
         model = self.models.pop(name, None)
         if model is None:
             raise NotFoundError(f"model {name!r} is not loaded", field="model")
         for served in list(model.versions.values()):
             await self._unload(model, served)
+        if model.source is not None:
+            await asyncio.to_thread(model.source.close)
         await asyncio.to_thread(self.registry.audit, "serve.unload", target=name, actor=actor)
 
     async def close(self) -> None:
@@ -416,6 +443,8 @@ class ModelRepository:
         for model in list(self.models.values()):
             for served in list(model.versions.values()):
                 await self._unload(model, served)
+            if model.source is not None:
+                await asyncio.to_thread(model.source.close)
 
 
 def _gauge_sampler(served: ServedVersion, labels: tuple[str, str]) -> Callable[[], None]:

@@ -1,53 +1,42 @@
-"""SageMaker (`/ping`, `/invocations`) and Vertex AI (AIP_* routes) container contracts."""
+"""SageMaker (`/ping`, `/invocations`) and Vertex AI (AIP_* routes) container contracts.
+
+Bodies in and out are any of JSON, CSV, JSON Lines and .npy (`media.py`). SageMaker's headers:
+`X-Amzn-SageMaker-Target-Model` picks the served model, `X-Amzn-SageMaker-Custom-Attributes` and
+`X-Amzn-SageMaker-Inference-Id` come back on the answer as they came (the platform hands the
+former to the caller, so a client can tie an answer to its request; the latter it records with
+captured data).
+"""
 
 from __future__ import annotations
-
-import csv
-import io
 
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from shipyard.errors import InvalidInputError, NotFoundError
+from shipyard.errors import InvalidInputError, NotFoundError, PayloadTooLargeError
 from shipyard.serve.dataplane import DataPlane
+from shipyard.serve.protocols import media
 from shipyard.serve.protocols._http import (
+    BytesResponse,
     call_options,
     disconnect_watcher,
     endpoint,
     header,
     json_response,
     label,
-    parse_json,
     read_body,
-    require_json,
 )
-from shipyard.serve.protocols.rows import inputs_from_body, predictions
 from shipyard.settings import ServeSettings
 
 TARGET_MODEL_HEADER = "x-amzn-sagemaker-target-model"
-
-
-def parse_csv(body: bytes) -> list[list[float]]:
-    """CSV rows of numbers (no header), as SageMaker's built-in containers accept."""
-    try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise InvalidInputError("CSV body is not UTF-8 text", field="body") from exc
-    rows = []
-    for number, row in enumerate(csv.reader(io.StringIO(text)), start=1):
-        if not row or all(not cell.strip() for cell in row):
-            continue
-        try:
-            rows.append([float(cell) for cell in row])
-        except ValueError:
-            raise InvalidInputError(
-                f"CSV line {number} has a value that is not a number: {','.join(row)[:80]!r}",
-                field="body",
-            ) from None
-    if not rows:
-        raise InvalidInputError("CSV body has no rows", field="body")
-    return rows
+CUSTOM_ATTRIBUTES_HEADER = "x-amzn-sagemaker-custom-attributes"
+INFERENCE_ID_HEADER = "x-amzn-sagemaker-inference-id"
+# InvokeEndpoint's limits on the two echoed headers (visible US-ASCII only).
+_ECHOED = ((CUSTOM_ATTRIBUTES_HEADER, 1024), (INFERENCE_ID_HEADER, 64))
+_LIMITS = {
+    "sagemaker": "SageMaker's limit for a real-time invocation is 6 MB",
+    "vertex": "Vertex AI's limit for a prediction request is 1.5 MB",
+}
 
 
 class SageMakerProtocol:
@@ -74,17 +63,29 @@ class SageMakerProtocol:
     def routes(self) -> list[Route]:
         routes = [
             Route("/ping", self.ping, methods=["GET"]),
-            Route("/invocations", self.invocations, methods=["POST"]),
+            Route("/execution-parameters", self.execution_parameters, methods=["GET"]),
+            *self.hot_routes(),
         ]
         if self.health_route and self.health_route != "/ping":
             routes.append(Route(self.health_route, self.ping, methods=["GET"]))
-        if self.predict_route and self.predict_route != "/invocations":
-            routes.append(Route(self.predict_route, self.invocations, methods=["POST"]))
         return routes
 
     async def ping(self, request: Request) -> Response:
+        """Ready when every model is: one pass over in-memory states, never a model call."""
         readiness = self.dataplane.readiness()
         return json_response(readiness.to_dict(), 200 if readiness.ready else 503)
+
+    async def execution_parameters(self, request: Request) -> Response:
+        """What a batch transform job should send, when its request leaves these unset: one
+        request per worker at a time, many records per request, bodies within the server's limit."""
+        megabytes = max(1, min(100, self.settings.max_body_bytes // (1024 * 1024)))
+        return json_response(
+            {
+                "MaxConcurrentTransforms": self.settings.workers,
+                "BatchStrategy": "MULTI_RECORD",
+                "MaxPayloadInMB": megabytes,
+            }
+        )
 
     def _target(self, request: Request) -> str:
         models = self.dataplane.served_names()
@@ -101,17 +102,45 @@ class SageMakerProtocol:
         return models[0]
 
     async def _invocations(self, request: Request) -> Response:
-        name = self._target(request)
+        return await self.invoke(request, self._target(request))
+
+    async def invoke(self, request: Request, name: str) -> Response:
+        """One inference on `name` in the request's body type, answered in the type it accepts."""
         label(request, name)
-        media = require_json(request, "text/csv")
+        echoed = _echoed_headers(request)
+        content = media.content_media(header(request, b"content-type"))
+        answer = media.accept_media(header(request, b"accept"))
         with self.dataplane.acquire(name) as served:
             label(request, name, served.version.version)
-            raw = await read_body(request, self.settings.max_body_bytes)
-            if media == "text/csv":
-                inputs = parse_csv(raw)
-            else:
-                inputs = inputs_from_body(parse_json(raw), served.version.signature)
+            media.require_encodable(answer, served.version.signature)
+            raw = await self._body(request)
+            inputs = media.decode(content, raw, served.version.signature)
             result = await self.dataplane.infer(
                 served, inputs, disconnect_watcher(request), **call_options(request)
             )
-        return json_response({"predictions": predictions(result.outputs)})
+        return BytesResponse(media.encode(answer, result.outputs), media_type=answer.encode(), extra=echoed)
+
+    async def _body(self, request: Request) -> bytes:
+        try:
+            return await read_body(request, self.settings.max_body_bytes)
+        except PayloadTooLargeError as exc:
+            note = _LIMITS.get(self.settings.platform)
+            if note is None:
+                raise
+            raise PayloadTooLargeError(f"{exc.message}; {note}", field=exc.field) from exc
+
+
+def _echoed_headers(request: Request) -> list[tuple[bytes, bytes]]:
+    """The SageMaker headers that come back as they came; 400 for one past the platform's limits."""
+    echoed = []
+    for name, limit in _ECHOED:
+        value = header(request, name.encode())
+        if value is None:
+            continue
+        if len(value) > limit or not all(" " <= c <= "~" for c in value):
+            raise InvalidInputError(
+                f"{name} must be at most {limit} visible ASCII characters (got {len(value)} characters)",
+                field=name,
+            )
+        echoed.append((name.encode(), value.encode()))
+    return echoed
