@@ -12,7 +12,20 @@ import typer
 import typer.exceptions
 
 from shipyard import __version__
-from shipyard.cli import aliases, audit, drift, keys, logs, models, monitor, optimize, quality, serve, sign
+from shipyard.cli import (
+    aliases,
+    audit,
+    build,
+    drift,
+    keys,
+    logs,
+    models,
+    monitor,
+    optimize,
+    quality,
+    serve,
+    sign,
+)
 from shipyard.cli._context import CliState
 from shipyard.cli._help import PlainHelpGroup
 from shipyard.errors import ShipyardError
@@ -61,6 +74,7 @@ drift.register(app)
 monitor.register(app)
 logs.register(app)
 quality.register(app)
+build.register(app)
 
 
 def _click_errors() -> tuple[type[Exception], ...]:
