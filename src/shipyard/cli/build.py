@@ -39,7 +39,10 @@ def build(
     ] = None,
     platform: Annotated[
         PlatformChoice,
-        typer.Option(help="Where the image runs: selects its entrypoint, port and health check."),
+        typer.Option(
+            metavar="sagemaker|vertex|azure|generic",
+            help="Where the image runs: selects its entrypoint, port and health check.",
+        ),
     ] = PlatformChoice.generic,
     tag: Annotated[
         str | None, typer.Option(metavar="IMAGE", help="Image name (default shipyard-NAME:VERSION).")
@@ -60,7 +63,10 @@ def build(
         ),
     ] = None,
     engine: Annotated[
-        EngineChoice | None, typer.Option(help="Container engine for --build (default: docker, else podman).")
+        EngineChoice | None,
+        typer.Option(
+            metavar="docker|podman", help="Container engine for --build (default: docker, else podman)."
+        ),
     ] = None,
     wheel: Annotated[
         Path | None,
