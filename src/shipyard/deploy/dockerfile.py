@@ -85,13 +85,18 @@ def _env(spec: ImageSpec) -> str:
     }
     if "keras" in spec.requirements.formats or "keras-h5" in spec.requirements.formats:
         env["KERAS_BACKEND"] = "torch"
+    if {"transformers", "transformers-onnx"} & set(spec.requirements.formats):
+        env["HF_HUB_OFFLINE"] = "1"  # everything a model needs is in its artifact
     return " \\\n".join(f"    {key}={json.dumps(value)}" for key, value in env.items())
 
 
 def _torch_install(spec: ImageSpec) -> str:
     if spec.requirements.torch is None:
         return ""
-    return 'RUN pip install --no-cache-dir --index-url "${TORCH_INDEX_URL}" -r /tmp/requirements/torch.txt\n'
+    return (
+        f"ARG TORCH_INDEX_URL={spec.torch_index}\n"
+        'RUN pip install --no-cache-dir --index-url "${TORCH_INDEX_URL}" -r /tmp/requirements/torch.txt\n'
+    )
 
 
 def _command(spec: ImageSpec) -> tuple[list[str], list[str]]:
@@ -108,7 +113,6 @@ def render_dockerfile(spec: ImageSpec) -> str:
         refs=", ".join(spec.refs),
         platform=spec.platform.name,
         base=spec.base,
-        torch_index=spec.torch_index,
         torch_install=_torch_install(spec),
         venv=contract.VENV_DIR,
         app=contract.APP_DIR,
@@ -121,7 +125,7 @@ def render_dockerfile(spec: ImageSpec) -> str:
         env=_env(spec),
         port=spec.platform.port,
         entrypoint=json.dumps(entrypoint),
-        cmd=json.dumps(cmd),
+        cmd=f"CMD {json.dumps(cmd)}\n" if cmd else "",  # SageMaker appends its own `serve`
     )
 
 
@@ -179,5 +183,7 @@ def render_readme(spec: ImageSpec) -> str:
         entrypoint_text=shlex.join([*entrypoint, *cmd]),
         pinned=" ".join(spec.pinned),
         base=spec.base,
-        torch_index=spec.torch_index,
+        torch_arg=""
+        if torch is None
+        else f"- `TORCH_INDEX_URL` (default `{spec.torch_index}`): where torch is installed from.\n",
     )
