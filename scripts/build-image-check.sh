@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# build-image-check.sh: build and run a real image from what `shipyard build` writes, with Podman,
+# on machines that cannot pull base images (issue 13): debootstrap a Debian 12 root filesystem,
+# `podman import` it as the base, `shipyard build --base … --build --engine podman` (which runs
+# `podman build --isolation=chroot`), then `podman run --runtime runc` and check it as a user would:
+# health, a prediction through V2, the non-root user, the image's size, a SIGTERM stop.
+#
+# Needs root and apt-get (it installs debootstrap, podman and runc when missing) and takes
+# minutes: it is not part of `make test`. WORK=DIR keeps the files; KEEP_IMAGE=1 keeps the image.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+BIN="$ROOT/.venv/bin"
+WORK="${WORK:-$(mktemp -d /tmp/shipyard-image-check.XXXXXX)}"
+BASE="localhost/shipyard-debian12:latest"
+TAG="localhost/shipyard-check:latest"
+NAME="shipyard-check-$$"
+MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
+
+for tool in debootstrap podman runc; do
+  bash "$ROOT/scripts/install-debian-tool.sh" "$tool" --required
+done
+
+# The machine's own containers.conf stays untouched: these defaults apply to this script only.
+# The default OCI runtime and the default limits are refused on these machines.
+export CONTAINERS_CONF="$WORK/containers.conf"
+cat >"$CONTAINERS_CONF" <<'CONF'
+[containers]
+default_ulimits = ["nofile=1024:1024", "nproc=1024:1024"]
+
+[engine]
+runtime = "runc"
+CONF
+
+if ! podman image exists "$BASE"; then
+  echo "== debootstrap Debian 12 (bookworm) into $WORK/rootfs"
+  debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates \
+    bookworm "$WORK/rootfs" "$MIRROR" >"$WORK/debootstrap.log"
+  tar -C "$WORK/rootfs" -c . | podman import - "$BASE" >/dev/null
+fi
+
+echo "== a registry with iris@production (examples/train_iris.py)"
+export SHIPYARD_HOME="$WORK/home"
+(cd "$WORK" && "$BIN/python" "$ROOT/examples/train_iris.py" >/dev/null)
+
+echo "== shipyard build --build --engine podman"
+start=$(date +%s)
+"$BIN/shipyard" build iris@production --out "$WORK/context" --force --base "$BASE" --tag "$TAG" \
+  --build --engine podman
+echo "built in $(($(date +%s) - start)) s; size: $(podman image inspect --format '{{.Size}}' "$TAG") bytes"
+
+port="$("$BIN/python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+podman run -d --name "$NAME" --runtime runc --ulimit nofile=1024:1024 --ulimit nproc=1024:1024 \
+  -p "127.0.0.1:$port:8080" "$TAG" >/dev/null
+cleanup() {
+  podman rm -f "$NAME" >/dev/null 2>&1 || true
+  [ "${KEEP_IMAGE:-0}" = "1" ] || podman rmi -f "$TAG" >/dev/null 2>&1 || true
+}
+trap cleanup EXIT
+
+echo "== checks on 127.0.0.1:$port"
+"$BIN/python" - "$port" <<'PY'
+import json
+import sys
+import time
+import urllib.request
+
+base = f"http://127.0.0.1:{sys.argv[1]}"
+start = time.monotonic()
+while True:
+    try:
+        with urllib.request.urlopen(f"{base}/readyz", timeout=2) as response:
+            if response.status == 200:
+                break
+    except OSError:
+        pass
+    if time.monotonic() - start > 180:
+        sys.exit("the container was not ready within 180 s")
+    time.sleep(0.5)
+print(f"ready {time.monotonic() - start:.1f} s after start")
+body = {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP64", "data": [5.1, 3.5, 1.4, 0.2]}]}
+request = urllib.request.Request(
+    f"{base}/v2/models/iris/infer", json.dumps(body).encode(), {"Content-Type": "application/json"}
+)
+with urllib.request.urlopen(request, timeout=10) as response:
+    outputs = json.load(response)["outputs"]
+label = next(o for o in outputs if o["name"] == "label")["data"]
+assert label == [0], outputs
+print("predicted", label)
+PY
+uid="$(podman exec "$NAME" id -u)"
+[ "$uid" = "10001" ] || { echo "the server runs as uid $uid, not 10001" >&2; exit 1; }
+echo "runs as uid $uid"
+start=$(date +%s)
+podman stop --time 30 "$NAME" >/dev/null
+echo "stopped by SIGTERM in $(($(date +%s) - start)) s (exit code $(podman inspect --format '{{.State.ExitCode}}' "$NAME"))"
+echo "image check passed ($WORK)"
