@@ -130,6 +130,8 @@ def test_bad_input_is_one_line_with_its_exit_code(
     )
     one_line_error(code, err, 2, "musl-based")
     assert not out.exists()
+    code, _, err = shipyard(source, "build", "iris", "--out", source / "ctx", "--wheel", wheel, capsys=capsys)
+    one_line_error(code, err, 2, "overlaps the registry home")
     code, _, err = shipyard(
         source, "build", "iris", "--out", out, "--push", "registry.local:5000", capsys=capsys
     )

@@ -17,6 +17,7 @@ from shipyard.deploy.dockerfile import (
     render_readme,
 )
 from shipyard.deploy.requirements import (
+    FORMAT_PACKAGES,
     TORCH_CPU_INDEX,
     check_base,
     plan_requirements,
@@ -66,6 +67,12 @@ def spec(*versions: ModelVersion, platform: str = "generic", gpu: bool = False) 
 def all_requirements(*versions: ModelVersion) -> str:
     planned = plan_requirements(versions)
     return render_requirements(planned) + (render_torch_requirements(planned) or "")
+
+
+def test_every_format_a_runtime_serves_has_its_packages_listed() -> None:
+    from shipyard.runtimes import RUNTIMES
+
+    assert set(FORMAT_PACKAGES) == set(RUNTIMES)
 
 
 def test_sklearn_and_onnx_pins_are_the_recorded_versions_and_never_torch() -> None:
