@@ -33,10 +33,20 @@ runtime = "runc"
 CONF
 
 if ! podman image exists "$BASE"; then
-  echo "== debootstrap Debian 12 (bookworm) into $WORK/rootfs"
-  debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates \
-    bookworm "$WORK/rootfs" "$MIRROR" >"$WORK/debootstrap.log"
-  tar -C "$WORK/rootfs" -c . | podman import - "$BASE" >/dev/null
+  if [ ! -x "$WORK/rootfs/usr/bin/python3" ]; then
+    echo "== debootstrap Debian 12 (bookworm) into $WORK/rootfs"
+    debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates \
+      bookworm "$WORK/rootfs" "$MIRROR" >"$WORK/debootstrap.log"
+  fi
+  # RUN steps reach PyPI as the host does: through the same certificate authorities (a proxy
+  # here re-signs TLS), which pip reads from PIP_CERT. Only this local base carries them.
+  host_ca="${HOST_CA_BUNDLE:-/etc/ssl/certs/ca-certificates.crt}"
+  if [ -f "$host_ca" ]; then
+    cp "$host_ca" "$WORK/rootfs/etc/ssl/certs/ca-certificates.crt"
+  fi
+  tar -C "$WORK/rootfs" -c . | podman import \
+    --change "ENV PIP_CERT=/etc/ssl/certs/ca-certificates.crt" \
+    --change "ENV SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt" - "$BASE" >/dev/null
 fi
 
 echo "== a registry with iris@production (examples/train_iris.py)"
@@ -88,6 +98,15 @@ label = next(o for o in outputs if o["name"] == "label")["data"]
 assert label == [0], outputs
 print("predicted", label)
 PY
+if podman run --rm --entrypoint python3 "$TAG" -c 'import importlib.util as u; print(u.find_spec("torch"))' | grep -qv None; then
+  echo "the scikit-learn image has torch in it" >&2
+  exit 1
+fi
+echo "no torch in the image"
+if [ "$(podman inspect --format '{{.Config.Healthcheck.Test}}' "$TAG")" = "[]" ]; then
+  echo "the image lost its HEALTHCHECK" >&2
+  exit 1
+fi
 uid="$(podman exec "$NAME" id -u)"
 [ "$uid" = "10001" ] || { echo "the server runs as uid $uid, not 10001" >&2; exit 1; }
 echo "runs as uid $uid"

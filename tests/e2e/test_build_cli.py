@@ -174,7 +174,7 @@ def test_force_replaces_a_previous_context_and_build_reports_its_engine(
     assert "pushed reg.local:5000/ml/iris:prod" in stdout
     calls = (tmp_path / "calls").read_text().splitlines()
     assert calls == [
-        f"build --isolation=chroot --tag iris:prod {out}",
+        f"build --isolation=chroot --format=docker --tag iris:prod {out}",
         "tag iris:prod reg.local:5000/ml/iris:prod",
         "push reg.local:5000/ml/iris:prod",
     ]

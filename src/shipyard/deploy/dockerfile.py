@@ -149,8 +149,9 @@ def build_command(engine: str, tag: str | None, context: str = ".") -> list[str]
     """The command that builds a context with `engine` (docker or podman, or a path to one)."""
     command = [engine, "build"]
     if Path(engine).name == "podman":
-        # Rootless and nested podman cannot set up the OCI runtime's namespaces for RUN steps.
-        command.append("--isolation=chroot")
+        # Rootless and nested podman cannot set up the OCI runtime's namespaces for RUN steps;
+        # the OCI image format drops HEALTHCHECK, so the image is written in Docker's.
+        command += ["--isolation=chroot", "--format=docker"]
     if tag:
         command += ["--tag", tag]
     return [*command, context]
