@@ -47,6 +47,14 @@ def shipyard(home: Path, *args: str | Path, capsys: pytest.CaptureFixture[str]) 
     return code, captured.out, captured.err
 
 
+def fake_engine(folder: Path, name: str, calls: Path, *, fails_version: bool = False) -> None:
+    """A stand-in container engine that records its arguments (`version` fails: no daemon)."""
+    folder.mkdir(exist_ok=True)
+    fail = 'if [ "$1" = version ]; then exit 1; fi\n' if fails_version else ""
+    (folder / name).write_text(f'#!/bin/sh\n{fail}echo "$@" >> {calls}\n')
+    (folder / name).chmod(0o755)
+
+
 def one_line_error(code: int, err: str, expected_code: int, fragment: str) -> None:
     assert code == expected_code, err
     lines = err.splitlines()
@@ -149,6 +157,10 @@ def test_bad_input_is_one_line_with_its_exit_code(
     )
     one_line_error(code, err, 8, "no docker or podman was found on PATH")
     assert not (tmp_path / "other").exists()  # nothing written when the build cannot run
+    fake_engine(tmp_path / "bin", "docker", tmp_path / "calls", fails_version=True)
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
+    code, _, err = shipyard(source, "build", "iris", "--out", tmp_path / "other", "--build", capsys=capsys)
+    one_line_error(code, err, 8, "its daemon does not answer, and no podman was found")
 
 
 def test_force_replaces_a_previous_context_and_build_reports_its_engine(
@@ -160,11 +172,9 @@ def test_force_replaces_a_previous_context_and_build_reports_its_engine(
 ) -> None:
     out = tmp_path / "ctx"
     assert shipyard(source, "build", "iris:1", "--out", out, "--wheel", wheel, capsys=capsys)[0] == 0
-    fake = tmp_path / "bin" / "podman"  # a stand-in engine that records its arguments
-    fake.parent.mkdir()
-    fake.write_text(f'#!/bin/sh\necho "$@" >> {tmp_path / "calls"}\n')
-    fake.chmod(0o755)
-    monkeypatch.setenv("PATH", str(fake.parent))
+    fake_engine(tmp_path / "bin", "docker", tmp_path / "calls", fails_version=True)  # a client alone
+    fake_engine(tmp_path / "bin", "podman", tmp_path / "calls")
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
     args = ("build", "iris@production", "--out", out, "--force", "--wheel", wheel, "--platform", "sagemaker")
     code, stdout, err = shipyard(
         source, *args, "--build", "--tag", "iris:prod", "--push", "reg.local:5000/ml", capsys=capsys

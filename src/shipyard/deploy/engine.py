@@ -11,6 +11,7 @@ from shipyard.deploy.dockerfile import build_command
 from shipyard.errors import MissingToolError, ShipyardError
 
 ENGINES = ("docker", "podman")
+_PROBE_TIMEOUT_S = 15  # `docker version` asks the daemon
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,16 +23,45 @@ class Engine:
         return build_command(self.path, tag, str(context))
 
 
+def _docker_answers(path: str) -> bool:
+    """Whether the Docker client reaches a daemon (a client alone cannot build)."""
+    try:
+        probe = subprocess.run(
+            [path, "version", "--format", "{{.Server.Version}}"],
+            capture_output=True,
+            timeout=_PROBE_TIMEOUT_S,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return probe.returncode == 0
+
+
 def find_engine(preferred: str | None = None, *, path: str | None = None) -> Engine:
-    """The engine to use: `preferred`, else the first of docker, podman on PATH (`path`)."""
-    for name in (preferred,) if preferred else ENGINES:
-        found = shutil.which(name, path=path)
+    """The engine to use: `preferred`, else docker if its daemon answers, else podman (which
+    needs no daemon), as found on PATH (`path`)."""
+    if preferred is not None:
+        found = shutil.which(preferred, path=path)
         if found:
-            return Engine(name, found)
-    wanted = preferred or " or ".join(ENGINES)
+            return Engine(preferred, found)
+        raise MissingToolError(
+            f"--build --engine {preferred}: no {preferred} was found on PATH; install it, or build "
+            "the context yourself (its README says how)"
+        )
+    docker = shutil.which("docker", path=path)
+    if docker and _docker_answers(docker):
+        return Engine("docker", docker)
+    podman = shutil.which("podman", path=path)
+    if podman:
+        return Engine("podman", podman)
+    if docker:
+        raise MissingToolError(
+            f"--build needs a container engine: docker ({docker}) is on PATH but its daemon does not "
+            "answer, and no podman was found; start Docker or install Podman"
+        )
     raise MissingToolError(
-        f"--build needs a container engine, and no {wanted} was found on PATH; install Docker or "
-        "Podman, or build the context yourself (its README says how)"
+        "--build needs a container engine, and no docker or podman was found on PATH; install "
+        "Docker or Podman, or build the context yourself (its README says how)"
     )
 
 
