@@ -63,13 +63,13 @@ port="$("$BIN/python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1
 podman run -d --name "$NAME" --runtime runc --ulimit nofile=1024:1024 --ulimit nproc=1024:1024 \
   -p "127.0.0.1:$port:8080" "$TAG" >/dev/null
 cleanup() {
-  podman rm -f "$NAME" >/dev/null 2>&1 || true
+  podman rm -f "$NAME" "$NAME-ro" >/dev/null 2>&1 || true
   [ "${KEEP_IMAGE:-0}" = "1" ] || podman rmi -f "$TAG" >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
 
-echo "== checks on 127.0.0.1:$port"
-"$BIN/python" - "$port" <<'PY'
+serves() {  # serves PORT: ready within 180 s, then a correct prediction through V2
+  "$BIN/python" - "$1" <<'PY'
 import json
 import sys
 import time
@@ -98,19 +98,30 @@ label = next(o for o in outputs if o["name"] == "label")["data"]
 assert label == [0], outputs
 print("predicted", label)
 PY
+}
+
+echo "== checks on 127.0.0.1:$port"
+serves "$port"
 if podman run --rm --entrypoint python3 "$TAG" -c 'import importlib.util as u; print(u.find_spec("torch"))' | grep -qv None; then
   echo "the scikit-learn image has torch in it" >&2
   exit 1
 fi
 echo "no torch in the image"
-if [ "$(podman inspect --format '{{.Config.Healthcheck.Test}}' "$TAG")" = "[]" ]; then
+if ! podman image inspect --format '{{.HealthCheck}}' "$TAG" | grep -q healthcheck.py; then
   echo "the image lost its HEALTHCHECK" >&2
   exit 1
 fi
+echo "HEALTHCHECK kept"
 uid="$(podman exec "$NAME" id -u)"
 [ "$uid" = "10001" ] || { echo "the server runs as uid $uid, not 10001" >&2; exit 1; }
 echo "runs as uid $uid"
 start=$(date +%s)
 podman stop --time 30 "$NAME" >/dev/null
 echo "stopped by SIGTERM in $(($(date +%s) - start)) s (exit code $(podman inspect --format '{{.State.ExitCode}}' "$NAME"))"
+echo "== a read-only root filesystem (a tmpfs on /tmp)"
+port="$("$BIN/python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+podman run -d --name "$NAME-ro" --read-only --tmpfs /tmp --runtime runc --ulimit nofile=1024:1024 \
+  --ulimit nproc=1024:1024 -p "127.0.0.1:$port:8080" "$TAG" >/dev/null
+serves "$port" || { podman logs "$NAME-ro" >&2; podman rm -f "$NAME-ro" >/dev/null; exit 1; }
+podman rm -f "$NAME-ro" >/dev/null
 echo "image check passed ($WORK)"

@@ -12,9 +12,11 @@ from pathlib import Path
 import pytest
 
 from shipyard.cli.main import main
+from shipyard.deploy import contract
 from shipyard.deploy.dockerfile import VERIFY_STEPS
 from shipyard.errors import ConflictError, IntegrityError
 from shipyard.registry import Registry
+from shipyard.settings import Settings
 
 BIN = Path(sys.executable).parent
 
@@ -94,6 +96,14 @@ def test_the_context_holds_exactly_the_versions_and_nothing_of_the_machine(
         assert not embedded.auth_enabled()
         assert {e.action for e in embedded.audit_log()} <= {"import", "alias.set"}
     assert (out / "home" / "registry.db").read_bytes() != (source / "registry.db").read_bytes()
+    # The image opens it read-only and immutable (a read-only root filesystem): nothing changes.
+    before = (out / "home" / "registry.db").read_bytes()
+    url = contract.REGISTRY_ENV["SHIPYARD_REGISTRY_URL"].replace(contract.HOME_DIR, str(out / "home"))
+    with Registry(settings=Settings.model_construct(home=out / "home", registry_url=url)) as image:
+        assert [problems for _, problems in image.verify()] == [[], []]
+        assert str(image.resolve("iris@production").ref) == "iris:2"
+    assert (out / "home" / "registry.db").read_bytes() == before
+    assert sorted(p.name for p in (out / "home").iterdir()) == ["artifacts", "registry.db"]
     # Only the models' libraries, and no torch for scikit-learn and ONNX models.
     requirements = (out / "requirements" / "requirements.txt").read_text()
     assert "scikit-learn==" in requirements and "onnxruntime==" in requirements

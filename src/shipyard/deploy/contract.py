@@ -15,6 +15,14 @@ VENV_DIR = "/opt/venv"
 USER = "shipyard"
 UID = 10001  # non-root, outside the range Debian gives to system and login users
 
+# The image's registry is opened read-only and immutable: its versions never change, and the
+# server then starts on a read-only root filesystem (with a tmpfs on /tmp for the prediction log).
+REGISTRY_ENV = {
+    "SHIPYARD_HOME": HOME_DIR,
+    "SHIPYARD_REGISTRY_URL": f"sqlite:///file:{HOME_DIR}/registry.db?mode=ro&immutable=1&uri=true",
+}
+RUNTIME_ENV = {"SHIPYARD_PREDICTION_LOG__PATH": "/tmp/shipyard-predictions"}
+
 PLATFORM_ENV = "SHIPYARD_PLATFORM"
 MODELS_ENV = "SHIPYARD_MODELS"  # the pinned references the image serves, space-separated
 

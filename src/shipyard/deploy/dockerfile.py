@@ -79,7 +79,8 @@ def _labels(spec: ImageSpec) -> str:
 
 def _env(spec: ImageSpec) -> str:
     env = {
-        "SHIPYARD_HOME": contract.HOME_DIR,
+        **contract.REGISTRY_ENV,
+        **contract.RUNTIME_ENV,
         contract.PLATFORM_ENV: spec.platform.name,
         contract.MODELS_ENV: " ".join(spec.pinned),
     }
@@ -119,6 +120,7 @@ def render_dockerfile(spec: ImageSpec) -> str:
         home=contract.HOME_DIR,
         wheel=spec.wheel,
         verify=_verify_text(),
+        registry_env=" ".join(f"{key}={json.dumps(value)}" for key, value in contract.REGISTRY_ENV.items()),
         labels=_labels(spec),
         uid=contract.UID,
         user=contract.USER,

@@ -55,7 +55,7 @@ class AliasChange:
 def _create_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         path = sa.engine.make_url(url).database
-        if path and path != ":memory:":
+        if path and path != ":memory:" and not path.startswith("file:"):  # file: is a URI (uri=true)
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         engine = sa.create_engine(url, connect_args={"timeout": _SQLITE_BUSY_TIMEOUT_MS / 1000})
 
