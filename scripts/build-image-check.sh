@@ -124,4 +124,14 @@ podman run -d --name "$NAME-ro" --read-only --tmpfs /tmp --runtime runc --ulimit
   --ulimit nproc=1024:1024 -p "127.0.0.1:$port:8080" "$TAG" >/dev/null
 serves "$port" || { podman logs "$NAME-ro" >&2; podman rm -f "$NAME-ro" >/dev/null; exit 1; }
 podman rm -f "$NAME-ro" >/dev/null
+echo "== a tampered artifact fails the build"
+artifact="$(find "$WORK/context/home/artifacts" -type f | head -n 1)"
+chmod u+w "$artifact"
+printf 'x' >>"$artifact"
+if podman build --isolation=chroot --format=docker --tag "$TAG-tampered" "$WORK/context" >"$WORK/tampered.log" 2>&1; then
+  podman rmi -f "$TAG-tampered" >/dev/null 2>&1 || true
+  echo "the build of a tampered context succeeded" >&2
+  exit 1
+fi
+grep -m 1 "FAILED" "$WORK/tampered.log" || true
 echo "image check passed ($WORK)"
