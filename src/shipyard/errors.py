@@ -174,6 +174,14 @@ class MissingDependencyError(ShipyardError):
         self.extra = extra
 
 
+class MissingToolError(ShipyardError):
+    """A program Shipyard runs (a container engine) is not installed; the message names it."""
+
+    status_code = 500
+    exit_code = 8
+    kind = "missing_tool"
+
+
 class BudgetNotMetError(UnprocessableError):
     """No optimization candidate kept the metric within the budget (or beat the original)."""
 

@@ -37,7 +37,10 @@ def entrypoint(
     ] = None,
     platform: Annotated[
         str | None,
-        typer.Option(help="sagemaker, vertex, azure or generic (default: detected from the environment)."),
+        typer.Option(
+            envvar="SHIPYARD_PLATFORM",
+            help="sagemaker, vertex, azure or generic (default: detected from the environment).",
+        ),
     ] = None,
     model_dir: Annotated[
         Path | None,

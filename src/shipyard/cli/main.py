@@ -15,6 +15,7 @@ from shipyard import __version__
 from shipyard.cli import (
     aliases,
     audit,
+    build,
     drift,
     entrypoint,
     keys,
@@ -75,6 +76,7 @@ drift.register(app)
 monitor.register(app)
 logs.register(app)
 quality.register(app)
+build.register(app)
 
 
 def _click_errors() -> tuple[type[Exception], ...]:

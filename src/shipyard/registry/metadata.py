@@ -55,7 +55,7 @@ class AliasChange:
 def _create_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         path = sa.engine.make_url(url).database
-        if path and path != ":memory:":
+        if path and path != ":memory:" and not path.startswith("file:"):  # file: is a URI (uri=true)
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         engine = sa.create_engine(url, connect_args={"timeout": _SQLITE_BUSY_TIMEOUT_MS / 1000})
 
@@ -182,6 +182,40 @@ class MetadataStore:
                 previous = self._current_alias(conn, name, alias)
                 self._change_alias(conn, name, alias, number, "set", previous=previous, actor=actor)
         return int(number)
+
+    def import_version(
+        self,
+        record: dict[str, Any],
+        aliases_to_set: tuple[str, ...] = (),
+        *,
+        actor: str | None = None,
+        audit_detail: dict[str, Any] | None = None,
+    ) -> None:
+        """Insert a version copied from another registry under its own number (never reused:
+        the model's counter moves up to it), set `aliases_to_set` on it and audit the import."""
+        name, number = record["name"], int(record["version"])
+        with self._write() as conn:
+            conn.execute(
+                self._insert(models)
+                .values(name=name, last_version=0, created_at=utc_now())
+                .on_conflict_do_nothing(index_elements=["name"])
+            )
+            taken = conn.execute(
+                sa.select(versions.c.version).where(versions.c.name == name, versions.c.version == number)
+            ).first()
+            if taken is not None:
+                raise ConflictError(f"model {name!r} already has a version {number}", field="ref")
+            last = models.c.last_version
+            conn.execute(
+                models.update()
+                .where(models.c.name == name)
+                .values(last_version=sa.case((last < number, number), else_=last))
+            )
+            conn.execute(versions.insert().values(**record))
+            self._audit(conn, "import", f"{name}:{number}", actor, audit_detail)
+            for alias in aliases_to_set:
+                previous = self._current_alias(conn, name, alias)
+                self._change_alias(conn, name, alias, number, "set", previous=previous, actor=actor)
 
     def set_data_profile(
         self,

@@ -289,6 +289,41 @@ class Registry:
         number = self.metadata.add_version(record, alias=alias, actor=actor, audit_detail=trust_detail)
         return self.resolve(ModelRef(name, version=number))
 
+    def import_version(
+        self,
+        version: ModelVersion,
+        source: str | Path,
+        *,
+        aliases: tuple[str, ...] = (),
+        actor: str | None = None,
+    ) -> ModelVersion:
+        """Store a version of another registry here under the same name, number and metadata.
+
+        `source` is its artifact folder (e.g. `other.artifact_path(version)`); the files are
+        re-hashed as they are stored and must give the version's recorded digest, so a copy is
+        never silently different from what it claims to be. `aliases` are pointed at it."""
+        validate_name(version.name)
+        for alias in aliases:
+            validate_alias(alias)
+        with self.store.staging() as staging:
+            shutil.copytree(Path(source), staging, dirs_exist_ok=True)
+            info = self.store.commit(staging)
+        if info.digest != version.digest:
+            raise IntegrityError(
+                f"artifact of {version.ref} does not match its digest while copying "
+                f"(recorded {version.digest}, copied {info.digest}); run `shipyard verify {version.ref}`"
+            )
+        record = {
+            key: value
+            for key, value in version.to_dict().items()
+            if key not in ("aliases", "ref")  # derived, not columns
+        }
+        record["files"] = list(info.files)
+        self.metadata.import_version(
+            record, aliases, actor=actor, audit_detail={"digest": info.digest, "format": version.format}
+        )
+        return self.resolve(version.ref)
+
     def set_data_profile(
         self, ref: str | ModelRef, profile: dict[str, Any], *, actor: str | None = None
     ) -> ModelVersion:

@@ -1,0 +1,2 @@
+"""What ships a model: the container build context (pure render functions + templates), and the
+part that writes it (`context`) and runs a container engine over it (`engine`)."""
