@@ -179,7 +179,10 @@ class ModelRepository:
 
     def _not_served(self, name: str) -> NotFoundError:
         served = ", ".join(sorted(self.models)) or "none"
-        return NotFoundError(f"model {name!r} is not served here (served: {served})", field="model")
+        # Triton's wording first: clients and scripts written for Triton look for it.
+        return NotFoundError(
+            f"Request for unknown model: {name!r} is not served here (served: {served})", field="model"
+        )
 
     def readiness(self) -> Readiness:
         """Every served name (and each pinned version as `NAME:VERSION`) and how it stands."""
