@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import queue
 from collections.abc import AsyncIterator, Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -33,7 +32,6 @@ SIMPLE_B = np.ones((1, 16), dtype=np.int32)
 
 def simple_onnx_bytes() -> bytes:
     """Triton's `simple` example: OUTPUT0 = INPUT0 + INPUT1, OUTPUT1 = INPUT0 - INPUT1, INT32 [-1,16]."""
-    import onnx
     from onnx import TensorProto, helper
 
     def info(name: str) -> Any:
@@ -320,9 +318,7 @@ def test_asyncio_client_and_its_stream(url: str, auth: dict[str, str]) -> None:
     assert [result.get_response().id for result, _ in streamed] == ["0", "1", "2"]
 
 
-def test_announced_and_counted_in_metrics(
-    grpc_server: tuple[Server, int, dict[str, str]], tmp_path: Path
-) -> None:
+def test_announced_and_counted_in_metrics(grpc_server: tuple[Server, int, dict[str, str]]) -> None:
     server, port, keys = grpc_server
     assert f"gRPC: 127.0.0.1:{port}" in server.stdout()
     with server.client(headers={"x-api-key": keys["client"]}) as http:

@@ -24,7 +24,6 @@ class DataType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     TYPE_FP64: _ClassVar[DataType]
     TYPE_STRING: _ClassVar[DataType]
     TYPE_BF16: _ClassVar[DataType]
-
 TYPE_INVALID: DataType
 TYPE_BOOL: DataType
 TYPE_UINT8: DataType
@@ -87,12 +86,7 @@ class ServerMetadataResponse(_message.Message):
     name: str
     version: str
     extensions: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(
-        self,
-        name: _Optional[str] = ...,
-        version: _Optional[str] = ...,
-        extensions: _Optional[_Iterable[str]] = ...,
-    ) -> None: ...
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., extensions: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ModelMetadataRequest(_message.Message):
     __slots__ = ("name", "version")
@@ -112,13 +106,7 @@ class ModelMetadataResponse(_message.Message):
         name: str
         datatype: str
         shape: _containers.RepeatedScalarFieldContainer[int]
-        def __init__(
-            self,
-            name: _Optional[str] = ...,
-            datatype: _Optional[str] = ...,
-            shape: _Optional[_Iterable[int]] = ...,
-        ) -> None: ...
-
+        def __init__(self, name: _Optional[str] = ..., datatype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ...) -> None: ...
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSIONS_FIELD_NUMBER: _ClassVar[int]
     PLATFORM_FIELD_NUMBER: _ClassVar[int]
@@ -129,14 +117,7 @@ class ModelMetadataResponse(_message.Message):
     platform: str
     inputs: _containers.RepeatedCompositeFieldContainer[ModelMetadataResponse.TensorMetadata]
     outputs: _containers.RepeatedCompositeFieldContainer[ModelMetadataResponse.TensorMetadata]
-    def __init__(
-        self,
-        name: _Optional[str] = ...,
-        versions: _Optional[_Iterable[str]] = ...,
-        platform: _Optional[str] = ...,
-        inputs: _Optional[_Iterable[_Union[ModelMetadataResponse.TensorMetadata, _Mapping]]] = ...,
-        outputs: _Optional[_Iterable[_Union[ModelMetadataResponse.TensorMetadata, _Mapping]]] = ...,
-    ) -> None: ...
+    def __init__(self, name: _Optional[str] = ..., versions: _Optional[_Iterable[str]] = ..., platform: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[ModelMetadataResponse.TensorMetadata, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[ModelMetadataResponse.TensorMetadata, _Mapping]]] = ...) -> None: ...
 
 class InferParameter(_message.Message):
     __slots__ = ("bool_param", "int64_param", "string_param", "double_param", "uint64_param")
@@ -150,26 +131,10 @@ class InferParameter(_message.Message):
     string_param: str
     double_param: float
     uint64_param: int
-    def __init__(
-        self,
-        bool_param: _Optional[bool] = ...,
-        int64_param: _Optional[int] = ...,
-        string_param: _Optional[str] = ...,
-        double_param: _Optional[float] = ...,
-        uint64_param: _Optional[int] = ...,
-    ) -> None: ...
+    def __init__(self, bool_param: _Optional[bool] = ..., int64_param: _Optional[int] = ..., string_param: _Optional[str] = ..., double_param: _Optional[float] = ..., uint64_param: _Optional[int] = ...) -> None: ...
 
 class InferTensorContents(_message.Message):
-    __slots__ = (
-        "bool_contents",
-        "int_contents",
-        "int64_contents",
-        "uint_contents",
-        "uint64_contents",
-        "fp32_contents",
-        "fp64_contents",
-        "bytes_contents",
-    )
+    __slots__ = ("bool_contents", "int_contents", "int64_contents", "uint_contents", "uint64_contents", "fp32_contents", "fp64_contents", "bytes_contents")
     BOOL_CONTENTS_FIELD_NUMBER: _ClassVar[int]
     INT_CONTENTS_FIELD_NUMBER: _ClassVar[int]
     INT64_CONTENTS_FIELD_NUMBER: _ClassVar[int]
@@ -186,17 +151,7 @@ class InferTensorContents(_message.Message):
     fp32_contents: _containers.RepeatedScalarFieldContainer[float]
     fp64_contents: _containers.RepeatedScalarFieldContainer[float]
     bytes_contents: _containers.RepeatedScalarFieldContainer[bytes]
-    def __init__(
-        self,
-        bool_contents: _Optional[_Iterable[bool]] = ...,
-        int_contents: _Optional[_Iterable[int]] = ...,
-        int64_contents: _Optional[_Iterable[int]] = ...,
-        uint_contents: _Optional[_Iterable[int]] = ...,
-        uint64_contents: _Optional[_Iterable[int]] = ...,
-        fp32_contents: _Optional[_Iterable[float]] = ...,
-        fp64_contents: _Optional[_Iterable[float]] = ...,
-        bytes_contents: _Optional[_Iterable[bytes]] = ...,
-    ) -> None: ...
+    def __init__(self, bool_contents: _Optional[_Iterable[bool]] = ..., int_contents: _Optional[_Iterable[int]] = ..., int64_contents: _Optional[_Iterable[int]] = ..., uint_contents: _Optional[_Iterable[int]] = ..., uint64_contents: _Optional[_Iterable[int]] = ..., fp32_contents: _Optional[_Iterable[float]] = ..., fp64_contents: _Optional[_Iterable[float]] = ..., bytes_contents: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class ModelInferRequest(_message.Message):
     __slots__ = ("model_name", "model_version", "id", "parameters", "inputs", "outputs", "raw_input_contents")
@@ -208,10 +163,7 @@ class ModelInferRequest(_message.Message):
             VALUE_FIELD_NUMBER: _ClassVar[int]
             key: str
             value: InferParameter
-            def __init__(
-                self, key: _Optional[str] = ..., value: _Optional[_Union[InferParameter, _Mapping]] = ...
-            ) -> None: ...
-
+            def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[InferParameter, _Mapping]] = ...) -> None: ...
         NAME_FIELD_NUMBER: _ClassVar[int]
         DATATYPE_FIELD_NUMBER: _ClassVar[int]
         SHAPE_FIELD_NUMBER: _ClassVar[int]
@@ -222,15 +174,7 @@ class ModelInferRequest(_message.Message):
         shape: _containers.RepeatedScalarFieldContainer[int]
         parameters: _containers.MessageMap[str, InferParameter]
         contents: InferTensorContents
-        def __init__(
-            self,
-            name: _Optional[str] = ...,
-            datatype: _Optional[str] = ...,
-            shape: _Optional[_Iterable[int]] = ...,
-            parameters: _Optional[_Mapping[str, InferParameter]] = ...,
-            contents: _Optional[_Union[InferTensorContents, _Mapping]] = ...,
-        ) -> None: ...
-
+        def __init__(self, name: _Optional[str] = ..., datatype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., parameters: _Optional[_Mapping[str, InferParameter]] = ..., contents: _Optional[_Union[InferTensorContents, _Mapping]] = ...) -> None: ...
     class InferRequestedOutputTensor(_message.Message):
         __slots__ = ("name", "parameters")
         class ParametersEntry(_message.Message):
@@ -239,28 +183,19 @@ class ModelInferRequest(_message.Message):
             VALUE_FIELD_NUMBER: _ClassVar[int]
             key: str
             value: InferParameter
-            def __init__(
-                self, key: _Optional[str] = ..., value: _Optional[_Union[InferParameter, _Mapping]] = ...
-            ) -> None: ...
-
+            def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[InferParameter, _Mapping]] = ...) -> None: ...
         NAME_FIELD_NUMBER: _ClassVar[int]
         PARAMETERS_FIELD_NUMBER: _ClassVar[int]
         name: str
         parameters: _containers.MessageMap[str, InferParameter]
-        def __init__(
-            self, name: _Optional[str] = ..., parameters: _Optional[_Mapping[str, InferParameter]] = ...
-        ) -> None: ...
-
+        def __init__(self, name: _Optional[str] = ..., parameters: _Optional[_Mapping[str, InferParameter]] = ...) -> None: ...
     class ParametersEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
         key: str
         value: InferParameter
-        def __init__(
-            self, key: _Optional[str] = ..., value: _Optional[_Union[InferParameter, _Mapping]] = ...
-        ) -> None: ...
-
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[InferParameter, _Mapping]] = ...) -> None: ...
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     ID_FIELD_NUMBER: _ClassVar[int]
@@ -275,16 +210,7 @@ class ModelInferRequest(_message.Message):
     inputs: _containers.RepeatedCompositeFieldContainer[ModelInferRequest.InferInputTensor]
     outputs: _containers.RepeatedCompositeFieldContainer[ModelInferRequest.InferRequestedOutputTensor]
     raw_input_contents: _containers.RepeatedScalarFieldContainer[bytes]
-    def __init__(
-        self,
-        model_name: _Optional[str] = ...,
-        model_version: _Optional[str] = ...,
-        id: _Optional[str] = ...,
-        parameters: _Optional[_Mapping[str, InferParameter]] = ...,
-        inputs: _Optional[_Iterable[_Union[ModelInferRequest.InferInputTensor, _Mapping]]] = ...,
-        outputs: _Optional[_Iterable[_Union[ModelInferRequest.InferRequestedOutputTensor, _Mapping]]] = ...,
-        raw_input_contents: _Optional[_Iterable[bytes]] = ...,
-    ) -> None: ...
+    def __init__(self, model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., id: _Optional[str] = ..., parameters: _Optional[_Mapping[str, InferParameter]] = ..., inputs: _Optional[_Iterable[_Union[ModelInferRequest.InferInputTensor, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[ModelInferRequest.InferRequestedOutputTensor, _Mapping]]] = ..., raw_input_contents: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class ModelInferResponse(_message.Message):
     __slots__ = ("model_name", "model_version", "id", "parameters", "outputs", "raw_output_contents")
@@ -296,10 +222,7 @@ class ModelInferResponse(_message.Message):
             VALUE_FIELD_NUMBER: _ClassVar[int]
             key: str
             value: InferParameter
-            def __init__(
-                self, key: _Optional[str] = ..., value: _Optional[_Union[InferParameter, _Mapping]] = ...
-            ) -> None: ...
-
+            def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[InferParameter, _Mapping]] = ...) -> None: ...
         NAME_FIELD_NUMBER: _ClassVar[int]
         DATATYPE_FIELD_NUMBER: _ClassVar[int]
         SHAPE_FIELD_NUMBER: _ClassVar[int]
@@ -310,25 +233,14 @@ class ModelInferResponse(_message.Message):
         shape: _containers.RepeatedScalarFieldContainer[int]
         parameters: _containers.MessageMap[str, InferParameter]
         contents: InferTensorContents
-        def __init__(
-            self,
-            name: _Optional[str] = ...,
-            datatype: _Optional[str] = ...,
-            shape: _Optional[_Iterable[int]] = ...,
-            parameters: _Optional[_Mapping[str, InferParameter]] = ...,
-            contents: _Optional[_Union[InferTensorContents, _Mapping]] = ...,
-        ) -> None: ...
-
+        def __init__(self, name: _Optional[str] = ..., datatype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., parameters: _Optional[_Mapping[str, InferParameter]] = ..., contents: _Optional[_Union[InferTensorContents, _Mapping]] = ...) -> None: ...
     class ParametersEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
         key: str
         value: InferParameter
-        def __init__(
-            self, key: _Optional[str] = ..., value: _Optional[_Union[InferParameter, _Mapping]] = ...
-        ) -> None: ...
-
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[InferParameter, _Mapping]] = ...) -> None: ...
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     ID_FIELD_NUMBER: _ClassVar[int]
@@ -341,15 +253,7 @@ class ModelInferResponse(_message.Message):
     parameters: _containers.MessageMap[str, InferParameter]
     outputs: _containers.RepeatedCompositeFieldContainer[ModelInferResponse.InferOutputTensor]
     raw_output_contents: _containers.RepeatedScalarFieldContainer[bytes]
-    def __init__(
-        self,
-        model_name: _Optional[str] = ...,
-        model_version: _Optional[str] = ...,
-        id: _Optional[str] = ...,
-        parameters: _Optional[_Mapping[str, InferParameter]] = ...,
-        outputs: _Optional[_Iterable[_Union[ModelInferResponse.InferOutputTensor, _Mapping]]] = ...,
-        raw_output_contents: _Optional[_Iterable[bytes]] = ...,
-    ) -> None: ...
+    def __init__(self, model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., id: _Optional[str] = ..., parameters: _Optional[_Mapping[str, InferParameter]] = ..., outputs: _Optional[_Iterable[_Union[ModelInferResponse.InferOutputTensor, _Mapping]]] = ..., raw_output_contents: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class ModelStreamInferResponse(_message.Message):
     __slots__ = ("error_message", "infer_response")
@@ -357,11 +261,7 @@ class ModelStreamInferResponse(_message.Message):
     INFER_RESPONSE_FIELD_NUMBER: _ClassVar[int]
     error_message: str
     infer_response: ModelInferResponse
-    def __init__(
-        self,
-        error_message: _Optional[str] = ...,
-        infer_response: _Optional[_Union[ModelInferResponse, _Mapping]] = ...,
-    ) -> None: ...
+    def __init__(self, error_message: _Optional[str] = ..., infer_response: _Optional[_Union[ModelInferResponse, _Mapping]] = ...) -> None: ...
 
 class ModelConfigRequest(_message.Message):
     __slots__ = ("name", "version")
@@ -384,29 +284,21 @@ class ModelVersionPolicy(_message.Message):
         NUM_VERSIONS_FIELD_NUMBER: _ClassVar[int]
         num_versions: int
         def __init__(self, num_versions: _Optional[int] = ...) -> None: ...
-
     class All(_message.Message):
         __slots__ = ()
         def __init__(self) -> None: ...
-
     class Specific(_message.Message):
         __slots__ = ("versions",)
         VERSIONS_FIELD_NUMBER: _ClassVar[int]
         versions: _containers.RepeatedScalarFieldContainer[int]
         def __init__(self, versions: _Optional[_Iterable[int]] = ...) -> None: ...
-
     LATEST_FIELD_NUMBER: _ClassVar[int]
     ALL_FIELD_NUMBER: _ClassVar[int]
     SPECIFIC_FIELD_NUMBER: _ClassVar[int]
     latest: ModelVersionPolicy.Latest
     all: ModelVersionPolicy.All
     specific: ModelVersionPolicy.Specific
-    def __init__(
-        self,
-        latest: _Optional[_Union[ModelVersionPolicy.Latest, _Mapping]] = ...,
-        all: _Optional[_Union[ModelVersionPolicy.All, _Mapping]] = ...,
-        specific: _Optional[_Union[ModelVersionPolicy.Specific, _Mapping]] = ...,
-    ) -> None: ...
+    def __init__(self, latest: _Optional[_Union[ModelVersionPolicy.Latest, _Mapping]] = ..., all: _Optional[_Union[ModelVersionPolicy.All, _Mapping]] = ..., specific: _Optional[_Union[ModelVersionPolicy.Specific, _Mapping]] = ...) -> None: ...
 
 class ModelInput(_message.Message):
     __slots__ = ("name", "data_type", "format", "dims")
@@ -415,7 +307,6 @@ class ModelInput(_message.Message):
         FORMAT_NONE: _ClassVar[ModelInput.Format]
         FORMAT_NHWC: _ClassVar[ModelInput.Format]
         FORMAT_NCHW: _ClassVar[ModelInput.Format]
-
     FORMAT_NONE: ModelInput.Format
     FORMAT_NHWC: ModelInput.Format
     FORMAT_NCHW: ModelInput.Format
@@ -427,13 +318,7 @@ class ModelInput(_message.Message):
     data_type: DataType
     format: ModelInput.Format
     dims: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(
-        self,
-        name: _Optional[str] = ...,
-        data_type: _Optional[_Union[DataType, str]] = ...,
-        format: _Optional[_Union[ModelInput.Format, str]] = ...,
-        dims: _Optional[_Iterable[int]] = ...,
-    ) -> None: ...
+    def __init__(self, name: _Optional[str] = ..., data_type: _Optional[_Union[DataType, str]] = ..., format: _Optional[_Union[ModelInput.Format, str]] = ..., dims: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class ModelOutput(_message.Message):
     __slots__ = ("name", "data_type", "dims", "label_filename")
@@ -445,13 +330,7 @@ class ModelOutput(_message.Message):
     data_type: DataType
     dims: _containers.RepeatedScalarFieldContainer[int]
     label_filename: str
-    def __init__(
-        self,
-        name: _Optional[str] = ...,
-        data_type: _Optional[_Union[DataType, str]] = ...,
-        dims: _Optional[_Iterable[int]] = ...,
-        label_filename: _Optional[str] = ...,
-    ) -> None: ...
+    def __init__(self, name: _Optional[str] = ..., data_type: _Optional[_Union[DataType, str]] = ..., dims: _Optional[_Iterable[int]] = ..., label_filename: _Optional[str] = ...) -> None: ...
 
 class ModelDynamicBatching(_message.Message):
     __slots__ = ("preferred_batch_size", "max_queue_delay_microseconds", "preserve_ordering")
@@ -461,12 +340,7 @@ class ModelDynamicBatching(_message.Message):
     preferred_batch_size: _containers.RepeatedScalarFieldContainer[int]
     max_queue_delay_microseconds: int
     preserve_ordering: bool
-    def __init__(
-        self,
-        preferred_batch_size: _Optional[_Iterable[int]] = ...,
-        max_queue_delay_microseconds: _Optional[int] = ...,
-        preserve_ordering: _Optional[bool] = ...,
-    ) -> None: ...
+    def __init__(self, preferred_batch_size: _Optional[_Iterable[int]] = ..., max_queue_delay_microseconds: _Optional[int] = ..., preserve_ordering: _Optional[bool] = ...) -> None: ...
 
 class ModelInstanceGroup(_message.Message):
     __slots__ = ("name", "count", "kind")
@@ -476,7 +350,6 @@ class ModelInstanceGroup(_message.Message):
         KIND_GPU: _ClassVar[ModelInstanceGroup.Kind]
         KIND_CPU: _ClassVar[ModelInstanceGroup.Kind]
         KIND_MODEL: _ClassVar[ModelInstanceGroup.Kind]
-
     KIND_AUTO: ModelInstanceGroup.Kind
     KIND_GPU: ModelInstanceGroup.Kind
     KIND_CPU: ModelInstanceGroup.Kind
@@ -487,25 +360,10 @@ class ModelInstanceGroup(_message.Message):
     name: str
     count: int
     kind: ModelInstanceGroup.Kind
-    def __init__(
-        self,
-        name: _Optional[str] = ...,
-        count: _Optional[int] = ...,
-        kind: _Optional[_Union[ModelInstanceGroup.Kind, str]] = ...,
-    ) -> None: ...
+    def __init__(self, name: _Optional[str] = ..., count: _Optional[int] = ..., kind: _Optional[_Union[ModelInstanceGroup.Kind, str]] = ...) -> None: ...
 
 class ModelConfig(_message.Message):
-    __slots__ = (
-        "name",
-        "platform",
-        "version_policy",
-        "max_batch_size",
-        "input",
-        "output",
-        "instance_group",
-        "dynamic_batching",
-        "backend",
-    )
+    __slots__ = ("name", "platform", "version_policy", "max_batch_size", "input", "output", "instance_group", "dynamic_batching", "backend")
     NAME_FIELD_NUMBER: _ClassVar[int]
     PLATFORM_FIELD_NUMBER: _ClassVar[int]
     VERSION_POLICY_FIELD_NUMBER: _ClassVar[int]
@@ -524,18 +382,7 @@ class ModelConfig(_message.Message):
     instance_group: _containers.RepeatedCompositeFieldContainer[ModelInstanceGroup]
     dynamic_batching: ModelDynamicBatching
     backend: str
-    def __init__(
-        self,
-        name: _Optional[str] = ...,
-        platform: _Optional[str] = ...,
-        version_policy: _Optional[_Union[ModelVersionPolicy, _Mapping]] = ...,
-        max_batch_size: _Optional[int] = ...,
-        input: _Optional[_Iterable[_Union[ModelInput, _Mapping]]] = ...,
-        output: _Optional[_Iterable[_Union[ModelOutput, _Mapping]]] = ...,
-        instance_group: _Optional[_Iterable[_Union[ModelInstanceGroup, _Mapping]]] = ...,
-        dynamic_batching: _Optional[_Union[ModelDynamicBatching, _Mapping]] = ...,
-        backend: _Optional[str] = ...,
-    ) -> None: ...
+    def __init__(self, name: _Optional[str] = ..., platform: _Optional[str] = ..., version_policy: _Optional[_Union[ModelVersionPolicy, _Mapping]] = ..., max_batch_size: _Optional[int] = ..., input: _Optional[_Iterable[_Union[ModelInput, _Mapping]]] = ..., output: _Optional[_Iterable[_Union[ModelOutput, _Mapping]]] = ..., instance_group: _Optional[_Iterable[_Union[ModelInstanceGroup, _Mapping]]] = ..., dynamic_batching: _Optional[_Union[ModelDynamicBatching, _Mapping]] = ..., backend: _Optional[str] = ...) -> None: ...
 
 class ModelStatisticsRequest(_message.Message):
     __slots__ = ("name", "version")
@@ -554,16 +401,7 @@ class StatisticDuration(_message.Message):
     def __init__(self, count: _Optional[int] = ..., ns: _Optional[int] = ...) -> None: ...
 
 class InferStatistics(_message.Message):
-    __slots__ = (
-        "success",
-        "fail",
-        "queue",
-        "compute_input",
-        "compute_infer",
-        "compute_output",
-        "cache_hit",
-        "cache_miss",
-    )
+    __slots__ = ("success", "fail", "queue", "compute_input", "compute_infer", "compute_output", "cache_hit", "cache_miss")
     SUCCESS_FIELD_NUMBER: _ClassVar[int]
     FAIL_FIELD_NUMBER: _ClassVar[int]
     QUEUE_FIELD_NUMBER: _ClassVar[int]
@@ -580,17 +418,7 @@ class InferStatistics(_message.Message):
     compute_output: StatisticDuration
     cache_hit: StatisticDuration
     cache_miss: StatisticDuration
-    def __init__(
-        self,
-        success: _Optional[_Union[StatisticDuration, _Mapping]] = ...,
-        fail: _Optional[_Union[StatisticDuration, _Mapping]] = ...,
-        queue: _Optional[_Union[StatisticDuration, _Mapping]] = ...,
-        compute_input: _Optional[_Union[StatisticDuration, _Mapping]] = ...,
-        compute_infer: _Optional[_Union[StatisticDuration, _Mapping]] = ...,
-        compute_output: _Optional[_Union[StatisticDuration, _Mapping]] = ...,
-        cache_hit: _Optional[_Union[StatisticDuration, _Mapping]] = ...,
-        cache_miss: _Optional[_Union[StatisticDuration, _Mapping]] = ...,
-    ) -> None: ...
+    def __init__(self, success: _Optional[_Union[StatisticDuration, _Mapping]] = ..., fail: _Optional[_Union[StatisticDuration, _Mapping]] = ..., queue: _Optional[_Union[StatisticDuration, _Mapping]] = ..., compute_input: _Optional[_Union[StatisticDuration, _Mapping]] = ..., compute_infer: _Optional[_Union[StatisticDuration, _Mapping]] = ..., compute_output: _Optional[_Union[StatisticDuration, _Mapping]] = ..., cache_hit: _Optional[_Union[StatisticDuration, _Mapping]] = ..., cache_miss: _Optional[_Union[StatisticDuration, _Mapping]] = ...) -> None: ...
 
 class InferBatchStatistics(_message.Message):
     __slots__ = ("batch_size", "compute_input", "compute_infer", "compute_output")
@@ -602,24 +430,10 @@ class InferBatchStatistics(_message.Message):
     compute_input: StatisticDuration
     compute_infer: StatisticDuration
     compute_output: StatisticDuration
-    def __init__(
-        self,
-        batch_size: _Optional[int] = ...,
-        compute_input: _Optional[_Union[StatisticDuration, _Mapping]] = ...,
-        compute_infer: _Optional[_Union[StatisticDuration, _Mapping]] = ...,
-        compute_output: _Optional[_Union[StatisticDuration, _Mapping]] = ...,
-    ) -> None: ...
+    def __init__(self, batch_size: _Optional[int] = ..., compute_input: _Optional[_Union[StatisticDuration, _Mapping]] = ..., compute_infer: _Optional[_Union[StatisticDuration, _Mapping]] = ..., compute_output: _Optional[_Union[StatisticDuration, _Mapping]] = ...) -> None: ...
 
 class ModelStatistics(_message.Message):
-    __slots__ = (
-        "name",
-        "version",
-        "last_inference",
-        "inference_count",
-        "execution_count",
-        "inference_stats",
-        "batch_stats",
-    )
+    __slots__ = ("name", "version", "last_inference", "inference_count", "execution_count", "inference_stats", "batch_stats")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     LAST_INFERENCE_FIELD_NUMBER: _ClassVar[int]
@@ -634,24 +448,13 @@ class ModelStatistics(_message.Message):
     execution_count: int
     inference_stats: InferStatistics
     batch_stats: _containers.RepeatedCompositeFieldContainer[InferBatchStatistics]
-    def __init__(
-        self,
-        name: _Optional[str] = ...,
-        version: _Optional[str] = ...,
-        last_inference: _Optional[int] = ...,
-        inference_count: _Optional[int] = ...,
-        execution_count: _Optional[int] = ...,
-        inference_stats: _Optional[_Union[InferStatistics, _Mapping]] = ...,
-        batch_stats: _Optional[_Iterable[_Union[InferBatchStatistics, _Mapping]]] = ...,
-    ) -> None: ...
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., last_inference: _Optional[int] = ..., inference_count: _Optional[int] = ..., execution_count: _Optional[int] = ..., inference_stats: _Optional[_Union[InferStatistics, _Mapping]] = ..., batch_stats: _Optional[_Iterable[_Union[InferBatchStatistics, _Mapping]]] = ...) -> None: ...
 
 class ModelStatisticsResponse(_message.Message):
     __slots__ = ("model_stats",)
     MODEL_STATS_FIELD_NUMBER: _ClassVar[int]
     model_stats: _containers.RepeatedCompositeFieldContainer[ModelStatistics]
-    def __init__(
-        self, model_stats: _Optional[_Iterable[_Union[ModelStatistics, _Mapping]]] = ...
-    ) -> None: ...
+    def __init__(self, model_stats: _Optional[_Iterable[_Union[ModelStatistics, _Mapping]]] = ...) -> None: ...
 
 class RepositoryIndexRequest(_message.Message):
     __slots__ = ("repository_name", "ready")
@@ -673,19 +476,10 @@ class RepositoryIndexResponse(_message.Message):
         version: str
         state: str
         reason: str
-        def __init__(
-            self,
-            name: _Optional[str] = ...,
-            version: _Optional[str] = ...,
-            state: _Optional[str] = ...,
-            reason: _Optional[str] = ...,
-        ) -> None: ...
-
+        def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., state: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
     MODELS_FIELD_NUMBER: _ClassVar[int]
     models: _containers.RepeatedCompositeFieldContainer[RepositoryIndexResponse.ModelIndex]
-    def __init__(
-        self, models: _Optional[_Iterable[_Union[RepositoryIndexResponse.ModelIndex, _Mapping]]] = ...
-    ) -> None: ...
+    def __init__(self, models: _Optional[_Iterable[_Union[RepositoryIndexResponse.ModelIndex, _Mapping]]] = ...) -> None: ...
 
 class ModelRepositoryParameter(_message.Message):
     __slots__ = ("bool_param", "int64_param", "string_param", "bytes_param")
@@ -697,13 +491,7 @@ class ModelRepositoryParameter(_message.Message):
     int64_param: int
     string_param: str
     bytes_param: bytes
-    def __init__(
-        self,
-        bool_param: _Optional[bool] = ...,
-        int64_param: _Optional[int] = ...,
-        string_param: _Optional[str] = ...,
-        bytes_param: _Optional[bytes] = ...,
-    ) -> None: ...
+    def __init__(self, bool_param: _Optional[bool] = ..., int64_param: _Optional[int] = ..., string_param: _Optional[str] = ..., bytes_param: _Optional[bytes] = ...) -> None: ...
 
 class RepositoryModelLoadRequest(_message.Message):
     __slots__ = ("repository_name", "model_name", "parameters")
@@ -713,24 +501,14 @@ class RepositoryModelLoadRequest(_message.Message):
         VALUE_FIELD_NUMBER: _ClassVar[int]
         key: str
         value: ModelRepositoryParameter
-        def __init__(
-            self,
-            key: _Optional[str] = ...,
-            value: _Optional[_Union[ModelRepositoryParameter, _Mapping]] = ...,
-        ) -> None: ...
-
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[ModelRepositoryParameter, _Mapping]] = ...) -> None: ...
     REPOSITORY_NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     PARAMETERS_FIELD_NUMBER: _ClassVar[int]
     repository_name: str
     model_name: str
     parameters: _containers.MessageMap[str, ModelRepositoryParameter]
-    def __init__(
-        self,
-        repository_name: _Optional[str] = ...,
-        model_name: _Optional[str] = ...,
-        parameters: _Optional[_Mapping[str, ModelRepositoryParameter]] = ...,
-    ) -> None: ...
+    def __init__(self, repository_name: _Optional[str] = ..., model_name: _Optional[str] = ..., parameters: _Optional[_Mapping[str, ModelRepositoryParameter]] = ...) -> None: ...
 
 class RepositoryModelLoadResponse(_message.Message):
     __slots__ = ()
@@ -744,24 +522,14 @@ class RepositoryModelUnloadRequest(_message.Message):
         VALUE_FIELD_NUMBER: _ClassVar[int]
         key: str
         value: ModelRepositoryParameter
-        def __init__(
-            self,
-            key: _Optional[str] = ...,
-            value: _Optional[_Union[ModelRepositoryParameter, _Mapping]] = ...,
-        ) -> None: ...
-
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[ModelRepositoryParameter, _Mapping]] = ...) -> None: ...
     REPOSITORY_NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     PARAMETERS_FIELD_NUMBER: _ClassVar[int]
     repository_name: str
     model_name: str
     parameters: _containers.MessageMap[str, ModelRepositoryParameter]
-    def __init__(
-        self,
-        repository_name: _Optional[str] = ...,
-        model_name: _Optional[str] = ...,
-        parameters: _Optional[_Mapping[str, ModelRepositoryParameter]] = ...,
-    ) -> None: ...
+    def __init__(self, repository_name: _Optional[str] = ..., model_name: _Optional[str] = ..., parameters: _Optional[_Mapping[str, ModelRepositoryParameter]] = ...) -> None: ...
 
 class RepositoryModelUnloadResponse(_message.Message):
     __slots__ = ()
