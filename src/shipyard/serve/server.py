@@ -127,6 +127,7 @@ def _serve_on(
 
     class Server(uvicorn.Server):
         grpc: Any = None
+        failure: ShipyardError | None = None
 
         async def startup(self, sockets: list[socket.socket] | None = None) -> None:
             await super().startup(sockets)
@@ -135,8 +136,12 @@ def _serve_on(
                 # worker joins the shared gRPC port only once it can serve, as on HTTP.
                 from shipyard.serve.grpc_server import GrpcListener
 
-                self.grpc = GrpcListener(shipyard_app, serve, reuse_port=worker is not None)
-                await self.grpc.start()
+                listener = GrpcListener(shipyard_app, serve, reuse_port=worker is not None)
+                try:
+                    await listener.start()
+                    self.grpc = listener
+                except ShipyardError as exc:  # stop as a failed start does: the lifespan closes
+                    self.failure, self.should_exit = exc, True
             if started is not None and not self.should_exit:
                 started()
 
@@ -145,7 +150,10 @@ def _serve_on(
                 await self.grpc.stop(serve.grace_period_s)
             await super().shutdown(sockets)
 
-    Server(config).run(sockets=[sock, *admin_sockets(serve)])
+    server = Server(config)
+    server.run(sockets=[sock, *admin_sockets(serve)])
+    if server.failure is not None:
+        raise server.failure
 
 
 def _worker_main(spec: ServeSpec, host: str, port: int, worker: int, status: Connection) -> None:
@@ -206,8 +214,11 @@ def run(spec: ServeSpec, announce: Callable[[str, int], None]) -> int:
     # SO_REUSEPORT group receive connections, so the parent never takes any.
     holder = bind_socket(serve.host, serve.port, reuse_port=True)
     port = holder.getsockname()[1]
-    # The gRPC port likewise: each worker's gRPC server joins it with SO_REUSEPORT.
-    grpc_holder = _bind_grpc(serve, reuse_port=True) if serve.grpc_port else None
+    if serve.grpc_port:
+        # Checked, not held: grpcio binds an IPv6 socket (v4-mapped for an IPv4 host), which
+        # cannot share a port with an IPv4 holder. Each worker's gRPC server joins the port with
+        # SO_REUSEPORT; a port someone else holds fails here, before any worker starts.
+        _bind_grpc(serve, reuse_port=False).close()
     metrics_dir = tempfile.mkdtemp(prefix="shipyard-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     configure_logging(serve.log_level, as_json=serve.log_json)
@@ -226,8 +237,6 @@ def run(spec: ServeSpec, announce: Callable[[str, int], None]) -> int:
         supervisor.run(started=lambda: announce(serve.host, port))
     finally:
         holder.close()
-        if grpc_holder is not None:
-            grpc_holder.close()
         shutil.rmtree(metrics_dir, ignore_errors=True)
     return 0
 
