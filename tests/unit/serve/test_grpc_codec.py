@@ -180,7 +180,7 @@ def test_outputs_go_raw_in_the_requested_order_with_classification() -> None:
     wanted.parameters["classification"].int64_param = 1
     request.outputs.add(name="y")
     parsed = grpc_codec.decode_request(request, version(TensorSpec("a", "FP32", (-1,))))
-    outputs = {
+    outputs: dict[str, np.ndarray] = {
         "y": np.array([[1.5], [2.5]], dtype=np.float16),
         "p": np.array([[0.1, 0.9], [0.8, 0.2]], dtype=np.float32),
     }
