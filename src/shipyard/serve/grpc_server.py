@@ -71,7 +71,9 @@ class GrpcListener:
         self._serve = serve
         self._server = grpc.aio.server(options=options)
         dataplane: DataPlane = app.state.dataplane
-        protocol = GrpcV2Protocol(dataplane, serve, app.auth, workers=serve.workers)
+        protocol = GrpcV2Protocol(
+            dataplane, serve, app.auth, workers=serve.workers, predictions=app.state.predictions
+        )
         self._server.add_generic_rpc_handlers((protocol.handler(),))
         self._health = _Health(dataplane)
         add_HealthServicer_to_server(self._health, self._server)

@@ -36,6 +36,7 @@ from shipyard.errors import (
 )
 from shipyard.monitor import metrics
 from shipyard.monitor.logs import REQUEST_ID
+from shipyard.monitor.prediction_recorder import PredictionRecorder, Sample
 from shipyard.serve.auth import GRPC_SERVICE, Authenticator, caller_id, require_model
 from shipyard.serve.dataplane import ClientDisconnectedError, DataPlane
 from shipyard.serve.protocols import grpc_codec
@@ -43,7 +44,7 @@ from shipyard.serve.protocols._http import client_message, internal_error, parse
 from shipyard.serve.protocols.proto import inference_pb2 as pb
 from shipyard.serve.protocols.v2 import EXTENSIONS
 from shipyard.serve.request_ids import HEADER as REQUEST_ID_HEADER
-from shipyard.serve.request_ids import request_id_of
+from shipyard.serve.request_ids import request_id, request_id_of
 from shipyard.settings import ServeSettings
 from shipyard.types import ModelRef
 
@@ -65,6 +66,10 @@ _CODES = {
     504: grpc.StatusCode.DEADLINE_EXCEEDED,
 }
 _CANCELLED = 499  # the status a request whose client went away is counted with, as over HTTP
+# Keys of a call's scope: its metric labels (model, version), prediction-log sample and request id.
+_LABELS = "shipyard.labels"
+_SAMPLE = "shipyard.sample"
+_REQUEST_ID = "shipyard.request_id"
 
 Scope = dict[str, Any]
 Call = Callable[[Any, Scope, Any], Awaitable[Any]]
@@ -77,12 +82,19 @@ def status_code(exc: ShipyardError) -> grpc.StatusCode:
 
 class GrpcV2Protocol:
     def __init__(
-        self, dataplane: DataPlane, settings: ServeSettings, auth: Authenticator, *, workers: int = 1
+        self,
+        dataplane: DataPlane,
+        settings: ServeSettings,
+        auth: Authenticator,
+        *,
+        workers: int = 1,
+        predictions: PredictionRecorder | None = None,
     ) -> None:
         self.dataplane = dataplane
         self.settings = settings
         self.auth = auth
         self.workers = workers
+        self.predictions = predictions  # the prediction log, when it is on
         self._children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
 
     def handler(self) -> Any:
@@ -115,7 +127,7 @@ class GrpcV2Protocol:
         async def handler(data: bytes, context: Any) -> bytes:
             started = time.perf_counter()
             scope = _scope(path, context)
-            request_id = request_id_of(scope)
+            request_id = scope[_REQUEST_ID] = request_id_of(scope)
             token = REQUEST_ID.set(request_id)
             context.set_trailing_metadata(((REQUEST_ID_HEADER.decode(), request_id),))
             try:
@@ -151,9 +163,13 @@ class GrpcV2Protocol:
             await _abort(context, exc, request_id_of(scope))
         async for data in requests:
             started = time.perf_counter()
-            scope.pop("shipyard.labels", None)
+            scope.pop(_LABELS, None)
+            scope.pop(_SAMPLE, None)
+            scope[_REQUEST_ID] = request_id(None)
             try:
                 request = _parse(pb.ModelInferRequest, data)
+                # Each request on the stream is one for the logs: its own `id` when that is safe.
+                scope[_REQUEST_ID] = request_id(request.id or None)
                 response = pb.ModelStreamInferResponse(
                     infer_response=await self._infer(request, scope, context)
                 )
@@ -182,7 +198,7 @@ class GrpcV2Protocol:
             raise refused
 
     def _observe(self, scope: Scope, status: int, started: float, kind: str = "") -> None:
-        name, version = scope.get("shipyard.labels") or ("-", None)
+        name, version = scope.get(_LABELS) or ("-", None)
         key = (name, "-" if version is None else str(version), str(status))
         pair = self._children.get(key)
         if pair is None:
@@ -191,10 +207,14 @@ class GrpcV2Protocol:
                 metrics.REQUESTS.labels(*labels),
                 metrics.REQUEST_LATENCY.labels(*labels),
             )
+        elapsed = time.perf_counter() - started
         pair[0].inc()
-        pair[1].observe(time.perf_counter() - started)
+        pair[1].observe(elapsed)
         if kind:
             metrics.count_error(key[0], key[1], PROTOCOL, kind)
+        sample = scope.get(_SAMPLE)
+        if sample is not None and self.predictions is not None:
+            self.predictions.record(scope[_REQUEST_ID], name, version, PROTOCOL, status, elapsed, sample)
 
     # -- health and metadata ---------------------------------------------------------------------
 
@@ -249,8 +269,10 @@ class GrpcV2Protocol:
         http = Request(scope)
         with self.dataplane.acquire(name, version) as served:
             record = served.version
-            scope["shipyard.labels"] = (name, record.version)
+            scope[_LABELS] = (name, record.version)
             require_model(http, name)  # 403 unless the caller's key may infer on it
+            sample = None if self.predictions is None else Sample()
+            scope[_SAMPLE] = sample
             parsed = grpc_codec.decode_request(request, record)
             remaining = context.time_remaining()
             result = await self.dataplane.infer(
@@ -258,6 +280,7 @@ class GrpcV2Protocol:
                 parsed.inputs,
                 timeout_s=None if remaining is None else max(remaining, 1e-3),
                 caller=caller_id(http),
+                sample=sample,
             )
         return grpc_codec.encode_response(
             parsed, name, str(result.version.version), result.outputs, result.version.extra.get("classes")
@@ -366,7 +389,7 @@ def _version(scope: Scope, text: str) -> int | None:
 
 def _label(dataplane: DataPlane, scope: Scope, name: str, version: int | None) -> None:
     if dataplane.is_served(name):
-        scope["shipyard.labels"] = (name, version)
+        scope[_LABELS] = (name, version)
 
 
 async def _abort(context: Any, exc: ShipyardError, request_id: str) -> None:
