@@ -20,6 +20,7 @@ from shipyard.monitor.resources import resident_bytes
 from shipyard.registry import Registry, signing
 from shipyard.runtimes import Runtime, load_runtime
 from shipyard.serve.batching import Batcher
+from shipyard.serve.statistics import VersionStatistics
 from shipyard.settings import Settings
 from shipyard.types import ModelRef, ModelVersion
 
@@ -42,6 +43,7 @@ class ServedVersion:
     requests: int = 0
     rows: int = 0
     batches: int = 0
+    statistics: VersionStatistics = field(default_factory=VersionStatistics)  # Triton's shape
 
     @property
     def ready(self) -> bool:
@@ -428,6 +430,7 @@ def _observe_batch(
     served: ServedVersion, labels: tuple[str, str], rows: int, seconds: float, waits: list[float]
 ) -> None:
     served.batches += 1
+    served.statistics.ran_batch(rows, seconds, waits)
     if served.sample_gauges is not None:
         served.sample_gauges()
     metrics.BATCH_SIZE.labels(*labels).observe(rows)

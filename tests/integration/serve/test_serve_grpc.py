@@ -325,3 +325,30 @@ def test_announced_and_counted_in_metrics(grpc_server: tuple[Server, int, dict[s
         text = http.get("/metrics").text
     assert 'protocol="grpc"' in text
     assert 'model="simple"' in text
+
+
+def test_statistics_in_tritons_shape(client: tgrpc.InferenceServerClient, auth: dict[str, str]) -> None:
+    client.infer("simple", simple_inputs(), headers=auth)
+    (entry,) = client.get_inference_statistics("simple", headers=auth).model_stats
+    assert (entry.name, entry.version) == ("simple", "1")
+    assert entry.last_inference > 0
+    assert entry.inference_count >= entry.inference_stats.success.count >= 1
+    assert entry.execution_count >= 1
+    stats = entry.inference_stats
+    assert stats.success.ns > 0 and stats.compute_infer.ns > 0 and stats.queue.count >= 1
+    assert sum(b.compute_infer.count for b in entry.batch_stats) == entry.execution_count
+
+
+def test_http_statistics_have_the_same_shape(grpc_server: tuple[Server, int, dict[str, str]]) -> None:
+    server, _, keys = grpc_server
+    with server.client(headers={"x-api-key": keys["client"]}) as http:
+        (entry,) = http.get("/v2/models/simple/stats").json()["model_stats"]
+    assert set(entry["inference_stats"]) >= {"success", "fail", "queue", "compute_infer", "compute_output"}
+    assert entry["inference_stats"]["success"]["count"] >= 1
+    assert entry["batch_stats"][0].keys() == {
+        "batch_size",
+        "compute_input",
+        "compute_infer",
+        "compute_output",
+    }
+    assert entry["last_inference"] > 0

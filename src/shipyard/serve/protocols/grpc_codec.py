@@ -8,7 +8,7 @@ client reads them, and they carry FP16 and BYTES without a conversion per elemen
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -18,6 +18,9 @@ from shipyard.serve.protocols.proto import inference_pb2 as pb
 from shipyard.serve.protocols.v2_codec import V2Request
 from shipyard.tensors import datatype_of
 from shipyard.types import ModelVersion, TensorSpec
+
+if TYPE_CHECKING:
+    from shipyard.serve.dataplane import VersionStats
 
 # The typed field of InferTensorContents for each datatype, and the numpy type its values become.
 _CONTENTS: dict[str, tuple[str, str]] = {
@@ -146,6 +149,24 @@ def encode_response(
         raw.append(v2_codec.encode_bytes_elements(arr) if datatype == "BYTES" else v2_codec.le_bytes(arr))
     response.raw_output_contents.extend(raw)
     return response
+
+
+def model_statistics(stats: VersionStats) -> pb.ModelStatistics:
+    """One version's statistics in Triton's shape (the HTTP body's twin)."""
+    numbers = stats.statistics
+    entry = pb.ModelStatistics(
+        name=stats.name,
+        version=str(stats.version),
+        last_inference=numbers.last_inference_ms,
+        inference_count=stats.rows,
+        execution_count=stats.batches,
+    )
+    for phase, duration in numbers.inference_stats().items():
+        getattr(entry.inference_stats, phase).CopyFrom(pb.StatisticDuration(**duration))
+    for batch in numbers.batch_stats():
+        added = entry.batch_stats.add(batch_size=batch["batch_size"])
+        added.compute_infer.CopyFrom(pb.StatisticDuration(**batch["compute_infer"]))
+    return entry
 
 
 def model_metadata(name: str, versions: list[int], model: ModelVersion) -> pb.ModelMetadataResponse:

@@ -255,10 +255,7 @@ class GrpcV2Protocol:
         stats = self.dataplane.statistics(request.name or None, version)
         response = pb.ModelStatisticsResponse()
         for s in stats:
-            entry = response.model_stats.add(
-                name=s.name, version=str(s.version), inference_count=s.rows, execution_count=s.batches
-            )
-            entry.inference_stats.success.count = s.requests
+            response.model_stats.append(grpc_codec.model_statistics(s))
         return response
 
     # -- inference -------------------------------------------------------------------------------
