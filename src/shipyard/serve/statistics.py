@@ -66,19 +66,26 @@ class VersionStatistics:
         entry.ns += ns
 
     def inference_stats(self) -> dict[str, dict[str, int]]:
+        # Input and output handling are part of the measured run: they have its count (clients
+        # such as perf_analyzer require the three compute counts to match) and no time of their own.
+        uncounted = Duration(self.compute_infer.count).to_dict()
         phases = {
-            "success": self.success,
-            "fail": self.fail,
-            "queue": self.queue,
-            "compute_infer": self.compute_infer,
+            "success": self.success.to_dict(),
+            "fail": self.fail.to_dict(),
+            "queue": self.queue.to_dict(),
+            "compute_input": uncounted,
+            "compute_infer": self.compute_infer.to_dict(),
+            "compute_output": uncounted,
         }
-        return {
-            name: (phases[name].to_dict() if name in phases else Duration().to_dict()) for name in _PHASES
-        }
+        return {name: phases.get(name) or Duration().to_dict() for name in _PHASES}
 
     def batch_stats(self) -> list[dict[str, Any]]:
-        zero = Duration().to_dict()
         return [
-            {"batch_size": rows, "compute_input": zero, "compute_infer": d.to_dict(), "compute_output": zero}
+            {
+                "batch_size": rows,
+                "compute_input": Duration(d.count).to_dict(),
+                "compute_infer": d.to_dict(),
+                "compute_output": Duration(d.count).to_dict(),
+            }
             for rows, d in sorted(self.batches.items())
         ]

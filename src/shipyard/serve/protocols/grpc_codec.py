@@ -165,7 +165,8 @@ def model_statistics(stats: VersionStats) -> pb.ModelStatistics:
         getattr(entry.inference_stats, phase).CopyFrom(pb.StatisticDuration(**duration))
     for batch in numbers.batch_stats():
         added = entry.batch_stats.add(batch_size=batch["batch_size"])
-        added.compute_infer.CopyFrom(pb.StatisticDuration(**batch["compute_infer"]))
+        for phase in ("compute_input", "compute_infer", "compute_output"):
+            getattr(added, phase).CopyFrom(pb.StatisticDuration(**batch[phase]))
     return entry
 
 
