@@ -160,6 +160,7 @@ class GrpcV2Protocol:
         try:
             await self._authenticate(scope)
         except ShipyardError as exc:
+            metrics.count_rejection("-", exc.kind)
             await _abort(context, exc, request_id_of(scope))
         async for data in requests:
             started = time.perf_counter()
@@ -194,8 +195,7 @@ class GrpcV2Protocol:
             return
         refused = await self.auth.check(scope)
         if refused is not None:
-            metrics.count_rejection("-", refused.kind)
-            raise refused
+            raise refused  # counted as an error of its kind (a unary call) or a rejection (a stream)
 
     def _observe(self, scope: Scope, status: int, started: float, kind: str = "") -> None:
         name, version = scope.get(_LABELS) or ("-", None)
