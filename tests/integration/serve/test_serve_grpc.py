@@ -64,7 +64,11 @@ def grpc_server(
         push_file(registry, "slow", slow_onnx_bytes(rounds=16), files)
         keys = {
             name: registry.create_key(name, scopes)[1]
-            for name, scopes in {"client": ["infer:*", "read"], "multi-only": ["infer:multi", "read"]}.items()
+            for name, scopes in {
+                "client": ["infer:*", "read"],
+                "multi-only": ["infer:multi", "read"],
+                "admin": ["admin"],
+            }.items()
         }
     port = free_port()
     args = ["--grpc-port", str(port), "--max-batch-delay-ms", "0"]
@@ -352,3 +356,15 @@ def test_http_statistics_have_the_same_shape(grpc_server: tuple[Server, int, dic
         "compute_output",
     }
     assert entry["last_inference"] > 0
+
+
+def test_repository_rpcs_need_the_admin_scope_and_refuse_overrides(
+    client: tgrpc.InferenceServerClient, grpc_server: tuple[Server, int, dict[str, str]]
+) -> None:
+    admin = {"authorization": f"Bearer {grpc_server[2]['admin']}"}
+    index = client.get_model_repository_index(headers=admin, as_json=True)["models"]
+    assert {(m["name"], m["state"]) for m in index} >= {("simple", "READY"), ("multi", "READY")}
+    with fails(grpc.StatusCode.INVALID_ARGUMENT, "config overrides are not supported"):
+        client.load_model("simple", headers=admin, config='{"max_batch_size": 4}')
+    with fails(grpc.StatusCode.PERMISSION_DENIED, "uploading model files through load is not allowed"):
+        client.load_model("simple", headers=admin, config="{}", files={"file:1/model.onnx": b"x"})
