@@ -30,6 +30,7 @@ from shipyard.errors import (
     ForbiddenError,
     InvalidInputError,
     ModelError,
+    NotFoundError,
     RateLimitedError,
     ShipyardError,
     UnauthorizedError,
@@ -287,6 +288,12 @@ class GrpcV2Protocol:
 
     def _authorize(self, scope: Scope, changes: bool) -> str:
         """Who the audit log names; refused as over HTTP (see protocols/management.py)."""
+        if self.settings.admin_port is not None:  # management is kept off the public ports
+            raise NotFoundError(
+                f"model management is served on the admin port ({self.settings.admin_port}, over HTTP), "
+                "not over gRPC",
+                field="model_name",
+            )
         caller = caller_id(Request(scope))
         if caller is None:
             token = self.settings.admin_token
