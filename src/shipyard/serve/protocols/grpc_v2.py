@@ -67,6 +67,7 @@ _CODES = {
     504: grpc.StatusCode.DEADLINE_EXCEEDED,
 }
 _CANCELLED = 499  # the status a request whose client went away is counted with, as over HTTP
+_STREAM_WINDOW = 64  # requests of one stream in flight at once; the next waits for a place
 # Keys of a call's scope: its metric labels (model, version), prediction-log sample and request id.
 _LABELS = "shipyard.labels"
 _SAMPLE = "shipyard.sample"
@@ -154,42 +155,77 @@ class GrpcV2Protocol:
         return handler
 
     async def _stream(self, requests: AsyncIterator[bytes], context: Any) -> AsyncIterator[bytes]:
-        """ModelStreamInfer: one answer per request, in order; a failed request answers with its
-        error message and the stream goes on, as Triton's does."""
-        path = f"/{GRPC_SERVICE}/ModelStreamInfer"
-        scope = _scope(path, context)
+        """ModelStreamInfer: one answer per request, each as soon as it is ready. Up to
+        `_STREAM_WINDOW` requests of one stream run at once, so they batch as separate calls
+        would; clients match answers to requests by `id`. A failed request answers with its
+        error message (and its id) and the stream goes on, as Triton's does."""
+        scope = _scope(f"/{GRPC_SERVICE}/ModelStreamInfer", context)
         try:
             await self._authenticate(scope)
         except ShipyardError as exc:
             metrics.count_rejection("-", exc.kind)
             await _abort(context, exc, request_id_of(scope))
-        async for data in requests:
-            started = time.perf_counter()
-            scope.pop(_LABELS, None)
-            scope.pop(_SAMPLE, None)
-            scope[_REQUEST_ID] = request_id(None)
+        answers: asyncio.Queue[bytes | BaseException | None] = asyncio.Queue()
+        window = asyncio.Semaphore(_STREAM_WINDOW)
+        running: set[asyncio.Task[None]] = set()  # referenced, so none is garbage-collected
+
+        async def answer(data: bytes) -> None:
             try:
-                request = _parse(pb.ModelInferRequest, data)
-                # Each request on the stream is one for the logs: its own `id` when that is safe.
-                scope[_REQUEST_ID] = request_id(request.id or None)
-                response = pb.ModelStreamInferResponse(
-                    infer_response=await self._infer(request, scope, context)
-                )
-            except ShipyardError as exc:
-                self._observe(scope, exc.status_code, started, exc.kind)
-                if isinstance(exc, ModelError):
-                    log.error("%s: %s", path, exc.message, exc_info=exc)
-                response = pb.ModelStreamInferResponse(error_message=client_message(exc))
-            except (asyncio.CancelledError, ClientDisconnectedError):
-                self._observe(scope, _CANCELLED, started)
-                raise
-            except Exception:
-                log.exception("unexpected error on %s", path)
-                self._observe(scope, 500, started, "internal_error")
-                response = pb.ModelStreamInferResponse(error_message=client_message(internal_error()))
-            else:
-                self._observe(scope, 200, started)
-            yield bytes(response.SerializeToString())
+                answers.put_nowait(await self._stream_answer(data, dict(scope), context))
+            except ClientDisconnectedError:
+                pass  # the stream is gone: nobody reads an answer
+            finally:
+                window.release()
+
+        async def read() -> None:
+            try:
+                async for data in requests:
+                    await window.acquire()
+                    task = asyncio.create_task(answer(data))
+                    running.add(task)
+                    task.add_done_callback(running.discard)
+                if running:
+                    await asyncio.wait(set(running))
+                answers.put_nowait(None)
+            except Exception as exc:  # noqa: BLE001 -- the request stream broke: the handler raises it
+                answers.put_nowait(exc)
+
+        reader = asyncio.create_task(read())
+        try:
+            while (item := await answers.get()) is not None:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            reader.cancel()
+            for task in list(running):
+                task.cancel()
+
+    async def _stream_answer(self, data: bytes, scope: Scope, context: Any) -> bytes:
+        """One request of a stream, answered (an error included) as a serialized message."""
+        started = time.perf_counter()
+        scope[_REQUEST_ID] = request_id(None)
+        request = None
+        try:
+            request = _parse(pb.ModelInferRequest, data)
+            # Each request on the stream is one for the logs: its own `id` when that is safe.
+            scope[_REQUEST_ID] = request_id(request.id or None)
+            response = pb.ModelStreamInferResponse(infer_response=await self._infer(request, scope, context))
+        except ShipyardError as exc:
+            self._observe(scope, exc.status_code, started, exc.kind)
+            if isinstance(exc, ModelError):
+                log.error("ModelStreamInfer: %s", exc.message, exc_info=exc)
+            response = _stream_error(request, client_message(exc))
+        except (asyncio.CancelledError, ClientDisconnectedError):
+            self._observe(scope, _CANCELLED, started)
+            raise
+        except Exception:
+            log.exception("unexpected error on ModelStreamInfer")
+            self._observe(scope, 500, started, "internal_error")
+            response = _stream_error(request, client_message(internal_error()))
+        else:
+            self._observe(scope, 200, started)
+        return bytes(response.SerializeToString())
 
     async def _authenticate(self, scope: Scope) -> None:
         if self.auth.admits(scope):
@@ -363,6 +399,15 @@ class GrpcV2Protocol:
         self._repository_params(request)
         await self.dataplane.unload(request.model_name, actor=actor)
         return pb.RepositoryModelUnloadResponse()
+
+
+def _stream_error(request: Any, message: str) -> Any:
+    """A stream's answer to a failed request: the message, and the request's model and id."""
+    answer = pb.ModelStreamInferResponse(error_message=message)
+    if request is not None:
+        answer.infer_response.model_name = request.model_name
+        answer.infer_response.id = request.id
+    return answer
 
 
 def _scope(path: str, context: Any) -> Scope:
