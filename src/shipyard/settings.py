@@ -150,7 +150,10 @@ class ServeSettings(BaseModel):
         if self.admin_port and self.admin_port == self.port:
             raise ValueError("admin_port must differ from port: the admin listener is a second port")
         if self.grpc_port and self.grpc_port in (self.port, self.admin_port):
-            raise ValueError("grpc_port must differ from port and admin_port: gRPC has a port of its own")
+            raise ValueError(
+                f"grpc_port {self.grpc_port} is also the HTTP or admin port: gRPC needs a port of its own "
+                "(--grpc-port PORT, or 0 to serve no gRPC)"
+            )
         return self
 
     def for_version(self, serving: Mapping[str, Any], ref: str = "the version") -> ServeSettings:
