@@ -36,6 +36,7 @@ def server_env(home: Path, **extra: str) -> dict[str, str]:
         k: v for k, v in os.environ.items() if not k.startswith(("SHIPYARD_", "AIP_", "PROMETHEUS_", "OTEL_"))
     }
     env["SHIPYARD_HOME"] = str(home)
+    env["SHIPYARD_SERVE__GRPC_PORT"] = "0"  # no server binds the fixed default 8001; gRPC tests set one
     env.update(extra)
     return env
 

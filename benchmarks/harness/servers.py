@@ -90,7 +90,7 @@ def launch(
     `nofile`: the server's soft limit on open files (e.g. the usual default 1024), whatever this
     process's limit is."""
     environ = {k: v for k, v in os.environ.items() if not k.startswith("SHIPYARD_")}
-    environ |= {"SHIPYARD_HOME": str(home), **(env or {})}
+    environ |= {"SHIPYARD_HOME": str(home), "SHIPYARD_SERVE__GRPC_PORT": "0", **(env or {})}
     if nofile is not None:  # the shell's ulimit, then exec: the server keeps the pid
         cmd = ["sh", "-c", f'ulimit -Sn {int(nofile)} && exec "$@"', "sh", *cmd]
     log_path = folder / f"{label}.log"

@@ -81,6 +81,9 @@ class ServeSettings(BaseModel):
 
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
+    grpc_port: int = Field(
+        8001, ge=0, le=65535, description="the Open Inference Protocol over gRPC on this port (0 = off)"
+    )
     workers: int = Field(1, ge=1)
     max_batch_size: int = Field(32, ge=1)
     max_batch_delay_ms: float = Field(2.0, ge=0)
@@ -153,6 +156,11 @@ class ServeSettings(BaseModel):
             )
         if self.admin_port and self.admin_port == self.port:
             raise ValueError("admin_port must differ from port: the admin listener is a second port")
+        if self.grpc_port and self.grpc_port in (self.port, self.admin_port):
+            raise ValueError(
+                f"grpc_port {self.grpc_port} is also the HTTP or admin port: gRPC needs a port of its own "
+                "(--grpc-port PORT, or 0 to serve no gRPC)"
+            )
         return self
 
     def for_version(self, serving: Mapping[str, Any], ref: str = "the version") -> ServeSettings:

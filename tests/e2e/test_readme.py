@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -92,26 +93,36 @@ def run_registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def server_url(run_registry: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """`shipyard serve` of the models the server snippets use, on a port the kernel chose."""
+    """`shipyard serve` of the models the server snippets use, on a port the kernel chose (and
+    gRPC on one found free: `server_url:GRPC_PORT`)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        grpc_port = probe.getsockname()[1]
     with running(
         run_registry,
         ["iris@production", "minilm@production"],
         tmp_path_factory.mktemp("serve-log"),
+        args=["--grpc-port", str(grpc_port)],
         env={"HF_HUB_OFFLINE": "1"},
         ready_timeout=READY_TIMEOUT_S,
     ) as server:
-        yield server.url
+        yield f"{server.url}:{grpc_port}"
 
 
-@pytest.mark.parametrize("client", ["tritonclient", "openai"])
+@pytest.mark.parametrize("client", ["tritonclient", "tritonclient.grpc", "openai"])
 def test_client_snippets_run_against_a_real_server(client: str, server_url: str, tmp_path: Path) -> None:
-    snippet = python_snippet(f"import {client}" if client == "openai" else "tritonclient.http")
-    address = server_url.removeprefix("http://")
-    code = snippet.replace("127.0.0.1:8000", address)
-    assert code != snippet, "the snippet no longer names 127.0.0.1:8000"
+    url, grpc_port = server_url.rsplit(":", 1)
+    if client == "tritonclient.grpc":
+        snippet = python_snippet("tritonclient.grpc")
+        code = snippet.replace("127.0.0.1:8001", f"127.0.0.1:{grpc_port}")
+        assert code != snippet, "the snippet no longer names 127.0.0.1:8001"
+    else:
+        snippet = python_snippet(f"import {client}" if client == "openai" else "tritonclient.http")
+        code = snippet.replace("127.0.0.1:8000", url.removeprefix("http://"))
+        assert code != snippet, "the snippet no longer names 127.0.0.1:8000"
     result = run_python(code, tmp_path / "unused-home", tmp_path)
     assert result.returncode == 0, result.stderr
-    expected = {"tritonclient": "[[", "openai": "384 Usage("}[client]
+    expected = {"tritonclient": "[[", "tritonclient.grpc": "[[", "openai": "384 Usage("}[client]
     assert result.stdout.startswith(expected), result.stdout
 
 

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-HEAVY = ["onnx", "onnxruntime", "skops", "sklearn", "sqlalchemy", "torch", "alembic"]
+HEAVY = ["onnx", "onnxruntime", "skops", "sklearn", "sqlalchemy", "torch", "alembic", "grpc"]
 
 _PROBE = """
 import contextlib, io, json, sys

@@ -140,3 +140,12 @@ def test_the_batcher_uses_the_version_options_unless_a_flag_says_otherwise(
     flagged = served_config(Settings.load(home=home, serve={"max_batch_size": 3}), "iris")
     assert flagged["max_batch_size"] == 3
     assert flagged["dynamic_batching"]["max_queue_delay_microseconds"] == 500
+
+
+def test_grpc_needs_a_port_of_its_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert Settings.load().serve.grpc_port == 8001
+    monkeypatch.setenv("SHIPYARD_SERVE__PORT", "8001")
+    with pytest.raises(InvalidInputError, match="grpc_port 8001 is also the HTTP or admin port"):
+        Settings.load()
+    monkeypatch.setenv("SHIPYARD_SERVE__GRPC_PORT", "0")  # 0 serves no gRPC
+    assert Settings.load().serve.grpc_port == 0

@@ -26,6 +26,9 @@ def serve(
     port: Annotated[
         int | None, typer.Option(help="Port (default 8000; $AIP_HTTP_PORT on Vertex AI).")
     ] = None,
+    grpc_port: Annotated[
+        int | None, typer.Option(help="Port of the V2 gRPC service (default 8001; 0 = no gRPC).")
+    ] = None,
     workers: Annotated[int | None, typer.Option(help="Worker processes sharing the port.", min=1)] = None,
     max_batch_size: Annotated[int | None, typer.Option(help="Rows per batch.", min=1)] = None,
     max_batch_delay_ms: Annotated[
@@ -77,6 +80,7 @@ def serve(
     flags = {
         "host": host,
         "port": port,
+        "grpc_port": grpc_port,
         "workers": workers,
         "max_batch_size": max_batch_size,
         "max_batch_delay_ms": max_batch_delay_ms,
@@ -114,6 +118,9 @@ def serve(
         for name in dict.fromkeys(ModelRef.parse(ref).name for ref in refs):
             typer.echo(f"  V2:  POST {base_url}/v2/models/{name}/infer")
             typer.echo(f"  V1:  POST {base_url}/v1/models/{name}:predict")
+        if serve.grpc_port:
+            shown = f"[{bound_host}]" if ":" in bound_host else bound_host
+            typer.echo(f"  gRPC: {shown}:{serve.grpc_port} (inference.GRPCInferenceService)")
         admin_url = base_url if serve.admin_port is None else _url(serve, serve.admin_host, serve.admin_port)
         typer.echo(f"  docs: {base_url}/docs   metrics: {admin_url}/metrics   ready: {base_url}/readyz")
         if serve.admin_port is not None:

@@ -56,7 +56,19 @@ _INFER_PATH = re.compile(
     r"^/v2/models/(?P<v2>[^/]+)(?:(?:/versions/[^/]+)?/infer|/feedback)$"
     r"|^/v1/models/(?P<v1>[^/:]+)(?:/versions/[^/:]+)?:predict$"
 )
-_BODY_MODEL_PATHS = frozenset({"/v1/embeddings", "/v1/completions", "/v1/chat/completions", "/invocations"})
+# gRPC calls are checked by their method's path, as HTTP/2 carries it (serve/protocols/grpc_v2.py).
+GRPC_SERVICE = "inference.GRPCInferenceService"
+_BODY_MODEL_PATHS = frozenset(
+    {
+        "/v1/embeddings",
+        "/v1/completions",
+        "/v1/chat/completions",
+        "/invocations",
+        f"/{GRPC_SERVICE}/ModelInfer",
+        f"/{GRPC_SERVICE}/ModelStreamInfer",
+    }
+)
+_GRPC_PROBES = frozenset({f"/{GRPC_SERVICE}/ServerLive", f"/{GRPC_SERVICE}/ServerReady"})
 _PROBES = frozenset({"/healthz", "/readyz", "/ping"})
 _NEVER = float("inf")
 _NAME = re.compile(NAME_PATTERN)
@@ -77,9 +89,9 @@ class _Lookup:
 def required_scope(method: str, path: str, probes: frozenset[str] = _PROBES) -> str | None:
     """The scope a request needs: None for probes, `admin` for management, `infer:<model>` for
     inference and its feedback, `read` for everything else (metadata, docs, metrics, /openapi.json)."""
-    if path in probes or path.startswith("/v2/health/"):
+    if path in probes or path.startswith("/v2/health/") or path in _GRPC_PROBES:
         return None
-    if path.startswith("/v2/repository/"):
+    if path.startswith(("/v2/repository/", f"/{GRPC_SERVICE}/Repository")):
         return ADMIN
     if method == "POST":
         match = _INFER_PATH.match(path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ import numpy as np
 from shipyard.errors import PayloadTooLargeError
 from shipyard.serve.limits import Limits, ModelPolicy
 from shipyard.serve.repository import IndexEntry, ModelRepository, ModelStatus, Readiness, ServedVersion
+from shipyard.serve.statistics import VersionStatistics
 from shipyard.settings import ServeSettings
 from shipyard.tensors import coerce_inputs
 from shipyard.types import ModelRef, ModelVersion
@@ -52,6 +54,7 @@ class VersionStats:
     requests: int
     rows: int
     batches: int
+    statistics: VersionStatistics
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +106,7 @@ class DataPlane:
         prediction log).
         """
         record = served.version
+        started = time.perf_counter_ns()
         policy = self._policies.get(served) or self._policy(served)
         admission = self._limits.admit(record.name, policy, caller)
         try:
@@ -120,11 +124,15 @@ class DataPlane:
                 outputs = await batcher.submit(arrays, timeout, trace)
             else:
                 outputs = await _unless_disconnected(batcher.submit(arrays, timeout, trace), disconnected)
+        except Exception:
+            served.statistics.failed(time.perf_counter_ns() - started)
+            raise
         finally:
             if admission is not None:
                 admission.release()
         served.requests += 1
         served.rows += rows
+        served.statistics.succeeded(time.perf_counter_ns() - started)
         if sample is not None:
             sample.outputs = outputs
         return InferResult(record, outputs)
@@ -188,7 +196,8 @@ class DataPlane:
         else:
             chosen = [s for m in self._repository.models.values() for s in m.versions.values()]
         return [
-            VersionStats(s.version.name, s.version.version, s.requests, s.rows, s.batches) for s in chosen
+            VersionStats(s.version.name, s.version.version, s.requests, s.rows, s.batches, s.statistics)
+            for s in chosen
         ]
 
     async def index(self) -> list[IndexEntry]:

@@ -22,6 +22,7 @@ from shipyard.monitor.resources import resident_bytes
 from shipyard.registry import Registry, signing
 from shipyard.runtimes import Runtime, load_runtime
 from shipyard.serve.batching import Batcher
+from shipyard.serve.statistics import VersionStatistics
 from shipyard.settings import Settings
 from shipyard.types import ModelRef, ModelVersion
 
@@ -45,6 +46,7 @@ class ServedVersion:
     requests: int = 0
     rows: int = 0
     batches: int = 0
+    statistics: VersionStatistics = field(default_factory=VersionStatistics)  # Triton's shape
 
     @property
     def ready(self) -> bool:
@@ -190,7 +192,10 @@ class ModelRepository:
 
     def _not_served(self, name: str) -> NotFoundError:
         served = ", ".join(sorted(self.models)) or "none"
-        return NotFoundError(f"model {name!r} is not served here (served: {served})", field="model")
+        # Triton's wording first: clients and scripts written for Triton look for it.
+        return NotFoundError(
+            f"Request for unknown model: {name!r} is not served here (served: {served})", field="model"
+        )
 
     def readiness(self) -> Readiness:
         """Every served name (and each pinned version as `NAME:VERSION`) and how it stands."""
@@ -463,16 +468,17 @@ def _gauge_sampler(served: ServedVersion, labels: tuple[str, str]) -> Callable[[
 def _batch_observer(
     served: ServedVersion, labels: tuple[str, str], drift: DriftMonitor | None
 ) -> Callable[[int, float, list[float], dict[str, np.ndarray]], None]:
-    """What follows each batch a version ran: its metrics, and its inputs for drift. Drift sees
-    whole batches, not requests: one entry per batch in the window, so a busy server holds a
-    fraction of the objects (measured: per-request entries cost a request several µs in memory
-    traffic, more than the append itself)."""
+    """What follows each batch a version ran: its metrics and statistics, and its inputs for
+    drift. Drift sees whole batches, not requests: one entry per batch in the window, so a busy
+    server holds a fraction of the objects (measured: per-request entries cost a request several
+    µs in memory traffic, more than the append itself)."""
     batch_size = metrics.BATCH_SIZE.labels(*labels)  # labels() costs microseconds: once
     inference_time = metrics.INFERENCE_TIME.labels(*labels)
     queue_time = metrics.QUEUE_TIME.labels(*labels)
 
     def observe(rows: int, seconds: float, waits: list[float], inputs: dict[str, np.ndarray]) -> None:
         served.batches += 1
+        served.statistics.ran_batch(rows, seconds, waits)
         if served.sample_gauges is not None:
             served.sample_gauges()
         batch_size.observe(rows)

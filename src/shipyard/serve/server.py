@@ -24,7 +24,7 @@ from shipyard.errors import ConflictError, InvalidInputError, ShipyardError
 from shipyard.monitor.logs import configure_logging
 from shipyard.serve.limits import create_table
 from shipyard.serve.workers import Supervisor, report_failure, report_ready
-from shipyard.settings import Settings
+from shipyard.settings import ServeSettings, Settings
 
 
 @dataclass(frozen=True)
@@ -62,6 +62,15 @@ def _bind_error(host: str, port: int, exc: OSError) -> ShipyardError:
     return ShipyardError(f"{where}: {exc.strerror or exc}")
 
 
+def _bind_grpc(serve: ServeSettings, reuse_port: bool) -> socket.socket:
+    try:
+        return bind_socket(serve.host, serve.grpc_port, reuse_port)
+    except ShipyardError as exc:
+        raise type(exc)(
+            f"{exc.message} (the gRPC port: --grpc-port, or 0 to serve no gRPC)", field="grpc_port"
+        ) from exc
+
+
 def _serve_on(
     spec: ServeSpec,
     sock: socket.socket,
@@ -89,6 +98,7 @@ def _serve_on(
         limits_file=spec.limits_file,
         worker=worker or 0,
     )
+    shipyard_app = app
     if serve.access_log:
         app = AccessLog(app)
     config = uvicorn.Config(
@@ -116,12 +126,34 @@ def _serve_on(
         signal.signal(signum, lambda *_: None)
 
     class Server(uvicorn.Server):
+        grpc: Any = None
+        failure: ShipyardError | None = None
+
         async def startup(self, sockets: list[socket.socket] | None = None) -> None:
             await super().startup(sockets)
+            if serve.grpc_port and not self.should_exit:
+                # After the lifespan: with several workers it has waited for the models, so a
+                # worker joins the shared gRPC port only once it can serve, as on HTTP.
+                from shipyard.serve.grpc_server import GrpcListener
+
+                listener = GrpcListener(shipyard_app, serve, reuse_port=worker is not None)
+                try:
+                    await listener.start()
+                    self.grpc = listener
+                except ShipyardError as exc:  # stop as a failed start does: the lifespan closes
+                    self.failure, self.should_exit = exc, True
             if started is not None and not self.should_exit:
                 started()
 
-    Server(config).run(sockets=[sock, *admin_sockets(serve)])
+        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            if self.grpc is not None:  # drained with HTTP's grace period, before the models close
+                await self.grpc.stop(serve.grace_period_s)
+            await super().shutdown(sockets)
+
+    server = Server(config)
+    server.run(sockets=[sock, *admin_sockets(serve)])
+    if server.failure is not None:
+        raise server.failure
 
 
 def _worker_main(spec: ServeSpec, host: str, port: int, worker: int, status: Connection) -> None:
@@ -173,6 +205,8 @@ def run(spec: ServeSpec, announce: Callable[[str, int], None]) -> int:
     _raise_file_limit()
     if serve.workers == 1:
         sock = bind_socket(serve.host, serve.port, reuse_port=False)
+        if serve.grpc_port:  # a port in use is one line now, not an error once models load
+            _bind_grpc(serve, reuse_port=False).close()
         announce(serve.host, sock.getsockname()[1])
         _serve_on(spec, sock)
         return 0
@@ -180,6 +214,11 @@ def run(spec: ServeSpec, announce: Callable[[str, int], None]) -> int:
     # SO_REUSEPORT group receive connections, so the parent never takes any.
     holder = bind_socket(serve.host, serve.port, reuse_port=True)
     port = holder.getsockname()[1]
+    if serve.grpc_port:
+        # Checked, not held: grpcio binds an IPv6 socket (v4-mapped for an IPv4 host), which
+        # cannot share a port with an IPv4 holder. Each worker's gRPC server joins the port with
+        # SO_REUSEPORT; a port someone else holds fails here, before any worker starts.
+        _bind_grpc(serve, reuse_port=False).close()
     metrics_dir = tempfile.mkdtemp(prefix="shipyard-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     configure_logging(serve.log_level, as_json=serve.log_json)

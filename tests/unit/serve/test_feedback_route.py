@@ -230,7 +230,7 @@ def test_bad_feedback_is_its_status_naming_the_field(
         ):
             response = await unserved
             assert response.status_code == 404 and response.json() == {
-                "error": "model 'other' is not served here (served: iris)",
+                "error": "Request for unknown model: 'other' is not served here (served: iris)",
                 "field": "model",
             }
         window = await client.get("/v2/models/iris/quality", params={"window": "30d"})

@@ -136,9 +136,12 @@ class V2Protocol:
                     {
                         "name": s.name,
                         "version": str(s.version),
+                        "last_inference": s.statistics.last_inference_ms,
                         "inference_count": s.rows,
                         "execution_count": s.batches,
                         "request_count": s.requests,
+                        "inference_stats": s.statistics.inference_stats(),
+                        "batch_stats": s.statistics.batch_stats(),
                     }
                     for s in stats
                 ]

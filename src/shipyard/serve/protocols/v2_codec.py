@@ -94,7 +94,7 @@ def _shape(value: Any, name: str) -> tuple[int, ...]:
     return tuple(value)
 
 
-def _decode_binary(buf: memoryview, datatype: str, shape: tuple[int, ...], name: str) -> np.ndarray:
+def decode_binary(buf: memoryview, datatype: str, shape: tuple[int, ...], name: str) -> np.ndarray:
     count = math.prod(shape)
     if datatype == "BYTES":
         return decode_bytes_elements(buf, count, name).reshape(shape)
@@ -126,6 +126,19 @@ def _decode_json(data: Any, datatype: str, shape: tuple[int, ...], name: str) ->
     return arr.reshape(shape)
 
 
+def check_input(signature: Signature, name: str, datatype: Any) -> TensorSpec:
+    """The model's spec of input `name`; 400 unless it has one, of datatype `datatype`."""
+    spec = signature.input(name)
+    if spec is None:
+        expected = ", ".join(t.describe() for t in signature.inputs)
+        raise _error(f"unknown input {_shown(name)}; the model expects {expected}", name[:_EXCERPT])
+    if datatype not in DATATYPES:
+        raise _error(f"input {name!r} has unknown datatype {_shown(datatype)}", name)
+    if datatype != spec.datatype:
+        raise _error(f"input {name!r} has datatype {datatype}, but the model expects {spec.describe()}", name)
+    return spec
+
+
 def decode_request(body: bytes, header_length: int | None, signature: Signature) -> V2Request:
     """Parse a V2 infer request (JSON, or JSON header + binary tensors) against a signature."""
     if header_length is not None:
@@ -149,18 +162,7 @@ def decode_request(body: bytes, header_length: int | None, signature: Signature)
         if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
             raise _error("each input needs a 'name'", "inputs")
         name = entry["name"]
-        spec = signature.input(name)
-        if spec is None:
-            expected = ", ".join(t.describe() for t in signature.inputs)
-            raise _error(f"unknown input {_shown(name)}; the model expects {expected}", name[:_EXCERPT])
-        datatype = entry.get("datatype")
-        if datatype not in DATATYPES:
-            raise _error(f"input {name!r} has unknown datatype {_shown(datatype)}", name)
-        if datatype != spec.datatype:
-            raise _error(
-                f"input {name!r} has datatype {datatype}, but the model expects {spec.describe()}",
-                name,
-            )
+        datatype = check_input(signature, name, entry.get("datatype")).datatype
         shape = _shape(entry.get("shape"), name)
         params = entry.get("parameters") or {}
         size = params.get("binary_data_size") if isinstance(params, dict) else None
@@ -171,7 +173,7 @@ def decode_request(body: bytes, header_length: int | None, signature: Signature)
                     f"{len(binary) - offset} bytes of binary data follow",
                     name,
                 )
-            inputs[name] = _decode_binary(binary[offset : offset + size], datatype, shape, name)
+            inputs[name] = decode_binary(binary[offset : offset + size], datatype, shape, name)
             offset += size
         elif "data" in entry:
             inputs[name] = _decode_json(entry["data"], datatype, shape, name)
@@ -200,7 +202,7 @@ def decode_request(body: bytes, header_length: int | None, signature: Signature)
     return V2Request(inputs, None if request_id is None else str(request_id), parameters, outputs)
 
 
-def _classify(arr: np.ndarray, k: int, labels: list[Any] | None) -> np.ndarray:
+def classify(arr: np.ndarray, k: int, labels: list[Any] | None) -> np.ndarray:
     """Classification extension: top-k 'score:index[:label]' strings per row."""
     if arr.dtype.kind not in "biuf":
         raise _error("classification needs a numeric output (scores), not text", "outputs")
@@ -239,11 +241,11 @@ def encode_response(
         arr = outputs[name]
         k = params.get("classification")
         if isinstance(k, int) and k > 0:
-            arr = _classify(arr, k, classes)
+            arr = classify(arr, k, classes)
         datatype = datatype_of(arr.dtype)
         entry: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(arr.shape)}
         if params.get("binary_data", default_binary):
-            blob = encode_bytes_elements(arr) if datatype == "BYTES" else _le_bytes(arr)
+            blob = encode_bytes_elements(arr) if datatype == "BYTES" else le_bytes(arr)
             entry["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
         elif datatype == "BYTES":
@@ -263,7 +265,7 @@ def encode_response(
     return header + b"".join(blobs), len(header)
 
 
-def _le_bytes(arr: np.ndarray) -> bytes:
+def le_bytes(arr: np.ndarray) -> bytes:
     if arr.dtype == np.bool_:
         return arr.astype(np.uint8).tobytes()
     return np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")).tobytes()

@@ -1,0 +1,210 @@
+"""Open Inference Protocol V2 over gRPC: protobuf messages to named arrays and back.
+
+Pure functions, like `v2_codec` (whose checks and messages they share), so they are tested
+without a server. Outputs always go in `raw_output_contents`, as Triton sends them: every
+client reads them, and they carry FP16 and BYTES without a conversion per element.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from shipyard.errors import InvalidInputError
+from shipyard.serve.protocols import v2_codec
+from shipyard.serve.protocols.proto import inference_pb2 as pb
+from shipyard.serve.protocols.v2_codec import V2Request
+from shipyard.tensors import datatype_of
+from shipyard.types import ModelVersion, TensorSpec
+
+if TYPE_CHECKING:
+    from shipyard.serve.dataplane import VersionStats
+
+# The typed field of InferTensorContents for each datatype, and the numpy type its values become.
+_CONTENTS: dict[str, tuple[str, str]] = {
+    "BOOL": ("bool_contents", "bool"),
+    "INT8": ("int_contents", "int8"),
+    "INT16": ("int_contents", "int16"),
+    "INT32": ("int_contents", "int32"),
+    "INT64": ("int64_contents", "int64"),
+    "UINT8": ("uint_contents", "uint8"),
+    "UINT16": ("uint_contents", "uint16"),
+    "UINT32": ("uint_contents", "uint32"),
+    "UINT64": ("uint64_contents", "uint64"),
+    "FP32": ("fp32_contents", "float32"),
+    "FP64": ("fp64_contents", "float64"),
+    "BYTES": ("bytes_contents", "object"),
+}
+_SHARED_MEMORY = "shared_memory_region"
+
+
+def _error(message: str, name: str) -> InvalidInputError:
+    return InvalidInputError(message, field=name)
+
+
+def parameters_of(params: Any) -> dict[str, Any]:
+    """A protobuf parameter map as plain values (bool, int, float or str)."""
+    out: dict[str, Any] = {}
+    for key, value in params.items():
+        choice = value.WhichOneof("parameter_choice")
+        out[key] = None if choice is None else getattr(value, choice)
+    return out
+
+
+def decode_request(request: pb.ModelInferRequest, model: ModelVersion) -> V2Request:
+    """The request's inputs as arrays, checked against the model's signature (400 naming the problem)."""
+    raw = request.raw_input_contents
+    inputs = request.inputs
+    if raw and len(raw) != len(inputs):
+        raise _error(
+            f"the request has {len(raw)} raw_input_contents for {len(inputs)} inputs; "
+            "send one per input, in the order of the inputs",
+            "raw_input_contents",
+        )
+    arrays: dict[str, np.ndarray] = {}
+    for index, tensor in enumerate(inputs):
+        name = tensor.name
+        spec = v2_codec.check_input(model.signature, name, tensor.datatype)
+        if name in arrays:
+            raise _error(f"input {name!r} is given twice", name)
+        if _SHARED_MEMORY in tensor.parameters:
+            raise _error(f"input {name!r}: shared memory is not supported by this server", name)
+        if any(d < 0 for d in tensor.shape):
+            raise _error(f"input {name!r} needs a shape of non-negative integers", name)
+        shape = tuple(tensor.shape)
+        if raw:
+            if tensor.HasField("contents"):
+                raise _error(
+                    f"input {name!r} has typed contents, but the request also has raw_input_contents; "
+                    "use one or the other for all inputs",
+                    name,
+                )
+            arrays[name] = v2_codec.decode_binary(memoryview(raw[index]), spec.datatype, shape, name)
+        else:
+            arrays[name] = _decode_typed(tensor, spec, shape)
+    outputs = [{"name": o.name, "parameters": parameters_of(o.parameters)} for o in request.outputs] or None
+    return V2Request(arrays, request.id or None, parameters_of(request.parameters), outputs)
+
+
+def _decode_typed(tensor: Any, spec: TensorSpec, shape: tuple[int, ...]) -> np.ndarray:
+    name, datatype = spec.name, spec.datatype
+    field_dtype = _CONTENTS.get(datatype)
+    if field_dtype is None:
+        raise _error(f"input {name!r}: {datatype} has no typed contents; send it in raw_input_contents", name)
+    field, dtype = field_dtype
+    values = getattr(tensor.contents, field)
+    count = math.prod(shape)
+    if len(values) != count:
+        raise _error(
+            f"input {name!r} has {len(values)} elements in contents.{field}, but shape {list(shape)} "
+            f"needs {count}",
+            name,
+        )
+    if datatype == "BYTES":
+        arr = np.empty(count, dtype=object)
+        arr[:] = [_text(v) for v in values]
+        return arr.reshape(shape)
+    arr = np.array(values, dtype=np.uint64 if datatype == "UINT64" else None)
+    target = np.dtype(dtype)
+    # int_contents and uint_contents are 32 bits wide: 300 given for an INT8 input must not wrap.
+    if target.kind in "iu" and arr.size and target.itemsize < 4:
+        bounds = np.iinfo(target)
+        if arr.min() < bounds.min or arr.max() > bounds.max:
+            raise _error(f"input {name!r}: a value in contents.{field} does not fit {datatype}", name)
+    return arr.astype(target, copy=False).reshape(shape)
+
+
+def _text(value: bytes) -> str | bytes:
+    """A BYTES element as the HTTP decoder gives it: text when it is UTF-8, else the bytes."""
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        return value
+
+
+def encode_response(
+    request: V2Request,
+    model_name: str,
+    model_version: str,
+    outputs: dict[str, np.ndarray],
+    classes: list[Any] | None = None,
+) -> pb.ModelInferResponse:
+    """The outputs the request asked for (all by default), each in `raw_output_contents`."""
+    response = pb.ModelInferResponse(model_name=model_name, model_version=model_version, id=request.id or "")
+    raw = []
+    for wanted in request.outputs or [{"name": n} for n in outputs]:
+        name = wanted["name"]
+        if name not in outputs:
+            raise _error(
+                f"unknown output {name[:40]!r}; the model's outputs are {', '.join(outputs)}", "outputs"
+            )
+        arr = outputs[name]
+        k = (wanted.get("parameters") or {}).get("classification")
+        if isinstance(k, int) and not isinstance(k, bool) and k > 0:
+            arr = v2_codec.classify(arr, k, classes)
+        datatype = datatype_of(arr.dtype)
+        response.outputs.add(name=name, datatype=datatype, shape=arr.shape)
+        raw.append(v2_codec.encode_bytes_elements(arr) if datatype == "BYTES" else v2_codec.le_bytes(arr))
+    response.raw_output_contents.extend(raw)
+    return response
+
+
+def model_statistics(stats: VersionStats) -> pb.ModelStatistics:
+    """One version's statistics in Triton's shape (the HTTP body's twin)."""
+    numbers = stats.statistics
+    entry = pb.ModelStatistics(
+        name=stats.name,
+        version=str(stats.version),
+        last_inference=numbers.last_inference_ms,
+        inference_count=stats.rows,
+        execution_count=stats.batches,
+    )
+    for phase, duration in numbers.inference_stats().items():
+        getattr(entry.inference_stats, phase).CopyFrom(pb.StatisticDuration(**duration))
+    for batch in numbers.batch_stats():
+        added = entry.batch_stats.add(batch_size=batch["batch_size"])
+        for phase in ("compute_input", "compute_infer", "compute_output"):
+            getattr(added, phase).CopyFrom(pb.StatisticDuration(**batch[phase]))
+    return entry
+
+
+def model_metadata(name: str, versions: list[int], model: ModelVersion) -> pb.ModelMetadataResponse:
+    def tensor(t: TensorSpec) -> pb.ModelMetadataResponse.TensorMetadata:
+        return pb.ModelMetadataResponse.TensorMetadata(name=t.name, datatype=t.datatype, shape=t.shape)
+
+    return pb.ModelMetadataResponse(
+        name=name,
+        versions=[str(v) for v in versions],
+        platform=f"shipyard_{model.format}",
+        inputs=[tensor(t) for t in model.signature.inputs],
+        outputs=[tensor(t) for t in model.signature.outputs],
+    )
+
+
+def model_config(name: str, model: ModelVersion, max_batch_size: int, max_delay_s: float) -> pb.ModelConfig:
+    """Triton's model configuration: with batching, `dims` leave out the batch dimension, as
+    Triton's do (clients such as perf_analyzer add it back)."""
+    signature = model.signature
+    batched = max_batch_size > 0 and all(t.shape and t.shape[0] == -1 for t in signature.inputs)
+
+    def dims(t: TensorSpec) -> list[int]:
+        return list(t.shape[1:] if batched and t.shape and t.shape[0] == -1 else t.shape)
+
+    def data_type(t: TensorSpec) -> str:
+        return "TYPE_STRING" if t.datatype == "BYTES" else f"TYPE_{t.datatype}"
+
+    config = pb.ModelConfig(
+        name=name,
+        platform=f"shipyard_{model.format}",
+        backend=model.format,
+        max_batch_size=max_batch_size if batched else 0,
+        input=[pb.ModelInput(name=t.name, data_type=data_type(t), dims=dims(t)) for t in signature.inputs],
+        output=[pb.ModelOutput(name=t.name, data_type=data_type(t), dims=dims(t)) for t in signature.outputs],
+        instance_group=[pb.ModelInstanceGroup(name=name, count=1, kind=pb.ModelInstanceGroup.KIND_CPU)],
+    )
+    config.version_policy.specific.versions.append(model.version)
+    if batched:
+        config.dynamic_batching.max_queue_delay_microseconds = round(max_delay_s * 1e6)
+    return config

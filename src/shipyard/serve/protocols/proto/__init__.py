@@ -1,0 +1,1 @@
+"""Protobuf code of the V2 gRPC service, generated from inference.proto (scripts/generate_protos.py)."""
