@@ -17,7 +17,7 @@ cache (`serve.auth_cache_ttl_s`, set to an hour here) would otherwise expire mid
 Targets: `off` (no keys, no prediction log, no drift), `keys` (every request carries a key),
 `keys+limits` (and a per-key and a per-model rate limit, never reached), `log` (every request's
 summary, 1% of payloads), `drift` (a reference profile and its live window), `monitoring` (log and
-drift: the issue's "monitoring on"). Needs valgrind (Debian's `valgrind`).
+drift: the issue's "monitoring on"). Needs valgrind (`bash scripts/install-debian-tool.sh valgrind`).
 
     .venv/bin/python benchmarks/request_instructions.py                        # every target
     .venv/bin/python benchmarks/request_instructions.py --targets off,keys --requests 300
@@ -193,7 +193,7 @@ def main() -> int:
     if unknown or "off" not in targets:
         parser.error(f"--targets takes {', '.join(TARGETS)}, with off among them")
     if shutil.which("valgrind") is None:
-        parser.error("valgrind is not installed (Debian: apt-get install valgrind)")
+        parser.error("valgrind is not installed: bash scripts/install-debian-tool.sh valgrind")
     keep = os.environ.get(
         "SHIPYARD_BENCH_KEEP"
     )  # a folder to keep callgrind's files in, for callgrind_annotate
