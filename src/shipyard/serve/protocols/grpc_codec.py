@@ -191,4 +191,6 @@ def model_config(
 ) -> pb.ModelConfig:
     """Triton's model configuration, the same as HTTP's (see `triton_config`)."""
     config = triton_config.model_config(name, model, max_batch_size, max_delay_s, instances)
-    return json_format.ParseDict(config, pb.ModelConfig())
+    message = pb.ModelConfig()
+    json_format.ParseDict(config, message)
+    return message
