@@ -128,6 +128,16 @@ def test_model_config(client: triton.InferenceServerClient) -> None:
     assert [t["name"] for t in config["input"]] == ["X"]
     assert config["input"][0]["data_type"] == "TYPE_FP32"
     assert {t["name"] for t in config["output"]} == {"label", "probabilities"}
+    # Triton's shape: dims without the batch dimension, the names its clients know.
+    assert config["max_batch_size"] == 32
+    assert config["input"][0]["dims"] == [4]
+    assert {t["name"]: t["dims"] for t in config["output"]} == {"label": [], "probabilities": [3]}
+    assert (config["platform"], config["backend"]) == ("onnxruntime_onnx", "onnxruntime")
+    assert config["dynamic_batching"] == {"max_queue_delay_microseconds": 2000}
+    assert config["instance_group"] == [{"name": "iris-onnx", "count": 1, "kind": "KIND_CPU"}]
+    assert client.get_model_metadata("iris-onnx")["platform"] == "onnxruntime_onnx"
+    python = client.get_model_config("iris", "2")  # skops: run in Python
+    assert (python["platform"], python["backend"]) == ("python", "python")
 
 
 def test_inference_statistics(client: triton.InferenceServerClient) -> None:
@@ -218,6 +228,18 @@ def test_classification_extension(client: triton.InferenceServerClient, serve_mo
         assert float(score) == pytest.approx(expected.max(), rel=1e-4)
 
 
+def test_classification_of_a_one_dimensional_output_keeps_the_batch(
+    client: triton.InferenceServerClient, serve_models: ServeModels
+) -> None:
+    rows = X4[:2].astype(np.float32)
+    outputs = [triton.InferRequestedOutput("label", class_count=3)]
+    result = client.infer("iris-onnx", [infer_input("X", rows, "FP32")], outputs=outputs)
+    top = result.as_numpy("label")
+    assert top.shape == (2, 1)  # one value per row, so one class per row: not one row of two
+    labels = serve_models.iris_v1.predict(rows)
+    assert [float(row[0].decode().split(":")[0]) for row in top] == [float(v) for v in labels]
+
+
 def test_request_id_echoed(client: triton.InferenceServerClient, http: httpx.Client) -> None:
     result = client.infer("iris-onnx", [infer_input("X", X4.astype(np.float32), "FP32")], request_id="req-7")
     assert result.get_response()["id"] == "req-7"
@@ -259,7 +281,10 @@ def test_unknown_model_is_404_listing_served_models(
         client.infer("nope", [infer_input("X", X4.astype(np.float32), "FP32")])
     with raises(404, "nope"):
         client.get_model_metadata("nope")
-    assert_error(http.get("/v2/models/nope"), 404, "iris-onnx", "multi")
+    with raises(404, "nope"):
+        client.get_model_config("nope")
+    message = assert_error(http.get("/v2/models/nope"), 404, "iris-onnx", "multi")
+    assert message.startswith("Request for unknown model: 'nope'")  # Triton's wording first
 
 
 def test_unknown_version_is_404_listing_served_versions(client: triton.InferenceServerClient) -> None:

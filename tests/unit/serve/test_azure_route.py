@@ -75,7 +75,7 @@ def test_probe_is_healthy_only_once_loaded(fake: Controls, home: Home) -> None:
     gate = fake.hold_load(1)
 
     async def main() -> None:
-        async with serve(home, ["iris"], wait=False) as served:
+        async with serve(home, ["iris"], wait=False, platform="azure") as served:
             await gate.wait_reached()
             loading = await served.client.get("/")
             assert loading.status_code == 503

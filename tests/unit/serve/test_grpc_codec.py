@@ -9,7 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 import pytest
+from google.protobuf import json_format
 
 from shipyard.errors import (
     DeadlineExceededError,
@@ -21,7 +23,7 @@ from shipyard.errors import (
     ShipyardError,
     UnauthorizedError,
 )
-from shipyard.serve.protocols import grpc_codec
+from shipyard.serve.protocols import grpc_codec, triton_config
 from shipyard.serve.protocols.proto import inference_pb2 as pb
 from shipyard.types import ModelVersion, Signature, TensorSpec
 
@@ -207,6 +209,35 @@ def test_model_config_leaves_the_batch_dimension_out() -> None:
     fixed = grpc_codec.model_config("m", version(TensorSpec("a", "FP32", (3, 4))), 32, 0.002)
     assert fixed.max_batch_size == 0
     assert list(fixed.input[0].dims) == [3, 4]
+
+
+def test_model_config_is_the_same_over_http_and_grpc() -> None:
+    """gRPC's message holds exactly what HTTP answers as JSON (int64 dims come back as numbers)."""
+    model = version(TensorSpec("a", "FP32", (-1, 4)), outputs=(TensorSpec("b", "FP32", (-1,)),))
+    for batch, delay in ((32, 0.002), (0, 0.0)):
+        http = triton_config.model_config("m", model, batch, delay, instances=2)
+        message = grpc_codec.model_config("m", model, batch, delay, instances=2)
+        assert json_format.ParseDict(http, pb.ModelConfig()) == message
+        assert orjson.loads(orjson.dumps(http)) == http  # plain JSON, nothing lost
+    assert message.platform == "onnxruntime_onnx" and message.backend == "onnxruntime"
+    assert list(message.instance_group) == [
+        pb.ModelInstanceGroup(name="m", count=2, kind=pb.ModelInstanceGroup.KIND_CPU)
+    ]
+    assert not message.HasField("dynamic_batching")  # no batching, no batcher settings
+    assert triton_config.platform("skops") == ("python", "python")
+    assert grpc_codec.model_metadata("m", [3], model).platform == "onnxruntime_onnx"
+
+
+def test_classification_of_a_one_dimensional_output_keeps_the_batch() -> None:
+    model = version(TensorSpec("a", "FP32", (-1,)), outputs=(TensorSpec("y", "FP32", (-1,)),))
+    request = pb.ModelInferRequest()
+    request.inputs.add(name="a", datatype="FP32", shape=[2]).contents.fp32_contents.extend([1, 2])
+    request.outputs.add(name="y").parameters["classification"].int64_param = 2
+    parsed = grpc_codec.decode_request(request, model)
+    outputs = {"y": np.array([0.5, 2.0], dtype=np.float32)}
+    response = grpc_codec.encode_response(parsed, "m", "3", outputs, None, model.signature)
+    assert list(response.outputs[0].shape) == [2, 1]
+    assert response.raw_output_contents[0] == b"\x05\x00\x00\x000.5:0\x03\x00\x00\x002:0"
 
 
 @pytest.mark.parametrize(

@@ -265,3 +265,33 @@ def test_openapi_lists_every_route(home: Path) -> None:
         assert "HEAD" not in {m.upper() for ops in spec["paths"].values() for m in ops}
 
     run(home, ["iris"], body)
+
+
+def test_repository_index_honours_ready(home: Path) -> None:
+    async def body(client: Client) -> None:
+        every = (await client.post("/v2/repository/index", headers=AUTH)).json()
+        assert {(e["name"], e["state"]) for e in every} >= {("iris", "READY"), ("crash", "UNLOADED")}
+        assert any(e["name"] == "broken" and e["state"] != "READY" for e in every)
+        ready = await client.post("/v2/repository/index", json={"ready": True}, headers=AUTH)
+        assert [(e["name"], e["state"]) for e in ready.json()] == [("iris", "READY")]
+        everything = await client.post("/v2/repository/index", json={"ready": False}, headers=AUTH)
+        assert everything.json() == every
+        bad = await client.post("/v2/repository/index", json={"ready": "yes"}, headers=AUTH)
+        assert assert_error(bad, 400, '"ready"')["field"] == "ready"
+
+    run(home, ["iris", "broken"], body)
+
+
+def test_kserve_v1_live_and_model_list_beside_openai_fields(home: Path) -> None:
+    """What KServe's V1 REST client reads: `status` at `/` (is_server_live), `models` at /v1/models."""
+
+    async def body(client: Client) -> None:
+        live = await client.get("/")
+        assert live.status_code == 200 and live.headers["content-type"] == "application/json"
+        assert live.json()["status"].lower() == "alive"
+        models = (await client.get("/v1/models")).json()
+        assert models["models"] == ["iris"]  # KServe V1
+        assert models["object"] == "list" and [m["id"] for m in models["data"]] == ["iris"]  # OpenAI
+        assert (await client.get("/v1/models/iris")).json()["ready"] is True  # is_model_ready (V1)
+
+    run(home, ["iris"], body)

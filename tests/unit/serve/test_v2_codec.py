@@ -460,3 +460,16 @@ def test_response_decodes_as_a_request_would() -> None:
     out = header["outputs"][0]
     body, length = binary_request([(tensor("x", out["datatype"], out["shape"]), blobs["x"])])
     np.testing.assert_array_equal(decode_request(body, length, SIG).inputs["x"], X)
+
+
+def test_classification_of_a_one_dimensional_batched_output_keeps_every_row() -> None:
+    signature = Signature((TensorSpec("x", "FP32", (-1, 4)),), (TensorSpec("score", "FP32", (-1,)),))
+    request = V2Request({}, outputs=[{"name": "score", "parameters": {"classification": 2}}])
+    outputs = {"score": np.array([0.25, 0.75], dtype=np.float32)}
+    header, _ = split_response(*encode_response(request, "m", "1", outputs, signature=signature))
+    assert header["outputs"][0]["shape"] == [2, 1]
+    assert header["outputs"][0]["data"] == ["0.25:0", "0.75:0"]
+    # An output without a batch dimension is one vector: its top-k, as one row.
+    fixed = Signature(signature.inputs, (TensorSpec("score", "FP32", (2,)),))
+    header, _ = split_response(*encode_response(request, "m", "1", outputs, signature=fixed))
+    assert header["outputs"][0]["data"] == ["0.75:1", "0.25:0"]

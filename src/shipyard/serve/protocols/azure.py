@@ -53,7 +53,9 @@ class AzureProtocol:
         return [Route("/score", self.score, methods=["POST"])]
 
     def routes(self) -> list[Route]:
-        return [Route("/", self.probe, methods=["GET"]), *self.hot_routes()]
+        # `/` is Azure's probe only on Azure; elsewhere KServe's liveness answers it (see v1.py).
+        probe = [Route("/", self.probe, methods=["GET"])] if self.settings.platform == "azure" else []
+        return [*probe, *self.hot_routes()]
 
     async def probe(self, request: Request) -> Response:
         """`Healthy` (Azure's body) once every model is loaded; 503 with the readiness until then,

@@ -11,13 +11,14 @@ import math
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from google.protobuf import json_format
 
 from shipyard.errors import InvalidInputError
-from shipyard.serve.protocols import v2_codec
+from shipyard.serve.protocols import triton_config, v2_codec
 from shipyard.serve.protocols.proto import inference_pb2 as pb
 from shipyard.serve.protocols.v2_codec import V2Request
 from shipyard.tensors import datatype_of
-from shipyard.types import ModelVersion, TensorSpec
+from shipyard.types import ModelVersion, Signature, TensorSpec
 
 if TYPE_CHECKING:
     from shipyard.serve.dataplane import VersionStats
@@ -130,10 +131,12 @@ def encode_response(
     model_version: str,
     outputs: dict[str, np.ndarray],
     classes: list[Any] | None = None,
+    signature: Signature | None = None,
 ) -> pb.ModelInferResponse:
     """The outputs the request asked for (all by default), each in `raw_output_contents`."""
     response = pb.ModelInferResponse(model_name=model_name, model_version=model_version, id=request.id or "")
     raw = []
+    batched = v2_codec.batched_outputs(signature)
     for wanted in request.outputs or [{"name": n} for n in outputs]:
         name = wanted["name"]
         if name not in outputs:
@@ -143,7 +146,7 @@ def encode_response(
         arr = outputs[name]
         k = (wanted.get("parameters") or {}).get("classification")
         if isinstance(k, int) and not isinstance(k, bool) and k > 0:
-            arr = v2_codec.classify(arr, k, classes)
+            arr = v2_codec.classify(arr, k, classes, batched=name in batched)
         datatype = datatype_of(arr.dtype)
         response.outputs.add(name=name, datatype=datatype, shape=arr.shape)
         raw.append(v2_codec.encode_bytes_elements(arr) if datatype == "BYTES" else v2_codec.le_bytes(arr))
@@ -177,34 +180,17 @@ def model_metadata(name: str, versions: list[int], model: ModelVersion) -> pb.Mo
     return pb.ModelMetadataResponse(
         name=name,
         versions=[str(v) for v in versions],
-        platform=f"shipyard_{model.format}",
+        platform=triton_config.platform(model.format)[0],
         inputs=[tensor(t) for t in model.signature.inputs],
         outputs=[tensor(t) for t in model.signature.outputs],
     )
 
 
-def model_config(name: str, model: ModelVersion, max_batch_size: int, max_delay_s: float) -> pb.ModelConfig:
-    """Triton's model configuration: with batching, `dims` leave out the batch dimension, as
-    Triton's do (clients such as perf_analyzer add it back)."""
-    signature = model.signature
-    batched = max_batch_size > 0 and all(t.shape and t.shape[0] == -1 for t in signature.inputs)
-
-    def dims(t: TensorSpec) -> list[int]:
-        return list(t.shape[1:] if batched and t.shape and t.shape[0] == -1 else t.shape)
-
-    def data_type(t: TensorSpec) -> str:
-        return "TYPE_STRING" if t.datatype == "BYTES" else f"TYPE_{t.datatype}"
-
-    config = pb.ModelConfig(
-        name=name,
-        platform=f"shipyard_{model.format}",
-        backend=model.format,
-        max_batch_size=max_batch_size if batched else 0,
-        input=[pb.ModelInput(name=t.name, data_type=data_type(t), dims=dims(t)) for t in signature.inputs],
-        output=[pb.ModelOutput(name=t.name, data_type=data_type(t), dims=dims(t)) for t in signature.outputs],
-        instance_group=[pb.ModelInstanceGroup(name=name, count=1, kind=pb.ModelInstanceGroup.KIND_CPU)],
-    )
-    config.version_policy.specific.versions.append(model.version)
-    if batched:
-        config.dynamic_batching.max_queue_delay_microseconds = round(max_delay_s * 1e6)
-    return config
+def model_config(
+    name: str, model: ModelVersion, max_batch_size: int, max_delay_s: float, instances: int = 1
+) -> pb.ModelConfig:
+    """Triton's model configuration, the same as HTTP's (see `triton_config`)."""
+    config = triton_config.model_config(name, model, max_batch_size, max_delay_s, instances)
+    message = pb.ModelConfig()
+    json_format.ParseDict(config, message)
+    return message

@@ -284,6 +284,7 @@ class GrpcV2Protocol:
             served.version,
             batcher.max_batch_size if batcher else 0,
             batcher.max_delay_s if batcher else 0.0,
+            self.settings.workers,
         )
         return pb.ModelConfigResponse(config=config)
 
@@ -317,7 +318,12 @@ class GrpcV2Protocol:
                 sample=sample,
             )
         return grpc_codec.encode_response(
-            parsed, name, str(result.version.version), result.outputs, result.version.extra.get("classes")
+            parsed,
+            name,
+            str(result.version.version),
+            result.outputs,
+            result.version.extra.get("classes"),
+            result.version.signature,
         )
 
     # -- the model repository (admin) ------------------------------------------------------------

@@ -76,6 +76,11 @@ class ManagementProtocol:
 
     async def _index(self, request: Request) -> Response:
         self._authorize(request)
+        raw = await read_body(request, 1 << 20)
+        body = parse_json(raw) if raw.strip() else {}
+        ready = body.get("ready", False) if isinstance(body, dict) else None
+        if not isinstance(ready, bool):
+            raise InvalidInputError('body must be {} or {"ready": true|false}', field="ready")
         entries = await self.dataplane.index()
         return json_response(
             [
@@ -86,6 +91,7 @@ class ManagementProtocol:
                     "reason": e.reason,
                 }
                 for e in entries
+                if not ready or e.state == "ready"
             ]
         )
 

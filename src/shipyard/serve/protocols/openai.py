@@ -89,7 +89,8 @@ class OpenAIProtocol:
                     "parent": None,
                 }
             )
-        return json_response({"object": "list", "data": data})
+        # KServe V1 clients read `models` (the names) from the same route: both kinds are served.
+        return json_response({"object": "list", "data": data, "models": [m["id"] for m in data]})
 
     async def _embeddings(self, request: Request) -> Response:
         require_json(request)

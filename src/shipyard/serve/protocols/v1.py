@@ -37,11 +37,17 @@ class V1Protocol:
         ]
 
     def routes(self) -> list[Route]:
+        # KServe's V1 server-live check reads `status` at `/`; on Azure, `/` is Azure's probe.
+        live = [Route("/", self.live, methods=["GET"])] if self.settings.platform != "azure" else []
         return [
+            *live,
             *self.hot_routes(),
             Route("/v1/models/{model}", self.status, methods=["GET"]),
             Route("/v1/models/{model}/versions/{version}", self.status, methods=["GET"]),
         ]
+
+    async def live(self, request: Request) -> Response:
+        return json_response({"status": "alive"})
 
     async def _predict(self, request: Request) -> Response:
         require_json(request)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -11,7 +9,7 @@ from starlette.routing import Route
 import shipyard
 from shipyard.errors import InvalidInputError
 from shipyard.serve.dataplane import DataPlane
-from shipyard.serve.protocols import v2_codec
+from shipyard.serve.protocols import triton_config, v2_codec
 from shipyard.serve.protocols._http import (
     BytesResponse,
     call_options,
@@ -27,13 +25,6 @@ from shipyard.serve.protocols._http import (
 from shipyard.settings import ServeSettings
 
 EXTENSIONS = ["binary_tensor_data", "classification", "model_repository", "statistics", "model_configuration"]
-_TRITON_TYPES = {
-    "FP32": "TYPE_FP32",
-    "FP64": "TYPE_FP64",
-    "FP16": "TYPE_FP16",
-    "BYTES": "TYPE_STRING",
-    "BOOL": "TYPE_BOOL",
-}
 
 
 class V2Protocol:
@@ -90,7 +81,7 @@ class V2Protocol:
             {
                 "name": name,
                 "versions": [str(v) for v in versions],
-                "platform": f"shipyard_{record.format}",
+                "platform": triton_config.platform(record.format)[0],
                 "inputs": [t.to_dict() for t in record.signature.inputs],
                 "outputs": [t.to_dict() for t in record.signature.outputs],
             }
@@ -106,27 +97,15 @@ class V2Protocol:
     async def _model_config(self, request: Request) -> Response:
         name = request.path_params["model"]
         served = self.dataplane.model(name, parse_version(request))
-        record = served.version
-
-        def tensor(t: Any) -> dict[str, Any]:
-            dtype = _TRITON_TYPES.get(t.datatype, f"TYPE_{t.datatype}")
-            return {"name": t.name, "data_type": dtype, "dims": list(t.shape)}
-
         batcher = served.batcher
-        return json_response(
-            {
-                "name": name,
-                "platform": f"shipyard_{record.format}",
-                "backend": record.format,
-                "version_policy": {"specific": {"versions": [record.version]}},
-                "max_batch_size": batcher.max_batch_size if batcher else 0,
-                "input": [tensor(t) for t in record.signature.inputs],
-                "output": [tensor(t) for t in record.signature.outputs],
-                "dynamic_batching": {
-                    "max_queue_delay_microseconds": int((batcher.max_delay_s if batcher else 0) * 1e6)
-                },
-            }
+        config = triton_config.model_config(
+            name,
+            served.version,
+            batcher.max_batch_size if batcher else 0,
+            batcher.max_delay_s if batcher else 0.0,
+            self.settings.workers,
         )
+        return json_response(config)
 
     async def _stats(self, request: Request) -> Response:
         stats = self.dataplane.statistics(request.path_params.get("model"), parse_version(request))
@@ -171,7 +150,12 @@ class V2Protocol:
                 served, parsed.inputs, disconnect_watcher(request), **call_options(request)
             )
         payload, json_length = v2_codec.encode_response(
-            parsed, name, str(result.version.version), result.outputs, result.version.extra.get("classes")
+            parsed,
+            name,
+            str(result.version.version),
+            result.outputs,
+            result.version.extra.get("classes"),
+            result.version.signature,
         )
         if json_length is None:
             return BytesResponse(payload)

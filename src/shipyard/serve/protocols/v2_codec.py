@@ -202,12 +202,20 @@ def decode_request(body: bytes, header_length: int | None, signature: Signature)
     return V2Request(inputs, None if request_id is None else str(request_id), parameters, outputs)
 
 
-def classify(arr: np.ndarray, k: int, labels: list[Any] | None) -> np.ndarray:
-    """Classification extension: top-k 'score:index[:label]' strings per row."""
+def classify(arr: np.ndarray, k: int, labels: list[Any] | None, *, batched: bool = False) -> np.ndarray:
+    """Classification extension: top-k 'score:index[:label]' strings per row.
+
+    Axis 0 is the batch when the array has more than one dimension, or when `batched` (a
+    one-dimensional output whose spec starts with the batch dimension: one score per row);
+    otherwise the whole tensor is one row, as Triton classifies an unbatched output.
+    """
     if arr.dtype.kind not in "biuf":
         raise _error("classification needs a numeric output (scores), not text", "outputs")
     # explicit row width: -1 cannot be inferred when there are no rows
-    rows = arr.reshape(arr.shape[0], math.prod(arr.shape[1:])) if arr.ndim > 1 else arr.reshape(1, -1)
+    if arr.ndim > 1 or (batched and arr.ndim == 1):
+        rows = arr.reshape(arr.shape[0], math.prod(arr.shape[1:]))
+    else:
+        rows = arr.reshape(1, -1)
     top = np.argsort(-rows, axis=1)[:, :k]
     out = np.empty(top.shape, dtype=object)
     for r, idx in enumerate(top):
@@ -217,15 +225,24 @@ def classify(arr: np.ndarray, k: int, labels: list[Any] | None) -> np.ndarray:
     return out
 
 
+def batched_outputs(signature: Signature | None) -> frozenset[str]:
+    """The outputs whose first dimension is the batch (-1), which classification keeps."""
+    if signature is None:
+        return frozenset()
+    return frozenset(t.name for t in signature.outputs if t.shape[:1] == (-1,))
+
+
 def encode_response(
     request: V2Request,
     model_name: str,
     model_version: str,
     outputs: dict[str, np.ndarray],
     classes: list[Any] | None = None,
+    signature: Signature | None = None,
 ) -> tuple[bytes, int | None]:
     """(body, JSON header length when binary outputs follow, else None)."""
     default_binary = request.parameters.get("binary_data_output", False) is True
+    batched = batched_outputs(signature)
     wanted = request.outputs
     if wanted is None:
         wanted = [{"name": n} for n in outputs]
@@ -241,7 +258,7 @@ def encode_response(
         arr = outputs[name]
         k = params.get("classification")
         if isinstance(k, int) and k > 0:
-            arr = classify(arr, k, classes)
+            arr = classify(arr, k, classes, batched=name in batched)
         datatype = datatype_of(arr.dtype)
         entry: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(arr.shape)}
         if params.get("binary_data", default_binary):
