@@ -42,6 +42,7 @@ from shipyard.serve.auth import GRPC_SERVICE, Authenticator, caller_id, require_
 from shipyard.serve.dataplane import ClientDisconnectedError, DataPlane
 from shipyard.serve.protocols import grpc_codec
 from shipyard.serve.protocols._http import client_message, internal_error, parse_version
+from shipyard.serve.protocols.management import check_load_parameters
 from shipyard.serve.protocols.proto import inference_pb2 as pb
 from shipyard.serve.protocols.v2 import EXTENSIONS
 from shipyard.serve.request_ids import HEADER as REQUEST_ID_HEADER
@@ -379,16 +380,7 @@ class GrpcV2Protocol:
             key: getattr(p, p.WhichOneof("parameter_choice") or "string_param")
             for key, p in request.parameters.items()
         }
-        for key in params:
-            if key.startswith("file:"):  # Triton's model upload: a known code-execution vector
-                raise ForbiddenError(
-                    "uploading model files through load is not allowed; push them to the registry", field=key
-                )
-        if "config" in params:
-            raise InvalidInputError(
-                "config overrides are not supported; store serving options with the version", field="config"
-            )
-        return params
+        return check_load_parameters(params)
 
     async def _load(self, request: Any, scope: Scope, context: Any) -> Any:
         actor = self._authorize(scope, changes=True)

@@ -24,6 +24,20 @@ def _actor(request: Request) -> str:
     return caller_id(request) or ADMIN_ACTOR
 
 
+def check_load_parameters(params: dict[str, Any]) -> dict[str, Any]:
+    """A load's parameters (HTTP or gRPC), refusing Triton's file upload and config overrides."""
+    for key in params:
+        if key.startswith("file:"):  # Triton's model upload: a known code-execution vector
+            raise ForbiddenError(
+                "uploading model files through load is not allowed; push them to the registry", field=key
+            )
+    if "config" in params:
+        raise InvalidInputError(
+            "config overrides are not supported; store serving options with the version", field="config"
+        )
+    return params
+
+
 class ManagementProtocol:
     def __init__(self, dataplane: DataPlane, settings: ServeSettings) -> None:
         self.dataplane = dataplane
@@ -63,16 +77,7 @@ class ManagementProtocol:
         params = (body.get("parameters") or {}) if isinstance(body, dict) else None
         if not isinstance(params, dict):
             raise InvalidInputError('body must be {} or {"parameters": {...}}', field="parameters")
-        for key in params:
-            if key.startswith("file:"):  # Triton's model upload: a known code-execution vector
-                raise ForbiddenError(
-                    "uploading model files through load is not allowed; push them to the registry", field=key
-                )
-        if "config" in params:
-            raise InvalidInputError(
-                "config overrides are not supported; store serving options with the version", field="config"
-            )
-        return params
+        return check_load_parameters(params)
 
     async def _index(self, request: Request) -> Response:
         self._authorize(request)
