@@ -85,38 +85,43 @@ def scope(extra: tuple[tuple[bytes, bytes], ...] = ()) -> dict[str, Any]:
     }
 
 
+async def request(app: Any, extra: tuple[tuple[bytes, bytes], ...] = ()) -> None:
+    """One single-row V1 request through the ASGI app; fails unless it answers 200."""
+    sent = False
+    never = asyncio.Event()
+
+    async def receive() -> dict[str, Any]:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": BODY, "more_body": False}
+        await never.wait()  # the client never hangs up
+        return {"type": "http.disconnect"}
+
+    status, body = 0, b""
+
+    async def send(message: dict[str, Any]) -> None:
+        nonlocal status, body
+        if message["type"] == "http.response.start":
+            status = message["status"]
+        else:
+            body += message.get("body", b"")
+
+    await app(scope(extra), receive, send)
+    assert status == 200, (status, body)
+
+
 async def load(
     app: Any, seconds: float, concurrency: int, extra: tuple[tuple[bytes, bytes], ...] = ()
 ) -> int:
     """Requests answered in `seconds` by `concurrency` tasks, each sending one after another."""
     done = 0
     stop = time.perf_counter() + seconds
-    never = asyncio.Event()
 
     async def client() -> None:
         nonlocal done
         while time.perf_counter() < stop:
-            sent = False
-
-            async def receive() -> dict[str, Any]:
-                nonlocal sent
-                if not sent:
-                    sent = True
-                    return {"type": "http.request", "body": BODY, "more_body": False}
-                await never.wait()  # the client never hangs up
-                return {"type": "http.disconnect"}
-
-            status, body = 0, b""
-
-            async def send(message: dict[str, Any]) -> None:
-                nonlocal status, body
-                if message["type"] == "http.response.start":
-                    status = message["status"]
-                else:
-                    body += message.get("body", b"")
-
-            await app(scope(extra), receive, send)
-            assert status == 200, (status, body)
+            await request(app, extra)
             done += 1
 
     await asyncio.gather(*(client() for _ in range(concurrency)))

@@ -79,7 +79,7 @@ async def _sequential(
     """Warm up, then `requests` requests one after another (one client: batches of one), saying
     `ready` on stdout before them and `done` after, each time waiting for a line on stdin: the
     parent switches instrumentation on and off meanwhile."""
-    from prediction_log import scope
+    from prediction_log import request
 
     app = create_app(settings, [MODEL])  # type: ignore[operator]
     context = app.app.router.lifespan_context(app.app)
@@ -88,37 +88,13 @@ async def _sequential(
         await app.state.loading
         for count, then in ((WARM_UP, "ready"), (requests, "done")):
             for _ in range(count):
-                await _one(app, scope(headers))
+                await request(app, headers)
             if app.state.predictions is not None:  # the writer's work for these entries too
                 assert app.state.predictions.flush(600.0), "the writer fell behind"
             print(then, flush=True)
             sys.stdin.readline()
     finally:
         await context.__aexit__(None, None, None)
-
-
-async def _one(app: object, request_scope: dict[str, object]) -> None:
-    from prediction_log import BODY
-
-    sent = False
-
-    async def receive() -> dict[str, object]:
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": BODY, "more_body": False}
-        await asyncio.Event().wait()
-        return {"type": "http.disconnect"}
-
-    status = 0
-
-    async def send(message: dict[str, object]) -> None:
-        nonlocal status
-        if message["type"] == "http.response.start":
-            status = int(message["status"])  # type: ignore[call-overload]
-
-    await app(request_scope, receive, send)  # type: ignore[operator]
-    assert status == 200, status
 
 
 def count_instructions(target: str, requests: int, homes: tuple[Path, Path], key: str, folder: Path) -> int:
@@ -204,15 +180,15 @@ def main() -> int:
         # timing (which batches the batcher runs inline, when the collector runs), so each
         # target's figure is the median of its runs, and the spread of off's runs is shown.
         runs = [target for _ in range(args.repeat) for target in targets]
+        log(f"{len(runs)} runs under valgrind, {args.jobs} at a time: about a minute each")
+
+        def count(target: str) -> int:
+            found = count_instructions(target, args.requests, (homes[0], homes[1]), key, folder)
+            log(f"{target}: {found / args.requests:,.0f} instructions per request (one run)")
+            return found
+
         with ThreadPoolExecutor(args.jobs) as pool:
-            counted = list(
-                pool.map(
-                    lambda target: count_instructions(
-                        target, args.requests, (homes[0], homes[1]), key, folder
-                    ),
-                    runs,
-                )
-            )
+            counted = list(pool.map(count, runs))
     counts: dict[str, list[float]] = {t: [] for t in targets}
     for target, count in zip(runs, counted, strict=True):
         counts[target].append(count / args.requests)
