@@ -109,3 +109,24 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def triton_raises(status: object, *fragments: str) -> Any:
+    """Context manager: a tritonclient call (HTTP or gRPC) raises with that status (an HTTP status
+    or a gRPC code) and a message naming the problem."""
+    from tritonclient.utils import InferenceServerException
+
+    class _Check:
+        def __enter__(self) -> None:
+            return None
+
+        def __exit__(self, kind: Any, exc: Any, tb: Any) -> bool:
+            assert isinstance(exc, InferenceServerException), (
+                f"expected InferenceServerException, got {exc!r}"
+            )
+            assert exc.status() == str(status), (exc.status(), exc.message())
+            for fragment in fragments:
+                assert fragment in exc.message(), (fragment, exc.message())
+            return True
+
+    return _Check()

@@ -19,8 +19,8 @@ import pytest
 import tritonclient.grpc as tgrpc
 import tritonclient.grpc.aio as tgrpc_aio
 from serve_support import ServeModels, free_port, push_file, slow_onnx_bytes
+from serve_support import triton_raises as fails
 from tritonclient.grpc import service_pb2, service_pb2_grpc
-from tritonclient.utils import InferenceServerException
 
 from servers import Server
 from shipyard.registry import Registry
@@ -100,25 +100,6 @@ def simple_inputs(module: Any = tgrpc) -> list[Any]:
     inputs[0].set_data_from_numpy(SIMPLE_A)
     inputs[1].set_data_from_numpy(SIMPLE_B)
     return inputs
-
-
-def fails(code: grpc.StatusCode, *fragments: str) -> Any:
-    """Context manager: tritonclient raises with that gRPC status and a message naming the problem."""
-
-    class _Check:
-        def __enter__(self) -> None:
-            return None
-
-        def __exit__(self, kind: Any, exc: Any, tb: Any) -> bool:
-            assert isinstance(exc, InferenceServerException), (
-                f"expected InferenceServerException, got {exc!r}"
-            )
-            assert exc.status() == str(code), (exc.status(), exc.message())
-            for fragment in fragments:
-                assert fragment in exc.message(), (fragment, exc.message())
-            return True
-
-    return _Check()
 
 
 def test_health_and_server_metadata(client: tgrpc.InferenceServerClient, auth: dict[str, str]) -> None:

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import tritonclient.http as triton
 from serve_support import ServeModels
-from tritonclient.utils import InferenceServerException
+from serve_support import triton_raises as raises
 
 from http_errors import assert_error
 from servers import Server
@@ -44,25 +44,6 @@ def multi_inputs(*, binary: bool) -> tuple[list[triton.InferInput], dict[str, np
     }
     types = {"x": "FP32", "n": "INT64", "s": "BYTES"}
     return [infer_input(k, v, types[k], binary=binary) for k, v in arrays.items()], arrays
-
-
-def raises(status: int, *fragments: str) -> Any:
-    """Context manager: tritonclient raises with that HTTP status and a message naming the problem."""
-
-    class _Check:
-        def __enter__(self) -> None:
-            return None
-
-        def __exit__(self, kind: Any, exc: Any, tb: Any) -> bool:
-            assert isinstance(exc, InferenceServerException), (
-                f"expected InferenceServerException, got {exc!r}"
-            )
-            assert exc.status() == str(status), (exc.status(), exc.message())
-            for fragment in fragments:
-                assert fragment in exc.message(), (fragment, exc.message())
-            return True
-
-    return _Check()
 
 
 def test_server_live_and_ready(client: triton.InferenceServerClient) -> None:
