@@ -175,6 +175,26 @@ class ServeSettings(BaseModel):
             raise _invalid(exc, f"invalid serving options stored with {ref}") from exc
 
 
+class GenerationSettings(BaseModel):
+    """Generative language models (GGUF through llama.cpp, causal LMs through transformers): the
+    token-level scheduler that decodes many sequences together (`SHIPYARD_GENERATION__…`)."""
+
+    slots: int = Field(8, ge=1, description="sequences decoded together in one batch per step")
+    context_per_slot: int = Field(
+        2048, ge=64, description="prompt + completion tokens one sequence may hold (at most the model's)"
+    )
+    kv_budget_bytes: int | None = Field(
+        None, ge=1 << 20, description="memory for the KV cache of all slots; None: slots x context"
+    )
+    max_queue: int = Field(64, ge=1, description="requests waiting for a slot; more get 503")
+    threads: int = Field(0, ge=0, description="engine threads; 0 = one per core")
+    prompt_chunk_tokens: int = Field(
+        256, ge=16, description="a long prompt is processed in chunks this long between decoding steps"
+    )
+    max_tokens_default: int = Field(512, ge=1, description="completion tokens when a request names none")
+    prefix_cache: bool = Field(True, description="reuse a shared prompt prefix (a system prompt)")
+
+
 class DriftSettings(BaseModel):
     """Input drift: the live windows a server keeps per model version (for versions with a
     reference profile) and how drift is judged, there and offline (`shipyard drift`)."""
@@ -327,6 +347,7 @@ class Settings(BaseSettings):
     push: PushSettings = PushSettings()
     serve: ServeSettings = ServeSettings()
     drift: DriftSettings = DriftSettings()
+    generation: GenerationSettings = GenerationSettings()
 
     tracing: TracingSettings = TracingSettings()
 

@@ -9,10 +9,20 @@ from typing import Any
 
 from shipyard.errors import InvalidInputError, MissingDependencyError, UntrustedArtifactError
 from shipyard.runtimes.base import Runtime
-from shipyard.settings import RuntimeSettings
+from shipyard.runtimes.generation import GenerationEngine
+from shipyard.settings import GenerationSettings, RuntimeSettings
 from shipyard.types import ModelVersion
 
-__all__ = ["CODE_EXECUTING", "RUNTIMES", "Runtime", "load_runtime"]
+__all__ = [
+    "CODE_EXECUTING",
+    "GENERATORS",
+    "RUNTIMES",
+    "GenerationEngine",
+    "Runtime",
+    "is_generative",
+    "load_generator",
+    "load_runtime",
+]
 
 RUNTIMES: dict[str, str] = {
     "onnx": "shipyard.runtimes.onnx:OnnxRuntime",
@@ -25,6 +35,11 @@ RUNTIMES: dict[str, str] = {
     "keras-h5": "shipyard.runtimes.keras:KerasRuntime",
     "tflite": "shipyard.runtimes.tflite:TfliteRuntime",
 }
+# Generative language models: engines that decode token by token (runtimes/generation.py).
+GENERATORS: dict[str, str] = {
+    "gguf": "shipyard.runtimes.llama_cpp:LlamaCppEngine",
+    "transformers-lm": "shipyard.runtimes.transformers_lm:TransformersLMEngine",
+}
 # Formats whose loading runs arbitrary code: loaded only for versions pushed with --trust.
 CODE_EXECUTING = frozenset({"pickle", "joblib"})
 # The optional extra that installs each runtime's library (absent: a core dependency).
@@ -33,6 +48,7 @@ EXTRAS: dict[str, str] = {
     "transformers": "transformers",
     "keras": "keras",
     "ai_edge_litert": "tflite",
+    "llama_cpp": "llm",
 }
 
 
@@ -54,12 +70,34 @@ def load_runtime(version: ModelVersion, path: Path, settings: RuntimeSettings) -
             f"{version.ref} is a {version.format} file, which runs code when loaded, and was not "
             "pushed with --trust"
         )
+    runtime: Runtime = _class(target, version)(path, version, settings)
+    return runtime
+
+
+def is_generative(version: ModelVersion) -> bool:
+    """Whether the version is a generative language model (served by an engine, not a runtime)."""
+    return version.format in GENERATORS
+
+
+def load_generator(
+    version: ModelVersion, path: Path, runtime: RuntimeSettings, generation: GenerationSettings
+) -> GenerationEngine:
+    """Start the engine for a generative `version` from its (already verified) artifact folder."""
+    target = GENERATORS.get(version.format)
+    if target is None:
+        raise InvalidInputError(
+            f"{version.ref} has format {version.format!r}, which is not a generative model "
+            f"(generative formats: {', '.join(sorted(GENERATORS))})"
+        )
+    engine: GenerationEngine = _class(target, version)(path, version, runtime, generation)
+    return engine
+
+
+def _class(target: str, version: ModelVersion) -> Any:
     try:
-        cls = _import(target)
+        return _import(target)
     except ModuleNotFoundError as exc:
         package = (exc.name or "").split(".")[0]
         raise MissingDependencyError(
             package, EXTRAS.get(package), f"loading {version.format} models"
         ) from exc
-    runtime: Runtime = cls(path, version, settings)
-    return runtime
