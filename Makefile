@@ -9,6 +9,8 @@ RUN_MODELS ?= iris@production digits@production digits-onnx digits-torch breast-
 TEST_JOBS ?= auto
 LINTED := src tests benchmarks examples scripts
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
+# Test-only packages installed without their own dependencies (pyproject's [dev] names why).
+NO_DEPS_DEV := azure-ai-ml==1.35.2
 
 .PHONY: run run-clean test check lint typecheck install install-dev clean bench
 
@@ -24,6 +26,7 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 	@echo "installing Shipyard with the [dev,examples] extras into $(VENV) (first time: a few minutes)"
 	$(BIN)/pip install --progress-bar on -e '.[dev,examples]'
+	$(BIN)/pip install --progress-bar on --no-deps $(NO_DEPS_DEV)
 	touch $@
 
 install: $(VENV)/.installed

@@ -152,6 +152,14 @@ class ModelError(ShipyardError):
         self.public = public
 
 
+class CloudError(ShipyardError):
+    """A cloud platform refused or failed a call (`shipyard deploy`); the message says what exists."""
+
+    status_code = 502
+    exit_code = 11
+    kind = "cloud_error"
+
+
 class IntegrityError(ShipyardError):
     """Stored bytes do not match their recorded digest: the artifact was altered or damaged."""
 

@@ -16,6 +16,7 @@ from shipyard.cli import (
     aliases,
     audit,
     build,
+    deploy,
     drift,
     entrypoint,
     keys,
@@ -77,6 +78,7 @@ monitor.register(app)
 logs.register(app)
 quality.register(app)
 build.register(app)
+deploy.register(app)
 
 
 def _click_errors() -> tuple[type[Exception], ...]:

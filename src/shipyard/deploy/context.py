@@ -134,7 +134,12 @@ def _check_out(out: Path, force: bool, registry: Registry) -> None:
 
 
 def _copy_registry(
-    registry: Registry, versions: list[ModelVersion], aliases: dict[str, set[str]], home: Path
+    registry: Registry,
+    versions: list[ModelVersion],
+    aliases: dict[str, set[str]],
+    home: Path,
+    *,
+    actor: str = "shipyard build",
 ) -> None:
     """An embedded SQLite registry holding exactly `versions`, copied with their digests checked
     on both sides: the source's files re-hashed before, the copy's after."""
@@ -143,11 +148,19 @@ def _copy_registry(
         for version in versions:
             source = registry.artifact_path(version)
             embedded.import_version(
-                version, source, aliases=tuple(sorted(aliases[str(version.ref)])), actor="shipyard build"
+                version, source, aliases=tuple(sorted(aliases[str(version.ref)])), actor=actor
             )
     for leftover in ("registry.db-wal", "registry.db-shm", "registry.db-journal"):
         (home / leftover).unlink(missing_ok=True)  # empty once the last connection closed
     shutil.rmtree(home / "artifacts" / ".staging", ignore_errors=True)
+
+
+def embed(registry: Registry, refs: Iterable[str], home: Path, *, actor: str) -> list[ModelVersion]:
+    """Write an embedded registry holding exactly the versions `refs` select into `home` (a new
+    folder): what an image carries, or a platform mounts as its model folder."""
+    versions, aliases = _resolve(registry, refs)
+    _copy_registry(registry, versions, aliases, home, actor=actor)
+    return versions
 
 
 def _checksums(root: Path, folder: str) -> str:
