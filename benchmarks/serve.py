@@ -46,7 +46,10 @@ from harness.wrk import LATENCY_HOOK, WrkResult, add_load_options, find_wrk, run
 HERE = Path(__file__).resolve().parent
 MODEL_NAME = "iris-onnx"
 BODY = b'{"instances": [[5.1, 3.5, 1.4, 0.2]]}'
-TARGETS = {"raw": 0, "w1": 1, "w2": 2}  # label → shipyard workers (0 = the raw app)
+TARGETS = {"raw": 0, "w1": 1, "w2": 2, "sagemaker": 1, "vertex": 1}  # label → workers (0: raw app)
+# The platform targets run `shipyard entrypoint` (what a `shipyard build` image runs) by that
+# platform's contract, and are sent the same body on the platform's own predict route.
+PLATFORM_ROUTES = {"sagemaker": "/invocations", "vertex": "/predict"}
 GOAL_RPS_RATIO = 0.8
 GOAL_P99_RATIO = 1.5
 GOAL_READY_S = 2.0
@@ -85,7 +88,24 @@ def start_server(label: str, workers: int, model: Path, home: Path, folder: Path
         port = free_port()
         cmd = [sys.executable, str(HERE / "_raw_app.py"), str(model), str(port)]
         return launch(label, cmd, 0, port, home, folder)
+    if label in PLATFORM_ROUTES:
+        return start_entrypoint(label, home, folder)
     return start_shipyard(label, MODEL_NAME, ["--workers", str(workers)], home, folder)
+
+
+def start_entrypoint(platform: str, home: Path, folder: Path) -> Server:
+    """`shipyard entrypoint` as the platform starts an image: the registry is its model folder."""
+    port = free_port()
+    exe = Path(sys.executable).with_name("shipyard")
+    env = {"SHIPYARD_PLATFORM": platform, "SHIPYARD_MODEL_DIR": str(home)}
+    env["SHIPYARD_WORK_DIR"] = str(folder / f"{platform}-work")
+    if platform == "sagemaker":
+        env["SAGEMAKER_BIND_TO_PORT"] = str(port)
+        cmd = [str(exe), "entrypoint", "serve", MODEL_NAME]
+    else:
+        env |= {"AIP_HTTP_PORT": str(port), "AIP_PREDICT_ROUTE": "/predict", "AIP_HEALTH_ROUTE": "/health"}
+        cmd = [str(exe), "entrypoint", MODEL_NAME]
+    return launch(platform, cmd, 1, port, home, folder, env)
 
 
 @dataclass
@@ -171,9 +191,10 @@ class Prepared:
 def prepare(server: Server, args: argparse.Namespace, wrk: str, lua: Path, expected: Any) -> Prepared:
     problems = []
     ready = wait_ready(server)
-    if note := check_announcement(server):
+    # the platforms' contracts bind 0.0.0.0 (reachable from outside a container), not HOST
+    if server.label not in PLATFORM_ROUTES and (note := check_announcement(server)):
         problems.append(note)
-    path = f"/v1/models/{MODEL_NAME}:predict"
+    path = PLATFORM_ROUTES.get(server.label, f"/v1/models/{MODEL_NAME}:predict")
     answer = http_call(server.port, "POST", path, BODY)
     if answer is None or answer[0] != 200:
         raise RuntimeError(f"{server.label}: a sample request failed: {answer}\n{server.log_tail()}")
@@ -281,7 +302,7 @@ def summary(results: dict[str, Measured], args: argparse.Namespace) -> str:
     if raw:
         p = raw.wrk.percentiles
         parts.append(f"raw {raw.wrk.rps:.0f} rps p50 {p[50]:.1f}ms p99 {p[99]:.1f}ms errors {raw.wrk.errors}")
-    for label in ("w1", "w2"):
+    for label in ("w1", "w2", *PLATFORM_ROUTES):
         m = results.get(label)
         if m is None:
             continue
@@ -322,7 +343,9 @@ def summary(results: dict[str, Measured], args: argparse.Namespace) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_load_options(parser, duration=20, warmup=2)
-    parser.add_argument("--targets", default="raw,w1,w2", help="comma-separated subset of raw,w1,w2")
+    parser.add_argument(
+        "--targets", default="raw,w1,w2", help="comma-separated subset of raw,w1,w2,sagemaker,vertex"
+    )
     parser.add_argument(
         "--rounds", type=int, default=4, help="loads per target, alternating between targets (default 4)"
     )
