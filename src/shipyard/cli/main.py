@@ -18,6 +18,7 @@ from shipyard.cli import (
     build,
     drift,
     entrypoint,
+    k8s,
     keys,
     logs,
     models,
@@ -77,6 +78,7 @@ monitor.register(app)
 logs.register(app)
 quality.register(app)
 build.register(app)
+k8s.register(app)
 
 
 def _click_errors() -> tuple[type[Exception], ...]:
