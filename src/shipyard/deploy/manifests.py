@@ -73,7 +73,7 @@ def _replicas(config: KubeConfig) -> tuple[int, int, int]:
     for option, value in (("replicas", config.replicas), ("min", config.min_replicas), ("max", config.max_replicas)):
         if value is not None and value < 1:
             raise InvalidInputError(f"--{option} must be at least 1, got {value}", field=option)
-    low = config.min_replicas or config.replicas or 2
+    low = config.min_replicas or min(config.replicas or 2, 2)
     high = config.max_replicas or max(10, low)
     if low > high:
         raise InvalidInputError(
