@@ -60,7 +60,10 @@ KSERVE_SCHEMAS: dict[str, dict[str, Any]] = {
                                         "type": "object",
                                         "required": ["name"],
                                         "additionalProperties": False,
-                                        "properties": {"name": {"type": "string"}, "version": {"type": "string"}},
+                                        "properties": {
+                                            "name": {"type": "string"},
+                                            "version": {"type": "string"},
+                                        },
                                     },
                                     "runtime": {"type": "string"},
                                     "protocolVersion": {"enum": _PROTOCOLS},
@@ -173,7 +176,9 @@ def load_folder(folder: Path) -> dict[str, dict[str, Any]]:
     }
 
 
-def by_identity(docs: Iterator[dict[str, Any]] | list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
+def by_identity(
+    docs: Iterator[dict[str, Any]] | list[dict[str, Any]],
+) -> dict[tuple[str, str], dict[str, Any]]:
     return {(d["kind"], d["metadata"]["name"]): d for d in docs if d and d["kind"] != "Kustomization"}
 
 
@@ -183,7 +188,9 @@ def helm_lint(chart: Path, namespace: str) -> dict[str, Any]:
     return helm_python.lint(str(chart), strict=True, namespace=namespace)
 
 
-def helm_render(chart: Path, release: str, namespace: str, values: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+def helm_render(
+    chart: Path, release: str, namespace: str, values: dict[str, Any] | None = None
+) -> list[dict[str, Any]]:
     """The documents Helm's engine renders from the chart (as `helm template` prints them)."""
     import helm_python
 

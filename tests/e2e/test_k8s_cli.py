@@ -17,8 +17,8 @@ import httpx
 import jsonschema
 import kubernetes_validate
 import pytest
-from manifest_schemas import by_identity, helm_lint, helm_render, load_folder, validate
 
+from manifest_schemas import by_identity, helm_lint, helm_render, load_folder, validate
 from shipyard.cli.main import main
 from shipyard.deploy import contract, kserve
 from shipyard.monitor import metrics
@@ -127,11 +127,15 @@ def test_the_deployment_is_probed_drained_and_hardened(docs: dict[str, dict[str,
     assert context["seccompProfile"] == {"type": "RuntimeDefault"}
     mounts = {m["mountPath"] for m in server["volumeMounts"]}
     assert {"/tmp", "/var/cache/shipyard"} <= mounts
-    assert server["resources"]["requests"] == server["resources"]["limits"] == {"cpu": "500m", "memory": "1Gi"}
+    assert (
+        server["resources"]["requests"] == server["resources"]["limits"] == {"cpu": "500m", "memory": "1Gi"}
+    )
     assert {c["topologyKey"] for c in pod["topologySpreadConstraints"]} >= {"kubernetes.io/hostname"}
 
 
-def test_settings_go_in_the_configmap_and_secrets_are_only_referenced(docs: dict[str, dict[str, Any]]) -> None:
+def test_settings_go_in_the_configmap_and_secrets_are_only_referenced(
+    docs: dict[str, dict[str, Any]],
+) -> None:
     data = docs["configmap.yaml"]["data"]
     assert data["SHIPYARD_SERVE__GRACE_PERIOD_S"] == "30"
     assert all(key.startswith(("SHIPYARD_", "XDG_")) for key in data)
@@ -149,7 +153,12 @@ def test_the_autoscaler_reads_metrics_the_server_exports(docs: dict[str, dict[st
     assert kinds["Resource"]["resource"]["name"] == "cpu"
     assert kinds["Pods"]["pods"]["metric"]["name"] == metrics.IN_FLIGHT._name
     monitor = docs["servicemonitor.yaml"]["spec"]
-    assert monitor["endpoints"][0] == {"port": "http", "path": "/metrics", "interval": "30s", "scrapeTimeout": "10s"}
+    assert monitor["endpoints"][0] == {
+        "port": "http",
+        "path": "/metrics",
+        "interval": "30s",
+        "scrapeTimeout": "10s",
+    }
     assert docs["pdb.yaml"]["spec"]["maxUnavailable"] == 1
 
 
@@ -158,23 +167,35 @@ def test_kserve_runtime_declares_the_image_formats_and_v2(docs: dict[str, dict[s
     assert runtime["protocolVersions"] == ["v2"]
     assert {f["name"] for f in runtime["supportedModelFormats"]} == {"shipyard", "onnx", "sklearn"}
     service = docs["kserve/inferenceservice.yaml"]["spec"]["predictor"]["model"]
-    assert service == {"modelFormat": {"name": "shipyard"}, "runtime": "shipyard-iris-forest-v2", "protocolVersion": "v2"}
+    assert service == {
+        "modelFormat": {"name": "shipyard"},
+        "runtime": "shipyard-iris-forest-v2",
+        "protocolVersion": "v2",
+    }
 
 
 @pytest.mark.parametrize(
     ("path", "corrupt"),
     [
         # A typo'd field name: strict schemas refuse fields Kubernetes does not know.
-        ("deployment.yaml", lambda d: d["spec"]["template"]["spec"]["containers"][0].update(readinessprobe={})),
+        (
+            "deployment.yaml",
+            lambda d: d["spec"]["template"]["spec"]["containers"][0].update(readinessprobe={}),
+        ),
         ("deployment.yaml", lambda d: d["spec"].update(replicas="two")),
         ("service.yaml", lambda d: d["spec"]["ports"][0].update(port="http")),
         ("hpa.yaml", lambda d: d["spec"]["metrics"][0].update(type=None)),
         ("servicemonitor.yaml", lambda d: d["spec"]["endpoints"][0].update(interval="30 seconds")),
-        ("kserve/inferenceservice.yaml", lambda d: d["spec"]["predictor"]["model"].update(protocolVersion="v3")),
+        (
+            "kserve/inferenceservice.yaml",
+            lambda d: d["spec"]["predictor"]["model"].update(protocolVersion="v3"),
+        ),
         ("kserve/servingruntime.yaml", lambda d: d["spec"]["containers"][0].update(imagePullPolicy=1)),
     ],
 )
-def test_a_corrupted_manifest_fails_validation(docs: dict[str, dict[str, Any]], path: str, corrupt: Any) -> None:
+def test_a_corrupted_manifest_fails_validation(
+    docs: dict[str, dict[str, Any]], path: str, corrupt: Any
+) -> None:
     doc = copy.deepcopy(docs[path])
     corrupt(doc)
     with pytest.raises(INVALID):
@@ -195,7 +216,9 @@ def test_a_render_change_that_breaks_a_manifest_fails(
         validate(load_folder(tmp_path / "broken")["deployment.yaml"])
 
 
-def test_the_helm_chart_lints_and_renders_the_same_manifests(written: Path, docs: dict[str, dict[str, Any]]) -> None:
+def test_the_helm_chart_lints_and_renders_the_same_manifests(
+    written: Path, docs: dict[str, dict[str, Any]]
+) -> None:
     report = helm_lint(written / "chart", NAMESPACE)
     assert report["errors"] == [], report
     assert [m for m in report["messages"] if m["severity"] >= 2] == [], report
@@ -212,7 +235,10 @@ def test_the_chart_values_change_what_it_renders(written: Path) -> None:
     deployment = rendered[("Deployment", "shipyard-iris-forest-v2")]
     validate(deployment)
     assert deployment["spec"]["replicas"] == 4
-    assert deployment["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"] == {"cpu": "2", "memory": "8Gi"}
+    assert deployment["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"] == {
+        "cpu": "2",
+        "memory": "8Gi",
+    }
     with pytest.raises(INVALID):  # a value of the wrong type gives a manifest the cluster refuses
         validate(by_identity(helm_render(written / "chart", "r", NAMESPACE, {"replicas": "two"}))[
             ("Deployment", "shipyard-iris-forest-v2")
@@ -236,13 +262,19 @@ def test_a_shared_registry_with_workload_identity(home: Path, tmp_path: Path) ->
     (server,) = pod["spec"]["containers"]
     assert server["args"] == ["iris@production"]  # the alias is followed as it moves
     refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in server["env"]}
-    assert refs["SHIPYARD_REGISTRY_URL"] == {"name": "shipyard-iris-secrets", "key": "registry-url", "optional": False}
+    assert refs["SHIPYARD_REGISTRY_URL"] == {
+        "name": "shipyard-iris-secrets",
+        "key": "registry-url",
+        "optional": False,
+    }
     assert refs["AWS_SECRET_ACCESS_KEY"]["optional"] is True
     assert docs["configmap.yaml"]["data"]["SHIPYARD_ARTIFACT_URL"] == "s3://models/shipyard"
     assert pod["spec"]["serviceAccountName"] == "shipyard-reader"
     assert pod["metadata"]["labels"]["azure.workload.identity/use"] == "true"
     account = docs["serviceaccount.yaml"]
-    assert account["metadata"]["annotations"] == {"azure.workload.identity/client-id": "00000000-0000-0000-0000-000000000000"}
+    assert account["metadata"]["annotations"] == {
+        "azure.workload.identity/client-id": "00000000-0000-0000-0000-000000000000"
+    }
     assert helm_lint(out / "chart", "default")["errors"] == []
     assert by_identity(helm_render(out / "chart", "x", "default")) == by_identity(list(docs.values()))
 
@@ -269,7 +301,9 @@ def _one_line(code: int, err: str, expected_code: int, fragment: str) -> None:
         (["--shared-registry"], 2, "--artifact-url"),
     ],
 )
-def test_bad_options_are_one_line(home: Path, tmp_path: Path, args: list[str], exit_code: int, fragment: str) -> None:
+def test_bad_options_are_one_line(
+    home: Path, tmp_path: Path, args: list[str], exit_code: int, fragment: str
+) -> None:
     out = tmp_path / "out"
     code, _, err = shipyard(home, "k8s", "iris", "--image", IMAGE, "--out", out, *args)
     _one_line(code, err, exit_code, fragment)
@@ -343,7 +377,9 @@ def test_the_kserve_runtime_serves_a_storage_uri_model(
                     pass
                 assert time.monotonic() < deadline, log.read_text()
                 time.sleep(0.1)
-            body = {"inputs": [{"name": "X", "shape": [1, 4], "datatype": "FP32", "data": [5.1, 3.5, 1.4, 0.2]}]}
+            body = {
+                "inputs": [{"name": "X", "shape": [1, 4], "datatype": "FP32", "data": [5.1, 3.5, 1.4, 0.2]}]
+            }
             response = client.post("/v2/models/sklearn-iris/infer", json=body)
             assert response.status_code == 200, response.text
             outputs = {o["name"]: o["data"] for o in response.json()["outputs"]}

@@ -12,9 +12,7 @@ from shipyard.cli._context import JsonFlag, parse_pairs, state
 
 def k8s(
     ctx: typer.Context,
-    refs: Annotated[
-        list[str], typer.Argument(help="Versions to serve: NAME, NAME:VERSION, NAME@ALIAS.")
-    ],
+    refs: Annotated[list[str], typer.Argument(help="Versions to serve: NAME, NAME:VERSION, NAME@ALIAS.")],
     image: Annotated[
         str, typer.Option(metavar="IMAGE", help="The image `shipyard build` made for these models.")
     ],

@@ -13,6 +13,7 @@ from string import Template
 from typing import Any
 
 from shipyard.deploy import contract, yaml_text
+from shipyard.deploy.kserve import render_kserve
 from shipyard.deploy.kube import (
     GRPC_PORT,
     HTTP_PORT,
@@ -21,7 +22,6 @@ from shipyard.deploy.kube import (
     KubeSpec,
     config_data,
 )
-from shipyard.deploy.kserve import render_kserve
 
 _SEMVER = re.compile(r"^[0-9]+\.[0-9]+\.[0-9]+(-[0-9A-Za-z.-]+)?$")
 _NAMESPACE = "__SHIPYARD_RELEASE_NAMESPACE__"  # stands for {{ .Release.Namespace }} while dumping
@@ -89,7 +89,10 @@ def _kserve_template(manifest: dict[str, Any]) -> str:
     and KServe's own `{{.Name}}` placeholders kept as text rather than run by Helm."""
     text = yaml_text.dump(manifest)
     text = text.replace("{{", '{{ "{{" }}')
-    for placeholder, action in ((_NAMESPACE, "{{ .Release.Namespace | quote }}"), (_IMAGE, "{{ .Values.image | quote }}")):
+    for placeholder, action in (
+        (_NAMESPACE, "{{ .Release.Namespace | quote }}"),
+        (_IMAGE, "{{ .Values.image | quote }}"),
+    ):
         text = text.replace(json.dumps(placeholder), action).replace(placeholder, action)
     return "{{- if .Values.kserve.enabled }}\n" + text + "{{- end }}\n"
 

@@ -89,7 +89,10 @@ def serving_runtime(spec: KubeSpec) -> dict[str, Any]:
         "kind": "ServingRuntime",
         "metadata": {"name": spec.name, "namespace": spec.namespace, "labels": labels(spec)},
         "spec": {
-            "annotations": {"prometheus.kserve.io/port": str(HTTP_PORT), "prometheus.kserve.io/path": "/metrics"},
+            "annotations": {
+                "prometheus.kserve.io/port": str(HTTP_PORT),
+                "prometheus.kserve.io/path": "/metrics",
+            },
             "supportedModelFormats": formats,
             "protocolVersions": ["v2"],
             "containers": [runtime_container(spec)],
@@ -125,5 +128,7 @@ def inference_service(spec: KubeSpec) -> dict[str, Any]:
 
 def render_kserve(spec: KubeSpec) -> dict[str, Mapping[str, Any]]:
     """The ServingRuntime first: the InferenceService names it."""
-    return {"kserve/servingruntime.yaml": serving_runtime(spec), "kserve/inferenceservice.yaml": inference_service(spec)}
-
+    return {
+        "kserve/servingruntime.yaml": serving_runtime(spec),
+        "kserve/inferenceservice.yaml": inference_service(spec),
+    }

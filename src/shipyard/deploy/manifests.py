@@ -16,9 +16,9 @@ from typing import Any
 from shipyard import __version__
 from shipyard.deploy import yaml_text
 from shipyard.deploy.chart import render_chart
+from shipyard.deploy.kserve import render_kserve
 from shipyard.deploy.kube import KubeSpec, render_manifests
 from shipyard.deploy.kube_values import check_label, quantity_value
-from shipyard.deploy.kserve import render_kserve
 from shipyard.errors import ConflictError, InvalidInputError
 from shipyard.registry import Registry
 from shipyard.types import ModelRef, ModelVersion
@@ -70,7 +70,11 @@ def default_name(versions: list[ModelVersion]) -> str:
 
 def _replicas(config: KubeConfig) -> tuple[int, int, int]:
     """(replicas, min, max): the autoscaler's range and where the Deployment starts in it."""
-    for option, value in (("replicas", config.replicas), ("min", config.min_replicas), ("max", config.max_replicas)):
+    for option, value in (
+        ("replicas", config.replicas),
+        ("min", config.min_replicas),
+        ("max", config.max_replicas),
+    ):
         if value is not None and value < 1:
             raise InvalidInputError(f"--{option} must be at least 1, got {value}", field=option)
     low = config.min_replicas or min(config.replicas or 2, 2)
@@ -161,7 +165,9 @@ def plan(registry: Registry, config: KubeConfig) -> KubeSpec:
     replicas, low, high = _replicas(config)
     # The image pins every version; a shared registry serves the references as given (an alias
     # is followed as it moves), each once.
-    served = tuple(dict.fromkeys(config.refs)) if config.shared_registry else tuple(str(v.ref) for v in versions)
+    served = (
+        tuple(dict.fromkeys(config.refs)) if config.shared_registry else tuple(str(v.ref) for v in versions)
+    )
     return KubeSpec(
         versions=tuple(versions),
         served=served,

@@ -2,8 +2,8 @@
 
 Manifests hold only mappings, lists, strings, numbers and booleans, so a small emitter does, and
 Shipyard needs no YAML library at run time. A string is written plain only when it is a word no
-YAML parser reads as anything else; otherwise double-quoted as JSON writes it (a JSON string is a
-valid YAML double-quoted scalar), so `"true"`, `"8080"` or `"no"` stay strings.
+YAML parser reads as anything else; otherwise double-quoted, so `"true"`, `"8080"` or `"no"`
+stay strings.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import Any
 
 _PLAIN = re.compile(r"^[A-Za-z_/][A-Za-z0-9_./-]*$")
 # Words YAML 1.1 (Helm's parser among others) reads as booleans or null when left unquoted.
+_UNPRINTABLE = frozenset({0x2028, 0x2029, 0xFEFF, 0xFFFE, 0xFFFF})
 _RESERVED = frozenset({"y", "n", "yes", "no", "on", "off", "true", "false", "null"})
 
 
@@ -30,7 +31,24 @@ def dump_all(documents: Sequence[Mapping[str, Any]]) -> str:
 
 def _string(text: str) -> str:
     """Plain where nothing could read it as another type, else double-quoted."""
-    return text if _PLAIN.match(text) and text.lower() not in _RESERVED else json.dumps(text)
+    return text if _PLAIN.match(text) and text.lower() not in _RESERVED else _quoted(text)
+
+
+def _quoted(text: str) -> str:
+    """A YAML double-quoted scalar: what YAML does not allow raw (control characters, C1, BOM,
+    line separators) escaped by code point, never as JSON's surrogate pairs, which YAML lacks."""
+    out = []
+    for char in text:
+        code = ord(char)
+        if char in '"\\':
+            out.append("\\" + char)
+        elif char == "\n":
+            out.append("\\n")
+        elif code < 0x20 or 0x7F <= code <= 0x9F or code in _UNPRINTABLE or 0xD800 <= code <= 0xDFFF:
+            out.append(f"\\u{code:04x}")
+        else:
+            out.append(char)
+    return '"' + "".join(out) + '"'
 
 
 def _scalar(value: Any) -> str:
@@ -59,7 +77,9 @@ def _mapping(mapping: Mapping[str, Any], indent: int) -> list[str]:
     for key, value in mapping.items():
         if _is_block(value):
             lines.append(f"{pad}{_string(key)}:")
-            child = _mapping(value, indent + 2) if isinstance(value, Mapping) else _sequence(value, indent + 2)
+            child = (
+                _mapping(value, indent + 2) if isinstance(value, Mapping) else _sequence(value, indent + 2)
+            )
             lines.extend(child)
         elif isinstance(value, Mapping | list | tuple):
             lines.append(f"{pad}{_string(key)}: {_empty(value)}")
