@@ -98,7 +98,7 @@ def check_options(config: KubeConfig) -> None:
         quantity_value(config.memory, "memory")
     check_label(config.namespace, "namespace")
     if config.name is not None:
-        check_label(config.name[: _NAME_MAX + 1], "name", letter_first=True)
+        check_label(config.name, "name", letter_first=True)
         if len(config.name) > _NAME_MAX:
             raise InvalidInputError(
                 f"--name {config.name!r} is longer than {_NAME_MAX} characters "
