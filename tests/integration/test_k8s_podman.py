@@ -6,12 +6,16 @@ this test); without them it skips, saying which is missing.
 `podman kube play` (4.3, Debian 12) ignores some fields the manifests carry, so this test cannot
 see them at work: replicas (one pod), strategy, topologySpreadConstraints, the readiness and
 startup probes, the preStop hook, terminationGracePeriodSeconds, automountServiceAccountToken
-and enableServiceLinks; it maps the liveness probe to a health check. The pod's port is reached
-through a `hostPort` on `hostIP: 127.0.0.1`, added here to a copy of the Deployment.
+and enableServiceLinks. It maps the liveness probe to a health check, but a probe naming its
+port (`port: http`) becomes port 0 there, and its health checks need systemd timers, absent here:
+no health check runs. The pod's port is reached through a `hostPort` on `hostIP: 127.0.0.1`,
+added here to a copy of the Deployment.
 """
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import shutil
 import socket
@@ -32,6 +36,7 @@ ROOT = Path(__file__).resolve().parents[2]
 IMAGE = os.environ.get("SHIPYARD_K8S_CHECK_IMAGE", "localhost/shipyard-check:latest")
 SHIPYARD = Path(sys.executable).with_name("shipyard")
 READY_TIMEOUT_S = 180
+ADMIN_TOKEN = "a-token-for-this-test-only"
 
 pytestmark = pytest.mark.slow
 
@@ -99,14 +104,14 @@ def pod(manifests: Path, podman_env: dict[str, str]) -> Iterator[tuple[str, dict
     for entry in server["ports"]:
         if entry["name"] == "http":
             entry.update(hostIP="127.0.0.1", hostPort=port)
-    secret = {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {"name": server["env"][0]["valueFrom"]["secretKeyRef"]["name"]},
-        "stringData": {"admin-token": "not-a-real-token"},
-    }
+    # podman 4.3 reads a secretKeyRef from its own secret store, where a Kubernetes Secret is
+    # its `data` as JSON (a Secret document in the played file is stored in a form it cannot read).
+    secret = server["env"][0]["valueFrom"]["secretKeyRef"]["name"]
+    data = manifests / "secret.json"
+    data.write_text(json.dumps({"admin-token": base64.b64encode(ADMIN_TOKEN.encode()).decode()}))
+    _podman("secret", "create", secret, str(data), env=podman_env)
     play = manifests / "play.yaml"
-    play.write_text(yaml_text.dump_all([secret, deployment]))
+    play.write_text(yaml_text.dump(deployment))
     result = _podman(
         "kube",
         "play",
@@ -116,17 +121,18 @@ def pod(manifests: Path, podman_env: dict[str, str]) -> Iterator[tuple[str, dict
         env=podman_env,
         check=False,
     )
-    assert result.returncode == 0, result.stderr
     try:
+        assert result.returncode == 0, result.stderr
         yield f"http://127.0.0.1:{port}", deployment
     finally:
         _podman("kube", "down", str(play), env=podman_env, check=False)
+        _podman("secret", "rm", secret, env=podman_env, check=False)
 
 
 def _container(deployment: dict[str, Any]) -> str:
-    # podman names a pod's container POD-CONTAINER; a Deployment's pod is DEPLOYMENT-pod.
+    # podman names a Deployment's pod DEPLOYMENT-pod-0, and its containers POD-CONTAINER.
     (server,) = deployment["spec"]["template"]["spec"]["containers"]
-    return f"{deployment['metadata']['name']}-pod-{server['name']}"
+    return f"{deployment['metadata']['name']}-pod-0-{server['name']}"
 
 
 def test_the_pod_becomes_ready_once_the_model_loads_and_predicts(pod: tuple[str, dict[str, Any]]) -> None:
@@ -170,3 +176,5 @@ def test_the_security_context_holds_in_the_pod(
     assert int(capabilities["CapEff"], 16) == 0 and int(capabilities["CapBnd"], 16) == 0
     settings = _podman("exec", name, "printenv", "SHIPYARD_SERVE__GRACE_PERIOD_S", env=podman_env).stdout
     assert settings.strip() == "30"  # from the ConfigMap
+    token = _podman("exec", name, "printenv", "SHIPYARD_SERVE__ADMIN_TOKEN", env=podman_env).stdout
+    assert token.strip() == ADMIN_TOKEN  # from the Secret
