@@ -387,3 +387,11 @@ def test_the_kserve_runtime_serves_a_storage_uri_model(
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+def test_every_chart_value_is_documented(written: Path) -> None:
+    """values.yaml says what each top-level value does, in a comment right above it."""
+    lines = (written / "chart" / "values.yaml").read_text().splitlines()
+    keys = [i for i, line in enumerate(lines) if line[:1].isalpha()]
+    assert len(keys) > 20
+    assert [lines[i] for i in keys if not lines[i - 1].startswith("#")] == []
