@@ -395,3 +395,15 @@ def test_every_chart_value_is_documented(written: Path) -> None:
     keys = [i for i, line in enumerate(lines) if line[:1].isalpha()]
     assert len(keys) > 20
     assert [lines[i] for i in keys if not lines[i - 1].startswith("#")] == []
+
+
+def test_json_names_what_was_written(home: Path, tmp_path: Path) -> None:
+    import json
+
+    code, stdout, err = shipyard(home, "k8s", "iris:1", "--image", IMAGE, "--out", tmp_path / "o", "--json")
+    assert code == 0, err
+    result = json.loads(stdout)
+    assert result["name"] == "shipyard-iris" and result["models"] == ["iris:1"]
+    assert sorted(result["files"]) == sorted(
+        p.relative_to(tmp_path / "o").as_posix() for p in (tmp_path / "o").rglob("*.yaml")
+    )
