@@ -19,6 +19,7 @@ from shipyard.cli import (
     deploy,
     drift,
     entrypoint,
+    k8s,
     keys,
     logs,
     models,
@@ -79,6 +80,7 @@ logs.register(app)
 quality.register(app)
 build.register(app)
 deploy.register(app)
+k8s.register(app)
 
 
 def _click_errors() -> tuple[type[Exception], ...]:
