@@ -17,8 +17,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -30,10 +28,10 @@ import httpx
 import pytest
 import yaml
 
+from podman_support import IMAGE, free_port, podman, podman_environment
 from shipyard.deploy import contract, yaml_text
 
 ROOT = Path(__file__).resolve().parents[2]
-IMAGE = os.environ.get("SHIPYARD_K8S_CHECK_IMAGE", "localhost/shipyard-check:latest")
 SHIPYARD = Path(sys.executable).with_name("shipyard")
 READY_TIMEOUT_S = 180
 ADMIN_TOKEN = "a-token-for-this-test-only"
@@ -41,33 +39,9 @@ ADMIN_TOKEN = "a-token-for-this-test-only"
 pytestmark = pytest.mark.slow
 
 
-def _podman(*args: str, env: dict[str, str], check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["podman", *args], env=env, capture_output=True, text=True, check=check, timeout=300
-    )
-
-
 @pytest.fixture(scope="module")
 def podman_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    missing = [tool for tool in ("podman", "runc") if shutil.which(tool) is None]
-    if missing:
-        pytest.skip(f"{' and '.join(missing)} not installed: scripts/k8s-podman-check.sh installs them")
-    conf = tmp_path_factory.mktemp("podman") / "containers.conf"
-    # As scripts/build-image-check.sh: the default OCI runtime and limits are refused on these machines.
-    limits = '["nofile=1024:1024", "nproc=1024:1024"]'
-    conf.write_text(f'[containers]\ndefault_ulimits = {limits}\n\n[engine]\nruntime = "runc"\n')
-    env = {**os.environ, "CONTAINERS_CONF": str(conf)}
-    if _podman("image", "exists", IMAGE, env=env, check=False).returncode != 0:
-        pytest.skip(
-            f"image {IMAGE} not built: scripts/k8s-podman-check.sh builds it (scripts/build-image-check.sh)"
-        )
-    return env
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    return podman_environment(tmp_path_factory.mktemp("podman"))
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +73,7 @@ def manifests(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def pod(manifests: Path, podman_env: dict[str, str]) -> Iterator[tuple[str, dict[str, Any]]]:
     """The Deployment played with its ConfigMap and a Secret; its URL, and the Deployment."""
     deployment = yaml.safe_load((manifests / "deployment.yaml").read_text())
-    port = _free_port()
+    port = free_port()
     (server,) = deployment["spec"]["template"]["spec"]["containers"]
     for entry in server["ports"]:
         if entry["name"] == "http":
@@ -109,10 +83,10 @@ def pod(manifests: Path, podman_env: dict[str, str]) -> Iterator[tuple[str, dict
     secret = server["env"][0]["valueFrom"]["secretKeyRef"]["name"]
     data = manifests / "secret.json"
     data.write_text(json.dumps({"admin-token": base64.b64encode(ADMIN_TOKEN.encode()).decode()}))
-    _podman("secret", "create", secret, str(data), env=podman_env)
+    podman("secret", "create", secret, str(data), env=podman_env)
     play = manifests / "play.yaml"
     play.write_text(yaml_text.dump(deployment))
-    result = _podman(
+    result = podman(
         "kube",
         "play",
         "--configmap",
@@ -125,8 +99,8 @@ def pod(manifests: Path, podman_env: dict[str, str]) -> Iterator[tuple[str, dict
         assert result.returncode == 0, result.stderr
         yield f"http://127.0.0.1:{port}", deployment
     finally:
-        _podman("kube", "down", str(play), env=podman_env, check=False)
-        _podman("secret", "rm", secret, env=podman_env, check=False)
+        podman("kube", "down", str(play), env=podman_env, check=False)
+        podman("secret", "rm", secret, env=podman_env, check=False)
 
 
 def _container(deployment: dict[str, Any]) -> str:
@@ -164,17 +138,17 @@ def test_the_security_context_holds_in_the_pod(
 ) -> None:
     _, deployment = pod
     name = _container(deployment)
-    uid = _podman("exec", name, "id", "-u", env=podman_env).stdout.strip()
+    uid = podman("exec", name, "id", "-u", env=podman_env).stdout.strip()
     assert uid == str(contract.UID)
-    read_only = _podman("exec", name, "touch", "/opt/shipyard/x", env=podman_env, check=False)
+    read_only = podman("exec", name, "touch", "/opt/shipyard/x", env=podman_env, check=False)
     assert read_only.returncode != 0 and "Read-only file system" in read_only.stderr
-    assert _podman("exec", name, "touch", "/tmp/x", env=podman_env).returncode == 0  # the emptyDir
-    status = _podman("exec", name, "cat", "/proc/1/status", env=podman_env).stdout
+    assert podman("exec", name, "touch", "/tmp/x", env=podman_env).returncode == 0  # the emptyDir
+    status = podman("exec", name, "cat", "/proc/1/status", env=podman_env).stdout
     capabilities = {
         line.split(":")[0]: line.split()[1] for line in status.splitlines() if line.startswith("Cap")
     }
     assert int(capabilities["CapEff"], 16) == 0 and int(capabilities["CapBnd"], 16) == 0
-    settings = _podman("exec", name, "printenv", "SHIPYARD_SERVE__GRACE_PERIOD_S", env=podman_env).stdout
+    settings = podman("exec", name, "printenv", "SHIPYARD_SERVE__GRACE_PERIOD_S", env=podman_env).stdout
     assert settings.strip() == "30"  # from the ConfigMap
-    token = _podman("exec", name, "printenv", "SHIPYARD_SERVE__ADMIN_TOKEN", env=podman_env).stdout
+    token = podman("exec", name, "printenv", "SHIPYARD_SERVE__ADMIN_TOKEN", env=podman_env).stdout
     assert token.strip() == ADMIN_TOKEN  # from the Secret
