@@ -160,9 +160,8 @@ class FsspecArtifactStore:
                     size = int(str(file["size"]))
                     callback = _callback(progress, done, info.size)
                     extra = {"chunksize": self.part_bytes} if self.protocol in ("s3", "s3a") else {}
-                    self.fs.put_file(
-                        str(staged / str(file["path"])), f"{folder}/{file['path']}", callback=callback, **extra
-                    )
+                    source, target = str(staged / str(file["path"])), f"{folder}/{file['path']}"
+                    self.fs.put_file(source, target, callback=callback, **extra)
                     done += size
             # Written (again) last: it marks the artifact whole, and its fresh time tells `gc`
             # that a push is about to name it.
@@ -324,10 +323,11 @@ def _callback(report: Progress | None, base: int, total: int) -> Any:
 
     if report is None:
         return NoOpCallback()
+    send = report
 
     class _Report(Callback):  # type: ignore[misc]
         def call(self, *args: Any, **kwargs: Any) -> None:
-            report(base + int(self.value), total)
+            send(base + int(self.value), total)
 
     return _Report()
 
