@@ -33,6 +33,8 @@ def operation(environ: dict[str, Any]) -> str:
         )
     if "uploads" in query:
         return "CreateMultipartUpload" if method == "POST" else "ListMultipartUploads"
+    if "/" not in environ.get("PATH_INFO", "").strip("/"):  # /bucket: not an object
+        return {"GET": "ListObjects", "PUT": "CreateBucket", "POST": "DeleteObjects"}.get(method, method)
     return {"GET": "GetObject", "PUT": "PutObject", "HEAD": "HeadObject", "DELETE": "DeleteObject"}.get(
         method, method
     )

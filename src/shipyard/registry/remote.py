@@ -133,7 +133,9 @@ class FsspecArtifactStore:
         """Reach the store once (bucket and credentials), so a bad one fails at start."""
         with self._reaching("checking it at start"):
             if self.protocol in ("s3", "s3a"):
-                self.fs.call_s3("head_bucket", Bucket=self.root.split("/", 1)[0])
+                # A listing, not HEAD: its error body names the cause (NoSuchBucket, AccessDenied, …).
+                bucket, _, prefix = self.root.partition("/")
+                self.fs.call_s3("list_objects_v2", Bucket=bucket, Prefix=prefix, MaxKeys=1)
             else:
                 self.fs.makedirs(self.root, exist_ok=True)
 
