@@ -29,6 +29,7 @@ from typing import Any
 from shipyard.errors import (
     ForbiddenError,
     IntegrityError,
+    InvalidInputError,
     MissingDependencyError,
     NotFoundError,
     NotReadyError,
@@ -107,6 +108,10 @@ class FsspecArtifactStore:
     def _translate(self, exc: Exception, doing: str) -> ShipyardError:
         name = type(exc).__name__
         where = f"the artifact store {self.location}"
+        if isinstance(exc, TypeError):  # the client rejected an option the user gave
+            return InvalidInputError(
+                f"invalid options for {where} (SHIPYARD_ARTIFACT_OPTIONS): {exc}", field="artifact_options"
+            )
         if name in ("NoCredentialsError", "PartialCredentialsError"):
             return UnauthorizedError(
                 f"no credentials for {where} ({doing}): set {_CREDENTIALS}", field="artifact_url"
