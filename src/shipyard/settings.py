@@ -105,6 +105,9 @@ class ServeSettings(BaseModel):
         None, description="Ed25519 public key (PEM) that must have signed every version served"
     )
     poll_interval_s: float = Field(2.0, gt=0, description="how often moving refs are re-resolved")
+    listen: bool = Field(
+        True, description="on PostgreSQL, follow moves at once by LISTEN/NOTIFY (polling stays the bound)"
+    )
     wait_for_refs: bool = Field(False, description="start even if a reference does not resolve yet")
     grace_period_s: float = Field(30.0, ge=0)
     access_log: bool = False  # one line per request costs throughput; off by default
