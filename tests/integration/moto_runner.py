@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import collections
 import json
-import sys
 import threading
 from typing import Any
 from urllib.parse import parse_qs
@@ -66,4 +65,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

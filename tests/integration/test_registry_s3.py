@@ -7,26 +7,26 @@ are missing or wrong.
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from conftest import S3Endpoint
 from onnx import TensorProto, helper, numpy_helper, save_model
-from servers import SHIPYARD, running, server_env
+from s3_support import S3Endpoint, start_moto
 from sklearn.datasets import load_iris
 from sklearn.linear_model import LogisticRegression
 
+from servers import SHIPYARD, running, server_env
 from shipyard.errors import IntegrityError
 from shipyard.registry import Registry
 from shipyard.settings import Settings
 
 pytestmark = pytest.mark.slow
+# Fail fast where the store cannot be reached: one attempt, not botocore's retries with backoff.
+ONE_TRY = '{"config_kwargs": {"retries": {"max_attempts": 1}, "connect_timeout": 2}}'
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +67,9 @@ def keys_under(s3: S3Endpoint, bucket: str) -> list[str]:
 
 
 def infer(client: Any, x: np.ndarray) -> list[int]:
-    body = {"inputs": [{"name": "input", "datatype": "FP64", "shape": list(x.shape), "data": x.ravel().tolist()}]}
+    body = {
+        "inputs": [{"name": "input", "datatype": "FP64", "shape": list(x.shape), "data": x.ravel().tolist()}]
+    }
     response = client.post("/v2/models/iris/infer", json=body)
     assert response.status_code == 200, response.text
     return next(o["data"] for o in response.json()["outputs"] if o["name"] == "label")
@@ -108,17 +110,21 @@ def test_push_pull_and_serve_from_s3_then_restart_from_the_cache(
     server_settings = team_settings(tmp_path, bucket, postgres_url, cache="server-cache")
     env = team_env(server_settings, aws)
     before = aws.counts().get("GetObject", 0)
-    with running(tmp_path / "home", ["iris@production"], tmp_path / "first", env=env) as server:
-        with server.client() as client:
-            assert infer(client, x[:5]) == model.predict(x[:5]).tolist()
+    with (
+        running(tmp_path / "home", ["iris@production"], tmp_path / "first", env=env) as server,
+        server.client() as client,
+    ):
+        assert infer(client, x[:5]) == model.predict(x[:5]).tolist()
     fetched = aws.counts().get("GetObject", 0) - before
     assert fetched >= 1  # a cold cache pulled the artifact from the bucket
 
     # A restarted server finds the artifact in its cache, verifies it, and downloads nothing.
     before = aws.counts().get("GetObject", 0)
-    with running(tmp_path / "home", ["iris@production"], tmp_path / "second", env=env) as server:
-        with server.client() as client:
-            assert infer(client, x[:5]) == model.predict(x[:5]).tolist()
+    with (
+        running(tmp_path / "home", ["iris@production"], tmp_path / "second", env=env) as server,
+        server.client() as client,
+    ):
+        assert infer(client, x[:5]) == model.predict(x[:5]).tolist()
     assert aws.counts().get("GetObject", 0) == before
 
 
@@ -183,10 +189,15 @@ def test_two_processes_pushing_at_once_get_distinct_complete_versions(
     for i in range(2):
         path = tmp_path / f"model-{i}.onnx"
         write_large_onnx(path, 1 + i)
-        env = server_env(tmp_path / "home", **team_env(settings, aws, SHIPYARD_CACHE_DIR=str(tmp_path / f"c{i}")))
+        env = server_env(
+            tmp_path / "home", **team_env(settings, aws, SHIPYARD_CACHE_DIR=str(tmp_path / f"c{i}"))
+        )
         pushes.append(
             subprocess.Popen(
-                [str(SHIPYARD), "push", "m", str(path)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+                [str(SHIPYARD), "push", "m", str(path)],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
             )
         )
     outputs = [p.communicate(timeout=120) for p in pushes]
@@ -235,7 +246,12 @@ def test_a_cached_copy_altered_on_disk_is_fetched_again(
 
 def _cli(args: list[str], env: dict[str, str], home: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [str(SHIPYARD), *args], env=server_env(home, **env), capture_output=True, text=True, timeout=120, check=False
+        [str(SHIPYARD), *args],
+        env=server_env(home, **env),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
 
 
@@ -286,7 +302,7 @@ def test_an_unreachable_endpoint_or_missing_bucket_fails_at_start_in_one_line(
         **team_env(settings, s3),
         "AWS_ENDPOINT_URL": f"http://127.0.0.1:{closed}",
         "SHIPYARD_ARTIFACT_URL": "s3://user:hunter2@bucket/team",
-        "SHIPYARD_ARTIFACT_OPTIONS": '{"config_kwargs": {"retries": {"max_attempts": 1}, "connect_timeout": 2}}',
+        "SHIPYARD_ARTIFACT_OPTIONS": ONE_TRY,
     }
     result = _cli(["serve", "iris", "--port", "0"], env, tmp_path / "home")
     assert result.returncode == 6, result.stderr
@@ -299,8 +315,6 @@ def test_an_unreachable_endpoint_or_missing_bucket_fails_at_start_in_one_line(
 def locked_s3() -> Any:
     """An S3 endpoint that checks credentials (moto with IAM enforced), a bucket on it, and the
     keys of a user who may not touch that bucket."""
-    from conftest import start_moto
-
     endpoint = start_moto({"INITIAL_NO_AUTH_ACTION_COUNT": "3"})  # bucket, user, key: then auth
     import boto3
 
@@ -319,7 +333,9 @@ def test_wrong_credentials_and_a_bucket_without_permission_are_one_line_each(
 ) -> None:
     endpoint, user_key, user_secret = locked_s3
     base = {**endpoint.env(), "SHIPYARD_ARTIFACT_URL": "s3://locked/team"}
-    wrong = _cli(["serve", "iris", "--port", "0"], {**base, "AWS_SECRET_ACCESS_KEY": "wrong-secret"}, tmp_path)
+    wrong = _cli(
+        ["serve", "iris", "--port", "0"], {**base, "AWS_SECRET_ACCESS_KEY": "wrong-secret"}, tmp_path
+    )
     assert wrong.returncode == 5, wrong.stderr
     assert wrong.stderr.strip().splitlines() == [
         "error: the artifact store s3://locked/team refused the credentials (InvalidAccessKeyId) while "
@@ -334,15 +350,15 @@ def test_wrong_credentials_and_a_bucket_without_permission_are_one_line_each(
     )
     assert denied.returncode == 5, denied.stderr
     lines = denied.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: access denied to the artifact store s3://locked/team"), lines
+    assert len(lines) == 1 and lines[0].startswith(
+        "error: access denied to the artifact store s3://locked/team"
+    ), lines
     assert user_secret not in denied.stderr
 
 
 def test_a_running_server_keeps_serving_what_it_has_when_the_store_goes_away(
     tmp_path: Path, iris: tuple[Any, np.ndarray], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from conftest import start_moto
-
     model, x = iris
     endpoint = start_moto()
     for key, value in endpoint.env().items():
@@ -352,13 +368,15 @@ def test_a_running_server_keeps_serving_what_it_has_when_the_store_goes_away(
         settings = team_settings(tmp_path, bucket, None)
         with Registry(settings=settings) as registry:
             registry.push("iris", model, sample_input=x[:2], alias="production")
-            registry.push("iris", LogisticRegression(max_iter=50).fit(x, model.predict(x) == 0), sample_input=x[:2])
+            registry.push(
+                "iris", LogisticRegression(max_iter=50).fit(x, model.predict(x) == 0), sample_input=x[:2]
+            )
         env = team_env(
             settings,
             endpoint,
             SHIPYARD_CACHE_DIR=str(tmp_path / "server-cache"),
             SHIPYARD_SERVE__POLL_INTERVAL_S="0.2",
-            SHIPYARD_ARTIFACT_OPTIONS='{"config_kwargs": {"retries": {"max_attempts": 1}, "connect_timeout": 2}}',
+            SHIPYARD_ARTIFACT_OPTIONS=ONE_TRY,
         )
         with running(tmp_path / "home", ["iris@production"], tmp_path / "logs", env=env) as server:
             endpoint.stop()  # the bucket is gone from here on
@@ -389,7 +407,9 @@ def test_an_alias_move_on_postgresql_reaches_a_running_server_well_under_the_pol
     settings = Settings.load(home=tmp_path / "home", registry_url=postgres_url)
     with Registry(settings=settings) as registry:
         registry.push("iris", model, sample_input=x[:2], alias="production")
-        registry.push("iris", LogisticRegression(max_iter=50).fit(x, model.predict(x) == 0), sample_input=x[:2])
+        registry.push(
+            "iris", LogisticRegression(max_iter=50).fit(x, model.predict(x) == 0), sample_input=x[:2]
+        )
     env = {"SHIPYARD_REGISTRY_URL": postgres_url, "SHIPYARD_SERVE__POLL_INTERVAL_S": "30"}
     with running(tmp_path / "home", ["iris@production"], tmp_path / "logs", env=env) as server:
         with Registry(settings=settings) as registry:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,7 @@ def artifact(content: bytes) -> tuple[str, tuple[dict[str, object], ...]]:
     return manifest_digest(files), files
 
 
-def writer(content: bytes, calls: list[str] | None = None):  # type: ignore[no-untyped-def]
+def writer(content: bytes, calls: list[str] | None = None) -> Callable[[Path], None]:
     def fetch(into: Path) -> None:
         if calls is not None:
             calls.append("fetch")
@@ -74,10 +75,14 @@ def test_concurrent_users_of_one_digest_download_it_once(tmp_path: Path) -> None
         (into / "model.bin").write_bytes(b"shared")
 
     results: list[Path] = []
-    first = threading.Thread(target=lambda: results.append(ArtifactCache(tmp_path, 1 << 20).get(digest, files, slow)))
+    first = threading.Thread(
+        target=lambda: results.append(ArtifactCache(tmp_path, 1 << 20).get(digest, files, slow))
+    )
     first.start()
     assert started.wait(10)
-    second = threading.Thread(target=lambda: results.append(ArtifactCache(tmp_path, 1 << 20).get(digest, files, slow)))
+    second = threading.Thread(
+        target=lambda: results.append(ArtifactCache(tmp_path, 1 << 20).get(digest, files, slow))
+    )
     second.start()
     release.set()
     first.join(10)
