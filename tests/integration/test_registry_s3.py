@@ -417,3 +417,27 @@ def test_an_alias_move_on_postgresql_reaches_a_running_server_well_under_the_pol
             registry.set_alias("iris", "production", 2)
         server.wait_until(lambda c: c.get("/readyz").json()["models"]["iris"]["version"] == 2, timeout=25)
         assert time.monotonic() - moved < 10  # notified, not polled (the poll would take 30 s)
+
+
+def test_a_server_pinned_by_digest_refuses_other_content(
+    tmp_path: Path, iris: tuple[Any, np.ndarray]
+) -> None:
+    model, x = iris
+    settings = Settings.load(home=tmp_path / "home")
+    with Registry(settings=settings) as registry:
+        version = registry.push("iris", model, sample_input=x[:2])
+        assert registry.resolve(f"iris:1@{version.digest}") == version
+        other = "sha256:" + "0" * 64
+        with pytest.raises(IntegrityError, match=rf"iris:1 holds {version.digest}, not {other}"):
+            registry.resolve(f"iris:1@{other}")
+    refused = _cli(["serve", f"iris:1@{other}", "--port", "0"], {}, tmp_path / "home")
+    assert refused.returncode == 7, refused.stderr
+    assert refused.stderr.strip().splitlines() == [
+        f"error: iris:1 holds {version.digest}, not {other} as iris:1@{other} pins: refusing other "
+        "content; see `shipyard show iris:1`"
+    ]
+    with (
+        running(tmp_path / "home", [f"iris:1@{version.digest}"], tmp_path / "logs") as server,
+        server.client() as client,
+    ):
+        assert infer(client, x[:3]) == model.predict(x[:3]).tolist()
