@@ -350,7 +350,7 @@ class Settings(BaseSettings):
     # SHIPYARD_ARTIFACT_OPTIONS='{"endpoint_url": "http://minio:9000"}' for MinIO (s3fs options).
     artifact_options: dict[str, Any] = Field(default_factory=dict)
     artifact_part_bytes: int = Field(
-        16 << 20, ge=5 << 20, description="multipart part size; files of two parts or more go multipart"
+        8 << 20, ge=5 << 20, description="multipart part size; files of two parts or more go multipart"
     )
     cache_dir: Path | None = None  # artifacts pulled from a remote store; default: <home>/cache
     cache_max_bytes: int = Field(20 << 30, ge=0, description="the cache's bound; least recently used go")
