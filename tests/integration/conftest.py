@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from s3_support import S3Endpoint, start_moto
 
 from shipyard.registry import Registry
 from shipyard.settings import Settings
@@ -90,7 +91,7 @@ def registry_env(registry_settings: Settings, registry: Registry) -> dict[str, s
 
 
 def _staging_entries(registry: Registry) -> list[Path]:
-    staging = registry.store.root / ".staging"
+    staging = registry.store.root / ".staging"  # type: ignore[attr-defined]
     return sorted(staging.iterdir()) if staging.is_dir() else []
 
 
@@ -113,3 +114,13 @@ def assert_clean_after_gc() -> Callable[[Registry], None]:
     """`assert_clean_after_gc(registry)`: after `gc(grace_s=0)` there are no staging leftovers,
     every artifact folder is referenced by a version, and every version's files verify."""
     return _assert_clean_after_gc
+
+
+@pytest.fixture(scope="session")
+def s3() -> Iterator[S3Endpoint]:
+    """One S3 endpoint for the session; each test takes its own bucket."""
+    pytest.importorskip("s3fs", reason="S3 tests need the [s3] extra")
+    pytest.importorskip("moto", reason="S3 tests need moto (the [dev] extra)")
+    endpoint = start_moto()
+    yield endpoint
+    endpoint.stop()
