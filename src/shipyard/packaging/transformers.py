@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from shipyard.errors import InvalidInputError, UntrustedArtifactError
+from shipyard.packaging.causal_lm import is_causal_lm, package_causal_lm
 from shipyard.packaging.folder import inside, refuse_links
 from shipyard.packaging.isolated import check_isolated
 from shipyard.packaging.limits import check_folder_sizes
@@ -141,6 +142,8 @@ def package_folder(
         )
     _check_contents(source, onnx_backend, limits)
     config = _read_json(source / "config.json")
+    if task is None and not onnx_backend and is_causal_lm(config):  # a generative model
+        return package_causal_lm(source, dest, config, limits)
     task = task or _detect_task(config)
     if task not in TASKS:
         raise InvalidInputError(f"unknown task {task!r}; use one of {', '.join(TASKS)}", field="task")
