@@ -17,7 +17,7 @@ CORPUS = [
     "hello world, hello shipyard; streams of text and numbers 0123456789",
     '{"name": "value", "list": [1, 2, 3], "ok": true}',
 ] * 20
-CONTEXT = 256
+CONTEXT = 1024
 
 
 def tiny_lm_folder(folder: Path, *, chat_template: bool = True, seed: int = 0) -> Path:

@@ -219,9 +219,7 @@ LLM_E2E_LATENCY = Histogram(
 LLM_PROMPT_TOKENS = Counter(
     "shipyard_llm_prompt_tokens", "Prompt tokens processed (prefill).", ["model", "version"]
 )
-LLM_GENERATION_TOKENS = Counter(
-    "shipyard_llm_generation_tokens", "Tokens generated.", ["model", "version"]
-)
+LLM_GENERATION_TOKENS = Counter("shipyard_llm_generation_tokens", "Tokens generated.", ["model", "version"])
 LLM_REQUESTS_RUNNING = Gauge(
     "shipyard_llm_requests_running",
     "Sequences decoding now (in a slot).",

@@ -95,4 +95,6 @@ def check_safetensors(path: Path) -> None:
 def parameter_count(path: Path) -> int:
     """The number of values the tensors of a (checked) safetensors file hold."""
     header = _header(path, path.stat().st_size)
-    return sum(math.prod(e["shape"]) for n, e in header.items() if n != "__metadata__" and isinstance(e, dict))
+    return sum(
+        math.prod(e["shape"]) for n, e in header.items() if n != "__metadata__" and isinstance(e, dict)
+    )

@@ -121,9 +121,8 @@ def package_folder(
     names = {p.name for p in source.iterdir()}
     onnx_backend = ONNX_FILE in names and not any(n in names for n in _SAFE_WEIGHTS)
     transformers = import_transformers(torch=not onnx_backend)
-    if onnx_backend:
-        pass  # the graph is checked below, once the folder is in place
-    elif not any(n in names for n in _SAFE_WEIGHTS):
+    # An ONNX graph is checked below, once the folder is in place.
+    if not onnx_backend and not any(n in names for n in _SAFE_WEIGHTS):
         if any(n in names for n in _PICKLED_WEIGHTS) and not trust:
             raise UntrustedArtifactError(
                 f"{source} holds its weights as pytorch_model.bin, a pickle that runs code when "

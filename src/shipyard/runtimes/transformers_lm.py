@@ -274,10 +274,11 @@ class TransformersLMEngine:
             self._finish(sequence, text, (token,), choices, "stop")
             return True
         if ended or full:
-            self._finish(sequence, text + sequence.stop.flush(), (token,), choices, "stop" if ended else "length")
+            reason: FinishReason = "stop" if ended else "length"
+            self._finish(sequence, text + sequence.stop.flush(), (token,), choices, reason)
             return True
-        chunk = GenerationChunk(text, (token,), len(sequence.prompt), len(sequence.generated), choices)
-        self._emit(sequence, chunk)
+        step = GenerationChunk(text, (token,), len(sequence.prompt), len(sequence.generated), choices)
+        self._emit(sequence, step)
         return False
 
     def _held(self, sequence: _Sequence) -> int:
@@ -300,7 +301,9 @@ class TransformersLMEngine:
         if params.repeat_penalty != 1.0:  # over prompt and completion, as transformers and vLLM do
             seen = torch.tensor(sorted(set(sequence.prompt) | set(sequence.generated)), device=self._device)
             picked = logits[seen]
-            logits[seen] = torch.where(picked > 0, picked / params.repeat_penalty, picked * params.repeat_penalty)
+            logits[seen] = torch.where(
+                picked > 0, picked / params.repeat_penalty, picked * params.repeat_penalty
+            )
         if sequence.generated and (params.presence_penalty or params.frequency_penalty):
             ids, counts = torch.tensor(sequence.generated, device=self._device).unique(return_counts=True)
             logits[ids] -= params.presence_penalty + params.frequency_penalty * counts.to(logits.dtype)
@@ -324,13 +327,17 @@ class TransformersLMEngine:
         """The model's own log-probabilities (before penalties and temperature), as OpenAI reports them."""
         logprobs = self._torch.log_softmax(logits, dim=-1)
         top = self._torch.topk(logprobs, k) if k else None
-        alternatives = () if top is None else tuple(
-            self._token_logprob(int(i), float(v)) for v, i in zip(top.values, top.indices, strict=True)
+        alternatives = (
+            ()
+            if top is None
+            else tuple(
+                self._token_logprob(int(i), float(v)) for v, i in zip(top.values, top.indices, strict=True)
+            )
         )
         return TokenChoice(self._token_logprob(token, float(logprobs[token])), alternatives)
 
     def _token_logprob(self, token: int, logprob: float) -> TokenLogprob:
-        text = self.tokenizer.decode([token])
+        text = str(self.tokenizer.decode([token]))
         return TokenLogprob(text, logprob, tuple(text.encode()))
 
     def _detokenize(self, sequence: _Sequence, *, final: bool = False) -> str:
@@ -343,7 +350,7 @@ class TransformersLMEngine:
         if len(after) <= len(before) or (after.endswith("\ufffd") and not final):
             return ""
         sequence.prefix_offset, sequence.read_offset = sequence.read_offset, len(ids)
-        return after[len(before) :]
+        return str(after[len(before) :])
 
     def _finish(
         self,

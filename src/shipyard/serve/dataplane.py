@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -159,7 +159,7 @@ class DataPlane:
 
     def generate(
         self, served: ServedVersion, requests: list[GenerationRequest], *, caller: str | None, started: float
-    ) -> AsyncIterator[Choice]:
+    ) -> AsyncGenerator[Choice]:
         """Run the sequences of one generation request (its `n` choices) on a generative version:
         the chunks of all, as they come, each with its choice index. The request obeys the rate and
         concurrency limits every inference does and holds the version (a hot swap drains it) until

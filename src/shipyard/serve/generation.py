@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any
 
 from shipyard.monitor import metrics
@@ -60,7 +60,7 @@ async def metered(
     meter: TokenMeter,
     admit: Callable[[], Admission | None],
     hold: contextlib.AbstractContextManager[Any],
-) -> AsyncIterator[Choice]:
+) -> AsyncGenerator[Choice]:
     """The merged streams of `requests`, metered. On the first step the request is admitted
     (`admit` raises when a limit refuses it); `hold` (the version in flight) and the admission
     are released when the last stream ends or the iterator is closed."""
@@ -77,7 +77,7 @@ async def metered(
         meter.finish(sum(len(p) if isinstance(p, tuple) else 0 for p in prompts))
 
 
-async def merged(engine: GenerationEngine, requests: list[GenerationRequest]) -> AsyncIterator[Choice]:
+async def merged(engine: GenerationEngine, requests: list[GenerationRequest]) -> AsyncGenerator[Choice]:
     """Every request's chunks as they come, tagged with the request's index. The first failure
     raises; closing this iterator closes every stream (their slots free at the next step)."""
     streams = [engine.generate(r) for r in requests]
@@ -94,7 +94,7 @@ async def merged(engine: GenerationEngine, requests: list[GenerationRequest]) ->
         try:
             async for chunk in stream:
                 queue.put_nowait((index, chunk))
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 -- handed to the consumer, which raises it
             queue.put_nowait((index, exc))
         finally:
             await _close(stream)

@@ -386,7 +386,11 @@ class ModelRepository:
         if served.engine is not None:  # ends its running sequences with an error chunk
             await asyncio.to_thread(served.engine.close)
             labels = (model.name, str(served.version.version))
-            for gauge in (metrics.LLM_REQUESTS_RUNNING, metrics.LLM_REQUESTS_WAITING, metrics.LLM_KV_CACHE_USAGE):
+            for gauge in (
+                metrics.LLM_REQUESTS_RUNNING,
+                metrics.LLM_REQUESTS_WAITING,
+                metrics.LLM_KV_CACHE_USAGE,
+            ):
                 gauge.labels(*labels).set(0)
         if was_ready:
             metrics.LOADED_MODELS.dec()

@@ -77,7 +77,7 @@ def response_format(value: Any) -> ResponseFormat | None:
         return ResponseFormat("json_object")
     if kind != "json_schema":
         raise InvalidInputError(
-            "'response_format' must be {\"type\": \"text\" | \"json_object\" | \"json_schema\"}",
+            '\'response_format\' must be {"type": "text" | "json_object" | "json_schema"}',
             field="response_format",
         )
     spec = value.get("json_schema")

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,6 +46,7 @@ from shipyard.serve.protocols._sse import DONE, EventStream, event
 from shipyard.serve.repository import ServedVersion
 from shipyard.settings import Settings
 
+log = logging.getLogger("shipyard.serve")
 ROLES = ("system", "developer", "user", "assistant", "tool")
 MAX_PROMPTS = params.MAX_N  # prompts in one batched text completion
 
@@ -111,7 +113,9 @@ class GenerationRoutes:
             raise InvalidInputError("request body must be a JSON object", field="body")
         return body
 
-    def _engine(self, request: Request, body: dict[str, Any], route: str) -> tuple[ServedVersion, GenerationEngine]:
+    def _engine(
+        self, request: Request, body: dict[str, Any], route: str
+    ) -> tuple[ServedVersion, GenerationEngine]:
         name = body.get("model")
         if not isinstance(name, str) or not name:
             raise InvalidInputError("'model' is required", field="model")
@@ -174,19 +178,28 @@ class GenerationRoutes:
         stream = params.boolean(body, "stream")
         options = body.get("stream_options")
         if options is not None and (not stream or not isinstance(options, dict)):
-            raise InvalidInputError("'stream_options' is an object, allowed only with 'stream': true", field="stream_options")
+            raise InvalidInputError(
+                "'stream_options' is an object, allowed only with 'stream': true", field="stream_options"
+            )
         include_usage = params.boolean(options or {}, "include_usage")
         timeout = self.dataplane.timeout(served, call_options(request)["timeout_s"])
         deadline = time.monotonic() + timeout
         request_id = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
-        requests = []
+        requests: list[GenerationRequest] = []
         for prompt in prompts:
             for j in range(n):
                 seed = None if sampling.seed is None else sampling.seed + j  # n different choices
                 choice = sampling if seed == sampling.seed else _with_seed(sampling, seed)
                 requests.append(GenerationRequest(prompt, choice, deadline, f"{request_id}-{len(requests)}"))
         return Generation(
-            chat, body["model"], served, requests, sum(len(p) for p in prompts), timeout, stream, include_usage,
+            chat,
+            body["model"],
+            served,
+            requests,
+            sum(len(p) for p in prompts),
+            timeout,
+            stream,
+            include_usage,
             id=request_id,
         )
 
@@ -205,9 +218,13 @@ class GenerationRoutes:
         except BaseException:
             await choices.aclose()
             raise
+        failed = None if first is None else chunk_error(first[1], generation.timeout_s)
+        if failed is not None:  # e.g. the deadline passed in the queue: a plain status still
+            await choices.aclose()
+            raise failed
         return EventStream(self._events(generation, first, choices))
 
-    async def _whole(self, generation: Generation, choices: AsyncIterator[Choice]) -> Response:
+    async def _whole(self, generation: Generation, choices: AsyncGenerator[Choice]) -> Response:
         outputs = [_Output() for _ in generation.requests]
         try:
             async for index, chunk in choices:
@@ -217,14 +234,12 @@ class GenerationRoutes:
                 outputs[index].add(chunk)
         finally:
             await choices.aclose()
-        body = {
+        body: dict[str, Any] = {
             "id": generation.id,
             "object": "chat.completion" if generation.chat else "text_completion",
             "created": generation.created,
             "model": generation.model,
-            "choices": [
-                _whole_choice(i, o, generation) for i, o in enumerate(outputs)
-            ],
+            "choices": [_whole_choice(i, o, generation) for i, o in enumerate(outputs)],
             "usage": _usage(generation.prompt_tokens, outputs),
         }
         if generation.chat:
@@ -232,7 +247,7 @@ class GenerationRoutes:
         return json_response(body)
 
     async def _events(
-        self, generation: Generation, first: Choice | None, choices: AsyncIterator[Choice]
+        self, generation: Generation, first: Choice | None, choices: AsyncGenerator[Choice]
     ) -> AsyncIterator[bytes]:
         outputs = [_Output() for _ in generation.requests]
         shape = _chat_chunk if generation.chat else _text_chunk
@@ -242,7 +257,7 @@ class GenerationRoutes:
             "created": generation.created,
             "model": generation.model,
         }
-        usage_field = {"usage": None} if generation.include_usage else {}
+        usage_field: dict[str, Any] = {"usage": None} if generation.include_usage else {}
         try:
             if generation.chat:  # the role first, in a delta of its own, for every choice
                 for index in range(len(outputs)):
@@ -265,6 +280,7 @@ class GenerationRoutes:
         except ShipyardError as exc:
             yield event(openai_error(exc))
         except Exception:
+            log.exception("generation failed mid-stream")
             yield event(openai_error(internal_error()))
         finally:
             await choices.aclose()
@@ -313,7 +329,11 @@ class _Output:
 
 def _usage(prompt_tokens: int, outputs: list[_Output]) -> dict[str, int]:
     completion = sum(o.tokens for o in outputs)
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion, "total_tokens": prompt_tokens + completion}
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion,
+        "total_tokens": prompt_tokens + completion,
+    }
 
 
 def _whole_choice(index: int, output: _Output, generation: Generation) -> dict[str, Any]:
@@ -359,7 +379,9 @@ def _chat_logprobs(choices: list[TokenChoice]) -> dict[str, Any]:
                 "token": c.chosen.token,
                 "logprob": c.chosen.logprob,
                 "bytes": list(c.chosen.bytes),
-                "top_logprobs": [{"token": t.token, "logprob": t.logprob, "bytes": list(t.bytes)} for t in c.top],
+                "top_logprobs": [
+                    {"token": t.token, "logprob": t.logprob, "bytes": list(t.bytes)} for t in c.top
+                ],
             }
             for c in choices
         ]
@@ -393,11 +415,15 @@ def _content(value: Any, index: int, role: str) -> str:
     if isinstance(value, list):
         texts = []
         for part in value:
-            if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
+            if (
+                not isinstance(part, dict)
+                or part.get("type") != "text"
+                or not isinstance(part.get("text"), str)
+            ):
                 kind = part.get("type") if isinstance(part, dict) else type(part).__name__
                 raise InvalidInputError(
                     f"messages[{index}].content has a part of type {str(kind)[:40]!r}; this model "
-                    "takes text parts only ({\"type\": \"text\", \"text\": …})",
+                    'takes text parts only ({"type": "text", "text": …})',
                     field=f"messages[{index}].content",
                 )
             texts.append(part["text"])
@@ -436,8 +462,13 @@ def _messages(value: Any) -> list[dict[str, Any]]:
 
 def _prompts(value: Any) -> list[str | list[int]]:
     """`prompt`: a string, a list of strings, a token array or a list of token arrays."""
+
     def tokens(item: Any) -> bool:
-        return isinstance(item, list) and bool(item) and all(isinstance(t, int) and not isinstance(t, bool) for t in item)
+        return (
+            isinstance(item, list)
+            and bool(item)
+            and all(isinstance(t, int) and not isinstance(t, bool) for t in item)
+        )
 
     if isinstance(value, str):
         prompts: list[Any] = [value]
@@ -453,4 +484,3 @@ def _prompts(value: Any) -> list[str | list[int]]:
     if len(prompts) > MAX_PROMPTS:
         raise InvalidInputError(f"'prompt' has {len(prompts)} prompts; at most {MAX_PROMPTS}", field="prompt")
     return prompts
-
