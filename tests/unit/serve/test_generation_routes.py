@@ -265,6 +265,7 @@ def test_models_metadata_triton_generate_and_metrics(home: Path) -> None:
         openai = (await client.post("/v1/completions", json=completion)).json()
         assert openai["choices"][0]["text"] == answer["text_output"]  # one engine, one answer
 
+        assert (await client.get("/openapi.json")).status_code == 200
         text = (await client.get("/metrics")).text
         for name in (
             "shipyard_llm_time_to_first_token_seconds_count",
