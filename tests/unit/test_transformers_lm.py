@@ -1,5 +1,6 @@
-"""The transformers engine driven directly in asyncio: seeded sampling that does not depend on what
-else runs, a bounded queue, a closed iterator freeing its slot, and unloading mid-sequence."""
+"""The transformers engine driven directly in asyncio: the padded decoding batch giving each
+sequence what it would get alone, seeded sampling, a bounded queue, a closed iterator freeing its
+slot, and unloading mid-sequence."""
 
 from __future__ import annotations
 
@@ -55,6 +56,29 @@ def test_a_seeded_sequence_is_the_same_alone_or_beside_others(pushed: tuple[Sett
         together = await asyncio.gather(*(collect(lm.generate(r)) for r in [seeded, *others]))
         assert [c.token_ids for c in together[0]] == [c.token_ids for c in alone]
         assert alone[-1].finish_reason in ("stop", "length") and alone[-1].prompt_tokens > 0
+
+    try:
+        asyncio.run(main())
+    finally:
+        lm.close()
+
+
+def test_sequences_of_different_lengths_decode_in_one_batch_as_they_would_alone(
+    pushed: tuple[Settings, Registry],
+) -> None:
+    lm = engine(pushed, slots=4, prompt_chunk_tokens=16)  # the long prompt goes in three chunks
+    prompts = ["hi", "the quick brown fox jumps over the lazy dog " * 3, "a model", "hello world, hello"]
+
+    async def greedy(prompt: str, delay: float = 0.0) -> list[tuple[int, ...]]:
+        await asyncio.sleep(delay)  # joins while the others decode
+        request = GenerationRequest(prompt, SamplingParams(max_tokens=24, temperature=0, ignore_eos=True))
+        return [c.token_ids for c in await collect(lm.generate(request))]
+
+    async def main() -> None:
+        alone = [await greedy(p) for p in prompts]
+        together = await asyncio.gather(*(greedy(p) for p in prompts))
+        staggered = await asyncio.gather(*(greedy(p, i * 0.005) for i, p in enumerate(prompts)))
+        assert together == alone and staggered == alone
 
     try:
         asyncio.run(main())

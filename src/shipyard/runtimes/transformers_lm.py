@@ -1,12 +1,13 @@
 """Hugging Face causal language models on torch (CPU, or CUDA where present), behind the
 `GenerationEngine` protocol.
 
-One decode thread schedules at the token level: every step it advances each running sequence by
-one token (or one chunk of its prompt), so new requests join between steps and finished ones
-leave at once, up to `slots` sequences with a KV cache each. The forward passes are not merged
-into one padded batch: each sequence runs its own (batch of one), which keeps caches, positions
-and sampling per sequence exact and reproducible whatever else runs, at the price of the
-throughput a merged batch would add; the llama.cpp engine is the one that batches.
+One decode thread runs continuous batching: every step, each sequence still in its prompt
+advances by one chunk of it (alone, with its own KV cache), then every sequence past its prompt
+advances by one token in one forward pass over a left-padded batch of their caches
+(`_kv_batch.PaddedBatch`). Requests join between steps once their prompt is done, finished ones
+leave at once, up to `slots` sequences; beyond them `max_queue` wait. Each sequence samples with
+its own seeded generator, so a seed gives the same tokens for the same batch; a different batch
+can round differently by the last bit, as in every batching server.
 """
 
 from __future__ import annotations
@@ -19,12 +20,13 @@ import random
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from shipyard.errors import InvalidInputError, OverloadedError
+from shipyard.runtimes._kv_batch import PaddedBatch, new_cache
 from shipyard.runtimes.base import one_line
 from shipyard.runtimes.generation import (
     EngineStats,
@@ -42,6 +44,7 @@ from shipyard.settings import GenerationSettings, RuntimeSettings
 from shipyard.types import ModelVersion
 
 log = logging.getLogger("shipyard.runtimes")
+Step = Callable[[list["_Sequence"]], set["_Sequence"]]
 
 
 def generative_info(version: ModelVersion) -> GenerativeInfo:
@@ -116,6 +119,7 @@ class TransformersLMEngine:
         self._max_queue = generation.max_queue
         self._chunk = generation.prompt_chunk_tokens
         self._waiting: deque[_Sequence] = deque()
+        self._batch = PaddedBatch(torch, self._device)  # the sequences past their prompt
         self._running: list[_Sequence] = []
         self._wake = threading.Condition()
         self._closed = False
@@ -218,6 +222,7 @@ class TransformersLMEngine:
             self._finish(sequence, "", (), (), "error", "the model was unloaded")
         self._waiting.clear()
         self._running.clear()
+        self._batch.remove(set(self._batch.rows))
 
     def _run(self) -> None:
         torch = self._torch
@@ -230,36 +235,68 @@ class TransformersLMEngine:
                 while self._waiting and len(self._running) < self._slots:
                     self._running.append(self._waiting.popleft())
                 running = list(self._running)
-            for sequence in running:
-                try:
-                    with torch.inference_mode():
-                        done = self._step(sequence)
-                except Exception as exc:  # one failing sequence must not stop the others
-                    log.exception("generation failed for request %s", sequence.request.request_id)
-                    self._finish(sequence, "", (), (), "error", f"generation failed: {one_line(exc)}")
-                    done = True
-                if done:
+            with torch.inference_mode():
+                finished = {s for s in running if self._expired(s)}
+                for sequence in running:  # prompts: one chunk each, between decoding steps
+                    prompting = sequence not in finished and sequence not in self._batch.rows
+                    if prompting and self._guarded([sequence], self._prefill):
+                        finished.add(sequence)
+                self._batch.remove(finished)
+                if self._batch.rows:
+                    finished |= self._guarded(list(self._batch.rows), self._decode)
+                    self._batch.remove(finished)
+            if finished:
+                with self._wake:
+                    self._running = [s for s in self._running if s not in finished]
+                for sequence in finished:
                     sequence.cache = None  # the KV cache is freed now, not when the consumer lets go
-                    with self._wake:
-                        self._running.remove(sequence)
 
-    def _step(self, sequence: _Sequence) -> bool:
-        """Advance one sequence by a prompt chunk or one token; True once it is finished."""
-        request = sequence.request
+    def _guarded(self, sequences: list[_Sequence], step: Step) -> set[_Sequence]:
+        """`step(sequences)`, the finished ones; if it raises, all end with an error (one failing
+        forward pass must not stop the engine)."""
+        try:
+            return step(sequences)
+        except Exception as exc:
+            log.exception("generation failed for %d sequence(s)", len(sequences))
+            for sequence in sequences:
+                self._finish(sequence, "", (), (), "error", f"generation failed: {one_line(exc)}")
+            return set(sequences)
+
+    def _expired(self, sequence: _Sequence) -> bool:
+        """Whether the consumer left or the deadline passed (then it is ended here)."""
         if sequence.cancelled:
             return True
-        if request.deadline is not None and time.monotonic() >= request.deadline:
+        deadline = sequence.request.deadline
+        if deadline is not None and time.monotonic() >= deadline:
             self._finish(sequence, "", (), (), "deadline")
             return True
-        if sequence.fed < len(sequence.prompt):  # a long prompt goes in chunks between steps
-            chunk = sequence.prompt[sequence.fed : sequence.fed + self._chunk]
-            logits = self._forward(sequence, chunk)
-            sequence.fed += len(chunk)
-            if sequence.fed < len(sequence.prompt):
-                return False
-        else:
-            logits = self._forward(sequence, sequence.generated[-1:])
-        params = request.params
+        return False
+
+    def _prefill(self, sequences: list[_Sequence]) -> set[_Sequence]:
+        """One chunk of a sequence's prompt; at its end, its first token, and it joins the batch."""
+        (sequence,) = sequences
+        if sequence.cache is None:
+            sequence.cache = new_cache([])
+        chunk = sequence.prompt[sequence.fed : sequence.fed + self._chunk]
+        input_ids = self._torch.tensor([chunk], dtype=self._torch.long, device=self._device)
+        out = self.model(input_ids=input_ids, use_cache=True, **{self._cache_argument: sequence.cache})
+        sequence.fed += len(chunk)
+        if sequence.fed < len(sequence.prompt):
+            return set()
+        if self._advance(sequence, out.logits[0, -1]):
+            return {sequence}
+        self._batch.add(sequence, sequence.cache, sequence.fed)
+        sequence.cache = None  # held by the batch now
+        return set()
+
+    def _decode(self, sequences: list[_Sequence]) -> set[_Sequence]:
+        """One forward pass for every decoding sequence, then each one's next token."""
+        logits = self._batch.forward(self.model, self._cache_argument, [s.generated[-1] for s in sequences])
+        return {s for i, s in enumerate(sequences) if self._advance(s, logits[i])}
+
+    def _advance(self, sequence: _Sequence, logits: Any) -> bool:
+        """Pick the next token from `logits` and emit it; True once the sequence is finished."""
+        params = sequence.request.params
         raw = logits.float()
         token = self._sample(sequence, raw, params)
         sequence.generated.append(token)
@@ -283,17 +320,6 @@ class TransformersLMEngine:
 
     def _held(self, sequence: _Sequence) -> int:
         return len(sequence.prompt) + len(sequence.generated)
-
-    def _forward(self, sequence: _Sequence, ids: list[int]) -> Any:
-        """The next-token logits after `ids`, extending the sequence's KV cache."""
-        torch = self._torch
-        if sequence.cache is None:
-            from transformers import DynamicCache
-
-            sequence.cache = DynamicCache()
-        input_ids = torch.tensor([ids], dtype=torch.long, device=self._device)
-        out = self.model(input_ids=input_ids, use_cache=True, **{self._cache_argument: sequence.cache})
-        return out.logits[0, -1]  # the cache object grew in place
 
     def _sample(self, sequence: _Sequence, logits: Any, params: SamplingParams) -> int:
         torch = self._torch
