@@ -27,11 +27,11 @@ from shipyard.runtimes.generation import (
     SamplingParams,
     TokenChoice,
 )
+from shipyard.serve.auth import caller_id
 from shipyard.serve.dataplane import ClientDisconnectedError, DataPlane
 from shipyard.serve.generation import Choice
 from shipyard.serve.protocols import generation_params as params
 from shipyard.serve.protocols._http import (
-    call_options,
     disconnect_watcher,
     endpoint,
     internal_error,
@@ -40,6 +40,7 @@ from shipyard.serve.protocols._http import (
     openai_error,
     parse_json,
     read_body,
+    request_timeout,
     require_json,
 )
 from shipyard.serve.protocols._sse import DONE, EventStream, event
@@ -182,7 +183,7 @@ class GenerationRoutes:
                 "'stream_options' is an object, allowed only with 'stream': true", field="stream_options"
             )
         include_usage = params.boolean(options or {}, "include_usage")
-        timeout = self.dataplane.timeout(served, call_options(request)["timeout_s"])
+        timeout = self.dataplane.timeout(served, request_timeout(request))
         deadline = time.monotonic() + timeout
         request_id = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
         requests: list[GenerationRequest] = []
@@ -205,7 +206,7 @@ class GenerationRoutes:
 
     async def _respond(self, request: Request, generation: Generation, started: float) -> Response:
         choices = self.dataplane.generate(
-            generation.served, generation.requests, caller=call_options(request)["caller"], started=started
+            generation.served, generation.requests, caller=caller_id(request), started=started
         )
         if not generation.stream:
             return await unless_disconnected(request, self._whole(generation, choices))

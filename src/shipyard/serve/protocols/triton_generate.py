@@ -20,11 +20,11 @@ from starlette.routing import Route
 
 from shipyard.errors import InvalidInputError, ShipyardError
 from shipyard.runtimes.generation import GenerationRequest
+from shipyard.serve.auth import caller_id
 from shipyard.serve.dataplane import DataPlane
 from shipyard.serve.generation import Choice
 from shipyard.serve.protocols import generation_params as params
 from shipyard.serve.protocols._http import (
-    call_options,
     endpoint,
     internal_error,
     json_response,
@@ -33,6 +33,7 @@ from shipyard.serve.protocols._http import (
     parse_version,
     plain_error,
     read_body,
+    request_timeout,
     require_json,
 )
 from shipyard.serve.protocols._sse import EventStream, event
@@ -93,13 +94,11 @@ class TritonGenerateRoutes:
         sampling = params.sampling(
             fields, params.max_tokens(fields, ("max_tokens",), len(prompt), limits), None
         )
-        timeout = self.dataplane.timeout(served, call_options(request)["timeout_s"])
+        timeout = self.dataplane.timeout(served, request_timeout(request))
         generation = GenerationRequest(
             prompt, sampling, time.monotonic() + timeout, str(body.get("id") or "")
         )
-        choices = self.dataplane.generate(
-            served, [generation], caller=call_options(request)["caller"], started=started
-        )
+        choices = self.dataplane.generate(served, [generation], caller=caller_id(request), started=started)
         head: dict[str, Any] = {"model_name": name, "model_version": str(served.version.version)}
         if body.get("id") is not None:
             head["id"] = body["id"]
