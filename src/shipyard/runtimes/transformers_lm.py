@@ -7,7 +7,8 @@ advances by one token in one forward pass over a left-padded batch of their cach
 (`_kv_batch.PaddedBatch`). Requests join between steps once their prompt is done, finished ones
 leave at once, up to `slots` sequences; beyond them `max_queue` wait. Each sequence samples with
 its own seeded generator, so a seed gives the same tokens for the same batch; a different batch
-can round differently by the last bit, as in every batching server.
+can round differently by the last bit, as in every batching server. `response_format` masks the
+logits to what the JSON grammar allows (`_grammar.py`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from shipyard.errors import InvalidInputError, OverloadedError
+from shipyard.runtimes._grammar import JsonConstraint, grammar_tokenizer
 from shipyard.runtimes._kv_batch import PaddedBatch, new_cache
 from shipyard.runtimes.base import one_line
 from shipyard.runtimes.generation import (
@@ -80,6 +82,7 @@ class _Sequence:
     prefix_offset: int = 0  # incremental detokenization: text of generated[prefix:read] is out
     read_offset: int = 0
     cancelled: bool = False  # set by the consumer (iterator closed); read by the decode thread
+    constraint: JsonConstraint | None = None  # response_format, enforced token by token
 
 
 class TransformersLMEngine:
@@ -123,6 +126,8 @@ class TransformersLMEngine:
         self._running: list[_Sequence] = []
         self._wake = threading.Condition()
         self._closed = False
+        self._grammar: Any = None
+        self._grammar_lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name=f"generate {version.ref}", daemon=True)
         self._thread.start()
 
@@ -177,13 +182,9 @@ class TransformersLMEngine:
 
     def _admit(self, request: GenerationRequest) -> _Sequence:
         params = request.params
+        constraint = None
         if params.response_format is not None:
-            raise InvalidInputError(
-                "response_format is not supported by the transformers engine (no output "
-                "constraint while decoding); serve the model as a GGUF file, whose llama.cpp "
-                "engine enforces JSON and JSON schemas",
-                field="response_format",
-            )
+            constraint = JsonConstraint(self._grammar_tokenizer(), params.response_format, self._device)
         prompt = list(request.prompt) if isinstance(request.prompt, tuple) else self.tokenize(request.prompt)
         if not prompt:
             raise InvalidInputError("the prompt is empty", field="prompt")
@@ -200,6 +201,7 @@ class TransformersLMEngine:
         sequence = _Sequence(
             request, prompt, asyncio.get_running_loop(), asyncio.Queue(), generator, StopMatcher(params.stop)
         )
+        sequence.constraint = constraint
         with self._wake:
             if self._closed:
                 raise OverloadedError("the model is being unloaded; retry")
@@ -212,6 +214,13 @@ class TransformersLMEngine:
             self._waiting.append(sequence)
             self._wake.notify()
         return sequence
+
+    def _grammar_tokenizer(self) -> Any:
+        """llguidance's view of the vocabulary, built on the first structured request."""
+        with self._grammar_lock:
+            if self._grammar is None:
+                self._grammar = grammar_tokenizer(self.tokenizer, self._vocab, sorted(self._eos))
+            return self._grammar
 
     def close(self) -> None:
         with self._wake:
@@ -300,10 +309,13 @@ class TransformersLMEngine:
         raw = logits.float()
         token = self._sample(sequence, raw, params)
         sequence.generated.append(token)
+        if sequence.constraint is not None:
+            sequence.constraint.accept(token)
         choices: tuple[TokenChoice, ...] = ()
         if params.logprobs is not None:
             choices = (self._logprobs(raw, token, params.logprobs),)
         ended = token in self._eos and not params.ignore_eos
+        ended = ended or (sequence.constraint is not None and sequence.constraint.complete)
         full = len(sequence.generated) >= params.max_tokens or self._held(sequence) >= self.max_context
         # At the end, whatever the detokenizer held back (an incomplete character) goes out too.
         text = sequence.stop.feed(self._detokenize(sequence, final=ended or full))
@@ -333,6 +345,8 @@ class TransformersLMEngine:
         if sequence.generated and (params.presence_penalty or params.frequency_penalty):
             ids, counts = torch.tensor(sequence.generated, device=self._device).unique(return_counts=True)
             logits[ids] -= params.presence_penalty + params.frequency_penalty * counts.to(logits.dtype)
+        if sequence.constraint is not None:
+            sequence.constraint.restrict(logits)
         if params.temperature == 0:
             return int(logits.argmax())
         logits = logits / params.temperature
