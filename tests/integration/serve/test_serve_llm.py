@@ -6,10 +6,12 @@ sequence at once."""
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import time
 from collections.abc import Iterator
 
 import httpx
+import jsonschema_rs
 import openai
 import pytest
 
@@ -83,6 +85,25 @@ def test_completions_n_seed_and_logprobs(oai: openai.OpenAI) -> None:
     logprobs = chat.choices[0].logprobs
     assert logprobs is not None and logprobs.content
     assert all(len(t.top_logprobs) == 3 for t in logprobs.content)
+
+
+def test_a_json_schema_answer_validates(oai: openai.OpenAI) -> None:
+    schema = {
+        "type": "object",
+        "properties": {"ship": {"enum": ["ketch", "sloop"]}, "masts": {"type": "integer"}},
+        "required": ["ship", "masts"],
+        "additionalProperties": False,
+    }
+    answer = oai.chat.completions.create(
+        model="tiny",
+        messages=MESSAGES,
+        max_tokens=48,
+        seed=1,
+        response_format={"type": "json_schema", "json_schema": {"name": "ship", "schema": schema}},
+    )
+    choice = answer.choices[0]
+    assert choice.finish_reason == "stop" and choice.message.content is not None
+    jsonschema_rs.validate(schema, json.loads(choice.message.content))  # a random model, held to the schema
 
 
 def test_errors_carry_status_and_param(oai: openai.OpenAI) -> None:
