@@ -197,7 +197,8 @@ class TransformersLMEngine:
         if any(not 0 <= t < self._vocab for t in prompt):
             raise InvalidInputError(f"the prompt has token ids outside 0..{self._vocab - 1}", field="prompt")
         generator = self._torch.Generator(device=self._device)
-        generator.manual_seed(params.seed if params.seed is not None else random.getrandbits(63))
+        seed = params.seed if params.seed is not None else random.getrandbits(63)
+        generator.manual_seed(seed % (1 << 64))  # torch takes 0 .. 2**64 - 1; OpenAI's seeds are signed
         sequence = _Sequence(
             request, prompt, asyncio.get_running_loop(), asyncio.Queue(), generator, StopMatcher(params.stop)
         )

@@ -210,8 +210,8 @@ class GenerationRoutes:
         )
         if not generation.stream:
             return await unless_disconnected(request, self._whole(generation, choices))
-        # The first chunk before any byte is sent: a refusal (queue full, an unsupported
-        # response_format) is still an ordinary HTTP error with its status.
+        # The first chunk before any byte is sent: a refusal (queue full, a schema the engine
+        # cannot enforce, ids outside the vocabulary) is still an ordinary HTTP error.
         try:
             first = await anext(choices)
         except StopAsyncIteration:
