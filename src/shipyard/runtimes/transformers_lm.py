@@ -242,6 +242,8 @@ class TransformersLMEngine:
                     self._wake.wait()
                 if self._closed:
                     return
+                for sequence in [s for s in self._waiting if self._expired(s)]:
+                    self._waiting.remove(sequence)  # its deadline passed in the queue
                 while self._waiting and len(self._running) < self._slots:
                     self._running.append(self._waiting.popleft())
                 running = list(self._running)

@@ -304,7 +304,10 @@ class ModelRepository:
         served.state = "ready"
         metrics.LOAD_TIME.labels(*labels).observe(time.perf_counter() - started)
         metrics.LOADED_MODELS.inc()
-        _publish_sizes(served, labels, self.settings.serve.max_queue, memory_before)
+        # A generative version's queue is its engine's (requests waiting for a slot).
+        generative = served.engine is not None
+        capacity = self.settings.generation.max_queue if generative else self.settings.serve.max_queue
+        _publish_sizes(served, labels, capacity, memory_before)
         log.info("loaded %s in %.3fs", version.ref, time.perf_counter() - started)
         return served
 
