@@ -4,6 +4,7 @@ chat and text completions, whole and streamed, Triton's generate extension, the 
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +18,7 @@ import orjson
 import pytest
 from asgi_serving import run
 
+from prometheus_text import metric_sum
 from shipyard.registry import Registry
 from shipyard.settings import Settings
 from tiny_lm import tiny_lm_folder
@@ -303,3 +305,31 @@ def test_models_metadata_triton_generate_and_metrics(home: Path) -> None:
             assert f'{name}{{model="tiny",version="1"}}' in text, name
 
     run(home, REFS, body)
+
+
+def test_beyond_the_slots_and_the_queue_is_503_with_retry_after(home: Path) -> None:
+    long = {"model": "tiny", "prompt": "hi", "max_tokens": 900, "ignore_eos": True}
+    short = {"model": "tiny", "prompt": "hi", "max_tokens": 2}
+
+    async def gauge(client: httpx.AsyncClient, name: str) -> float:
+        text = (await client.get("/metrics")).text
+        return metric_sum(text, name, model="tiny")
+
+    async def until(client: httpx.AsyncClient, name: str, value: float) -> None:
+        for _ in range(2000):
+            if await gauge(client, name) == value:
+                return
+            await asyncio.sleep(0.005)
+        raise AssertionError(f"{name} never reached {value}")
+
+    async def body(client: httpx.AsyncClient) -> None:
+        running = asyncio.ensure_future(client.post("/v1/completions", json=long))
+        await until(client, "shipyard_llm_requests_running", 1)  # the only slot is taken
+        waiting = asyncio.ensure_future(client.post("/v1/completions", json=short))
+        await until(client, "shipyard_llm_requests_waiting", 1)  # the queue is full
+        refused = await client.post("/v1/completions", json=short)
+        assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+        assert refused.json()["error"]["type"] == "server_error"
+        assert (await running).status_code == 200 and (await waiting).status_code == 200
+
+    run(home, REFS, body, generation={"slots": 1, "max_queue": 1})
