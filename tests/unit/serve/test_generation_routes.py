@@ -316,10 +316,10 @@ def test_beyond_the_slots_and_the_queue_is_503_with_retry_after(home: Path) -> N
         return metric_sum(text, name, model="tiny")
 
     async def until(client: httpx.AsyncClient, name: str, value: float) -> None:
-        for _ in range(2000):
+        for _ in range(1500):  # a /metrics page costs the decode thread time: not too often
             if await gauge(client, name) == value:
                 return
-            await asyncio.sleep(0.005)
+            await asyncio.sleep(0.02)
         raise AssertionError(f"{name} never reached {value}")
 
     async def body(client: httpx.AsyncClient) -> None:
@@ -330,6 +330,8 @@ def test_beyond_the_slots_and_the_queue_is_503_with_retry_after(home: Path) -> N
         refused = await client.post("/v1/completions", json=short)
         assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
         assert refused.json()["error"]["type"] == "server_error"
-        assert (await running).status_code == 200 and (await waiting).status_code == 200
+        running.cancel()  # the first client leaves: the waiting request gets the slot
+        await asyncio.gather(running, return_exceptions=True)
+        assert (await waiting).status_code == 200
 
     run(home, REFS, body, generation={"slots": 1, "max_queue": 1})

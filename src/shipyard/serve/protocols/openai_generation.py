@@ -301,6 +301,10 @@ async def unless_disconnected(request: Request, work: Any) -> Response:
     gone = asyncio.ensure_future(disconnect_watcher(request)())
     try:
         await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:  # this handler was cancelled (server shutting down): so is the work
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        raise
     finally:
         gone.cancel()
     if not task.done():
