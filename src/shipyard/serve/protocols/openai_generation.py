@@ -44,12 +44,11 @@ from shipyard.serve.protocols._http import (
     require_json,
 )
 from shipyard.serve.protocols._sse import DONE, EventStream, event
+from shipyard.serve.protocols.openai_inputs import chat_messages, completion_prompts
 from shipyard.serve.repository import ServedVersion
 from shipyard.settings import Settings
 
 log = logging.getLogger("shipyard.serve")
-ROLES = ("system", "developer", "user", "assistant", "tool")
-MAX_PROMPTS = params.MAX_N  # prompts in one batched text completion
 
 
 @dataclass(slots=True)
@@ -130,7 +129,7 @@ class GenerationRoutes:
         body = await self._body(request)
         served, engine = self._engine(request, body, "/v1/chat/completions")
         params.unsupported(body)
-        messages = _messages(body.get("messages"))
+        messages = chat_messages(body.get("messages"))
         prompt = params.prompt_ids(engine, engine.render_chat(messages))
         params.check_prompt_length(len(prompt), engine.max_context, "messages")
         top = params.integer(body, "top_logprobs", None, 0, params.MAX_TOP_LOGPROBS)
@@ -149,7 +148,7 @@ class GenerationRoutes:
         body = await self._body(request)
         served, engine = self._engine(request, body, "/v1/completions")
         params.unsupported(body)
-        prompts = [params.prompt_ids(engine, p) for p in _prompts(body.get("prompt"))]
+        prompts = [params.prompt_ids(engine, p) for p in completion_prompts(body.get("prompt"))]
         for ids in prompts:
             params.check_prompt_length(len(ids), engine.max_context, "prompt")
         logprobs = params.integer(body, "logprobs", None, 0, params.MAX_COMPLETION_LOGPROBS)
@@ -409,83 +408,3 @@ def _text_logprobs(choices: list[TokenChoice], offset: int) -> dict[str, Any]:
 
 def _with_seed(sampling: SamplingParams, seed: int | None) -> SamplingParams:
     return dataclasses.replace(sampling, seed=seed)
-
-
-def _content(value: Any, index: int, role: str) -> str:
-    """A message's content as text: a string, or text parts joined."""
-    if isinstance(value, str):
-        return value
-    if value is None and role == "assistant":
-        return ""
-    if isinstance(value, list):
-        texts = []
-        for part in value:
-            if (
-                not isinstance(part, dict)
-                or part.get("type") != "text"
-                or not isinstance(part.get("text"), str)
-            ):
-                kind = part.get("type") if isinstance(part, dict) else type(part).__name__
-                raise InvalidInputError(
-                    f"messages[{index}].content has a part of type {str(kind)[:40]!r}; this model "
-                    'takes text parts only ({"type": "text", "text": …})',
-                    field=f"messages[{index}].content",
-                )
-            texts.append(part["text"])
-        return "\n".join(texts)
-    raise InvalidInputError(
-        f"messages[{index}].content must be a string or a list of text parts",
-        field=f"messages[{index}].content",
-    )
-
-
-def _messages(value: Any) -> list[dict[str, Any]]:
-    """`messages` checked, in the shape chat templates take ({role, content} with text content)."""
-    if not isinstance(value, list) or not value:
-        raise InvalidInputError("'messages' must be a non-empty list of messages", field="messages")
-    messages = []
-    for i, message in enumerate(value):
-        if not isinstance(message, dict):
-            raise InvalidInputError(f"messages[{i}] must be an object", field=f"messages[{i}]")
-        role = message.get("role")
-        if role not in ROLES:
-            raise InvalidInputError(
-                f"messages[{i}].role is {str(role)[:40]!r}; use one of {', '.join(ROLES)}",
-                field=f"messages[{i}].role",
-            )
-        # Chat templates know system, user and assistant; OpenAI's newer `developer` is a system message.
-        entry: dict[str, Any] = {"role": "system" if role == "developer" else role}
-        entry["content"] = _content(message.get("content"), i, role)
-        name = message.get("name")
-        if name is not None:
-            if not isinstance(name, str):
-                raise InvalidInputError(f"messages[{i}].name must be a string", field=f"messages[{i}].name")
-            entry["name"] = name
-        messages.append(entry)
-    return messages
-
-
-def _prompts(value: Any) -> list[str | list[int]]:
-    """`prompt`: a string, a list of strings, a token array or a list of token arrays."""
-
-    def tokens(item: Any) -> bool:
-        return (
-            isinstance(item, list)
-            and bool(item)
-            and all(isinstance(t, int) and not isinstance(t, bool) for t in item)
-        )
-
-    if isinstance(value, str):
-        prompts: list[Any] = [value]
-    elif tokens(value):
-        prompts = [value]
-    elif isinstance(value, list) and value and all(isinstance(p, str) or tokens(p) for p in value):
-        prompts = value
-    else:
-        raise InvalidInputError(
-            "'prompt' must be a string, a list of strings, a token array or a list of token arrays",
-            field="prompt",
-        )
-    if len(prompts) > MAX_PROMPTS:
-        raise InvalidInputError(f"'prompt' has {len(prompts)} prompts; at most {MAX_PROMPTS}", field="prompt")
-    return prompts
