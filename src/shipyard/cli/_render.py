@@ -106,6 +106,17 @@ def _least_width(column: Column, cells: list[str]) -> int:
     return max(len(line) for cell in cells for line in cell.splitlines() or [""])
 
 
+def _generative(extra: dict[str, Any]) -> str:
+    """What a generative model is, as the registry recorded it at push."""
+    parameters = extra.get("parameters")
+    size = f"{parameters:,} parameters" if isinstance(parameters, int) else "parameters unknown"
+    return (
+        f"{extra.get('architecture', '?')}, {size}, context {extra['context_length']}, "
+        f"quantization {extra.get('quantization') or '-'}, tokenizer {extra.get('tokenizer', '?')}, "
+        f"chat template {'yes' if extra.get('chat_template') else 'no'}"
+    )
+
+
 def show_version(v: ModelVersion) -> None:
     quality, measured = split_metrics(v.metrics)
     rows = [
@@ -116,6 +127,7 @@ def show_version(v: ModelVersion) -> None:
         ("size", f"{human_size(v.size)} in {len(v.files)} file(s)"),
         ("inputs", "\n".join(t.describe() for t in v.signature.inputs)),
         ("outputs", "\n".join(t.describe() for t in v.signature.outputs)),
+        *([("generative", _generative(v.extra))] if "context_length" in v.extra else []),
         ("metrics", _mapping(quality)),
         *([("measured", _mapping(measured))] if measured else []),
         ("params", _mapping(v.params)),

@@ -194,6 +194,52 @@ PREDICTION_LOG_DROPPED = Counter(
 )
 
 
+# Generative models, with the meaning of vLLM's metrics of the same stem (`vllm:time_to_first_token_
+# seconds` …; the README maps them), so dashboards translate: per request and per token.
+_TOKEN_LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
+_REQUEST_LATENCY_BUCKETS = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0)
+LLM_TIME_TO_FIRST_TOKEN = Histogram(
+    "shipyard_llm_time_to_first_token_seconds",
+    "Time from a generation request received to its first token generated (queue and prompt included).",
+    ["model", "version"],
+    buckets=_TOKEN_LATENCY_BUCKETS,
+)
+LLM_INTER_TOKEN_LATENCY = Histogram(
+    "shipyard_llm_inter_token_latency_seconds",
+    "Time between two consecutive tokens of one sequence.",
+    ["model", "version"],
+    buckets=_TOKEN_LATENCY_BUCKETS,
+)
+LLM_E2E_LATENCY = Histogram(
+    "shipyard_llm_e2e_request_latency_seconds",
+    "Time from a generation request received to its last token.",
+    ["model", "version"],
+    buckets=_REQUEST_LATENCY_BUCKETS,
+)
+LLM_PROMPT_TOKENS = Counter(
+    "shipyard_llm_prompt_tokens", "Prompt tokens processed (prefill).", ["model", "version"]
+)
+LLM_GENERATION_TOKENS = Counter("shipyard_llm_generation_tokens", "Tokens generated.", ["model", "version"])
+LLM_REQUESTS_RUNNING = Gauge(
+    "shipyard_llm_requests_running",
+    "Sequences decoding now (in a slot).",
+    ["model", "version"],
+    multiprocess_mode="livesum",
+)
+LLM_REQUESTS_WAITING = Gauge(
+    "shipyard_llm_requests_waiting",
+    "Generation requests waiting for a slot.",
+    ["model", "version"],
+    multiprocess_mode="livesum",
+)
+LLM_KV_CACHE_USAGE = Gauge(
+    "shipyard_llm_kv_cache_usage_ratio",
+    "Fraction (0..1) of the KV cache in use (the engine's budget: slots x context per slot).",
+    ["model", "version"],
+    multiprocess_mode="livemax",
+)
+
+
 def count_error(model: str, version: str, protocol: str, kind: str) -> None:
     """One failed request: by kind, and by reason when it was a refusal."""
     ERRORS.labels(model, version, protocol, kind).inc()

@@ -90,3 +90,11 @@ def check_safetensors(path: Path) -> None:
         position = end
     if position != available:
         raise _bad(path, f"its tensors cover {position:,} of {available:,} data bytes")
+
+
+def parameter_count(path: Path) -> int:
+    """The number of values the tensors of a (checked) safetensors file hold."""
+    header = _header(path, path.stat().st_size)
+    return sum(
+        math.prod(e["shape"]) for n, e in header.items() if n != "__metadata__" and isinstance(e, dict)
+    )

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from shipyard.errors import InvalidInputError, UntrustedArtifactError
+from shipyard.packaging.causal_lm import is_causal_lm, package_causal_lm
 from shipyard.packaging.folder import inside, refuse_links
 from shipyard.packaging.isolated import check_isolated
 from shipyard.packaging.limits import check_folder_sizes
@@ -120,9 +121,8 @@ def package_folder(
     names = {p.name for p in source.iterdir()}
     onnx_backend = ONNX_FILE in names and not any(n in names for n in _SAFE_WEIGHTS)
     transformers = import_transformers(torch=not onnx_backend)
-    if onnx_backend:
-        pass  # the graph is checked below, once the folder is in place
-    elif not any(n in names for n in _SAFE_WEIGHTS):
+    # An ONNX graph is checked below, once the folder is in place.
+    if not onnx_backend and not any(n in names for n in _SAFE_WEIGHTS):
         if any(n in names for n in _PICKLED_WEIGHTS) and not trust:
             raise UntrustedArtifactError(
                 f"{source} holds its weights as pytorch_model.bin, a pickle that runs code when "
@@ -141,6 +141,8 @@ def package_folder(
         )
     _check_contents(source, onnx_backend, limits)
     config = _read_json(source / "config.json")
+    if task is None and not onnx_backend and is_causal_lm(config):  # a generative model
+        return package_causal_lm(source, dest, config, limits)
     task = task or _detect_task(config)
     if task not in TASKS:
         raise InvalidInputError(f"unknown task {task!r}; use one of {', '.join(TASKS)}", field="task")

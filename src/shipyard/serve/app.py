@@ -33,9 +33,11 @@ from shipyard.serve.protocols.drift import drift_routes
 from shipyard.serve.protocols.feedback import feedback_routes
 from shipyard.serve.protocols.management import ManagementProtocol
 from shipyard.serve.protocols.openai import OpenAIProtocol
+from shipyard.serve.protocols.openai_generation import GenerationRoutes
 from shipyard.serve.protocols.openapi import build_openapi, docs_page
 from shipyard.serve.protocols.sagemaker import SageMakerProtocol
 from shipyard.serve.protocols.sagemaker_models import MultiModelProtocol
+from shipyard.serve.protocols.triton_generate import TritonGenerateRoutes
 from shipyard.serve.protocols.v1 import V1Protocol
 from shipyard.serve.protocols.v2 import V2Protocol
 from shipyard.serve.repository import ModelRepository
@@ -44,7 +46,16 @@ from shipyard.serve.request_ids import request_id_of
 from shipyard.settings import Settings
 
 log = logging.getLogger("shipyard.serve")
-Protocol = V2Protocol | V1Protocol | OpenAIProtocol | SageMakerProtocol | AzureProtocol | MultiModelProtocol
+Protocol = (
+    V2Protocol
+    | V1Protocol
+    | OpenAIProtocol
+    | GenerationRoutes
+    | TritonGenerateRoutes
+    | SageMakerProtocol
+    | AzureProtocol
+    | MultiModelProtocol
+)
 
 
 def create_app(  # noqa: PLR0915 -- the composition root wires every part in one place
@@ -101,7 +112,9 @@ def create_app(  # noqa: PLR0915 -- the composition root wires every part in one
     sagemaker = SageMakerProtocol(dataplane, serve, *vertex_routes)
     protocols: list[Protocol] = [
         V2Protocol(dataplane, serve),
+        TritonGenerateRoutes(dataplane, settings),
         OpenAIProtocol(dataplane, serve),
+        GenerationRoutes(dataplane, settings),
         V1Protocol(dataplane, serve),
         sagemaker,
         AzureProtocol(dataplane, serve),

@@ -53,7 +53,7 @@ _AUDIT_EVERY_S = 10.0  # one audit entry per event and key at most this often
 _LOG_LINES_PER_S = 20
 _AUDIT_ENTRIES_PER_S = 5
 _INFER_PATH = re.compile(
-    r"^/v2/models/(?P<v2>[^/]+)(?:(?:/versions/[^/]+)?/infer|/feedback)$"
+    r"^/v2/models/(?P<v2>[^/]+)(?:(?:/versions/[^/]+)?/(?:infer|generate|generate_stream)|/feedback)$"
     r"|^/v1/models/(?P<v1>[^/:]+)(?:/versions/[^/:]+)?:predict$"
 )
 # gRPC calls are checked by their method's path, as HTTP/2 carries it (serve/protocols/grpc_v2.py).

@@ -5,13 +5,15 @@ from __future__ import annotations
 import asyncio
 import time
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from shipyard.errors import PayloadTooLargeError
+from shipyard.errors import InvalidInputError, PayloadTooLargeError
+from shipyard.runtimes.generation import GenerationEngine, GenerationRequest
+from shipyard.serve.generation import Choice, TokenMeter, metered
 from shipyard.serve.limits import Limits, ModelPolicy
 from shipyard.serve.repository import IndexEntry, ModelRepository, ModelStatus, Readiness, ServedVersion
 from shipyard.serve.statistics import VersionStatistics
@@ -106,6 +108,12 @@ class DataPlane:
         prediction log).
         """
         record = served.version
+        if served.engine is not None:
+            raise InvalidInputError(
+                f"model {record.name!r} is a generative language model: it takes text on "
+                f"/v1/chat/completions, /v1/completions or /v2/models/{record.name}/generate",
+                field="model",
+            )
         started = time.perf_counter_ns()
         policy = self._policies.get(served) or self._policy(served)
         admission = self._limits.admit(record.name, policy, caller)
@@ -136,6 +144,41 @@ class DataPlane:
         if sample is not None:
             sample.outputs = outputs
         return InferResult(record, outputs)
+
+    def engine(self, served: ServedVersion, route: str) -> GenerationEngine:
+        """The generation engine of a held version; 400 naming what the model is if it has none."""
+        if served.engine is None:
+            record = served.version
+            kind = record.extra.get("task") or record.format
+            raise InvalidInputError(
+                f"model {record.name!r} is not a generative language model ({kind} model); "
+                f"{route} serves generative models only (GGUF files or causal-LM folders)",
+                field="model",
+            )
+        return served.engine
+
+    def generate(
+        self, served: ServedVersion, requests: list[GenerationRequest], *, caller: str | None, started: float
+    ) -> AsyncGenerator[Choice]:
+        """Run the sequences of one generation request (its `n` choices) on a generative version:
+        the chunks of all, as they come, each with its choice index. The request obeys the rate and
+        concurrency limits every inference does and holds the version (a hot swap drains it) until
+        its last sequence ends or the iterator is closed; `started` (perf_counter) is when it
+        arrived, for time to first token."""
+        engine = self.engine(served, "this route")
+        record = served.version
+        served.requests += 1
+        policy = self._policies.get(served) or self._policy(served)
+        meter = TokenMeter(record.name, record.version, started)
+        return metered(
+            engine, requests, meter, lambda: self._limits.admit(record.name, policy, caller), Held(served)
+        )
+
+    def timeout(self, served: ServedVersion, requested_s: float | None) -> float:
+        """The seconds a request may run: the client's deadline capped by the server's, else the
+        version's `timeout_s`."""
+        policy = self._policies.get(served) or self._policy(served)
+        return policy.timeout_s if requested_s is None else min(requested_s, self._settings.max_timeout_s)
 
     def _policy(self, served: ServedVersion) -> ModelPolicy:
         record = served.version

@@ -40,6 +40,14 @@ class Gauges:
         names = set(self._repository.models)
         for name in names:
             metrics.MODEL_READY.labels(name).set(1 if self._repository.status(name).ready else 0)
+        for name, model in self._repository.models.items():
+            for number, served in list(model.versions.items()):
+                if served.engine is not None and served.ready:
+                    stats = served.engine.stats()
+                    labels = (name, str(number))
+                    metrics.LLM_REQUESTS_RUNNING.labels(*labels).set(stats.running)
+                    metrics.LLM_REQUESTS_WAITING.labels(*labels).set(stats.waiting)
+                    metrics.LLM_KV_CACHE_USAGE.labels(*labels).set(stats.kv_cache_usage)
         for name in self._names - names:  # unloaded through the management API
             metrics.forget_model(name)
         self._names = names

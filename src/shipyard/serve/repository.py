@@ -24,7 +24,7 @@ from shipyard.errors import ConflictError, ModelError, NotFoundError, NotReadyEr
 from shipyard.monitor import metrics
 from shipyard.monitor.resources import resident_bytes
 from shipyard.registry import Registry, signing
-from shipyard.runtimes import Runtime, load_runtime
+from shipyard.runtimes import GenerationEngine, Runtime, is_generative, load_generator, load_runtime
 from shipyard.serve.batching import Batcher
 from shipyard.serve.statistics import VersionStatistics
 from shipyard.settings import Settings
@@ -44,6 +44,7 @@ class ServedVersion:
     reason: str = ""
     runtime: Runtime | None = None
     batcher: Batcher | None = None
+    engine: GenerationEngine | None = None  # a generative model: an engine instead of runtime + batcher
     in_flight: int = 0
     sample_gauges: Callable[[], None] | None = None  # also called when in_flight drops to 0
     drift_window: Any = None  # its live inputs, for drift: set by monitor.windows on first use
@@ -272,9 +273,12 @@ class ModelRepository:
         try:
             batch_options = self._batch_options(version)
             source = model.source or self.registry
-            building = asyncio.ensure_future(asyncio.to_thread(self._build_runtime, version, source))
+            build: Callable[[ModelVersion, Registry], Any] = (
+                self._build_engine if is_generative(version) else self._build_runtime
+            )
+            building = asyncio.ensure_future(asyncio.to_thread(build, version, source))
             try:
-                served.runtime = await asyncio.shield(building)
+                built = await asyncio.shield(building)
             except asyncio.CancelledError:
                 # A thread cannot be stopped: close what it builds when it is done, else it leaks.
                 building.add_done_callback(_close_built_runtime)
@@ -289,6 +293,10 @@ class ModelRepository:
             return served
         labels = (model.name, str(version.version))
         served.sample_gauges = _gauge_sampler(served, labels)
+        if is_generative(version):
+            served.engine = built
+            return self._ready(served, labels, started, memory_before)
+        served.runtime = built
         served.batcher = Batcher(
             served.runtime.predict,
             can_batch=served.runtime.can_batch,
@@ -301,10 +309,19 @@ class ModelRepository:
             **batch_options,
         )
         served.batcher.start()
+        return self._ready(served, labels, started, memory_before)
+
+    def _ready(
+        self, served: ServedVersion, labels: tuple[str, str], started: float, memory_before: int | None
+    ) -> ServedVersion:
+        version = served.version
         served.state = "ready"
         metrics.LOAD_TIME.labels(*labels).observe(time.perf_counter() - started)
         metrics.LOADED_MODELS.inc()
-        _publish_sizes(served, labels, self.settings.serve.max_queue, memory_before)
+        # A generative version's queue is its engine's (requests waiting for a slot).
+        generative = served.engine is not None
+        capacity = self.settings.generation.max_queue if generative else self.settings.serve.max_queue
+        _publish_sizes(served, labels, capacity, memory_before)
         log.info("loaded %s in %.3fs", version.ref, time.perf_counter() - started)
         return served
 
@@ -313,6 +330,12 @@ class ModelRepository:
             registry.check_signature(version, self._required_key)
         path = registry.artifact_path(version)
         return load_runtime(version, path, self.settings.runtime)
+
+    def _build_engine(self, version: ModelVersion, registry: Registry) -> GenerationEngine:
+        if self._required_key is not None:
+            registry.check_signature(version, self._required_key)
+        path = registry.artifact_path(version)
+        return load_generator(version, path, self.settings.runtime, self.settings.generation)
 
     def _batch_options(self, version: ModelVersion) -> dict[str, Any]:
         """The server's settings, with options stored with the version where the server set none."""
@@ -379,6 +402,15 @@ class ModelRepository:
             await served.batcher.close(self.settings.serve.grace_period_s)
         if served.runtime is not None:
             await asyncio.to_thread(served.runtime.close)
+        if served.engine is not None:  # ends its running sequences with an error chunk
+            await asyncio.to_thread(served.engine.close)
+            labels = (model.name, str(served.version.version))
+            for gauge in (
+                metrics.LLM_REQUESTS_RUNNING,
+                metrics.LLM_REQUESTS_WAITING,
+                metrics.LLM_KV_CACHE_USAGE,
+            ):
+                gauge.labels(*labels).set(0)
         if was_ready:
             metrics.LOADED_MODELS.dec()
             _publish_sizes(served, (model.name, str(served.version.version)), 0, None)
@@ -521,6 +553,6 @@ def _publish_sizes(
     metrics.MODEL_MEMORY.labels(*labels).set(max(0, grown))
 
 
-def _close_built_runtime(building: asyncio.Future[Runtime]) -> None:
+def _close_built_runtime(building: asyncio.Future[Runtime | GenerationEngine]) -> None:
     if not building.cancelled() and building.exception() is None:
         building.result().close()

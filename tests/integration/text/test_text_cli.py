@@ -48,3 +48,16 @@ def test_push_a_folder_without_tokenizer_is_one_error_line(tmp_path: Path, minil
     assert "no tokenizer" in lines[0] and "tokenizer.save_pretrained" in lines[0], lines[0]
     listed = shipyard(tmp_path / "home", "list", "--json")
     assert listed.returncode == 0 and json.loads(listed.stdout) == [], listed.stdout
+
+
+def test_push_and_show_a_causal_language_model(tmp_path: Path) -> None:
+    from tiny_lm import tiny_lm_folder
+
+    folder = tiny_lm_folder(tmp_path / "lm")
+    pushed = shipyard(tmp_path / "home", "push", "lm", folder)
+    assert pushed.returncode == 0, pushed.stderr
+    shown = shipyard(tmp_path / "home", "show", "lm")
+    assert "transformers-lm (transformers)" in shown.stdout
+    line = next(row for row in shown.stdout.splitlines() if row.startswith("generative"))
+    for fact in ("llama", "context 1024", "tokenizer bpe", "chat template yes"):
+        assert fact in line, line

@@ -79,16 +79,17 @@ class OpenAIProtocol:
         created = int(time.time())
         for name in sorted(self.dataplane.served_names()):
             served = self.dataplane.default(name)
-            data.append(
-                {
-                    "id": name,
-                    "object": "model",
-                    "created": created,
-                    "owned_by": "shipyard",
-                    "root": str(served.version.ref) if served else name,
-                    "parent": None,
-                }
-            )
+            entry: dict[str, Any] = {
+                "id": name,
+                "object": "model",
+                "created": created,
+                "owned_by": "shipyard",
+                "root": str(served.version.ref) if served else name,
+                "parent": None,
+            }
+            if served is not None and served.engine is not None:  # vLLM's field: what the routes allow
+                entry["max_model_len"] = served.engine.max_context
+            data.append(entry)
         # KServe V1 clients read `models` (the names) from the same route: both kinds are served.
         return json_response({"object": "list", "data": data, "models": [m["id"] for m in data]})
 
@@ -110,6 +111,12 @@ class OpenAIProtocol:
         with self.dataplane.acquire(name) as served:
             label(request, name, served.version.version)
             signature = served.version.signature
+            if served.engine is not None:
+                raise InvalidInputError(
+                    f"model {name!r} is a generative language model, not an embedding model; it "
+                    "answers /v1/chat/completions and /v1/completions",
+                    field="model",
+                )
             if served.version.extra.get("task") != "feature-extraction":
                 raise InvalidInputError(
                     f"model {name!r} is not an embedding model (task "
