@@ -194,7 +194,7 @@ def read_header(path: Path, label: str | None = None) -> GGUFHeader:
         alignment = int(metadata.get("general.alignment", _DEFAULT_ALIGNMENT)) or _DEFAULT_ALIGNMENT
         position = fh.tell()
     data_offset = (position + alignment - 1) // alignment * alignment
-    end = data_offset
+    end = position
     for tensor in tensors:
         nbytes = tensor.nbytes() or 0
         end = max(end, data_offset + tensor.offset + nbytes)

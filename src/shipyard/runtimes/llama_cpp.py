@@ -1,7 +1,8 @@
 """GGUF models on llama.cpp, with continuous batching.
 
-One llama.cpp context holds the KV cache of every slot (one sequence id per slot, a unified
-buffer so a cached prompt prefix can be shared without copying data). A dedicated thread runs the
+One llama.cpp context holds the KV cache of every slot: one sequence id per slot, each with its
+own stream of `context_per_slot` cells (so a sequence's attention never depends on its neighbours:
+batched output equals one-at-a-time output token for token). A dedicated thread runs the
 scheduler: each step it builds one batch with the next token of every decoding sequence plus a
 chunk of a joining sequence's prompt, decodes it, samples each sequence with its own sampler chain,
 and hands the new text to the caller's event loop. Finished and cancelled sequences leave the
@@ -60,7 +61,6 @@ class _Sequence:
     sampler: Any
     loop: asyncio.AbstractEventLoop
     out: asyncio.Queue[GenerationChunk]
-    reserved: int  # KV cells it may need: prompt + max_tokens, at most the context
     stop: StopMatcher
     decoder: codecs.IncrementalDecoder = field(
         default_factory=lambda: codecs.getincrementaldecoder("utf-8")(errors="replace")
@@ -69,6 +69,7 @@ class _Sequence:
     n_past: int = 0  # tokens in the KV cache
     pending: int | None = None  # sampled, not yet decoded (enters the cache next step)
     completion: int = 0
+    reused_prefix: bool = False
     cancelled: bool = False  # set from the event loop: the caller went away
     done: bool = False
 
@@ -90,19 +91,21 @@ class LlamaCppEngine:
         self.max_context = min(generation.context_per_slot, model.n_ctx_train)
         self._slots = generation.slots
         self._cache_seq = generation.slots  # the sequence id that keeps a prompt prefix for reuse
-        cells = self._slots * self.max_context + (self.max_context if generation.prefix_cache else 0)
-        if generation.kv_budget_bytes is not None:
-            cells = min(cells, generation.kv_budget_bytes // self._kv_bytes_per_cell())
-            if cells < self.max_context:
-                self.max_context = max(cells, 1)
+        streams = self._slots + (1 if generation.prefix_cache else 0)
+        if generation.kv_budget_bytes is not None:  # the budget caps every stream alike
+            per_stream = generation.kv_budget_bytes // (self._kv_bytes_per_cell() * streams)
+            self.max_context = min(self.max_context, max(per_stream, 64))
+        cells = streams * self.max_context
         n_batch = self._slots + generation.prompt_chunk_tokens
         params = lib.llama_context_default_params()
         params.n_ctx = cells
         params.n_batch = params.n_ubatch = n_batch
-        params.n_seq_max = self._slots + 1
+        params.n_seq_max = streams
         threads = generation.threads or os.cpu_count() or 1
         params.n_threads = params.n_threads_batch = threads
-        params.kv_unified = True  # cells shared across sequences: prefix reuse costs no copy
+        # A stream per sequence: attention over its own cells only, the same numbers batched or
+        # alone, and no neighbour's long prompt in its way. llama.cpp splits n_ctx evenly.
+        params.kv_unified = False
         params.no_perf = True
         self._ctx = lib.llama_init_from_model(model.ptr, params)
         if not self._ctx:
@@ -111,7 +114,8 @@ class LlamaCppEngine:
                 f"llama.cpp could not create a context of {cells} tokens for {label}; lower "
                 "SHIPYARD_GENERATION__SLOTS or CONTEXT_PER_SLOT"
             )
-        self._cells = int(lib.llama_n_ctx(self._ctx))
+        self.max_context = min(self.max_context, int(lib.llama_n_ctx_seq(self._ctx)))
+        self._cells = self._slots * self.max_context
         self._memory = lib.llama_get_memory(self._ctx)
         self._batch = lib.llama_batch_init(n_batch, 0, 1)
         self._batch_size = n_batch
@@ -131,8 +135,9 @@ class LlamaCppEngine:
 
     def _kv_bytes_per_cell(self) -> int:
         lib, m = self._lib, self._model.ptr
-        head_dim = lib.llama_model_n_embd(m) // max(lib.llama_model_n_head(m), 1)
-        return 2 * lib.llama_model_n_layer(m) * lib.llama_model_n_head_kv(m) * head_dim * _KV_BYTES_PER_VALUE
+        head_dim = int(lib.llama_model_n_embd(m)) // max(int(lib.llama_model_n_head(m)), 1)
+        layers, kv_heads = int(lib.llama_model_n_layer(m)), int(lib.llama_model_n_head_kv(m))
+        return 2 * layers * kv_heads * head_dim * _KV_BYTES_PER_VALUE
 
     # The caller's side (the event loop).
 
@@ -162,7 +167,6 @@ class LlamaCppEngine:
             sampler=sampler,
             loop=asyncio.get_running_loop(),
             out=asyncio.Queue(),
-            reserved=min(len(prompt) + params.max_tokens, self.max_context),
             stop=StopMatcher(params.stop),
         )
         with self._cond:
@@ -182,6 +186,10 @@ class LlamaCppEngine:
             return
         seq.cancelled = True
         with self._cond:
+            if seq in self._waiting:  # never started: it leaves the queue now
+                self._waiting.remove(seq)
+                self._lib.llama_sampler_free(seq.sampler)
+                seq.done = True
             self._cond.notify()
 
     def _prompt_tokens(self, request: GenerationRequest) -> list[int]:
@@ -238,7 +246,7 @@ class LlamaCppEngine:
         return chain
 
     def stats(self) -> EngineStats:
-        used = sum(s.n_past for s in list(self._running)) + len(self._cache_tokens)
+        used = sum(s.n_past for s in list(self._running))
         return EngineStats(
             running=len(self._running),
             waiting=len(self._waiting),
@@ -290,16 +298,9 @@ class LlamaCppEngine:
                 self._post(seq, self._final(seq, "deadline"))
 
     def _admit(self) -> None:
-        """Move waiting requests into free slots while their KV cells fit in the budget."""
+        """Move waiting requests into free slots (each slot's stream holds a whole context)."""
         while self._waiting and self._free_slots:
-            seq = self._waiting[0]
-            reserved = sum(s.reserved for s in self._running)
-            if reserved + seq.reserved + len(self._cache_tokens) > self._cells and self._cache_tokens:
-                self._lib.llama_memory_seq_rm(self._memory, self._cache_seq, -1, -1)
-                self._cache_tokens = []
-            if self._running and reserved + seq.reserved > self._cells:
-                return  # waits for a running sequence to finish
-            self._waiting.popleft()
+            seq = self._waiting.popleft()
             seq.slot = self._free_slots.pop()
             self._reuse_prefix(seq)
             self._running.append(seq)
@@ -312,8 +313,12 @@ class LlamaCppEngine:
         while n < limit and cached[n] == seq.prompt[n]:
             n += 1
         if n >= _MIN_SHARED_PREFIX:
-            self._lib.llama_memory_seq_cp(self._memory, self._cache_seq, seq.slot, 0, n)
+            # Across streams llama.cpp copies whole streams; the unshared tail is then dropped.
+            lib = self._lib
+            lib.llama_memory_seq_cp(self._memory, self._cache_seq, seq.slot, -1, -1)
+            lib.llama_memory_seq_rm(self._memory, seq.slot, n, -1)
             seq.n_past = n
+            seq.reused_prefix = True
             self.prefix_tokens_reused += n
 
     def _drop_cancelled(self) -> None:
@@ -370,19 +375,17 @@ class LlamaCppEngine:
             self._sample(seq, index)
 
     def _cache_prompt(self, seq: _Sequence) -> None:
-        """Keep this prompt's KV under the cache sequence id, for the next prompt that shares it."""
-        if not self._settings.prefix_cache or len(seq.prompt) < _MIN_SHARED_PREFIX:
+        """Keep this prompt's KV under the cache sequence id, for the next prompts that share its
+        beginning. A prompt that already reused the cache leaves it as it is (it still serves the
+        shared part), so a common system prompt costs one copy per request, not two."""
+        if not self._settings.prefix_cache or seq.reused_prefix or len(seq.prompt) < _MIN_SHARED_PREFIX:
             return
         lib = self._lib
         lib.llama_memory_seq_rm(self._memory, self._cache_seq, -1, -1)
-        lib.llama_memory_seq_cp(self._memory, seq.slot, self._cache_seq, 0, len(seq.prompt))
+        lib.llama_memory_seq_cp(self._memory, seq.slot, self._cache_seq, -1, -1)
         self._cache_tokens = list(seq.prompt)
 
     def _decode_failed(self, status: int, involved: list[_Sequence]) -> None:
-        if status == 1 and self._cache_tokens:  # no room: give up the cached prefix and retry
-            self._lib.llama_memory_seq_rm(self._memory, self._cache_seq, -1, -1)
-            self._cache_tokens = []
-            return
         message = f"llama.cpp could not decode (status {status})"
         for seq in dict.fromkeys(involved):
             self._finish(seq, "error", error=message)

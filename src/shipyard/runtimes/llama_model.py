@@ -16,7 +16,7 @@ log = logging.getLogger("shipyard.llama_cpp")
 
 _lock = threading.Lock()
 _state: dict[str, Any] = {}
-_recent_errors: deque[str] = deque(maxlen=8)  # llama.cpp's last error lines, to explain a failed load
+_recent_lines: deque[str] = deque(maxlen=32)  # llama.cpp's last log lines, to explain a failed load
 
 
 def library() -> Any:
@@ -32,9 +32,9 @@ def library() -> Any:
         @lib.llama_log_callback  # type: ignore[untyped-decorator]
         def _on_log(level: int, text: bytes, _user: Any) -> None:
             line = text.decode("utf-8", errors="replace").rstrip()
-            if level == 3 and line:  # GGML_LOG_LEVEL_ERROR
-                _recent_errors.append(line)
-            log.debug("%s", line)
+            if line:
+                _recent_lines.append(line)
+                log.debug("%s", line)
 
         _state["callback"] = _on_log  # llama.cpp keeps only the pointer: keep the function alive
         lib.llama_log_set(_on_log, ctypes.c_void_p(0))
@@ -53,9 +53,9 @@ def package_version() -> str:
 
 
 def _load_failure(label: str) -> str:
-    reasons = [line for line in _recent_errors if "unknown model architecture" in line]
-    reason = reasons[-1] if reasons else (_recent_errors[-1] if _recent_errors else "no reason given")
-    reason = reason.split(": ", 1)[-1] if reason.startswith("llama_model_load") else reason
+    marker = "error loading model: "
+    reasons = [line.split(marker, 1)[1] for line in _recent_lines if marker in line]
+    reason = reasons[-1] if reasons else "no reason given (damaged file?)"
     return (
         f"llama.cpp (llama-cpp-python {package_version()}) cannot load {label}: {reason}; "
         "use a GGUF of an architecture llama.cpp supports"
@@ -74,7 +74,7 @@ class LlamaModel:
         # Repacking weights into CPU-specific layouts copies them out of the mapping: keep them
         # mapped so several workers share one copy in the page cache.
         params.use_extra_bufts = False
-        _recent_errors.clear()
+        _recent_lines.clear()
         model = lib.llama_model_load_from_file(str(path).encode(), params)
         if not model:
             raise InvalidInputError(_load_failure(label), field="path")
