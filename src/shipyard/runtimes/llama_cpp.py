@@ -19,7 +19,7 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -153,7 +153,7 @@ class LlamaCppEngine:
             model=self._label,
         )
 
-    def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
+    def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationChunk, None]:
         if self._closing:
             raise NotReadyError(f"{self._label} is shutting down")
         prompt = self._prompt_tokens(request)
@@ -491,9 +491,10 @@ class LlamaCppEngine:
             self._finish(seq, "error", error=message)
 
 
-class _Stream:
-    """The chunks of one sequence, as the caller's async iterator. Closing it (or dropping it,
-    or cancelling the task awaiting it) cancels the sequence, even before its first chunk."""
+class _Stream(AsyncGenerator[GenerationChunk, None]):
+    """The chunks of one sequence, as the caller's async generator. Closing it (or dropping it,
+    or cancelling the task awaiting it) cancels the sequence, even before its first chunk (an
+    `async def` generator would run no cleanup if closed before it started)."""
 
     def __init__(self, engine: LlamaCppEngine, seq: _Sequence) -> None:
         self._engine = engine
@@ -514,6 +515,13 @@ class _Stream:
         if chunk.finish_reason is not None:
             self._ended = True
         return chunk
+
+    async def asend(self, value: None) -> GenerationChunk:
+        return await self.__anext__()
+
+    async def athrow(self, typ: Any, val: Any = None, tb: Any = None) -> GenerationChunk:
+        await self.aclose()
+        raise typ if val is None else val
 
     async def aclose(self) -> None:
         self._ended = True
