@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -206,3 +207,15 @@ def test_a_full_queue_is_refused_as_overloaded(make_engine: Callable[..., LlamaC
 
     asyncio.run(scenario())
     assert engine.stats().waiting == 0
+
+
+def test_a_passed_deadline_stops_generation_with_its_reason(engine: LlamaCppEngine) -> None:
+    async def scenario() -> list[GenerationChunk]:
+        request = GenerationRequest(
+            chat(engine, QUESTIONS[3]), greedy(400, ignore_eos=True), deadline=time.monotonic() + 0.5
+        )
+        return [chunk async for chunk in engine.generate(request)]
+
+    chunks = asyncio.run(scenario())
+    assert chunks[-1].finish_reason == "deadline"
+    assert chunks[-1].completion_tokens < 400
