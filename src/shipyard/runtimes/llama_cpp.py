@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from shipyard.errors import InvalidInputError, NotReadyError, QueueFullError
+from shipyard.errors import InsufficientStorageError, InvalidInputError, NotReadyError, QueueFullError
 from shipyard.runtimes.chat_template import render_chat
 from shipyard.runtimes.generation import (
     EngineStats,
@@ -110,9 +110,9 @@ class LlamaCppEngine:
         self._ctx = lib.llama_init_from_model(model.ptr, params)
         if not self._ctx:
             model.close()
-            raise InvalidInputError(
+            raise InsufficientStorageError(
                 f"llama.cpp could not create a context of {cells} tokens for {label}; lower "
-                "SHIPYARD_GENERATION__SLOTS or CONTEXT_PER_SLOT"
+                "SHIPYARD_GENERATION__SLOTS, CONTEXT_PER_SLOT or KV_BUDGET_BYTES"
             )
         self.max_context = min(self.max_context, int(lib.llama_n_ctx_seq(self._ctx)))
         self._cells = self._slots * self.max_context
