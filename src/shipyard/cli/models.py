@@ -298,7 +298,14 @@ def predict(
         return
     if input_ is None:
         raise InvalidInputError("pass --input JSON (or --prompt TEXT for a generative model)", field="input")
+    from shipyard.runtimes import is_generative
+
     payload: Any = read_json_arg(input_, "input")
+    registry = state(ctx).registry()
+    if is_generative(registry.resolve(ref)):
+        raise InvalidInputError(
+            f"{ref} is a generative model: pass --prompt TEXT, not --input", field="input"
+        )
     if isinstance(payload, dict):
         if "inputs" not in payload:
             raise InvalidInputError(
@@ -307,7 +314,7 @@ def predict(
                 field="inputs",
             )
         payload = payload["inputs"]
-    with state(ctx).registry().load(ref) as model:
+    with registry.load(ref) as model:
         outputs = model.predict(payload)
         result = {"model": str(model.version.ref), "outputs": {k: to_jsonable(v) for k, v in outputs.items()}}
     typer.echo(json.dumps(result, ensure_ascii=False))

@@ -101,7 +101,7 @@ class LlamaCppEngine:
         params.n_ctx = cells
         params.n_batch = params.n_ubatch = n_batch
         params.n_seq_max = streams
-        threads = generation.threads or os.cpu_count() or 1
+        threads = generation.threads or len(os.sched_getaffinity(0)) or 1  # the cores this process may use
         params.n_threads = params.n_threads_batch = threads
         # A stream per sequence: attention over its own cells only, the same numbers batched or
         # alone, and no neighbour's long prompt in its way. llama.cpp splits n_ctx evenly.
@@ -313,7 +313,9 @@ class LlamaCppEngine:
         while n < limit and cached[n] == seq.prompt[n]:
             n += 1
         if n >= _MIN_SHARED_PREFIX:
-            # Across streams llama.cpp copies whole streams; the unshared tail is then dropped.
+            # Across streams llama.cpp copies whole streams (context_per_slot cells: cheap for
+            # small models, far cheaper than recomputing the prefix for large ones); the unshared
+            # tail is then dropped.
             lib = self._lib
             lib.llama_memory_seq_cp(self._memory, self._cache_seq, seq.slot, -1, -1)
             lib.llama_memory_seq_rm(self._memory, seq.slot, n, -1)

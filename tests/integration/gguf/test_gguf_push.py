@@ -96,6 +96,9 @@ def test_cli_push_show_and_predict(tmp_path: Path, smollm2: Path) -> None:
     again = _cli(home, "predict", "smol", "--prompt", prompt, "--max-tokens", "6")
     assert again.stdout == first.stdout  # temperature 0 by default: greedy, the same text
 
+    wrong = _cli(home, "predict", "smol", "--input", '{"inputs": [[1.0]]}')
+    assert wrong.returncode != 0 and "generative model: pass --prompt" in wrong.stderr
+
     cut = tmp_path / "cut.gguf"
     cut.write_bytes(model.read_bytes()[: 1 << 20])
     refused = _cli(home, "push", "cut", cut)
