@@ -149,13 +149,6 @@ def test_a_prompt_longer_than_the_context_is_refused_naming_the_limit(engine: Ll
     assert caught.value.field == "prompt"
 
 
-def test_a_model_without_chat_template_is_refused_naming_the_fix(engine: LlamaCppEngine) -> None:
-    from shipyard.runtimes.chat_template import render_chat
-
-    with pytest.raises(InvalidInputError, match=r"no chat template.*/v1/completions"):
-        render_chat(None, [{"role": "user", "content": "hi"}], bos_token=None, eos_token=None)
-
-
 def test_a_shared_prompt_prefix_is_reused_with_the_same_output(
     make_engine: Callable[..., LlamaCppEngine],
 ) -> None:
