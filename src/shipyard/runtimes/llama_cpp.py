@@ -123,7 +123,7 @@ class LlamaCppEngine:
         self._cond = threading.Condition()
         self._waiting: deque[_Sequence] = deque()
         self._running: list[_Sequence] = []
-        self._free_slots = list(range(self._slots - 1, -1, -1))
+        self._free_slots = list(range(self._slots))
         self._cache_tokens: list[int] = []
         self._closing = False
         # What the scheduler did, for tests, benchmarks and the server's gauges.
@@ -301,7 +301,10 @@ class LlamaCppEngine:
         """Move waiting requests into free slots (each slot's stream holds a whole context)."""
         while self._waiting and self._free_slots:
             seq = self._waiting.popleft()
-            seq.slot = self._free_slots.pop()
+            # The lowest free slot: llama.cpp computes a batch over the range of streams from its
+            # lowest to its highest sequence id, so running sequences are kept side by side.
+            seq.slot = min(self._free_slots)
+            self._free_slots.remove(seq.slot)
             self._reuse_prefix(seq)
             self._running.append(seq)
 
