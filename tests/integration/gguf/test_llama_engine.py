@@ -212,3 +212,14 @@ def test_a_passed_deadline_stops_generation_with_its_reason(engine: LlamaCppEngi
     chunks = asyncio.run(scenario())
     assert chunks[-1].finish_reason == "deadline"
     assert chunks[-1].completion_tokens < 400
+
+
+def test_the_kv_budget_caps_the_context_per_slot(make_engine: Callable[..., LlamaCppEngine]) -> None:
+    per_token = 2 * 30 * 3 * 64 * 2  # K and V, 30 layers, 3 KV heads of 64, F16: SmolLM2-135M
+    engine = make_engine(slots=2, kv_budget_bytes=3 * 128 * per_token)  # 2 slots + the prefix cache
+    assert engine.stats().context_per_slot == engine.max_context == 128
+    with pytest.raises(InvalidInputError, match="at most 127"):
+        engine.generate(GenerationRequest(tuple([42] * 200), greedy()))
+    chunks = asyncio.run(run(engine, tuple([42] * 120), greedy(50, ignore_eos=True)))
+    assert chunks[-1].finish_reason == "length"
+    assert chunks[-1].prompt_tokens + chunks[-1].completion_tokens == 128  # the whole context, no more
