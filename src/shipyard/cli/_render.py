@@ -106,17 +106,6 @@ def _least_width(column: Column, cells: list[str]) -> int:
     return max(len(line) for cell in cells for line in cell.splitlines() or [""])
 
 
-def _generative(extra: dict[str, Any]) -> str:
-    """What a generative model is, as the registry recorded it at push."""
-    parameters = extra.get("parameters")
-    size = f"{parameters:,} parameters" if isinstance(parameters, int) else "parameters unknown"
-    return (
-        f"{extra.get('architecture', '?')}, {size}, context {extra['context_length']}, "
-        f"quantization {extra.get('quantization') or '-'}, tokenizer {extra.get('tokenizer', '?')}, "
-        f"chat template {'yes' if extra.get('chat_template') else 'no'}"
-    )
-
-
 def show_version(v: ModelVersion) -> None:
     quality, measured = split_metrics(v.metrics)
     rows = [
@@ -127,7 +116,7 @@ def show_version(v: ModelVersion) -> None:
         ("size", f"{human_size(v.size)} in {len(v.files)} file(s)"),
         ("inputs", "\n".join(t.describe() for t in v.signature.inputs)),
         ("outputs", "\n".join(t.describe() for t in v.signature.outputs)),
-        *([("generative", _generative(v.extra))] if "context_length" in v.extra else []),
+        *([("generative", _generative(v.extra["generative"]))] if v.extra.get("generative") else []),
         ("metrics", _mapping(quality)),
         *([("measured", _mapping(measured))] if measured else []),
         ("params", _mapping(v.params)),
@@ -153,6 +142,20 @@ def show_version(v: ModelVersion) -> None:
     for key, value in rows:
         table.add_row(key, value)
     console.print(table)
+
+
+def _generative(info: dict[str, Any]) -> str:
+    """A generative model's facts, one per line (GenerativeInfo as the registry stores it)."""
+    params = info.get("parameters")
+    lines = [
+        f"architecture {info.get('architecture')}" + (f", {params / 1e6:,.1f}M parameters" if params else ""),
+        f"context {info.get('context_length')} tokens",
+        f"quantization {info.get('quantization') or 'none'}",
+        f"tokenizer {info.get('tokenizer') or '-'} (bos {info.get('bos_token') or '-'}, "
+        f"eos {info.get('eos_token') or '-'})",
+        "chat template: " + ("yes" if info.get("chat_template") else "none (completions only)"),
+    ]
+    return "\n".join(lines)
 
 
 def versions_table(versions: list[ModelVersion]) -> None:

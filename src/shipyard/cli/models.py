@@ -11,14 +11,14 @@ from typing import Annotated, Any
 import typer
 
 from shipyard.cli._context import JsonFlag, parse_pairs, read_json_arg, state
-from shipyard.errors import IntegrityError, InvalidInputError
+from shipyard.errors import IntegrityError, InvalidInputError, ModelError
 from shipyard.types import ModelRef
 
 
 def push(
     ctx: typer.Context,
     name: Annotated[str, typer.Argument(help="Model name: lowercase letters, digits, - _ .")],
-    path: Annotated[Path, typer.Argument(help="Model file (ONNX, skops; pickle/joblib with --trust).")],
+    path: Annotated[Path, typer.Argument(help="Model file (ONNX, skops, GGUF; pickle/joblib with --trust).")],
     alias: Annotated[
         str | None, typer.Option(metavar="ALIAS", help="Point this alias at the new version.")
     ] = None,
@@ -296,22 +296,45 @@ def predict(
     ctx: typer.Context,
     ref: Annotated[str, typer.Argument(help="Version to run.")],
     input_: Annotated[
-        str,
+        str | None,
         typer.Option(
             "--input",
             "-i",
             metavar="JSON",
             help='{"inputs": [[...], ...]} or {"inputs": {"name": [...]}}, inline or @FILE.',
         ),
-    ],
+    ] = None,
+    prompt: Annotated[
+        str | None,
+        typer.Option(metavar="TEXT", help="Generative models: the prompt; the completion streams to stdout."),
+    ] = None,
+    max_tokens: Annotated[
+        int | None, typer.Option(min=1, help="Generative models: most tokens to generate.")
+    ] = None,
+    temperature: Annotated[
+        float, typer.Option(min=0.0, help="Generative models: 0 picks the likeliest token each time.")
+    ] = 0.0,
+    seed: Annotated[int | None, typer.Option(help="Generative models: same seed, same text.")] = None,
     json_: Annotated[bool, typer.Option("--json", help="Accepted; the result is always JSON.")] = False,
 ) -> None:
-    """Run a version in-process on JSON input and print the outputs as JSON."""
+    """Run a version in-process: JSON input to JSON outputs, or a prompt to generated text."""
     import json
 
     from shipyard.tensors import to_jsonable
 
+    if prompt is not None:
+        _generate(ctx, ref, prompt, max_tokens, temperature, seed)
+        return
+    if input_ is None:
+        raise InvalidInputError("pass --input JSON (or --prompt TEXT for a generative model)", field="input")
+    from shipyard.runtimes import is_generative
+
     payload: Any = read_json_arg(input_, "input")
+    registry = state(ctx).registry()
+    if is_generative(registry.resolve(ref)):
+        raise InvalidInputError(
+            f"{ref} is a generative model: pass --prompt TEXT, not --input", field="input"
+        )
     if isinstance(payload, dict):
         if "inputs" not in payload:
             raise InvalidInputError(
@@ -320,10 +343,49 @@ def predict(
                 field="inputs",
             )
         payload = payload["inputs"]
-    with state(ctx).registry().load(ref) as model:
+    with registry.load(ref) as model:
         outputs = model.predict(payload)
         result = {"model": str(model.version.ref), "outputs": {k: to_jsonable(v) for k, v in outputs.items()}}
     typer.echo(json.dumps(result, ensure_ascii=False))
+
+
+def _generate(
+    ctx: typer.Context, ref: str, prompt: str, max_tokens: int | None, temperature: float, seed: int | None
+) -> None:
+    """Stream a generative model's completion of `prompt` to stdout, token by token."""
+    import asyncio
+
+    from shipyard.runtimes import is_generative, load_generator
+    from shipyard.runtimes.generation import GenerationRequest, SamplingParams
+
+    registry = state(ctx).registry()
+    version = registry.resolve(ref)
+    if not is_generative(version):
+        raise InvalidInputError(
+            f"{version.ref} is a {version.format} model, not a generative one: use --input JSON",
+            field="prompt",
+        )
+    settings = registry.settings
+    engine = load_generator(version, registry.artifact_path(version), settings.runtime, settings.generation)
+    params = SamplingParams(
+        max_tokens=max_tokens or settings.generation.max_tokens_default, temperature=temperature, seed=seed
+    )
+
+    async def stream() -> str | None:
+        async for chunk in engine.generate(GenerationRequest(prompt, params)):
+            sys.stdout.write(chunk.text)
+            sys.stdout.flush()
+            if chunk.finish_reason is not None:
+                return chunk.error
+        return None
+
+    try:
+        error = asyncio.run(stream())
+    finally:
+        engine.close()
+    sys.stdout.write("\n")
+    if error:
+        raise ModelError(f"generation stopped: {error}", public=error)
 
 
 def register(app: typer.Typer) -> None:

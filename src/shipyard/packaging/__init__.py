@@ -59,7 +59,7 @@ def package(
         f"cannot push a {type(obj).__module__}.{type(obj).__qualname__}: pass a scikit-learn "
         "estimator or pipeline, a transformers model (with tokenizer=) or SentenceTransformer, "
         "a PyTorch nn.Module (with sample_input=), or the path of a model file (ONNX, skops, "
-        "Keras, TFLite; pickle, joblib or torch.save with trust=True) or a Hugging Face folder",
+        "Keras, TFLite, GGUF; pickle, joblib or torch.save with trust=True) or a Hugging Face folder",
         field="model",
     )
 
@@ -90,6 +90,10 @@ def _package_file(
         from shipyard.packaging.keras import package_keras
 
         return package_keras(file, dest, fmt, trust)
+    if fmt == "gguf":
+        from shipyard.packaging.gguf import package_gguf
+
+        return package_gguf(file, dest)
     if fmt == "torch-checkpoint":
         from shipyard.packaging.pytorch import package_checkpoint
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ from shipyard.errors import InvalidInputError
 from shipyard.packaging.packaged import Packaged
 from shipyard.packaging.safetensors_header import parameter_count
 from shipyard.runtimes.base import one_line
+from shipyard.runtimes.generation import GenerativeInfo
 from shipyard.runtimes.transformers import import_transformers
 from shipyard.settings import PushSettings
 from shipyard.types import Signature, TensorSpec
@@ -55,18 +57,21 @@ def package_causal_lm(source: Path, dest: Path, config: dict[str, Any], limits: 
             f"the config.json in {source} names no context length (max_position_embeddings)",
             field="path",
         )
-    extra: dict[str, Any] = {
-        "architecture": str(config.get("model_type") or config["architectures"][0]),
-        "parameters": sum(parameter_count(w) for w in weights),
-        "context_length": context,
-        "quantization": None,
-        "chat_template": template,
-        "tokenizer": _tokenizer_kind(dest, tokenizer),
-        "bos_token": tokenizer.bos_token,
-        "eos_token": tokenizer.eos_token,
-        "vocab_size": len(tokenizer),
-        "torch_dtype": str(config.get("torch_dtype") or config.get("dtype") or "float32"),
-    }
+    info = GenerativeInfo(
+        architecture=str(config.get("model_type") or config["architectures"][0]),
+        parameters=sum(parameter_count(w) for w in weights),
+        context_length=context,
+        quantization=None,
+        chat_template=template,
+        tokenizer=_tokenizer_kind(dest, tokenizer),
+        bos_token=tokenizer.bos_token,
+        eos_token=tokenizer.eos_token,
+        extra={
+            "vocab_size": len(tokenizer),
+            "torch_dtype": str(config.get("torch_dtype") or config.get("dtype") or "float32"),
+        },
+    )
+    extra: dict[str, Any] = {"generative": asdict(info)}  # as packaging/gguf.py records it
     import torch
 
     versions = {"transformers": transformers.__version__, "torch": torch.__version__.split("+")[0]}

@@ -17,7 +17,7 @@ from shipyard.runtimes.base import one_line
 
 _PICKLE_PROTOCOLS = range(2, 6)
 _KNOWN = (
-    "ONNX, skops, Keras (.keras/.h5), TFLite, a Hugging Face folder, or pickle, joblib and "
+    "ONNX, skops, Keras (.keras/.h5), TFLite, GGUF, a Hugging Face folder, or pickle, joblib and "
     "torch.save files (with --trust)"
 )
 
@@ -89,7 +89,7 @@ def _parse_onnx(path: Path) -> Any:
 
 def detect_file(path: Path) -> Detected:
     """`path` with its format: 'onnx', 'skops', 'pickle', 'joblib', 'torch-checkpoint', 'keras',
-    'keras-h5', 'tflite' or 'safetensors'."""
+    'keras-h5', 'tflite', 'gguf' or 'safetensors'."""
     size = path.stat().st_size
     if size == 0:
         raise InvalidInputError(f"{path} is empty (0 bytes): not a model", field="path")
@@ -105,6 +105,8 @@ def detect_file(path: Path) -> Detected:
         return Detected("joblib", path)
     if head.startswith(b"\x89HDF\r\n\x1a\n"):
         return Detected("keras-h5", path)
+    if head[:4] == b"GGUF":
+        return Detected("gguf", path)
     if head[4:8] == b"TFL3":
         return Detected("tflite", path)
     if len(head) > 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < size:

@@ -51,19 +51,12 @@ Step = Callable[[list["_Sequence"]], set["_Sequence"]]
 
 def generative_info(version: ModelVersion) -> GenerativeInfo:
     """What the registry recorded at push about a generative version (see packaging/causal_lm.py)."""
-    extra = version.extra
-    known = {"architecture", "parameters", "context_length", "quantization", "chat_template"}
-    return GenerativeInfo(
-        architecture=str(extra.get("architecture", "?")),
-        parameters=extra.get("parameters"),
-        context_length=int(extra.get("context_length", 0)),
-        quantization=extra.get("quantization"),
-        chat_template=extra.get("chat_template"),
-        tokenizer=str(extra.get("tokenizer", "?")),
-        bos_token=extra.get("bos_token"),
-        eos_token=extra.get("eos_token"),
-        extra={k: v for k, v in extra.items() if k not in known},
-    )
+    recorded = version.extra.get("generative")
+    if not isinstance(recorded, dict):
+        raise InvalidInputError(
+            f"{version.ref} records no generative model facts; push the folder again", field="model"
+        )
+    return GenerativeInfo(**recorded)
 
 
 @dataclass(eq=False)

@@ -64,7 +64,7 @@ def test_push_records_what_a_generative_model_is(home: Path) -> None:
         version = registry.resolve("tiny")
         plain = registry.resolve("plain")
     assert version.format == "transformers-lm"
-    extra = version.extra
+    extra = version.extra["generative"]  # GenerativeInfo's fields, as a GGUF push records them
     assert extra["architecture"] == "llama" and extra["context_length"] == 1024
     assert extra["parameters"] > 10_000 and extra["tokenizer"] == "bpe"
     assert "<|im_start|>" in extra["chat_template"] and extra["eos_token"] == "</s>"
