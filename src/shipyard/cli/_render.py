@@ -144,11 +144,19 @@ def show_version(v: ModelVersion) -> None:
     console.print(table)
 
 
+def _count(n: int) -> str:
+    """134.5M, 1.2B, or the number itself when small."""
+    for unit, size in (("B", 1e9), ("M", 1e6)):
+        if n >= size:
+            return f"{n / size:,.1f}{unit}"
+    return f"{n:,}"
+
+
 def _generative(info: dict[str, Any]) -> str:
     """A generative model's facts, one per line (GenerativeInfo as the registry stores it)."""
     params = info.get("parameters")
     lines = [
-        f"architecture {info.get('architecture')}" + (f", {params / 1e6:,.1f}M parameters" if params else ""),
+        f"architecture {info.get('architecture')}" + (f", {_count(params)} parameters" if params else ""),
         f"context {info.get('context_length')} tokens",
         f"quantization {info.get('quantization') or 'none'}",
         f"tokenizer {info.get('tokenizer') or '-'} (bos {info.get('bos_token') or '-'}, "

@@ -58,6 +58,8 @@ def test_push_and_show_a_causal_language_model(tmp_path: Path) -> None:
     assert pushed.returncode == 0, pushed.stderr
     shown = shipyard(tmp_path / "home", "show", "lm")
     assert "transformers-lm (transformers)" in shown.stdout
-    line = next(row for row in shown.stdout.splitlines() if row.startswith("generative"))
-    for fact in ("llama", "context 1024", "tokenizer bpe", "chat template yes"):
-        assert fact in line, line
+    lines = shown.stdout.splitlines()
+    start = next(i for i, row in enumerate(lines) if row.startswith("generative"))
+    block = "\n".join(lines[start : start + 5])  # one fact per line
+    for fact in ("architecture llama", "context 1024 tokens", "tokenizer bpe", "chat template: yes"):
+        assert fact in block, block

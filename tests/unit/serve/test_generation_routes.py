@@ -68,7 +68,7 @@ def test_push_records_what_a_generative_model_is(home: Path) -> None:
     assert extra["architecture"] == "llama" and extra["context_length"] == 1024
     assert extra["parameters"] > 10_000 and extra["tokenizer"] == "bpe"
     assert "<|im_start|>" in extra["chat_template"] and extra["eos_token"] == "</s>"
-    assert plain.extra["chat_template"] is None
+    assert plain.extra["generative"]["chat_template"] is None
     assert [t.name for t in version.signature.inputs] == ["text_input"]
 
 
