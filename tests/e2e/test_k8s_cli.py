@@ -324,7 +324,7 @@ def test_a_folder_that_is_not_empty_needs_force(home: Path, tmp_path: Path) -> N
     code, _, err = shipyard(home, "k8s", "iris", "--image", IMAGE, "--out", out)
     _one_line(code, err, 4, "exists and is not empty")
     code, _, err = shipyard(home, "k8s", "iris", "--image", IMAGE, "--out", out, "--force")
-    _one_line(code, err, 4, "was not written by `shipyard k8s`")
+    _one_line(code, err, 4, "written by `shipyard k8s`, so --force does not replace it")
     assert (out / "notes.txt").read_text() == "mine"
     (out / "notes.txt").unlink()
     assert shipyard(home, "k8s", "iris", "--image", IMAGE, "--out", out)[0] == 0

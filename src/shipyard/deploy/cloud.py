@@ -20,8 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from shipyard.deploy import output
 from shipyard.deploy.context import embed
-from shipyard.errors import CloudError, ConflictError, DeadlineExceededError, InvalidInputError
+from shipyard.errors import CloudError, DeadlineExceededError
 from shipyard.registry import Registry
 from shipyard.types import ModelVersion
 
@@ -91,21 +92,13 @@ def staging_folder() -> Path:
 
 def check_out(out: Path, force: bool) -> None:
     """`--out` must be new or empty, or (with --force) a plan this command wrote before."""
-    if out.exists() and not out.is_dir():
-        raise InvalidInputError(f"--out {out} is a file; give a folder for the plan", field="out")
-    if not out.is_dir() or not any(out.iterdir()):
-        return
-    if not force:
-        raise ConflictError(
-            f"--out {out} exists and is not empty; choose another folder, or pass --force to replace it",
-            field="out",
-        )
-    if not (out / PLAN_FILE).is_file():
-        raise ConflictError(
-            f"--out {out} is not a plan written by `shipyard deploy --dry-run`, so --force does not "
-            "replace it; remove it yourself or choose another folder",
-            field="out",
-        )
+    output.check_out(
+        out,
+        force,
+        what="a plan",
+        command="shipyard deploy --dry-run",
+        ours=lambda o: (o / PLAN_FILE).is_file(),
+    )
 
 
 def write_plan(plan: Plan, out: Path, force: bool) -> list[Path]:

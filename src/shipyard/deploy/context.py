@@ -26,6 +26,7 @@ from shipyard.deploy.dockerfile import (
     render_healthcheck,
     render_readme,
 )
+from shipyard.deploy.output import check_out, holds
 from shipyard.deploy.requirements import (
     FORMAT_PACKAGES,
     check_base,
@@ -33,7 +34,7 @@ from shipyard.deploy.requirements import (
     render_requirements,
     render_torch_requirements,
 )
-from shipyard.errors import ConflictError, InvalidInputError
+from shipyard.errors import InvalidInputError
 from shipyard.registry import Registry
 from shipyard.settings import Settings
 from shipyard.types import ModelRef, ModelVersion
@@ -108,8 +109,6 @@ def _resolve(registry: Registry, refs: Iterable[str]) -> tuple[list[ModelVersion
 
 
 def _check_out(out: Path, force: bool, registry: Registry) -> None:
-    if out.exists() and not out.is_dir():
-        raise InvalidInputError(f"--out {out} is a file; give a folder for the build context", field="out")
     home = registry.settings.home.expanduser().resolve()
     target = out.resolve()
     if target == home or target in home.parents or home in target.parents:
@@ -117,20 +116,7 @@ def _check_out(out: Path, force: bool, registry: Registry) -> None:
             f"--out {out} overlaps the registry home {registry.location}; choose a folder outside it",
             field="out",
         )
-    if not out.is_dir() or not any(out.iterdir()):
-        return
-    if not force:
-        raise ConflictError(
-            f"--out {out} exists and is not empty; choose another folder, or pass --force to replace it",
-            field="out",
-        )
-    dockerfile = out / "Dockerfile"
-    if not (dockerfile.is_file() and dockerfile.read_text(errors="replace").find(_MARKER) != -1):
-        raise ConflictError(
-            f"--out {out} is not a build context written by `shipyard build`, so --force does not "
-            "replace it; remove it yourself or choose another folder",
-            field="out",
-        )
+    check_out(out, force, what="a build context", command="shipyard build", ours=holds("Dockerfile", _MARKER))
 
 
 def _copy_registry(

@@ -19,7 +19,8 @@ from shipyard.deploy.chart import render_chart
 from shipyard.deploy.kserve import render_kserve
 from shipyard.deploy.kube import KubeSpec, render_manifests
 from shipyard.deploy.kube_values import check_label, quantity_value
-from shipyard.errors import ConflictError, InvalidInputError
+from shipyard.deploy.output import check_out, holds
+from shipyard.errors import InvalidInputError
 from shipyard.registry import Registry
 from shipyard.types import ModelRef, ModelVersion
 
@@ -121,26 +122,13 @@ def check_options(config: KubeConfig) -> None:
     if config.target_in_flight < 1:
         raise InvalidInputError("--target-in-flight must be at least 1", field="target_in_flight")
     _replicas(config)
-    _check_out(config.out, config.force)
-
-
-def _check_out(out: Path, force: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise InvalidInputError(f"--out {out} is a file; give a folder for the manifests", field="out")
-    if not out.is_dir() or not any(out.iterdir()):
-        return
-    if not force:
-        raise ConflictError(
-            f"--out {out} exists and is not empty; choose another folder, or pass --force to replace it",
-            field="out",
-        )
-    deployment = out / "deployment.yaml"
-    if not (deployment.is_file() and deployment.read_text(errors="replace").startswith(MARKER)):
-        raise ConflictError(
-            f"--out {out} was not written by `shipyard k8s`, so --force does not replace it; "
-            "remove it yourself or choose another folder",
-            field="out",
-        )
+    check_out(
+        config.out,
+        config.force,
+        what="the manifests",
+        command="shipyard k8s",
+        ours=holds("deployment.yaml", MARKER),
+    )
 
 
 def _resolve(registry: Registry, refs: tuple[str, ...]) -> list[ModelVersion]:
