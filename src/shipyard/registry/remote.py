@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import os
 import re
 import shutil
 import time
@@ -66,8 +67,8 @@ class FsspecArtifactStore:
         self.protocol = url.split("://", 1)[0]
         kwargs: dict[str, Any] = {"skip_instance_cache": True, "use_listings_cache": False}
         if self.protocol in ("s3", "s3a"):
-            # Large files come down 10 parts at a time, as with boto3's transfer manager (8 MiB
-            # parts, 10 threads); uploads go up the same way through `_multipart`.
+            # Reads of whole objects (verify) in parts as large as uploads'; transfers themselves go
+            # through `_multipart` and `_download`, 10 parts in flight as boto3's transfer manager.
             kwargs.update(max_concurrency=_CONCURRENCY, default_block_size=part_bytes)
         kwargs.update(options or {})
         try:
@@ -212,6 +213,35 @@ class FsspecArtifactStore:
                 await self.fs._call_s3("abort_multipart_upload", **ids)
             raise
 
+    async def _download(self, key: str, target: Path, size: int) -> None:
+        """One object into `target`: a large one in ranges, `_CONCURRENCY` in flight all along and
+        each written where it belongs as it arrives (s3fs's own waits for each batch)."""
+        bucket, object_key, _ = self.fs.split_path(key)
+        with open(target, "wb") as fh:
+            if size < 2 * self.part_bytes:
+                response = await self.fs._call_s3("get_object", Bucket=bucket, Key=object_key)
+                try:
+                    while chunk := await response["Body"].read(_CHUNK):
+                        fh.write(chunk)
+                finally:
+                    response["Body"].close()
+                return
+            fh.truncate(size)
+            slots = asyncio.Semaphore(_CONCURRENCY)
+
+            async def fetch(offset: int) -> None:
+                async with slots:
+                    last = min(offset + self.part_bytes, size) - 1
+                    response = await self.fs._call_s3(
+                        "get_object", Bucket=bucket, Key=object_key, Range=f"bytes={offset}-{last}"
+                    )
+                    try:
+                        os.pwrite(fh.fileno(), await response["Body"].read(), offset)
+                    finally:
+                        response["Body"].close()
+
+            await asyncio.gather(*(fetch(offset) for offset in range(0, size, self.part_bytes)))
+
     def _complete(self, info: ArtifactInfo) -> bool:
         """Whether the artifact is stored whole already (manifest present, every file's size)."""
         folder = self._folder(info.digest)
@@ -231,14 +261,29 @@ class FsspecArtifactStore:
             relative = str(file["path"])
             target = into / relative
             target.parent.mkdir(parents=True, exist_ok=True)
+            key = self._key(digest, relative)
             try:
                 with self._reaching(f"downloading {what}"):
-                    self.fs.get_file(self._key(digest, relative), str(target))
+                    if self.protocol in ("s3", "s3a"):
+                        from fsspec.asyn import sync
+
+                        sync(self.fs.loop, self._download, key, target, int(str(file["size"])))
+                    else:
+                        self.fs.get_file(key, str(target))
             except NotFoundError as exc:
                 raise IntegrityError(
                     f"{what} failed its integrity check: file {relative!r} is missing from {self.location}"
                 ) from exc
-            sha, size = hash_file(target, fsync=True)
+            except NotReadyError as exc:
+                if _error_code(exc) != "InvalidRange":
+                    raise
+                raise IntegrityError(  # the object is shorter than the file recorded
+                    f"{what} failed its integrity check: file {relative!r} does not match its digest "
+                    f"(shorter than recorded) in {self.location}"
+                ) from exc
+            # Not fsynced: the cache re-hashes an entry on every use, so a copy damaged by a crash
+            # is fetched again rather than served.
+            sha, size = hash_file(target)
             if sha != file["sha256"]:
                 raise IntegrityError(
                     f"{what} failed its integrity check: file {relative!r} does not match its digest "
@@ -374,11 +419,16 @@ def _callback(report: Progress | None, base: int, total: int) -> Any:
 
 
 def _error_code(exc: BaseException) -> str | None:
-    """The S3 error code behind an exception (s3fs keeps botocore's error as the cause)."""
-    for candidate in (exc, exc.__cause__, exc.__context__):
-        response = getattr(candidate, "response", None)
+    """The S3 error code behind an exception, along its chain of causes (s3fs and this module
+    each translate botocore's error, keeping it as the cause)."""
+    seen: BaseException | None = exc
+    for _ in range(5):
+        if seen is None:
+            break
+        response = getattr(seen, "response", None)
         if isinstance(response, dict):
             return str(response.get("Error", {}).get("Code"))
+        seen = seen.__cause__ or seen.__context__
     return None
 
 
