@@ -7,6 +7,7 @@ are missing or wrong.
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 from pathlib import Path
@@ -202,6 +203,9 @@ def test_two_processes_pushing_at_once_get_distinct_complete_versions(
         )
     outputs = [p.communicate(timeout=120) for p in pushes]
     assert [p.returncode for p in pushes] == [0, 0], outputs
+    for out, _ in outputs:
+        pushed = rf"pushed m:[12] sha256:\w+ to registry .+, artifacts in s3://{bucket}/team\n"
+        assert re.fullmatch(pushed, out.decode()), out
     with Registry(settings=settings.model_copy(update={"cache_dir": tmp_path / "reader"})) as registry:
         versions = registry.list_versions("m")
         assert sorted(v.version for v in versions) == [1, 2]
