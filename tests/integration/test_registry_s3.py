@@ -7,6 +7,7 @@ are missing or wrong.
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 from pathlib import Path
@@ -202,6 +203,9 @@ def test_two_processes_pushing_at_once_get_distinct_complete_versions(
         )
     outputs = [p.communicate(timeout=120) for p in pushes]
     assert [p.returncode for p in pushes] == [0, 0], outputs
+    for out, _ in outputs:
+        pushed = rf"pushed m:[12] sha256:\w+ to registry .+, artifacts in s3://{bucket}/team\n"
+        assert re.fullmatch(pushed, out.decode()), out
     with Registry(settings=settings.model_copy(update={"cache_dir": tmp_path / "reader"})) as registry:
         versions = registry.list_versions("m")
         assert sorted(v.version for v in versions) == [1, 2]
@@ -228,6 +232,23 @@ def test_an_object_tampered_in_the_bucket_is_refused_naming_the_version_and_file
         assert not list((tmp_path / "reader-cache" / "sha256").glob("*/*"))  # nothing bad was cached
         [(_, problems)] = registry.verify("iris:1")
         assert problems == ["file 'model.skops' does not match its digest (size 13 bytes)"]
+
+
+def test_a_large_object_cut_short_in_the_bucket_is_refused(aws: S3Endpoint, tmp_path: Path) -> None:
+    bucket = aws.bucket()
+    settings = team_settings(tmp_path, bucket, None).model_copy(update={"artifact_part_bytes": 5 << 20})
+    with Registry(settings=settings) as registry:
+        version = registry.push("large", write_large_onnx(tmp_path / "large.onnx", 12))
+    hexdigest = version.digest.removeprefix("sha256:")
+    aws.client().put_object(
+        Bucket=bucket, Key=f"team/sha256/{hexdigest[:2]}/{hexdigest}/model.onnx", Body=b"x"
+    )
+    reader = settings.model_copy(update={"cache_dir": tmp_path / "reader-cache"})
+    with (
+        Registry(settings=reader) as registry,
+        pytest.raises(IntegrityError, match=r"artifact of large:1 .*'model\.onnx' does not match .*shorter"),
+    ):
+        registry.artifact_path("large:1")
 
 
 def test_a_cached_copy_altered_on_disk_is_fetched_again(
