@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from moto_server import CREDENTIALS, moto_server
+from s3_support import S3Endpoint, start_moto
 from shipyard.cli.main import main
 from shipyard.deploy import cloud
 from shipyard.errors import DeadlineExceededError
@@ -34,9 +34,10 @@ AZURE = ("deploy", "azure", "iris", "--image", "myacr.azurecr.io/shipyard-iris:1
 
 
 @pytest.fixture(scope="module")
-def aws() -> Iterator[str]:
-    with moto_server() as url:
-        yield url
+def aws() -> Iterator[S3Endpoint]:
+    endpoint = start_moto()  # a real AWS endpoint: S3, SageMaker and STS all answer
+    yield endpoint
+    endpoint.stop()
 
 
 @pytest.fixture
@@ -48,8 +49,8 @@ def home(tmp_path: Path, onnx_path: Path) -> Path:
 
 
 @pytest.fixture
-def aws_env(aws: str, monkeypatch: pytest.MonkeyPatch) -> str:
-    for name, value in {**CREDENTIALS, "AWS_ENDPOINT_URL": aws}.items():
+def aws_env(aws: S3Endpoint, monkeypatch: pytest.MonkeyPatch) -> S3Endpoint:
+    for name, value in aws.env().items():
         monkeypatch.setenv(name, value)
     return aws
 
@@ -77,7 +78,7 @@ def serves_iris(folder: Path) -> None:
 
 
 def test_sagemaker_uploads_the_model_data_and_creates_a_serving_endpoint(
-    home: Path, aws_env: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    home: Path, aws_env: S3Endpoint, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     import boto3
 
@@ -141,7 +142,11 @@ def test_sagemaker_dry_run_writes_the_exact_requests_and_the_model_data(
 
 
 def test_sagemaker_credentials_missing_or_refused_are_one_line_naming_the_variables(
-    home: Path, aws: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    home: Path,
+    aws: S3Endpoint,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
 ) -> None:
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
         monkeypatch.delenv(name, raising=False)
@@ -149,15 +154,18 @@ def test_sagemaker_credentials_missing_or_refused_are_one_line_naming_the_variab
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.setenv("AWS_ENDPOINT_URL", aws)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", aws.url)
     code, _, err = shipyard(home, *SAGEMAKER, capsys=capsys)
     one_line_error(code, err, 5, "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
 
-    with moto_server({"INITIAL_NO_AUTH_ACTION_COUNT": "0"}) as checking:  # moto checks keys now
-        monkeypatch.setenv("AWS_ENDPOINT_URL", checking)
+    checking = start_moto({"INITIAL_NO_AUTH_ACTION_COUNT": "0"})  # moto checks keys now
+    try:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", checking.url)
         monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAWRONG")
         monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong-secret")
         code, _, err = shipyard(home, *SAGEMAKER, capsys=capsys)
+    finally:
+        checking.stop()
     one_line_error(code, err, 5, "AWS refused the credentials")
     assert "wrong-secret" not in err
 
@@ -172,7 +180,7 @@ def test_sagemaker_credentials_missing_or_refused_are_one_line_naming_the_variab
     ],
 )
 def test_sagemaker_bad_input_is_refused_before_any_call(
-    home: Path, aws_env: str, args: tuple[str, ...], fragment: str, capsys: pytest.CaptureFixture[str]
+    home: Path, aws_env: S3Endpoint, args: tuple[str, ...], fragment: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     import boto3
 

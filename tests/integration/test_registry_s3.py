@@ -16,10 +16,10 @@ from typing import Any
 import numpy as np
 import pytest
 from onnx import TensorProto, helper, numpy_helper, save_model
-from s3_support import S3Endpoint, start_moto
 from sklearn.datasets import load_iris
 from sklearn.linear_model import LogisticRegression
 
+from s3_support import S3Endpoint, start_moto
 from servers import SHIPYARD, running, server_env
 from shipyard.errors import IntegrityError
 from shipyard.registry import Registry

@@ -25,7 +25,8 @@ changed = threading.Condition()
 
 
 def operation(environ: dict[str, Any]) -> str:
-    method, query = environ["REQUEST_METHOD"], parse_qs(environ.get("QUERY_STRING", ""), True)
+    method: str = environ["REQUEST_METHOD"]
+    query = parse_qs(environ.get("QUERY_STRING", ""), True)
     if "uploadId" in query:
         return {"PUT": "UploadPart", "POST": "CompleteMultipartUpload", "DELETE": "AbortMultipartUpload"}.get(
             method, "ListParts"

@@ -16,7 +16,7 @@ import pytest
 
 @dataclass
 class S3Endpoint:
-    """moto's S3 server on loopback (tests/integration/moto_runner.py), with its request counts."""
+    """moto's S3 server on loopback (tests/moto_runner.py), with its request counts."""
 
     url: str
     process: subprocess.Popen[str]
