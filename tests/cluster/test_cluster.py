@@ -1,0 +1,275 @@
+"""Several servers, one registry: three hosts in their own network namespaces behind HAProxy.
+
+The cluster (tests/netns_cluster.py, also behind scripts/cluster.sh) is built once for the module;
+the tests run in order on it, as an operator's day would: start, move an alias under traffic,
+lose a host, bring it back. Needs root and `ip netns` (skips otherwise), PostgreSQL on its unix
+socket and haproxy (`make test` installs it).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+
+import netns_cluster
+from netns_cluster import Cluster, Host
+from shipyard.registry import Registry
+from shipyard.settings import Settings
+from shipyard.types import ModelVersion
+
+SWITCH_DEADLINE_S = 10.0
+FOLLOW = {"SHIPYARD_SERVE__POLL_INTERVAL_S": "0.2"}  # how fast hosts follow an alias move
+CLIENTS = 4  # concurrent clients of the balancer
+
+UNAVAILABLE = netns_cluster.unavailable_reason()
+pytestmark = pytest.mark.skipif(
+    UNAVAILABLE is not None, reason=f"a cluster of network namespaces cannot be built here: {UNAVAILABLE}"
+)
+
+
+@dataclass
+class Shared:
+    cluster: Cluster
+    versions: list[ModelVersion]
+    servers: Servers
+    body: dict[str, Any]
+
+
+@pytest.fixture(scope="module")
+def shared(onnx_variants: Any) -> Iterator[Shared]:
+    netns_cluster.clean(leftovers_only=True)  # what a crashed earlier run left behind
+    cluster = netns_cluster.create(3, owner=_owner())
+    started: list[subprocess.Popen[bytes]] = []  # every process, reaped after `destroy` kills it
+    try:
+        settings = Settings.load(
+            home=cluster.folder / "admin",
+            registry_url=cluster.registry_url,
+            artifact_url=cluster.artifact_url,
+        )
+        with Registry(settings=settings) as registry:
+            versions = [registry.push("iris", onnx_variants(i)) for i in (1, 2)]
+            registry.set_alias("iris", "production", 1)
+        servers = Servers(cluster, started)
+        for host in cluster.hosts:
+            servers.start(host)
+        for host in cluster.hosts:
+            netns_cluster.wait_ready(cluster, host, servers[host.name])
+        started.append(netns_cluster.start_balancer(cluster))
+        netns_cluster.wait_balancer(cluster, {h.name: "UP" for h in cluster.hosts})
+        name = versions[0].signature.inputs[0].name
+        body = {"inputs": [{"name": name, "shape": [1, 4], "datatype": "FP32", "data": [5.1, 3.5, 1.4, 0.2]}]}
+        yield Shared(cluster, versions, servers, body)
+    finally:
+        try:
+            netns_cluster.destroy(cluster)
+        finally:
+            for proc in started:
+                proc.kill()  # already killed by `destroy`, unless it failed half-way
+                proc.wait()
+
+
+class Servers(dict[str, "subprocess.Popen[bytes]"]):
+    """Each host's current server process, by host name."""
+
+    def __init__(self, cluster: Cluster, started: list[subprocess.Popen[bytes]]) -> None:
+        super().__init__()
+        self.cluster, self.started = cluster, started
+
+    def start(self, host: Host) -> subprocess.Popen[bytes]:
+        proc = netns_cluster.start_server(self.cluster, host, ["iris@production"], extra=FOLLOW)
+        self.started.append(proc)
+        self[host.name] = proc
+        return proc
+
+
+def _owner() -> int:
+    return os.getpid()
+
+
+def served_digest(host: Host) -> str:
+    meta = httpx.get(f"{host.url}/v2/models/iris", timeout=2.0).json()
+    return str(meta["parameters"]["digest"])
+
+
+def request_count(host: Host) -> int:
+    stats = httpx.get(f"{host.url}/v2/models/iris/stats", timeout=2.0).json()["model_stats"]
+    return sum(int(s["request_count"]) for s in stats)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    started: float
+    ended: float
+    status: int | None  # None: no HTTP answer at all
+    version: str | None
+    detail: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.status == 200
+
+
+class Traffic:
+    """`CLIENTS` clients posting V2 inference requests through the balancer until stopped."""
+
+    def __init__(self, url: str, body: dict[str, Any]) -> None:
+        self.url, self.body = url, body
+        self.outcomes: list[Outcome] = []
+        self._stop = threading.Event()
+        self._changed = threading.Condition()
+        self._threads = [threading.Thread(target=self._client, daemon=True) for _ in range(CLIENTS)]
+
+    def __enter__(self) -> Traffic:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=30)
+
+    def _client(self) -> None:
+        with httpx.Client(base_url=self.url, timeout=10.0) as client:
+            while not self._stop.is_set():
+                started = time.monotonic()
+                try:
+                    response = client.post("/v2/models/iris/infer", json=self.body)
+                    version = response.json().get("model_version") if response.status_code == 200 else None
+                    outcome = Outcome(
+                        started, time.monotonic(), response.status_code, version, response.text[:200]
+                    )
+                except httpx.HTTPError as exc:
+                    outcome = Outcome(started, time.monotonic(), None, None, repr(exc))
+                with self._changed:
+                    self.outcomes.append(outcome)
+                    self._changed.notify_all()
+
+    def wait_for(self, successes: int, since: float, timeout: float = 15.0) -> None:
+        """Until `successes` requests started after `since` have succeeded."""
+
+        def enough() -> bool:
+            return sum(1 for o in self.outcomes if o.ok and o.started > since) >= successes
+
+        with self._changed:
+            if not self._changed.wait_for(enough, timeout):
+                pytest.fail(
+                    f"fewer than {successes} successful requests within {timeout}s: {self.failures()[:5]}"
+                )
+
+    def failures(self) -> list[Outcome]:
+        with self._changed:
+            return [o for o in self.outcomes if not o.ok]
+
+
+def test_every_host_serves_the_digest_the_shared_registry_names(shared: Shared) -> None:
+    first = shared.versions[0]
+    assert {h.name: served_digest(h) for h in shared.cluster.hosts} == {
+        h.name: first.digest for h in shared.cluster.hosts
+    }
+    for (
+        host
+    ) in shared.cluster.hosts:  # nothing of the artifact lives on a host: it came from the shared store
+        assert not (shared.cluster.folder / host.name / "home" / "artifacts").exists()
+    before = {h.name: request_count(h) for h in shared.cluster.hosts}
+    with httpx.Client(base_url=shared.cluster.balancer_url, timeout=10.0) as client:
+        for _ in range(3 * 5):
+            assert client.post("/v2/models/iris/infer", json=shared.body).status_code == 200
+    # Round robin: each host took its share.
+    assert {h.name: request_count(h) - before[h.name] for h in shared.cluster.hosts} == {
+        h.name: 5 for h in shared.cluster.hosts
+    }
+
+
+def test_an_alias_move_reaches_every_host_with_no_failed_request(shared: Shared) -> None:
+    cluster, second = shared.cluster, shared.versions[1]
+    env = netns_cluster.cli_environment(cluster)
+    with Traffic(cluster.balancer_url, shared.body) as traffic:
+        traffic.wait_for(20, since=0.0)
+        moved = time.monotonic()
+        alias = subprocess.run(
+            [netns_cluster.shipyard_command(), "alias", "iris", "production", "2"],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert alias.returncode == 0, alias.stderr
+        pending = {h.name: h for h in cluster.hosts}
+        while pending:
+            for name, host in list(pending.items()):
+                if served_digest(host) == second.digest:
+                    del pending[name]
+            assert time.monotonic() - moved < SWITCH_DEADLINE_S, (
+                f"still on the old version: {sorted(pending)}"
+            )
+            time.sleep(0.05)
+        switched = time.monotonic()
+        traffic.wait_for(40, since=switched)
+    assert traffic.failures() == []
+    versions = {o.version for o in traffic.outcomes}
+    assert versions == {"1", "2"}, versions
+    assert {o.version for o in traffic.outcomes if o.started > switched} == {"2"}
+
+
+def test_a_killed_host_costs_only_its_in_flight_requests(shared: Shared) -> None:
+    cluster = shared.cluster
+    victim = cluster.hosts[1]
+    with Traffic(cluster.balancer_url, shared.body) as traffic:
+        traffic.wait_for(20, since=0.0)
+        signalled = time.monotonic()
+        shared.servers[victim.name].kill()  # SIGKILL: no drain, open connections reset
+        shared.servers[victim.name].wait()
+        gone = time.monotonic()  # reaped: its sockets are closed
+        netns_cluster.wait_balancer(cluster, {victim.name: "DOWN"})
+        traffic.wait_for(40, since=time.monotonic())
+    failures = traffic.failures()
+    # Each failure was a request in flight while the host died (the kernel takes a moment to end
+    # a killed process and close its sockets): none started after it was gone.
+    in_flight = [f for f in failures if f.started < gone and f.ended > signalled]
+    assert in_flight == failures, [(f.started - gone, f.detail) for f in failures]
+    assert len(failures) <= CLIENTS
+
+
+def test_a_restarted_host_rejoins_the_balancer(shared: Shared) -> None:
+    cluster = shared.cluster
+    victim = cluster.hosts[1]
+    if shared.servers[victim.name].poll() is None:
+        pytest.skip("needs the host killed by the test before")
+    shared.servers.start(victim)
+    netns_cluster.wait_ready(cluster, victim, shared.servers[victim.name])
+    netns_cluster.wait_balancer(cluster, {victim.name: "UP"})
+    assert served_digest(victim) == shared.versions[1].digest  # where the alias points now
+    before = request_count(victim)
+    with httpx.Client(base_url=cluster.balancer_url, timeout=10.0) as client:
+        for _ in range(6):
+            assert client.post("/v2/models/iris/infer", json=shared.body).status_code == 200
+    assert request_count(victim) - before == 2
+
+
+def test_leftovers_of_a_dead_run_are_removed() -> None:
+    """A run whose owner died (a crashed test, a killed script) is removed by the next run's clean-up:
+    its processes, namespaces, links, database and folder."""
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    cluster = netns_cluster.create(1, owner=dead.pid)
+    orphan = subprocess.Popen(["ip", "netns", "exec", cluster.hosts[0].namespace, "sleep", "300"])
+    try:
+        assert cluster.run in netns_cluster.clean(leftovers_only=True)
+        assert orphan.wait(timeout=10) == -9
+    finally:
+        orphan.kill()
+        netns_cluster.destroy(cluster)  # idempotent: nothing left to remove
+    namespaces = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
+    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True, check=True).stdout
+    assert cluster.run not in namespaces
+    assert cluster.run not in links
+    assert not cluster.folder.exists()
