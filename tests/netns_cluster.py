@@ -37,11 +37,15 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import httpx
+
+if TYPE_CHECKING:
+    import psycopg
 
 RUNS = Path(tempfile.gettempdir()) / "shipyard-clusters"
 PREFIX = "shipyard-"  # of every namespace a run creates
@@ -51,7 +55,7 @@ SERVER_PORT = 8000
 BALANCER_PORT = 8080
 STATS_PORT = 8404
 PG_SOCKET_DIR = "/var/run/postgresql"
-PG_ADMIN = {"host": PG_SOCKET_DIR, "dbname": "test", "user": "postgres"}
+PG_ADMIN = f"host={PG_SOCKET_DIR} dbname=test user=postgres"  # where databases are created and dropped
 DATABASE_PREFIX = "shipyard_cluster_"
 READY_TIMEOUT_S = 60.0
 
@@ -254,11 +258,11 @@ def _add_host(cluster: Cluster, host: Host) -> None:
     _ip("-n", host.namespace, "link", "set", "eth0", "up")
 
 
-def _admin_connection():  # type: ignore[no-untyped-def]
+def _admin_connection() -> psycopg.Connection[Any]:
     import psycopg
 
     try:
-        return psycopg.connect(**PG_ADMIN, autocommit=True, connect_timeout=3)
+        return psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=3)
     except psycopg.OperationalError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ClusterError(f"PostgreSQL is not reachable on {PG_SOCKET_DIR}: {first}") from exc
@@ -320,7 +324,7 @@ def shipyard_command() -> str:
 def start_server(
     cluster: Cluster, host: Host, refs: list[str], *, extra: Mapping[str, str] | None = None
 ) -> subprocess.Popen[bytes]:
-    """`shipyard serve REFS` inside the host's namespace (`ip netns exec` execs it: the pid is the server's)."""
+    """`shipyard serve REFS` in the host's namespace (`ip netns exec` execs it: the pid is the server's)."""
     logs = cluster.folder / host.name
     logs.mkdir(parents=True, exist_ok=True)
     command = ["ip", "netns", "exec", host.namespace, shipyard_command(), "serve", *refs]
@@ -452,10 +456,8 @@ def _kill_namespace(namespace: str) -> None:
     """SIGKILL every process inside the namespace: only a run's servers live there."""
     pids = _ip("netns", "pids", namespace, check=False).stdout.split()
     for pid in pids:
-        try:
+        with suppress(ProcessLookupError):
             os.kill(int(pid), signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 def destroy(cluster: Cluster) -> None:
@@ -476,10 +478,11 @@ def runs() -> list[str]:
     return sorted(p.parent.name for p in RUNS.glob("*/state.json"))
 
 
-def clean(*, leftovers_only: bool) -> list[str]:
-    """Remove runs (with `leftovers_only`, those whose owner has died) and then anything carrying
-    the prefixes that no live run claims: namespaces, links and databases of a run that died
-    before writing its state, or whose state was lost. Returns the run ids removed."""
+def clean(*, include_kept: bool) -> list[str]:
+    """Remove the runs whose owner has died (with `include_kept`, also those `up` started) and
+    then whatever carries the prefixes but belongs to no remaining run: namespaces, links and
+    databases of a run that died before writing its state. A run whose owner lives (a test
+    session in progress) is never touched. Returns the run ids removed."""
     removed = []
     with _runs_lock():
         for run in runs():
@@ -488,7 +491,8 @@ def clean(*, leftovers_only: bool) -> list[str]:
             except (OSError, ValueError, TypeError):
                 shutil.rmtree(RUNS / run, ignore_errors=True)
                 continue
-            if leftovers_only and (cluster.owner is None or _pid_alive(cluster.owner)):
+            kept = cluster.owner is None
+            if (kept and not include_kept) or (not kept and _pid_alive(cluster.owner)):
                 continue
             destroy(cluster)
             removed.append(run)
@@ -565,11 +569,14 @@ def _down(args: argparse.Namespace) -> int:
         destroy(Cluster.load(args.run))
         print(f"removed cluster {args.run}")
         return 0
-    removed = clean(leftovers_only=False)
+    removed = clean(include_kept=True)
     print(
         f"removed {len(removed)} cluster run(s) and any leftovers"
         + (f": {', '.join(removed)}" if removed else "")
     )
+    busy = runs()
+    if busy:
+        print(f"left alone, their owners still run: {', '.join(busy)}")
     return 0
 
 
@@ -601,7 +608,9 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("refs", nargs="+", metavar="REF", help="e.g. iris@production (served once pushed)")
     up.add_argument("--hosts", type=int, default=3)
     up.add_argument("--env", action="append", default=[], metavar="NAME=VALUE", help="for every server")
-    down = commands.add_parser("down", help="remove one run, or every run and leftover")
+    down = commands.add_parser(
+        "down", help="remove one run, or every run `up` started and every leftover of a failed one"
+    )
     down.add_argument("run", nargs="?")
     commands.add_parser("status", help="each run's hosts as the balancer and /readyz see them")
     args = parser.parse_args(argv)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
 
 import netns_cluster
@@ -45,7 +46,7 @@ class Shared:
 
 @pytest.fixture(scope="module")
 def shared(onnx_variants: Any) -> Iterator[Shared]:
-    netns_cluster.clean(leftovers_only=True)  # what a crashed earlier run left behind
+    netns_cluster.clean(include_kept=False)  # what a crashed earlier run left behind
     cluster = netns_cluster.create(3, owner=_owner())
     started: list[subprocess.Popen[bytes]] = []  # every process, reaped after `destroy` kills it
     try:
@@ -263,7 +264,7 @@ def test_leftovers_of_a_dead_run_are_removed() -> None:
     cluster = netns_cluster.create(1, owner=dead.pid)
     orphan = subprocess.Popen(["ip", "netns", "exec", cluster.hosts[0].namespace, "sleep", "300"])
     try:
-        assert cluster.run in netns_cluster.clean(leftovers_only=True)
+        assert cluster.run in netns_cluster.clean(include_kept=False)
         assert orphan.wait(timeout=10) == -9
     finally:
         orphan.kill()
@@ -273,3 +274,6 @@ def test_leftovers_of_a_dead_run_are_removed() -> None:
     assert cluster.run not in namespaces
     assert cluster.run not in links
     assert not cluster.folder.exists()
+    with psycopg.connect(netns_cluster.PG_ADMIN) as conn:
+        found = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [cluster.database]).fetchall()
+    assert found == []
