@@ -63,7 +63,8 @@ READY_TIMEOUT_S = 60.0
 # `rise` successes. Connections to hosts close after each response (http-server-close), so no
 # request is ever sent on a pooled connection a host closed meanwhile; a connection refused is
 # retried at once on another host (redispatch 1, no turn-around delay), and nothing else is
-# retried (`retry-on conn-failure`: the request never reached a host).
+# retried (`retry-on conn-failure`: the request never reached a host). The log (haproxy.log)
+# has the checks and, with log-separate-errors raising them above `notice`, only failed requests.
 HAPROXY_CONFIG = """\
 global
     maxconn 2048
@@ -73,6 +74,7 @@ defaults
     mode http
     log global
     option httplog
+    option log-separate-errors
     option http-server-close
     timeout connect 1s
     timeout client 60s

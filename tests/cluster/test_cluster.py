@@ -233,11 +233,12 @@ def test_a_killed_host_costs_only_its_in_flight_requests(shared: Shared) -> None
         netns_cluster.wait_balancer(cluster, {victim.name: "DOWN"})
         traffic.wait_for(40, since=time.monotonic())
     failures = traffic.failures()
-    # Each failure was a request in flight while the host died (the kernel takes a moment to end
-    # a killed process and close its sockets): none started after it was gone.
+    # Dying takes the kernel a few milliseconds (memory first, sockets last): requests that reach
+    # the host meanwhile are accepted and then reset. Each failure is such a request, in flight
+    # while the host died; none started once it was gone.
+    assert gone - signalled < 1.0
     in_flight = [f for f in failures if f.started < gone and f.ended > signalled]
     assert in_flight == failures, [(f.started - gone, f.detail) for f in failures]
-    assert len(failures) <= CLIENTS
 
 
 def test_a_restarted_host_rejoins_the_balancer(shared: Shared) -> None:
