@@ -342,7 +342,15 @@ class Settings(BaseSettings):
 
     home: Path = Field(default_factory=lambda: Path.home() / ".shipyard")
     registry_url: str | None = None  # default: sqlite:///<home>/registry.db
-    artifact_url: str | None = None  # default: <home>/artifacts
+    artifact_url: str | None = None  # default: <home>/artifacts; any fsspec URL, e.g. s3://bucket/prefix
+    # Options of the fsspec filesystem of a remote artifact_url, as JSON in the environment, e.g.
+    # SHIPYARD_ARTIFACT_OPTIONS='{"endpoint_url": "http://minio:9000"}' for MinIO (s3fs options).
+    artifact_options: dict[str, Any] = Field(default_factory=dict)
+    artifact_part_bytes: int = Field(
+        16 << 20, ge=5 << 20, description="multipart part size; files of two parts or more go multipart"
+    )
+    cache_dir: Path | None = None  # artifacts pulled from a remote store; default: <home>/cache
+    cache_max_bytes: int = Field(20 << 30, ge=0, description="the cache's bound; least recently used go")
     runtime: RuntimeSettings = RuntimeSettings()
     push: PushSettings = PushSettings()
     serve: ServeSettings = ServeSettings()
@@ -409,6 +417,10 @@ class Settings(BaseSettings):
     @property
     def artifact_root(self) -> str:
         return self.artifact_url or str(self.home / "artifacts")
+
+    @property
+    def artifact_cache_dir(self) -> Path:
+        return (self.cache_dir or self.home / "cache").expanduser()
 
     @property
     def predictions_dir(self) -> Path:

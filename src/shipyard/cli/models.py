@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -54,21 +56,23 @@ def push(
     """Store a model file as the next version of NAME."""
     sample = read_json_arg(sample_input, "sample-input") if sample_input else None
     registry = state(ctx).registry()
-    version = registry.push(
-        name,
-        path,
-        alias=alias,
-        sample_input=sample,
-        metrics=parse_pairs(metric, "metric"),
-        params=parse_pairs(param, "param"),
-        tags=parse_pairs(tag, "tag"),
-        description=description,
-        parent=parent,
-        trust=trust,
-        task=task,
-        truncate=truncate,
-        data_profile=_profile_from(reference),
-    )
+    with _upload_bar(registry.store.location) as progress:
+        version = registry.push(
+            name,
+            path,
+            alias=alias,
+            sample_input=sample,
+            metrics=parse_pairs(metric, "metric"),
+            params=parse_pairs(param, "param"),
+            tags=parse_pairs(tag, "tag"),
+            description=description,
+            parent=parent,
+            trust=trust,
+            task=task,
+            truncate=truncate,
+            data_profile=_profile_from(reference),
+            progress=progress,
+        )
     if json_:
         from shipyard.cli._render import print_json
 
@@ -76,6 +80,31 @@ def push(
         return
     suffix = f" ({alias} → {version.version})" if alias else ""
     typer.echo(f"pushed {version.ref} {version.digest} to registry {registry.location}{suffix}")
+
+
+@contextlib.contextmanager
+def _upload_bar(location: str) -> Iterator[Callable[[int, int], None]]:
+    """A bar following the upload to a remote store (stderr, terminals only), shown once bytes move."""
+    from rich.console import Console
+    from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
+    console = Console(stderr=True)
+    if not console.is_terminal or "://" not in location:
+        yield lambda _done, _total: None
+        return
+    bar = Progress(
+        f"uploading to {location}", BarColumn(), DownloadColumn(), TransferSpeedColumn(), console=console
+    )
+    task = None
+    with bar:
+
+        def report(done: int, total: int) -> None:
+            nonlocal task
+            if task is None:
+                task = bar.add_task("upload", total=total)
+            bar.update(task, completed=done)
+
+        yield report
 
 
 def _profile_from(reference: Path | None) -> Any:

@@ -108,8 +108,7 @@ def serve(
         typer.echo(
             "WARNING: --insecure: serving without API keys; anyone who can reach it may use it", err=True
         )
-    if not settings.serve.wait_for_refs:
-        _require_refs(settings, refs)
+    _require_refs(settings, refs, resolve=not settings.serve.wait_for_refs)
 
     def announce(bound_host: str, bound_port: int) -> None:
         serve = settings.serve
@@ -161,13 +160,15 @@ def _check_tls(settings: Settings) -> None:
         build_context(files)
 
 
-def _require_refs(settings: Settings, refs: list[str]) -> None:
-    """Every reference resolves before the port is bound: a typo is one line and exit code 3,
-    not a server that stays unready forever."""
+def _require_refs(settings: Settings, refs: list[str], *, resolve: bool = True) -> None:
+    """The artifact store answers and every reference resolves before the port is bound: a typo,
+    a bucket out of reach or missing credentials is one line and an exit code, not a server that
+    stays unready forever."""
     from shipyard.registry import Registry
 
     with Registry(settings=settings) as registry:
-        for ref in refs:
+        registry.store.check()
+        for ref in refs if resolve else ():
             try:
                 registry.resolve(ref)
             except NotFoundError as exc:

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import getpass
-from collections.abc import Iterator
+import logging
+import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -26,6 +28,11 @@ from shipyard.registry.keys import ApiKey
 from shipyard.registry.tables import alias_history, aliases, api_keys, models, signatures, versions
 from shipyard.types import ModelVersion, Signature
 
+log = logging.getLogger("shipyard.registry")
+
+# PostgreSQL channel a write that moves a reference notifies (payload: the model's name), in the
+# same transaction, so a listening server hears of it exactly when the move is visible.
+CHANNEL = "shipyard_refs"
 SCHEMA_HEAD = "0003"  # newest migration; a test keeps it equal to Alembic's head
 _MIGRATIONS = Path(__file__).parent / "migrations"
 _SQLITE_BUSY_TIMEOUT_MS = 60_000
@@ -177,6 +184,7 @@ class MetadataStore:
                 .returning(models.c.last_version)
             ).scalar_one()
             conn.execute(versions.insert().values(**record, version=number))
+            self._notify(conn, name)  # the latest version moved
             self._audit(conn, "push", f"{name}:{number}", actor, audit_detail)
             if alias is not None:
                 previous = self._current_alias(conn, name, alias)
@@ -212,6 +220,7 @@ class MetadataStore:
                 .values(last_version=sa.case((last < number, number), else_=last))
             )
             conn.execute(versions.insert().values(**record))
+            self._notify(conn, name)
             self._audit(conn, "import", f"{name}:{number}", actor, audit_detail)
             for alias in aliases_to_set:
                 previous = self._current_alias(conn, name, alias)
@@ -333,6 +342,7 @@ class MetadataStore:
             ).rowcount
             if not deleted:
                 raise NotFoundError(f"model {name!r} has no version {version}", field="ref")
+            self._notify(conn, name)
             self._audit(conn, "rm", f"{name}:{version}", actor, {"aliases_removed": pointing})
         return pointing
 
@@ -375,6 +385,7 @@ class MetadataStore:
                 .values(name=name, alias=alias, version=target)
                 .on_conflict_do_update(index_elements=["name", "alias"], set_={"version": target})
             )
+        self._notify(conn, name)
         conn.execute(
             alias_history.insert().values(
                 name=name,
@@ -389,6 +400,23 @@ class MetadataStore:
         self._audit(
             conn, f"alias.{action}", f"{name}@{alias}", actor, {"version": target, "previous": previous}
         )
+
+    def _notify(self, conn: Connection, name: str) -> None:
+        if self._dialect == "postgresql":
+            conn.execute(sa.select(sa.func.pg_notify(CHANNEL, name)))
+
+    def listen(self, on_change: Callable[[str], None], stop: threading.Event) -> bool:
+        """Call `on_change(name)` from a thread whenever a reference of `name` moves, until `stop`
+        is set; `on_change("")` after each (re)connection, as moves may have been missed. False
+        (and nothing started) where the database cannot notify (SQLite): callers poll."""
+        if self._dialect != "postgresql":
+            return False
+        dsn = self.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        thread = threading.Thread(
+            target=_listen, args=(dsn, on_change, stop), name="shipyard-registry-listen", daemon=True
+        )
+        thread.start()
+        return True
 
     def set_alias(self, name: str, alias: str, version: int, *, actor: str | None = None) -> int | None:
         """Point `alias` at `version`; returns the previous target."""
@@ -582,6 +610,26 @@ class MetadataStore:
             trusted=bool(row.trusted),
             aliases=alias_names,
         )
+
+
+def _listen(dsn: str, on_change: Callable[[str], None], stop: threading.Event) -> None:
+    """LISTEN on a dedicated connection; reconnect with backoff when it drops (polling covers the gap)."""
+    import psycopg
+
+    backoff = 0.5
+    while not stop.is_set():
+        try:
+            with psycopg.connect(dsn, autocommit=True, connect_timeout=5) as conn:
+                conn.execute(f"LISTEN {CHANNEL}")
+                backoff = 0.5
+                on_change("")
+                while not stop.is_set():
+                    for notice in conn.notifies(timeout=1.0):
+                        on_change(notice.payload)
+        except psycopg.Error as exc:
+            log.warning("registry notifications lost (%s); polling until reconnected", type(exc).__name__)
+            stop.wait(backoff)
+            backoff = min(backoff * 2, 30.0)
 
 
 def _rollback_target(history: list[AliasChange], existing: set[int]) -> int | None:

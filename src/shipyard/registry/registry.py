@@ -26,7 +26,7 @@ from shipyard.registry._git import current_commit
 from shipyard.registry.audit import AuditEntry
 from shipyard.registry.keys import ApiKey
 from shipyard.registry.metadata import AliasChange, MetadataStore, current_user, utc_now
-from shipyard.registry.store import LocalArtifactStore
+from shipyard.registry.store import ArtifactStore, LocalArtifactStore, Progress
 from shipyard.runtimes import load_runtime
 from shipyard.runtimes.model import Model
 from shipyard.settings import Settings
@@ -83,7 +83,7 @@ class Registry:
     def __init__(self, home: str | Path | None = None, *, settings: Settings | None = None) -> None:
         self.settings = settings or Settings.load(home=home)
         self.metadata = MetadataStore(self.settings.database_url)
-        self.store = LocalArtifactStore(self.settings.artifact_root)
+        self.store = open_store(self.settings)
 
     def close(self) -> None:
         self.metadata.close()
@@ -202,6 +202,7 @@ class Registry:
         truncate: bool = True,
         attachments: dict[str, bytes] | None = None,
         actor: str | None = None,
+        progress: Progress | None = None,
     ) -> ModelVersion:
         """Store `model` (an estimator or a file path) as the next version of `name`.
 
@@ -210,7 +211,8 @@ class Registry:
         reference for drift) may be a function of the model's signature, called before anything
         is stored, so a reference that does not fit the model fails the push. The push and its
         trust decision go to the audit log (`actor`: who pushed; default the OS user); so does a
-        push refused because the artifact would run code."""
+        push refused because the artifact would run code. `progress(done, total)` follows the
+        upload to a remote store."""
         validate_name(name)
         if alias is not None:
             validate_alias(alias)
@@ -249,7 +251,7 @@ class Registry:
                     raise InvalidInputError(f"attachment {relative!r} clashes with the model's files")
                 target.parent.mkdir(parents=True, exist_ok=True)
                 target.write_bytes(content)
-            info = self.store.commit(staging)
+            info = self.store.commit(staging, progress)
         extra = dict(packaged.extra)
         if dirty:
             extra["git_dirty"] = True
@@ -547,6 +549,22 @@ class Registry:
         version = self.resolve(ref)
         path = self.artifact_path(version)
         return Model(version, load_runtime(version, path, self.settings.runtime))
+
+
+def open_store(settings: Settings) -> ArtifactStore:
+    """The artifact store `settings.artifact_url` names: a local folder (a path or `file://`), or
+    any other fsspec URL (e.g. `s3://bucket/prefix`) with a local cache of what is pulled."""
+    root = settings.artifact_root
+    scheme = root.split("://", 1)[0] if "://" in root else ""
+    if scheme in ("", "file", "local"):
+        return LocalArtifactStore(root.split("://", 1)[-1])
+    from shipyard.registry.cache import ArtifactCache
+    from shipyard.registry.remote import FsspecArtifactStore
+
+    cache = ArtifactCache(settings.artifact_cache_dir, settings.cache_max_bytes)
+    return FsspecArtifactStore(
+        root, cache=cache, options=settings.artifact_options, part_bytes=settings.artifact_part_bytes
+    )
 
 
 def _ranges(numbers: list[int]) -> str:

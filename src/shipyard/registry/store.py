@@ -1,4 +1,4 @@
-"""Content-addressed artifact store on a local folder.
+"""Content-addressed artifact store on a local folder, and the interface every store keeps.
 
 An artifact is a folder of files. Its digest is the SHA-256 of a manifest listing each file's
 SHA-256 and relative path, so identical content is stored once. Writes are atomic: files are
@@ -14,10 +14,11 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from shipyard.errors import IntegrityError, InvalidInputError
 
@@ -29,6 +30,37 @@ class ArtifactInfo:
     digest: str  # "sha256:<hex>"
     size: int
     files: tuple[dict[str, object], ...]  # {"path", "sha256", "size"}, sorted by path
+
+
+Progress = Callable[[int, int], None]  # (bytes done, bytes in all), called as an upload goes
+
+
+class ArtifactStore(Protocol):
+    """Where artifacts live: a local folder (`LocalArtifactStore`) or an fsspec URL
+    (`remote.FsspecArtifactStore`). Both address artifacts by manifest digest, make a committed
+    artifact whole before any version row names it, and hand out verified local folders."""
+
+    location: str  # for messages: a path, or a URL without its secrets
+
+    def staging(self) -> AbstractContextManager[Path]: ...
+
+    def commit(self, staged: Path, progress: Progress | None = None) -> ArtifactInfo: ...
+
+    def verify(self, digest: str, files: tuple[dict[str, object], ...], what: str) -> Path: ...
+
+    def problems(self, digest: str, files: tuple[dict[str, object], ...]) -> list[str]: ...
+
+    def check(self) -> None: ...
+
+    def digests(self) -> Iterator[str]: ...
+
+    def delete(self, digest: str) -> None: ...
+
+    def disk_bytes(self) -> int: ...
+
+    def collect_garbage(self, referenced: set[str], grace_s: float) -> tuple[int, int]: ...
+
+    def fresh_garbage(self, referenced: set[str], grace_s: float) -> tuple[int, int]: ...
 
 
 def manifest_digest(files: list[dict[str, object]] | tuple[dict[str, object], ...]) -> str:
@@ -48,6 +80,18 @@ def hash_file(path: Path, *, fsync: bool = False) -> tuple[str, int]:
         if fsync:
             os.fsync(fh.fileno())
     return digest.hexdigest(), size
+
+
+def describe(staged: Path, *, fsync: bool = False) -> ArtifactInfo:
+    """Hash every file of a staged artifact (optionally fsyncing it): its digest, size and files."""
+    files: list[dict[str, object]] = []
+    for file in _walk_files(staged):
+        sha, size = hash_file(file, fsync=fsync)
+        files.append({"path": file.relative_to(staged).as_posix(), "sha256": sha, "size": size})
+    if not files:
+        raise InvalidInputError("the artifact is empty: there is no file to store", field="path")
+    files.sort(key=lambda f: str(f["path"]))
+    return ArtifactInfo(manifest_digest(files), sum(int(str(f["size"])) for f in files), tuple(files))
 
 
 def _fsync_dir(path: Path) -> None:
@@ -77,7 +121,11 @@ class LocalArtifactStore:
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root).expanduser()
+        self.location = str(self.root)
         self._staging_root = self.root / ".staging"
+
+    def check(self) -> None:
+        """Nothing to reach: a folder is created on the first push."""
 
     def _final_path(self, digest: str) -> Path:
         hexdigest = digest.removeprefix("sha256:")
@@ -94,17 +142,10 @@ class LocalArtifactStore:
         finally:
             shutil.rmtree(path, ignore_errors=True)
 
-    def commit(self, staged: Path) -> ArtifactInfo:
+    def commit(self, staged: Path, progress: Progress | None = None) -> ArtifactInfo:
         """Hash and fsync the staged files and move them into place under their digest."""
-        files: list[dict[str, object]] = []
-        for file in _walk_files(staged):
-            sha, size = hash_file(file, fsync=True)
-            files.append({"path": file.relative_to(staged).as_posix(), "sha256": sha, "size": size})
-        if not files:
-            raise InvalidInputError("the artifact is empty: there is no file to store", field="path")
-        files.sort(key=lambda f: str(f["path"]))
-        digest = manifest_digest(files)
-        info = ArtifactInfo(digest, sum(int(str(f["size"])) for f in files), tuple(files))
+        info = describe(staged, fsync=True)
+        digest = info.digest
         final = self._final_path(digest)
         if final.is_dir():
             # Same content stored before: keep the existing copy (after checking it is whole)

@@ -2,13 +2,17 @@
 
 A bare `NAME` or `NAME@ALIAS` follows the registry: a poller re-resolves it, loads the new
 version beside the old, switches new requests to it once it is ready, then drains the old one
-(requests already holding it finish) and unloads it. `NAME:VERSION` pins.
+(requests already holding it finish) and unloads it. `NAME:VERSION` pins. On PostgreSQL the poller
+is woken at once by the registry's notification of a move (LISTEN/NOTIFY), so every server follows
+within a request's time; the poll interval is the bound when notifications are lost or absent.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -142,6 +146,8 @@ class ModelRepository:
         self.drift = drift  # sees the inputs of every batch a model ran
         self.models: dict[str, ServedModel] = {}
         self._poller: asyncio.Task[None] | None = None
+        self._moved = asyncio.Event()  # the registry notified a move: poll now
+        self._stop_listening = threading.Event()
         self._swapping: set[str] = set()
         required = settings.serve.require_signed
         self._required_key = signing.load_public_key(required, "require_signed") if required else None
@@ -233,7 +239,14 @@ class ModelRepository:
     def _ensure_poller(self) -> None:
         """Poll the registry while any served reference can move (NAME or NAME@ALIAS)."""
         if self._poller is None and any(m.moving for m in self.models.values()):
-            self._poller = asyncio.get_running_loop().create_task(self._poll())
+            loop = asyncio.get_running_loop()
+            self._poller = loop.create_task(self._poll())
+
+            def moved(_name: str) -> None:
+                with contextlib.suppress(RuntimeError):  # the loop closed before the listener stopped
+                    loop.call_soon_threadsafe(self._moved.set)
+
+            self.registry.metadata.listen(moved, self._stop_listening)
 
     async def _load_model(self, model: ServedModel) -> None:
         try:
@@ -307,7 +320,9 @@ class ModelRepository:
 
     async def _poll(self) -> None:
         while True:
-            await asyncio.sleep(self.settings.serve.poll_interval_s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._moved.wait(), self.settings.serve.poll_interval_s)
+            self._moved.clear()
             for model in list(self.models.values()):
                 if model.moving is not None and model.name not in self._swapping:
                     try:
@@ -443,6 +458,7 @@ class ModelRepository:
         await asyncio.to_thread(self.registry.audit, "serve.unload", target=name, actor=actor)
 
     async def close(self) -> None:
+        self._stop_listening.set()
         if self._poller is not None:
             self._poller.cancel()
         for model in list(self.models.values()):

@@ -1,0 +1,354 @@
+"""Content-addressed artifact store on any fsspec URL (S3 through s3fs is the tested one).
+
+The layout is the local store's under the URL: an artifact's files are objects
+`<url>/sha256/<hex[:2]>/<hex>/<path>`, and `<url>/sha256/<hex[:2]>/<hex>.json` (its manifest,
+the file list) is written last, once every file is in place. Object writes are atomic (a large
+file goes up as a multipart upload, invisible until completed), and the registry commits the
+version row only after `commit` returns, so an interrupted push leaves nothing a reader can see:
+objects no version names and uncompleted uploads, which `gc` removes after its grace period.
+
+Reads go through the local `ArtifactCache`: each file is downloaded, hashed and compared with
+the version's record before the artifact is used; a mismatch names the version and the file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import re
+import shutil
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from shipyard.errors import (
+    ForbiddenError,
+    IntegrityError,
+    MissingDependencyError,
+    NotFoundError,
+    NotReadyError,
+    ShipyardError,
+    UnauthorizedError,
+)
+from shipyard.registry.cache import ArtifactCache
+from shipyard.registry.store import ArtifactInfo, Progress, _tree_size, describe, hash_file
+
+_CHUNK = 1 << 20
+_EXTRAS = {"s3": "s3", "s3a": "s3"}
+_BAD_KEYS = ("InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken")
+_CREDENTIALS = "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE)"
+
+
+def safe_url(url: str) -> str:
+    """The URL without a user or password in it, for messages and logs."""
+    return re.sub(r"(://)[^/@]*@", r"\1***@", url)
+
+
+class FsspecArtifactStore:
+    """Artifacts under an fsspec URL, pulled into `cache` before use."""
+
+    def __init__(
+        self, url: str, *, cache: ArtifactCache, options: dict[str, Any] | None = None, part_bytes: int
+    ) -> None:
+        self.url = url.rstrip("/")
+        self.location = safe_url(self.url)
+        self.cache = cache
+        self.part_bytes = part_bytes
+        self.protocol = url.split("://", 1)[0]
+        kwargs: dict[str, Any] = {"skip_instance_cache": True, "use_listings_cache": False}
+        if self.protocol in ("s3", "s3a"):
+            # Parts go up (and large files come down) 8 at a time, as boto3's transfer manager does.
+            kwargs.update(max_concurrency=8, default_block_size=part_bytes)
+        kwargs.update(options or {})
+        try:
+            import fsspec
+
+            self.fs, self.root = fsspec.core.url_to_fs(self.url, **kwargs)
+        except ImportError as exc:
+            package = "s3fs" if self.protocol in _EXTRAS else (exc.name or "fsspec")
+            raise MissingDependencyError(
+                package, _EXTRAS.get(self.protocol), f"the artifact store {self.location}"
+            ) from exc
+        except ValueError as exc:  # an unknown protocol or malformed URL
+            raise NotFoundError(
+                f"cannot open the artifact store {self.location}: {exc}", field="artifact_url"
+            ) from exc
+        self.root = self.root.rstrip("/")
+        self._staging_root = cache.root / ".staging"
+
+    # -- layout ------------------------------------------------------------------------------
+    def _folder(self, digest: str) -> str:
+        hexdigest = digest.removeprefix("sha256:")
+        return f"{self.root}/sha256/{hexdigest[:2]}/{hexdigest}"
+
+    def _key(self, digest: str, relative: object) -> str:
+        return f"{self._folder(digest)}/{relative}"
+
+    def _digest_of(self, key: str) -> str | None:
+        rest = key.removeprefix(f"{self.root}/sha256/").split("/")
+        return "sha256:" + rest[1].removesuffix(".json") if len(rest) >= 2 else None
+
+    # -- errors ------------------------------------------------------------------------------
+    @contextmanager
+    def _reaching(self, doing: str) -> Iterator[None]:
+        """Translate the filesystem's and boto's errors into one line naming the store."""
+        try:
+            yield
+        except ShipyardError:
+            raise
+        except Exception as exc:
+            raise self._translate(exc, doing) from exc
+
+    def _translate(self, exc: Exception, doing: str) -> ShipyardError:
+        name = type(exc).__name__
+        where = f"the artifact store {self.location}"
+        if name in ("NoCredentialsError", "PartialCredentialsError"):
+            return UnauthorizedError(
+                f"no credentials for {where} ({doing}): set {_CREDENTIALS}", field="artifact_url"
+            )
+        code = _error_code(exc)
+        if code in _BAD_KEYS:
+            return UnauthorizedError(
+                f"{where} refused the credentials ({code}) while {doing}: check {_CREDENTIALS}",
+                field="artifact_url",
+            )
+        if isinstance(exc, PermissionError):
+            return ForbiddenError(
+                f"access denied to {where} while {doing}: the credentials may not use this bucket "
+                "(it needs list, read, write and delete)",
+                field="artifact_url",
+            )
+        if isinstance(exc, FileNotFoundError):
+            return NotFoundError(f"{where} does not exist ({doing}): create the bucket first")
+        detail = str(exc).splitlines()[0] if str(exc) else name
+        return NotReadyError(f"cannot reach {where} while {doing}: {name}: {safe_url(detail)}")
+
+    # -- the ArtifactStore protocol ----------------------------------------------------------
+    def check(self) -> None:
+        """Reach the store once (bucket and credentials), so a bad one fails at start."""
+        with self._reaching("checking it at start"):
+            if self.protocol in ("s3", "s3a"):
+                # A listing, not HEAD: its error body names the cause (NoSuchBucket, AccessDenied, …).
+                bucket, _, prefix = self.root.partition("/")
+                self.fs.call_s3("list_objects_v2", Bucket=bucket, Prefix=prefix, MaxKeys=1)
+            else:
+                self.fs.makedirs(self.root, exist_ok=True)
+
+    @contextmanager
+    def staging(self) -> Iterator[Path]:
+        """A private local folder to write an artifact into before it is uploaded."""
+        self._staging_root.mkdir(parents=True, exist_ok=True)
+        path = self._staging_root / uuid.uuid4().hex
+        path.mkdir()
+        try:
+            yield path
+        finally:
+            shutil.rmtree(path, ignore_errors=True)
+
+    def commit(self, staged: Path, progress: Progress | None = None) -> ArtifactInfo:
+        """Upload the staged files under their digest, manifest last; then cache them here."""
+        info = describe(staged)
+        folder = self._folder(info.digest)
+        manifest = json.dumps({"digest": info.digest, "files": list(info.files)}, sort_keys=True)
+        with self._reaching(f"storing {info.digest}"):
+            if not self._complete(info):
+                done = 0
+                for file in info.files:
+                    size = int(str(file["size"]))
+                    callback = _callback(progress, done, info.size)
+                    extra = {"chunksize": self.part_bytes} if self.protocol in ("s3", "s3a") else {}
+                    source, target = str(staged / str(file["path"])), f"{folder}/{file['path']}"
+                    self.fs.put_file(source, target, callback=callback, **extra)
+                    done += size
+            # Written (again) last: it marks the artifact whole, and its fresh time tells `gc`
+            # that a push is about to name it.
+            self.fs.pipe_file(f"{folder}.json", manifest.encode())
+        if progress is not None:
+            progress(info.size, info.size)
+        self.cache.adopt(info, staged)
+        return info
+
+    def _complete(self, info: ArtifactInfo) -> bool:
+        """Whether the artifact is stored whole already (manifest present, every file's size)."""
+        folder = self._folder(info.digest)
+        if not self.fs.exists(f"{folder}.json"):
+            return False
+        try:
+            stored = {
+                key.removeprefix(folder + "/"): int(meta["size"])
+                for key, meta in self.fs.find(folder, detail=True).items()
+            }
+        except FileNotFoundError:
+            return False
+        return all(stored.get(str(f["path"])) == f["size"] for f in info.files)
+
+    def _fetch(self, digest: str, files: tuple[dict[str, object], ...], what: str, into: Path) -> None:
+        for file in files:
+            relative = str(file["path"])
+            target = into / relative
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                with self._reaching(f"downloading {what}"):
+                    self.fs.get_file(self._key(digest, relative), str(target))
+            except NotFoundError as exc:
+                raise IntegrityError(
+                    f"{what} failed its integrity check: file {relative!r} is missing from {self.location}"
+                ) from exc
+            sha, size = hash_file(target, fsync=True)
+            if sha != file["sha256"]:
+                raise IntegrityError(
+                    f"{what} failed its integrity check: file {relative!r} does not match its digest "
+                    f"(size {size} bytes) in {self.location}"
+                )
+
+    def verify(self, digest: str, files: tuple[dict[str, object], ...], what: str) -> Path:
+        """A local folder holding the artifact: from the cache, or downloaded and checked first."""
+        return self.cache.get(digest, files, lambda into: self._fetch(digest, files, what, into))
+
+    def problems(self, digest: str, files: tuple[dict[str, object], ...]) -> list[str]:
+        """Re-hash every stored object (streamed, not cached); list what is missing or altered."""
+        found = []
+        folder = self._folder(digest)
+        with self._reaching(f"checking {digest}"):
+            try:
+                stored = set(self.fs.find(folder))
+            except FileNotFoundError:
+                stored = set()
+            if not stored:
+                return [f"artifact folder for {digest} is missing"]
+            expected = {f"{folder}/{f['path']}": f for f in files}
+            for key in sorted(stored - set(expected)):
+                found.append(f"unexpected file {key.removeprefix(folder + '/')!r}")
+            for key, file in expected.items():
+                if key not in stored:
+                    found.append(f"file {file['path']!r} is missing")
+                    continue
+                sha, size = self._hash_remote(key)
+                if sha != file["sha256"]:
+                    found.append(f"file {file['path']!r} does not match its digest (size {size} bytes)")
+        return found
+
+    def _hash_remote(self, key: str) -> tuple[str, int]:
+        digest, size = hashlib.sha256(), 0
+        with self.fs.open(key, "rb") as fh:
+            while chunk := fh.read(_CHUNK):
+                digest.update(chunk)
+                size += len(chunk)
+        return digest.hexdigest(), size
+
+    def _listing(self) -> dict[str, tuple[float, int, list[str]]]:
+        """{digest: (newest object time, bytes, keys)} of everything under the store."""
+        found: dict[str, tuple[float, int, list[str]]] = {}
+        try:
+            listing = self.fs.find(f"{self.root}/sha256", detail=True)
+        except FileNotFoundError:
+            return found
+        for key, meta in listing.items():
+            digest = self._digest_of(key)
+            if digest is None:
+                continue
+            newest, size, keys = found.get(digest, (0.0, 0, []))
+            found[digest] = (max(newest, _modified(meta)), size + int(meta.get("size") or 0), [*keys, key])
+        return found
+
+    def digests(self) -> Iterator[str]:
+        with self._reaching("listing it"):
+            yield from self._listing()
+
+    def delete(self, digest: str) -> None:
+        with self._reaching(f"deleting {digest}"):
+            keys = self._listing().get(digest, (0.0, 0, []))[2]
+            if keys:
+                self.fs.rm(keys)
+
+    def disk_bytes(self) -> int:
+        """Bytes on this machine: the cache of pulled artifacts and pushes being staged."""
+        return _tree_size(self.cache.root) if self.cache.root.is_dir() else 0
+
+    def _garbage(self, referenced: set[str], cutoff: float, *, old: bool) -> list[tuple[int, list[str]]]:
+        return [
+            (size, keys)
+            for digest, (newest, size, keys) in self._listing().items()
+            if digest not in referenced and (newest <= cutoff) == old
+        ]
+
+    def collect_garbage(self, referenced: set[str], grace_s: float) -> tuple[int, int]:
+        """Remove unreferenced artifacts, uploads never completed and local staging folders older
+        than `grace_s` (which protects pushes in flight)."""
+        cutoff = time.time() - grace_s
+        removed = freed = 0
+        with self._reaching("collecting garbage"):
+            for size, keys in self._garbage(referenced, cutoff, old=True):
+                self.fs.rm(keys)
+                removed, freed = removed + 1, freed + size
+            for upload, size in self._stale_uploads(cutoff):
+                self.fs.call_s3("abort_multipart_upload", **upload)
+                removed, freed = removed + 1, freed + size
+        for path in self._staging_root.iterdir() if self._staging_root.is_dir() else ():
+            with contextlib.suppress(FileNotFoundError):
+                if path.stat().st_mtime <= cutoff:
+                    freed += _tree_size(path)
+                    shutil.rmtree(path, ignore_errors=True)
+                    removed += 1
+        return removed, freed
+
+    def _stale_uploads(self, cutoff: float) -> list[tuple[dict[str, str], int]]:
+        """Multipart uploads under the store started before `cutoff` and never completed."""
+        if self.protocol not in ("s3", "s3a"):
+            return []
+        bucket, _, prefix = self.root.partition("/")
+        listed = self.fs.call_s3("list_multipart_uploads", Bucket=bucket, Prefix=prefix)
+        stale = []
+        for upload in listed.get("Uploads", []):
+            if upload["Initiated"].timestamp() > cutoff:
+                continue
+            ids = {"Bucket": bucket, "Key": upload["Key"], "UploadId": upload["UploadId"]}
+            parts = self.fs.call_s3("list_parts", **ids).get("Parts", [])
+            stale.append((ids, sum(int(p["Size"]) for p in parts)))
+        return stale
+
+    def fresh_garbage(self, referenced: set[str], grace_s: float) -> tuple[int, int]:
+        cutoff = time.time() - grace_s
+        with self._reaching("listing it"):
+            fresh = self._garbage(referenced, cutoff, old=False)
+        return len(fresh), sum(size for size, _ in fresh)
+
+
+def _callback(report: Progress | None, base: int, total: int) -> Any:
+    """An fsspec callback reporting bytes done across all of an artifact's files."""
+    from fsspec.callbacks import Callback, NoOpCallback
+
+    if report is None:
+        return NoOpCallback()
+    send = report
+
+    class _Report(Callback):  # type: ignore[misc]
+        def call(self, *args: Any, **kwargs: Any) -> None:
+            send(base + int(self.value), total)
+
+    return _Report()
+
+
+def _error_code(exc: BaseException) -> str | None:
+    """The S3 error code behind an exception (s3fs keeps botocore's error as the cause)."""
+    for candidate in (exc, exc.__cause__, exc.__context__):
+        response = getattr(candidate, "response", None)
+        if isinstance(response, dict):
+            return str(response.get("Error", {}).get("Code"))
+    return None
+
+
+def _modified(meta: dict[str, Any]) -> float:
+    """An object's last change, in seconds, from an fsspec listing (S3 or a local filesystem)."""
+    for field in ("LastModified", "mtime", "last_modified", "created"):
+        value = meta.get(field)
+        if isinstance(value, datetime):
+            return value.timestamp()
+        if isinstance(value, int | float):
+            return float(value)
+    return time.time()  # unknown: treat as new, so gc keeps it
