@@ -40,12 +40,14 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import httpx
 
 if TYPE_CHECKING:
     import psycopg
+
+    from shipyard.settings import Settings
 
 RUNS = Path(tempfile.gettempdir()) / "shipyard-clusters"
 PREFIX = "shipyard-"  # of every namespace a run creates
@@ -58,6 +60,16 @@ PG_SOCKET_DIR = "/var/run/postgresql"
 PG_ADMIN = f"host={PG_SOCKET_DIR} dbname=test user=postgres"  # where databases are created and dropped
 DATABASE_PREFIX = "shipyard_cluster_"
 READY_TIMEOUT_S = 60.0
+MOTO_RUNNER = Path(__file__).parent / "integration" / "moto_runner.py"
+BUCKET = "shipyard-cluster"
+# moto accepts any credentials; given as s3fs options (SHIPYARD_ARTIFACT_OPTIONS), so nothing of
+# the caller's AWS_* environment is read or needed.
+S3_CREDENTIALS = {
+    "key": "cluster-key",
+    "secret": "cluster-secret",
+    "client_kwargs": {"region_name": "us-east-1"},
+}
+Store = Literal["local", "s3"]
 
 # Checks as a readiness probe makes them: every `inter`, out after `fall` failures, back after
 # `rise` successes. Connections to hosts close after each response (http-server-close), so no
@@ -102,6 +114,11 @@ listen stats
 """
 
 
+# Processes this one started and `destroy` reaps once it has killed them (servers and the
+# balancer are the caller's: it holds their Popen objects).
+_children: list[subprocess.Popen[bytes]] = []
+
+
 class ClusterError(RuntimeError):
     """A step of building, running or removing a cluster failed; the message says which."""
 
@@ -136,8 +153,11 @@ class Cluster:
     subnet: int  # the N of 10.77.N.0/24
     hosts: list[Host]
     owner: int | None  # the process whose death makes this run a leftover (None: kept until `down`)
+    store: Store = "s3"
     refs: list[str] = field(default_factory=list)
     balancer_pid: int | None = None
+    s3_pid: int | None = None
+    s3_port: int | None = None
     environment: dict[str, str] = field(default_factory=dict)  # what every server is given
 
     @property
@@ -162,7 +182,15 @@ class Cluster:
 
     @property
     def artifact_url(self) -> str:
-        return str(self.folder / "artifacts")
+        return f"s3://{BUCKET}/registry" if self.store == "s3" else str(self.folder / "artifacts")
+
+    @property
+    def s3_url(self) -> str:
+        return f"http://{self.gateway}:{self.s3_port}"
+
+    @property
+    def artifact_options(self) -> dict[str, Any]:
+        return {"endpoint_url": self.s3_url, **S3_CREDENTIALS} if self.store == "s3" else {}
 
     @property
     def balancer_url(self) -> str:
@@ -174,11 +202,29 @@ class Cluster:
 
     def registry_environment(self) -> dict[str, str]:
         """What a CLI or server needs to use the shared registry."""
-        return {
-            "SHIPYARD_REGISTRY_URL": self.registry_url,
-            "SHIPYARD_ARTIFACT_URL": self.artifact_url,
-            **self.environment,
-        }
+        env = {"SHIPYARD_REGISTRY_URL": self.registry_url, "SHIPYARD_ARTIFACT_URL": self.artifact_url}
+        if self.store == "s3":
+            env["SHIPYARD_ARTIFACT_OPTIONS"] = json.dumps(self.artifact_options)
+        return {**env, **self.environment}
+
+    def cache_dir(self, host: Host) -> Path:
+        """The host's own cache of artifacts pulled from S3 (kept across its restarts)."""
+        return self.folder / host.name / "cache"
+
+    def admin_settings(self) -> Settings:
+        """Settings of this process on the shared registry (pushes, alias moves), with its own cache."""
+        from shipyard.settings import Settings
+
+        return Settings.load(
+            home=self.folder / "admin",
+            registry_url=self.registry_url,
+            artifact_url=self.artifact_url,
+            artifact_options=self.artifact_options,
+        )
+
+    def s3_counts(self) -> dict[str, int]:
+        """The S3 requests the endpoint has answered, by operation (GetObject, PutObject, …)."""
+        return dict(httpx.get(f"{self.s3_url}/_counts", timeout=10.0).json())
 
     def save(self) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -218,9 +264,14 @@ def _free_subnet() -> int:
 
 
 def create(
-    size: int = 3, *, owner: int | None = None, environment: Mapping[str, str] | None = None
+    size: int = 3,
+    *,
+    owner: int | None = None,
+    store: Store = "s3",
+    environment: Mapping[str, str] | None = None,
 ) -> Cluster:
-    """Namespaces, bridge and database of a new run (no process yet); removed again if a step fails."""
+    """Namespaces, bridge, database (and with `store="s3"` the S3 endpoint and its bucket) of a new
+    run; no server yet. Removed again if a step fails."""
     with _runs_lock():
         run = secrets.token_hex(3)
         subnet = _free_subnet()
@@ -228,7 +279,7 @@ def create(
             Host(f"h{i}", f"{PREFIX}{run}-h{i}", f"10.77.{subnet}.{i + 1}", f"{LINK_PREFIX}{run}h{i}")
             for i in range(1, size + 1)
         ]
-        cluster = Cluster(run, subnet, hosts, owner, environment=dict(environment or {}))
+        cluster = Cluster(run, subnet, hosts, owner, store, environment=dict(environment or {}))
         cluster.save()  # first, so `down` finds whatever a failure below leaves
         try:
             _ip("link", "add", cluster.bridge, "type", "bridge")
@@ -240,11 +291,42 @@ def create(
             destroy(cluster)
             raise
     try:
+        if store == "s3":
+            _start_s3(cluster)
         _create_database(cluster)
     except BaseException:
         destroy(cluster)
         raise
     return cluster
+
+
+def _start_s3(cluster: Cluster) -> None:
+    """moto's S3 server on the gateway address, where every host reaches it, and the bucket."""
+    out = cluster.folder / "s3.stdout.txt"
+    with out.open("wb") as stdout, (cluster.folder / "s3.log").open("ab") as stderr:
+        proc = subprocess.Popen(
+            [sys.executable, str(MOTO_RUNNER), cluster.gateway],
+            stdout=stdout,
+            stderr=stderr,
+            start_new_session=cluster.owner is None,
+        )
+    _children.append(proc)
+    cluster.s3_pid = proc.pid
+    cluster.save()
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while not out.read_text().startswith("PORT ") or not out.read_text().endswith("\n"):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            log = (cluster.folder / "s3.log").read_text(errors="replace")
+            raise ClusterError(f"the S3 endpoint (moto) did not start:\n{log}")
+        time.sleep(0.05)
+    cluster.s3_port = int(out.read_text().split()[1])
+    cluster.save()
+    import s3fs
+
+    # Without a region: s3fs would send it as a LocationConstraint, which us-east-1 must not be.
+    s3fs.S3FileSystem(
+        endpoint_url=cluster.s3_url, key=S3_CREDENTIALS["key"], secret=S3_CREDENTIALS["secret"]
+    ).mkdir(BUCKET)
 
 
 def _add_host(cluster: Cluster, host: Host) -> None:
@@ -275,12 +357,8 @@ def _create_database(cluster: Cluster) -> None:
     with _admin_connection() as conn:
         conn.execute(f'CREATE DATABASE "{cluster.database}"')
     from shipyard.registry import Registry
-    from shipyard.settings import Settings
 
-    settings = Settings.load(
-        home=cluster.folder / "admin", registry_url=cluster.registry_url, artifact_url=cluster.artifact_url
-    )
-    Registry(settings=settings).close()
+    Registry(settings=cluster.admin_settings()).close()
 
 
 def _drop_database(name: str) -> None:
@@ -313,6 +391,7 @@ def server_environment(
         SHIPYARD_SERVE__GRPC_PORT="0",
         # No API keys in a test cluster; the bridge is reachable only from this machine.
         SHIPYARD_SERVE__INSECURE="true",
+        SHIPYARD_CACHE_DIR=str(cluster.cache_dir(host)),
     )
     env.update(cluster.registry_environment())
     env.update(extra or {})
@@ -441,17 +520,17 @@ def _pid_alive(pid: int | None) -> bool:
     return True
 
 
-def _kill_balancer(cluster: Cluster) -> None:
-    """SIGKILL the run's haproxy, after checking the pid is still that haproxy (pids are reused)."""
-    pid = cluster.balancer_pid
+def _kill_own(pid: int | None, mark: str) -> None:
+    """SIGKILL `pid` if its command line still holds `mark` (pids are reused)."""
     if pid is None:
         return
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return
-    if str(cluster.folder / "haproxy.cfg").encode() in cmdline:
-        os.kill(pid, signal.SIGKILL)
+    if mark.encode() in cmdline:
+        with suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 def _kill_namespace(namespace: str) -> None:
@@ -464,12 +543,16 @@ def _kill_namespace(namespace: str) -> None:
 
 def destroy(cluster: Cluster) -> None:
     """Remove everything of the run, whatever state it is in (idempotent)."""
-    _kill_balancer(cluster)
+    _kill_own(cluster.balancer_pid, str(cluster.folder / "haproxy.cfg"))
+    _kill_own(cluster.s3_pid, f"{MOTO_RUNNER}\0{cluster.gateway}")
     for host in cluster.hosts:
         _kill_namespace(host.namespace)
         _ip("netns", "delete", host.namespace, check=False)  # its veth pair goes with it
         _ip("link", "delete", host.link, check=False)
     _ip("link", "delete", cluster.bridge, check=False)
+    for proc in [p for p in _children if p.pid == cluster.s3_pid]:
+        proc.wait()
+        _children.remove(proc)
     try:
         _drop_database(cluster.database)
     finally:  # an unreachable PostgreSQL: the next `down` finds the database by its prefix
@@ -520,7 +603,7 @@ def clean(*, include_kept: bool) -> list[str]:
 
 def _up(args: argparse.Namespace) -> int:
     extra = dict(item.split("=", 1) for item in args.env)
-    cluster = create(args.hosts, environment=extra)
+    cluster = create(args.hosts, store=args.store, environment=extra)
     try:
         cluster.refs = list(args.refs)
         cluster.save()
@@ -609,6 +692,12 @@ def main(argv: list[str] | None = None) -> int:
     up = commands.add_parser("up", help="start a cluster serving REFS (kept until `down`)")
     up.add_argument("refs", nargs="+", metavar="REF", help="e.g. iris@production (served once pushed)")
     up.add_argument("--hosts", type=int, default=3)
+    up.add_argument(
+        "--store",
+        choices=["s3", "local"],
+        default="s3",
+        help="artifacts on S3 (moto on the bridge, a cache per host) or in one shared folder",
+    )
     up.add_argument("--env", action="append", default=[], metavar="NAME=VALUE", help="for every server")
     down = commands.add_parser(
         "down", help="remove one run, or every run `up` started and every leftover of a failed one"
