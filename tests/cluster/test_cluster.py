@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -204,15 +205,16 @@ def test_an_alias_move_reaches_every_host_with_no_failed_request(shared: Shared)
     env = netns_cluster.cli_environment(cluster)
     with Traffic(cluster.balancer_url, shared.body) as traffic:
         traffic.wait_for(20, since=0.0)
-        moved = time.monotonic()
         alias = subprocess.run(
             [netns_cluster.shipyard_command(), "alias", "iris", "production", "2"],
             env=env,
             capture_output=True,
             text=True,
             check=False,
+            timeout=120,
         )
         assert alias.returncode == 0, alias.stderr
+        moved = time.monotonic()  # committed: the command exits after its transaction
         pending = {h.name: h for h in cluster.hosts}
         while pending:
             for name, host in list(pending.items()):
@@ -272,7 +274,8 @@ def test_a_restarted_host_starts_from_its_cache_and_rejoins_the_balancer(shared:
 
 def test_leftovers_of_a_dead_run_are_removed() -> None:
     """A run whose owner died (a crashed test, a killed script) is removed by the next run's clean-up:
-    its processes, namespaces, links, database and folder."""
+    its processes (those in its namespaces and its S3 endpoint), namespaces, links, database and
+    folder."""
     dead = subprocess.Popen(["true"])
     dead.wait()
     cluster = netns_cluster.create(1, owner=dead.pid)
@@ -280,6 +283,7 @@ def test_leftovers_of_a_dead_run_are_removed() -> None:
     try:
         assert cluster.run in netns_cluster.clean(include_kept=False)
         assert orphan.wait(timeout=10) == -9
+        assert cluster.s3_pid is not None and not Path(f"/proc/{cluster.s3_pid}").exists()  # moto, reaped
     finally:
         orphan.kill()
         netns_cluster.destroy(cluster)  # idempotent: nothing left to remove
