@@ -30,7 +30,7 @@ SWITCH_DEADLINE_S = 10.0
 # Polling far slower than the deadline: a host that follows an alias move in time was woken by
 # PostgreSQL's notification of the move (LISTEN/NOTIFY), not by its poller.
 FOLLOW = {"SHIPYARD_SERVE__POLL_INTERVAL_S": "120"}
-STORE: netns_cluster.Store = "s3"  # artifacts on S3 (moto) with a cache per host; "local": one shared folder
+STORE: netns_cluster.Store = "s3"  # S3 (moto) and a cache per host; "local": one shared folder
 CLIENTS = 4  # concurrent clients of the balancer
 
 UNAVAILABLE = netns_cluster.unavailable_reason()
@@ -51,7 +51,7 @@ class Shared:
 @pytest.fixture(scope="module")
 def shared(onnx_variants: Any) -> Iterator[Shared]:
     netns_cluster.clean(include_kept=False)  # what a crashed earlier run left behind
-    cluster = netns_cluster.create(3, owner=_owner(), store=STORE)
+    cluster = netns_cluster.create(3, owner=os.getpid(), store=STORE)
     started: list[subprocess.Popen[bytes]] = []  # every process, reaped after `destroy` kills it
     try:
         with Registry(settings=cluster.admin_settings()) as registry:
@@ -91,10 +91,6 @@ class Servers(dict[str, "subprocess.Popen[bytes]"]):
         self.started.append(proc)
         self[host.name] = proc
         return proc
-
-
-def _owner() -> int:
-    return os.getpid()
 
 
 def downloads(cluster: Cluster) -> int:
