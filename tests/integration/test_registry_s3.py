@@ -67,9 +67,7 @@ def keys_under(s3: S3Endpoint, bucket: str) -> list[str]:
 
 
 def infer(client: Any, x: np.ndarray) -> list[int]:
-    body = {
-        "inputs": [{"name": "input", "datatype": "FP64", "shape": list(x.shape), "data": x.ravel().tolist()}]
-    }
+    body = {"inputs": [{"name": "input", "datatype": "FP64", "shape": list(x.shape), "data": x.ravel().tolist()}]}
     response = client.post("/v2/models/iris/infer", json=body)
     assert response.status_code == 200, response.text
     return next(o["data"] for o in response.json()["outputs"] if o["name"] == "label")
@@ -185,15 +183,10 @@ def test_two_processes_pushing_at_once_get_distinct_complete_versions(
     for i in range(2):
         path = tmp_path / f"model-{i}.onnx"
         write_large_onnx(path, 1 + i)
-        env = server_env(
-            tmp_path / "home", **team_env(settings, aws, SHIPYARD_CACHE_DIR=str(tmp_path / f"c{i}"))
-        )
+        env = server_env(tmp_path / "home", **team_env(settings, aws, SHIPYARD_CACHE_DIR=str(tmp_path / f"c{i}")))
         pushes.append(
             subprocess.Popen(
-                [str(SHIPYARD), "push", "m", str(path)],
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
+                [str(SHIPYARD), "push", "m", str(path)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
             )
         )
     outputs = [p.communicate(timeout=120) for p in pushes]
@@ -242,12 +235,7 @@ def test_a_cached_copy_altered_on_disk_is_fetched_again(
 
 def _cli(args: list[str], env: dict[str, str], home: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [str(SHIPYARD), *args],
-        env=server_env(home, **env),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
+        [str(SHIPYARD), *args], env=server_env(home, **env), capture_output=True, text=True, timeout=120, check=False
     )
 
 
@@ -284,14 +272,10 @@ def test_an_unreachable_endpoint_or_missing_bucket_fails_at_start_in_one_line(
     settings = team_settings(tmp_path, "no-such-bucket", None)
     result = _cli(["serve", "iris", "--port", "0"], team_env(settings, s3), tmp_path / "home")
     assert result.returncode == 3, result.stderr
-    assert (
-        result.stderr.strip().splitlines()
-        == [
-            "error: the artifact store s3://no-such-bucket/team does not exist (checking it at start): "
-            "create the bucket first"
-        ]
-        or "no-such-bucket" in result.stderr
-    ), result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "error: the artifact store s3://no-such-bucket/team does not exist (checking it at start): "
+        "create the bucket first"
+    ] or "no-such-bucket" in result.stderr, result.stderr
 
     import socket
 
