@@ -619,6 +619,8 @@ def _up(args: argparse.Namespace) -> int:
     for host in cluster.hosts:
         print(f"  {host.name}: {host.url} (namespace {host.namespace})")
     print(f"balancer stats: http://{cluster.gateway}:{STATS_PORT}/stats")
+    if cluster.store == "s3":
+        print(f"S3 endpoint (moto): {cluster.s3_url}, bucket {BUCKET}; caches: {cluster.folder}/hN/cache")
     print("the shared registry, for `shipyard push`, `shipyard alias`, …:")
     for name, value in cluster.registry_environment().items():
         print(f"  export {name}='{value}'")
@@ -676,7 +678,11 @@ def _status(args: argparse.Namespace) -> int:
         except httpx.HTTPError:
             states = {}
         owner = "kept until `down`" if cluster.owner is None else f"owned by pid {cluster.owner}"
-        print(f"cluster {run} ({owner}): balancer {cluster.balancer_url}, database {cluster.database}")
+        store = cluster.s3_url if cluster.store == "s3" else cluster.artifact_url
+        print(
+            f"cluster {run} ({owner}): balancer {cluster.balancer_url}, "
+            f"database {cluster.database}, store {store}"
+        )
         for host in cluster.hosts:
             try:
                 ready = httpx.get(f"{host.url}/readyz", timeout=2.0).json()
