@@ -29,6 +29,9 @@ answers. Progress goes to stderr; the last line on stdout is the one-line summar
 
     python benchmarks/registry.py                      # both backends, 10,000 versions
     python benchmarks/registry.py --backend sqlite --versions 1000 --repeat 50
+    python benchmarks/registry.py --backend postgres --team   # + the team registry on S3 (moto)
+
+With `--team`, the team registry on S3 and PostgreSQL is measured too (see `run_team`).
 """
 
 from __future__ import annotations
@@ -250,6 +253,263 @@ def summarize(backend: str, results: dict[str, Any]) -> str:
     return f"{backend} {' '.join(parts)} fill={results['fill_s']:.0f}s (goals {', '.join(goals)})"
 
 
+# -- the team registry: artifacts on S3 (moto), metadata on PostgreSQL --------------------------
+# `--team` measures, in interleaved rounds:
+# - push/pull of a 100 MB artifact through the S3 store (`store.commit`: hash, multipart upload,
+#   manifest; `store.verify` with an empty cache: download, hash, fsync, rename) in MB/s, against
+#   boto3's own upload_file/download_file of the same bytes (its transfer manager, 10 threads);
+# - a `shipyard serve` start to /readyz with that artifact from S3 (empty cache) vs from the cache;
+# - the time an alias move takes to reach every one of two running servers (a new version
+#   serving), by LISTEN/NOTIFY and by polling (the default 2 s interval; `serve.listen` off).
+# Resolve latency at 10,000 versions on PostgreSQL is the `postgres` backend run above.
+
+TEAM_MB = 100
+GOAL_S3_RATIO = 0.8
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def moto_endpoint() -> Iterator[dict[str, str]]:
+    """moto's S3 server (its own process) on a free loopback port; the AWS variables to reach it."""
+    import os
+    import subprocess
+
+    port = free_port()
+    server = subprocess.Popen(
+        [str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    env = {
+        "AWS_ACCESS_KEY_ID": "bench",
+        "AWS_SECRET_ACCESS_KEY": "bench",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+    }
+    os.environ.update(env)
+    import httpx
+
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            httpx.get(env["AWS_ENDPOINT_URL"] + "/moto-api/", timeout=1)
+            break
+        except httpx.TransportError:
+            if time.monotonic() > deadline:
+                raise RuntimeError("moto's S3 server did not start") from None
+            time.sleep(0.1)
+    try:
+        yield env
+    finally:
+        server.kill()
+        server.wait()
+
+
+def transfer_rounds(settings: Settings, workdir: Path, bucket: str, rounds: int) -> dict[str, list[float]]:
+    """Seconds per 100 MB transfer: shipyard push/pull and boto3 upload/download, interleaved."""
+    import shutil
+
+    import boto3
+
+    from shipyard.registry.registry import open_store
+
+    client = boto3.client("s3")
+    store: Any = open_store(settings)
+    payload = bytearray(np.random.default_rng(0).bytes(TEAM_MB * 10**6))
+    times: dict[str, list[float]] = {"push": [], "pull": [], "boto3_up": [], "boto3_down": []}
+    for i in range(rounds):
+        payload[0] = i % 256  # a new digest each round: no push is deduplicated
+        raw = workdir / "raw.bin"
+        raw.write_bytes(payload)
+        started = time.perf_counter()
+        client.upload_file(str(raw), bucket, f"raw/{i}.bin")
+        times["boto3_up"].append(time.perf_counter() - started)
+        with store.staging() as staged:
+            (staged / "model.bin").write_bytes(payload)
+            started = time.perf_counter()
+            info = store.commit(staged)
+            times["push"].append(time.perf_counter() - started)
+        shutil.rmtree(store.cache.root / "sha256", ignore_errors=True)  # pull from the bucket
+        started = time.perf_counter()
+        client.download_file(bucket, f"raw/{i}.bin", str(workdir / "down.bin"))
+        times["boto3_down"].append(time.perf_counter() - started)
+        started = time.perf_counter()
+        store.verify(info.digest, info.files, what="benchmark artifact")
+        times["pull"].append(time.perf_counter() - started)
+        log(
+            f"  round {i + 1}: push {TEAM_MB / times['push'][-1]:.0f} MB/s (boto3 "
+            f"{TEAM_MB / times['boto3_up'][-1]:.0f}), pull {TEAM_MB / times['pull'][-1]:.0f} MB/s "
+            f"(boto3 {TEAM_MB / times['boto3_down'][-1]:.0f})"
+        )
+    return times
+
+
+def serve(home: Path, refs: list[str], env: dict[str, str], log_to: Path) -> tuple[Any, str]:
+    """A `shipyard serve` subprocess on a free port; (process, base URL) once it has announced."""
+    import os
+    import subprocess
+
+    port = free_port()
+    command = [str(Path(sys.executable).with_name("shipyard")), "serve", *refs, "--port", str(port)]
+    full = {k: v for k, v in os.environ.items() if not k.startswith("SHIPYARD_")}
+    full.update(SHIPYARD_HOME=str(home), SHIPYARD_SERVE__GRPC_PORT="0", **env)
+    with log_to.open("ab") as out:
+        process = subprocess.Popen(command, env=full, stdout=out, stderr=out)
+    return process, f"http://127.0.0.1:{port}"
+
+
+def ready_version(url: str, name: str) -> int | None:
+    import httpx
+
+    try:
+        status = httpx.get(f"{url}/readyz", timeout=2).json()["models"][name]
+    except (httpx.TransportError, ValueError, KeyError):
+        return None
+    return int(status["version"]) if status.get("state") == "ready" else None
+
+
+def wait_for(check: Callable[[], bool], what: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out waiting for {what}")
+        time.sleep(0.005)
+
+
+def stop(process: Any) -> None:
+    import signal
+
+    process.send_signal(signal.SIGTERM)
+    process.wait(60)
+
+
+def cold_start_rounds(
+    settings: Settings, env: dict[str, str], workdir: Path, rounds: int
+) -> dict[str, list[float]]:
+    """Seconds from `shipyard serve` to a ready 100 MB model: empty cache vs the cache it left."""
+    import shutil
+
+    cache = workdir / "server-cache"
+    times: dict[str, list[float]] = {"cold": [], "cached": []}
+    for i in range(rounds):
+        for kind in ("cold", "cached"):
+            if kind == "cold":
+                shutil.rmtree(cache, ignore_errors=True)
+            started = time.perf_counter()
+            process, url = serve(
+                settings.home, ["big"], {**env, "SHIPYARD_CACHE_DIR": str(cache)}, workdir / "serve.log"
+            )
+            try:
+                wait_for(lambda url=url: ready_version(url, "big") == 1, "the server to load big:1")
+                times[kind].append(time.perf_counter() - started)
+            finally:
+                stop(process)
+        log(
+            f"  round {i + 1}: start from S3 {times['cold'][-1]:.2f}s, "
+            f"from the cache {times['cached'][-1]:.2f}s"
+        )
+    return times
+
+
+def alias_rounds(
+    registry: Registry, env: dict[str, str], workdir: Path, moves: int
+) -> dict[str, list[float]]:
+    """Seconds from an alias move to every one of two servers serving the new target, by
+    NOTIFY and by polling, one server pair per mode, moves alternating between modes."""
+    modes = {"notify": {"SHIPYARD_SERVE__LISTEN": "true"}, "poll": {"SHIPYARD_SERVE__LISTEN": "false"}}
+    servers: dict[str, list[tuple[Any, str]]] = {}
+    names = {"notify": "small-notify", "poll": "small-poll"}
+    try:
+        for mode, extra in modes.items():
+            servers[mode] = [
+                serve(
+                    registry.settings.home,
+                    [f"{names[mode]}@{ALIAS}"],
+                    {**env, **extra},
+                    workdir / "serve.log",
+                )
+                for _ in range(2)
+            ]
+        for mode, pair in servers.items():
+            for _, url in pair:
+                wait_for(lambda url=url, mode=mode: ready_version(url, names[mode]) == 1, f"{mode} server")
+        times: dict[str, list[float]] = {"notify": [], "poll": []}
+        for i in range(moves):
+            target = 2 if i % 2 == 0 else 1
+            for mode, pair in servers.items():
+                started = time.perf_counter()
+                registry.set_alias(names[mode], ALIAS, target)
+                for _, url in pair:
+                    wait_for(
+                        lambda url=url, mode=mode, target=target: ready_version(url, names[mode]) == target,
+                        f"the {mode} servers to follow the move",
+                    )
+                times[mode].append(time.perf_counter() - started)
+        log(
+            f"  alias move reached both servers: notify {[f'{t * 1000:.0f}ms' for t in times['notify']]}, "
+            f"poll {[f'{t * 1000:.0f}ms' for t in times['poll']]}"
+        )
+        return times
+    finally:
+        for pair in servers.values():
+            for process, _ in pair:
+                stop(process)
+
+
+def run_team(root: Path, postgres_url: str, rounds: int, moves: int) -> str:
+    import boto3
+
+    with moto_endpoint(), postgres_settings(root, postgres_url) as base:
+        if isinstance(base, str):
+            return f"team skipped (PostgreSQL {base})"
+        bucket = "shipyard-bench"
+        boto3.client("s3").create_bucket(Bucket=bucket)
+        workdir = base.home / "team"
+        workdir.mkdir(parents=True)
+        settings = base.model_copy(
+            update={"artifact_url": f"s3://{bucket}/team", "cache_dir": workdir / "cache"}
+        )
+        log(f"team: {TEAM_MB} MB push/pull against boto3, {rounds} interleaved rounds")
+        transfers = transfer_rounds(settings, workdir, bucket, rounds)
+        child = {
+            "SHIPYARD_REGISTRY_URL": str(settings.registry_url),
+            "SHIPYARD_ARTIFACT_URL": str(settings.artifact_url),
+        }
+        with Registry(settings=settings) as registry:
+            big = np.random.default_rng(3).standard_normal((256, TEAM_MB * 10**6 // 1024)).astype(np.float32)
+            registry.push("big", write_onnx(workdir / "big.onnx", big))
+            for name in ("small-notify", "small-poll"):
+                for seed in (1, 2):
+                    small = write_onnx(
+                        workdir / f"{name}-{seed}.onnx", np.random.default_rng(seed).standard_normal((4, 3))
+                    )
+                    registry.push(name, small, alias=ALIAS if seed == 1 else None)
+            log(f"team: server start from S3 vs from the cache, {rounds} interleaved rounds")
+            starts = cold_start_rounds(settings, child, workdir, rounds)
+            log(f"team: alias moves reaching two servers, {moves} per mode")
+            moves_s = alias_rounds(registry, child, workdir, moves)
+
+    def rate(key: str) -> float:
+        return TEAM_MB / statistics.median(transfers[key])
+
+    push_ratio, pull_ratio = rate("push") / rate("boto3_up"), rate("pull") / rate("boto3_down")
+    verdict = "ok" if min(push_ratio, pull_ratio) >= GOAL_S3_RATIO else "MISSED"
+    return (
+        f"team s3 push={rate('push'):.0f}MB/s ({push_ratio:.2f}x boto3 {rate('boto3_up'):.0f}MB/s) "
+        f"pull={rate('pull'):.0f}MB/s ({pull_ratio:.2f}x boto3 {rate('boto3_down'):.0f}MB/s) "
+        f"(goal >={GOAL_S3_RATIO}x {verdict}) start: s3={statistics.median(starts['cold']):.2f}s "
+        f"cache={statistics.median(starts['cached']):.2f}s alias->2 servers: "
+        f"notify p50={ms(moves_s['notify']):.0f}ms poll p50={ms(moves_s['poll']):.0f}ms"
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--versions", type=int, default=10_000, help="total versions (default 10000)")
@@ -259,6 +519,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--push-repeat", type=int, default=50, help="timed 1 MiB pushes")
     parser.add_argument("--postgres-url", default=POSTGRES_URL)
     parser.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()), help="where temp homes go")
+    parser.add_argument("--team", action="store_true", help="also: S3 (moto) + PostgreSQL team registry")
+    parser.add_argument("--team-rounds", type=int, default=3, help="interleaved rounds of each team figure")
+    parser.add_argument("--team-moves", type=int, default=6, help="alias moves per mode")
     args = parser.parse_args(argv)
     if args.names < 1 or args.versions < args.names:
         parser.error("need --names >= 1 and --versions >= --names")
@@ -288,6 +551,8 @@ def main(argv: list[str] | None = None) -> None:
                 f"max={max(samples) * 1000:8.2f}ms  (n={len(samples)})"
             )
         lines.append(summarize(backend, results))
+    if args.team:
+        lines.append(run_team(args.dir, args.postgres_url, args.team_rounds, args.team_moves))
     print(f"registry: {args.names * per_name} versions/{args.names} names | " + " | ".join(lines))
 
 

@@ -105,6 +105,9 @@ class ServeSettings(BaseModel):
         None, description="Ed25519 public key (PEM) that must have signed every version served"
     )
     poll_interval_s: float = Field(2.0, gt=0, description="how often moving refs are re-resolved")
+    listen: bool = Field(
+        True, description="on PostgreSQL, follow moves at once by LISTEN/NOTIFY (polling stays the bound)"
+    )
     wait_for_refs: bool = Field(False, description="start even if a reference does not resolve yet")
     grace_period_s: float = Field(30.0, ge=0)
     access_log: bool = False  # one line per request costs throughput; off by default
@@ -347,7 +350,7 @@ class Settings(BaseSettings):
     # SHIPYARD_ARTIFACT_OPTIONS='{"endpoint_url": "http://minio:9000"}' for MinIO (s3fs options).
     artifact_options: dict[str, Any] = Field(default_factory=dict)
     artifact_part_bytes: int = Field(
-        16 << 20, ge=5 << 20, description="multipart part size; files of two parts or more go multipart"
+        8 << 20, ge=5 << 20, description="multipart part size; files of two parts or more go multipart"
     )
     cache_dir: Path | None = None  # artifacts pulled from a remote store; default: <home>/cache
     cache_max_bytes: int = Field(20 << 30, ge=0, description="the cache's bound; least recently used go")

@@ -15,6 +15,8 @@ _ALIAS_RE = re.compile(ALIAS_PATTERN)
 _VERSION_RE = re.compile(r"[1-9][0-9]{0,9}", re.ASCII)
 MAX_VERSION = 2**31 - 1  # fits every database's INTEGER
 _REF_RE = re.compile(r"(?P<name>[^:@]*)(?::(?P<version>[^:@]*)|@(?P<alias>[^:@]*))?")
+# NAME:VERSION@sha256:<hex>: a version pinned to its content (the digest must match).
+_DIGEST_REF_RE = re.compile(r"(?P<ref>[^@]*:[^:@]*)@(?P<digest>sha256:[0-9a-f]{64})", re.ASCII)
 
 # Open Inference Protocol V2 datatypes, the vocabulary of every signature.
 DATATYPES = (
@@ -59,19 +61,26 @@ def validate_alias(alias: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class ModelRef:
-    """A selector for one version: `name` (latest), `name:3` or `name@production`."""
+    """A selector for one version: `name` (latest), `name:3`, `name@production`, or
+    `name:3@sha256:<hex>` (version 3, which must hold exactly that content)."""
 
     name: str
     version: int | None = None
     alias: str | None = None
+    digest: str | None = None
 
     @classmethod
     def parse(cls, text: str) -> ModelRef:
         """Parse the reference syntax; the one parser used by the CLI, API and server."""
+        pinned = _DIGEST_REF_RE.fullmatch(text.strip())
+        if pinned is not None:
+            ref = cls.parse(pinned["ref"])
+            return cls(ref.name, version=ref.version, digest=pinned["digest"])
         match = _REF_RE.fullmatch(text.strip())
         if match is None or not text.strip():
             raise InvalidInputError(
-                f"malformed model reference {text!r}: expected NAME, NAME:VERSION or NAME@ALIAS",
+                f"malformed model reference {text!r}: expected NAME, NAME:VERSION, NAME@ALIAS "
+                "or NAME:VERSION@sha256:DIGEST",
                 field="ref",
             )
         name, version, alias = match["name"], match["version"], match["alias"]
@@ -93,7 +102,7 @@ class ModelRef:
 
     def __str__(self) -> str:
         if self.version is not None:
-            return f"{self.name}:{self.version}"
+            return f"{self.name}:{self.version}" + (f"@{self.digest}" if self.digest else "")
         if self.alias is not None:
             return f"{self.name}@{self.alias}"
         return self.name

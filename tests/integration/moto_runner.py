@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import collections
 import json
-import sys
 import threading
 from typing import Any
 from urllib.parse import parse_qs
@@ -68,4 +67,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

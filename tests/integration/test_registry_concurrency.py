@@ -69,5 +69,5 @@ def test_parallel_pushers_get_versions_1_to_n(
     assert registry.list_models()[0]["latest"] == PROCESSES * PUSHES_EACH
     problems = {str(v.ref): p for v, p in registry.verify() if p}
     assert problems == {}
-    staging = registry.store.root / ".staging"
+    staging = registry.store.root / ".staging"  # type: ignore[attr-defined]  # a local store
     assert not staging.exists() or list(staging.iterdir()) == []

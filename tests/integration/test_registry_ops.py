@@ -13,7 +13,7 @@ from shipyard.types import ModelRef, ModelVersion
 
 
 def _stored_file(registry: Registry, version: ModelVersion) -> Path:
-    return registry.store.path(version.digest) / str(version.files[0]["path"])
+    return registry.store.path(version.digest) / str(version.files[0]["path"])  # type: ignore[attr-defined]  # a local store
 
 
 def test_unknown_name_lists_the_models(registry: Registry, onnx_path: Path) -> None:

@@ -28,7 +28,7 @@ Iris = tuple[np.ndarray, np.ndarray]
 
 def _state(registry: Registry) -> tuple[list[Any], list[str]]:
     """Everything a refused push must leave as it was: the versions and the stored files."""
-    root = registry.store.root
+    root = registry.store.root  # type: ignore[attr-defined]  # a local store
     files = sorted(p.relative_to(root).as_posix() for p in root.rglob("*")) if root.exists() else []
     versions = [
         (v.name, v.version, v.digest)

@@ -50,7 +50,7 @@ def code_executing_file(request: pytest.FixtureRequest) -> tuple[str, Path]:
 
 
 def _nothing_stored(registry: Registry) -> bool:
-    staging = registry.store.root / ".staging"
+    staging = registry.store.root / ".staging"  # type: ignore[attr-defined]  # a local store
     return (
         registry.list_models() == []
         and list(registry.store.digests()) == []

@@ -175,7 +175,7 @@ def test_sign_refuses_a_damaged_artifact(
     key = keys("release")
     with Registry(settings=Settings.load(home=home)) as registry:
         version = registry.resolve("iris:1")
-        stored = registry.store.root / "sha256" / version.digest[7:9] / version.digest[7:]
+        stored = registry.store.root / "sha256" / version.digest[7:9] / version.digest[7:]  # type: ignore[attr-defined]  # a local store
         tamper(next(p for p in stored.rglob("*") if p.is_file()))
     code, _, err = _cli(capsys, home, "sign", "iris:1", "--key", key)
     assert code == 7, err

@@ -174,3 +174,13 @@ def test_collect_garbage_removes_old_leftovers_and_keeps_fresh_and_referenced(
 
 def test_collect_garbage_on_an_empty_store(store: LocalArtifactStore) -> None:
     assert store.collect_garbage(set(), grace_s=0) == (0, 0)
+
+
+def test_a_path_or_file_url_keeps_the_local_store(tmp_path: Path) -> None:
+    from shipyard.registry.registry import open_store
+    from shipyard.settings import Settings
+
+    for url in (str(tmp_path / "a"), f"file://{tmp_path / 'a'}"):
+        store = open_store(Settings.load(home=tmp_path, artifact_url=url))
+        assert isinstance(store, LocalArtifactStore) and store.root == tmp_path / "a"
+    assert isinstance(open_store(Settings.load(home=tmp_path)), LocalArtifactStore)

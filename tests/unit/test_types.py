@@ -31,6 +31,7 @@ REFS = st.one_of(
         ("resnet-50:12", ModelRef("resnet-50", version=12)),
         ("iris@blue.v2-canary_1", ModelRef("iris", alias="blue.v2-canary_1")),
         ("  iris:2\n", ModelRef("iris", version=2)),
+        (f"iris:2@sha256:{'a1' * 32}", ModelRef("iris", version=2, digest=f"sha256:{'a1' * 32}")),
     ],
 )
 def test_parse_valid_references(text: str, expected: ModelRef) -> None:
@@ -55,6 +56,10 @@ def test_parse_valid_references(text: str, expected: ModelRef) -> None:
         "iris@b:1",
         "iris:1:2",
         "iris@@b",
+        f"iris@sha256:{'a' * 64}",  # a digest pins a version: NAME:VERSION@sha256:…
+        f"iris@prod@sha256:{'a' * 64}",
+        "iris:1@sha256:abc",
+        f"iris:1@sha256:{'A' * 64}",
         ":1",
         "@prod",
         "a" * 65,
@@ -83,7 +88,9 @@ def test_malformed_reference_message_shows_the_text_and_the_syntax() -> None:
         ModelRef.parse("iris@1x")
 
 
-@pytest.mark.parametrize("text", ["iris", "iris:3", "iris@production", "a.b-c_d:41"])
+@pytest.mark.parametrize(
+    "text", ["iris", "iris:3", "iris@production", "a.b-c_d:41", f"iris:3@sha256:{'0f' * 32}"]
+)
 def test_str_round_trips(text: str) -> None:
     assert str(ModelRef.parse(text)) == text
 

@@ -79,7 +79,9 @@ def push(
         print_json(version.to_dict())
         return
     suffix = f" ({alias} → {version.version})" if alias else ""
-    typer.echo(f"pushed {version.ref} {version.digest} to registry {registry.location}{suffix}")
+    remote = registry.store.location
+    where = f"{registry.location}, artifacts in {remote}" if "://" in remote else registry.location
+    typer.echo(f"pushed {version.ref} {version.digest} to registry {where}{suffix}")
 
 
 @contextlib.contextmanager

@@ -26,7 +26,7 @@ from shipyard.registry._git import current_commit
 from shipyard.registry.audit import AuditEntry
 from shipyard.registry.keys import ApiKey
 from shipyard.registry.metadata import AliasChange, MetadataStore, current_user, utc_now
-from shipyard.registry.store import ArtifactStore, LocalArtifactStore, Progress
+from shipyard.registry.store import ArtifactStore, LocalArtifactStore, Progress, manifest_digest
 from shipyard.runtimes import load_runtime
 from shipyard.runtimes.model import Model
 from shipyard.settings import Settings
@@ -137,6 +137,12 @@ class Registry:
                 f"model {ref.name!r} has no version {number} (versions: "
                 f"{_ranges(numbers)}; latest is {numbers[-1]}); see `shipyard list {ref.name}`",
                 field="ref",
+            )
+        # A pin by digest holds only if the record and the file list it names both hash to it.
+        if ref.digest is not None and {found.digest, manifest_digest(found.files)} != {ref.digest}:
+            raise IntegrityError(
+                f"{found.ref} holds {found.digest}, not {ref.digest} as {ref} pins: refusing other "
+                f"content; see `shipyard show {found.ref}`"
             )
         return found
 

@@ -13,9 +13,11 @@ the version's record before the artifact is used; a mismatch names the version a
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import json
+import os
 import re
 import shutil
 import time
@@ -29,6 +31,7 @@ from typing import Any
 from shipyard.errors import (
     ForbiddenError,
     IntegrityError,
+    InvalidInputError,
     MissingDependencyError,
     NotFoundError,
     NotReadyError,
@@ -39,6 +42,8 @@ from shipyard.registry.cache import ArtifactCache
 from shipyard.registry.store import ArtifactInfo, Progress, _tree_size, describe, hash_file
 
 _CHUNK = 1 << 20
+_CONCURRENCY = 10  # parts in flight, as boto3's transfer manager has threads
+_MAX_PARTS = 10_000  # S3's limit per upload: larger files get larger parts
 _EXTRAS = {"s3": "s3", "s3a": "s3"}
 _BAD_KEYS = ("InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken")
 _CREDENTIALS = "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE)"
@@ -62,8 +67,9 @@ class FsspecArtifactStore:
         self.protocol = url.split("://", 1)[0]
         kwargs: dict[str, Any] = {"skip_instance_cache": True, "use_listings_cache": False}
         if self.protocol in ("s3", "s3a"):
-            # Parts go up (and large files come down) 8 at a time, as boto3's transfer manager does.
-            kwargs.update(max_concurrency=8, default_block_size=part_bytes)
+            # Reads of whole objects (verify) in parts as large as uploads'; transfers themselves go
+            # through `_multipart` and `_download`, 10 parts in flight as boto3's transfer manager.
+            kwargs.update(max_concurrency=_CONCURRENCY, default_block_size=part_bytes)
         kwargs.update(options or {})
         try:
             import fsspec
@@ -107,6 +113,10 @@ class FsspecArtifactStore:
     def _translate(self, exc: Exception, doing: str) -> ShipyardError:
         name = type(exc).__name__
         where = f"the artifact store {self.location}"
+        if isinstance(exc, TypeError):  # the client rejected an option the user gave
+            return InvalidInputError(
+                f"invalid options for {where} (SHIPYARD_ARTIFACT_OPTIONS): {exc}", field="artifact_options"
+            )
         if name in ("NoCredentialsError", "PartialCredentialsError"):
             return UnauthorizedError(
                 f"no credentials for {where} ({doing}): set {_CREDENTIALS}", field="artifact_url"
@@ -161,9 +171,13 @@ class FsspecArtifactStore:
                 for file in info.files:
                     size = int(str(file["size"]))
                     callback = _callback(progress, done, info.size)
-                    extra = {"chunksize": self.part_bytes} if self.protocol in ("s3", "s3a") else {}
-                    source, target = str(staged / str(file["path"])), f"{folder}/{file['path']}"
-                    self.fs.put_file(source, target, callback=callback, **extra)
+                    source, target = staged / str(file["path"]), f"{folder}/{file['path']}"
+                    if self.protocol in ("s3", "s3a") and size >= 2 * self.part_bytes:
+                        from fsspec.asyn import sync
+
+                        sync(self.fs.loop, self._multipart, source, target, size, callback)
+                    else:
+                        self.fs.put_file(str(source), target, callback=callback)
                     done += size
             # Written (again) last: it marks the artifact whole, and its fresh time tells `gc`
             # that a push is about to name it.
@@ -172,6 +186,61 @@ class FsspecArtifactStore:
             progress(info.size, info.size)
         self.cache.adopt(info, staged)
         return info
+
+    async def _multipart(self, source: Path, key: str, size: int, callback: Any) -> None:
+        """One multipart upload with `_CONCURRENCY` parts in flight all along (s3fs's own waits for
+        each batch's slowest part); invisible until completed, aborted if it fails here."""
+        bucket, object_key, _ = self.fs.split_path(key)
+        part_bytes = max(self.part_bytes, -(-size // _MAX_PARTS))
+        started = await self.fs._call_s3("create_multipart_upload", Bucket=bucket, Key=object_key)
+        ids = {"Bucket": bucket, "Key": object_key, "UploadId": started["UploadId"]}
+        slots = asyncio.Semaphore(_CONCURRENCY)
+
+        async def upload(number: int) -> dict[str, Any]:
+            async with slots:  # read inside the slot: at most _CONCURRENCY parts in memory
+                with open(source, "rb") as fh:
+                    fh.seek((number - 1) * part_bytes)
+                    body = fh.read(part_bytes)
+                sent = await self.fs._call_s3("upload_part", PartNumber=number, Body=body, **ids)
+                callback.relative_update(len(body))
+                return {"PartNumber": number, "ETag": sent["ETag"]}
+
+        try:
+            parts = await asyncio.gather(*(upload(n) for n in range(1, -(-size // part_bytes) + 1)))
+            await self.fs._call_s3("complete_multipart_upload", MultipartUpload={"Parts": parts}, **ids)
+        except Exception:
+            with contextlib.suppress(Exception):  # gc aborts it later if this fails too
+                await self.fs._call_s3("abort_multipart_upload", **ids)
+            raise
+
+    async def _download(self, key: str, target: Path, size: int) -> None:
+        """One object into `target`: a large one in ranges, `_CONCURRENCY` in flight all along and
+        each written where it belongs as it arrives (s3fs's own waits for each batch)."""
+        bucket, object_key, _ = self.fs.split_path(key)
+        with open(target, "wb") as fh:
+            if size < 2 * self.part_bytes:
+                response = await self.fs._call_s3("get_object", Bucket=bucket, Key=object_key)
+                try:
+                    while chunk := await response["Body"].read(_CHUNK):
+                        fh.write(chunk)
+                finally:
+                    response["Body"].close()
+                return
+            fh.truncate(size)
+            slots = asyncio.Semaphore(_CONCURRENCY)
+
+            async def fetch(offset: int) -> None:
+                async with slots:
+                    last = min(offset + self.part_bytes, size) - 1
+                    response = await self.fs._call_s3(
+                        "get_object", Bucket=bucket, Key=object_key, Range=f"bytes={offset}-{last}"
+                    )
+                    try:
+                        os.pwrite(fh.fileno(), await response["Body"].read(), offset)
+                    finally:
+                        response["Body"].close()
+
+            await asyncio.gather(*(fetch(offset) for offset in range(0, size, self.part_bytes)))
 
     def _complete(self, info: ArtifactInfo) -> bool:
         """Whether the artifact is stored whole already (manifest present, every file's size)."""
@@ -192,14 +261,29 @@ class FsspecArtifactStore:
             relative = str(file["path"])
             target = into / relative
             target.parent.mkdir(parents=True, exist_ok=True)
+            key = self._key(digest, relative)
             try:
                 with self._reaching(f"downloading {what}"):
-                    self.fs.get_file(self._key(digest, relative), str(target))
+                    if self.protocol in ("s3", "s3a"):
+                        from fsspec.asyn import sync
+
+                        sync(self.fs.loop, self._download, key, target, int(str(file["size"])))
+                    else:
+                        self.fs.get_file(key, str(target))
             except NotFoundError as exc:
                 raise IntegrityError(
                     f"{what} failed its integrity check: file {relative!r} is missing from {self.location}"
                 ) from exc
-            sha, size = hash_file(target, fsync=True)
+            except NotReadyError as exc:
+                if _error_code(exc) != "InvalidRange":
+                    raise
+                raise IntegrityError(  # the object is shorter than the file recorded
+                    f"{what} failed its integrity check: file {relative!r} does not match its digest "
+                    f"(shorter than recorded) in {self.location}"
+                ) from exc
+            # Not fsynced: the cache re-hashes an entry on every use, so a copy damaged by a crash
+            # is fetched again rather than served.
+            sha, size = hash_file(target)
             if sha != file["sha256"]:
                 raise IntegrityError(
                     f"{what} failed its integrity check: file {relative!r} does not match its digest "
@@ -335,11 +419,16 @@ def _callback(report: Progress | None, base: int, total: int) -> Any:
 
 
 def _error_code(exc: BaseException) -> str | None:
-    """The S3 error code behind an exception (s3fs keeps botocore's error as the cause)."""
-    for candidate in (exc, exc.__cause__, exc.__context__):
-        response = getattr(candidate, "response", None)
+    """The S3 error code behind an exception, along its chain of causes (s3fs and this module
+    each translate botocore's error, keeping it as the cause)."""
+    seen: BaseException | None = exc
+    for _ in range(5):
+        if seen is None:
+            break
+        response = getattr(seen, "response", None)
         if isinstance(response, dict):
             return str(response.get("Error", {}).get("Code"))
+        seen = seen.__cause__ or seen.__context__
     return None
 
 

@@ -246,7 +246,8 @@ class ModelRepository:
                 with contextlib.suppress(RuntimeError):  # the loop closed before the listener stopped
                     loop.call_soon_threadsafe(self._moved.set)
 
-            self.registry.metadata.listen(moved, self._stop_listening)
+            if self.settings.serve.listen:
+                self.registry.metadata.listen(moved, self._stop_listening)
 
     async def _load_model(self, model: ServedModel) -> None:
         try:
