@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import collections
 import json
+import sys
 import threading
 from typing import Any
 from urllib.parse import parse_qs
