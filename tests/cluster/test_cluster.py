@@ -268,6 +268,11 @@ def test_a_restarted_host_starts_from_its_cache_and_rejoins_the_balancer(shared:
     assert request_count(victim) - before == 2
 
 
+def pids_in(namespace: str) -> list[str]:
+    done = subprocess.run(["ip", "netns", "pids", namespace], capture_output=True, text=True, check=False)
+    return done.stdout.split()
+
+
 def test_leftovers_of_a_dead_run_are_removed() -> None:
     """A run whose owner died (a crashed test, a killed script) is removed by the next run's clean-up:
     its processes (those in its namespaces and its S3 endpoint), namespaces, links, database and
@@ -275,8 +280,13 @@ def test_leftovers_of_a_dead_run_are_removed() -> None:
     dead = subprocess.Popen(["true"])
     dead.wait()
     cluster = netns_cluster.create(1, owner=dead.pid)
-    orphan = subprocess.Popen(["ip", "netns", "exec", cluster.hosts[0].namespace, "sleep", "300"])
+    namespace = cluster.hosts[0].namespace
+    orphan = subprocess.Popen(["ip", "netns", "exec", namespace, "sleep", "300"])
     try:
+        deadline = time.monotonic() + 10
+        while str(orphan.pid) not in pids_in(namespace):  # inside once `ip netns exec` has entered it
+            assert time.monotonic() < deadline and orphan.poll() is None, "the process never entered"
+            time.sleep(0.02)
         assert cluster.run in netns_cluster.clean(include_kept=False)
         assert orphan.wait(timeout=10) == -9
         assert cluster.s3_pid is not None and not Path(f"/proc/{cluster.s3_pid}").exists()  # moto, reaped
