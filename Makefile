@@ -55,6 +55,7 @@ run-clean:
 test: install-dev
 	bash scripts/install-debian-tool.sh chromium
 	bash scripts/install-debian-tool.sh prometheus
+	bash scripts/install-debian-tool.sh haproxy
 	rm -f .coverage .coverage.*
 	$(BIN)/python -m pytest -q -n $(TEST_JOBS) --dist loadfile --cov --cov-report= --durations=15
 	$(BIN)/python scripts/coverage_summary.py

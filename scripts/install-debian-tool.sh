@@ -3,7 +3,8 @@
 # name), installed with apt-get when missing and when we may (root). The test suite drives
 # chromium (the /docs page in a real browser) and prometheus (a real Prometheus scraping a server,
 # and its promtool checking the exported alerting rules); those tests skip without them. The
-# serving benchmark drives wrk (--required: without it, fail with a line saying why).
+# serving benchmark drives wrk, and the cluster (scripts/cluster.sh, tests/cluster/) haproxy
+# (--required: without it, fail with a line saying why).
 set -euo pipefail
 tool="$1"
 required="${2:-}"

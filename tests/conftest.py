@@ -17,7 +17,7 @@ import pytest
 from hypothesis import settings as hypothesis_settings
 
 TESTS_ROOT = Path(__file__).parent
-FOLDER_MARKERS = ("unit", "integration", "e2e")
+FOLDER_MARKERS = ("unit", "integration", "e2e", "cluster")
 
 # No example database: it would write `.hypothesis/` into the checkout. No deadline: the first
 # example pays for imports and would be reported as flaky.

@@ -6,13 +6,15 @@ downloaded nothing, and wait (without sleeping) until an upload is under way:
     GET /_counts                      -> {"GetObject": 3, "UploadPart": 2, ...}
     GET /_wait?op=UploadPart&count=1  -> blocks until that many have been answered (or 30 s)
 
-Prints `PORT <n>` on stdout once it listens.
+`moto_runner.py [ADDRESS]` listens on ADDRESS (default 127.0.0.1) and prints `PORT <n>` on stdout
+once it does.
 """
 
 from __future__ import annotations
 
 import collections
 import json
+import sys
 import threading
 from typing import Any
 from urllib.parse import parse_qs
@@ -60,7 +62,8 @@ def main() -> None:
                 changed.notify_all()
         return moto(environ, start_response)
 
-    server = make_server("127.0.0.1", 0, app, threaded=True, request_handler=MotoRequestHandler)
+    host = sys.argv[1] if len(sys.argv) > 1 else "127.0.0.1"  # the cluster binds its bridge's address
+    server = make_server(host, 0, app, threaded=True, request_handler=MotoRequestHandler)
     print(f"PORT {server.server_address[1]}", flush=True)
     server.serve_forever()
 

@@ -94,6 +94,7 @@ def test_model_metadata(client: triton.InferenceServerClient) -> None:
         {"name": "s", "datatype": "BYTES", "shape": [-1, 1]},
     ]
     assert [o["name"] for o in meta["outputs"]] == ["y", "n_out", "s_out"]
+    assert meta["parameters"]["digest"].startswith("sha256:")
 
 
 def test_model_metadata_lists_every_served_version(client: triton.InferenceServerClient) -> None:

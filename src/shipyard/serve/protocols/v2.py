@@ -84,6 +84,8 @@ class V2Protocol:
                 "platform": triton_config.platform(record.format)[0],
                 "inputs": [t.to_dict() for t in record.signature.inputs],
                 "outputs": [t.to_dict() for t in record.signature.outputs],
+                # Which bytes this server runs: servers sharing a registry can be compared.
+                "parameters": {"digest": record.digest},
             }
         )
 
