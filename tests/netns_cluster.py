@@ -60,7 +60,7 @@ PG_SOCKET_DIR = "/var/run/postgresql"
 PG_ADMIN = f"host={PG_SOCKET_DIR} dbname=test user=postgres"  # where databases are created and dropped
 DATABASE_PREFIX = "shipyard_cluster_"
 READY_TIMEOUT_S = 60.0
-MOTO_RUNNER = Path(__file__).parent / "integration" / "moto_runner.py"
+MOTO_RUNNER = Path(__file__).with_name("moto_runner.py")
 BUCKET = "shipyard-cluster"
 # moto accepts any credentials; given as s3fs options (SHIPYARD_ARTIFACT_OPTIONS), so nothing of
 # the caller's AWS_* environment is read or needed.
