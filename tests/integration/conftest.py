@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from s3_support import S3Endpoint, start_moto
 
+from s3_support import S3Endpoint, start_moto
 from shipyard.registry import Registry
 from shipyard.settings import Settings
 
