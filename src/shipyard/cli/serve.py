@@ -108,7 +108,8 @@ def serve(
         typer.echo(
             "WARNING: --insecure: serving without API keys; anyone who can reach it may use it", err=True
         )
-    _require_refs(settings, refs, resolve=not settings.serve.wait_for_refs)
+    if not settings.serve.wait_for_refs:  # --wait: the registry may not even exist yet
+        _require_refs(settings, refs)
 
     def announce(bound_host: str, bound_port: int) -> None:
         serve = settings.serve
@@ -160,7 +161,7 @@ def _check_tls(settings: Settings) -> None:
         build_context(files)
 
 
-def _require_refs(settings: Settings, refs: list[str], *, resolve: bool = True) -> None:
+def _require_refs(settings: Settings, refs: list[str]) -> None:
     """The artifact store answers and every reference resolves before the port is bound: a typo,
     a bucket out of reach or missing credentials is one line and an exit code, not a server that
     stays unready forever."""
@@ -168,7 +169,7 @@ def _require_refs(settings: Settings, refs: list[str], *, resolve: bool = True) 
 
     with Registry(settings=settings) as registry:
         registry.store.check()
-        for ref in refs if resolve else ():
+        for ref in refs:
             try:
                 registry.resolve(ref)
             except NotFoundError as exc:

@@ -13,7 +13,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-_PLAIN = re.compile(r"^[A-Za-z_/][A-Za-z0-9_./-]*$")
+_PLAIN = re.compile(r"[A-Za-z_/][A-Za-z0-9_./-]*")  # whole strings only: `$` would let "A\n" through
 # Words YAML 1.1 (Helm's parser among others) reads as booleans or null when left unquoted.
 _UNPRINTABLE = frozenset({0x2028, 0x2029, 0xFEFF, 0xFFFE, 0xFFFF})
 _RESERVED = frozenset({"y", "n", "yes", "no", "on", "off", "true", "false", "null"})
@@ -31,7 +31,7 @@ def dump_all(documents: Sequence[Mapping[str, Any]]) -> str:
 
 def _string(text: str) -> str:
     """Plain where nothing could read it as another type, else double-quoted."""
-    return text if _PLAIN.match(text) and text.lower() not in _RESERVED else _quoted(text)
+    return text if _PLAIN.fullmatch(text) and text.lower() not in _RESERVED else _quoted(text)
 
 
 def _quoted(text: str) -> str:
