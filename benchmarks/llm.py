@@ -157,13 +157,16 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=128, help="generated tokens per request")
     parser.add_argument("--threads", type=int, default=2, help="llama.cpp threads per engine")
     parser.add_argument("--rounds", type=int, default=1, help="interleaved rounds per configuration")
+    parser.add_argument(
+        "--prompt-chunk", type=int, default=256, help="prompt tokens prefilled per step (GenerationSettings)"
+    )
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="shipyard-llm-bench-") as home:
         registry = Registry(settings=Settings.load(home=Path(home)))
         version = registry.push("smollm2", smollm2())
         path = registry.artifact_path(version)
-        common = {"threads": args.threads, "context_per_slot": 512}
+        common = {"threads": args.threads, "context_per_slot": 512, "prompt_chunk_tokens": args.prompt_chunk}
         engines = {
             "serial": load_generator(version, path, RuntimeSettings(), GenerationSettings(slots=1, **common)),
             "batched": load_generator(
