@@ -222,6 +222,9 @@ def test_an_alias_move_reaches_every_host_with_no_failed_request(shared: Shared)
             time.sleep(0.05)
         switched = time.monotonic()
         traffic.wait_for(40, since=switched)
+    # the README's figures: `pytest tests/cluster -s` prints them
+    print(f"alias move: all {len(cluster.hosts)} hosts switched {switched - moved:.2f} s after the commit; "
+          f"{len(traffic.outcomes)} requests, {len(traffic.failures())} failed")  # fmt: skip
     assert traffic.failures() == []
     versions = {o.version for o in traffic.outcomes}
     assert versions == {"1", "2"}, versions
@@ -238,8 +241,11 @@ def test_a_killed_host_costs_only_its_in_flight_requests(shared: Shared) -> None
         shared.servers[victim.name].wait()
         gone = time.monotonic()  # reaped: its sockets are closed
         netns_cluster.wait_balancer(cluster, {victim.name: "DOWN"})
+        down = time.monotonic()
         traffic.wait_for(40, since=time.monotonic())
     failures = traffic.failures()
+    print(f"SIGKILL: {len(failures)} of {len(traffic.outcomes)} requests failed; the process was gone "
+          f"{(gone - signalled) * 1000:.0f} ms after the signal, DOWN {down - gone:.2f} s later")  # fmt: skip
     # Dying takes the kernel a few milliseconds (memory first, sockets last): requests that reach
     # the host meanwhile are accepted and then reset. Each failure is such a request, in flight
     # while the host died; none started once it was gone.
