@@ -3,7 +3,8 @@ runs the image `shipyard build --platform …` made, or with --dry-run the exact
 
 from __future__ import annotations
 
-import shutil
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -69,6 +70,11 @@ def _finish(plan: Any, dry_run: bool, out: Path | None, force: bool, json_: bool
     return True
 
 
+def _progress(json_: bool) -> Callable[[str], None]:
+    """Where a deploy says what it is doing while it waits (minutes): stderr, unless --json."""
+    return (lambda _line: None) if json_ else (lambda line: typer.echo(line, err=True))
+
+
 def _result(result: dict[str, Any], json_: bool) -> None:
     if json_:
         from shipyard.cli._render import print_json
@@ -112,9 +118,8 @@ def sagemaker(
     from shipyard.deploy import cloud
     from shipyard.deploy import sagemaker as aws
 
-    staging = cloud.staging_folder()
-    try:
-        versions, archive = cloud.bundle(state(ctx).registry(), [ref], staging)
+    with tempfile.TemporaryDirectory(prefix="shipyard-deploy-") as staging:
+        versions, model = cloud.model_folder(state(ctx).registry(), [ref], Path(staging))
         target = aws.Target(
             image=image,
             role=role,
@@ -125,13 +130,10 @@ def sagemaker(
             bucket=bucket,
             digest=versions[0].digest,
         )
-        plan = aws.plan(target, archive)
+        plan = aws.plan(target, cloud.archive(model))
         if _finish(plan, dry_run, out, force, json_):
             return
-        echo = (lambda _line: None) if json_ else (lambda line: typer.echo(line, err=True))
-        _result(aws.execute(plan, timeout_s=timeout, interval_s=poll, echo=echo), json_)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        _result(aws.execute(plan, timeout_s=timeout, interval_s=poll, echo=_progress(json_)), json_)
 
 
 @deploy_app.command()
@@ -175,8 +177,7 @@ def vertex(
     plan = gcp.plan(target)
     if _finish(plan, dry_run, out, force, json_):
         return
-    echo = (lambda _line: None) if json_ else (lambda line: typer.echo(line, err=True))
-    _result(gcp.execute(plan, timeout_s=timeout, echo=echo), json_)
+    _result(gcp.execute(plan, timeout_s=timeout, echo=_progress(json_)), json_)
 
 
 @deploy_app.command()
@@ -205,9 +206,8 @@ def azure(
     """A managed online endpoint and a deployment of the image, the model folder mounted."""
     from shipyard.deploy import azureml, cloud
 
-    staging = cloud.staging_folder()
-    try:
-        versions, _archive = cloud.bundle(state(ctx).registry(), [ref], staging)
+    with tempfile.TemporaryDirectory(prefix="shipyard-deploy-") as staging:
+        versions, model = cloud.model_folder(state(ctx).registry(), [ref], Path(staging))
         target = azureml.Target(
             image=image,
             name=name or cloud.endpoint_name(versions)[:32].rstrip("-"),
@@ -215,22 +215,19 @@ def azure(
             instances=instances,
             digest=versions[0].digest,
         )
-        plan = azureml.plan(target, staging / "model")
+        plan = azureml.plan(target, model)
         if _finish(plan, dry_run, out, force, json_):
             return
-        echo = (lambda _line: None) if json_ else (lambda line: typer.echo(line, err=True))
         result = azureml.execute(
             plan,
-            staging,
+            Path(staging),
             subscription=subscription,
             resource_group=resource_group,
             workspace=workspace,
             timeout_s=timeout,
-            echo=echo,
+            echo=_progress(json_),
         )
         _result(result, json_)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 def register(app: typer.Typer) -> None:

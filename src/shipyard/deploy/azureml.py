@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from shipyard.deploy.cloud import Plan
+from shipyard.deploy.cloud import Plan, left
 from shipyard.errors import (
     CloudError,
     DeadlineExceededError,
@@ -32,6 +32,8 @@ _NO_CREDENTIALS = (
     "no Azure credentials found: set AZURE_CLIENT_ID, AZURE_TENANT_ID and AZURE_CLIENT_SECRET "
     "(a service principal), or run `az login`"
 )
+# How to undo a deploy that failed half-way.
+_CLEAN_UP = "delete it to start over"
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,10 +179,11 @@ def execute(
             _NO_CREDENTIALS if not done else f"Azure refused the credentials: {exc}"
         ) from exc
     except HttpResponseError as exc:
-        raise CloudError(f"Azure ML refused a call: {exc.message}; {_left(done)}") from exc
+        raise CloudError(f"Azure ML refused a call: {exc.message}; {left(done, _CLEAN_UP)}") from exc
     except TimeoutError as exc:
         raise DeadlineExceededError(
-            f"Azure ML did not finish within {timeout_s:g} s; {_left(done)}. The operation goes on: "
+            f"Azure ML did not finish within {timeout_s:g} s; {left(done, _CLEAN_UP)}. "
+            "The operation goes on: "
             "watch it with `az ml online-deployment show "
             f"--endpoint-name {plan.endpoint} --name {DEPLOYMENT}`"
         ) from exc
@@ -194,9 +197,3 @@ def execute(
         "scoring_uri": scoring,
         "invoke": f"az ml online-endpoint invoke --name {plan.endpoint} --request-file request.json",
     }
-
-
-def _left(done: list[str]) -> str:
-    if not done:
-        return "nothing was created"
-    return "created so far (delete it to start over): " + "; ".join(done)

@@ -12,7 +12,6 @@ import json
 import re
 import shutil
 import tarfile
-import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterable
@@ -46,7 +45,6 @@ class Plan:
     calls: list[Call]
     files: dict[str, Path] = field(default_factory=dict)  # name in the plan folder -> local file
     documents: dict[str, str] = field(default_factory=dict)  # name -> text (Azure's YAML)
-    created: list[str] = field(default_factory=list)  # what exists on the cloud, for the messages
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -66,13 +64,17 @@ def endpoint_name(versions: Iterable[ModelVersion]) -> str:
     return re.sub(r"[^a-zA-Z0-9-]+", "-", "shipyard-" + "-".join(parts))
 
 
-def bundle(registry: Registry, refs: Iterable[str], folder: Path) -> tuple[list[ModelVersion], Path]:
-    """The versions `refs` select as an embedded registry in `folder/model`, and that folder as
-    `folder/model.tar.gz` (SageMaker unpacks it into /opt/ml/model; Azure mounts the folder).
-    The archive is reproducible: sorted entries, no owners, no times."""
+def model_folder(registry: Registry, refs: Iterable[str], folder: Path) -> tuple[list[ModelVersion], Path]:
+    """The versions `refs` select as an embedded registry in `folder/model`: what Azure mounts at
+    AZUREML_MODEL_DIR, and what `archive` packs for SageMaker."""
     home = folder / "model"
-    versions = embed(registry, refs, home, actor="shipyard deploy")
-    archive = folder / "model.tar.gz"
+    return embed(registry, refs, home, actor="shipyard deploy"), home
+
+
+def archive(home: Path) -> Path:
+    """`home` as `model.tar.gz` beside it (SageMaker unpacks it into /opt/ml/model), reproducible:
+    sorted entries, no owners, no times."""
+    target = home.with_name("model.tar.gz")
 
     def clean(info: tarfile.TarInfo) -> tarfile.TarInfo:
         info.uid = info.gid = 0
@@ -80,14 +82,15 @@ def bundle(registry: Registry, refs: Iterable[str], folder: Path) -> tuple[list[
         info.mtime = 0
         return info
 
-    with tarfile.open(archive, "w:gz", compresslevel=6) as tar:
+    with tarfile.open(target, "w:gz", compresslevel=6) as tar:
         for path in sorted(p for p in home.rglob("*") if p.is_file()):
             tar.add(path, arcname=path.relative_to(home).as_posix(), filter=clean)
-    return versions, archive
+    return target
 
 
-def staging_folder() -> Path:
-    return Path(tempfile.mkdtemp(prefix="shipyard-deploy-"))
+def left(done: list[str], fix: str) -> str:
+    """What a failed deploy leaves on the cloud, and `fix`: how to remove it or start over."""
+    return f"created so far ({fix}): {'; '.join(done)}" if done else "nothing was created"
 
 
 def check_out(out: Path, force: bool) -> None:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from shipyard.deploy.cloud import Call, Plan, wait_for
+from shipyard.deploy.cloud import Call, Plan, left, wait_for
 from shipyard.errors import (
     CloudError,
     ConflictError,
@@ -41,6 +41,8 @@ _BAD_CREDENTIALS = {
     "ExpiredTokenException",
     "AuthFailure",
 }
+# How to undo a deploy that failed half-way.
+_CLEAN_UP = "delete them to start over, or keep them"
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,7 +169,9 @@ def _translate(exc: Exception, done: list[str]) -> Exception:
     if isinstance(exc, NoCredentialsError):
         return UnauthorizedError(_NO_CREDENTIALS)
     if isinstance(exc, EndpointConnectionError):
-        return CloudError(f"cannot reach AWS at {exc.kwargs.get('endpoint_url', '?')}; {_left(done)}")
+        return CloudError(
+            f"cannot reach AWS at {exc.kwargs.get('endpoint_url', '?')}; {left(done, _CLEAN_UP)}"
+        )
     if isinstance(exc, ClientError):
         error = exc.response.get("Error", {})
         code = error.get("Code", "")
@@ -179,14 +183,8 @@ def _translate(exc: Exception, done: list[str]) -> Exception:
                 "AWS_SECRET_ACCESS_KEY and AWS_SESSION_TOKEN (or AWS_PROFILE)"
             )
         operation = exc.operation_name
-        return CloudError(f"{operation} failed: {code}: {error.get('Message', '')}; {_left(done)}")
+        return CloudError(f"{operation} failed: {code}: {error.get('Message', '')}; {left(done, _CLEAN_UP)}")
     return exc
-
-
-def _left(done: list[str]) -> str:
-    if not done:
-        return "nothing was created"
-    return "created so far (delete them to start over, or keep them): " + "; ".join(done)
 
 
 def execute(

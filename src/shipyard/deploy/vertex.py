@@ -9,12 +9,13 @@ AIP_STORAGE_URI is ignored by the entrypoint, as the README says.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from shipyard.deploy.cloud import Call, Plan
+from shipyard.deploy.cloud import Call, Plan, left
 from shipyard.errors import (
     CloudError,
     DeadlineExceededError,
@@ -37,6 +38,9 @@ HEALTH_ROUTE = "/health"
 _NO_CREDENTIALS = (
     "no Google Cloud credentials found: set GOOGLE_APPLICATION_CREDENTIALS to a service-account "
     "key file, or run `gcloud auth application-default login`"
+)
+_CLEAN_UP = (
+    "delete them in the console or with gcloud to start over"  # how to undo a deploy that failed half-way
 )
 
 
@@ -131,8 +135,6 @@ def plan(target: Target) -> Plan:
 
 def _as_json(message: Any) -> dict[str, Any]:
     """The request as the API's JSON (camelCase field names, as the REST API and gcloud show it)."""
-    import json
-
     data: dict[str, Any] = json.loads(
         type(message).to_json(
             message, always_print_fields_with_no_presence=False, use_integers_for_enums=False
@@ -143,8 +145,6 @@ def _as_json(message: Any) -> dict[str, Any]:
 
 def request(operation: str, data: dict[str, Any]) -> Any:
     """A plan's JSON back as the SDK's request message: proto-plus refuses unknown fields."""
-    import json
-
     v1 = _types()
     kind = {
         "UploadModel": v1.UploadModelRequest,
@@ -193,12 +193,13 @@ def execute(
     except api.Unauthenticated as exc:
         raise UnauthorizedError(f"Google Cloud refused the credentials: {exc.message}") from exc
     except api.PermissionDenied as exc:
-        raise UnauthorizedError(f"permission denied: {exc.message}; {_left(done)}") from exc
+        raise UnauthorizedError(f"permission denied: {exc.message}; {left(done, _CLEAN_UP)}") from exc
     except api.GoogleAPICallError as exc:
-        raise CloudError(f"Vertex AI refused a call: {exc.message}; {_left(done)}") from exc
+        raise CloudError(f"Vertex AI refused a call: {exc.message}; {left(done, _CLEAN_UP)}") from exc
     except TimeoutError as exc:  # concurrent.futures.TimeoutError is TimeoutError since 3.11
         raise DeadlineExceededError(
-            f"Vertex AI did not finish within {timeout_s:g} s; {_left(done)}. The operation goes on: "
+            f"Vertex AI did not finish within {timeout_s:g} s; {left(done, _CLEAN_UP)}. "
+            "The operation goes on: "
             "see it in the console, or run the deploy again once it is done"
         ) from exc
     return {
@@ -209,9 +210,3 @@ def execute(
         "invoke": f"gcloud ai endpoints predict {endpoint.rsplit('/', 1)[-1]} --region {plan.region} "
         "--json-request request.json",
     }
-
-
-def _left(done: list[str]) -> str:
-    if not done:
-        return "nothing was created"
-    return "created so far (delete them in the console or with gcloud to start over): " + "; ".join(done)
