@@ -6,12 +6,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import orjson
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
+
+from shipyard.errors import ShipyardError
+from shipyard.serve.protocols._http import internal_error
+
+log = logging.getLogger("shipyard.serve")
 
 
 def event(data: Any) -> bytes:
@@ -21,6 +27,26 @@ def event(data: Any) -> bytes:
 
 
 DONE = event(b"[DONE]")
+
+
+async def guarded(
+    events: AsyncIterator[bytes],
+    close: Callable[[], Awaitable[None]],
+    error_body: Callable[[ShipyardError], Any],
+) -> AsyncIterator[bytes]:
+    """`events`, then, if making them fails mid-stream (the status is sent already), one error
+    event shaped by `error_body` instead of a broken stream, never a traceback; `close` (the
+    producer's) runs however it ends."""
+    try:
+        async for data in events:
+            yield data
+    except ShipyardError as exc:
+        yield event(error_body(exc))
+    except Exception:
+        log.exception("generation failed mid-stream")
+        yield event(error_body(internal_error()))
+    finally:
+        await close()
 
 
 class EventStream(Response):

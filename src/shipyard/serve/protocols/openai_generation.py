@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import logging
 import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator
@@ -34,7 +33,6 @@ from shipyard.serve.protocols import generation_params as params
 from shipyard.serve.protocols._http import (
     disconnect_watcher,
     endpoint,
-    internal_error,
     json_response,
     label,
     openai_error,
@@ -43,12 +41,10 @@ from shipyard.serve.protocols._http import (
     request_timeout,
     require_json,
 )
-from shipyard.serve.protocols._sse import DONE, EventStream, event
+from shipyard.serve.protocols._sse import DONE, EventStream, event, guarded
 from shipyard.serve.protocols.openai_inputs import chat_messages, completion_prompts
 from shipyard.serve.repository import ServedVersion
 from shipyard.settings import Settings
-
-log = logging.getLogger("shipyard.serve")
 
 
 @dataclass(slots=True)
@@ -222,7 +218,8 @@ class GenerationRoutes:
         if failed is not None:  # e.g. the deadline passed in the queue: a plain status still
             await choices.aclose()
             raise failed
-        return EventStream(self._events(generation, first, choices))
+        events = guarded(self._events(generation, first, choices), choices.aclose, openai_error)
+        return EventStream(_then_done(events))
 
     async def _whole(self, generation: Generation, choices: AsyncGenerator[Choice]) -> Response:
         outputs = [_Output() for _ in generation.requests]
@@ -258,33 +255,31 @@ class GenerationRoutes:
             "model": generation.model,
         }
         usage_field: dict[str, Any] = {"usage": None} if generation.include_usage else {}
-        try:
-            if generation.chat:  # the role first, in a delta of its own, for every choice
-                for index in range(len(outputs)):
-                    delta = {"role": "assistant", "content": ""}
-                    choice = {"index": index, "delta": delta, "logprobs": None, "finish_reason": None}
-                    yield event({**base, "choices": [choice], **usage_field})
-            pending = [first] if first is not None else []
-            async for item in _chain(pending, choices):
-                index, chunk = item
-                error = chunk_error(chunk, generation.timeout_s)
-                if error is not None:
-                    raise error
-                outputs[index].add(chunk)
-                if not chunk.text and not chunk.logprobs and chunk.finish_reason is None:
-                    continue  # text held back (a possible stop string): nothing to say yet
-                choice = shape(index, chunk, generation.logprobs)
+        if generation.chat:  # the role first, in a delta of its own, for every choice
+            for index in range(len(outputs)):
+                delta = {"role": "assistant", "content": ""}
+                choice = {"index": index, "delta": delta, "logprobs": None, "finish_reason": None}
                 yield event({**base, "choices": [choice], **usage_field})
-            if generation.include_usage:
-                yield event({**base, "choices": [], "usage": _usage(generation.prompt_tokens, outputs)})
-        except ShipyardError as exc:
-            yield event(openai_error(exc))
-        except Exception:
-            log.exception("generation failed mid-stream")
-            yield event(openai_error(internal_error()))
-        finally:
-            await choices.aclose()
-        yield DONE
+        pending = [first] if first is not None else []
+        async for item in _chain(pending, choices):
+            index, chunk = item
+            error = chunk_error(chunk, generation.timeout_s)
+            if error is not None:
+                raise error
+            outputs[index].add(chunk)
+            if not chunk.text and not chunk.logprobs and chunk.finish_reason is None:
+                continue  # text held back (a possible stop string): nothing to say yet
+            choice = shape(index, chunk, generation.logprobs)
+            yield event({**base, "choices": [choice], **usage_field})
+        if generation.include_usage:
+            yield event({**base, "choices": [], "usage": _usage(generation.prompt_tokens, outputs)})
+
+
+async def _then_done(events: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """OpenAI ends every stream, an error's too, with `data: [DONE]`."""
+    async for data in events:
+        yield data
+    yield DONE
 
 
 async def _chain(first: list[Choice], rest: AsyncIterator[Choice]) -> AsyncIterator[Choice]:

@@ -9,7 +9,6 @@ event adds. Errors are Triton's `{"error": "…"}`, mid-stream as one last event
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
@@ -18,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from shipyard.errors import InvalidInputError, ShipyardError
+from shipyard.errors import InvalidInputError
 from shipyard.runtimes.generation import GenerationRequest
 from shipyard.serve.auth import caller_id
 from shipyard.serve.dataplane import DataPlane
@@ -26,7 +25,6 @@ from shipyard.serve.generation import Choice
 from shipyard.serve.protocols import generation_params as params
 from shipyard.serve.protocols._http import (
     endpoint,
-    internal_error,
     json_response,
     label,
     parse_json,
@@ -36,11 +34,10 @@ from shipyard.serve.protocols._http import (
     request_timeout,
     require_json,
 )
-from shipyard.serve.protocols._sse import EventStream, event
+from shipyard.serve.protocols._sse import EventStream, event, guarded
 from shipyard.serve.protocols.openai_generation import chunk_error, unless_disconnected
 from shipyard.settings import Settings
 
-log = logging.getLogger("shipyard.serve")
 _NOT_SAMPLING = ("text_input", "parameters", "id", "stream")
 
 
@@ -113,7 +110,7 @@ class TritonGenerateRoutes:
         if failed is not None:  # e.g. the deadline passed in the queue: a plain status still
             await choices.aclose()
             raise failed
-        return EventStream(_events(head, first, choices, timeout))
+        return EventStream(guarded(_events(head, first, choices, timeout), choices.aclose, plain_error))
 
 
 async def _whole(head: dict[str, Any], choices: AsyncGenerator[Choice], timeout_s: float) -> Response:
@@ -132,21 +129,13 @@ async def _whole(head: dict[str, Any], choices: AsyncGenerator[Choice], timeout_
 async def _events(
     head: dict[str, Any], first: Choice, choices: AsyncGenerator[Choice], timeout_s: float
 ) -> AsyncIterator[bytes]:
-    try:
-        chunk = first[1]
-        while True:
-            error = chunk_error(chunk, timeout_s)
-            if error is not None:
-                raise error
-            if chunk.text or chunk.finish_reason is not None:
-                yield event({**head, "text_output": chunk.text})
-            if chunk.finish_reason is not None:
-                break
-            chunk = (await anext(choices))[1]
-    except ShipyardError as exc:
-        yield event(plain_error(exc))
-    except Exception:
-        log.exception("generation failed mid-stream")
-        yield event(plain_error(internal_error()))
-    finally:
-        await choices.aclose()
+    chunk = first[1]
+    while True:
+        error = chunk_error(chunk, timeout_s)
+        if error is not None:
+            raise error
+        if chunk.text or chunk.finish_reason is not None:
+            yield event({**head, "text_output": chunk.text})
+        if chunk.finish_reason is not None:
+            break
+        chunk = (await anext(choices))[1]
