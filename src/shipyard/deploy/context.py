@@ -86,7 +86,7 @@ def installed_versions() -> dict[str, str]:
     return found
 
 
-def _resolve(registry: Registry, refs: Iterable[str]) -> tuple[list[ModelVersion], dict[str, set[str]]]:
+def resolve_refs(registry: Registry, refs: Iterable[str]) -> tuple[list[ModelVersion], dict[str, set[str]]]:
     """The versions the references select (each once) and the aliases to keep on each."""
     versions: dict[str, ModelVersion] = {}
     aliases: dict[str, set[str]] = {}
@@ -102,7 +102,7 @@ def _resolve(registry: Registry, refs: Iterable[str]) -> tuple[list[ModelVersion
     if len(set(names)) != len(names):
         twice = next(n for n in names if names.count(n) > 1)
         raise InvalidInputError(
-            f"the references select two versions of {twice!r}; an image serves one version per model",
+            f"the references select two versions of {twice!r}; a server serves one version per model",
             field="ref",
         )
     return list(versions.values()), aliases
@@ -144,7 +144,7 @@ def _copy_registry(
 def embed(registry: Registry, refs: Iterable[str], home: Path, *, actor: str) -> list[ModelVersion]:
     """Write an embedded registry holding exactly the versions `refs` select into `home` (a new
     folder): what an image carries, or a platform mounts as its model folder."""
-    versions, aliases = _resolve(registry, refs)
+    versions, aliases = resolve_refs(registry, refs)
     _copy_registry(registry, versions, aliases, home, actor=actor)
     return versions
 
@@ -166,7 +166,7 @@ def write_context(
     build_wheel: Callable[[Path], Path] | None = None,
 ) -> BuildContext:
     """Resolve the references and write the whole context to `config.out`."""
-    versions, aliases = _resolve(registry, config.refs)
+    versions, aliases = resolve_refs(registry, config.refs)
     check_base(versions, config.base)
     _check_out(config.out, config.force, registry)
     requirements = plan_requirements(versions, installed)

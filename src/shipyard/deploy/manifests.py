@@ -16,13 +16,14 @@ from typing import Any
 from shipyard import __version__
 from shipyard.deploy import yaml_text
 from shipyard.deploy.chart import render_chart
+from shipyard.deploy.context import resolve_refs
 from shipyard.deploy.kserve import render_kserve
 from shipyard.deploy.kube import KubeSpec, render_manifests
 from shipyard.deploy.kube_values import check_label, quantity_value
 from shipyard.deploy.output import check_out, holds
 from shipyard.errors import InvalidInputError
 from shipyard.registry import Registry
-from shipyard.types import ModelRef, ModelVersion
+from shipyard.types import ModelVersion
 
 MARKER = "# Written by `shipyard k8s`"  # each file's first line: --force may replace such a folder
 _NAME_MAX = 45  # room for the longest suffix ("-secrets", "-config") within a 63-character name
@@ -131,25 +132,10 @@ def check_options(config: KubeConfig) -> None:
     )
 
 
-def _resolve(registry: Registry, refs: tuple[str, ...]) -> list[ModelVersion]:
-    versions: dict[str, ModelVersion] = {}
-    for text in refs:
-        version = registry.resolve(ModelRef.parse(text))
-        versions.setdefault(str(version.ref), version)
-    names = [v.name for v in versions.values()]
-    if len(set(names)) != len(names):
-        twice = next(n for n in names if names.count(n) > 1)
-        raise InvalidInputError(
-            f"the references select two versions of {twice!r}; a server serves one version per model",
-            field="ref",
-        )
-    return list(versions.values())
-
-
 def plan(registry: Registry, config: KubeConfig) -> KubeSpec:
     """The spec the files are rendered from: options checked, references resolved."""
     check_options(config)
-    versions = _resolve(registry, config.refs)
+    versions, _aliases = resolve_refs(registry, config.refs)
     replicas, low, high = _replicas(config)
     # The image pins every version; a shared registry serves the references as given (an alias
     # is followed as it moves), each once.
