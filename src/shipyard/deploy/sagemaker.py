@@ -9,6 +9,7 @@ before anything exists on the account.
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -209,8 +210,14 @@ def execute(
         _refuse_existing(sagemaker, name)
         upload, *creates = plan.calls
         _ensure_bucket(s3, upload.request["Bucket"], plan.region)
+        archive = plan.files["model.tar.gz"]
         echo(f"uploading model data to s3://{upload.request['Bucket']}/{upload.request['Key']}")
-        s3.upload_file(str(plan.files["model.tar.gz"]), upload.request["Bucket"], upload.request["Key"])
+        s3.upload_file(
+            str(archive),
+            upload.request["Bucket"],
+            upload.request["Key"],
+            Callback=Uploaded(archive.stat().st_size, echo),
+        )
         done.append(f"s3://{upload.request['Bucket']}/{upload.request['Key']}")
         deletions = {
             "CreateModel": f"aws sagemaker delete-model --model-name {name}",
@@ -253,6 +260,26 @@ def execute(
             "--body '{\"instances\": [...]}' /dev/stdout"
         ),
     }
+
+
+class Uploaded:
+    """boto3's upload callback (called from its transfer threads with each part's bytes): one
+    line at every tenth of the file, so a large upload is not silent."""
+
+    def __init__(self, size: int, echo: Callable[[str], None]) -> None:
+        self._size, self._echo = max(size, 1), echo
+        self._total = f"{size / 1e6:,.1f} MB" if size >= 100_000 else f"{size / 1e3:,.1f} kB"
+        self._sent = 0
+        self._said = 0  # tenths reported
+        self._lock = threading.Lock()
+
+    def __call__(self, sent: int) -> None:
+        with self._lock:
+            self._sent += sent
+            tenths = min(10, self._sent * 10 // self._size)
+            if tenths > self._said:
+                self._said = tenths
+                self._echo(f"  {tenths * 10}% of {self._total}")
 
 
 def _refuse_existing(sagemaker: Any, name: str) -> None:
