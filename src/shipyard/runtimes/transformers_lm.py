@@ -36,6 +36,7 @@ from shipyard.runtimes.generation import (
     GenerationChunk,
     GenerationRequest,
     GenerativeInfo,
+    ResponseFormat,
     SamplingParams,
     StopMatcher,
     TokenChoice,
@@ -160,7 +161,12 @@ class TransformersLMEngine:
         return EngineStats(running, waiting, held / capacity, self._slots, self.max_context)
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
-        sequence = self._admit(request)
+        constraint = None
+        if request.params.response_format is not None:
+            # Compiling the schema, and on first use walking the vocabulary, takes milliseconds to
+            # seconds: off the event loop, which serves every other request meanwhile.
+            constraint = await asyncio.to_thread(self._constraint, request.params.response_format)
+        sequence = self._admit(request, constraint)
         try:
             while True:
                 chunk = await sequence.out.get()
@@ -173,11 +179,11 @@ class TransformersLMEngine:
                 if sequence in self._waiting:
                     self._waiting.remove(sequence)
 
-    def _admit(self, request: GenerationRequest) -> _Sequence:
+    def _constraint(self, response_format: ResponseFormat) -> JsonConstraint:
+        return JsonConstraint(self._grammar_tokenizer(), response_format, self._device)
+
+    def _admit(self, request: GenerationRequest, constraint: JsonConstraint | None) -> _Sequence:
         params = request.params
-        constraint = None
-        if params.response_format is not None:
-            constraint = JsonConstraint(self._grammar_tokenizer(), params.response_format, self._device)
         prompt = list(request.prompt) if isinstance(request.prompt, tuple) else self.tokenize(request.prompt)
         if not prompt:
             raise InvalidInputError("the prompt is empty", field="prompt")
