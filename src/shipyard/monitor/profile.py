@@ -10,7 +10,9 @@ large or private), so it keeps what the drift methods need:
   distinct values, as Evidently decides): counts of the `MAX_CATEGORIES` most frequent
   values, the rest counted as `OTHER`;
 - text (values mostly distinct): the length and whitespace-token count of each value, as two
-  numeric features;
+  numeric features, and an embedding summary: each value's `embedding.DIMS` components of a
+  hashed trigram embedding (`monitor.embedding`), each profiled as a numeric feature, together
+  one feature of kind `embedding`;
 - inputs too wide to watch column by column (images, embeddings): each row's mean and std.
 
 Between two stored CDF points the true CDF rises by less than 1/RESOLUTION, which bounds the
@@ -27,10 +29,12 @@ from typing import Any, Literal
 import numpy as np
 
 from shipyard.errors import InvalidInputError
+from shipyard.monitor import embedding
 from shipyard.tensors import numpy_dtype
 from shipyard.types import Signature
 
-SCHEMA = 1
+SCHEMA = 2  # 2 added text embeddings; a profile of schema 1 is read as it was
+_READABLE = frozenset({1, SCHEMA})
 RESOLUTION = 200  # CDF intervals per numeric feature: KS statistic error < 1/200
 CATEGORICAL_UNIQUE = 5  # numbers with this many distinct values or fewer are categories
 MAX_CATEGORIES = 20  # categories kept by name; the rest count as OTHER
@@ -39,8 +43,8 @@ MAX_FEATURES = 100
 OTHER = "(other)"
 _TAIL = 0.005  # histogram edges span the reference's 0.5%-99.5% quantiles; the tails get a bucket each
 
-Kind = Literal["numeric", "categorical"]
-Derive = Literal["length", "tokens", "mean", "std"]
+Kind = Literal["numeric", "categorical", "embedding"]
+Derive = Literal["length", "tokens", "embedding", "mean", "std"]
 
 
 @dataclass(frozen=True)
@@ -50,7 +54,7 @@ class Feature:
     name: str
     input: str
     index: int | None  # the column of a 2-D input; None for a 1-D input or a per-row summary
-    derive: Derive | None  # text length/tokens, or a wide input's per-row mean/std
+    derive: Derive | None  # text length/tokens/embedding, or a wide input's per-row mean/std
     kind: Kind
     count: int  # reference values (missing ones excluded)
     missing: int
@@ -68,6 +72,8 @@ class Feature:
     buckets: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))  # len(edges) + 1
     # categorical
     categories: dict[str, int] = field(default_factory=dict)
+    # embedding: one numeric feature per dimension
+    components: tuple[Feature, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -81,6 +87,9 @@ class Feature:
         }
         if self.kind == "categorical":
             out["categories"] = dict(self.categories)
+        elif self.kind == "embedding":
+            out["embedding"] = {"scheme": embedding.SCHEME, "dims": len(self.components)}
+            out["components"] = [c.to_dict() for c in self.components]
         elif self.count:
             out.update(mean=self.mean, std=self.std, min=self.min, max=self.max)
             out["cdf"] = {
@@ -105,6 +114,11 @@ class Feature:
         }
         if data["kind"] == "categorical":
             return cls(**common, categories={str(k): int(v) for k, v in data["categories"].items()})
+        if data["kind"] == "embedding":
+            if data["embedding"]["scheme"] != embedding.SCHEME:
+                scheme = data["embedding"]["scheme"]
+                raise ValueError(f"text embedding {scheme!r} is not {embedding.SCHEME!r}")
+            return cls(**common, components=tuple(cls.from_dict(c) for c in data["components"]))
         if not common["count"]:
             return cls(**common)
         return cls(
@@ -159,7 +173,7 @@ class Profile:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Profile:
-        if not isinstance(data, Mapping) or data.get("schema") != SCHEMA:
+        if not isinstance(data, Mapping) or data.get("schema") not in _READABLE:
             schema = data.get("schema") if isinstance(data, Mapping) else None
             raise InvalidInputError(
                 f"reference profile schema {schema!r} is not one this Shipyard reads ({SCHEMA}); "
@@ -279,7 +293,14 @@ def _raw_column(array: np.ndarray, index: int | None, derive: Derive | None) -> 
 
 
 def column(feature: Feature, arrays: Mapping[str, np.ndarray]) -> np.ndarray:
-    """The feature's values in `arrays` (request inputs, or a live window's kept arrays)."""
+    """The feature's values in `arrays` (request inputs, or a live window's kept arrays): float64
+    numbers ((rows, dims) for an embedding), or, for a categorical feature, its text keys (None
+    when missing), so columns of any origin concatenate into one."""
+    values = _values(feature, arrays)
+    return category_keys(values) if feature.kind == "categorical" else values
+
+
+def _values(feature: Feature, arrays: Mapping[str, np.ndarray]) -> np.ndarray:
     if feature.derive in ("mean", "std"):
         kept = arrays.get(summary_key(feature.input))
         summary = kept if kept is not None else summarise(arrays[feature.input])
@@ -289,6 +310,8 @@ def column(feature: Feature, arrays: Mapping[str, np.ndarray]) -> np.ndarray:
         return np.array([_length(v) for v in values], dtype=np.float64)
     if feature.derive == "tokens":
         return np.array([_tokens(v) for v in values], dtype=np.float64)
+    if feature.derive == "embedding":
+        return embedding.embed_texts(values)
     return values
 
 
@@ -344,7 +367,30 @@ def _text_features(name: str, input_name: str, index: int | None, values: np.nda
             [_length(v) if derive == "length" else _tokens(v) for v in values], dtype=np.float64
         )
         derived.append(_numeric_feature(f"{name}.{derive}", input_name, index, derive, numbers))
+    if not tokenized:
+        derived.append(_embedding_feature(f"{name}.embedding", input_name, index, values))
     return derived
+
+
+def _embedding_feature(name: str, input_name: str, index: int | None, values: np.ndarray) -> Feature:
+    """Each dimension of the texts' embeddings as a numeric feature (never a categorical one, so
+    every dimension is judged by the same method)."""
+    vectors = embedding.embed_texts(values)
+    components = tuple(
+        _numeric_feature(f"{name}[{d}]", input_name, index, None, vectors[:, d], categories=False)
+        for d in range(vectors.shape[1])
+    )
+    missing = int(np.isnan(vectors[:, 0]).sum())
+    return Feature(
+        name,
+        input_name,
+        index,
+        "embedding",
+        "embedding",
+        len(values) - missing,
+        missing,
+        components=components,
+    )
 
 
 def _categorical_feature(
@@ -372,12 +418,18 @@ def _categorical_feature(
 
 
 def _numeric_feature(
-    name: str, input_name: str, index: int | None, derive: Derive | None, values: np.ndarray
+    name: str,
+    input_name: str,
+    index: int | None,
+    derive: Derive | None,
+    values: np.ndarray,
+    *,
+    categories: bool = True,
 ) -> Feature:
     finite = values[np.isfinite(values)]
     missing = len(values) - len(finite)
     unique = np.unique(finite)
-    if 0 < len(unique) <= CATEGORICAL_UNIQUE:
+    if categories and 0 < len(unique) <= CATEGORICAL_UNIQUE:
         return _categorical_feature(name, input_name, index, derive, category_keys(values))
     if not len(finite):
         return Feature(name, input_name, index, derive, "numeric", 0, missing)
