@@ -309,6 +309,8 @@ class ModelRepository:
             **batch_options,
         )
         served.batcher.start()
+        if self.drift is not None:
+            self.drift.attach(served)
         return self._ready(served, labels, started, memory_before)
 
     def _ready(
