@@ -185,3 +185,16 @@ def test_same_lengths_other_words_drift_through_the_embedding_only() -> None:
     assert verdicts == {"review.embedding": True, "review.length": False, "review.tokens": False}
     assert {len(t) for t in shuffled} <= lengths
     assert report.features[0].name == "review.embedding"  # worst first
+
+
+def test_shipyard_drift_charts_the_worst_dimension_and_names_it() -> None:
+    from shipyard.cli._drift_render import chart
+
+    profile = build_profile({"review": sentences(ENGLISH, 200, 9)}, TEXT)
+    report = drift.compare(profile, {"review": sentences(FRENCH, 100, 10)}, DriftSettings())
+    worst = report.features[0].to_dict()
+    assert worst["name"] == "review.embedding" and worst["kind"] == "embedding"
+    component = worst["histogram"]["component"]
+    assert chart(worst)[0] == (
+        f"review.embedding: ks {worst['score']:.2e}, drifted (worst dimension: {component})"
+    )
