@@ -193,16 +193,20 @@ class InputWindow:
         owners: np.ndarray | None = None
         labels = [self.shared.label if self.shared is not None else ""]
         if self.shared is not None:
-            peers = self.shared.peers()
+            peers = [p for p in self.shared.peers() if len(p.times)]
             if peers:
-                sources = [(times, merged)] + [(p.times, p.columns) for p in peers]
+                sources = [(p.times, p.columns) for p in peers]
+                if len(times):
+                    sources.insert(0, (times, merged))
+                else:  # nothing of its own: rows are the others' only
+                    labels = []
                 labels += [p.label for p in peers]
                 key += tuple(p.stamp for p in peers)
                 times = np.concatenate([t for t, _ in sources])
                 order = np.argsort(times, kind="stable")
                 times = times[order]
                 merged = {
-                    f.name: np.concatenate([c[f.name] for t, c in sources if len(t)])[order]
+                    f.name: np.concatenate([c[f.name] for _, c in sources])[order]
                     for f in self.profile.features
                 }
                 owners = np.repeat(np.arange(len(sources)), [len(t) for t, _ in sources])[order]

@@ -164,3 +164,15 @@ def test_metrics_from_any_worker_count_every_workers_rows_once(
     text = metrics.exposition()[0].decode()
     assert text.count('shipyard_drift_window_rows{model="notes",version="1"} 90.0') == 1
     assert 'shipyard_drift_score{feature="note.embedding",method="ks",model="notes",version="1"}' in text
+
+
+def test_a_worker_that_served_nothing_reports_the_others_rows(
+    tmp_path: Path, stored: dict[str, object]
+) -> None:
+    (one, served_one), (two, served_two) = workers(tmp_path, stored)
+    one.share()  # nothing to share: no file
+    two.observe(served_two, rows(50, 3), 50)
+    two.share()
+    merged = report(one, served_one)
+    assert merged.rows == 50 and dict(merged.workers) == {"2": 50}
+    assert report(one, served_one, "20").rows == 20
