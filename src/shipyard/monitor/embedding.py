@@ -12,6 +12,10 @@ are watched on their own; this sees what they cannot (same lengths, other words)
 Python's `hash` differs between processes; this mix does not, so a profile computed at push
 time and the windows of every worker agree. A text without a trigram (empty) has no embedding:
 NaN, counted as missing.
+
+An embedding model's own output vectors are summarised the same way (`project_vectors`): each
+row scaled to unit length, then projected by the ±1 matrix whose column for dimension j of the
+model's vectors comes from the bits of the same mix of j.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from typing import Any
 import numpy as np
 
 SCHEME = "trigram-pm1-v1"  # stored with the profile: another scheme is not comparable
+VECTOR_SCHEME = "vector-pm1-v1"  # a model's own embeddings, projected (`project_vectors`)
 DIMS = 8
 _GRAM = 3
 
@@ -76,4 +81,19 @@ def embed_texts(values: Sequence[Any] | np.ndarray) -> np.ndarray:
         sign = ((signs >> np.uint64(dim)) & np.uint64(1)).astype(np.float64) * 2.0 - 1.0
         result[:, dim] = np.bincount(rows, weights * sign, minlength=len(parts))
     out[present] = result / norms[:, None]
+    return out
+
+
+def project_vectors(vectors: np.ndarray) -> np.ndarray:
+    """(rows, DIMS) float64 projections of a model's (rows, width) embeddings, each row first
+    scaled to unit length; rows of NaN where a vector is zero or not finite."""
+    flat = np.asarray(vectors, dtype=np.float64).reshape(len(vectors), -1)
+    signs = mix(np.arange(flat.shape[1], dtype=np.uint64))
+    matrix = ((signs[:, None] >> np.arange(DIMS, dtype=np.uint64)) & np.uint64(1)).astype(
+        np.float64
+    ) * 2.0 - 1.0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        unit = flat / np.linalg.norm(flat, axis=1, keepdims=True)
+    out: np.ndarray = unit @ matrix
+    out[~np.isfinite(out).all(axis=1)] = np.nan
     return out

@@ -13,7 +13,10 @@ large or private), so it keeps what the drift methods need:
   numeric features, and an embedding summary: each value's `embedding.DIMS` components of a
   hashed trigram embedding (`monitor.embedding`), each profiled as a numeric feature, together
   one feature of kind `embedding`;
-- inputs too wide to watch column by column (images, embeddings): each row's mean and std.
+- inputs too wide to watch column by column (images, embeddings): each row's mean and std;
+- an embedding model's output vectors (an output named as in `EMBEDDING_OUTPUTS`), when the
+  reference's outputs are given (`shipyard profile` runs the model for them): projected like
+  text embeddings (`embedding.project_vectors`), one feature `output.NAME` of kind `embedding`.
 
 Between two stored CDF points the true CDF rises by less than 1/RESOLUTION, which bounds the
 error of the drift methods that use it (see `monitor.drift`).
@@ -44,7 +47,8 @@ OTHER = "(other)"
 _TAIL = 0.005  # histogram edges span the reference's 0.5%-99.5% quantiles; the tails get a bucket each
 
 Kind = Literal["numeric", "categorical", "embedding"]
-Derive = Literal["length", "tokens", "embedding", "mean", "std"]
+Derive = Literal["length", "tokens", "embedding", "output", "mean", "std"]
+EMBEDDING_OUTPUTS = ("embedding", "embeddings", "sentence_embedding")  # as optimize.scoring reads them
 
 
 @dataclass(frozen=True)
@@ -54,7 +58,9 @@ class Feature:
     name: str
     input: str
     index: int | None  # the column of a 2-D input; None for a 1-D input or a per-row summary
-    derive: Derive | None  # text length/tokens/embedding, or a wide input's per-row mean/std
+    # text length/tokens/embedding, a wide input's per-row mean/std, or "output": `input` names an
+    # output of the model (its embeddings), not an input
+    derive: Derive | None
     kind: Kind
     count: int  # reference values (missing ones excluded)
     missing: int
@@ -88,7 +94,8 @@ class Feature:
         if self.kind == "categorical":
             out["categories"] = dict(self.categories)
         elif self.kind == "embedding":
-            out["embedding"] = {"scheme": embedding.SCHEME, "dims": len(self.components)}
+            scheme = embedding.VECTOR_SCHEME if self.derive == "output" else embedding.SCHEME
+            out["embedding"] = {"scheme": scheme, "dims": len(self.components)}
             out["components"] = [c.to_dict() for c in self.components]
         elif self.count:
             out.update(mean=self.mean, std=self.std, min=self.min, max=self.max)
@@ -115,9 +122,10 @@ class Feature:
         if data["kind"] == "categorical":
             return cls(**common, categories={str(k): int(v) for k, v in data["categories"].items()})
         if data["kind"] == "embedding":
-            if data["embedding"]["scheme"] != embedding.SCHEME:
-                scheme = data["embedding"]["scheme"]
-                raise ValueError(f"text embedding {scheme!r} is not {embedding.SCHEME!r}")
+            scheme = data["embedding"]["scheme"]
+            expected = embedding.VECTOR_SCHEME if common["derive"] == "output" else embedding.SCHEME
+            if scheme != expected:
+                raise ValueError(f"embedding summary {scheme!r} is not {expected!r}")
             return cls(**common, components=tuple(cls.from_dict(c) for c in data["components"]))
         if not common["count"]:
             return cls(**common)
@@ -150,10 +158,16 @@ class Profile:
         """Inputs watched through per-row summaries: the live window keeps only those."""
         return frozenset(f.input for f in self.features if f.derive in ("mean", "std"))
 
+    @property
+    def outputs(self) -> frozenset[str]:
+        """The model outputs watched (an embedding model's vectors): the live window keeps those."""
+        return frozenset(f.input for f in self.features if f.derive == "output")
+
     def check(self, signature: Signature, ref: str) -> Profile:
         """This profile, if it describes inputs of `signature` (a profile stored by hand may not)."""
         names = {spec.name for spec in signature.inputs}
-        unknown = sorted({f.input for f in self.features} - names)
+        unknown = sorted({f.input for f in self.features if f.derive != "output"} - names)
+        unknown += sorted(self.outputs - {spec.name for spec in signature.outputs})
         if unknown:
             raise InvalidInputError(
                 f"the reference profile of {ref} describes input(s) {', '.join(unknown)}, which it does "
@@ -197,11 +211,13 @@ def build_profile(
     *,
     names: Mapping[str, Sequence[str]] | None = None,
     source: str = "",
+    outputs: Mapping[str, np.ndarray] | None = None,
 ) -> Profile:
     """The profile of reference `inputs` (one array per signature input, rows on axis 0).
 
     `names` gives the column names of 2-D inputs (e.g. a CSV file's header); else features
-    are named `input[j]`.
+    are named `input[j]`. `outputs`, the model's outputs on those inputs, add the summary of an
+    embedding model's vectors (`embedding_output`).
     """
     missing = [spec.name for spec in signature.inputs if spec.name not in inputs]
     if missing:
@@ -237,7 +253,38 @@ def build_profile(
         else:
             features.append(_numeric_feature(name, input_name, index, derive, values))
     left_out = len(planned) - used + max(0, len(features) - MAX_FEATURES)
-    return Profile(rows, tuple(_unique_names(features[:MAX_FEATURES])), source, left_out)
+    kept = features[:MAX_FEATURES]
+    watched = embedding_output(signature)
+    if outputs is not None and watched is not None and watched in outputs:
+        if len(outputs[watched]) != rows:
+            raise InvalidInputError(
+                f"the reference has {rows} rows but {len(outputs[watched])} {watched!r} outputs",
+                field="reference",
+            )
+        kept.append(_vector_feature(watched, outputs[watched]))
+    return Profile(rows, tuple(_unique_names(kept)), source, left_out)
+
+
+def embedding_output(signature: Signature) -> str | None:
+    """The output of an embedding model (a float matrix named as in EMBEDDING_OUTPUTS), if any."""
+    for spec in signature.outputs:
+        if (
+            spec.name.lower() in EMBEDDING_OUTPUTS
+            and spec.datatype.startswith(("FP", "BF"))
+            and len(spec.shape) == 2
+        ):
+            return spec.name
+    return None
+
+
+def output_key(output_name: str) -> str:
+    """Where a live window keeps a watched output of the model, beside the inputs."""
+    return f"{output_name}\x00output"
+
+
+def _vector_feature(output_name: str, vectors: np.ndarray) -> Feature:
+    projected = embedding.project_vectors(vectors)
+    return _embedding_feature(f"output.{output_name}", output_name, None, projected, derive="output")
 
 
 def _plan(
@@ -301,6 +348,11 @@ def column(feature: Feature, arrays: Mapping[str, np.ndarray]) -> np.ndarray:
 
 
 def _values(feature: Feature, arrays: Mapping[str, np.ndarray]) -> np.ndarray:
+    if feature.derive == "output":
+        vectors = arrays.get(output_key(feature.input))
+        if vectors is None:  # inputs without the model's outputs (a file): nothing to compare
+            return np.full((len(next(iter(arrays.values()), ())), embedding.DIMS), np.nan)
+        return embedding.project_vectors(vectors)
     if feature.derive in ("mean", "std"):
         kept = arrays.get(summary_key(feature.input))
         summary = kept if kept is not None else summarise(arrays[feature.input])
@@ -368,14 +420,18 @@ def _text_features(name: str, input_name: str, index: int | None, values: np.nda
         )
         derived.append(_numeric_feature(f"{name}.{derive}", input_name, index, derive, numbers))
     if not tokenized:
-        derived.append(_embedding_feature(f"{name}.embedding", input_name, index, values))
+        vectors = embedding.embed_texts(values)
+        derived.append(
+            _embedding_feature(f"{name}.embedding", input_name, index, vectors, derive="embedding")
+        )
     return derived
 
 
-def _embedding_feature(name: str, input_name: str, index: int | None, values: np.ndarray) -> Feature:
-    """Each dimension of the texts' embeddings as a numeric feature (never a categorical one, so
-    every dimension is judged by the same method)."""
-    vectors = embedding.embed_texts(values)
+def _embedding_feature(
+    name: str, input_name: str, index: int | None, vectors: np.ndarray, derive: Derive
+) -> Feature:
+    """Each dimension of the embeddings as a numeric feature (never a categorical one, so every
+    dimension is judged by the same method)."""
     components = tuple(
         _numeric_feature(f"{name}[{d}]", input_name, index, None, vectors[:, d], categories=False)
         for d in range(vectors.shape[1])
@@ -385,9 +441,9 @@ def _embedding_feature(name: str, input_name: str, index: int | None, values: np
         name,
         input_name,
         index,
+        derive,
         "embedding",
-        "embedding",
-        len(values) - missing,
+        len(vectors) - missing,
         missing,
         components=components,
     )

@@ -38,7 +38,7 @@ import numpy as np
 from shipyard.errors import InvalidInputError, NotFoundError, ShipyardError
 from shipyard.monitor import metrics
 from shipyard.monitor.drift import DriftReport, compare_columns, feature_columns
-from shipyard.monitor.profile import Profile, summarise, summary_key
+from shipyard.monitor.profile import Profile, output_key, summarise, summary_key
 from shipyard.monitor.window_share import SharedWindow, version_folder
 from shipyard.settings import DriftSettings
 from shipyard.tensors import numpy_dtype
@@ -131,6 +131,7 @@ class InputWindow:
         self.started = time.time()
         self._chunks: deque[tuple[float, int, int, dict[str, np.ndarray], int]] = deque()
         self._summarised = profile.summarised
+        self._outputs = profile.outputs  # an embedding model's vectors, kept beside its inputs
         self._text_inputs = frozenset(
             f.input for f in profile.features if f.derive in ("length", "tokens", "embedding")
         )
@@ -145,7 +146,9 @@ class InputWindow:
             settings.max_bytes,
             settings.max_age_s,
         )
-        self._row_bytes = _row_bytes(signature, self._summarised) if signature is not None else None
+        self._row_bytes = (
+            _row_bytes(signature, self._summarised) if signature is not None and not self._outputs else None
+        )
         # The ring's rows as merged by the last snapshot: each feature's values, each row's time and
         # chunk number, and the number of the newest chunk merged. Replaced, never changed in place.
         self._merge_lock = threading.Lock()
@@ -154,8 +157,13 @@ class InputWindow:
         self._numbers = np.empty(0, dtype=np.int64)
         self._merged_upto = 0
 
-    def add(self, arrays: dict[str, np.ndarray], rows: int) -> None:
-        """Keep one batch's inputs (the serving path: no copy, no computation)."""
+    def add(
+        self, arrays: dict[str, np.ndarray], rows: int, outputs: dict[str, np.ndarray] | None = None
+    ) -> None:
+        """Keep one batch's inputs, and the watched outputs (the serving path: no copy, no
+        computation)."""
+        if self._outputs:
+            arrays = {**arrays, **{output_key(n): _output(outputs, n, rows) for n in self._outputs}}
         if self._summarised:
             arrays = {
                 (summary_key(k) if k in self._summarised else k): (
@@ -278,6 +286,12 @@ class InputWindow:
         return report
 
 
+def _output(outputs: dict[str, np.ndarray] | None, name: str, rows: int) -> np.ndarray:
+    """A watched output of a batch; rows of NaN (missing) if the batch did not return it."""
+    found = None if outputs is None else outputs.get(name)
+    return found if found is not None and len(found) == rows else np.full((rows, 1), np.nan)
+
+
 def _row_bytes(signature: Signature, summarised: frozenset[str]) -> int | None:
     """Bytes a row of the inputs takes, when every input's row has a fixed size."""
     total = 0
@@ -297,7 +311,9 @@ class _Off:
     def __init__(self, reason: str = "") -> None:
         self.reason = reason
 
-    def add(self, arrays: dict[str, np.ndarray], rows: int) -> None:
+    def add(
+        self, arrays: dict[str, np.ndarray], rows: int, outputs: dict[str, np.ndarray] | None = None
+    ) -> None:
         pass
 
 
@@ -325,12 +341,19 @@ class DriftMonitor:
         self._lock = threading.Lock()
         metrics.DRIFT.add_source(self.series)
 
-    def observe(self, served: Served, arrays: dict[str, np.ndarray], rows: int) -> None:
-        """After a batch ran: keep its inputs (the one call on the serving path)."""
+    def observe(
+        self,
+        served: Served,
+        arrays: dict[str, np.ndarray],
+        rows: int,
+        outputs: dict[str, np.ndarray] | None = None,
+    ) -> None:
+        """After a batch ran: keep its inputs (and an embedding model's vectors, when its profile
+        has them); the one call on the serving path."""
         window = served.drift_window
         if window is None:
             window = self._open(served, served.version.data_profile)
-        window.add(arrays, rows)
+        window.add(arrays, rows, outputs)
 
     def _open(self, served: Served, stored: dict[str, Any] | None) -> InputWindow | _Off:
         window: InputWindow | _Off = _OFF

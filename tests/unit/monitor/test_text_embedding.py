@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from shipyard.errors import InvalidInputError
 from shipyard.monitor import drift, embedding
-from shipyard.monitor.profile import Feature, Profile, build_profile
+from shipyard.monitor.profile import Feature, Profile, build_profile, output_key
 from shipyard.settings import DriftSettings
 from shipyard.types import Signature, TensorSpec
 
@@ -198,3 +199,60 @@ def test_shipyard_drift_charts_the_worst_dimension_and_names_it() -> None:
     assert chart(worst)[0] == (
         f"review.embedding: ks {worst['score']:.2e}, drifted (worst dimension: {component})"
     )
+
+
+# --- an embedding model's own vectors ------------------------------------------------------
+
+EMBEDDER = Signature((TensorSpec("text", "BYTES", (-1,)),), (TensorSpec("embedding", "FP32", (-1, 24)),))
+
+
+def test_model_vectors_are_projected_by_the_documented_matrix() -> None:
+    vectors = np.random.default_rng(11).normal(size=(40, 24)).astype(np.float32)
+    vectors[3] = 0.0  # no direction: missing
+    matrix = np.array(
+        [[1.0 if (splitmix(j) >> d) & 1 else -1.0 for d in range(embedding.DIMS)] for j in range(24)]
+    )
+    keep = np.arange(40) != 3
+    wide = vectors[keep].astype(np.float64)
+    unit = wide / np.linalg.norm(wide, axis=1, keepdims=True)
+    got = embedding.project_vectors(vectors)
+    np.testing.assert_allclose(got[keep], unit @ matrix, rtol=1e-12, atol=1e-12)
+    assert np.isnan(got[3]).all()
+
+
+def test_a_profile_with_the_models_vectors_judges_them_as_scipy_would() -> None:
+    rng = np.random.default_rng(12)
+    texts = sentences(ENGLISH, 200, 13)
+    reference_vectors = rng.normal(size=(200, 24)).astype(np.float32)
+    profile = build_profile({"text": texts}, EMBEDDER, outputs={"embedding": reference_vectors})
+    stored = Profile.from_dict(json.loads(json.dumps(profile.to_dict(), allow_nan=False))).check(
+        EMBEDDER, "e:1"
+    )
+    assert stored.outputs == {"embedding"}
+    (vector,) = [f for f in stored.features if f.derive == "output"]
+    assert (vector.name, vector.kind, vector.count) == ("output.embedding", "embedding", 200)
+    current_vectors = (rng.normal(size=(120, 24)) + np.eye(24)[0] * 0.8).astype(np.float32)  # moved
+    current = {"text": sentences(ENGLISH, 120, 14), output_key("embedding"): current_vectors}
+    result = next(
+        f for f in drift.compare(stored, current, DriftSettings()).features if f.name == vector.name
+    )
+    ref_projected = embedding.project_vectors(reference_vectors)
+    cur_projected = embedding.project_vectors(current_vectors)
+    p_values = [
+        stats.ks_2samp(ref_projected[:, d], cur_projected[:, d], method="asymp").pvalue
+        for d in range(embedding.DIMS)
+    ]
+    assert result.score == pytest.approx(min(1.0, min(p_values) * embedding.DIMS), rel=1e-9, abs=1e-300)
+    assert result.drifted
+    # Without the model's outputs (inputs from a file, say), there is nothing to judge it on.
+    offline = drift.compare(stored, {"text": current["text"]}, DriftSettings())
+    assert next(f for f in offline.features if f.name == vector.name).score is None
+
+
+def test_a_profile_of_vectors_the_model_does_not_return_is_refused() -> None:
+    profile = build_profile(
+        {"text": sentences(ENGLISH, 50, 1)}, EMBEDDER, outputs={"embedding": np.ones((50, 24), np.float32)}
+    )
+    other = Signature(EMBEDDER.inputs, (TensorSpec("logits", "FP32", (-1, 2)),))
+    with pytest.raises(InvalidInputError, match="describes input"):
+        profile.check(other, "e:1")
