@@ -247,11 +247,15 @@ class InputWindow:
                 self._numbers = np.concatenate([self._numbers[gone:], numbers])
                 old = self._merged
                 if new:
-                    arrays = {
-                        name: np.concatenate(list(map(itemgetter(name), map(itemgetter(3), new))))
-                        for name in new[0][3]
-                    }
-                    fresh = feature_columns(self.profile, arrays)
+                    try:
+                        arrays = {
+                            name: np.concatenate(list(map(itemgetter(name), map(itemgetter(3), new))))
+                            for name in new[0][3]
+                        }
+                        fresh = feature_columns(self.profile, arrays)
+                    except ValueError:  # batches of other widths (a dynamic dimension): one by one
+                        parts = [feature_columns(self.profile, chunk[3]) for chunk in new]
+                        fresh = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
                     self._merged = {
                         name: np.concatenate([old[name][gone:], values]) if name in old else values
                         for name, values in fresh.items()

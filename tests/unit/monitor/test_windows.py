@@ -223,3 +223,17 @@ def test_text_categories_come_from_two_dimensional_live_inputs() -> None:
     assert (color.kind, color.method, color.drifted) == ("categorical", "chisquare", True)
     assert color.histogram["categories"] == ["blue", "green", "red", "(other)"]
     assert color.histogram["current"] == [0.0, 0.0, 0.8, 0.2]
+
+
+def test_an_embedding_models_vectors_are_kept_and_a_batch_without_them_counts_as_missing() -> None:
+    signature = Signature((TensorSpec("text", "BYTES", (-1,)),), (TensorSpec("embedding", "FP32", (-1, 6)),))
+    texts = np.array([f"sentence number {i}" for i in range(200)], dtype=object)
+    vectors = np.random.default_rng(0).normal(size=(200, 6)).astype(np.float32)
+    stored = build_profile({"text": texts}, signature, outputs={"embedding": vectors}).to_dict()
+    monitor = DriftMonitor(DriftSettings())
+    served = FakeServed(ModelVersion("e", 1, "onnx", "d", 0, (), signature, data_profile=stored))
+    monitor.observe(served, {"text": texts[:40]}, 40, {"embedding": vectors[:40] + 3.0})
+    monitor.observe(served, {"text": texts[40:50]}, 10, {})  # a batch that did not return them
+    report = asyncio.run(monitor.report(served, None))[1]
+    vector = next(f for f in report.features if f.name == "output.embedding")
+    assert (vector.rows, vector.missing[1], report.rows) == (40, 0.2, 50)
