@@ -122,13 +122,14 @@ class SharedWindow:
             except OSError:  # replaced or deleted just now
                 continue
             stamp = (entry.name, stat.st_mtime_ns, stat.st_size)
-            known = self._peers.get(entry.name)
-            if known is not None and known.stamp == stamp:
-                peer: Peer | None = known
-            elif not _alive(pid):
+            if not _alive(pid):  # its supervisor has not deleted it yet, or could not
                 continue
-            else:
-                peer = self._read(Path(entry.path), label, stamp)
+            known = self._peers.get(entry.name)
+            peer = (
+                known
+                if known is not None and known.stamp == stamp
+                else self._read(Path(entry.path), label, stamp)
+            )
             if peer is not None:
                 found[entry.name] = peer
         self._peers = found

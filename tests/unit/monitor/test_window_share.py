@@ -176,3 +176,19 @@ def test_a_worker_that_served_nothing_reports_the_others_rows(
     merged = report(one, served_one)
     assert merged.rows == 50 and dict(merged.workers) == {"2": 50}
     assert report(one, served_one, "20").rows == 20
+
+
+def test_a_file_left_by_a_process_that_no_longer_exists_is_skipped(
+    tmp_path: Path, stored: dict[str, object]
+) -> None:
+    import shutil
+    import subprocess
+
+    (one, served_one), (two, served_two) = workers(tmp_path, stored)
+    two.observe(served_two, rows(50, 3), 50)
+    two.share()
+    dead = subprocess.Popen(["true"])  # a process that has exited, and been reaped
+    dead.wait()
+    (written,) = tmp_path.glob("notes@1/2-*.npz")
+    shutil.copy(written, written.with_name(f"3-{dead.pid}.npz"))
+    assert dict(report(one, served_one).workers) == {"2": 50}
