@@ -229,6 +229,12 @@ class DriftSettings(BaseModel):
         description="/metrics recomputes a version's drift at most this often; scrapes between get the "
         "last figures (0: every scrape)",
     )
+    share_s: float = Field(
+        2.0,
+        gt=0,
+        description="with --workers N, how often each worker shares its window with the others: drift "
+        "covers every worker's inputs, the other workers' at most this late",
+    )
 
 
 class TracingSettings(BaseModel):

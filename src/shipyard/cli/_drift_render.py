@@ -77,6 +77,8 @@ def chart(feature: dict[str, Any]) -> list[str]:
     state = "drifted" if feature["drifted"] else "not drifted"
     score = "-" if feature["score"] is None else _score(feature["score"])
     lines = [f"{feature['name']}: {feature['method']} {score}, {state}"]
+    if "component" in feature["histogram"]:  # an embedding: the chart is of its worst dimension
+        lines[0] += f" (worst dimension: {feature['histogram']['component']})"
     width = max(len(label) for label in labels)
     top = max([*reference, *current, 1e-12])
     lines.append(f"  {'':<{width}}  {'reference':<{_BAR + 7}}  live")
@@ -131,8 +133,9 @@ def write_png(body: dict[str, Any], path: Path) -> None:
         ax.set_xticks(list(positions), labels, rotation=60, ha="right", fontsize=7)
         ax.yaxis.set_major_formatter(PercentFormatter(1.0))
         score = "-" if feature["score"] is None else _score(feature["score"])
+        name = feature["histogram"].get("component", feature["name"])  # an embedding's worst dimension
         ax.set_title(
-            f"{feature['name']} — {feature['method']} {score}{' (drifted)' if feature['drifted'] else ''}",
+            f"{name} — {feature['method']} {score}{' (drifted)' if feature['drifted'] else ''}",
             fontsize=9,
         )
         ax.legend(fontsize=7)

@@ -15,7 +15,15 @@ from shipyard.errors import InvalidInputError, NotFoundError
 from shipyard.types import ModelRef
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    import numpy as np
+
+    from shipyard.registry import Registry
     from shipyard.types import ModelVersion, Signature
+
+Arrays = dict[str, "np.ndarray"]
+_BATCH = 64  # reference rows per call when the model runs over them
 
 REFERENCE_SUFFIXES = (".csv", ".jsonl", ".ndjson", ".json", ".parquet", ".pq", ".npy")
 
@@ -55,13 +63,40 @@ def read_reference(path: Path) -> Any:
     return read_records(path)
 
 
-def profile_of(path: Path, signature: Signature) -> dict[str, Any]:
-    """The reference profile of the file at `path` for a model with `signature`."""
+def profile_of(
+    path: Path, signature: Signature, run: Callable[[Arrays], Arrays] | None = None
+) -> dict[str, Any]:
+    """The reference profile of the file at `path` for a model with `signature`; `run` gives the
+    model's outputs on the inputs, for an embedding model's vectors (see `model_runner`)."""
     from shipyard.monitor.profile import build_profile
     from shipyard.monitor.reference import reference_inputs
 
     inputs, names = reference_inputs(read_reference(path), signature, path.name)
-    return build_profile(inputs, signature, names=names, source=path.name).to_dict()
+    outputs = run(inputs) if run is not None else None
+    return build_profile(inputs, signature, names=names, source=path.name, outputs=outputs).to_dict()
+
+
+def model_runner(registry: Registry, version: ModelVersion) -> Callable[[Arrays], Arrays] | None:
+    """For an embedding model (its output vectors are what its drift profile summarises): a
+    function running the version over reference inputs, in batches; None for other models."""
+    from shipyard.monitor.profile import embedding_output
+
+    watched = embedding_output(version.signature)
+    if watched is None:
+        return None
+
+    def run(inputs: Arrays) -> Arrays:
+        import numpy as np
+
+        rows = len(next(iter(inputs.values())))
+        with registry.load(version.ref) as model:
+            parts = [
+                model.predict({k: v[start : start + _BATCH] for k, v in inputs.items()})[watched]
+                for start in range(0, rows, _BATCH)
+            ]
+        return {watched: np.concatenate(parts)}
+
+    return run
 
 
 def profile(
@@ -75,7 +110,7 @@ def profile(
     """Compute the reference profile drift is measured against, from FILE, and store it with REF."""
     registry = state(ctx).registry()
     version = registry.resolve(ref)
-    stored = profile_of(file, version.signature)
+    stored = profile_of(file, version.signature, model_runner(registry, version))
     version = registry.set_data_profile(version.ref, stored)
     if json_:
         from shipyard.cli._render import print_json
@@ -138,13 +173,17 @@ def drift(
 
 def _offline(ctx: typer.Context, ref: str, file: Path) -> dict[str, Any]:
     from shipyard.monitor.drift import compare
-    from shipyard.monitor.profile import Profile
+    from shipyard.monitor.profile import Profile, output_key
     from shipyard.monitor.reference import reference_inputs
 
     cli = state(ctx)
-    version = cli.registry().resolve(ref)
+    registry = cli.registry()
+    version = registry.resolve(ref)
     reference = Profile.from_dict(_stored_profile(version)).check(version.signature, str(version.ref))
     inputs, _ = reference_inputs(read_reference(file), version.signature, file.name)
+    run = model_runner(registry, version) if reference.outputs else None
+    if run is not None:  # the profile summarises the model's vectors: the file's are computed too
+        inputs = {**inputs, **{output_key(name): vectors for name, vectors in run(inputs).items()}}
     report = compare(reference, inputs, cli.settings().drift)
     return {
         "model": version.name,

@@ -9,7 +9,15 @@ the *current window* picks instead (a test's power grows with the smaller sample
 - categorical feature, small window: chi-square goodness-of-fit against the reference's
   frequencies (two-proportion z-test for two categories); larger: Jensen–Shannon distance
   (natural log) over the categories;
-- PSI on request, over the same buckets as Jensen–Shannon.
+- PSI on request, over the same buckets as Jensen–Shannon;
+- a text embedding summary (`monitor.embedding`, kind `embedding`): each of its dimensions is
+  judged as a numeric feature (KS or Wasserstein, by the same rule), and the feature's score
+  combines them so that it keeps its method's meaning and threshold: for a test the smallest
+  p-value times the number of dimensions (Bonferroni: still a p-value, at most 0.05 in 5% of
+  undrifted windows), for a distance the largest one. This is Evidently's per-component view of
+  embedding drift (its `ratio` method) with the family-wise rule in place of a share, because
+  the reference is a profile (no rows for a domain classifier) and because Shipyard's alert
+  rules and dashboards read every score as a p-value or a distance.
 
 A test says "drifted" when its p-value is below `p_value` (0.05), a distance when it is at or
 above `distance` (0.1); the input as a whole has drifted when the share of drifted features is
@@ -30,7 +38,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -204,6 +212,7 @@ class DriftReport:
     features: tuple[FeatureDrift, ...]
     drift_share: float
     min_rows: int
+    workers: tuple[tuple[str, int], ...] = ()  # rows from each worker, when several share a window
 
     @property
     def judged(self) -> int:
@@ -241,9 +250,25 @@ class DriftReport:
 def compare(profile: Profile, arrays: Mapping[str, np.ndarray], settings: DriftSettings) -> DriftReport:
     """Drift of `arrays` (current inputs, rows on axis 0) from `profile`, feature by feature."""
     rows = max((len(a) for a in arrays.values()), default=0)
-    results = [_feature_drift(feature, column(feature, arrays), settings) for feature in profile.features]
+    return compare_columns(profile, feature_columns(profile, arrays), rows, settings)
+
+
+def feature_columns(profile: Profile, arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Each feature's values in `arrays`, by feature name (see `profile.column`)."""
+    return {feature.name: column(feature, arrays) for feature in profile.features}
+
+
+def compare_columns(
+    profile: Profile,
+    columns: Mapping[str, np.ndarray],
+    rows: int,
+    settings: DriftSettings,
+    workers: tuple[tuple[str, int], ...] = (),
+) -> DriftReport:
+    """Drift of `rows` current rows, given as `feature_columns`, from `profile`."""
+    results = [_feature_drift(feature, columns[feature.name], settings) for feature in profile.features]
     results.sort(key=lambda r: (not r.drifted, -r.severity, r.name))
-    return DriftReport(rows, profile.rows, tuple(results), settings.drift_share, settings.min_rows)
+    return DriftReport(rows, profile.rows, tuple(results), settings.drift_share, settings.min_rows, workers)
 
 
 def choose_method(kind: str, rows: int, categories: int, settings: DriftSettings) -> str:
@@ -265,6 +290,8 @@ def choose_method(kind: str, rows: int, categories: int, settings: DriftSettings
 def _feature_drift(feature: Feature, values: np.ndarray, settings: DriftSettings) -> FeatureDrift:
     if feature.kind == "categorical":
         return _categorical_drift(feature, values, settings)
+    if feature.kind == "embedding":
+        return _embedding_drift(feature, values, settings)
     present = np.sort(values[np.isfinite(values)])
     missing = (
         _rate(feature.missing, feature.missing + feature.count),
@@ -361,6 +388,32 @@ def _categorical_drift(feature: Feature, values: np.ndarray, settings: DriftSett
         present,
         missing,
         histogram,
+    )
+
+
+def _embedding_drift(feature: Feature, vectors: np.ndarray, settings: DriftSettings) -> FeatureDrift:
+    """Each dimension judged as a numeric feature, combined (module docstring): a Bonferroni
+    p-value for tests, the largest distance otherwise. The histogram is the worst dimension's."""
+    parts = [_feature_drift(c, vectors[:, d], settings) for d, c in enumerate(feature.components)]
+    method, threshold = parts[0].method, parts[0].threshold
+    scored = [p for p in parts if p.score is not None]
+    worst = max(scored, key=lambda p: p.severity) if scored else parts[0]
+    histogram = {**worst.histogram, "component": worst.name}
+    if not scored:
+        return replace(worst, name=feature.name, kind="embedding", histogram=histogram)
+    if method in TESTS:
+        score = min(1.0, min(float(p.score or 0.0) for p in scored) * len(parts))
+        drifted = score < threshold
+    else:
+        score = max(float(p.score or 0.0) for p in scored)
+        drifted = score >= threshold
+    return replace(
+        worst,
+        name=feature.name,
+        kind="embedding",
+        score=score,
+        drifted=bool(drifted),
+        histogram=histogram,
     )
 
 

@@ -270,8 +270,10 @@ DriftSeries = tuple[str, str, int, bool, list[tuple[str, str, float]]]
 
 class _DriftCollector(Collector):
     """Drift gauges, computed when /metrics is read (never on the request path) from the live
-    windows of this process: with several workers, the one that answers the scrape reports
-    the traffic it saw. Versions no longer served simply stop appearing."""
+    windows: with several workers, the one that answers the scrape merges every worker's window
+    (`monitor.window_share`), so any answer covers all the traffic, once. They are not in the
+    multiprocess files, so nothing sums them over workers or keeps a dead worker's series.
+    Versions no longer served simply stop appearing."""
 
     def __init__(self) -> None:
         # Weak: a server's drift monitor stops reporting when it goes, with no unregistering.

@@ -10,8 +10,13 @@ large or private), so it keeps what the drift methods need:
   distinct values, as Evidently decides): counts of the `MAX_CATEGORIES` most frequent
   values, the rest counted as `OTHER`;
 - text (values mostly distinct): the length and whitespace-token count of each value, as two
-  numeric features;
-- inputs too wide to watch column by column (images, embeddings): each row's mean and std.
+  numeric features, and an embedding summary: each value's `embedding.DIMS` components of a
+  hashed trigram embedding (`monitor.embedding`), each profiled as a numeric feature, together
+  one feature of kind `embedding`;
+- inputs too wide to watch column by column (images, embeddings): each row's mean and std;
+- an embedding model's output vectors (an output named as in `EMBEDDING_OUTPUTS`), when the
+  reference's outputs are given (`shipyard profile` runs the model for them): projected like
+  text embeddings (`embedding.project_vectors`), one feature `output.NAME` of kind `embedding`.
 
 Between two stored CDF points the true CDF rises by less than 1/RESOLUTION, which bounds the
 error of the drift methods that use it (see `monitor.drift`).
@@ -27,10 +32,12 @@ from typing import Any, Literal
 import numpy as np
 
 from shipyard.errors import InvalidInputError
+from shipyard.monitor import embedding
 from shipyard.tensors import numpy_dtype
 from shipyard.types import Signature
 
-SCHEMA = 1
+SCHEMA = 2  # 2 added text embeddings; a profile of schema 1 is read as it was
+_READABLE = frozenset({1, SCHEMA})
 RESOLUTION = 200  # CDF intervals per numeric feature: KS statistic error < 1/200
 CATEGORICAL_UNIQUE = 5  # numbers with this many distinct values or fewer are categories
 MAX_CATEGORIES = 20  # categories kept by name; the rest count as OTHER
@@ -39,8 +46,9 @@ MAX_FEATURES = 100
 OTHER = "(other)"
 _TAIL = 0.005  # histogram edges span the reference's 0.5%-99.5% quantiles; the tails get a bucket each
 
-Kind = Literal["numeric", "categorical"]
-Derive = Literal["length", "tokens", "mean", "std"]
+Kind = Literal["numeric", "categorical", "embedding"]
+Derive = Literal["length", "tokens", "embedding", "output", "mean", "std"]
+EMBEDDING_OUTPUTS = ("embedding", "embeddings", "sentence_embedding")  # as optimize.scoring reads them
 
 
 @dataclass(frozen=True)
@@ -50,7 +58,9 @@ class Feature:
     name: str
     input: str
     index: int | None  # the column of a 2-D input; None for a 1-D input or a per-row summary
-    derive: Derive | None  # text length/tokens, or a wide input's per-row mean/std
+    # text length/tokens/embedding, a wide input's per-row mean/std, or "output": `input` names an
+    # output of the model (its embeddings), not an input
+    derive: Derive | None
     kind: Kind
     count: int  # reference values (missing ones excluded)
     missing: int
@@ -68,6 +78,8 @@ class Feature:
     buckets: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))  # len(edges) + 1
     # categorical
     categories: dict[str, int] = field(default_factory=dict)
+    # embedding: one numeric feature per dimension
+    components: tuple[Feature, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -81,6 +93,10 @@ class Feature:
         }
         if self.kind == "categorical":
             out["categories"] = dict(self.categories)
+        elif self.kind == "embedding":
+            scheme = embedding.VECTOR_SCHEME if self.derive == "output" else embedding.SCHEME
+            out["embedding"] = {"scheme": scheme, "dims": len(self.components)}
+            out["components"] = [c.to_dict() for c in self.components]
         elif self.count:
             out.update(mean=self.mean, std=self.std, min=self.min, max=self.max)
             out["cdf"] = {
@@ -105,6 +121,12 @@ class Feature:
         }
         if data["kind"] == "categorical":
             return cls(**common, categories={str(k): int(v) for k, v in data["categories"].items()})
+        if data["kind"] == "embedding":
+            scheme = data["embedding"]["scheme"]
+            expected = embedding.VECTOR_SCHEME if common["derive"] == "output" else embedding.SCHEME
+            if scheme != expected:
+                raise ValueError(f"embedding summary {scheme!r} is not {expected!r}")
+            return cls(**common, components=tuple(cls.from_dict(c) for c in data["components"]))
         if not common["count"]:
             return cls(**common)
         return cls(
@@ -136,10 +158,16 @@ class Profile:
         """Inputs watched through per-row summaries: the live window keeps only those."""
         return frozenset(f.input for f in self.features if f.derive in ("mean", "std"))
 
+    @property
+    def outputs(self) -> frozenset[str]:
+        """The model outputs watched (an embedding model's vectors): the live window keeps those."""
+        return frozenset(f.input for f in self.features if f.derive == "output")
+
     def check(self, signature: Signature, ref: str) -> Profile:
         """This profile, if it describes inputs of `signature` (a profile stored by hand may not)."""
         names = {spec.name for spec in signature.inputs}
-        unknown = sorted({f.input for f in self.features} - names)
+        unknown = sorted({f.input for f in self.features if f.derive != "output"} - names)
+        unknown += sorted(self.outputs - {spec.name for spec in signature.outputs})
         if unknown:
             raise InvalidInputError(
                 f"the reference profile of {ref} describes input(s) {', '.join(unknown)}, which it does "
@@ -159,7 +187,7 @@ class Profile:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Profile:
-        if not isinstance(data, Mapping) or data.get("schema") != SCHEMA:
+        if not isinstance(data, Mapping) or data.get("schema") not in _READABLE:
             schema = data.get("schema") if isinstance(data, Mapping) else None
             raise InvalidInputError(
                 f"reference profile schema {schema!r} is not one this Shipyard reads ({SCHEMA}); "
@@ -183,11 +211,13 @@ def build_profile(
     *,
     names: Mapping[str, Sequence[str]] | None = None,
     source: str = "",
+    outputs: Mapping[str, np.ndarray] | None = None,
 ) -> Profile:
     """The profile of reference `inputs` (one array per signature input, rows on axis 0).
 
     `names` gives the column names of 2-D inputs (e.g. a CSV file's header); else features
-    are named `input[j]`.
+    are named `input[j]`. `outputs`, the model's outputs on those inputs, add the summary of an
+    embedding model's vectors (`embedding_output`).
     """
     missing = [spec.name for spec in signature.inputs if spec.name not in inputs]
     if missing:
@@ -223,7 +253,38 @@ def build_profile(
         else:
             features.append(_numeric_feature(name, input_name, index, derive, values))
     left_out = len(planned) - used + max(0, len(features) - MAX_FEATURES)
-    return Profile(rows, tuple(_unique_names(features[:MAX_FEATURES])), source, left_out)
+    kept = features[:MAX_FEATURES]
+    watched = embedding_output(signature)
+    if outputs is not None and watched is not None and watched in outputs:
+        if len(outputs[watched]) != rows:
+            raise InvalidInputError(
+                f"the reference has {rows} rows but {len(outputs[watched])} {watched!r} outputs",
+                field="reference",
+            )
+        kept.append(_vector_feature(watched, outputs[watched]))
+    return Profile(rows, tuple(_unique_names(kept)), source, left_out)
+
+
+def embedding_output(signature: Signature) -> str | None:
+    """The output of an embedding model (a float matrix named as in EMBEDDING_OUTPUTS), if any."""
+    for spec in signature.outputs:
+        if (
+            spec.name.lower() in EMBEDDING_OUTPUTS
+            and spec.datatype.startswith(("FP", "BF"))
+            and len(spec.shape) == 2
+        ):
+            return spec.name
+    return None
+
+
+def output_key(output_name: str) -> str:
+    """Where a live window keeps a watched output of the model, beside the inputs."""
+    return f"{output_name}\x00output"
+
+
+def _vector_feature(output_name: str, vectors: np.ndarray) -> Feature:
+    projected = embedding.project_vectors(vectors)
+    return _embedding_feature(f"output.{output_name}", output_name, None, projected, derive="output")
 
 
 def _plan(
@@ -279,7 +340,19 @@ def _raw_column(array: np.ndarray, index: int | None, derive: Derive | None) -> 
 
 
 def column(feature: Feature, arrays: Mapping[str, np.ndarray]) -> np.ndarray:
-    """The feature's values in `arrays` (request inputs, or a live window's kept arrays)."""
+    """The feature's values in `arrays` (request inputs, or a live window's kept arrays): float64
+    numbers ((rows, dims) for an embedding), or, for a categorical feature, its text keys (None
+    when missing), so columns of any origin concatenate into one."""
+    values = _values(feature, arrays)
+    return category_keys(values) if feature.kind == "categorical" else values
+
+
+def _values(feature: Feature, arrays: Mapping[str, np.ndarray]) -> np.ndarray:
+    if feature.derive == "output":
+        vectors = arrays.get(output_key(feature.input))
+        if vectors is None:  # inputs without the model's outputs (a file): nothing to compare
+            return np.full((len(next(iter(arrays.values()), ())), embedding.DIMS), np.nan)
+        return embedding.project_vectors(vectors)
     if feature.derive in ("mean", "std"):
         kept = arrays.get(summary_key(feature.input))
         summary = kept if kept is not None else summarise(arrays[feature.input])
@@ -289,6 +362,8 @@ def column(feature: Feature, arrays: Mapping[str, np.ndarray]) -> np.ndarray:
         return np.array([_length(v) for v in values], dtype=np.float64)
     if feature.derive == "tokens":
         return np.array([_tokens(v) for v in values], dtype=np.float64)
+    if feature.derive == "embedding":
+        return embedding.embed_texts(values)
     return values
 
 
@@ -344,7 +419,34 @@ def _text_features(name: str, input_name: str, index: int | None, values: np.nda
             [_length(v) if derive == "length" else _tokens(v) for v in values], dtype=np.float64
         )
         derived.append(_numeric_feature(f"{name}.{derive}", input_name, index, derive, numbers))
+    if not tokenized:
+        vectors = embedding.embed_texts(values)
+        derived.append(
+            _embedding_feature(f"{name}.embedding", input_name, index, vectors, derive="embedding")
+        )
     return derived
+
+
+def _embedding_feature(
+    name: str, input_name: str, index: int | None, vectors: np.ndarray, derive: Derive
+) -> Feature:
+    """Each dimension of the embeddings as a numeric feature (never a categorical one, so every
+    dimension is judged by the same method)."""
+    components = tuple(
+        _numeric_feature(f"{name}[{d}]", input_name, index, None, vectors[:, d], categories=False)
+        for d in range(vectors.shape[1])
+    )
+    missing = int(np.isnan(vectors[:, 0]).sum())
+    return Feature(
+        name,
+        input_name,
+        index,
+        derive,
+        "embedding",
+        len(vectors) - missing,
+        missing,
+        components=components,
+    )
 
 
 def _categorical_feature(
@@ -372,12 +474,18 @@ def _categorical_feature(
 
 
 def _numeric_feature(
-    name: str, input_name: str, index: int | None, derive: Derive | None, values: np.ndarray
+    name: str,
+    input_name: str,
+    index: int | None,
+    derive: Derive | None,
+    values: np.ndarray,
+    *,
+    categories: bool = True,
 ) -> Feature:
     finite = values[np.isfinite(values)]
     missing = len(values) - len(finite)
     unique = np.unique(finite)
-    if 0 < len(unique) <= CATEGORICAL_UNIQUE:
+    if categories and 0 < len(unique) <= CATEGORICAL_UNIQUE:
         return _categorical_feature(name, input_name, index, derive, category_keys(values))
     if not len(finite):
         return Feature(name, input_name, index, derive, "numeric", 0, missing)

@@ -8,6 +8,7 @@ import logging
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -67,13 +68,20 @@ def create_app(  # noqa: PLR0915 -- the composition root wires every part in one
     wait_for_models: bool = False,
     limits_file: str | None = None,
     worker: int = 0,
+    drift_dir: str | None = None,
 ) -> ShipyardApp:
     """An ASGI app serving `refs`. Models load in the background so the server is live at once,
     unless `wait_for_models` (several workers: a worker joins the port only once it can serve).
-    `limits_file` is the rate-limit table the workers share, `worker` this worker's number."""
+    `limits_file` is the rate-limit table the workers share, `worker` this worker's number,
+    `drift_dir` where the workers share their drift windows."""
     registry = registry or Registry(settings=settings)
     # The tracer is None unless an OTLP endpoint is set; each worker process starts its own.
-    drift = DriftMonitor(settings.drift, fetch_profile=lambda v: registry.resolve(v.ref).data_profile)
+    drift = DriftMonitor(
+        settings.drift,
+        fetch_profile=lambda v: registry.resolve(v.ref).data_profile,
+        share_dir=Path(drift_dir) if drift_dir else None,
+        worker=worker,
+    )
     repository = ModelRepository(registry, settings, start_tracing(settings.tracing, worker), drift)
     serve = settings.serve
     table = Table(limits_file, serve.workers) if limits_file else None
@@ -152,6 +160,7 @@ def create_app(  # noqa: PLR0915 -- the composition root wires every part in one
         app.state.loading = loading
         if predictions is not None:
             predictions.start()
+        sharing = asyncio.create_task(drift.sharing()) if drift.share_dir is not None else None
         if wait_for_models:
             await asyncio.shield(loading)
         try:
@@ -159,6 +168,8 @@ def create_app(  # noqa: PLR0915 -- the composition root wires every part in one
                 yield
         finally:
             loading.cancel()
+            if sharing is not None:
+                sharing.cancel()
             await repository.close()
             registry.close()
             if repository.tracer is not None:  # the last spans are exported before the process ends

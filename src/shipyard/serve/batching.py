@@ -102,7 +102,7 @@ class Batcher:
         max_queue: int = 1024,
         max_queue_wait_s: float = 0.0,
         can_batch: bool = True,
-        on_batch: Callable[[int, float, list[float], Arrays], None] | None = None,
+        on_batch: Callable[[int, float, list[float], Arrays, Arrays], None] | None = None,
         on_idle: Callable[[], None] | None = None,
         trace_batch: Callable[[list[RequestTrace], int, int], BatchTrace | None] | None = None,
         name: str = "model",
@@ -346,7 +346,7 @@ class Batcher:
         if trace is not None:
             trace.ran(rows, elapsed)
         if self._on_batch is not None:
-            self._on_batch(rows, elapsed, waits, merged)
+            self._on_batch(rows, elapsed, waits, merged, outputs)
         if len(batch) == 1:
             if not batch[0].future.done():
                 batch[0].future.set_result(outputs)

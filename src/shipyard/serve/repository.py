@@ -309,6 +309,8 @@ class ModelRepository:
             **batch_options,
         )
         served.batcher.start()
+        if self.drift is not None:
+            self.drift.attach(served)
         return self._ready(served, labels, started, memory_before)
 
     def _ready(
@@ -516,16 +518,23 @@ def _gauge_sampler(served: ServedVersion, labels: tuple[str, str]) -> Callable[[
 
 def _batch_observer(
     served: ServedVersion, labels: tuple[str, str], drift: DriftMonitor | None
-) -> Callable[[int, float, list[float], dict[str, np.ndarray]], None]:
-    """What follows each batch a version ran: its metrics and statistics, and its inputs for
-    drift. Drift sees whole batches, not requests: one entry per batch in the window, so a busy
-    server holds a fraction of the objects (measured: per-request entries cost a request several
-    µs in memory traffic, more than the append itself)."""
+) -> Callable[[int, float, list[float], dict[str, np.ndarray], dict[str, np.ndarray]], None]:
+    """What follows each batch a version ran: its metrics and statistics, and its inputs (and
+    outputs, which drift keeps of an embedding model) for drift. Drift sees whole batches, not
+    requests: one entry per batch in the window, so a busy server holds a fraction of the objects
+    (measured: per-request entries cost a request several µs in memory traffic, more than the
+    append itself)."""
     batch_size = metrics.BATCH_SIZE.labels(*labels)  # labels() costs microseconds: once
     inference_time = metrics.INFERENCE_TIME.labels(*labels)
     queue_time = metrics.QUEUE_TIME.labels(*labels)
 
-    def observe(rows: int, seconds: float, waits: list[float], inputs: dict[str, np.ndarray]) -> None:
+    def observe(
+        rows: int,
+        seconds: float,
+        waits: list[float],
+        inputs: dict[str, np.ndarray],
+        outputs: dict[str, np.ndarray],
+    ) -> None:
         served.batches += 1
         served.statistics.ran_batch(rows, seconds, waits)
         if served.sample_gauges is not None:
@@ -535,7 +544,7 @@ def _batch_observer(
         for wait in waits:
             queue_time.observe(wait)
         if drift is not None:
-            drift.observe(served, inputs, rows)
+            drift.observe(served, inputs, rows, outputs)
 
     return observe
 

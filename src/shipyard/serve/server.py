@@ -34,6 +34,7 @@ class ServeSpec:
     settings: Settings
     refs: list[str]
     limits_file: str | None = None  # the rate-limit table shared by the workers (serve.limits)
+    drift_dir: str | None = None  # where the workers share their drift windows (monitor.window_share)
 
 
 def bind_socket(host: str, port: int, reuse_port: bool) -> socket.socket:
@@ -97,6 +98,7 @@ def _serve_on(
         wait_for_models=serve.workers > 1,
         limits_file=spec.limits_file,
         worker=worker or 0,
+        drift_dir=spec.drift_dir,
     )
     shipyard_app = app
     if serve.access_log:
@@ -223,11 +225,13 @@ def run(spec: ServeSpec, announce: Callable[[str, int], None]) -> int:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     configure_logging(serve.log_level, as_json=serve.log_json)
     limits_file = create_table(metrics_dir, serve.workers)
+    drift_dir = os.path.join(metrics_dir, "drift")
+    os.mkdir(drift_dir)
     supervisor = Supervisor(
         serve.workers,
         _worker_main,
-        (ServeSpec(_share_cores(spec.settings), spec.refs, limits_file), serve.host, port),
-        on_exit=_forget_worker,
+        (ServeSpec(_share_cores(spec.settings), spec.refs, limits_file, drift_dir), serve.host, port),
+        on_exit=lambda pid: _forget_worker(pid, drift_dir),
     )
     if serve.tls_cert:  # SIGHUP reloads certificates: each worker reloads its own
         from shipyard.serve.tls import forward_sighup
@@ -241,8 +245,13 @@ def run(spec: ServeSpec, announce: Callable[[str, int], None]) -> int:
     return 0
 
 
-def _forget_worker(pid: int) -> None:
-    """A dead worker's live gauges (queue depth, in-flight, loaded models) no longer count."""
+def _forget_worker(pid: int, drift_dir: str) -> None:
+    """A dead worker's live gauges (queue depth, in-flight, loaded models) no longer count, nor do
+    the inputs in its drift window."""
+    from pathlib import Path
+
     from shipyard.monitor.metrics import forget_process
+    from shipyard.monitor.window_share import forget_worker
 
     forget_process(pid)
+    forget_worker(Path(drift_dir), pid)

@@ -56,7 +56,7 @@ def test_text_becomes_length_and_token_counts() -> None:
     signature = Signature((TensorSpec("text", "BYTES", (-1,)),), ())
     counts = np.random.default_rng(2).integers(1, 40, 300)
     texts = np.array([f"{i} " + " ".join(["word"] * int(k)) for i, k in enumerate(counts)], dtype=object)
-    length, tokens = roundtrip(build_profile({"text": texts}, signature)).features
+    length, tokens, embedded = roundtrip(build_profile({"text": texts}, signature)).features
     assert (length.name, length.derive, tokens.name, tokens.derive) == (
         "text.length",
         "length",
@@ -64,6 +64,19 @@ def test_text_becomes_length_and_token_counts() -> None:
         "tokens",
     )
     assert tokens.max == max(len(t.split()) for t in texts) and length.max == max(map(len, texts))
+    assert (embedded.name, embedded.kind, embedded.count, embedded.missing) == (
+        "text.embedding",
+        "embedding",
+        300,
+        0,
+    )
+    assert [c.name for c in embedded.components] == [f"text.embedding[{d}]" for d in range(8)]
+    assert all(c.kind == "numeric" and c.count == 300 for c in embedded.components)
+
+
+def test_a_profile_of_schema_1_is_still_read() -> None:
+    stored = build_profile({"X": tabular(300, seed=3)}, TABULAR).to_dict()
+    assert Profile.from_dict({**stored, "schema": 1}).to_dict() == stored
 
 
 def test_wide_inputs_are_watched_through_row_summaries() -> None:

@@ -61,8 +61,8 @@ def test_rows_are_bounded_and_the_newest_kept() -> None:
     for i in range(100):
         live.add({"X": np.full((50, 2), i, dtype=np.float32)}, 50)
     assert live.rows == 1000
-    arrays, rows, _ = live.snapshot(Window())
-    assert rows == 1000 and arrays["X"][0, 0] == 80 and arrays["X"][-1, 0] == 99
+    selected = live.snapshot(Window())
+    assert selected.rows == 1000 and selected.columns["X[0]"][0] == 80 and selected.columns["X[0]"][-1] == 99
 
 
 def test_bytes_are_bounded() -> None:
@@ -76,7 +76,7 @@ def test_old_rows_leave_the_window(clock: Clock) -> None:
     live = window(max_age_s=60)
     live.add({"X": np.zeros((10, 2), dtype=np.float32)}, 10)
     clock.now += 61
-    assert live.snapshot(Window())[1] == 0  # too old to report, before any new request
+    assert live.snapshot(Window()).rows == 0  # too old to report, before any new request
     live.add({"X": np.ones((5, 2), dtype=np.float32)}, 5)
     assert live.rows == 5  # and dropped on the next request
 
@@ -86,10 +86,10 @@ def test_count_and_time_windows_select_the_latest_rows(clock: Clock) -> None:
     for i in range(6):
         live.add({"X": np.full((10, 2), i, dtype=np.float32)}, 10)
         clock.now += 60
-    arrays, rows, _ = live.snapshot(Window(rows=25))
-    assert rows == 25 and arrays["X"][:, 0].tolist() == [3] * 5 + [4] * 10 + [5] * 10
-    arrays, rows, _ = live.snapshot(Window.parse("150s", DriftSettings()))
-    assert rows == 20 and set(arrays["X"][:, 0]) == {4, 5}
+    selected = live.snapshot(Window(rows=25))
+    assert selected.rows == 25 and selected.columns["X[0]"].tolist() == [3] * 5 + [4] * 10 + [5] * 10
+    selected = live.snapshot(Window.parse("150s", DriftSettings()))
+    assert selected.rows == 20 and set(selected.columns["X[0]"]) == {4, 5}
 
 
 def test_snapshots_merge_what_arrived_since_the_last_and_match_the_ring(clock: Clock) -> None:
@@ -107,15 +107,19 @@ def test_snapshots_merge_what_arrived_since_the_last_and_match_the_ring(clock: C
         if rng.random() < 0.3:
             continue
         for selected in (Window(), Window(rows=50), Window(seconds=45.0)):
-            arrays, count, _ = live.snapshot(selected)
+            snapshot = live.snapshot(selected)
             ring = np.concatenate([b for _, b in sent])[-live.rows :]  # what the ring holds
             limit = selected.rows or 300
             since = clock.now - (selected.seconds or 100)
             expected = ring[ring[:, 1] >= np.float32(since)][-limit:]
-            assert count == len(expected)
-            assert np.array_equal(arrays.get("X", np.empty((0, 2))), expected), (step, selected)
-    first = live.snapshot(Window())[0]["X"]
-    assert np.shares_memory(first, live.snapshot(Window())[0]["X"])  # nothing new: nothing merged again
+            assert snapshot.rows == len(expected)
+            for j in (0, 1):  # each feature's values: the input's columns
+                got = snapshot.columns.get(f"X[{j}]", np.empty(0))
+                assert np.array_equal(got, expected[:, j].astype(np.float64)), (step, selected)
+    first = live.snapshot(Window()).columns["X[0]"]
+    assert np.shares_memory(
+        first, live.snapshot(Window()).columns["X[0]"]
+    )  # nothing new: nothing merged again
 
 
 @pytest.mark.parametrize(
@@ -219,3 +223,17 @@ def test_text_categories_come_from_two_dimensional_live_inputs() -> None:
     assert (color.kind, color.method, color.drifted) == ("categorical", "chisquare", True)
     assert color.histogram["categories"] == ["blue", "green", "red", "(other)"]
     assert color.histogram["current"] == [0.0, 0.0, 0.8, 0.2]
+
+
+def test_an_embedding_models_vectors_are_kept_and_a_batch_without_them_counts_as_missing() -> None:
+    signature = Signature((TensorSpec("text", "BYTES", (-1,)),), (TensorSpec("embedding", "FP32", (-1, 6)),))
+    texts = np.array([f"sentence number {i}" for i in range(200)], dtype=object)
+    vectors = np.random.default_rng(0).normal(size=(200, 6)).astype(np.float32)
+    stored = build_profile({"text": texts}, signature, outputs={"embedding": vectors}).to_dict()
+    monitor = DriftMonitor(DriftSettings())
+    served = FakeServed(ModelVersion("e", 1, "onnx", "d", 0, (), signature, data_profile=stored))
+    monitor.observe(served, {"text": texts[:40]}, 40, {"embedding": vectors[:40] + 3.0})
+    monitor.observe(served, {"text": texts[40:50]}, 10, {})  # a batch that did not return them
+    report = asyncio.run(monitor.report(served, None))[1]
+    vector = next(f for f in report.features if f.name == "output.embedding")
+    assert (vector.rows, vector.missing[1], report.rows) == (40, 0.2, 50)

@@ -480,8 +480,8 @@ def test_outputs_with_the_wrong_row_count_fail_the_merged_batch_clearly() -> Non
     run(body)
 
 
-def test_on_batch_reports_rows_time_queue_waits_and_inputs(clock: FakeClock) -> None:
-    seen: list[tuple[int, float, list[float], dict[str, np.ndarray]]] = []
+def test_on_batch_reports_rows_time_queue_waits_inputs_and_outputs(clock: FakeClock) -> None:
+    seen: list[tuple[int, float, list[float], dict[str, np.ndarray], dict[str, np.ndarray]]] = []
     fake = FakeRuntime(gated=True)
 
     async def body() -> None:
@@ -496,10 +496,12 @@ def test_on_batch_reports_rows_time_queue_waits_and_inputs(clock: FakeClock) -> 
         await batcher.close()
 
     run(body)
-    assert [(n, waits) for n, _, waits, _ in seen] == [(1, [0.0]), (4, [20.0, 20.0])]
-    assert all(secs >= 0 for _, secs, _, _ in seen)
+    assert [(n, waits) for n, _, waits, _, _ in seen] == [(1, [0.0]), (4, [20.0, 20.0])]
+    assert all(secs >= 0 for _, secs, _, _, _ in seen)
     # The inputs the model ran, merged: drift windows keep one entry per batch.
-    assert [inputs["x"][:, 0].tolist() for *_, inputs in seen] == [[1.0], [2.0, 3.0, 2.0, 3.0]]
+    assert [inputs["x"][:, 0].tolist() for *_, inputs, _ in seen] == [[1.0], [2.0, 3.0, 2.0, 3.0]]
+    # And its outputs for the whole batch (drift keeps an embedding model's vectors).
+    assert [len(next(iter(outputs.values()))) for *_, outputs in seen] == [1, 4]
 
 
 class FakeClock:

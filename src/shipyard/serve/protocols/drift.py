@@ -33,6 +33,8 @@ def drift_routes(dataplane: DataPlane, monitor: DriftMonitor) -> list[Route]:
                 "since": datetime.fromtimestamp(window.started, UTC).isoformat(timespec="seconds"),
                 "max_rows": settings.max_rows,
                 "max_age_s": settings.max_age_s,
+                # With several workers: the rows each one's window gave (every worker's are merged).
+                **({"workers": dict(report.workers)} if report.workers else {}),
             },
             "reference": {"rows": window.profile.rows, "source": window.profile.source},
             **report.to_dict(),
