@@ -187,10 +187,17 @@ def model_metadata(name: str, versions: list[int], model: ModelVersion) -> pb.Mo
 
 
 def model_config(
-    name: str, model: ModelVersion, max_batch_size: int, max_delay_s: float, instances: int = 1
+    name: str,
+    model: ModelVersion,
+    max_batch_size: int,
+    max_delay_s: float,
+    instances: int = 1,
+    preferred_batch_sizes: tuple[int, ...] = (),
 ) -> pb.ModelConfig:
     """Triton's model configuration, the same as HTTP's (see `triton_config`)."""
-    config = triton_config.model_config(name, model, max_batch_size, max_delay_s, instances)
+    config = triton_config.model_config(
+        name, model, max_batch_size, max_delay_s, instances, preferred_batch_sizes
+    )
     message = pb.ModelConfig()
     json_format.ParseDict(config, message)
     return message

@@ -286,6 +286,7 @@ class GrpcV2Protocol:
             batcher.max_batch_size if batcher else 0,
             batcher.max_delay_s if batcher else 0.0,
             self.settings.workers,
+            batcher.preferred_batch_sizes if batcher else (),
         )
         return pb.ModelConfigResponse(config=config)
 

@@ -106,6 +106,7 @@ class V2Protocol:
             batcher.max_batch_size if batcher else 0,
             batcher.max_delay_s if batcher else 0.0,
             self.settings.workers,
+            batcher.preferred_batch_sizes if batcher else (),
         )
         return json_response(config)
 
