@@ -36,6 +36,28 @@ class Region:
     offset: int
     byte_size: int
     mapping: mmap.mmap
+    fd: int  # kept open: its size is checked before each access (see `check`)
+
+    def check(self, end: int) -> None:
+        """Refuse an access up to `end` unless the object still holds it: a client that shrinks
+        its object after registering would otherwise crash this process with SIGBUS on the next
+        access. (A shrink between this check and the copy is not caught.)"""
+        try:
+            size = os.fstat(self.fd).st_size
+        except OSError as exc:  # unregistered meanwhile: the descriptor is closed
+            raise InvalidInputError(
+                f"shared memory region {self.name!r} was unregistered", field=REGION
+            ) from exc
+        if end > size:
+            raise InvalidInputError(
+                f"shared-memory object {self.key!r} of region {self.name!r} shrank to {size} bytes "
+                "since it was registered",
+                field=REGION,
+            )
+
+    def close(self) -> None:
+        self.mapping.close()
+        os.close(self.fd)
 
     def status(self) -> dict[str, Any]:
         return {"name": self.name, "key": self.key, "offset": self.offset, "byte_size": self.byte_size}
@@ -52,6 +74,7 @@ class Window:
     def read(self) -> bytes:
         """A copy of the bytes: the client may reuse the region while the request waits."""
         start = self.region.offset + self.offset
+        self.region.check(start + self.byte_size)
         return self.region.mapping[start : start + self.byte_size]
 
     def write(self, tensor: str, data: bytes) -> None:
@@ -62,6 +85,7 @@ class Window:
                 field=BYTE_SIZE,
             )
         start = self.region.offset + self.offset
+        self.region.check(start + len(data))
         self.region.mapping[start : start + len(data)] = data
 
 
@@ -91,14 +115,15 @@ class SystemSharedMemory:
             )
         offset = _count(offset, "offset")
         byte_size = _count(byte_size, "byte_size")
-        mapping = _map(key, offset + byte_size)
+        mapping, fd = _map(key, offset + byte_size)
         with self._lock:
             if name in self._regions:
                 mapping.close()
+                os.close(fd)
                 raise InvalidInputError(
                     f"shared memory region {name!r} is already registered; unregister it first", field="name"
                 )
-            self._regions[name] = Region(name, key, offset, byte_size, mapping)
+            self._regions[name] = Region(name, key, offset, byte_size, mapping, fd)
 
     def unregister(self, name: str | None) -> None:
         """Forget one region (or all, for None); an unknown name is no error, as in Triton."""
@@ -107,7 +132,7 @@ class SystemSharedMemory:
             for gone in names:
                 region = self._regions.pop(gone, None)
                 if region is not None:
-                    region.mapping.close()
+                    region.close()
 
     def status(self, name: str | None) -> list[dict[str, Any]]:
         with self._lock:
@@ -158,8 +183,9 @@ def _count(value: Any, field: str) -> int:
     return value
 
 
-def _map(key: str, needed: int) -> mmap.mmap:
-    """The shared-memory object `key` mapped read-write; it must hold `needed` bytes."""
+def _map(key: str, needed: int) -> tuple[mmap.mmap, int]:
+    """The shared-memory object `key` mapped read-write, and its open descriptor; it must hold
+    `needed` bytes."""
     path = os.path.join(SHM_DIR, key.lstrip("/"))
     try:
         # O_NOFOLLOW: a link planted in /dev/shm must not map some other file of the server's.
@@ -178,6 +204,7 @@ def _map(key: str, needed: int) -> mmap.mmap:
                 f"shared-memory object {key!r} holds {info.st_size} bytes; offset + byte_size is {needed}",
                 field="byte_size",
             )
-        return mmap.mmap(fd, info.st_size)
-    finally:
+        return mmap.mmap(fd, info.st_size), fd
+    except BaseException:
         os.close(fd)
+        raise

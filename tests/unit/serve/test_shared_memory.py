@@ -88,3 +88,16 @@ def test_a_region_past_the_object_is_refused(key: str) -> None:
 def test_several_workers_refuse_registration(key: str) -> None:
     with pytest.raises(ConflictError, match="--workers 1"):
         SystemSharedMemory(workers=2).register("r", key, 0, 8)
+
+
+def test_an_object_shrunk_after_registration_is_refused_not_read(key: str) -> None:
+    regions = SystemSharedMemory()
+    regions.register("r", key, 0, 64)
+    window = regions.window("t", {"shared_memory_region": "r", "shared_memory_byte_size": 64})
+    assert window is not None
+    os.truncate(Path(SHM_DIR) / key[1:], 16)  # touching the lost pages would be SIGBUS
+    with pytest.raises(InvalidInputError, match="shrank to 16 bytes"):
+        window.read()
+    with pytest.raises(InvalidInputError, match="shrank to 16 bytes"):
+        window.write("t", b"x" * 64)
+    regions.close()
