@@ -1,6 +1,8 @@
 """Open Inference Protocol V2 wire format: JSON tensors and the binary-tensor extension.
 
-Pure functions from bytes to named arrays and back; no I/O, so they are tested directly.
+Pure functions from bytes to named arrays and back; no I/O, so they are tested directly. The one
+exception: a tensor placed in a registered shared-memory region is copied from (or into) its
+mapping, which the caller passes in (`regions`).
 """
 
 from __future__ import annotations
