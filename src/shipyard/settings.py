@@ -24,7 +24,7 @@ import tomllib
 from collections.abc import Mapping
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
@@ -42,6 +42,7 @@ from shipyard.errors import InvalidInputError
 VERSION_OPTIONS = (
     "max_batch_size",
     "max_batch_delay_ms",
+    "preferred_batch_sizes",
     "timeout_s",
     "rate_limit_per_model",
     "rate_burst_per_model",
@@ -87,6 +88,10 @@ class ServeSettings(BaseModel):
     workers: int = Field(1, ge=1)
     max_batch_size: int = Field(32, ge=1)
     max_batch_delay_ms: float = Field(2.0, ge=0)
+    preferred_batch_sizes: list[Annotated[int, Field(ge=1)]] = Field(
+        default_factory=list,
+        description="a queue holding one of these many rows runs at once, never held back (Triton's)",
+    )
     max_queue: int = Field(1024, ge=1)
     max_queue_wait_s: float = Field(
         0.5, ge=0, description="how long a request waits for a place in a full queue before 503 (0: none)"

@@ -19,6 +19,7 @@ from shipyard.cli import (
     deploy,
     drift,
     entrypoint,
+    imports,
     k8s,
     keys,
     logs,
@@ -81,6 +82,7 @@ quality.register(app)
 build.register(app)
 deploy.register(app)
 k8s.register(app)
+imports.register(app)
 
 
 def _click_errors() -> tuple[type[Exception], ...]:

@@ -38,12 +38,14 @@ from shipyard.serve.protocols.openai_generation import GenerationRoutes
 from shipyard.serve.protocols.openapi import build_openapi, docs_page
 from shipyard.serve.protocols.sagemaker import SageMakerProtocol
 from shipyard.serve.protocols.sagemaker_models import MultiModelProtocol
+from shipyard.serve.protocols.system_shared_memory import SystemSharedMemoryProtocol
 from shipyard.serve.protocols.triton_generate import TritonGenerateRoutes
 from shipyard.serve.protocols.v1 import V1Protocol
 from shipyard.serve.protocols.v2 import V2Protocol
 from shipyard.serve.repository import ModelRepository
 from shipyard.serve.request_ids import HEADER as REQUEST_ID_HEADER
 from shipyard.serve.request_ids import request_id_of
+from shipyard.serve.shared_memory import SystemSharedMemory
 from shipyard.settings import Settings
 
 log = logging.getLogger("shipyard.serve")
@@ -56,6 +58,7 @@ Protocol = (
     | SageMakerProtocol
     | AzureProtocol
     | MultiModelProtocol
+    | SystemSharedMemoryProtocol
 )
 
 
@@ -118,8 +121,10 @@ def create_app(  # noqa: PLR0915 -- the composition root wires every part in one
         return HTMLResponse(docs_page(build_openapi(dataplane, routes)))
 
     sagemaker = SageMakerProtocol(dataplane, serve, *vertex_routes)
+    shared_memory = SystemSharedMemory(serve.workers)  # HTTP's and gRPC's, in this process
     protocols: list[Protocol] = [
-        V2Protocol(dataplane, serve),
+        V2Protocol(dataplane, serve, shared_memory),
+        SystemSharedMemoryProtocol(shared_memory, serve),
         TritonGenerateRoutes(dataplane, settings),
         OpenAIProtocol(dataplane, serve),
         GenerationRoutes(dataplane, settings),
@@ -171,6 +176,7 @@ def create_app(  # noqa: PLR0915 -- the composition root wires every part in one
             if sharing is not None:
                 sharing.cancel()
             await repository.close()
+            shared_memory.close()
             registry.close()
             if repository.tracer is not None:  # the last spans are exported before the process ends
                 await asyncio.to_thread(repository.tracer.shutdown)
@@ -183,6 +189,7 @@ def create_app(  # noqa: PLR0915 -- the composition root wires every part in one
         exception_handlers={404: not_found, 405: method_not_allowed, 500: server_error},
     )
     app.state.dataplane = dataplane
+    app.state.shared_memory = shared_memory
     app.state.repository = repository
     app.state.gauges = gauges
     app.state.predictions = predictions

@@ -91,7 +91,14 @@ def required_scope(method: str, path: str, probes: frozenset[str] = _PROBES) -> 
     inference and its feedback, `read` for everything else (metadata, docs, metrics, /openapi.json)."""
     if path in probes or path.startswith("/v2/health/") or path in _GRPC_PROBES:
         return None
-    if path.startswith(("/v2/repository/", f"/{GRPC_SERVICE}/Repository")):
+    if path.startswith(
+        (
+            "/v2/repository/",
+            f"/{GRPC_SERVICE}/Repository",
+            "/v2/systemsharedmemory",
+            f"/{GRPC_SERVICE}/SystemSharedMemory",
+        )
+    ):
         return ADMIN
     if method == "POST":
         match = _INFER_PATH.match(path)

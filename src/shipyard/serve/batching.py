@@ -102,6 +102,7 @@ class Batcher:
         max_queue: int = 1024,
         max_queue_wait_s: float = 0.0,
         can_batch: bool = True,
+        preferred_batch_sizes: tuple[int, ...] = (),
         on_batch: Callable[[int, float, list[float], Arrays, Arrays], None] | None = None,
         on_idle: Callable[[], None] | None = None,
         trace_batch: Callable[[list[RequestTrace], int, int], BatchTrace | None] | None = None,
@@ -110,6 +111,7 @@ class Batcher:
         self._predict = predict
         self.max_batch_size = max_batch_size if can_batch else 1
         self.max_delay_s = max_delay_s
+        self.preferred_batch_sizes = preferred_batch_sizes
         self.max_queue = max_queue
         self.max_queue_wait_s = max_queue_wait_s
         self._waiting: deque[asyncio.Future[None]] = deque()  # for a place in a full queue, in order
@@ -233,7 +235,7 @@ class Batcher:
         if later): requests that queued behind a running batch have waited already, but holding
         the next batch for a moment still merges the clients who are about to send again.
         """
-        if rows >= self.max_batch_size or self.max_delay_s <= 0:
+        if rows >= self.max_batch_size or rows in self.preferred_batch_sizes or self.max_delay_s <= 0:
             return 0.0
         remaining = self.max_delay_s - (time.perf_counter() - max(oldest, self._idle_since))
         fit = self.latency.fit()

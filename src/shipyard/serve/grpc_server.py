@@ -72,7 +72,12 @@ class GrpcListener:
         self._server = grpc.aio.server(options=options)
         dataplane: DataPlane = app.state.dataplane
         protocol = GrpcV2Protocol(
-            dataplane, serve, app.auth, workers=serve.workers, predictions=app.state.predictions
+            dataplane,
+            serve,
+            app.auth,
+            workers=serve.workers,
+            predictions=app.state.predictions,
+            shared_memory=app.state.shared_memory,
         )
         self._server.add_generic_rpc_handlers((protocol.handler(),))
         self._health = _Health(dataplane)

@@ -342,7 +342,11 @@ class ModelRepository:
     def _batch_options(self, version: ModelVersion) -> dict[str, Any]:
         """The server's settings, with options stored with the version where the server set none."""
         serve = self.settings.serve.for_version(version.serving, str(version.ref))
-        return {"max_batch_size": serve.max_batch_size, "max_delay_s": serve.max_batch_delay_ms / 1000}
+        return {
+            "max_batch_size": serve.max_batch_size,
+            "max_delay_s": serve.max_batch_delay_ms / 1000,
+            "preferred_batch_sizes": tuple(serve.preferred_batch_sizes),
+        }
 
     async def _poll(self) -> None:
         while True:

@@ -180,6 +180,21 @@ def test_hold_back_never_exceeds_what_is_left_of_max_delay() -> None:
     run(body)
 
 
+def test_a_preferred_batch_size_runs_at_once_where_a_partial_batch_would_wait() -> None:
+    async def body() -> None:
+        batcher = Batcher(
+            FakeRuntime().predict, max_batch_size=32, max_delay_s=0.05, preferred_batch_sizes=(4, 8)
+        )
+        for n in (1, 2, 4, 8):  # waiting pays, as above
+            batcher.latency.observe(n, 0.02 + 0.0001 * n)
+        batcher._arrival_gap = 0.001
+        now = time.perf_counter()
+        assert [n for n in (3, 4, 5, 8) if batcher._hold_back_s(n, now) == 0.0] == [4, 8]
+        await batcher.close()
+
+    run(body)
+
+
 def test_a_failed_batch_fails_every_waiting_request_and_none_hangs() -> None:
     fake = FakeRuntime(gated=True, fail_with=RuntimeError("runtime exploded"))
 

@@ -17,6 +17,8 @@ from shipyard.errors import InvalidInputError
 from shipyard.serve.protocols import triton_config, v2_codec
 from shipyard.serve.protocols.proto import inference_pb2 as pb
 from shipyard.serve.protocols.v2_codec import V2Request
+from shipyard.serve.shared_memory import BYTE_SIZE as SHM_BYTE_SIZE
+from shipyard.serve.shared_memory import SystemSharedMemory
 from shipyard.tensors import datatype_of
 from shipyard.types import ModelVersion, Signature, TensorSpec
 
@@ -54,28 +56,35 @@ def parameters_of(params: Any) -> dict[str, Any]:
     return out
 
 
-def decode_request(request: pb.ModelInferRequest, model: ModelVersion) -> V2Request:
-    """The request's inputs as arrays, checked against the model's signature (400 naming the problem)."""
+def decode_request(
+    request: pb.ModelInferRequest, model: ModelVersion, regions: SystemSharedMemory | None = None
+) -> V2Request:
+    """The request's inputs as arrays, checked against the model's signature (400 naming the
+    problem); an input in a registered shared-memory region (`regions`) is read from there."""
     raw = request.raw_input_contents
     inputs = request.inputs
-    if raw and len(raw) != len(inputs):
+    # Inputs in shared memory have no raw contents: the rest have one each, in order.
+    sent = [t for t in inputs if _SHARED_MEMORY not in t.parameters]
+    if raw and len(raw) != len(sent):
         raise _error(
-            f"the request has {len(raw)} raw_input_contents for {len(inputs)} inputs; "
-            "send one per input, in the order of the inputs",
+            f"the request has {len(raw)} raw_input_contents for {len(sent)} inputs; "
+            "send one per input (but those in shared memory), in the order of the inputs",
             "raw_input_contents",
         )
     arrays: dict[str, np.ndarray] = {}
-    for index, tensor in enumerate(inputs):
+    index = 0
+    for tensor in inputs:
         name = tensor.name
         spec = v2_codec.check_input(model.signature, name, tensor.datatype)
         if name in arrays:
             raise _error(f"input {name!r} is given twice", name)
-        if _SHARED_MEMORY in tensor.parameters:
-            raise _error(f"input {name!r}: shared memory is not supported by this server", name)
         if any(d < 0 for d in tensor.shape):
             raise _error(f"input {name!r} needs a shape of non-negative integers", name)
         shape = tuple(tensor.shape)
-        if raw:
+        window = v2_codec.shared_window(regions, name, parameters_of(tensor.parameters))
+        if window is not None:
+            arrays[name] = v2_codec.decode_binary(memoryview(window.read()), spec.datatype, shape, name)
+        elif raw:
             if tensor.HasField("contents"):
                 raise _error(
                     f"input {name!r} has typed contents, but the request also has raw_input_contents; "
@@ -83,9 +92,12 @@ def decode_request(request: pb.ModelInferRequest, model: ModelVersion) -> V2Requ
                     name,
                 )
             arrays[name] = v2_codec.decode_binary(memoryview(raw[index]), spec.datatype, shape, name)
+            index += 1
         else:
             arrays[name] = _decode_typed(tensor, spec, shape)
     outputs = [{"name": o.name, "parameters": parameters_of(o.parameters)} for o in request.outputs] or None
+    for output in outputs or []:  # a region that is not there fails now, not after the model ran
+        v2_codec.shared_window(regions, output["name"], output["parameters"])
     return V2Request(arrays, request.id or None, parameters_of(request.parameters), outputs)
 
 
@@ -132,6 +144,7 @@ def encode_response(
     outputs: dict[str, np.ndarray],
     classes: list[Any] | None = None,
     signature: Signature | None = None,
+    regions: SystemSharedMemory | None = None,
 ) -> pb.ModelInferResponse:
     """The outputs the request asked for (all by default), each in `raw_output_contents`."""
     response = pb.ModelInferResponse(model_name=model_name, model_version=model_version, id=request.id or "")
@@ -148,8 +161,17 @@ def encode_response(
         if isinstance(k, int) and not isinstance(k, bool) and k > 0:
             arr = v2_codec.classify(arr, k, classes, batched=name in batched)
         datatype = datatype_of(arr.dtype)
-        response.outputs.add(name=name, datatype=datatype, shape=arr.shape)
-        raw.append(v2_codec.encode_bytes_elements(arr) if datatype == "BYTES" else v2_codec.le_bytes(arr))
+        added = response.outputs.add(name=name, datatype=datatype, shape=arr.shape)
+        blob = v2_codec.encode_bytes_elements(arr) if datatype == "BYTES" else v2_codec.le_bytes(arr)
+        window = v2_codec.shared_window(regions, name, wanted.get("parameters") or {})
+        if window is None:
+            raw.append(blob)
+            continue
+        window.write(name, blob)
+        added.parameters[_SHARED_MEMORY].string_param = window.region.name
+        added.parameters[SHM_BYTE_SIZE].int64_param = len(blob)
+        # An empty entry keeps each output at its own index, which clients read them by.
+        raw.append(b"")
     response.raw_output_contents.extend(raw)
     return response
 
@@ -187,10 +209,17 @@ def model_metadata(name: str, versions: list[int], model: ModelVersion) -> pb.Mo
 
 
 def model_config(
-    name: str, model: ModelVersion, max_batch_size: int, max_delay_s: float, instances: int = 1
+    name: str,
+    model: ModelVersion,
+    max_batch_size: int,
+    max_delay_s: float,
+    instances: int = 1,
+    preferred_batch_sizes: tuple[int, ...] = (),
 ) -> pb.ModelConfig:
     """Triton's model configuration, the same as HTTP's (see `triton_config`)."""
-    config = triton_config.model_config(name, model, max_batch_size, max_delay_s, instances)
+    config = triton_config.model_config(
+        name, model, max_batch_size, max_delay_s, instances, preferred_batch_sizes
+    )
     message = pb.ModelConfig()
     json_format.ParseDict(config, message)
     return message

@@ -47,6 +47,7 @@ from shipyard.serve.protocols.proto import inference_pb2 as pb
 from shipyard.serve.protocols.v2 import EXTENSIONS
 from shipyard.serve.request_ids import HEADER as REQUEST_ID_HEADER
 from shipyard.serve.request_ids import request_id, request_id_of
+from shipyard.serve.shared_memory import SystemSharedMemory
 from shipyard.settings import ServeSettings
 from shipyard.types import ModelRef
 
@@ -92,8 +93,10 @@ class GrpcV2Protocol:
         *,
         workers: int = 1,
         predictions: PredictionRecorder | None = None,
+        shared_memory: SystemSharedMemory | None = None,
     ) -> None:
         self.dataplane = dataplane
+        self.shared_memory = shared_memory
         self.settings = settings
         self.auth = auth
         self.workers = workers
@@ -114,6 +117,9 @@ class GrpcV2Protocol:
             "RepositoryIndex": (pb.RepositoryIndexRequest, self._index),
             "RepositoryModelLoad": (pb.RepositoryModelLoadRequest, self._load),
             "RepositoryModelUnload": (pb.RepositoryModelUnloadRequest, self._unload),
+            "SystemSharedMemoryStatus": (pb.SystemSharedMemoryStatusRequest, self._shm_status),
+            "SystemSharedMemoryRegister": (pb.SystemSharedMemoryRegisterRequest, self._shm_register),
+            "SystemSharedMemoryUnregister": (pb.SystemSharedMemoryUnregisterRequest, self._shm_unregister),
         }
         methods = {
             name: grpc.unary_unary_rpc_method_handler(self._unary(name, message, call))
@@ -286,6 +292,7 @@ class GrpcV2Protocol:
             batcher.max_batch_size if batcher else 0,
             batcher.max_delay_s if batcher else 0.0,
             self.settings.workers,
+            batcher.preferred_batch_sizes if batcher else (),
         )
         return pb.ModelConfigResponse(config=config)
 
@@ -309,7 +316,7 @@ class GrpcV2Protocol:
             require_model(http, name)  # 403 unless the caller's key may infer on it
             sample = None if self.predictions is None else Sample()
             scope[_SAMPLE] = sample
-            parsed = grpc_codec.decode_request(request, record)
+            parsed = grpc_codec.decode_request(request, record, self.shared_memory)
             remaining = context.time_remaining()
             result = await self.dataplane.infer(
                 served,
@@ -325,13 +332,39 @@ class GrpcV2Protocol:
             result.outputs,
             result.version.extra.get("classes"),
             result.version.signature,
+            self.shared_memory,
         )
+
+    # -- system shared memory (admin, as the model repository) ------------------------------------
+
+    def _regions(self, scope: Scope) -> SystemSharedMemory:
+        self._authorize(scope, changes=False, what="system shared memory")
+        if self.shared_memory is None:
+            raise NotFoundError("system shared memory is not served here", field="name")
+        return self.shared_memory
+
+    async def _shm_status(self, request: Any, scope: Scope, context: Any) -> Any:
+        response = pb.SystemSharedMemoryStatusResponse()
+        for region in self._regions(scope).status(request.name or None):
+            response.regions[region["name"]].CopyFrom(
+                pb.SystemSharedMemoryStatusResponse.RegionStatus(**region)
+            )
+        return response
+
+    async def _shm_register(self, request: Any, scope: Scope, context: Any) -> Any:
+        self._regions(scope).register(request.name, request.key, request.offset, request.byte_size)
+        return pb.SystemSharedMemoryRegisterResponse()
+
+    async def _shm_unregister(self, request: Any, scope: Scope, context: Any) -> Any:
+        self._regions(scope).unregister(request.name or None)
+        return pb.SystemSharedMemoryUnregisterResponse()
 
     # -- the model repository (admin) ------------------------------------------------------------
 
-    def _authorize(self, scope: Scope, changes: bool) -> str:
+    def _authorize(self, scope: Scope, changes: bool, what: str = "model management") -> str:
         """Who the audit log names; refused as over HTTP (see protocols/management.py)."""
-        if self.settings.admin_port is not None:  # management is kept off the public ports
+        if self.settings.admin_port is not None and what == "model management":
+            # management is kept off the public ports
             raise NotFoundError(
                 f"model management is served on the admin port ({self.settings.admin_port}, over HTTP), "
                 "not over gRPC",
@@ -342,7 +375,7 @@ class GrpcV2Protocol:
             token = self.settings.admin_token
             if not token:
                 raise ForbiddenError(
-                    "model management is disabled without an admin key; create one with "
+                    f"{what} is disabled without an admin key; create one with "
                     "`shipyard keys create NAME --scope admin` "
                     "(or set the deprecated SHIPYARD_SERVE__ADMIN_TOKEN)"
                 )
@@ -350,7 +383,7 @@ class GrpcV2Protocol:
             scheme, _, secret = given.partition(b" ")
             if scheme.lower() != b"bearer" or not hmac.compare_digest(secret, token.encode()):
                 raise UnauthorizedError(
-                    "management needs 'Authorization: Bearer <admin token>'", field="authorization"
+                    f"{what} needs 'Authorization: Bearer <admin token>'", field="authorization"
                 )
             caller = "admin-token"
         if changes and self.workers > 1:

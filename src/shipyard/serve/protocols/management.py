@@ -38,6 +38,24 @@ def check_load_parameters(params: dict[str, Any]) -> dict[str, Any]:
     return params
 
 
+def authorize_admin(request: Request, settings: ServeSettings, what: str = "model management") -> None:
+    """Let the request through only with the admin scope: a key's, or the deprecated admin token
+    when keys are off (the Authenticator has checked the key already)."""
+    if caller_id(request) is not None:
+        return  # API keys are on and the app's Authenticator found the admin scope
+    token = settings.admin_token
+    if not token:
+        raise ForbiddenError(
+            f"{what} is disabled without an admin key; create one with "
+            "`shipyard keys create NAME --scope admin` "
+            "(or set the deprecated SHIPYARD_SERVE__ADMIN_TOKEN)"
+        )
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    # compare_digest: constant time, so the token cannot be guessed byte by byte.
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), token.encode()):
+        raise UnauthorizedError(f"{what} needs 'Authorization: Bearer <admin token>'", field="authorization")
+
+
 class ManagementProtocol:
     def __init__(self, dataplane: DataPlane, settings: ServeSettings) -> None:
         self.dataplane = dataplane
@@ -55,21 +73,7 @@ class ManagementProtocol:
         ]
 
     def _authorize(self, request: Request) -> None:
-        if caller_id(request) is not None:
-            return  # API keys are on and the app's Authenticator found the admin scope
-        token = self.settings.admin_token
-        if not token:
-            raise ForbiddenError(
-                "model management is disabled without an admin key; create one with "
-                "`shipyard keys create NAME --scope admin` "
-                "(or set the deprecated SHIPYARD_SERVE__ADMIN_TOKEN)"
-            )
-        scheme, _, given = request.headers.get("authorization", "").partition(" ")
-        # compare_digest: constant time, so the token cannot be guessed byte by byte.
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), token.encode()):
-            raise UnauthorizedError(
-                "management needs 'Authorization: Bearer <admin token>'", field="authorization"
-            )
+        authorize_admin(request, self.settings)
 
     async def _params(self, request: Request) -> dict[str, Any]:
         raw = await read_body(request, 1 << 20)

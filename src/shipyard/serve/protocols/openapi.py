@@ -109,6 +109,11 @@ _SUMMARIES = {
     "/v2/repository/index": "Model repository index (admin token)",
     "/v2/repository/models/{model}/load": "Load a model (admin token)",
     "/v2/repository/models/{model}/unload": "Unload a model (admin token)",
+    "/v2/systemsharedmemory/status": "Registered shared-memory regions (Triton; admin)",
+    "/v2/systemsharedmemory/region/{name}/status": "One shared-memory region (Triton; admin)",
+    "/v2/systemsharedmemory/region/{name}/register": "Register a shared-memory region (Triton; admin)",
+    "/v2/systemsharedmemory/region/{name}/unregister": "Unregister a shared-memory region (Triton; admin)",
+    "/v2/systemsharedmemory/unregister": "Unregister every shared-memory region (Triton; admin)",
 }
 _EMBEDDINGS_BODY = {
     "type": "object",

@@ -28,7 +28,12 @@ def data_type(t: TensorSpec) -> str:
 
 
 def model_config(
-    name: str, model: ModelVersion, max_batch_size: int, max_delay_s: float, instances: int = 1
+    name: str,
+    model: ModelVersion,
+    max_batch_size: int,
+    max_delay_s: float,
+    instances: int = 1,
+    preferred_batch_sizes: tuple[int, ...] = (),
 ) -> dict[str, Any]:
     """Triton's model configuration: with batching, `dims` leave out the batch dimension, as
     Triton's do (clients such as perf_analyzer add it back)."""
@@ -52,4 +57,6 @@ def model_config(
     }
     if batched:
         config["dynamic_batching"] = {"max_queue_delay_microseconds": round(max_delay_s * 1e6)}
+        if preferred_batch_sizes:
+            config["dynamic_batching"]["preferred_batch_size"] = list(preferred_batch_sizes)
     return config

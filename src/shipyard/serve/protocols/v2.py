@@ -22,15 +22,26 @@ from shipyard.serve.protocols._http import (
     read_body,
     require_json,
 )
+from shipyard.serve.shared_memory import SystemSharedMemory
 from shipyard.settings import ServeSettings
 
-EXTENSIONS = ["binary_tensor_data", "classification", "model_repository", "statistics", "model_configuration"]
+EXTENSIONS = [
+    "binary_tensor_data",
+    "classification",
+    "model_repository",
+    "statistics",
+    "model_configuration",
+    "system_shared_memory",
+]
 
 
 class V2Protocol:
-    def __init__(self, dataplane: DataPlane, settings: ServeSettings) -> None:
+    def __init__(
+        self, dataplane: DataPlane, settings: ServeSettings, shared_memory: SystemSharedMemory | None = None
+    ) -> None:
         self.dataplane = dataplane
         self.settings = settings
+        self.shared_memory = shared_memory
         wrap = endpoint("v2", dataplane.is_served, tracer=dataplane.tracer)
         self.infer = wrap(self._infer)
         self.model_metadata = wrap(self._model_metadata)
@@ -106,6 +117,7 @@ class V2Protocol:
             batcher.max_batch_size if batcher else 0,
             batcher.max_delay_s if batcher else 0.0,
             self.settings.workers,
+            batcher.preferred_batch_sizes if batcher else (),
         )
         return json_response(config)
 
@@ -147,7 +159,9 @@ class V2Protocol:
         with self.dataplane.acquire(name, version) as served:
             label(request, name, served.version.version)
             body = await read_body(request, self.settings.max_body_bytes)
-            parsed = v2_codec.decode_request(body, header_length, served.version.signature)
+            parsed = v2_codec.decode_request(
+                body, header_length, served.version.signature, self.shared_memory
+            )
             result = await self.dataplane.infer(
                 served, parsed.inputs, disconnect_watcher(request), **call_options(request)
             )
@@ -158,6 +172,7 @@ class V2Protocol:
             result.outputs,
             result.version.extra.get("classes"),
             result.version.signature,
+            self.shared_memory,
         )
         if json_length is None:
             return BytesResponse(payload)

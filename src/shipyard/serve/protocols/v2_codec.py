@@ -1,6 +1,8 @@
 """Open Inference Protocol V2 wire format: JSON tensors and the binary-tensor extension.
 
-Pure functions from bytes to named arrays and back; no I/O, so they are tested directly.
+Pure functions from bytes to named arrays and back; no I/O, so they are tested directly. The one
+exception: a tensor placed in a registered shared-memory region is copied from (or into) its
+mapping, which the caller passes in (`regions`).
 """
 
 from __future__ import annotations
@@ -14,6 +16,10 @@ import numpy as np
 import orjson
 
 from shipyard.errors import InvalidInputError
+from shipyard.serve.shared_memory import BYTE_SIZE as SHM_BYTE_SIZE
+from shipyard.serve.shared_memory import REGION as SHM_REGION
+from shipyard.serve.shared_memory import SystemSharedMemory
+from shipyard.serve.shared_memory import Window as SharedWindow
 from shipyard.tensors import cast_array, datatype_of
 from shipyard.types import DATATYPES, Signature, TensorSpec
 
@@ -139,8 +145,11 @@ def check_input(signature: Signature, name: str, datatype: Any) -> TensorSpec:
     return spec
 
 
-def decode_request(body: bytes, header_length: int | None, signature: Signature) -> V2Request:
-    """Parse a V2 infer request (JSON, or JSON header + binary tensors) against a signature."""
+def decode_request(
+    body: bytes, header_length: int | None, signature: Signature, regions: SystemSharedMemory | None = None
+) -> V2Request:
+    """Parse a V2 infer request (JSON, or JSON header + binary tensors) against a signature;
+    a tensor may lie in a registered shared-memory region instead (`regions`)."""
     if header_length is not None:
         if header_length < 0 or header_length > len(body):
             raise _error(
@@ -166,7 +175,10 @@ def decode_request(body: bytes, header_length: int | None, signature: Signature)
         shape = _shape(entry.get("shape"), name)
         params = entry.get("parameters") or {}
         size = params.get("binary_data_size") if isinstance(params, dict) else None
-        if size is not None:
+        window = shared_window(regions, name, params)
+        if window is not None:
+            inputs[name] = decode_binary(memoryview(window.read()), datatype, shape, name)
+        elif size is not None:
             if not isinstance(size, int) or size < 0 or offset + size > len(binary):
                 raise _error(
                     f"input {name!r} declares binary_data_size {size}, but only "
@@ -195,11 +207,22 @@ def decode_request(body: bytes, header_length: int | None, signature: Signature)
             "'outputs' must be a list of objects with a string 'name' and optional 'parameters' object",
             "outputs",
         )
+    for output in outputs or []:  # a region that is not there fails now, not after the model ran
+        shared_window(regions, output["name"], output.get("parameters") or {})
     request_id = obj.get("id")
     parameters = obj.get("parameters") or {}
     if not isinstance(parameters, dict):
         raise _error("'parameters' must be an object", "parameters")
     return V2Request(inputs, None if request_id is None else str(request_id), parameters, outputs)
+
+
+def shared_window(regions: SystemSharedMemory | None, name: str, params: Any) -> SharedWindow | None:
+    """Where a tensor's parameters place it in shared memory, checked; None when they do not."""
+    if not isinstance(params, dict) or SHM_REGION not in params:
+        return None
+    if regions is None:
+        raise _error(f"tensor {name!r}: shared memory is not supported here", SHM_REGION)
+    return regions.window(name, params)
 
 
 def classify(arr: np.ndarray, k: int, labels: list[Any] | None, *, batched: bool = False) -> np.ndarray:
@@ -239,8 +262,10 @@ def encode_response(
     outputs: dict[str, np.ndarray],
     classes: list[Any] | None = None,
     signature: Signature | None = None,
+    regions: SystemSharedMemory | None = None,
 ) -> tuple[bytes, int | None]:
-    """(body, JSON header length when binary outputs follow, else None)."""
+    """(body, JSON header length when binary outputs follow, else None). An output asked for in
+    a shared-memory region is written there, and the body says only where and how many bytes."""
     default_binary = request.parameters.get("binary_data_output", False) is True
     batched = batched_outputs(signature)
     wanted = request.outputs
@@ -261,7 +286,12 @@ def encode_response(
             arr = classify(arr, k, classes, batched=name in batched)
         datatype = datatype_of(arr.dtype)
         entry: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(arr.shape)}
-        if params.get("binary_data", default_binary):
+        window = shared_window(regions, name, params)
+        if window is not None:
+            blob = encode_bytes_elements(arr) if datatype == "BYTES" else le_bytes(arr)
+            window.write(name, blob)
+            entry["parameters"] = {SHM_REGION: window.region.name, SHM_BYTE_SIZE: len(blob)}
+        elif params.get("binary_data", default_binary):
             blob = encode_bytes_elements(arr) if datatype == "BYTES" else le_bytes(arr)
             entry["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)

@@ -1,0 +1,1 @@
+"""Models from the tools users leave, stored as Shipyard versions (`shipyard import …`)."""
