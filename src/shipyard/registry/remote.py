@@ -232,7 +232,7 @@ class FsspecArtifactStore:
 
         await self.fs.set_session()
         aio = await self.fs.get_s3(bucket)
-        signing = aio._get_credentials()
+        signing = aio._get_credentials()  # botocore's accessor (private; botocore is pinned)
         credentials = await signing.get_frozen_credentials() if signing is not None else None
         if self._threaded is None or self._threaded[:2] != (aio, credentials):
             self._threaded = (aio, credentials, threaded_client(aio, credentials))
