@@ -68,7 +68,7 @@ class FsspecArtifactStore:
         kwargs: dict[str, Any] = {"skip_instance_cache": True, "use_listings_cache": False}
         if self.protocol in ("s3", "s3a"):
             # Reads of whole objects (verify) in parts as large as uploads'; transfers themselves go
-            # through `_multipart` and `_download`, 10 parts in flight as boto3's transfer manager.
+            # through `_multipart` (threads) and `_download`, 10 parts in flight as boto3's.
             kwargs.update(max_concurrency=_CONCURRENCY, default_block_size=part_bytes)
         kwargs.update(options or {})
         try:
@@ -86,6 +86,7 @@ class FsspecArtifactStore:
             ) from exc
         self.root = self.root.rstrip("/")
         self._staging_root = cache.root / ".staging"
+        self._threaded: tuple[Any, Any, Any] | None = None  # (async client, credentials, client)
 
     # -- layout ------------------------------------------------------------------------------
     def _folder(self, digest: str) -> str:
@@ -173,9 +174,7 @@ class FsspecArtifactStore:
                     callback = _callback(progress, done, info.size)
                     source, target = staged / str(file["path"]), f"{folder}/{file['path']}"
                     if self.protocol in ("s3", "s3a") and size >= 2 * self.part_bytes:
-                        from fsspec.asyn import sync
-
-                        sync(self.fs.loop, self._multipart, source, target, size, callback)
+                        self._multipart(source, target, size, callback)
                     else:
                         self.fs.put_file(str(source), target, callback=callback)
                     done += size
@@ -187,31 +186,58 @@ class FsspecArtifactStore:
         self.cache.adopt(info, staged)
         return info
 
-    async def _multipart(self, source: Path, key: str, size: int, callback: Any) -> None:
-        """One multipart upload with `_CONCURRENCY` parts in flight all along (s3fs's own waits for
-        each batch's slowest part); invisible until completed, aborted if it fails here."""
+    def _multipart(self, source: Path, key: str, size: int, callback: Any) -> None:
+        """One multipart upload, its parts sent from a pool of threads (`_s3_parts`, 10 in flight
+        all along); invisible until completed, aborted if it fails here."""
+        from botocore.exceptions import ClientError
+        from fsspec.asyn import sync
+        from s3fs.errors import translate_boto_error
+
+        from shipyard.registry._s3_parts import send_parts
+
         bucket, object_key, _ = self.fs.split_path(key)
         part_bytes = max(self.part_bytes, -(-size // _MAX_PARTS))
-        started = await self.fs._call_s3("create_multipart_upload", Bucket=bucket, Key=object_key)
+        client, checksum = sync(self.fs.loop, self._parts_client, bucket)
+        named = {"ChecksumAlgorithm": checksum} if checksum else {}
+        # Started, completed and aborted through s3fs, which adds the store's options (encryption,
+        # requester pays) and translates errors; the parts get the same options.
+        started = self.fs.call_s3("create_multipart_upload", Bucket=bucket, Key=object_key, **named)
         ids = {"Bucket": bucket, "Key": object_key, "UploadId": started["UploadId"]}
-        slots = asyncio.Semaphore(_CONCURRENCY)
+        options = self.fs._get_s3_method_kwargs(client.upload_part, **ids, **named)
 
-        async def upload(number: int) -> dict[str, Any]:
-            async with slots:  # read inside the slot: at most _CONCURRENCY parts in memory
-                with open(source, "rb") as fh:
-                    fh.seek((number - 1) * part_bytes)
-                    body = fh.read(part_bytes)
-                sent = await self.fs._call_s3("upload_part", PartNumber=number, Body=body, **ids)
-                callback.relative_update(len(body))
-                return {"PartNumber": number, "ETag": sent["ETag"]}
+        def upload_part(**part: Any) -> dict[str, Any]:
+            try:
+                return dict(client.upload_part(**options, **part))
+            except ClientError as exc:
+                raise translate_boto_error(exc) from exc
 
         try:
-            parts = await asyncio.gather(*(upload(n) for n in range(1, -(-size // part_bytes) + 1)))
-            await self.fs._call_s3("complete_multipart_upload", MultipartUpload={"Parts": parts}, **ids)
-        except Exception:
+            parts = send_parts(
+                upload_part, source, size, part_bytes, checksum=checksum, sent=callback.relative_update
+            )
+            self.fs.call_s3("complete_multipart_upload", MultipartUpload={"Parts": parts}, **ids)
+        except BaseException:
             with contextlib.suppress(Exception):  # gc aborts it later if this fails too
-                await self.fs._call_s3("abort_multipart_upload", **ids)
+                self.fs.call_s3("abort_multipart_upload", **ids)
             raise
+
+    async def _parts_client(self, bucket: str) -> tuple[Any, str | None]:
+        """The threads' client (made again when the credentials change) and the checksum to
+        declare the upload with, as boto3's transfer manager does: botocore puts a CRC32 on every
+        part by default, and an upload created without naming it gets a second checksum over the
+        whole object when completed (moto: one more copy and pass, after the last part) or, on
+        S3, may have those parts refused ("Checksum Type mismatch"). None where the client sends
+        checksums only when required (for stores that do not know them)."""
+        from shipyard.registry._s3_parts import threaded_client
+
+        await self.fs.set_session()
+        aio = await self.fs.get_s3(bucket)
+        signing = aio._get_credentials()  # botocore's accessor (private; botocore is pinned)
+        credentials = await signing.get_frozen_credentials() if signing is not None else None
+        if self._threaded is None or self._threaded[:2] != (aio, credentials):
+            self._threaded = (aio, credentials, threaded_client(aio, credentials))
+        when = aio.meta.config.request_checksum_calculation
+        return self._threaded[2], ("CRC32" if when == "when_supported" else None)
 
     async def _download(self, key: str, target: Path, size: int) -> None:
         """One object into `target`: a large one in ranges, `_CONCURRENCY` in flight all along and
