@@ -369,7 +369,8 @@ class LlamaCppEngine:
         decoding = sorted((s for s in self._running if s.pending is not None), key=lambda s: s.slot)
         prompts = [s for s in self._running if s.pending is None]  # in the order they arrived
         # Between two tokens of a running stream, at most one step's prompt budget is processed.
-        budget = self._batch_size - len(decoding) - self._prefilled_since_decode
+        waited = self._prefilled_since_decode if decoding else 0  # (the waiting ones may have left)
+        budget = self._batch_size - len(decoding) - waited
         # While the next prompt fits in what is left of that budget, the running streams wait a
         # step and the prompt goes alone: it emits its first token without paying for theirs.
         if prompts and len(prompts[0].prompt) - prompts[0].n_past <= budget:
