@@ -2,7 +2,9 @@
 
 The request path draws one random number and appends to a bounded deque (no lock; a wake-up
 only when it is half full); a writer thread drains it every second into this process's segment,
-describing and serializing the entries there, up to 256 at a time. When the queue is full, or
+describing and serializing the entries there, up to 256 at a time. An entry refers to its rows of
+the batch its request ran in (prediction_chunks.Ran), which all that batch's entries share, rather
+than holding its own arrays. When the queue is full, or
 the disk refuses a write, entries are dropped and counted in
 `shipyard_predictionlog_dropped_total{model,reason}`, with a warning at most once a minute: a
 request never waits for the log and never fails because of it.
@@ -16,6 +18,8 @@ import sqlite3
 import threading
 import time
 from collections import deque
+from itertools import repeat, starmap
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +27,7 @@ import numpy as np
 import orjson
 
 from shipyard.monitor import metrics
-from shipyard.monitor.prediction_chunks import Pending, describe, encode_each
+from shipyard.monitor.prediction_chunks import HELD, Pending, Ran, describe, encode_each
 from shipyard.monitor.predictions import Chunk, Segment, enforce_retention, segment_bytes, segment_name
 from shipyard.settings import PredictionLogSettings, Settings
 
@@ -42,6 +46,7 @@ _WARN_EVERY_S = 60.0
 _RETENTION_EVERY_S = 60.0
 _MAX_HELD_BYTES = 64 << 20  # arrays queued entries keep alive; past it, entries are summarized at once
 QUEUE_FULL, WRITE_FAILED = "queue_full", "write_failed"
+_ID = itemgetter(1)
 _WHY = {
     QUEUE_FULL: "the queue was full: the writer fell behind (lower prediction_log.sample_rate)",
     WRITE_FAILED: "the prediction log could not be written",
@@ -49,13 +54,18 @@ _WHY = {
 
 
 class Sample:
-    """What one request ran on, noted by the dataplane as it goes (None where it never got)."""
+    """What one request ran on, noted as it goes (None where it never got): its inputs by the
+    dataplane, then, once answered, its batch (`ran`) and its rows there by the batcher. The
+    outputs of a request answered outside a batcher go in `outputs`."""
 
-    __slots__ = ("inputs", "outputs")
+    __slots__ = ("inputs", "offset", "outputs", "ran", "rows")
 
     def __init__(self) -> None:
         self.inputs: dict[str, np.ndarray] | None = None
         self.outputs: dict[str, np.ndarray] | None = None
+        self.ran: Ran | None = None
+        self.offset = 0
+        self.rows = 0
 
 
 class PredictionRecorder:
@@ -132,16 +142,20 @@ class PredictionRecorder:
                 self._full_counters[model] = counter
             counter.inc()
             return
-        inputs, outputs = sample.inputs, sample.outputs
-        held = 0
-        for array in (inputs or {}).values():
-            held += array.nbytes
-        for array in (outputs or {}).values():
-            held += array.nbytes
+        ran = sample.ran
+        offset = rows = 0
+        if ran is not None:
+            offset, rows = sample.offset, sample.rows
+            held = ran.nbytes if ran.whole else ran.row_bytes * rows
+        elif sample.inputs is not None or sample.outputs is not None:  # never reached a batch
+            ran = Ran(sample.inputs, sample.outputs)
+            held = ran.nbytes
+        else:
+            held = 0
         described = None
-        if self._held_in - self._held_out + held > _MAX_HELD_BYTES:  # keep memory bounded
-            described = describe(inputs, outputs, held if draw < with_payload else 0)
-            inputs = outputs = None
+        if ran is not None and self._held_in - self._held_out + held > _MAX_HELD_BYTES:  # keep memory bounded
+            described = describe(*ran.arrays(offset, rows), held if draw < with_payload else 0)
+            ran = None
             held = 0
         self._held_in += held
         self._appended += 1
@@ -154,8 +168,9 @@ class PredictionRecorder:
                 protocol,
                 status,
                 latency_s,
-                inputs,
-                outputs,
+                ran,
+                offset,
+                rows,
                 draw < with_payload,
                 held,
                 described,
@@ -204,7 +219,7 @@ class PredictionRecorder:
         queue = self._queue
         if not queue:
             return
-        batch = [queue.popleft() for _ in range(len(queue))]
+        batch = list(starmap(queue.popleft, repeat((), len(queue))))  # in C: no Python per entry
         try:
             chunks = []
             for start in range(0, len(batch), _CHUNK):
@@ -216,7 +231,7 @@ class PredictionRecorder:
             self._close_segment(seal=False)  # the next batch starts over: a new segment
             self._failed(batch, exc)
         with self._progress:
-            self._held_out += sum(pending[10] for pending in batch)
+            self._held_out += sum(map(HELD, batch))
             self._handled += len(batch)
             self._progress.notify_all()
 
@@ -226,7 +241,7 @@ class PredictionRecorder:
         written, entries = encode_each(batch, self._settings.max_payload_bytes, self._failed_one)
         if entries is None:
             return None
-        return written[0][0], written[-1][0], orjson.dumps([pending[1] for pending in written]), entries
+        return written[0][0], written[-1][0], orjson.dumps(list(map(_ID, written))), entries
 
     def _failed_one(self, pending: Pending, exc: Exception) -> None:
         self._failed([pending], exc)
