@@ -17,7 +17,7 @@ import random
 import sqlite3
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from itertools import repeat, starmap
 from operator import itemgetter
 from pathlib import Path
@@ -46,7 +46,7 @@ _WARN_EVERY_S = 60.0
 _RETENTION_EVERY_S = 60.0
 _MAX_HELD_BYTES = 64 << 20  # arrays queued entries keep alive; past it, entries are summarized at once
 QUEUE_FULL, WRITE_FAILED = "queue_full", "write_failed"
-_ID = itemgetter(1)
+_ID, _MODEL = itemgetter(1), itemgetter(2)
 _WHY = {
     QUEUE_FULL: "the queue was full: the writer fell behind (lower prediction_log.sample_rate)",
     WRITE_FAILED: "the prediction log could not be written",
@@ -215,24 +215,37 @@ class PredictionRecorder:
     def _drain(self) -> None:
         """Write everything queued now in one transaction: every call that releases the GIL
         (a commit, a stat) costs the event loop a switch, so the writer makes few of them (one
-        pause per chunk of 256 entries, so that it never holds the GIL for long)."""
+        pause per chunk of 256 entries, so that it never holds the GIL for long). Each chunk's
+        entries are let go before the pause: freeing a whole drain's entries (ten thousand on a
+        busy server, with their batches' arrays) at once held the GIL for milliseconds."""
         queue = self._queue
-        if not queue:
+        left = len(queue)
+        if not left:
             return
-        batch = list(starmap(queue.popleft, repeat((), len(queue))))  # in C: no Python per entry
+        chunks: list[Chunk] = []
+        models: Counter[str] = Counter()
+        handled = held = 0
+        while left:
+            if handled:
+                time.sleep(_PAUSE_S)  # the event loop runs meanwhile: see _PAUSE_S
+            count = min(left, _CHUNK)
+            batch = list(starmap(queue.popleft, repeat((), count)))  # in C: no Python per entry
+            left -= count
+            chunk = self._chunk(batch)
+            if chunk is not None:
+                chunks.append(chunk)
+            models.update(map(_MODEL, batch))  # counted in C, for a transaction that fails
+            held += sum(map(HELD, batch))
+            handled += count
+            del batch  # let go of the entries (and their batches) now, not all at the end
         try:
-            chunks = []
-            for start in range(0, len(batch), _CHUNK):
-                if start:
-                    time.sleep(_PAUSE_S)  # the event loop runs meanwhile: see _PAUSE_S
-                chunks.append(self._chunk(batch[start : start + _CHUNK]))
-            self._segment().append([chunk for chunk in chunks if chunk is not None])
+            self._segment().append(chunks)
         except (sqlite3.Error, OSError) as exc:
             self._close_segment(seal=False)  # the next batch starts over: a new segment
-            self._failed(batch, exc)
+            self._failed(models, exc)
         with self._progress:
-            self._held_out += sum(map(HELD, batch))
-            self._handled += len(batch)
+            self._held_out += held
+            self._handled += handled
             self._progress.notify_all()
 
     def _chunk(self, batch: list[Pending]) -> Chunk | None:
@@ -244,7 +257,7 @@ class PredictionRecorder:
         return written[0][0], written[-1][0], orjson.dumps(list(map(_ID, written))), entries
 
     def _failed_one(self, pending: Pending, exc: Exception) -> None:
-        self._failed([pending], exc)
+        self._failed(Counter([pending[2]]), exc)
 
     def _segment(self) -> Segment:
         """This process's current segment: a new one when it is full, old, or was deleted."""
@@ -277,14 +290,13 @@ class PredictionRecorder:
         except OSError as exc:
             log.warning("prediction log: retention failed in %s: %s", self.directory, exc)
 
-    def _failed(self, batch: list[Pending], exc: Exception) -> None:
+    def _failed(self, models: Counter[str], exc: Exception) -> None:
+        """Count entries the log lost, `models` saying how many of each model."""
         self._last_error = f"{type(exc).__name__}: {exc}"
-        by_model: dict[str, int] = {}
-        for pending in batch:
-            by_model[pending[2]] = by_model.get(pending[2], 0) + 1
-        for model, count in by_model.items():
-            metrics.PREDICTION_LOG_DROPPED.labels(model, WRITE_FAILED).inc(count)
-        self._dropped[WRITE_FAILED] += len(batch)
+        for model, count in models.items():
+            if count:
+                metrics.PREDICTION_LOG_DROPPED.labels(model, WRITE_FAILED).inc(count)
+        self._dropped[WRITE_FAILED] += sum(models.values())
 
     def _warn(self) -> None:
         """At most one warning a minute, saying how many entries went and why."""
