@@ -360,8 +360,8 @@ class Batcher:
             item = batch[0]
             if not item.future.done():
                 item.future.set_result(outputs)
-                if item.sample is not None:
-                    _noted(item.sample, Ran(merged, outputs, rows), 0, rows)
+                if (sample := item.sample) is not None:
+                    sample.ran, sample.offset, sample.rows = Ran(merged, outputs, rows), 0, rows
             return
         try:
             parts = _split(outputs, [i.rows for i in batch])
@@ -373,10 +373,10 @@ class Batcher:
         for item, part in zip(batch, parts, strict=True):
             if not item.future.done():
                 item.future.set_result(part)
-                if item.sample is not None:
+                if (sample := item.sample) is not None:
                     if ran is None:  # one per batch, shared by its requests' log entries
                         ran = Ran(merged, outputs, rows)
-                    _noted(item.sample, ran, offset, item.rows)
+                    sample.ran, sample.offset, sample.rows = ran, offset, item.rows
             offset += item.rows
 
     async def close(self, timeout_s: float = 30.0) -> None:
@@ -463,10 +463,6 @@ def _split(outputs: Arrays, counts: list[int]) -> list[Arrays]:
         parts.append({name: arr[start : start + count] for name, arr in outputs.items()})
         start += count
     return parts
-
-
-def _noted(sample: Sample, ran: Ran, offset: int, rows: int) -> None:
-    sample.ran, sample.offset, sample.rows = ran, offset, rows
 
 
 def _fail(batch: list[_Item], exc: BaseException) -> None:
