@@ -140,29 +140,34 @@ def encode(batch: Sequence[Pending], max_payload_bytes: int) -> bytes:
         zip(*batch, strict=True)
     )
     # Entries come in runs: a batch's requests answer one after another. The runs are found in C
-    # (groupby on each entry's batch identity and row count); Python works once per run.
-    keys = list(zip(map(id, rans), rows, map(id, made), strict=True))
+    # (groupby on each entry's batch, compared by identity); Python works once per run.
     groups: dict[Any, tuple[list[int], list[_Run]]] = {}
     own: list[dict[str, Any]] = []  # entries described on the request path: a group each
-    for _, run in groupby(range(len(keys)), keys.__getitem__):
+    for ran, run in groupby(range(len(rans)), rans.__getitem__):
         members = list(run)
-        first = members[0]
-        described = made[first]
-        if described is not None:  # one entry (its description is its own object)
-            stacked = described[1] and [[n, s, d, None if v is None else [v]] for n, s, d, v in described[1]]
-            own.append({"at": members, "inputs": described[0], "outputs": stacked})
+        first, end = members[0], members[-1] + 1
+        if ran is None:  # never reached a batch, or described on the request path: rare
+            for index in members:
+                described = made[index]
+                if described is None:
+                    _join(groups, (None, None), [index], (None, [], 0))
+                    continue
+                stacked = described[1] and [
+                    [n, s, d, None if v is None else [v]] for n, s, d, v in described[1]
+                ]
+                own.append({"at": [index], "inputs": described[0], "outputs": stacked})
             continue
-        ran, count = rans[first], rows[first]
-        if ran is None:
-            key: Any = (None, None)
-        else:
+        counts = rows[first:end]
+        count = counts[0]
+        if counts.count(count) == len(counts):  # the usual: every request of the run the same rows
             cut = -1 if ran.whole else count
             key = (_layout(ran.inputs, cut), _layout(ran.outputs, cut))
-        group = groups.get(key)
-        if group is None:
-            group = groups[key] = ([], [])
-        group[0].extend(members)
-        group[1].append((ran, [offsets[i] for i in members], count))
+            _join(groups, key, members, (ran, list(offsets[first:end]), count))
+            continue
+        for count, same in groupby(members, rows.__getitem__):  # requests of several sizes
+            part = list(same)
+            key = (_layout(ran.inputs, count), _layout(ran.outputs, count))
+            _join(groups, key, part, (ran, [offsets[i] for i in part], count))
     chunk_groups = [_group(key, members, runs) for key, (members, runs) in groups.items()]
     kept: list[list[Any]] = []
     omitted: list[list[int]] = []
@@ -188,6 +193,14 @@ def encode(batch: Sequence[Pending], max_payload_bytes: int) -> bytes:
         "omitted": omitted,
     }
     return orjson.dumps(chunk, option=_JSON, default=_plain)
+
+
+def _join(groups: dict[Any, tuple[list[int], list[_Run]]], key: Any, members: list[int], run: _Run) -> None:
+    group = groups.get(key)
+    if group is None:
+        group = groups[key] = ([], [])
+    group[0].extend(members)
+    group[1].append(run)
 
 
 def encode_each(
@@ -236,6 +249,9 @@ def _rows_of(array: np.ndarray, starts: list[int], count: int, whole: bool) -> n
     """The rows of `array` that entries starting at `starts`, of `count` rows each, had."""
     if whole:  # one entry, the array as it is
         return array.reshape(1, *array.shape)
+    first, size = starts[0], len(starts) * count
+    if starts == list(range(first, first + size, count)):  # consecutive rows: a view, no copy
+        return array[first : first + size]
     if count == 1:
         return array[starts]
     index = (np.asarray(starts)[:, None] + np.arange(count)).ravel()
