@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from itertools import compress, groupby
+from operator import itemgetter
 from typing import Any
 
 import numpy as np
@@ -34,12 +36,60 @@ import orjson
 MAX_VALUES = 256  # an output of at most this many elements is kept with its values
 _JSON = orjson.OPT_SERIALIZE_NUMPY
 
+Arrays = dict[str, np.ndarray]
+
+
+class Ran:
+    """The arrays one batch ran on and returned, shared by the log entries of all its requests.
+
+    An entry refers to its rows of a batch (this, an offset and a row count) rather than holding
+    its request's own arrays: on a busy server a second of entries held a second of requests'
+    arrays and dicts (about seven objects each, ten thousand requests a second), which cost the
+    event loop as much as the writer's own work (allocator and cache misses, longer collections),
+    and made the writer walk every entry's arrays in Python. A batch's merged inputs and outputs
+    exist anyway; its entries' rows are cut from them in the writer, one call per batch.
+
+    `whole`: the arrays are one request's as they are (a batch of one whose outputs are not one row
+    per input row, or a request that never reached a batch): its entry takes them all.
+    """
+
+    __slots__ = ("inputs", "nbytes", "outputs", "row_bytes", "whole")
+
+    def __init__(self, inputs: Arrays | None, outputs: Arrays | None, rows: int = -1) -> None:
+        self.inputs = inputs
+        self.outputs = outputs
+        arrays = [*(inputs or {}).values(), *(outputs or {}).values()]
+        self.nbytes = sum(a.nbytes for a in arrays)
+        # Cut into rows only where every array has `rows` rows (the batcher's merged arrays do).
+        self.whole = rows < 1 or not arrays or any(a.ndim == 0 or a.shape[0] != rows for a in arrays)
+        self.row_bytes = 0 if self.whole else self.nbytes // rows
+
+    def held(self, rows: int) -> int:
+        """The bytes of an entry's own arrays (what a payload of its `rows` weighs)."""
+        return self.nbytes if self.whole else self.row_bytes * rows
+
+    def arrays(self, offset: int, rows: int) -> tuple[Arrays | None, Arrays | None]:
+        """An entry's inputs and outputs, as its request had them."""
+        if self.whole:
+            return self.inputs, self.outputs
+        end = offset + rows
+        inputs, outputs = self.inputs, self.outputs
+        return (
+            None if inputs is None else {name: a[offset:end] for name, a in inputs.items()},
+            None if outputs is None else {name: a[offset:end] for name, a in outputs.items()},
+        )
+
+
 # What the writer hands over per entry: (time, request id, model, version, protocol, status,
-# latency s, inputs, outputs, payload wanted, payload bytes, a description made on the request
-# path or None). A description, made when the arrays were too large to hold (see the recorder),
-# is (inputs, outputs, payload bytes left out) in the decoded form above, with values as arrays.
+# latency s, the batch it ran in or None, its first row there, its rows, payload wanted, payload
+# bytes, a description made on the request path or None). A description, made when the arrays
+# were too large to hold (see the recorder), is (inputs, outputs, payload bytes left out) in the
+# decoded form above, with values as arrays.
 Described = tuple[list[list[Any]] | None, list[list[Any]] | None, int]
-Pending = tuple[float, str, str, "int | None", str, int, float, Any, Any, bool, int, "Described | None"]
+Pending = tuple[
+    float, str, str, "int | None", str, int, float, "Ran | None", int, int, bool, int, "Described | None"
+]
+HELD = itemgetter(11)  # an entry's payload bytes
 
 _DTYPE_NAMES: dict[np.dtype[Any], str] = {}  # numpy computes `dtype.name` in Python: microseconds
 
@@ -53,9 +103,7 @@ def dtype_name(dtype: np.dtype[Any]) -> str:
     return name
 
 
-def describe(
-    inputs: dict[str, np.ndarray] | None, outputs: dict[str, np.ndarray] | None, left_out: int = 0
-) -> Described:
+def describe(inputs: Arrays | None, outputs: Arrays | None, left_out: int = 0) -> Described:
     """One entry's inputs and outputs in the decoded form (values as arrays), and `left_out`."""
     described_inputs = None
     if inputs is not None:
@@ -69,39 +117,69 @@ def describe(
     return described_inputs, described_outputs, left_out
 
 
+def _layout(
+    arrays: Arrays | None, rows: int
+) -> tuple[tuple[str, tuple[int, ...], np.dtype[Any]], ...] | None:
+    """(name, shape, dtype) of each array as an entry of `rows` rows has it (-1: as it is)."""
+    if arrays is None:
+        return None
+    if rows < 0:
+        return tuple([(name, a.shape, a.dtype) for name, a in arrays.items()])
+    return tuple([(name, (rows, *a.shape[1:]), a.dtype) for name, a in arrays.items()])
+
+
+# A run: consecutive entries of one batch with the same row count (its batch, the entries' first
+# rows there, their row count), the unit the writer works in.
+_Run = tuple["Ran | None", list[int], int]
+
+
 def encode(batch: Sequence[Pending], max_payload_bytes: int) -> bytes:
     """A chunk's JSON. Raises TypeError if a value cannot be written (see `encode_each`)."""
     # The entries' fields, column by column, in C.
-    at, ids, models, versions, protocols, statuses, latencies, inputs, outputs, payloads, held, made = zip(
-        *batch, strict=True
+    at, ids, models, versions, protocols, statuses, latencies, rans, offsets, rows, payloads, held, made = (
+        zip(*batch, strict=True)
     )
-    groups: dict[Any, list[int]] = {}
+    # Entries come in runs: a batch's requests answer one after another. The runs are found in C
+    # (groupby on each entry's batch, compared by identity); Python works once per run.
+    groups: dict[Any, tuple[list[int], list[_Run]]] = {}
     own: list[dict[str, Any]] = []  # entries described on the request path: a group each
-    for index, (ins, outs, described) in enumerate(zip(inputs, outputs, made, strict=True)):
-        # The layout key, inline: a function call per entry would cost a fifth more.
-        if described is None:
-            key = (
-                None if ins is None else tuple([(n, a.shape, a.dtype) for n, a in ins.items()]),
-                None if outs is None else tuple([(n, a.shape, a.dtype) for n, a in outs.items()]),
-            )
-            members = groups.get(key)
-            if members is None:
-                groups[key] = [index]
-            else:
-                members.append(index)
-        else:
-            stacked = described[1] and [[n, s, d, None if v is None else [v]] for n, s, d, v in described[1]]
-            own.append({"at": [index], "inputs": described[0], "outputs": stacked})
-    chunk_groups = [_group(key, members, outputs) for key, members in groups.items()]
+    for ran, run in groupby(range(len(rans)), rans.__getitem__):
+        members = list(run)
+        first, end = members[0], members[-1] + 1
+        if ran is None:  # never reached a batch, or described on the request path: rare
+            for index in members:
+                described = made[index]
+                if described is None:
+                    _join(groups, (None, None), [index], (None, [], 0))
+                    continue
+                stacked = described[1] and [
+                    [n, s, d, None if v is None else [v]] for n, s, d, v in described[1]
+                ]
+                own.append({"at": [index], "inputs": described[0], "outputs": stacked})
+            continue
+        counts = rows[first:end]
+        count = counts[0]
+        if counts.count(count) == len(counts):  # the usual: every request of the run the same rows
+            cut = -1 if ran.whole else count
+            key = (_layout(ran.inputs, cut), _layout(ran.outputs, cut))
+            _join(groups, key, members, (ran, list(offsets[first:end]), count))
+            continue
+        for count, same in groupby(members, rows.__getitem__):  # requests of several sizes
+            part = list(same)
+            key = (_layout(ran.inputs, count), _layout(ran.outputs, count))
+            _join(groups, key, part, (ran, [offsets[i] for i in part], count))
+    chunk_groups = [_group(key, members, runs) for key, (members, runs) in groups.items()]
     kept: list[list[Any]] = []
     omitted: list[list[int]] = []
-    for index in (i for i, wanted in enumerate(payloads) if wanted):
-        if inputs[index] is not None and held[index] <= max_payload_bytes:
-            kept.append([index, {"inputs": inputs[index], "outputs": outputs[index]}])
-        elif inputs[index] is not None:
+    for index in compress(range(len(payloads)), payloads):  # the few with a payload, found in C
+        ran, described = rans[index], made[index]
+        if ran is not None and held[index] <= max_payload_bytes:
+            inputs, outputs = ran.arrays(offsets[index], rows[index])
+            kept.append([index, {"inputs": inputs, "outputs": outputs}])
+        elif ran is not None:
             omitted.append([index, held[index]])
-        elif made[index] is not None and made[index][2]:
-            omitted.append([index, made[index][2]])
+        elif described is not None and described[2]:
+            omitted.append([index, described[2]])
     chunk = {
         "id": ids,
         "time": at,
@@ -115,6 +193,14 @@ def encode(batch: Sequence[Pending], max_payload_bytes: int) -> bytes:
         "omitted": omitted,
     }
     return orjson.dumps(chunk, option=_JSON, default=_plain)
+
+
+def _join(groups: dict[Any, tuple[list[int], list[_Run]]], key: Any, members: list[int], run: _Run) -> None:
+    group = groups.get(key)
+    if group is None:
+        group = groups[key] = ([], [])
+    group[0].extend(members)
+    group[1].append(run)
 
 
 def encode_each(
@@ -137,7 +223,9 @@ def encode_each(
     return good, encode(good, max_payload_bytes) if good else None
 
 
-def _group(key: Any, members: list[int], outputs: Sequence[Any]) -> dict[str, Any]:
+def _group(key: Any, members: list[int], runs: list[_Run]) -> dict[str, Any]:
+    """A group's layout, with each small output's values for all its members stacked: one
+    fancy-indexing call per run of a batch, in C."""
     input_layout, output_layout = key
     described_inputs = None
     if input_layout is not None:
@@ -148,12 +236,26 @@ def _group(key: Any, members: list[int], outputs: Sequence[Any]) -> dict[str, An
         for name, shape, dtype in output_layout:
             values = None
             if math.prod(shape) <= MAX_VALUES:
-                arrays = [outputs[index][name] for index in members]
-                # One shape throughout (it is in the key): concatenating and reshaping is one C
-                # call, where np.stack works array by array in Python.
-                values = np.concatenate(arrays).reshape(len(arrays), *shape) if shape else np.array(arrays)
+                # Every run of the group has these outputs (they are in its key).
+                parts = [_rows_of(ran.outputs[name], starts, count, ran.whole) for ran, starts, count in runs]  # type: ignore[union-attr,index]
+                values = (parts[0] if len(parts) == 1 else np.concatenate(parts)).reshape(
+                    len(members), *shape
+                )
             described_outputs.append([name, shape, dtype_name(dtype), values])
     return {"at": members, "inputs": described_inputs, "outputs": described_outputs}
+
+
+def _rows_of(array: np.ndarray, starts: list[int], count: int, whole: bool) -> np.ndarray:
+    """The rows of `array` that entries starting at `starts`, of `count` rows each, had."""
+    if whole:  # one entry, the array as it is
+        return array.reshape(1, *array.shape)
+    first, size = starts[0], len(starts) * count
+    if starts == list(range(first, first + size, count)):  # consecutive rows: a view, no copy
+        return array[first : first + size]
+    if count == 1:
+        return array[starts]
+    index = (np.asarray(starts)[:, None] + np.arange(count)).ravel()
+    return array[index]
 
 
 def decode(blob: bytes) -> list[list[Any]]:

@@ -2,7 +2,9 @@
 
 The request path draws one random number and appends to a bounded deque (no lock; a wake-up
 only when it is half full); a writer thread drains it every second into this process's segment,
-describing and serializing the entries there, up to 256 at a time. When the queue is full, or
+describing and serializing the entries there, up to 256 at a time. An entry refers to its rows of
+the batch its request ran in (prediction_chunks.Ran), which all that batch's entries share, rather
+than holding its own arrays. When the queue is full, or
 the disk refuses a write, entries are dropped and counted in
 `shipyard_predictionlog_dropped_total{model,reason}`, with a warning at most once a minute: a
 request never waits for the log and never fails because of it.
@@ -15,7 +17,9 @@ import random
 import sqlite3
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
+from itertools import repeat, starmap
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +27,7 @@ import numpy as np
 import orjson
 
 from shipyard.monitor import metrics
-from shipyard.monitor.prediction_chunks import Pending, describe, encode_each
+from shipyard.monitor.prediction_chunks import HELD, Pending, Ran, describe, encode_each
 from shipyard.monitor.predictions import Chunk, Segment, enforce_retention, segment_bytes, segment_name
 from shipyard.settings import PredictionLogSettings, Settings
 
@@ -42,6 +46,7 @@ _WARN_EVERY_S = 60.0
 _RETENTION_EVERY_S = 60.0
 _MAX_HELD_BYTES = 64 << 20  # arrays queued entries keep alive; past it, entries are summarized at once
 QUEUE_FULL, WRITE_FAILED = "queue_full", "write_failed"
+_ID, _MODEL = itemgetter(1), itemgetter(2)
 _WHY = {
     QUEUE_FULL: "the queue was full: the writer fell behind (lower prediction_log.sample_rate)",
     WRITE_FAILED: "the prediction log could not be written",
@@ -49,13 +54,19 @@ _WHY = {
 
 
 class Sample:
-    """What one request ran on, noted by the dataplane as it goes (None where it never got)."""
+    """What one request ran on, noted as it goes (None where it never got): its inputs by the
+    dataplane, then, once answered, its batch (`ran`) and its rows there by the batcher. The
+    outputs of a request answered outside a batcher go in `outputs`.
 
-    __slots__ = ("inputs", "outputs")
+    The defaults are class attributes, with no `__init__`: one is made for every request, and a
+    Python `__init__` setting five slots cost more than everything else the log adds before the
+    entry is queued (measured with cProfile on benchmarks/prediction_log.py's load)."""
 
-    def __init__(self) -> None:
-        self.inputs: dict[str, np.ndarray] | None = None
-        self.outputs: dict[str, np.ndarray] | None = None
+    inputs: dict[str, np.ndarray] | None = None
+    outputs: dict[str, np.ndarray] | None = None
+    ran: Ran | None = None
+    offset = 0
+    rows = 0
 
 
 class PredictionRecorder:
@@ -132,16 +143,20 @@ class PredictionRecorder:
                 self._full_counters[model] = counter
             counter.inc()
             return
-        inputs, outputs = sample.inputs, sample.outputs
-        held = 0
-        for array in (inputs or {}).values():
-            held += array.nbytes
-        for array in (outputs or {}).values():
-            held += array.nbytes
+        ran = sample.ran
+        offset = rows = 0
+        if ran is not None:
+            offset, rows = sample.offset, sample.rows
+            held = ran.nbytes if ran.whole else ran.row_bytes * rows
+        elif sample.inputs is not None or sample.outputs is not None:  # never reached a batch
+            ran = Ran(sample.inputs, sample.outputs)
+            held = ran.nbytes
+        else:
+            held = 0
         described = None
-        if self._held_in - self._held_out + held > _MAX_HELD_BYTES:  # keep memory bounded
-            described = describe(inputs, outputs, held if draw < with_payload else 0)
-            inputs = outputs = None
+        if ran is not None and self._held_in - self._held_out + held > _MAX_HELD_BYTES:  # keep memory bounded
+            described = describe(*ran.arrays(offset, rows), held if draw < with_payload else 0)
+            ran = None
             held = 0
         self._held_in += held
         self._appended += 1
@@ -154,8 +169,9 @@ class PredictionRecorder:
                 protocol,
                 status,
                 latency_s,
-                inputs,
-                outputs,
+                ran,
+                offset,
+                rows,
                 draw < with_payload,
                 held,
                 described,
@@ -200,24 +216,37 @@ class PredictionRecorder:
     def _drain(self) -> None:
         """Write everything queued now in one transaction: every call that releases the GIL
         (a commit, a stat) costs the event loop a switch, so the writer makes few of them (one
-        pause per chunk of 256 entries, so that it never holds the GIL for long)."""
+        pause per chunk of 256 entries, so that it never holds the GIL for long). Each chunk's
+        entries are let go before the pause: freeing a whole drain's entries (ten thousand on a
+        busy server, with their batches' arrays) at once held the GIL for milliseconds."""
         queue = self._queue
-        if not queue:
+        left = len(queue)
+        if not left:
             return
-        batch = [queue.popleft() for _ in range(len(queue))]
+        chunks: list[Chunk] = []
+        models: Counter[str] = Counter()
+        handled = held = 0
+        while left:
+            if handled:
+                time.sleep(_PAUSE_S)  # the event loop runs meanwhile: see _PAUSE_S
+            count = min(left, _CHUNK)
+            batch = list(starmap(queue.popleft, repeat((), count)))  # in C: no Python per entry
+            left -= count
+            chunk = self._chunk(batch)
+            if chunk is not None:
+                chunks.append(chunk)
+            models.update(map(_MODEL, batch))  # counted in C, for a transaction that fails
+            held += sum(map(HELD, batch))
+            handled += count
+            del batch  # let go of the entries (and their batches) now, not all at the end
         try:
-            chunks = []
-            for start in range(0, len(batch), _CHUNK):
-                if start:
-                    time.sleep(_PAUSE_S)  # the event loop runs meanwhile: see _PAUSE_S
-                chunks.append(self._chunk(batch[start : start + _CHUNK]))
-            self._segment().append([chunk for chunk in chunks if chunk is not None])
+            self._segment().append(chunks)
         except (sqlite3.Error, OSError) as exc:
             self._close_segment(seal=False)  # the next batch starts over: a new segment
-            self._failed(batch, exc)
+            self._failed(models, exc)
         with self._progress:
-            self._held_out += sum(pending[10] for pending in batch)
-            self._handled += len(batch)
+            self._held_out += held
+            self._handled += handled
             self._progress.notify_all()
 
     def _chunk(self, batch: list[Pending]) -> Chunk | None:
@@ -226,10 +255,10 @@ class PredictionRecorder:
         written, entries = encode_each(batch, self._settings.max_payload_bytes, self._failed_one)
         if entries is None:
             return None
-        return written[0][0], written[-1][0], orjson.dumps([pending[1] for pending in written]), entries
+        return written[0][0], written[-1][0], orjson.dumps(list(map(_ID, written))), entries
 
     def _failed_one(self, pending: Pending, exc: Exception) -> None:
-        self._failed([pending], exc)
+        self._failed(Counter([pending[2]]), exc)
 
     def _segment(self) -> Segment:
         """This process's current segment: a new one when it is full, old, or was deleted."""
@@ -262,14 +291,13 @@ class PredictionRecorder:
         except OSError as exc:
             log.warning("prediction log: retention failed in %s: %s", self.directory, exc)
 
-    def _failed(self, batch: list[Pending], exc: Exception) -> None:
+    def _failed(self, models: Counter[str], exc: Exception) -> None:
+        """Count entries the log lost, `models` saying how many of each model."""
         self._last_error = f"{type(exc).__name__}: {exc}"
-        by_model: dict[str, int] = {}
-        for pending in batch:
-            by_model[pending[2]] = by_model.get(pending[2], 0) + 1
-        for model, count in by_model.items():
-            metrics.PREDICTION_LOG_DROPPED.labels(model, WRITE_FAILED).inc(count)
-        self._dropped[WRITE_FAILED] += len(batch)
+        for model, count in models.items():
+            if count:
+                metrics.PREDICTION_LOG_DROPPED.labels(model, WRITE_FAILED).inc(count)
+        self._dropped[WRITE_FAILED] += sum(models.values())
 
     def _warn(self) -> None:
         """At most one warning a minute, saying how many entries went and why."""

@@ -35,8 +35,10 @@ from shipyard.errors import (
     QueueFullError,
     ShipyardError,
 )
+from shipyard.monitor.prediction_chunks import Ran
 
 if TYPE_CHECKING:
+    from shipyard.monitor.prediction_recorder import Sample
     from shipyard.monitor.tracing import BatchTrace, RequestTrace
 
 Arrays = dict[str, np.ndarray]
@@ -52,6 +54,7 @@ class _Item:
     enqueued: float = field(default_factory=time.perf_counter)
     deadline: float = math.inf  # event-loop time after which the work is dropped, never run
     trace: RequestTrace | None = None
+    sample: Sample | None = None  # with the prediction log on: told the batch and rows it ran in
 
 
 class LatencyModel:
@@ -147,12 +150,18 @@ class Batcher:
             self._task = self._loop.create_task(self._run())
 
     async def submit(
-        self, inputs: Arrays, timeout_s: float | None = None, trace: RequestTrace | None = None
+        self,
+        inputs: Arrays,
+        timeout_s: float | None = None,
+        trace: RequestTrace | None = None,
+        sample: Sample | None = None,
     ) -> Arrays:
         """Run one request (a batch of >= 1 rows along axis 0) and return its own outputs.
 
         Past `timeout_s` the request fails with DeadlineExceededError at once, even while its
-        batch runs; if it is still queued then, its work is dropped, never run.
+        batch runs; if it is still queued then, its work is dropped, never run. A `sample` is
+        told, once the request is answered, its batch's arrays and its rows there (the
+        prediction log's entry refers to those rather than to arrays of its own).
         """
         if self._closed:
             raise OverloadedError("the model is shutting down; retry on another replica")
@@ -172,11 +181,11 @@ class Batcher:
         if trace is not None:
             trace.queued = now
         if timeout_s is None:
-            self._queue.append(_Item(inputs, rows, future, now, trace=trace))
+            self._queue.append(_Item(inputs, rows, future, now, trace=trace, sample=sample))
             self._wakeup.set()
             return await future  # cancelled if the client goes away; the batch loop skips it
         deadline = loop.time() + timeout_s
-        self._queue.append(_Item(inputs, rows, future, now, deadline, trace))
+        self._queue.append(_Item(inputs, rows, future, now, deadline, trace, sample))
         self._wakeup.set()
         # One timer per request: it fails the future at the deadline, which also takes the
         # item out of the batch loop's reach (done futures are skipped).
@@ -350,17 +359,27 @@ class Batcher:
         if self._on_batch is not None:
             self._on_batch(rows, elapsed, waits, merged, outputs)
         if len(batch) == 1:
-            if not batch[0].future.done():
-                batch[0].future.set_result(outputs)
+            item = batch[0]
+            if not item.future.done():
+                item.future.set_result(outputs)
+                if (sample := item.sample) is not None:
+                    sample.ran, sample.offset, sample.rows = Ran(merged, outputs, rows), 0, rows
             return
         try:
             parts = _split(outputs, [i.rows for i in batch])
         except ShipyardError as exc:
             _fail(batch, exc)
             return
+        ran = None
+        offset = 0
         for item, part in zip(batch, parts, strict=True):
             if not item.future.done():
                 item.future.set_result(part)
+                if (sample := item.sample) is not None:
+                    if ran is None:  # one per batch, shared by its requests' log entries
+                        ran = Ran(merged, outputs, rows)
+                    sample.ran, sample.offset, sample.rows = ran, offset, item.rows
+            offset += item.rows
 
     async def close(self, timeout_s: float = 30.0) -> None:
         """Stop accepting, let queued work finish (bounded), then stop the worker thread."""

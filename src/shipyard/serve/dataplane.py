@@ -104,8 +104,8 @@ class DataPlane:
         its queue, so an abandoned request costs no inference and holds no memory. `timeout_s`
         is the client's deadline (capped by the server's), else the version's `timeout_s`;
         `caller` is the caller's key id, for its rate limit; `trace` the request's, if traced;
-        `sample`, if given, is filled in with the validated inputs and the outputs (for the
-        prediction log).
+        `sample`, if given, is filled in with the validated inputs and, by the batcher, the batch
+        the request ran in (for the prediction log).
         """
         record = served.version
         if served.engine is not None:
@@ -129,9 +129,11 @@ class DataPlane:
             # Watching for a disconnect costs a task; it pays only for a request that will wait
             # behind at least one whole batch, which is also when abandoned work would pile up.
             if disconnected is None or batcher.depth < batcher.max_batch_size:
-                outputs = await batcher.submit(arrays, timeout, trace)
+                outputs = await batcher.submit(arrays, timeout, trace, sample)
             else:
-                outputs = await _unless_disconnected(batcher.submit(arrays, timeout, trace), disconnected)
+                outputs = await _unless_disconnected(
+                    batcher.submit(arrays, timeout, trace, sample), disconnected
+                )
         except Exception:
             served.statistics.failed(time.perf_counter_ns() - started)
             raise
@@ -141,8 +143,6 @@ class DataPlane:
         served.requests += 1
         served.rows += rows
         served.statistics.succeeded(time.perf_counter_ns() - started)
-        if sample is not None:
-            sample.outputs = outputs
         return InferResult(record, outputs)
 
     def engine(self, served: ServedVersion, route: str) -> GenerationEngine:

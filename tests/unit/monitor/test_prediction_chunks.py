@@ -8,7 +8,7 @@ import numpy as np
 import orjson
 import pytest
 
-from shipyard.monitor.prediction_chunks import Pending, decode, describe, encode, encode_each
+from shipyard.monitor.prediction_chunks import Pending, Ran, decode, describe, encode, encode_each
 
 
 def pending(
@@ -20,8 +20,10 @@ def pending(
     described: Any = None,
     status: int = 200,
 ) -> Pending:
-    held = sum(a.nbytes for a in (inputs or {}).values()) + sum(a.nbytes for a in (outputs or {}).values())
-    return (1e9, request_id, "m", 2, "v2", status, 0.0015, inputs, outputs, payload, held, described)
+    """An entry that ran alone (its arrays as they are), or was described on the request path."""
+    ran = None if inputs is None and outputs is None else Ran(inputs, outputs)
+    held = 0 if ran is None else ran.nbytes
+    return (1e9, request_id, "m", 2, "v2", status, 0.0015, ran, 0, 0, payload, held, described)
 
 
 def iris(rows: int, first: int = 0) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
@@ -61,6 +63,32 @@ def test_entries_of_several_layouts_come_back_as_they_went_in() -> None:
         0,
     ]
     assert entries["big"][9:] == [None, 2 * 4 * 4 + 2 * 8 + 2 * 300 * 8]  # over max_payload_bytes
+
+
+def test_entries_sharing_a_batch_come_back_with_their_own_rows() -> None:
+    inputs, outputs = iris(5, first=10)  # a batch of requests of 1, 3 and 1 rows
+    ran = Ran(inputs, outputs, 5)
+    other = Ran(*iris(2, first=50), 2)
+
+    def row(request_id: str, at: Ran, offset: int, rows: int, payload: bool = False) -> Pending:
+        return (1e9, request_id, "m", 2, "v2", 200, 0.0015, at, offset, rows, payload, at.held(rows), None)
+
+    # Answered out of order and interleaved with another batch, as a busy server may.
+    batch = [row("a", ran, 0, 1), row("x", other, 1, 1), row("c", ran, 4, 1), row("b", ran, 1, 3, True)]
+    entries = {e[0]: e for e in decode(encode(batch, max_payload_bytes=10**6))}
+    assert list(entries) == ["a", "x", "c", "b"]
+    assert entries["a"][7:9] == [
+        [["X", [1, 4], "float32"]],
+        [["label", [1], "int64", [10]], ["scores", [1, 300], "float64", None]],
+    ]
+    assert entries["x"][8][0] == ["label", [1], "int64", [51]]
+    assert entries["c"][8][0] == ["label", [1], "int64", [14]]
+    assert entries["b"][7] == [["X", [3, 4], "float32"]]
+    assert entries["b"][8][0] == ["label", [3], "int64", [11, 12, 13]]
+    payload = entries["b"][9]
+    assert payload["inputs"]["X"] == inputs["X"][1:4].tolist()
+    assert payload["outputs"]["label"] == [11, 12, 13]
+    assert entries["b"][10] == 0
 
 
 def test_an_entry_described_on_the_request_path_keeps_its_description() -> None:

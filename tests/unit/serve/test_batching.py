@@ -118,6 +118,45 @@ def test_full_batch_merges_rows_of_several_requests_and_splits_results_back() ->
     run(body)
 
 
+def test_samples_are_told_their_rows_of_the_batch_they_ran_in() -> None:
+    """The prediction log's entries refer to their rows of a shared batch: those rows must be
+    exactly the request's inputs and outputs."""
+    from shipyard.monitor.prediction_recorder import Sample
+
+    fake = FakeRuntime(gated=True)
+
+    async def body() -> None:
+        alone = Sample()
+        batcher = Batcher(fake.predict, max_batch_size=8, max_delay_s=0.0)
+        batcher.start()
+        first = asyncio.create_task(batcher.submit(rows(1.0), sample=alone))
+        await fake.wait_entered()
+        requests = [rows(10.0), rows(20.0, 21.0), rows(30.0)]
+        samples = [Sample(), None, Sample()]
+        queued = [
+            asyncio.create_task(batcher.submit(r, sample=s)) for r, s in zip(requests, samples, strict=True)
+        ]
+        await settle()
+        fake.gate.set()
+        results = await gather_within(first, *queued)
+        await batcher.close()
+
+        assert fake.sizes == [1, 4]
+        shared = {id(s.ran) for s in samples if s is not None}
+        assert len(shared) == 1  # one batch, one record for all its requests
+        for request, sample, result in zip([rows(1.0), *requests], [alone, *samples], results, strict=True):
+            if sample is None:
+                continue
+            assert sample.ran is not None
+            inputs, outputs = sample.ran.arrays(sample.offset, sample.rows)
+            assert inputs is not None and outputs is not None
+            np.testing.assert_array_equal(inputs["x"], request["x"])
+            np.testing.assert_array_equal(outputs["y"], result["y"])
+            assert sample.ran.held(sample.rows) == request["x"].nbytes + result["y"].nbytes
+
+    run(body)
+
+
 def test_a_request_larger_than_max_batch_size_runs_alone() -> None:
     fake = FakeRuntime(gated=True)
 
