@@ -5,10 +5,11 @@ greedy chat answer makes sense and its stream equals it."""
 
 from __future__ import annotations
 
-import importlib
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import openai
 import pytest
@@ -30,23 +31,12 @@ ASK: list[openai.types.chat.ChatCompletionMessageParam] = [
 
 
 def hf_copy(gguf_file: Path, folder: Path) -> Path:
-    """SmolLM2 as a Hugging Face folder (safetensors, config, tokenizer with the GGUF's chat
-    template), converted by transformers from the GGUF (most of this test's time)."""
-    import torch
-
-    transformers: Any = importlib.import_module("transformers")  # untyped: used as Any
-    where, name = str(gguf_file.parent), gguf_file.name
-    # transformers 5 can keep GGUF weights packed, which cannot be saved: ask for plain tensors
-    # (older releases always dequantize and have no GgufConfig).
-    unpack = {"quantization_config": transformers.GgufConfig(dequantize=True)}
-    options = unpack if hasattr(transformers, "GgufConfig") else {}
-    model = transformers.AutoModelForCausalLM.from_pretrained(
-        where, gguf_file=name, dtype=torch.bfloat16, **options
+    """SmolLM2 as a Hugging Face folder, converted in a process of its own (hf_from_gguf.py says
+    why; most of this test's time)."""
+    script = Path(__file__).with_name("hf_from_gguf.py")
+    subprocess.run(
+        [sys.executable, str(script), str(gguf_file), str(folder)], check=True, env={**os.environ, **ENV}
     )
-    tokenizer = transformers.AutoTokenizer.from_pretrained(where, gguf_file=name)
-    assert isinstance(tokenizer.chat_template, str)  # the GGUF's, carried over by transformers
-    model.save_pretrained(str(folder), safe_serialization=True)
-    tokenizer.save_pretrained(str(folder))
     return folder
 
 
