@@ -37,6 +37,8 @@ MAX_VALUES = 256  # an output of at most this many elements is kept with its val
 _JSON = orjson.OPT_SERIALIZE_NUMPY
 
 Arrays = dict[str, np.ndarray]
+_Named = tuple[tuple[str, ...], tuple[np.ndarray, ...]]
+RanParts = tuple["_Named | None", "_Named | None", int, int, bool]
 
 
 class Ran:
@@ -63,6 +65,28 @@ class Ran:
         # Cut into rows only where every array has `rows` rows (the batcher's merged arrays do).
         self.whole = rows < 1 or not arrays or any(a.ndim == 0 or a.shape[0] != rows for a in arrays)
         self.row_bytes = 0 if self.whole else self.nbytes // rows
+
+    def parts(self) -> RanParts:
+        """This batch as tuples of names and arrays, which the collector stops tracking at its
+        first young collection (a Ran, or a tuple holding a dict, it tracks for good)."""
+        inputs, outputs = self.inputs, self.outputs
+        return (
+            None if inputs is None else (tuple(inputs), tuple(inputs.values())),
+            None if outputs is None else (tuple(outputs), tuple(outputs.values())),
+            self.nbytes,
+            self.row_bytes,
+            self.whole,
+        )
+
+    @classmethod
+    def restore(cls, parts: RanParts) -> Ran:
+        """The batch `parts` made."""
+        inputs, outputs, nbytes, row_bytes, whole = parts
+        ran = cls.__new__(cls)
+        ran.inputs = None if inputs is None else dict(zip(*inputs, strict=True))
+        ran.outputs = None if outputs is None else dict(zip(*outputs, strict=True))
+        ran.nbytes, ran.row_bytes, ran.whole = nbytes, row_bytes, whole
+        return ran
 
     def held(self, rows: int) -> int:
         """The bytes of an entry's own arrays (what a payload of its `rows` weighs)."""

@@ -27,7 +27,7 @@ import numpy as np
 import orjson
 
 from shipyard.monitor import metrics
-from shipyard.monitor.prediction_chunks import HELD, Pending, Ran, describe, encode_each
+from shipyard.monitor.prediction_chunks import HELD, Pending, Ran, RanParts, describe, encode_each
 from shipyard.monitor.predictions import Chunk, Segment, enforce_retention, segment_bytes, segment_name
 from shipyard.settings import PredictionLogSettings, Settings
 
@@ -90,7 +90,7 @@ class PredictionRecorder:
         # The batches queued entries ran in, in order (an entry holds its batch's number: see
         # `record`); the writer moves them to `_window` (numbered from `_window_first`) as it
         # reaches their entries.
-        self._rans: deque[Ran] = deque()
+        self._rans: deque[RanParts] = deque()
         self._ran_count = 0
         self._last_ran: Ran | None = None
         self._window: list[Ran] = []
@@ -174,7 +174,9 @@ class PredictionRecorder:
         if ran is not None:
             if ran is not self._last_ran:  # a batch's requests answer one after another
                 self._last_ran = ran
-                self._rans.append(ran)  # before the entry: the writer finds every entry's batch
+                # Before the entry, so the writer finds every entry's batch; as a plain tuple, so
+                # the collector does not carry it either (a Ran is tracked for good).
+                self._rans.append(ran.parts())
                 self._ran_count += 1
             key = self._ran_count - 1
         self._held_in += held
@@ -274,7 +276,7 @@ class PredictionRecorder:
         last = max(keys)
         window, first = self._window, self._window_first
         while first + len(window) <= last:  # `record` queued each batch before its entries
-            window.append(self._rans.popleft())
+            window.append(Ran.restore(self._rans.popleft()))
         table: dict[int, Ran | None] = dict(zip(range(first, first + len(window)), window, strict=True))
         table[-1] = None
         rans = list(map(table.__getitem__, keys))
