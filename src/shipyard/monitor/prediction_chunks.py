@@ -37,8 +37,9 @@ MAX_VALUES = 256  # an output of at most this many elements is kept with its val
 _JSON = orjson.OPT_SERIALIZE_NUMPY
 
 Arrays = dict[str, np.ndarray]
-_Named = tuple[tuple[str, ...], tuple[np.ndarray, ...]]
-RanParts = tuple["_Named | None", "_Named | None", int, int, bool]
+_Names = tuple[str, ...] | None
+_Values = tuple[np.ndarray, ...] | None
+RanParts = tuple[_Names, _Values, _Names, _Values, int, int, bool]
 
 
 class Ran:
@@ -67,12 +68,14 @@ class Ran:
         self.row_bytes = 0 if self.whole else self.nbytes // rows
 
     def parts(self) -> RanParts:
-        """This batch as tuples of names and arrays, which the collector stops tracking at its
+        """This batch as flat tuples of names and arrays, which the collector stops tracking at its
         first young collection (a Ran, or a tuple holding a dict, it tracks for good)."""
         inputs, outputs = self.inputs, self.outputs
         return (
-            None if inputs is None else (tuple(inputs), tuple(inputs.values())),
-            None if outputs is None else (tuple(outputs), tuple(outputs.values())),
+            None if inputs is None else tuple(inputs),
+            None if inputs is None else tuple(inputs.values()),
+            None if outputs is None else tuple(outputs),
+            None if outputs is None else tuple(outputs.values()),
             self.nbytes,
             self.row_bytes,
             self.whole,
@@ -81,10 +84,10 @@ class Ran:
     @classmethod
     def restore(cls, parts: RanParts) -> Ran:
         """The batch `parts` made."""
-        inputs, outputs, nbytes, row_bytes, whole = parts
+        input_names, inputs, output_names, outputs, nbytes, row_bytes, whole = parts
         ran = cls.__new__(cls)
-        ran.inputs = None if inputs is None else dict(zip(*inputs, strict=True))
-        ran.outputs = None if outputs is None else dict(zip(*outputs, strict=True))
+        ran.inputs = None if inputs is None else dict(zip(input_names or (), inputs, strict=True))
+        ran.outputs = None if outputs is None else dict(zip(output_names or (), outputs, strict=True))
         ran.nbytes, ran.row_bytes, ran.whole = nbytes, row_bytes, whole
         return ran
 
