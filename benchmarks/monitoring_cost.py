@@ -9,6 +9,8 @@ time). What it measures, its goals and the last figures: benchmarks/README.md.
 
     .venv/bin/python benchmarks/monitoring_cost.py                          # 4 rounds of 5 s
     .venv/bin/python benchmarks/monitoring_cost.py --duration 6 --rounds 2  # a quick run
+    # before/after in one interleaved run: `on@main` is `on` served from another checkout's sources
+    .venv/bin/python benchmarks/monitoring_cost.py --targets off,on,on@main --sources main=../main/src
 """
 
 from __future__ import annotations
@@ -121,7 +123,7 @@ def check_monitoring(label: str, port: int, predictions: Path) -> list[str]:
         f"  {label}: drift window {rows:.0f} rows, prediction log {logged / 1e6:.1f} MB on disk, "
         f"{dropped:.0f} entries dropped"
     )
-    logging, drift = TARGETS[label]
+    logging, drift = TARGETS[kind(label)]
     problems = []
     if drift != bool(rows):
         problems.append(f"a drift window of {rows:.0f} rows with drift {_on(drift)}")
@@ -132,6 +134,11 @@ def check_monitoring(label: str, port: int, predictions: Path) -> list[str]:
     return problems
 
 
+def kind(label: str) -> str:
+    """A target's kind: `on@main` is `on` (served from the sources named `main`)."""
+    return label.partition("@")[0]
+
+
 def _on(flag: bool) -> str:
     return "on" if flag else "off"
 
@@ -140,7 +147,10 @@ def start_target(
     label: str, home: Path, folder: Path, args: argparse.Namespace, wrk: str, lua: Path
 ) -> Prepared:
     """`shipyard serve` with the target's monitoring, ready, checked and warmed up."""
-    env = environment(*TARGETS[label], folder / f"predictions-{label}")
+    env = environment(*TARGETS[kind(label)], folder / f"predictions-{label}")
+    source = label.partition("@")[2]
+    if source:  # another checkout's code first on the server's path
+        env["PYTHONPATH"] = os.pathsep.join([args.sources[source], os.environ.get("PYTHONPATH", "")])
     server = start_shipyard(label, MODEL_NAME, ["--workers", "1"], home, folder, env)
     try:
         ready = wait_ready(server)
@@ -168,12 +178,20 @@ def main() -> int:
         "--targets", default="off,on", help=f"comma-separated subset of {','.join(TARGETS)} (default off,on)"
     )
     parser.add_argument(
+        "--sources",
+        default="",
+        help="NAME=DIR,...: source folders that targets named KIND@NAME are served from (before/after)",
+    )
+    parser.add_argument(
         "--scrape-s", type=float, default=1.0, help="seconds between scrapes of /metrics (0: none; default 1)"
     )
     args = parser.parse_args()
     args.round_s = max(1, round(args.duration / args.rounds))
     targets = [t.strip() for t in args.targets.split(",") if t.strip()]
-    if unknown := [t for t in targets if t not in TARGETS] or [t for t in ("off", "on") if t not in targets]:
+    args.sources = dict(s.split("=", 1) for s in args.sources.split(",") if s)
+    args.sources = {name: str(Path(folder).resolve()) for name, folder in args.sources.items()}
+    unknown = [t for t in targets if kind(t) not in TARGETS or t.partition("@")[2] not in {"", *args.sources}]
+    if unknown or (unknown := [t for t in ("off", "on") if t not in targets]):
         parser.error(f"--targets: {unknown} unknown or missing; choose from {list(TARGETS)}, with off and on")
     wrk = find_wrk()
     stop_on_sigterm()

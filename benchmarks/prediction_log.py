@@ -210,10 +210,13 @@ def pieces(directory: Path) -> dict[str, float]:
             shared = Ran(shared.inputs, shared.outputs, 20)
         sample.ran, sample.offset = shared, number % 20
         writer.record(f"{number:016x}-{number:x}", MODEL, 1, "v1", 200, 0.001, sample)
-    batch = list(writer._queue)
+    batch, rans = list(writer._queue), list(writer._rans)
 
     def drain() -> None:
         writer._queue.extend(batch)
+        writer._rans.extend(rans)  # the batches the entries name by number, as `record` queued them
+        writer._window.clear()
+        writer._window_first = 0
         writer._drain()
 
     # CPU time, not the clock: the writer pauses between chunks (for the event loop), which costs

@@ -28,7 +28,7 @@ import math
 from collections.abc import Callable, Sequence
 from itertools import compress, groupby
 from operator import itemgetter
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import orjson
@@ -37,6 +37,9 @@ MAX_VALUES = 256  # an output of at most this many elements is kept with its val
 _JSON = orjson.OPT_SERIALIZE_NUMPY
 
 Arrays = dict[str, np.ndarray]
+_Names = tuple[str, ...] | None
+_Values = tuple[np.ndarray, ...] | None
+RanParts = tuple[_Names, _Values, _Names, _Values, int, int, bool]
 
 
 class Ran:
@@ -64,6 +67,30 @@ class Ran:
         self.whole = rows < 1 or not arrays or any(a.ndim == 0 or a.shape[0] != rows for a in arrays)
         self.row_bytes = 0 if self.whole else self.nbytes // rows
 
+    def parts(self) -> RanParts:
+        """This batch as flat tuples of names and arrays, which the collector stops tracking at its
+        first young collection (a Ran, or a tuple holding a dict, it tracks for good)."""
+        inputs, outputs = self.inputs, self.outputs
+        return (
+            None if inputs is None else tuple(inputs),
+            None if inputs is None else tuple(inputs.values()),
+            None if outputs is None else tuple(outputs),
+            None if outputs is None else tuple(outputs.values()),
+            self.nbytes,
+            self.row_bytes,
+            self.whole,
+        )
+
+    @classmethod
+    def restore(cls, parts: RanParts) -> Ran:
+        """The batch `parts` made."""
+        input_names, inputs, output_names, outputs, nbytes, row_bytes, whole = parts
+        ran = cls.__new__(cls)
+        ran.inputs = None if inputs is None else dict(zip(input_names or (), inputs, strict=True))
+        ran.outputs = None if outputs is None else dict(zip(output_names or (), outputs, strict=True))
+        ran.nbytes, ran.row_bytes, ran.whole = nbytes, row_bytes, whole
+        return ran
+
     def held(self, rows: int) -> int:
         """The bytes of an entry's own arrays (what a payload of its `rows` weighs)."""
         return self.nbytes if self.whole else self.row_bytes * rows
@@ -81,14 +108,16 @@ class Ran:
 
 
 # What the writer hands over per entry: (time, request id, model, version, protocol, status,
-# latency s, the batch it ran in or None, its first row there, its rows, payload wanted, payload
-# bytes, a description made on the request path or None). A description, made when the arrays
+# latency s, the batch it ran in or None (the recorder queues the batch's number instead, or -1:
+# see PredictionRecorder.record), its first row there, its rows, payload wanted, payload bytes, a
+# description made on the request path or None). A description, made when the arrays
 # were too large to hold (see the recorder), is (inputs, outputs, payload bytes left out) in the
 # decoded form above, with values as arrays.
 Described = tuple[list[list[Any]] | None, list[list[Any]] | None, int]
 Pending = tuple[
-    float, str, str, "int | None", str, int, float, "Ran | None", int, int, bool, int, "Described | None"
-]
+    float, str, str, "int | None", str, int, float, "Ran | int | None", int, int, bool, int,
+    "Described | None",
+]  # fmt: skip
 HELD = itemgetter(11)  # an entry's payload bytes
 
 _DTYPE_NAMES: dict[np.dtype[Any], str] = {}  # numpy computes `dtype.name` in Python: microseconds
@@ -133,12 +162,19 @@ def _layout(
 _Run = tuple["Ran | None", list[int], int]
 
 
-def encode(batch: Sequence[Pending], max_payload_bytes: int) -> bytes:
-    """A chunk's JSON. Raises TypeError if a value cannot be written (see `encode_each`)."""
+def encode(
+    batch: Sequence[Pending], max_payload_bytes: int, rans: Sequence[Ran | None] | None = None
+) -> bytes:
+    """A chunk's JSON. Raises TypeError if a value cannot be written (see `encode_each`).
+
+    `rans`, if given, is each entry's batch, in place of the entries' own field (the recorder
+    queues a number standing for the batch: see PredictionRecorder.record)."""
     # The entries' fields, column by column, in C.
-    at, ids, models, versions, protocols, statuses, latencies, rans, offsets, rows, payloads, held, made = (
+    at, ids, models, versions, protocols, statuses, latencies, queued, offsets, rows, payloads, held, made = (
         zip(*batch, strict=True)
     )
+    if rans is None:
+        rans = cast("tuple[Ran | None, ...]", queued)
     # Entries come in runs: a batch's requests answer one after another. The runs are found in C
     # (groupby on each entry's batch, compared by identity); Python works once per run.
     groups: dict[Any, tuple[list[int], list[_Run]]] = {}
@@ -204,23 +240,29 @@ def _join(groups: dict[Any, tuple[list[int], list[_Run]]], key: Any, members: li
 
 
 def encode_each(
-    batch: Sequence[Pending], max_payload_bytes: int, failed: Callable[[Pending, Exception], None]
+    batch: Sequence[Pending],
+    max_payload_bytes: int,
+    failed: Callable[[Pending, Exception], None],
+    rans: Sequence[Ran | None] | None = None,
 ) -> tuple[Sequence[Pending], bytes | None]:
     """`encode`, and entry by entry once a value could not be written: the entries that fail are
     left out and handed to `failed`. Returns the entries written and their chunk (None if none)."""
     try:
-        return batch, encode(batch, max_payload_bytes)
+        return batch, encode(batch, max_payload_bytes, rans)
     except TypeError:
         pass
-    good = []
-    for pending in batch:
+    good: list[Pending] = []
+    good_rans: list[Ran | None] = []
+    for index, pending in enumerate(batch):
+        ran = [cast("Ran | None", pending[7]) if rans is None else rans[index]]
         try:
-            encode([pending], max_payload_bytes)
+            encode([pending], max_payload_bytes, ran)
         except TypeError as exc:
             failed(pending, exc)
         else:
             good.append(pending)
-    return good, encode(good, max_payload_bytes) if good else None
+            good_rans.extend(ran)
+    return good, encode(good, max_payload_bytes, good_rans) if good else None
 
 
 def _group(key: Any, members: list[int], runs: list[_Run]) -> dict[str, Any]:

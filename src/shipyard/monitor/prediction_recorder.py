@@ -27,7 +27,7 @@ import numpy as np
 import orjson
 
 from shipyard.monitor import metrics
-from shipyard.monitor.prediction_chunks import HELD, Pending, Ran, describe, encode_each
+from shipyard.monitor.prediction_chunks import HELD, Pending, Ran, RanParts, describe, encode_each
 from shipyard.monitor.predictions import Chunk, Segment, enforce_retention, segment_bytes, segment_name
 from shipyard.settings import PredictionLogSettings, Settings
 
@@ -46,7 +46,7 @@ _WARN_EVERY_S = 60.0
 _RETENTION_EVERY_S = 60.0
 _MAX_HELD_BYTES = 64 << 20  # arrays queued entries keep alive; past it, entries are summarized at once
 QUEUE_FULL, WRITE_FAILED = "queue_full", "write_failed"
-_ID, _MODEL = itemgetter(1), itemgetter(2)
+_ID, _MODEL, _KEY = itemgetter(1), itemgetter(2), itemgetter(7)
 _WHY = {
     QUEUE_FULL: "the queue was full: the writer fell behind (lower prediction_log.sample_rate)",
     WRITE_FAILED: "the prediction log could not be written",
@@ -87,6 +87,14 @@ class PredictionRecorder:
         self._segment_bytes = max(1 << 16, settings.max_bytes // 16)
         self._segment_age_s = min(settings.max_age_s / 8, 86400.0)
         self._queue: deque[Pending] = deque()
+        # The batches queued entries ran in, in order (an entry holds its batch's number: see
+        # `record`); the writer moves them to `_window` (numbered from `_window_first`) as it
+        # reaches their entries.
+        self._rans: deque[RanParts] = deque()
+        self._ran_count = 0
+        self._last_ran: Ran | None = None
+        self._window: list[Ran] = []
+        self._window_first = 0
         self._queue_size = settings.queue_size
         self._wake_at = settings.queue_size // 2
         self._held_in = 0  # bytes of arrays ever queued (request path) ...
@@ -158,6 +166,19 @@ class PredictionRecorder:
             described = describe(*ran.arrays(offset, rows), held if draw < with_payload else 0)
             ran = None
             held = 0
+        # The entry names its batch by number: a tuple of numbers and strings only, which the
+        # collector stops tracking at its first young collection. Holding the batch itself, every
+        # entry stayed tracked until the writer took it (up to a second): ten thousand a second
+        # promoted into the old generation, which then was collected ever more often.
+        key = -1
+        if ran is not None:
+            if ran is not self._last_ran:  # a batch's requests answer one after another
+                self._last_ran = ran
+                # Before the entry, so the writer finds every entry's batch; as a plain tuple, so
+                # the collector does not carry it either (a Ran is tracked for good).
+                self._rans.append(ran.parts())
+                self._ran_count += 1
+            key = self._ran_count - 1
         self._held_in += held
         self._appended += 1
         self._queue.append(
@@ -169,7 +190,7 @@ class PredictionRecorder:
                 protocol,
                 status,
                 latency_s,
-                ran,
+                key,
                 offset,
                 rows,
                 draw < with_payload,
@@ -249,10 +270,27 @@ class PredictionRecorder:
             self._handled += handled
             self._progress.notify_all()
 
+    def _batches(self, batch: list[Pending]) -> list[Ran | None]:
+        """Each entry's batch (None for -1), from the numbers `record` gave them."""
+        keys = list(map(_KEY, batch))
+        last = max(keys)
+        window, first = self._window, self._window_first
+        while first + len(window) <= last:  # `record` queued each batch before its entries
+            window.append(Ran.restore(self._rans.popleft()))
+        table: dict[int, Ran | None] = dict(zip(range(first, first + len(window)), window, strict=True))
+        table[-1] = None
+        rans = list(map(table.__getitem__, keys))
+        if last > first:  # later entries name this chunk's last batch or later ones
+            del window[: last - first]
+            self._window_first = last
+        return rans
+
     def _chunk(self, batch: list[Pending]) -> Chunk | None:
         """Up to 256 entries as one row (see prediction_chunks.py); an entry with a value JSON
         cannot hold is dropped alone."""
-        written, entries = encode_each(batch, self._settings.max_payload_bytes, self._failed_one)
+        rans = self._batches(batch)
+        written, entries = encode_each(batch, self._settings.max_payload_bytes, self._failed_one, rans)
+        del rans
         if entries is None:
             return None
         return written[0][0], written[-1][0], orjson.dumps(list(map(_ID, written))), entries
