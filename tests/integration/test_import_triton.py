@@ -169,7 +169,7 @@ def test_imported_versions_serve_with_the_batching_of_their_config(
     assert plain["dynamic_batching"] == {"max_queue_delay_microseconds": 0}
 
 
-def _set_config(name: str, text: str) -> Callable[[Path], None]:
+def _set_config(name: str, text: str) -> Callable[[Path], int]:
     return lambda root: (root / name / "config.pbtxt").write_text(text)
 
 
@@ -269,8 +269,9 @@ class _FullAfterOnePush(Registry):
 
 
 def test_a_push_that_fails_midway_takes_back_the_versions_before_it(repository: Path, home: Path) -> None:
-    with _FullAfterOnePush(settings=Settings.load(home=home)) as registry:
+    full = _FullAfterOnePush(settings=Settings.load(home=home))
+    with full as registry:
         with pytest.raises(InsufficientStorageError):
             import_repository(registry, repository)
-        assert registry.pushes == 2
+        assert full.pushes == 2
     assert _contents(home) == [("existing", 1)]

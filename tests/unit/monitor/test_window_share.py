@@ -8,6 +8,7 @@ import asyncio
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -42,7 +43,7 @@ class FakeServed:
 def rows(n: int, seed: int, shift: float = 0.0) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     notes = [" ".join(rng.choice(WORDS, int(rng.integers(2, 8)))) + str(seed * 1000 + i) for i in range(n)]
-    plans = rng.choice(["free", "pro", "team", None], n)
+    plans = rng.choice(np.array(["free", "pro", "team", None], dtype=object), n)
     return {
         "x": (rng.normal(shift, 1, n)).astype(np.float32),
         "plan": np.array(plans, dtype=object),
@@ -86,7 +87,7 @@ def workers(tmp_path: Path, stored: dict[str, object]) -> list[tuple[DriftMonito
     return [worker(tmp_path, stored, 1), worker(tmp_path, stored, 2)]
 
 
-def report(monitor: DriftMonitor, served: FakeServed, window: str | None = None) -> object:
+def report(monitor: DriftMonitor, served: FakeServed, window: str | None = None) -> Any:
     return asyncio.run(monitor.report(served, window))[1]
 
 
