@@ -63,7 +63,7 @@ class MlflowModel:
     path: Path  # the file or folder `Registry.push` gets
     flavour: str
     trust_needed: bool
-    mlmodel: bytes
+    attachments: dict[str, bytes]  # MLmodel (with the signature) and the input example, as logged
     sample_input: Any = None
     tokenizer: Path | None = None
     metrics: dict[str, float] = field(default_factory=dict)
@@ -101,12 +101,21 @@ def read_source(
         models = [_read_folder(folder, name or folder.resolve().name, trust, tags={"mlflow_source": source})]
     for model in models:
         if model.trust_needed and not trust:
-            raise UntrustedArtifactError(
+            raise _Refused(
+                model.name,
                 f"{model.tags.get('mlflow_source', source)} is an MLflow {model.flavour} model stored as a "
                 "pickle: loading it runs arbitrary code, so Shipyard refuses it by default. Log it with "
-                "skops or ONNX, or, if you trust where it came from, import it again with --trust"
+                "skops or ONNX, or, if you trust where it came from, import it again with --trust",
             )
     return models
+
+
+class _Refused(UntrustedArtifactError):
+    """A pickle-based model without `trust`; names the model, for the audit log."""
+
+    def __init__(self, name: str, message: str) -> None:
+        super().__init__(message)
+        self.name = name
 
 
 def import_source(
@@ -120,7 +129,13 @@ def import_source(
 ) -> list[ModelVersion]:
     """Push every model `source` names, then set its aliases, or nothing."""
     with tempfile.TemporaryDirectory(prefix="shipyard-mlflow-") as tmp:
-        models = read_source(source, Path(tmp), name=name, tracking_uri=tracking_uri, trust=trust)
+        try:
+            models = read_source(source, Path(tmp), name=name, tracking_uri=tracking_uri, trust=trust)
+        except _Refused as exc:
+            # Recorded as a refused push is: the audit log shows every artifact kept out for running code.
+            detail = {"trusted": False, "trust_flag": trust, "reason": exc.message, "source": source}
+            registry.audit("push.refused", target=exc.name, actor=actor, detail=detail)
+            raise
         pushed: list[ModelVersion] = []
         try:
             for model in models:
@@ -134,7 +149,7 @@ def import_source(
                     tags=model.tags,
                     description=model.description,
                     trust=trust,
-                    attachments={f"mlflow/{MLMODEL}": model.mlmodel},
+                    attachments=model.attachments,
                     actor=actor,
                 )
                 pushed.append(version)
@@ -191,6 +206,10 @@ def _read_folder(folder: Path, name: str, trust: bool, *, tags: dict[str, str]) 
         )
     conf = flavours[flavour] if isinstance(flavours[flavour], dict) else {}
     path, trust_needed, tokenizer = _model_path(folder, flavour, conf)
+    if not path.resolve().is_relative_to(folder.resolve()):
+        raise InvalidInputError(
+            f"{folder / MLMODEL}: the {flavour} model path leads out of the model folder", field="source"
+        )
     if not path.exists():
         raise InvalidInputError(
             f"{folder}: the {flavour} model {path.relative_to(folder)} that {MLMODEL} names is missing",
@@ -201,11 +220,21 @@ def _read_folder(folder: Path, name: str, trust: bool, *, tags: dict[str, str]) 
         path=path,
         flavour=flavour,
         trust_needed=trust_needed,
-        mlmodel=(folder / MLMODEL).read_bytes(),
+        attachments=_attachments(folder, mlmodel),
         sample_input=_sample_input(folder, mlmodel),
         tokenizer=tokenizer,
         tags={"source": "mlflow", "mlflow_flavor": flavour, **tags},
     )
+
+
+def _attachments(folder: Path, mlmodel: dict[str, Any]) -> dict[str, bytes]:
+    files = {MLMODEL: folder / MLMODEL}
+    info = mlmodel.get("saved_input_example_info")
+    if isinstance(info, dict) and info.get("artifact_path"):
+        example = folder / str(info["artifact_path"])
+        if example.is_file() and example.resolve().is_relative_to(folder.resolve()):
+            files[example.name] = example
+    return {f"mlflow/{name}": path.read_bytes() for name, path in files.items()}
 
 
 def _model_path(folder: Path, flavour: str, conf: dict[str, Any]) -> tuple[Path, bool, Path | None]:
@@ -238,6 +267,8 @@ def _sample_input(folder: Path, mlmodel: dict[str, Any]) -> Any:
     if not isinstance(info, dict) or not info.get("artifact_path"):
         return None
     path = folder / str(info["artifact_path"])
+    if not path.resolve().is_relative_to(folder.resolve()):
+        return None
     try:
         example = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
