@@ -123,7 +123,9 @@ def test_folder_name_is_the_default_model_name(
         (lambda f: (f / "MLmodel").unlink(), 2, "MLmodel is missing"),
         (lambda f: (f / "model.onnx").unlink(), 2, "the onnx model model.onnx that MLmodel names is missing"),
         (
-            lambda f: (f / "MLmodel").write_text("flavors:\n  pytorch: {model_data: data}\n  python_function: {}\n"),
+            lambda f: (f / "MLmodel").write_text(
+                "flavors:\n  pytorch: {model_data: data}\n  python_function: {}\n"
+            ),
             2,
             "flavor pytorch is not supported",
         ),
@@ -297,7 +299,9 @@ def test_skops_imports_and_pickle_needs_trust(
     with Registry(settings=Settings.load(home=home)) as registry:
         [refused] = registry.audit_log(action="push.refused")
         assert refused.target == "iris-pickle"
-    code, _, err = _cli(capsys, home, "import", "mlflow", "models:/iris-pickle", "--tracking-uri", url, "--trust")
+    code, _, err = _cli(
+        capsys, home, "import", "mlflow", "models:/iris-pickle", "--tracking-uri", url, "--trust"
+    )
     assert code == 0, err
     with Registry(settings=Settings.load(home=home)) as registry:
         assert registry.resolve("iris-pickle:1").trusted

@@ -71,7 +71,8 @@ def mlflow(
     tracking_uri: Annotated[
         str | None,
         typer.Option(
-            metavar="URL", help="MLflow tracking server for runs:/ and models:/ (default: $MLFLOW_TRACKING_URI)."
+            metavar="URL",
+            help="MLflow tracking server for runs:/ and models:/ (default: $MLFLOW_TRACKING_URI).",
         ),
     ] = None,
     trust: Annotated[

@@ -173,13 +173,17 @@ def read_mlmodel(folder: Path) -> dict[str, Any]:
     path = folder / MLMODEL
     if not folder.is_dir():
         what = "does not exist" if not folder.exists() else "is not a folder"
-        raise InvalidInputError(f"{folder} {what}: give an MLflow model folder (with {MLMODEL})", field="source")
+        raise InvalidInputError(
+            f"{folder} {what}: give an MLflow model folder (with {MLMODEL})", field="source"
+        )
     if not path.is_file():
         raise InvalidInputError(f"{path} is missing: an MLflow model folder needs one", field="source")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise InvalidInputError(f"{path} is not valid YAML: {' '.join(str(exc).split())}", field="source") from exc
+        raise InvalidInputError(
+            f"{path} is not valid YAML: {' '.join(str(exc).split())}", field="source"
+        ) from exc
     if not isinstance(data, dict) or not isinstance(data.get("flavors"), dict) or not data["flavors"]:
         raise InvalidInputError(f"{path} lists no flavors: not an MLflow model", field="source")
     return data
@@ -313,7 +317,8 @@ class _Tracking:
         parsed = urlparse(uri)
         if parsed.scheme not in ("http", "https") or not parsed.netloc:
             raise InvalidInputError(
-                f"tracking URI {uri!r} is not an http(s) URL of an MLflow tracking server", field="tracking_uri"
+                f"tracking URI {uri!r} is not an http(s) URL of an MLflow tracking server",
+                field="tracking_uri",
             )
         self.uri = uri.rstrip("/")
         self.client = httpx.Client(base_url=self.uri, timeout=_TIMEOUT_S)
@@ -436,7 +441,9 @@ class _Tracking:
         return body if isinstance(body, dict) else {}
 
 
-def _run_details(tracking: _Tracking, run_id: str) -> tuple[dict[str, Any], dict[str, float], dict[str, str], dict[str, str]]:
+def _run_details(
+    tracking: _Tracking, run_id: str
+) -> tuple[dict[str, Any], dict[str, float], dict[str, str], dict[str, str]]:
     """The run (runs/get) and its latest metrics, params and tags (non-finite metrics dropped)."""
     run = tracking.get("runs/get", f"run {run_id}", run_id=run_id).get("run", {})
     data = run.get("data", {})
@@ -475,7 +482,11 @@ def _run_model_uri(tracking: _Tracking, run: dict[str, Any], path: str) -> str:
         model_id = output.get("model_id")
         if not model_id:
             continue
-        info = tracking.get(f"logged-models/{model_id}", f"logged model {model_id}").get("model", {}).get("info", {})
+        info = (
+            tracking.get(f"logged-models/{model_id}", f"logged model {model_id}")
+            .get("model", {})
+            .get("info", {})
+        )
         if info.get("name") == path and info.get("artifact_uri"):
             return str(info["artifact_uri"])
     root = str(run.get("info", {}).get("artifact_uri", "")).rstrip("/")
@@ -487,19 +498,26 @@ def _read_registered(tracking: _Tracking, source: str, workdir: Path, name: str 
     if "@" in rest:
         registered, _, alias = rest.partition("@")
         found = tracking.get(
-            "registered-models/alias", f"alias {alias!r} of model {registered!r}", name=registered, alias=alias
+            "registered-models/alias",
+            f"alias {alias!r} of model {registered!r}",
+            name=registered,
+            alias=alias,
         )
         versions = [found.get("model_version", {})]
     elif "/" in rest:
         registered, _, number = rest.partition("/")
         if not number.isdigit():
             raise InvalidInputError(
-                f"{source}: give models:/NAME/VERSION (a number) or models:/NAME@ALIAS; stages are not supported",
+                f"{source}: give models:/NAME/VERSION (a number) or models:/NAME@ALIAS; "
+                "stages are not supported",
                 field="source",
             )
         versions = [
             tracking.get(
-                "model-versions/get", f"version {number} of model {registered!r}", name=registered, version=number
+                "model-versions/get",
+                f"version {number} of model {registered!r}",
+                name=registered,
+                version=number,
             ).get("model_version", {})
         ]
     else:
@@ -513,10 +531,15 @@ def _read_registered(tracking: _Tracking, source: str, workdir: Path, name: str 
     for version in sorted(versions, key=lambda v: int(v.get("version", 0))):
         number = str(version.get("version", ""))
         uri = tracking.get(
-            "model-versions/get-download-uri", f"version {number} of model {registered!r}", name=registered, version=number
+            "model-versions/get-download-uri",
+            f"version {number} of model {registered!r}",
+            name=registered,
+            version=number,
         ).get("artifact_uri")
         if not uri:
-            raise InvalidInputError(f"MLflow gives no artifact URI for {registered!r} version {number}", field="source")
+            raise InvalidInputError(
+                f"MLflow gives no artifact URI for {registered!r} version {number}", field="source"
+            )
         folder = tracking.download(str(uri), workdir / f"v{number}")
         tags = {"mlflow_source": f"models:/{registered}/{number}", "mlflow_version": number}
         metrics: dict[str, float] = {}
@@ -551,7 +574,10 @@ def _all_versions(tracking: _Tracking, registered: str) -> list[dict[str, Any]]:
         # Search results leave out aliases: each version is fetched on its own for them.
         versions += [
             tracking.get(
-                "model-versions/get", f"version {v['version']} of model {registered!r}", name=registered, version=v["version"]
+                "model-versions/get",
+                f"version {v['version']} of model {registered!r}",
+                name=registered,
+                version=v["version"],
             ).get("model_version", {})
             for v in page.get("model_versions", [])
         ]
