@@ -2,7 +2,8 @@
 # install-mlflow.sh [DIR]: MLflow 3.17.2 with onnx, onnxruntime, skl2onnx, scikit-learn and skops
 # in its own venv (default .venv-mlflow/), for the `shipyard import mlflow` tests: they start a
 # real tracking server and log models with it. Shipyard itself never imports mlflow (see
-# importers/mlflow.py), so it stays out of the main venv. Idempotent: a venv that is already complete is left as it is.
+# importers/mlflow.py), so it stays out of the main venv. Idempotent: a venv already complete
+# (.installed) is left as it is.
 set -euo pipefail
 dir="${1:-.venv-mlflow}"
 if [ -f "$dir/.installed" ]; then
