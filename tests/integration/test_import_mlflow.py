@@ -155,6 +155,19 @@ def test_bad_folder_is_one_line_and_imports_nothing(
     assert _contents(home) == [("existing", 1)]
 
 
+def test_python_function_model_is_refused_even_trusted(
+    model_folder: Path, home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (model_folder / "MLmodel").write_text(
+        "flavors:\n  python_function: {loader_module: mlflow.pyfunc.model, python_model: model.onnx}\n"
+    )
+    code, _, err = _cli(capsys, home, "import", "mlflow", model_folder)
+    assert code == 5 and "--trust" in err
+    code, _, err = _cli(capsys, home, "import", "mlflow", model_folder, "--trust")
+    assert code == 2 and "runs only inside MLflow" in err
+    assert _contents(home) == [("existing", 1)]
+
+
 def test_uri_without_tracking_server(
     home: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -77,14 +77,15 @@ def mlflow(
     ] = None,
     trust: Annotated[
         bool,
-        typer.Option(help="Allow pickle-based flavours (sklearn pickle/cloudpickle, python_function)."),
+        typer.Option(help="Allow pickle-based flavours (sklearn saved with pickle or cloudpickle)."),
     ] = False,
     json_: JsonFlag = False,
 ) -> None:
     """Push an MLflow model, or each registered version of one in version order, as versions.
 
     Flavours: onnx (ONNX), sklearn saved with skops (skops), keras, transformers; sklearn saved
-    with pickle or cloudpickle and python_function only with --trust. The run's metrics, params and
+    with pickle or cloudpickle only with --trust; python_function (code that runs only inside
+    MLflow) is refused, with --trust (exit 2) or without (exit 5). The run's metrics, params and
     tags, the input example (as the sample input) and MLmodel (with the signature, stored as
     mlflow/MLmodel) come along; registered aliases become aliases. models:/NAME imports every
     version; models:/NAME/VERSION and models:/NAME@ALIAS that one. Everything is fetched and

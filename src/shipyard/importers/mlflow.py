@@ -107,6 +107,15 @@ def read_source(
                 "pickle: loading it runs arbitrary code, so Shipyard refuses it by default. Log it with "
                 "skops or ONNX, or, if you trust where it came from, import it again with --trust",
             )
+        if model.flavour == "python_function":
+            # Trusted or not, its pickle holds an mlflow.pyfunc.PythonModel: it loads and runs only
+            # with the mlflow package, which Shipyard does not install.
+            raise InvalidInputError(
+                f"{model.tags.get('mlflow_source', source)} is a python_function model: its code runs "
+                "only inside MLflow, which Shipyard does not install; log the model with its own flavour "
+                f"({', '.join(NATIVE_FLAVOURS)}) or convert it to ONNX",
+                field="source",
+            )
     return models
 
 
