@@ -9,6 +9,8 @@ Each bad source is one line, its documented exit code, and leaves the registry a
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
 import subprocess
 import time
@@ -216,6 +218,9 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[st
         stdout=log,
         stderr=subprocess.STDOUT,
         env=env,
+        # Its own process group: the server starts uvicorn workers and a job consumer, all
+        # stopped together at the end.
+        start_new_session=True,
     )
     try:
         _wait_healthy(url, server, work / "server.log")
@@ -230,8 +235,12 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[st
         )
         yield url, json.loads(runs_file.read_text())
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
         log.close()
 
 
