@@ -339,11 +339,12 @@ class _Tracking:
         self.client.close()
 
     @contextmanager
-    def _request(self, path: str, params: dict[str, Any] | None, what: str) -> Iterator[httpx.Response]:
+    def _send(self, url: str, params: dict[str, Any] | None, what: str) -> Iterator[httpx.Response]:
+        """A streamed GET of `url`; an error answer or no answer is raised as a Shipyard error."""
         import httpx
 
         try:
-            with self.client.stream("GET", path, params=params) as response:
+            with self.client.stream("GET", url, params=params) as response:
                 if response.status_code >= 400:
                     response.read()
                     raise self._error(response, what)
@@ -354,21 +355,26 @@ class _Tracking:
                 f"{type(exc).__name__}: {exc}"
             ) from exc
 
-    def get(self, endpoint: str, what: str, **params: Any) -> dict[str, Any]:
-        with self._request(f"/api/2.0/mlflow/{endpoint}", params, what) as response:
+    def _json(self, url: str, params: dict[str, Any] | None, what: str) -> dict[str, Any]:
+        with self._send(url, params, what) as response:
             response.read()
             try:
                 body = response.json()
             except ValueError as exc:
-                raise ShipyardError(f"{self.uri} answered {endpoint} with something not JSON") from exc
+                raise ShipyardError(f"{self.uri} answered {url} with something not JSON") from exc
         return body if isinstance(body, dict) else {}
+
+    def get(self, endpoint: str, what: str, **params: Any) -> dict[str, Any]:
+        return self._json(f"/api/2.0/mlflow/{endpoint}", params, what)
 
     def _error(self, response: httpx.Response, what: str) -> ShipyardError:
         try:
             body = response.json()
-            detail = f"{body.get('error_code', response.status_code)}: {body.get('message', '')}"
         except ValueError:
-            body, detail = {}, f"HTTP {response.status_code}"
+            body = None
+        if not isinstance(body, dict):
+            body = {"message": f"HTTP {response.status_code}"}
+        detail = f"{body.get('error_code', response.status_code)}: {body.get('message', '')}"
         message = f"MLflow at {self.uri} has no {what} ({detail})"
         # A missing alias is INVALID_PARAMETER_VALUE ("... not found") rather than a 404.
         missing = "not found" in str(body.get("message", "")).lower()
@@ -407,14 +413,13 @@ class _Tracking:
         return urlparse(self.uri).scheme
 
     def _download_proxied(self, base: str, root: str, dest: Path) -> None:
-        import httpx
-
         api = f"{base}/api/2.0/mlflow-artifacts/artifacts"
         pending = [""]
         dest.mkdir(parents=True)
         while pending:
             relative = pending.pop()
-            listed = self._json(self.client, api, {"path": f"{root}/{relative}".rstrip("/")}, root)
+            where = f"{root}/{relative}".rstrip("/")
+            listed = self._json(api, {"path": where}, f"artifacts {where}")
             for entry in listed.get("files", []):
                 # Entries name the path relative to the listed folder; only its last part is used,
                 # so nothing the server sends can write outside `dest`.
@@ -426,28 +431,13 @@ class _Tracking:
                     (dest / child).mkdir()
                     pending.append(child)
                     continue
-                try:
-                    with self.client.stream("GET", f"{api}/{root}/{child}") as response:
-                        if response.status_code >= 400:
-                            response.read()
-                            raise self._error(response, f"artifact {root}/{child}")
-                        with (dest / child).open("wb") as out:
-                            for chunk in response.iter_bytes():
-                                out.write(chunk)
-                except httpx.TransportError as exc:
-                    raise NotReadyError(f"cannot reach the MLflow artifact proxy at {base}: {exc}") from exc
-
-    def _json(self, client: httpx.Client, url: str, params: dict[str, Any], what: str) -> dict[str, Any]:
-        import httpx
-
-        try:
-            response = client.get(url, params=params)
-        except httpx.TransportError as exc:
-            raise NotReadyError(f"cannot reach the MLflow artifact proxy at {url}: {exc}") from exc
-        if response.status_code >= 400:
-            raise self._error(response, f"artifacts {what}")
-        body = response.json()
-        return body if isinstance(body, dict) else {}
+                what = f"artifact {root}/{child}"
+                with (
+                    self._send(f"{api}/{root}/{child}", None, what) as response,
+                    (dest / child).open("wb") as out,
+                ):
+                    for chunk in response.iter_bytes():
+                        out.write(chunk)
 
 
 def _run_details(
