@@ -144,8 +144,9 @@ def test_folder_name_is_the_default_model_name(
             2,
             "leads out of the model folder",
         ),
+        (lambda f: (f / "model.onnx").write_bytes(b"not an onnx file"), 2, "is not a model file"),
     ],
-    ids=["no-mlmodel", "no-model-file", "unsupported-flavour", "bad-yaml", "pickle", "escape"],
+    ids=["no-mlmodel", "no-model-file", "unsupported-flavour", "bad-yaml", "pickle", "escape", "not-onnx"],
 )
 def test_bad_folder_is_one_line_and_imports_nothing(
     model_folder: Path, home: Path, capsys: pytest.CaptureFixture[str], change, code: int, message: str

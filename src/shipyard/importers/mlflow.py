@@ -34,9 +34,11 @@ from shipyard.errors import (
     InvalidInputError,
     NotFoundError,
     NotReadyError,
+    PayloadTooLargeError,
     ShipyardError,
     UntrustedArtifactError,
 )
+from shipyard.settings import PushSettings
 from shipyard.types import validate_alias, validate_name
 
 if TYPE_CHECKING:
@@ -80,8 +82,11 @@ def read_source(
     name: str | None = None,
     tracking_uri: str | None = None,
     trust: bool = False,
+    limits: PushSettings | None = None,
 ) -> list[MlflowModel]:
-    """Every model `source` names, downloaded under `workdir` and checked, in MLflow version order."""
+    """Every model `source` names, downloaded under `workdir` and checked, in MLflow version order;
+    ONNX files also against the push `limits` (size, self-contained, tensor sizes)."""
+    limits = limits or PushSettings()
     if source.startswith(("runs:/", "models:/")):
         uri = tracking_uri or os.environ.get(TRACKING_ENV)
         if not uri:
@@ -89,7 +94,7 @@ def read_source(
                 f"{source} needs a tracking server: give --tracking-uri or set {TRACKING_ENV}",
                 field="tracking_uri",
             )
-        with _Tracking(uri) as tracking:
+        with _Tracking(uri, limits) as tracking:
             if source.startswith("runs:/"):
                 models = [_read_run_model(tracking, source, workdir, name)]
             else:
@@ -98,7 +103,7 @@ def read_source(
         folder = Path(source)
         if folder.is_file() and folder.name == MLMODEL:
             folder = folder.parent
-        models = [_read_folder(folder, name or folder.resolve().name, trust, tags={"mlflow_source": source})]
+        models = [_read_folder(folder, name or folder.resolve().name, tags={"mlflow_source": source})]
     for model in models:
         if model.trust_needed and not trust:
             raise _Refused(
@@ -107,6 +112,12 @@ def read_source(
                 "pickle: loading it runs arbitrary code, so Shipyard refuses it by default. Log it with "
                 "skops or ONNX, or, if you trust where it came from, import it again with --trust",
             )
+        if model.flavour == "onnx":
+            # The checks the push makes, before anything is pushed: a later version's external
+            # data or oversized tensor must not be found after an earlier version was stored.
+            from shipyard.importers.triton import _onnx_signature
+
+            _onnx_signature(model.path, model.tags.get("mlflow_source", source), limits)
         if model.flavour == "python_function":
             # Trusted or not, its pickle holds an mlflow.pyfunc.PythonModel: it loads and runs only
             # with the mlflow package, which Shipyard does not install.
@@ -139,7 +150,14 @@ def import_source(
     """Push every model `source` names, then set its aliases, or nothing."""
     with tempfile.TemporaryDirectory(prefix="shipyard-mlflow-") as tmp:
         try:
-            models = read_source(source, Path(tmp), name=name, tracking_uri=tracking_uri, trust=trust)
+            models = read_source(
+                source,
+                Path(tmp),
+                name=name,
+                tracking_uri=tracking_uri,
+                trust=trust,
+                limits=registry.settings.push,
+            )
         except _Refused as exc:
             # Recorded as a refused push is: the audit log shows every artifact kept out for running code.
             detail = {"trusted": False, "trust_flag": trust, "reason": exc.message, "source": source}
@@ -198,7 +216,7 @@ def read_mlmodel(folder: Path) -> dict[str, Any]:
     return data
 
 
-def _read_folder(folder: Path, name: str, trust: bool, *, tags: dict[str, str]) -> MlflowModel:
+def _read_folder(folder: Path, name: str, *, tags: dict[str, str]) -> MlflowModel:
     try:
         validate_name(name)
     except InvalidInputError as exc:
@@ -320,7 +338,7 @@ def _tensor_dtype(mlmodel: dict[str, Any]) -> str | None:
 class _Tracking:
     """GET requests to one tracking server's REST API, its errors as Shipyard errors."""
 
-    def __init__(self, uri: str) -> None:
+    def __init__(self, uri: str, limits: PushSettings) -> None:
         import httpx
 
         parsed = urlparse(uri)
@@ -331,6 +349,7 @@ class _Tracking:
             )
         self.uri = uri.rstrip("/")
         self.client = httpx.Client(base_url=self.uri, timeout=_TIMEOUT_S)
+        self.limits = limits
 
     def __enter__(self) -> _Tracking:
         return self
@@ -436,7 +455,17 @@ class _Tracking:
                     self._send(f"{api}/{root}/{child}", None, what) as response,
                     (dest / child).open("wb") as out,
                 ):
+                    size = 0
                     for chunk in response.iter_bytes():
+                        size += len(chunk)
+                        # Stopped as soon as it is too large, not once the disk is full.
+                        if size > self.limits.max_file_bytes:
+                            raise PayloadTooLargeError(
+                                f"artifact {root}/{child} is over the push limit of "
+                                f"{self.limits.max_file_bytes} bytes; raise SHIPYARD_PUSH__MAX_FILE_BYTES "
+                                "if the file is genuine",
+                                field="source",
+                            )
                         out.write(chunk)
 
 
@@ -470,7 +499,7 @@ def _read_run_model(tracking: _Tracking, source: str, workdir: Path, name: str |
     run, metrics, params, tags = _run_details(tracking, run_id)
     artifact_uri = _run_model_uri(tracking, run, path)
     folder = tracking.download(artifact_uri, workdir / "run")
-    model = _read_folder(folder, name, False, tags={"mlflow_source": source, "mlflow_run_id": run_id, **tags})
+    model = _read_folder(folder, name, tags={"mlflow_source": source, "mlflow_run_id": run_id, **tags})
     return _with(model, metrics=metrics, params=params, description=f"imported from MLflow {source}")
 
 
@@ -556,7 +585,7 @@ def _read_registered(tracking: _Tracking, source: str, workdir: Path, name: str 
                     f"{exc.message}",
                     field="alias",
                 ) from exc
-        model = _read_folder(folder, target, False, tags=tags)
+        model = _read_folder(folder, target, tags=tags)
         description = str(version.get("description") or f"imported from MLflow models:/{registered}/{number}")
         models.append(_with(model, metrics=metrics, params=params, aliases=aliases, description=description))
     return models
