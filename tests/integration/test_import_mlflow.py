@@ -185,6 +185,24 @@ def test_uri_without_tracking_server(
     assert _contents(home) == [("existing", 1)]
 
 
+def test_a_remote_server_cannot_name_this_machines_files(tmp_path: Path) -> None:
+    """A `file:` artifact location is the tracking server's own disk: read only when that server
+    runs on this machine."""
+    from shipyard.errors import InvalidInputError
+    from shipyard.importers.mlflow import _Tracking
+    from shipyard.settings import PushSettings
+
+    secret = tmp_path / "secret"
+    secret.mkdir()
+    (secret / "MLmodel").write_text("flavors: {}\n")
+    remote = _Tracking("http://mlflow.example:5000", PushSettings())
+    with pytest.raises(InvalidInputError, match="--serve-artifacts"):
+        remote.download(secret.as_uri(), tmp_path / "copied")
+    assert not (tmp_path / "copied").exists()
+    local = _Tracking("http://127.0.0.1:5000", PushSettings())
+    assert (local.download(secret.as_uri(), tmp_path / "copied") / "MLmodel").exists()
+
+
 # --- a real tracking server ---------------------------------------------------------------------
 
 

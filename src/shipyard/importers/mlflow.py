@@ -18,6 +18,7 @@ nothing.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import math
 import os
@@ -413,6 +414,14 @@ class _Tracking:
             self._download_proxied(base, unquote(parsed.path).strip("/"), dest)
         elif parsed.scheme in ("", "file"):
             local = Path(unquote(parsed.path))
+            # A local path is the tracking server's own disk: read only when that server runs on
+            # this machine, so a remote server cannot have this machine's files copied in.
+            if not _on_this_machine(self.uri):
+                raise InvalidInputError(
+                    f"model artifacts {artifact_uri} are on the tracking server's disk: start it "
+                    "with --serve-artifacts so Shipyard can download them",
+                    field="source",
+                )
             if not local.is_dir():
                 raise InvalidInputError(
                     f"model artifacts {artifact_uri} are not on this machine: start the tracking server "
@@ -618,3 +627,14 @@ def _with(model: MlflowModel, **changes: Any) -> MlflowModel:
     from dataclasses import replace
 
     return replace(model, **changes)
+
+
+def _on_this_machine(uri: str) -> bool:
+    """Whether the tracking server at `uri` listens on a loopback address."""
+    host = urlparse(uri).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
