@@ -520,7 +520,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--postgres-url", default=POSTGRES_URL)
     parser.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()), help="where temp homes go")
     parser.add_argument("--team", action="store_true", help="also: S3 (moto) + PostgreSQL team registry")
-    parser.add_argument("--team-rounds", type=int, default=3, help="interleaved rounds of each team figure")
+    parser.add_argument(
+        "--team-rounds", type=int, default=5, help="interleaved rounds of each team figure (medians)"
+    )
     parser.add_argument("--team-moves", type=int, default=6, help="alias moves per mode")
     args = parser.parse_args(argv)
     if args.names < 1 or args.versions < args.names:

@@ -140,6 +140,14 @@ def test_a_large_file_goes_up_in_parts_and_comes_back_whole(aws: S3Endpoint, tmp
         assert aws.counts().get("UploadPart", 0) - before >= 4  # 24 MB in 5 MB parts
         assert seen[-1] == (version.size, version.size)
         assert [done for done, _ in seen] == sorted(done for done, _ in seen)
+        # The same bytes again: the already-stored check (asked while the upload is created)
+        # stops it before any part, and that upload is aborted, not left for gc.
+        sent, aborted = aws.counts().get("UploadPart", 0), aws.counts().get("AbortMultipartUpload", 0)
+        again = registry.push("large-again", path)
+        assert again.digest == version.digest
+        assert aws.counts().get("UploadPart", 0) == sent
+        assert aws.counts().get("AbortMultipartUpload", 0) == aborted + 1
+        assert aws.client().list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
         registry.store.cache.evict()  # type: ignore[attr-defined]
     # The upload named the CRC32 botocore puts on each part (as boto3's transfer manager does), so
     # the store keeps the parts' checksums instead of checksumming the whole object again.

@@ -23,6 +23,7 @@ import shutil
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -167,17 +168,14 @@ class FsspecArtifactStore:
         folder = self._folder(info.digest)
         manifest = json.dumps({"digest": info.digest, "files": list(info.files)}, sort_keys=True)
         with self._reaching(f"storing {info.digest}"):
-            if not self._complete(info):
-                done = 0
-                for file in info.files:
-                    size = int(str(file["size"]))
-                    callback = _callback(progress, done, info.size)
-                    source, target = staged / str(file["path"]), f"{folder}/{file['path']}"
-                    if self.protocol in ("s3", "s3a") and size >= 2 * self.part_bytes:
-                        self._multipart(source, target, size, callback)
-                    else:
-                        self.fs.put_file(str(source), target, callback=callback)
-                    done += size
+            # Whether it is stored already is asked while the first multipart upload is created
+            # (two round trips at once, not one after the other); that upload is aborted if so.
+            checker = ThreadPoolExecutor(1, thread_name_prefix="shipyard-s3-check")
+            try:
+                stored = checker.submit(self._complete, info)
+                self._upload(staged, info, stored, progress)
+            finally:
+                checker.shutdown(wait=True)
             # Written (again) last: it marks the artifact whole, and its fresh time tells `gc`
             # that a push is about to name it.
             self.fs.pipe_file(f"{folder}.json", manifest.encode())
@@ -186,9 +184,29 @@ class FsspecArtifactStore:
         self.cache.adopt(info, staged)
         return info
 
-    def _multipart(self, source: Path, key: str, size: int, callback: Any) -> None:
+    def _upload(
+        self, staged: Path, info: ArtifactInfo, stored: Future[bool], progress: Progress | None
+    ) -> None:
+        """Every file of `info` to its object, unless `stored` says the artifact is there whole."""
+        folder = self._folder(info.digest)
+        done = 0
+        for file in info.files:
+            size = int(str(file["size"]))
+            callback = _callback(progress, done, info.size)
+            source, target = staged / str(file["path"]), f"{folder}/{file['path']}"
+            if self.protocol in ("s3", "s3a") and size >= 2 * self.part_bytes:
+                if not self._multipart(source, target, size, callback, stored):
+                    return
+            elif stored.result():
+                return
+            else:
+                self.fs.put_file(str(source), target, callback=callback)
+            done += size
+
+    def _multipart(self, source: Path, key: str, size: int, callback: Any, stored: Future[bool]) -> bool:
         """One multipart upload, its parts sent from a pool of threads (`_s3_parts`, 10 in flight
-        all along); invisible until completed, aborted if it fails here."""
+        all along); invisible until completed, aborted if it fails here or if `stored` (awaited
+        once the upload is created) says the artifact is there whole. Whether it was sent."""
         from botocore.exceptions import ClientError
         from fsspec.asyn import sync
         from s3fs.errors import translate_boto_error
@@ -212,6 +230,10 @@ class FsspecArtifactStore:
                 raise translate_boto_error(exc) from exc
 
         try:
+            if stored.result():  # its error, if it failed, aborts the upload here too
+                with contextlib.suppress(Exception):  # gc aborts it later if this fails
+                    self.fs.call_s3("abort_multipart_upload", **ids)
+                return False
             parts = send_parts(
                 upload_part, source, size, part_bytes, checksum=checksum, sent=callback.relative_update
             )
@@ -220,6 +242,7 @@ class FsspecArtifactStore:
             with contextlib.suppress(Exception):  # gc aborts it later if this fails too
                 self.fs.call_s3("abort_multipart_upload", **ids)
             raise
+        return True
 
     async def _parts_client(self, bucket: str) -> tuple[Any, str | None]:
         """The threads' client (made again when the credentials change) and the checksum to
@@ -271,7 +294,7 @@ class FsspecArtifactStore:
     def _complete(self, info: ArtifactInfo) -> bool:
         """Whether the artifact is stored whole already (manifest present, every file's size)."""
         folder = self._folder(info.digest)
-        if not self.fs.exists(f"{folder}.json"):
+        if not self._exists(f"{folder}.json"):
             return False
         try:
             stored = {
@@ -281,6 +304,18 @@ class FsspecArtifactStore:
         except FileNotFoundError:
             return False
         return all(stored.get(str(f["path"])) == f["size"] for f in info.files)
+
+    def _exists(self, key: str) -> bool:
+        """Whether the object `key` exists: on S3 one HEAD (s3fs's `exists` lists the prefix as
+        well when the object is missing, the usual case before a push: one more round trip)."""
+        if self.protocol not in ("s3", "s3a"):
+            return bool(self.fs.exists(key))
+        bucket, object_key, _ = self.fs.split_path(key)
+        try:
+            self.fs.call_s3("head_object", Bucket=bucket, Key=object_key)
+        except FileNotFoundError:
+            return False
+        return True
 
     def _fetch(self, digest: str, files: tuple[dict[str, object], ...], what: str, into: Path) -> None:
         for file in files:
