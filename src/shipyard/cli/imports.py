@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -96,7 +98,14 @@ def mlflow(
     """
     from shipyard.importers.mlflow import import_source
 
-    pushed = import_source(state(ctx).registry(), source, name=name, tracking_uri=tracking_uri, trust=trust)
+    pushed = import_source(
+        state(ctx).registry(),
+        source,
+        name=name,
+        tracking_uri=tracking_uri,
+        trust=trust,
+        say=_steps(json_),
+    )
     if json_:
         from shipyard.cli._render import print_json
 
@@ -111,3 +120,11 @@ def mlflow(
 
 def register(app: typer.Typer) -> None:
     app.add_typer(import_app)
+
+
+def _steps(json_: bool) -> Callable[[str], None]:
+    """Each download and push as it starts, on a terminal's stderr (a large model takes minutes);
+    silent with --json or in a pipe, where stderr is for the one error line."""
+    if json_ or not sys.stderr.isatty():
+        return lambda _line: None
+    return lambda line: typer.echo(f"{line} …", err=True)

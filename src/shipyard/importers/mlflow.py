@@ -24,7 +24,7 @@ import math
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -84,6 +84,7 @@ def read_source(
     tracking_uri: str | None = None,
     trust: bool = False,
     limits: PushSettings | None = None,
+    say: Callable[[str], None] = lambda _line: None,
 ) -> list[MlflowModel]:
     """Every model `source` names, downloaded under `workdir` and checked, in MLflow version order;
     ONNX files also against the push `limits` (size, self-contained, tensor sizes)."""
@@ -95,7 +96,7 @@ def read_source(
                 f"{source} needs a tracking server: give --tracking-uri or set {TRACKING_ENV}",
                 field="tracking_uri",
             )
-        with _Tracking(uri, limits) as tracking:
+        with _Tracking(uri, limits, say) as tracking:
             if source.startswith("runs:/"):
                 models = [_read_run_model(tracking, source, workdir, name)]
             else:
@@ -116,9 +117,9 @@ def read_source(
         if model.flavour == "onnx":
             # The checks the push makes, before anything is pushed: a later version's external
             # data or oversized tensor must not be found after an earlier version was stored.
-            from shipyard.importers.triton import _onnx_signature
+            from shipyard.importers.triton import onnx_signature
 
-            _onnx_signature(model.path, model.tags.get("mlflow_source", source), limits)
+            onnx_signature(model.path, model.tags.get("mlflow_source", source), limits)
         if model.flavour == "python_function":
             # Trusted or not, its pickle holds an mlflow.pyfunc.PythonModel: it loads and runs only
             # with the mlflow package, which Shipyard does not install.
@@ -147,8 +148,10 @@ def import_source(
     tracking_uri: str | None = None,
     trust: bool = False,
     actor: str | None = None,
+    say: Callable[[str], None] = lambda _line: None,
 ) -> list[ModelVersion]:
-    """Push every model `source` names, then set its aliases, or nothing."""
+    """Push every model `source` names, then set its aliases, or nothing; `say` hears each download
+    and push as it starts (a large model takes minutes)."""
     with tempfile.TemporaryDirectory(prefix="shipyard-mlflow-") as tmp:
         try:
             models = read_source(
@@ -158,6 +161,7 @@ def import_source(
                 tracking_uri=tracking_uri,
                 trust=trust,
                 limits=registry.settings.push,
+                say=say,
             )
         except _Refused as exc:
             # Recorded as a refused push is: the audit log shows every artifact kept out for running code.
@@ -167,6 +171,7 @@ def import_source(
         pushed: list[ModelVersion] = []
         try:
             for model in models:
+                say(f"pushing {model.name} ({model.flavour})")
                 version = registry.push(
                     model.name,
                     model.path,
@@ -339,7 +344,9 @@ def _tensor_dtype(mlmodel: dict[str, Any]) -> str | None:
 class _Tracking:
     """GET requests to one tracking server's REST API, its errors as Shipyard errors."""
 
-    def __init__(self, uri: str, limits: PushSettings) -> None:
+    def __init__(
+        self, uri: str, limits: PushSettings, say: Callable[[str], None] = lambda _line: None
+    ) -> None:
         import httpx
 
         parsed = urlparse(uri)
@@ -351,6 +358,7 @@ class _Tracking:
         self.uri = uri.rstrip("/")
         self.client = httpx.Client(base_url=self.uri, timeout=_TIMEOUT_S)
         self.limits = limits
+        self._say = say
 
     def __enter__(self) -> _Tracking:
         return self
@@ -408,6 +416,7 @@ class _Tracking:
 
     def download(self, artifact_uri: str, dest: Path) -> Path:
         """The artifact folder `artifact_uri` copied into `dest` (created)."""
+        self._say(f"downloading {artifact_uri}")
         parsed = urlparse(artifact_uri)
         if parsed.scheme == "mlflow-artifacts":
             base = f"{self._scheme()}://{parsed.netloc}" if parsed.netloc else self.uri

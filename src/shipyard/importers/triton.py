@@ -100,7 +100,7 @@ def read_model(folder: Path, limits: PushSettings | None = None) -> TritonModel:
     versions = []
     for number in numbers:
         model_file = folder / str(number) / file_name
-        signature = _onnx_signature(model_file, f"Triton model {name!r} version {number}", limits)
+        signature = onnx_signature(model_file, f"Triton model {name!r} version {number}", limits)
         _check_tensors(config, signature, f"Triton model {name!r} version {number}", model_file.name)
         versions.append(TritonVersion(number, model_file, signature))
     return TritonModel(name, folder, platform, tuple(versions), serving_options(config))
@@ -197,7 +197,7 @@ def _check_platform(config: Any, config_path: Path) -> str:
     return ONNX_PLATFORM
 
 
-def _onnx_signature(model_file: Path, where: str, limits: PushSettings | None) -> Signature:
+def onnx_signature(model_file: Path, where: str, limits: PushSettings | None) -> Signature:
     """The graph's signature as a push would record it, after the checks a push makes first."""
     from shipyard.packaging.formats import detect_file
     from shipyard.packaging.limits import check_file_size
