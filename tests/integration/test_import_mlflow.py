@@ -20,8 +20,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from import_support import contents, home_with_one_model, run_cli
 
-from shipyard.cli.main import main
 from shipyard.registry import Registry
 from shipyard.settings import Settings
 from tiny_models import tiny_onnx
@@ -55,19 +55,6 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _cli(capsys: pytest.CaptureFixture[str], home: Path, *args: str | Path) -> tuple[int, str, str]:
-    code = main(["--home", str(home), *map(str, args)])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def _contents(home: Path) -> list[tuple[str, int]]:
-    with Registry(settings=Settings.load(home=home)) as registry:
-        return sorted(
-            (v.name, v.version) for m in registry.list_models() for v in registry.list_versions(m["name"])
-        )
-
-
 @pytest.fixture
 def model_folder(tmp_path: Path) -> Path:
     folder = tmp_path / "iris-model"
@@ -80,13 +67,7 @@ def model_folder(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def home(tmp_path: Path) -> Path:
-    """A registry that already holds a model, so "unchanged" means more than "empty"."""
-    home = tmp_path / "home"
-    model = tmp_path / "existing.onnx"
-    model.write_bytes(tiny_onnx("existing"))
-    with Registry(settings=Settings.load(home=home)) as registry:
-        registry.push("existing", model)
-    return home
+    return home_with_one_model(tmp_path)
 
 
 # --- a model folder, no MLflow needed ---------------------------------------------------------
@@ -95,7 +76,7 @@ def home(tmp_path: Path) -> Path:
 def test_model_folder_imports_with_mlmodel_and_input_example(
     model_folder: Path, home: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, out, err = _cli(capsys, home, "import", "mlflow", model_folder, "--name", "iris", "--json")
+    code, out, err = run_cli(capsys, home, "import", "mlflow", model_folder, "--name", "iris", "--json")
     assert code == 0, err
     [pushed] = json.loads(out)
     assert pushed["ref"] == "iris:1"
@@ -106,7 +87,7 @@ def test_model_folder_imports_with_mlmodel_and_input_example(
         root = registry.artifact_path(version)
         assert (root / "mlflow" / "MLmodel").read_text() == MLMODEL
         assert json.loads((root / "mlflow" / "input_example.json").read_text()) == {"inputs": [ROW]}
-    code, out, err = _cli(capsys, home, "predict", "iris:1", "-i", json.dumps({"inputs": [ROW]}))
+    code, out, err = run_cli(capsys, home, "predict", "iris:1", "-i", json.dumps({"inputs": [ROW]}))
     assert code == 0, err
     assert json.loads(out)["outputs"]["label"] == [0]
 
@@ -114,7 +95,7 @@ def test_model_folder_imports_with_mlmodel_and_input_example(
 def test_folder_name_is_the_default_model_name(
     model_folder: Path, home: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, out, err = _cli(capsys, home, "import", "mlflow", model_folder / "MLmodel")
+    code, out, err = run_cli(capsys, home, "import", "mlflow", model_folder / "MLmodel")
     assert code == 0, err
     assert out.startswith("imported iris-model:1 (onnx, from ")
 
@@ -152,10 +133,10 @@ def test_bad_folder_is_one_line_and_imports_nothing(
     model_folder: Path, home: Path, capsys: pytest.CaptureFixture[str], change, code: int, message: str
 ) -> None:
     change(model_folder)
-    got, out, err = _cli(capsys, home, "import", "mlflow", model_folder, "--name", "iris")
+    got, out, err = run_cli(capsys, home, "import", "mlflow", model_folder, "--name", "iris")
     assert (got, out) == (code, "")
     assert message in err and err.startswith("error: ") and err.count("\n") == 1
-    assert _contents(home) == [("existing", 1)]
+    assert contents(home) == [("existing", 1)]
 
 
 def test_python_function_model_is_refused_even_trusted(
@@ -164,25 +145,25 @@ def test_python_function_model_is_refused_even_trusted(
     (model_folder / "MLmodel").write_text(
         "flavors:\n  python_function: {loader_module: mlflow.pyfunc.model, python_model: model.onnx}\n"
     )
-    code, _, err = _cli(capsys, home, "import", "mlflow", model_folder)
+    code, _, err = run_cli(capsys, home, "import", "mlflow", model_folder)
     assert code == 5 and "--trust" in err
-    code, _, err = _cli(capsys, home, "import", "mlflow", model_folder, "--trust")
+    code, _, err = run_cli(capsys, home, "import", "mlflow", model_folder, "--trust")
     assert code == 2 and "runs only inside MLflow" in err
-    assert _contents(home) == [("existing", 1)]
+    assert contents(home) == [("existing", 1)]
 
 
 def test_uri_without_tracking_server(
     home: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    code, _, err = _cli(capsys, home, "import", "mlflow", "models:/iris@champion")
+    code, _, err = run_cli(capsys, home, "import", "mlflow", "models:/iris@champion")
     assert code == 2 and "--tracking-uri" in err
     # Nothing listens on this port: the error names the URL, exit code 6.
     url = f"http://127.0.0.1:{_free_port()}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
-    code, _, err = _cli(capsys, home, "import", "mlflow", "models:/iris@champion")
+    code, _, err = run_cli(capsys, home, "import", "mlflow", "models:/iris@champion")
     assert code == 6 and f"cannot reach the MLflow tracking server at {url}" in err
-    assert _contents(home) == [("existing", 1)]
+    assert contents(home) == [("existing", 1)]
 
 
 def test_a_remote_server_cannot_name_this_machines_files(tmp_path: Path) -> None:
@@ -282,7 +263,9 @@ def test_registered_versions_and_aliases_come_along(
     mlflow_server: tuple[str, dict[str, str]], home: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     url, runs = mlflow_server
-    code, out, err = _cli(capsys, home, "import", "mlflow", "models:/iris", "--tracking-uri", url, "--json")
+    code, out, err = run_cli(
+        capsys, home, "import", "mlflow", "models:/iris", "--tracking-uri", url, "--json"
+    )
     assert code == 0, err
     pushed = json.loads(out)
     assert [(v["ref"], v["tags"]["mlflow_version"], v["aliases"]) for v in pushed] == [
@@ -299,7 +282,7 @@ def test_registered_versions_and_aliases_come_along(
         assert first.tags["mlflow_run.team"] == "vision"
         assert registry.resolve("iris@challenger").params["C"] == "1.0"
         assert {t.name for t in first.signature.inputs} == {"X"}
-    code, out, err = _cli(capsys, home, "predict", "iris@champion", "-i", json.dumps({"inputs": [ROW]}))
+    code, out, err = run_cli(capsys, home, "predict", "iris@champion", "-i", json.dumps({"inputs": [ROW]}))
     assert code == 0, err
     assert json.loads(out)["outputs"]["label"] == [0]
 
@@ -309,14 +292,18 @@ def test_one_version_by_alias_number_or_run(
     mlflow_server: tuple[str, dict[str, str]], home: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     url, runs = mlflow_server
-    code, out, err = _cli(capsys, home, "import", "mlflow", "models:/iris@challenger", "--tracking-uri", url)
+    code, out, err = run_cli(
+        capsys, home, "import", "mlflow", "models:/iris@challenger", "--tracking-uri", url
+    )
     assert code == 0, err
     assert out.startswith("imported iris:1 (onnx, from models:/iris/2)") and "aliases: challenger" in out
-    code, out, err = _cli(capsys, home, "import", "mlflow", "models:/iris/1", "--tracking-uri", url)
+    code, out, err = run_cli(capsys, home, "import", "mlflow", "models:/iris/1", "--tracking-uri", url)
     assert code == 0, err
     assert out.startswith("imported iris:2 (onnx, from models:/iris/1)")
     run = f"runs:/{runs['iris-2']}/model"
-    code, out, err = _cli(capsys, home, "import", "mlflow", run, "--name", "from-run", "--tracking-uri", url)
+    code, out, err = run_cli(
+        capsys, home, "import", "mlflow", run, "--name", "from-run", "--tracking-uri", url
+    )
     assert code == 0, err
     with Registry(settings=Settings.load(home=home)) as registry:
         version = registry.resolve("from-run:1")
@@ -329,18 +316,18 @@ def test_skops_imports_and_pickle_needs_trust(
     mlflow_server: tuple[str, dict[str, str]], home: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     url, _ = mlflow_server
-    code, _, err = _cli(capsys, home, "import", "mlflow", "models:/iris-skops", "--tracking-uri", url)
+    code, _, err = run_cli(capsys, home, "import", "mlflow", "models:/iris-skops", "--tracking-uri", url)
     assert code == 0, err
-    code, out, err = _cli(capsys, home, "predict", "iris-skops:1", "-i", json.dumps({"inputs": [ROW]}))
+    code, out, err = run_cli(capsys, home, "predict", "iris-skops:1", "-i", json.dumps({"inputs": [ROW]}))
     assert code == 0, err
     assert np.asarray(json.loads(out)["outputs"]["label"]).tolist() == [0]
 
-    code, out, err = _cli(capsys, home, "import", "mlflow", "models:/iris-pickle", "--tracking-uri", url)
+    code, out, err = run_cli(capsys, home, "import", "mlflow", "models:/iris-pickle", "--tracking-uri", url)
     assert (code, out) == (5, "") and "--trust" in err and err.count("\n") == 1
     with Registry(settings=Settings.load(home=home)) as registry:
         [refused] = registry.audit_log(action="push.refused")
         assert refused.target == "iris-pickle"
-    code, _, err = _cli(
+    code, _, err = run_cli(
         capsys, home, "import", "mlflow", "models:/iris-pickle", "--tracking-uri", url, "--trust"
     )
     assert code == 0, err
@@ -366,7 +353,7 @@ def test_missing_mlflow_objects_exit_3(
     message: str,
 ) -> None:
     url, _ = mlflow_server
-    code, out, err = _cli(capsys, home, "import", "mlflow", source, "--tracking-uri", url, "--name", "x")
+    code, out, err = run_cli(capsys, home, "import", "mlflow", source, "--tracking-uri", url, "--name", "x")
     assert (code, out) == (3, ""), err
     assert message in err and url in err
-    assert _contents(home) == [("existing", 1)]
+    assert contents(home) == [("existing", 1)]

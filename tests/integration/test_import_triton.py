@@ -13,8 +13,8 @@ from typing import Any
 
 import httpx
 import pytest
+from import_support import contents, home_with_one_model, run_cli
 
-from shipyard.cli.main import main
 from shipyard.errors import InsufficientStorageError
 from shipyard.importers.triton import import_repository
 from shipyard.registry import Registry
@@ -79,32 +79,13 @@ def repository(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def home(tmp_path: Path) -> Path:
-    """A registry that already holds a model, so "unchanged" means more than "empty"."""
-    home = tmp_path / "home"
-    model = tmp_path / "existing.onnx"
-    model.write_bytes(tiny_onnx("existing"))
-    with Registry(settings=Settings.load(home=home)) as registry:
-        registry.push("existing", model)
-    return home
-
-
-def _cli(capsys: pytest.CaptureFixture[str], home: Path, *args: str | Path) -> tuple[int, str, str]:
-    code = main(["--home", str(home), *map(str, args)])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def _contents(home: Path) -> list[tuple[str, int]]:
-    with Registry(settings=Settings.load(home=home)) as registry:
-        return sorted(
-            (v.name, v.version) for m in registry.list_models() for v in registry.list_versions(m["name"])
-        )
+    return home_with_one_model(tmp_path)
 
 
 def test_import_pushes_each_version_in_order_with_its_batching(
     repository: Path, home: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, out, err = _cli(capsys, home, "import", "triton", repository, "--json")
+    code, out, err = run_cli(capsys, home, "import", "triton", repository, "--json")
     assert code == 0, err
     pushed = json.loads(out)
     assert [(v["ref"], v["tags"]["triton_version"]) for v in pushed] == [
@@ -127,16 +108,16 @@ def test_import_pushes_each_version_in_order_with_its_batching(
 def test_one_model_folder_imports_on_its_own(
     repository: Path, home: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, out, err = _cli(capsys, home, "import", "triton", repository / "iris")
+    code, out, err = run_cli(capsys, home, "import", "triton", repository / "iris")
     assert code == 0, err
     assert out.splitlines()[0].startswith("imported iris:1 (Triton version 1) sha256:")
-    assert _contents(home) == [("existing", 1), ("iris", 1), ("iris", 2)]
+    assert contents(home) == [("existing", 1), ("iris", 1), ("iris", 2)]
 
 
 def test_imported_versions_serve_with_the_batching_of_their_config(
     repository: Path, home: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert _cli(capsys, home, "import", "triton", repository)[0] == 0
+    assert run_cli(capsys, home, "import", "triton", repository)[0] == 0
     settings = Settings.load(home=home)
 
     async def scenario() -> dict[str, Any]:
@@ -226,21 +207,21 @@ def test_a_bad_repository_is_one_line_and_imports_nothing(
 ) -> None:
     break_it, expected = BAD_REPOSITORIES[case]
     break_it(repository)
-    before = _contents(home)
-    code, out, err = _cli(capsys, home, "import", "triton", repository)
+    before = contents(home)
+    code, out, err = run_cli(capsys, home, "import", "triton", repository)
     assert code == 2, err
     assert out == "" and err.startswith("error: ") and err.count("\n") == 1, err
     assert expected in err
-    assert _contents(home) == before == [("existing", 1)]
+    assert contents(home) == before == [("existing", 1)]
 
 
 def test_a_folder_that_is_no_repository_is_refused(
     tmp_path: Path, home: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     (tmp_path / "empty").mkdir()
-    code, _, err = _cli(capsys, home, "import", "triton", tmp_path / "empty")
+    code, _, err = run_cli(capsys, home, "import", "triton", tmp_path / "empty")
     assert code == 2 and "is not a Triton model repository" in err
-    code, _, err = _cli(capsys, home, "import", "triton", tmp_path / "nowhere")
+    code, _, err = run_cli(capsys, home, "import", "triton", tmp_path / "nowhere")
     assert code == 2 and "does not exist" in err
 
 
@@ -250,10 +231,10 @@ def test_a_push_limit_refuses_before_anything_is_stored(
     (repository / "iris" / "3" / "model.onnx").write_bytes(tiny_onnx("a longer doc string " * 20))
     limit = (repository / "iris" / "1" / "model.onnx").stat().st_size
     monkeypatch.setenv("SHIPYARD_PUSH__MAX_FILE_BYTES", str(limit))
-    code, _, err = _cli(capsys, home, "import", "triton", repository)
+    code, _, err = run_cli(capsys, home, "import", "triton", repository)
     assert code == 2 and "Triton model 'iris' version 3: model file model.onnx is" in err, err
     assert "SHIPYARD_PUSH__MAX_FILE_BYTES" in err
-    assert _contents(home) == [("existing", 1)]
+    assert contents(home) == [("existing", 1)]
 
 
 class _FullAfterOnePush(Registry):
@@ -274,4 +255,4 @@ def test_a_push_that_fails_midway_takes_back_the_versions_before_it(repository: 
         with pytest.raises(InsufficientStorageError):
             import_repository(registry, repository)
         assert full.pushes == 2
-    assert _contents(home) == [("existing", 1)]
+    assert contents(home) == [("existing", 1)]
