@@ -4,8 +4,8 @@ MLServer's `mlserver infer` against one real `shipyard serve --grpc-port N`.
 The clients live in their own venvs (`scripts/install-kserve.sh`: kserve and mlserver pin
 protobuf 6 and conflicting starlettes): each test runs `kserve_calls.py` with .venv-kserve's python,
 or `mlserver infer` from .venv-mlserver, and checks what they print or write against the model's
-own prediction (onnxruntime on the same bytes). Without the venvs, the tests skip saying how to
-install them.
+own prediction (onnxruntime on the same bytes). Without the venvs, the tests skip (no server
+starts), naming the script.
 """
 
 from __future__ import annotations
@@ -29,6 +29,14 @@ MLSERVER = ROOT / ".venv-mlserver" / "bin" / "mlserver"
 CALLS = Path(__file__).with_name("kserve_calls.py")
 ROWS = 3  # iris rows sent per request
 UNKNOWN = "Request for unknown model: 'nope'"
+# Checked when the tests are collected, so that no server starts only to be skipped.
+needs_kserve = pytest.mark.skipif(
+    not KSERVE_PYTHON.exists(),
+    reason=f"KServe's client is not in {KSERVE_PYTHON.parents[1]}: run scripts/install-kserve.sh",
+)
+needs_mlserver = pytest.mark.skipif(
+    not MLSERVER.exists(), reason=f"MLServer is not in {MLSERVER.parents[1]}: run scripts/install-kserve.sh"
+)
 
 
 @pytest.fixture(scope="module")
@@ -138,10 +146,6 @@ def plan(models: ServeModels) -> dict[str, dict[str, Any]]:
 @pytest.fixture(scope="module")
 def answers(endpoints: dict[str, str], serve_models: ServeModels) -> dict[str, dict[str, Any]]:
     """What KServe's clients answered to each call of `plan`, by name."""
-    if not KSERVE_PYTHON.exists():
-        pytest.skip(
-            f"KServe's client is not installed in {KSERVE_PYTHON.parents[1]}: run scripts/install-kserve.sh"
-        )
     done = subprocess.run(
         [str(KSERVE_PYTHON), str(CALLS)],
         input=json.dumps({**endpoints, "calls": plan(serve_models)}),
@@ -174,6 +178,7 @@ def check_iris(result: dict[str, Any], expected: dict[str, np.ndarray]) -> None:
     )
 
 
+@needs_kserve
 def test_health_and_model_readiness(answers: dict[str, dict[str, Any]]) -> None:
     for client in ("rest-v1", "rest-v2", "grpc"):
         assert answers[f"{client} server_live"] == {"ok": True}
@@ -189,6 +194,7 @@ def test_health_and_model_readiness(answers: dict[str, dict[str, Any]]) -> None:
         assert UNKNOWN in error["message"], error
 
 
+@needs_kserve
 def test_rest_v2_infer_binary_and_json(
     answers: dict[str, dict[str, Any]], expected: dict[str, np.ndarray]
 ) -> None:
@@ -202,6 +208,7 @@ def test_rest_v2_infer_binary_and_json(
     )
 
 
+@needs_kserve
 def test_grpc_infer_raw_and_typed_contents(
     answers: dict[str, dict[str, Any]], expected: dict[str, np.ndarray]
 ) -> None:
@@ -214,6 +221,7 @@ def test_grpc_infer_raw_and_typed_contents(
     assert only["label"]["data"] == expected["label"].tolist()
 
 
+@needs_kserve
 def test_bytes_int64_and_fp32_over_rest_and_grpc(answers: dict[str, dict[str, Any]]) -> None:
     for client in ("rest-v2", "grpc"):
         for binary in (True, False):
@@ -238,6 +246,7 @@ def test_bytes_int64_and_fp32_over_rest_and_grpc(answers: dict[str, dict[str, An
             }
 
 
+@needs_kserve
 def test_grpc_model_metadata_through_kserves_stub(answers: dict[str, dict[str, Any]]) -> None:
     metadata = answers["grpc metadata"]["ok"]
     assert (metadata["name"], metadata["versions"]) == ("iris-onnx", ["1"])
@@ -248,6 +257,7 @@ def test_grpc_model_metadata_through_kserves_stub(answers: dict[str, dict[str, A
     }
 
 
+@needs_kserve
 def test_rest_v1_predict(answers: dict[str, dict[str, Any]], expected: dict[str, np.ndarray]) -> None:
     rows = answers["rest-v1 predict"]["ok"]["predictions"]
     assert [row["label"] for row in rows] == expected["label"].tolist()
@@ -255,6 +265,7 @@ def test_rest_v1_predict(answers: dict[str, dict[str, Any]], expected: dict[str,
     np.testing.assert_array_equal(probabilities, expected["probabilities"])
 
 
+@needs_kserve
 def test_errors_carry_our_message(answers: dict[str, dict[str, Any]]) -> None:
     for name, kind, status in (
         ("rest-v2 unknown", "HTTPStatusError", 404),
@@ -280,8 +291,6 @@ def mlserver_infer(
     endpoints: dict[str, str], tmp_path: Path, model: str, lines: list[dict[str, Any]], *args: str
 ) -> list[dict[str, Any]]:
     """`mlserver infer` over `lines` (V2 requests, one a line); its output lines by batch_index."""
-    if not MLSERVER.exists():
-        pytest.skip(f"MLServer is not installed in {MLSERVER.parents[1]}: run scripts/install-kserve.sh")
     source, target = tmp_path / "requests.jsonl", tmp_path / "responses.jsonl"
     source.write_text("".join(json.dumps(line) + "\n" for line in lines))
     host_port = endpoints["rest"].removeprefix("http://")
@@ -309,6 +318,7 @@ def v2_requests(models: ServeModels) -> list[dict[str, Any]]:
     ]
 
 
+@needs_mlserver
 @pytest.mark.parametrize(
     "args", [[], ["--binary-data", "--batch-size", "2"]], ids=["json", "binary-microbatch"]
 )
@@ -333,6 +343,7 @@ def test_mlserver_infer(
         )
 
 
+@needs_mlserver
 def test_mlserver_infer_unknown_model(
     endpoints: dict[str, str], serve_models: ServeModels, tmp_path: Path
 ) -> None:
