@@ -120,6 +120,13 @@ def plan(models: ServeModels) -> dict[str, dict[str, Any]]:
             "model": "iris-onnx",
             "instances": iris(models).tolist(),
         },
+        "rest-v2 multi binary outputs": {
+            "client": "rest-v2",
+            "op": "infer",
+            "model": "multi",
+            "inputs": MULTI_INPUTS,
+            "parameters": {"binary_data_output": True},
+        },
         "rest-v2 unknown": {**iris_call, "client": "rest-v2", "model": "nope"},
         "grpc unknown": {**iris_call, "client": "grpc", "model": "nope"},
         "rest-v1 unknown": {
@@ -223,27 +230,27 @@ def test_grpc_infer_raw_and_typed_contents(
 
 @needs_kserve
 def test_bytes_int64_and_fp32_over_rest_and_grpc(answers: dict[str, dict[str, Any]]) -> None:
-    for client in ("rest-v2", "grpc"):
-        for binary in (True, False):
-            outputs = outputs_by_name(answers[f"{client} multi binary={binary}"])
-            assert outputs["y"] == {
-                "name": "y",
-                "datatype": "FP32",
-                "shape": [2, 4],
-                "data": [[1, 2, 4, 6], [8, 10, 12, 14]],
-            }
-            assert outputs["n_out"] == {
-                "name": "n_out",
-                "datatype": "INT64",
-                "shape": [2, 1],
-                "data": [[2**40], [-3]],
-            }
-            assert outputs["s_out"] == {
-                "name": "s_out",
-                "datatype": "BYTES",
-                "shape": [2, 1],
-                "data": [["héllo"], [""]],
-            }
+    names = [f"{client} multi binary={binary}" for client in ("rest-v2", "grpc") for binary in (True, False)]
+    for name in [*names, "rest-v2 multi binary outputs"]:
+        outputs = outputs_by_name(answers[name])
+        assert outputs["y"] == {
+            "name": "y",
+            "datatype": "FP32",
+            "shape": [2, 4],
+            "data": [[1, 2, 4, 6], [8, 10, 12, 14]],
+        }
+        assert outputs["n_out"] == {
+            "name": "n_out",
+            "datatype": "INT64",
+            "shape": [2, 1],
+            "data": [[2**40], [-3]],
+        }
+        assert outputs["s_out"] == {
+            "name": "s_out",
+            "datatype": "BYTES",
+            "shape": [2, 1],
+            "data": [["héllo"], [""]],
+        }
 
 
 @needs_kserve
@@ -307,32 +314,38 @@ def mlserver_infer(
     return sorted(answers, key=lambda a: a["parameters"]["batch_index"])
 
 
-def v2_requests(models: ServeModels) -> list[dict[str, Any]]:
-    rows = iris(models)
+def v2_requests(models: ServeModels, *, outputs: bool = False) -> list[dict[str, Any]]:
+    """One V2 request a line, an iris row each; with `outputs`, both outputs asked for by name."""
+    asked = {"outputs": [{"name": "label"}, {"name": "probabilities"}]} if outputs else {}
     return [
         {
             "id": f"row-{i}",
             "inputs": [{"name": "X", "shape": [1, 4], "datatype": "FP32", "data": row.tolist()}],
         }
-        for i, row in enumerate(rows)
+        | asked
+        for i, row in enumerate(iris(models))
     ]
 
 
 @needs_mlserver
-@pytest.mark.parametrize(
-    "args", [[], ["--binary-data", "--batch-size", "2"]], ids=["json", "binary-microbatch"]
-)
+@pytest.mark.parametrize("binary", [False, True], ids=["json", "binary-microbatch"])
 def test_mlserver_infer(
     endpoints: dict[str, str],
     serve_models: ServeModels,
     expected: dict[str, np.ndarray],
     tmp_path: Path,
-    args: list[str],
+    binary: bool,
 ) -> None:
-    answers = mlserver_infer(endpoints, tmp_path, "iris-onnx", v2_requests(serve_models), *args)
+    """Plain JSON; then binary tensors both ways (outputs asked for are binary too) with two rows
+    merged into one request and split again by mlserver."""
+    args = ["--binary-data", "--batch-size", "2"] if binary else []
+    answers = mlserver_infer(
+        endpoints, tmp_path, "iris-onnx", v2_requests(serve_models, outputs=binary), *args
+    )
     assert [a["parameters"]["batch_index"] for a in answers] == list(range(ROWS))
+    assert [a["id"] for a in answers] == [f"row-{i}" for i in range(ROWS)]
     for i, answer in enumerate(answers):
-        assert answer["model_name"] == "iris-onnx"
+        assert (answer["model_name"], answer["model_version"]) == ("iris-onnx", "1")
         outputs = {o["name"]: o for o in answer["outputs"]}
         # mlserver's NumpyCodec re-encodes what it got, adding a dimension to 1-D tensors: [1] -> [1, 1]
         assert (outputs["label"]["datatype"], outputs["label"]["shape"]) == ("INT64", [1, 1])
@@ -341,6 +354,29 @@ def test_mlserver_infer(
         np.testing.assert_array_equal(
             np.array(outputs["probabilities"]["data"], dtype=np.float32), expected["probabilities"][i]
         )
+
+
+@needs_mlserver
+def test_mlserver_infer_bytes_and_int64(endpoints: dict[str, str], tmp_path: Path) -> None:
+    lines = [
+        {
+            "id": f"m-{i}",
+            "inputs": [
+                {"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]},
+                {"name": "n", "shape": [1, 1], "datatype": "INT64", "data": [2**40 + i]},
+                {"name": "s", "shape": [1, 1], "datatype": "BYTES", "data": [f"héllo {i}"]},
+            ],
+        }
+        for i in range(ROWS)
+    ]
+    answers = mlserver_infer(endpoints, tmp_path, "multi", lines, "--binary-data", "--batch-size", "2")
+    for i, answer in enumerate(answers):
+        outputs = {o["name"]: (o["datatype"], o["shape"], o["data"]) for o in answer["outputs"]}
+        assert outputs == {
+            "y": ("FP32", [1, 4], [2.0, 4.0, 6.0, 8.0]),
+            "n_out": ("INT64", [1, 1], [2**40 + i]),
+            "s_out": ("BYTES", [1, 1], [f"héllo {i}"]),
+        }
 
 
 @needs_mlserver
