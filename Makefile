@@ -57,6 +57,7 @@ test: install-dev
 	bash scripts/install-debian-tool.sh prometheus
 	bash scripts/install-debian-tool.sh haproxy
 	bash scripts/install-mlflow.sh
+	bash scripts/install-kserve.sh
 	rm -f .coverage .coverage.*
 	$(BIN)/python -m pytest -q -n $(TEST_JOBS) --dist loadfile --cov --cov-report= --durations=15
 	$(BIN)/python scripts/coverage_summary.py
