@@ -194,7 +194,12 @@ def answers(home: Path) -> dict[str, httpx.Response]:
         "other_signature": (
             "POST",
             "/v1/models/two-io:predict",
-            {"signature_name": "double", "inputs": {"x": X}},
+            {"signature_name": "double", "instances": X},
+        ),
+        "regress_signature": (
+            "POST",
+            "/v1/models/classify/versions/1:regress",
+            {"signature_name": "regress", "examples": EXAMPLES},
         ),
         "bad_input_name": ("POST", "/v1/models/two-io:predict", {"inputs": {"x": X, "kk": K}}),
         "bad_shape": ("POST", "/v1/models/two-io:predict", {"inputs": {"x": [[1.0, 2.0]], "k": [1]}}),
@@ -278,6 +283,16 @@ def test_predict_columns_give_outputs_by_name(
     np.testing.assert_allclose(outputs["total"], want["total"], rtol=1e-5, atol=1e-6)
 
 
+def test_every_signature_answers_by_name(answers: dict[str, httpx.Response], models: Models) -> None:
+    """Signatures beyond serving_default run their own graphs: one output → a value per row."""
+    response = answers["other_signature"]
+    assert response.status_code == 200, response.text
+    np.testing.assert_allclose(response.json()["predictions"], 2.0 * np.array(X), rtol=1e-6)
+    regress = answers["regress_signature"]
+    assert regress.status_code == 200, regress.text
+    np.testing.assert_allclose(regress.json()["results"], models.answers["classify"]["value"], rtol=1e-5)
+
+
 def test_bytes_travel_as_b64(answers: dict[str, httpx.Response]) -> None:
     response = answers["echo"]
     assert response.status_code == 200, response.text
@@ -329,7 +344,6 @@ def test_status_and_metadata_in_tf_serving_shape(answers: dict[str, httpx.Respon
     ("key", "status", "field", "fragments"),
     [
         ("bad_signature", 400, "signature_name", ("'nope'", "serving_default", "double")),
-        ("other_signature", 400, "signature_name", ("'double'", "one signature per version")),
         ("bad_input_name", 400, "kk", ("unknown input(s) 'kk'", "missing input(s) 'k'")),
         ("bad_shape", 400, "x", ("shape [1, 2]", "expected [?, 3]")),
         ("classify_predict_only", 400, "signature_name", ("tensorflow/serving/predict", ":classify")),

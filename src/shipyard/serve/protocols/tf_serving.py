@@ -69,9 +69,9 @@ def _from_signature(signature: Signature) -> dict[str, Any]:
     }
 
 
-def choose_signature(version: ModelVersion, body: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    """The signature a request names (`signature_name`, default if absent or empty) and its def.
-    Only the default signature runs in this version of Shipyard: another is refused clearly."""
+def choose_signature(version: ModelVersion, body: dict[str, Any]) -> tuple[str, dict[str, Any], bool]:
+    """The signature a request names (`signature_name`, default if absent or empty), its def, and
+    whether it is the version's default signature."""
     default, defs = signature_defs(version)
     name = body.get("signature_name", "")
     if not isinstance(name, str):
@@ -83,14 +83,7 @@ def choose_signature(version: ModelVersion, body: dict[str, Any]) -> tuple[str, 
             f"model {version.name!r} has no signature {name[:100]!r}; its signatures: {known}",
             field="signature_name",
         )
-    if name != default:
-        raise InvalidInputError(
-            f"signature {name!r} of model {version.name!r} was converted at push but Shipyard "
-            f"serves one signature per version, {default!r}; send signature_name {default!r} (or "
-            "none), or push a SavedModel whose serving_default is this signature",
-            field="signature_name",
-        )
-    return name, defs[name]
+    return name, defs[name], name == default
 
 
 def decode_b64(value: Any) -> Any:

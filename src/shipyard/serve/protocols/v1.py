@@ -97,7 +97,7 @@ class V1Protocol:
                 return json_response({"predictions": predictions(result.outputs)})
             if not isinstance(body, dict):
                 raise InvalidInputError('body must be {"instances": [...]} or {"inputs": ...}', field="body")
-            sig_name, sig = tf_serving.choose_signature(record, body)
+            sig_name, sig, is_default = tf_serving.choose_signature(record, body)
             if sig["method_name"] != tf_serving.PREDICT and "features" in sig:
                 raise InvalidInputError(
                     f"signature {sig_name!r} ({sig['method_name']}) takes serialized tf.Example "
@@ -106,9 +106,16 @@ class V1Protocol:
                 )
             columnar = "inputs" in body
             fields = {k: v for k, v in body.items() if k in ("instances", "inputs")}
-            inputs = inputs_from_body(tf_serving.decode_b64(fields), record.signature)
+            chosen = None if is_default else sig_name
+            extra = served.signatures.get(chosen) if chosen is not None else None
+            if chosen is not None and extra is None:
+                raise InvalidInputError(
+                    f"signature {sig_name!r} of {record.ref} is not loaded", field="signature_name"
+                )
+            spec = record.signature if extra is None else extra.signature
+            inputs = inputs_from_body(tf_serving.decode_b64(fields), spec)
             result = await self.dataplane.infer(
-                served, inputs, disconnect_watcher(request), **call_options(request)
+                served, inputs, disconnect_watcher(request), **call_options(request), signature=chosen
             )
         if columnar:
             return json_response({"outputs": tf_serving.columnar_outputs(result.outputs)})
@@ -128,11 +135,15 @@ class V1Protocol:
             body = parse_json(await read_body(request, self.settings.max_body_bytes))
             if not isinstance(body, dict):
                 raise InvalidInputError('body must be {"examples": [...]}', field="body")
-            sig_name, sig = tf_serving.choose_signature(served.version, body)
+            sig_name, sig, is_default = tf_serving.choose_signature(served.version, body)
             tf_serving.require_method(sig_name, sig, method, verb)
             features = tf_serving.example_features(sig, body)
             result = await self.dataplane.infer(
-                served, features, disconnect_watcher(request), **call_options(request)
+                served,
+                features,
+                disconnect_watcher(request),
+                **call_options(request),
+                signature=None if is_default else sig_name,
             )
         results: Any = (
             tf_serving.classify_results(result.outputs)
