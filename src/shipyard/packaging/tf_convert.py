@@ -277,7 +277,12 @@ def convert(source: Path, out: Path) -> dict[str, Any]:  # noqa: PLR0915 -- one 
         # tf.nest flattens a dict in sorted key order, as the frozen function's outputs are.
         out_aliases = sorted(out_aliases)
         out_names = [t.name for t in frozen.outputs]
-        example_based = sig["method_name"] in (CLASSIFY, REGRESS)
+        # classify/regress signatures, and predict ones fed serialized Examples (as estimators
+        # export them): one string input, parsed by one ParseExample op.
+        strings = [a for a, info in sig["inputs"].items() if info["dtype"] == "DT_STRING"]
+        example_based = sig["method_name"] in (CLASSIFY, REGRESS) or (
+            len(sig["inputs"]) == 1 and len(strings) == 1 and _parse_node(graph_def) is not None
+        )
         if example_based:
             features, in_names = _example_features(tf, frozen, graph_def)
             in_aliases = [f["key"] for f in features]
@@ -347,7 +352,8 @@ def _parity(
     if example_based:
         feeds = {f["key"]: _sample(f["dtype"], [-1, *f["shape"]], rng) for f in sig["features"]}
         rows = 2
-        expected = fn(inputs=_examples(tf, sig["features"], feeds, rows))
+        alias = next(iter(sig["inputs"]))
+        expected = fn(**{alias: _examples(tf, sig["features"], feeds, rows)})
         onnx_feeds = {k: v.astype(np.float32) if v.dtype == np.float64 else v for k, v in feeds.items()}
     else:
         feeds = {}

@@ -40,7 +40,7 @@ EXAMPLES = [{"a": [0.5, -1.0], "b": 2.0}, {"a": [1.5, 0.25]}]  # the second take
 # Run in a child: builds the SavedModels and records TensorFlow's answers on the inputs above.
 _BUILD = textwrap.dedent(
     """
-    import json, sys
+    import base64, json, sys
     import numpy as np
     import tensorflow as tf
 
@@ -112,6 +112,7 @@ _BUILD = textwrap.dedent(
                     protos.append(tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString())
                 c, sc, v = s.run([classes, scores, value], {serialized: protos})
                 return {"classes": [[x.decode() for x in row] for row in c.tolist()], "scores": sc.tolist(),
+                        "serialized": [base64.b64encode(p).decode() for p in protos],
                         "value": v.ravel().tolist()}
 
     answers["classify"] = examples_model(out + "/classify", "classify")
@@ -159,8 +160,9 @@ def home(models: Models, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def answers(home: Path) -> dict[str, httpx.Response]:
+def answers(home: Path, models: Models) -> dict[str, httpx.Response]:
     """Every request of the serving tests, sent to one in-process server."""
+    serialized = [{"b64": b} for b in models.answers["classify"]["serialized"]]
     requests: dict[str, tuple[str, str, Any]] = {
         "rows": (
             "POST",
@@ -182,6 +184,12 @@ def answers(home: Path) -> dict[str, httpx.Response]:
             {"context": {"b": 2.0}, "examples": [{"a": [0.5, -1.0]}]},
         ),
         "regress": ("POST", "/v1/models/regress:regress", {"examples": EXAMPLES}),
+        "predict_examples": ("POST", "/v1/models/classify:predict", {"instances": serialized}),
+        "predict_examples_columns": (
+            "POST",
+            "/v1/models/classify:predict",
+            {"signature_name": "regress", "inputs": {"inputs": serialized}},
+        ),
         "status": ("GET", "/v1/models/two-io", None),
         "metadata": ("GET", "/v1/models/two-io/metadata", None),
         "classify_metadata": ("GET", "/v1/models/classify/versions/1/metadata", None),
@@ -215,6 +223,7 @@ def answers(home: Path) -> dict[str, httpx.Response]:
             "/v1/models/classify:classify",
             {"context": {"b": 1.0}, "examples": [{"a": [1.0, 2.0], "b": 3.0}]},
         ),
+        "bad_example": ("POST", "/v1/models/classify:predict", {"instances": [{"b64": "bm90IGEgcHJvdG8="}]}),
         "not_utf8": ("POST", "/v1/models/echo:predict", {"instances": [{"b64": "AAEC/w=="}]}),
         "bad_label": ("POST", "/v1/models/two-io/labels/nope:predict", {"inputs": {"x": X, "k": K}}),
     }
@@ -313,6 +322,20 @@ def test_classify_gives_label_score_pairs_matching_tensorflow(
     np.testing.assert_allclose([pair[1] for pair in context[0]], want["scores"][0], rtol=1e-5)
 
 
+def test_predict_takes_serialized_examples_where_the_signature_parses_them(
+    answers: dict[str, httpx.Response], models: Models
+) -> None:
+    want = models.answers["classify"]
+    rows = answers["predict_examples"]
+    assert rows.status_code == 200, rows.text
+    predictions = rows.json()["predictions"]
+    assert [p["classes"] for p in predictions] == want["classes"]
+    np.testing.assert_allclose([p["scores"] for p in predictions], want["scores"], rtol=1e-5)
+    columns = answers["predict_examples_columns"]
+    assert columns.status_code == 200, columns.text
+    np.testing.assert_allclose(np.ravel(columns.json()["outputs"]), want["value"], rtol=1e-5)
+
+
 def test_regress_gives_one_value_per_example(answers: dict[str, httpx.Response], models: Models) -> None:
     response = answers["regress"]
     assert response.status_code == 200, response.text
@@ -352,6 +375,7 @@ def test_status_and_metadata_in_tf_serving_shape(answers: dict[str, httpx.Respon
         ("both_context", 400, "b", ("both context and example 0",)),
         ("bad_label", 404, "label", ("labelled 'nope'",)),
         ("not_utf8", 400, "b64", ("not UTF-8 text",)),
+        ("bad_example", 400, "inputs", ("example 0 is not a serialized tf.Example",)),
     ],
 )
 def test_bad_requests_name_the_field(

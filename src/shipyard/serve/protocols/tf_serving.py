@@ -111,6 +111,38 @@ def decode_b64(value: Any) -> Any:
     return value
 
 
+def serialized_examples(sig: dict[str, Any], body: dict[str, Any]) -> list[bytes]:
+    """The serialized tf.Example protos of a `:predict` on a signature that parses them: rows
+    (`instances`) or a column (`inputs`), each `{"b64": …}` or text."""
+    alias = next(iter(sig["inputs"]))
+    if ("instances" in body) == ("inputs" in body):
+        raise InvalidInputError('body must have exactly one of "instances" or "inputs"', field="body")
+    field = "instances" if "instances" in body else "inputs"
+    values = body[field]
+    if isinstance(values, dict) and set(values) == {alias}:
+        values = values[alias]
+    if not isinstance(values, list) or not values:
+        raise InvalidInputError(
+            f'"{field}" must be a non-empty list of serialized tf.Example protos ({{"b64": …}})', field=field
+        )
+    out = []
+    for value in values:
+        item = value[alias] if isinstance(value, dict) and set(value) == {alias} else value
+        if isinstance(item, dict) and set(item) == {"b64"} and isinstance(item["b64"], str):
+            try:
+                out.append(base64.b64decode(item["b64"], validate=True))
+            except (binascii.Error, ValueError) as exc:
+                raise InvalidInputError('a {"b64": …} value is not valid base64', field="b64") from exc
+        elif isinstance(item, str):
+            out.append(item.encode())
+        else:
+            raise InvalidInputError(
+                f'input {alias!r} takes serialized tf.Example protos: send each as {{"b64": …}}',
+                field=alias,
+            )
+    return out
+
+
 def _jsonable(name: str, arr: np.ndarray) -> Any:
     if (arr.dtype == object or arr.dtype.kind in "SU") and name.endswith(_BYTES_SUFFIX):
         encode = np.vectorize(

@@ -28,6 +28,7 @@ from shipyard.serve.protocols._http import (
     require_json,
 )
 from shipyard.serve.protocols.rows import inputs_from_body, predictions
+from shipyard.serve.protocols.tf_example import parse_example
 from shipyard.serve.repository import ModelStatus
 from shipyard.settings import ServeSettings
 
@@ -98,12 +99,6 @@ class V1Protocol:
             if not isinstance(body, dict):
                 raise InvalidInputError('body must be {"instances": [...]} or {"inputs": ...}', field="body")
             sig_name, sig, is_default = tf_serving.choose_signature(record, body)
-            if sig["method_name"] != tf_serving.PREDICT and "features" in sig:
-                raise InvalidInputError(
-                    f"signature {sig_name!r} ({sig['method_name']}) takes serialized tf.Example "
-                    f"protos; send its features as JSON examples to :{sig['method_name'].rsplit('/', 1)[-1]}",
-                    field="signature_name",
-                )
             columnar = "inputs" in body
             fields = {k: v for k, v in body.items() if k in ("instances", "inputs")}
             chosen = None if is_default else sig_name
@@ -113,7 +108,12 @@ class V1Protocol:
                     f"signature {sig_name!r} of {record.ref} is not loaded", field="signature_name"
                 )
             spec = record.signature if extra is None else extra.signature
-            inputs = inputs_from_body(tf_serving.decode_b64(fields), spec)
+            if "features" in sig:  # serialized tf.Example protos, parsed here (the graph starts after)
+                examples = tf_serving.serialized_examples(sig, body)
+                parsed = [parse_example(data, i) for i, data in enumerate(examples)]
+                inputs = tf_serving.example_features(sig, {"examples": parsed})
+            else:
+                inputs = inputs_from_body(tf_serving.decode_b64(fields), spec)
             result = await self.dataplane.infer(
                 served, inputs, disconnect_watcher(request), **call_options(request), signature=chosen
             )
