@@ -11,6 +11,7 @@ import asyncio
 import base64
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -156,6 +157,11 @@ def home(models: Models, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     for name in ("two_io", "echo", "classify", "regress"):
         assert main(["--home", str(home), "push", name.replace("_", "-"), str(models[name])]) == 0
+    # A TF Serving model base path: numbered version folders, of which the highest is pushed.
+    base = models.root / "base"
+    shutil.copytree(models["echo"], base / "2")
+    shutil.copytree(models["regress"], base / "10")
+    assert main(["--home", str(home), "push", "base", str(base)]) == 0
     return home
 
 
@@ -245,6 +251,11 @@ def answers(home: Path, models: Models) -> dict[str, httpx.Response]:
     return asyncio.run(scenario())
 
 
+def registry_version(home: Path, ref: str) -> Any:
+    with Registry(settings=Settings.load(home=home)) as registry:
+        return registry.resolve(ref)
+
+
 def test_push_records_every_signature_as_tf_serving_knows_it(home: Path) -> None:
     with Registry(settings=Settings.load(home=home)) as registry:
         version = registry.resolve("two-io")
@@ -262,6 +273,10 @@ def test_push_records_every_signature_as_tf_serving_knows_it(home: Path) -> None
     assert defs["serving_default"]["outputs"]["scores"]["dtype"] == "DT_FLOAT"
     assert defs["serving_default"]["outputs"]["scores"]["shape"] == [-1, 2]
     assert defs["serving_default"]["parity_max_abs_diff"] < 1e-5
+    base = registry_version(home, "base")
+    assert base.extra["tf_serving"]["signature_def"]["serving_default"]["method_name"] == (
+        "tensorflow/serving/regress"
+    )
     cdefs = classify.extra["tf_serving"]["signature_def"]
     assert cdefs["serving_default"]["method_name"] == "tensorflow/serving/classify"
     assert cdefs["regress"]["method_name"] == "tensorflow/serving/regress"
