@@ -43,7 +43,7 @@ def package(
         elif path.is_file():
             check_file_size(path, limits)
         if tf_savedmodel.is_saved_model(path):
-            return tf_savedmodel.package_saved_model(path, dest, limits)
+            return tf_savedmodel.package_saved_model(path, dest, limits, trust)
         if transformers.is_hf_folder(path):
             return transformers.package_folder(
                 path, dest, trust=trust, task=task, truncate=truncate, limits=limits

@@ -3,7 +3,7 @@
 start-up cost and logs stay out of the push): read every signature, convert each to ONNX with
 tf2onnx, and check the ONNX graph against TensorFlow on sample inputs.
 
-    python -m shipyard.packaging.tf_convert SAVED_MODEL_DIR OUT_DIR [RTOL ATOL]
+    python -m shipyard.packaging.tf_convert SAVED_MODEL_DIR OUT_DIR [RTOL ATOL [trust]]
 
 writes OUT_DIR/<index>.onnx per signature and OUT_DIR/result.json: either
 {"signatures": {...}, "versions": {...}} or {"error": "...", "unsupported_ops": [...]}.
@@ -31,6 +31,42 @@ PREDICT = "tensorflow/serving/predict"
 CLASSIFY = "tensorflow/serving/classify"
 REGRESS = "tensorflow/serving/regress"
 _PARSE_OPS = ("ParseExample", "ParseExampleV2")
+# Ops that read or write files, or run Python, when TensorFlow runs them (checkpoint save and
+# restore ops are absent: every SavedModel has them, and they touch only its own variables).
+_SIDE_EFFECTS = frozenset(
+    {
+        "ReadFile",
+        "WriteFile",
+        "MatchingFiles",
+        "ImmutableConst",
+        "PyFunc",
+        "PyFuncStateless",
+        "EagerPyFunc",
+        "WholeFileReader",
+        "WholeFileReaderV2",
+        "TextLineReader",
+        "TextLineReaderV2",
+        "TFRecordReader",
+        "TFRecordReaderV2",
+        "FixedLengthRecordReader",
+        "FixedLengthRecordReaderV2",
+        "TextLineDataset",
+        "TFRecordDataset",
+        "TFRecordDatasetV2",
+        "FixedLengthRecordDataset",
+        "FixedLengthRecordDatasetV2",
+        "SnapshotDataset",
+        "SnapshotDatasetV2",
+        "SaveDataset",
+        "SaveDatasetV2",
+        "LoadDataset",
+        "CacheDatasetV2",
+        "DatasetToTFRecord",
+        "SummaryWriter",
+        "CreateSummaryFileWriter",
+        "WriteSummary",
+    }
+)
 _NUMPY = {
     "DT_FLOAT": "float32",
     "DT_DOUBLE": "float64",
@@ -49,9 +85,12 @@ _NUMPY = {
 
 
 class ConvertError(Exception):
-    def __init__(self, message: str, unsupported: list[str] | None = None) -> None:
+    def __init__(
+        self, message: str, unsupported: list[str] | None = None, untrusted: list[str] | None = None
+    ) -> None:
         super().__init__(message)
         self.unsupported = unsupported or []
+        self.untrusted = untrusted or []
 
 
 def _dims(shape: Any) -> list[int] | None:
@@ -87,6 +126,27 @@ def _signature_defs(path: Path) -> dict[str, Any]:
     if not defs:
         raise ConvertError("the SavedModel has no serving signature (signature_def is empty)")
     return defs
+
+
+def _side_effect_ops(path: Path) -> list[str]:
+    """Ops anywhere in the SavedModel (graphs and function libraries) that touch files or run
+    Python when TensorFlow loads or runs the model: a SavedModel is a program, and its init op
+    runs at load, before any conversion."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    model = saved_model_pb2.SavedModel()
+    model.ParseFromString((path / "saved_model.pb").read_bytes())
+    found = set()
+    for graph in model.meta_graphs:
+        nodes = [*graph.graph_def.node]
+        for function in graph.graph_def.library.function:
+            nodes.extend(function.node_def)
+        for node in nodes:
+            if node.op in _SIDE_EFFECTS:
+                found.add(node.op)
+            elif node.op == "PrintV2" and node.attr["output_stream"].s.startswith(b"file://"):
+                found.add("PrintV2 (to a file)")
+    return sorted(found)
 
 
 def _parse_node(graph_def: Any) -> Any:
@@ -251,12 +311,19 @@ def _examples(tf: Any, features: list[dict[str, Any]], arrays: dict[str, np.ndar
     return tf.constant(serialized)
 
 
-def convert(source: Path, out: Path) -> dict[str, Any]:  # noqa: PLR0915 -- one pass per signature
+def convert(source: Path, out: Path, trust: bool = False) -> dict[str, Any]:  # noqa: PLR0915
     import tensorflow as tf
     import tf2onnx
     from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
     defs = _signature_defs(source)
+    risky = _side_effect_ops(source)
+    if risky and not trust:
+        raise ConvertError(
+            f"the SavedModel holds ops that read or write files or run Python when TensorFlow "
+            f"loads or runs it ({', '.join(risky)}); push it with --trust only if you trust it",
+            untrusted=risky,
+        )
     try:
         loaded = tf.saved_model.load(str(source), tags=["serve"])
     except Exception as exc:
@@ -333,6 +400,7 @@ def convert(source: Path, out: Path) -> dict[str, Any]:  # noqa: PLR0915 -- one 
     return {
         "signatures": defs,
         "versions": {"tensorflow": tf.__version__, "tf2onnx": tf2onnx.__version__},
+        "side_effect_ops": risky,
     }
 
 
@@ -403,10 +471,11 @@ def main(argv: list[str]) -> int:
     source, out = Path(argv[0]), Path(argv[1])
     if len(argv) > 2:
         PARITY_RTOL, PARITY_ATOL = float(argv[2]), float(argv[3])
+    trust = len(argv) > 4 and argv[4] == "trust"
     try:
-        result = convert(source, out)
+        result = convert(source, out, trust)
     except ConvertError as exc:
-        result = {"error": str(exc), "unsupported_ops": exc.unsupported}
+        result = {"error": str(exc), "unsupported_ops": exc.unsupported, "untrusted_ops": exc.untrusted}
     (out / "result.json").write_text(json.dumps(result))
     return 0
 

@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from shipyard.errors import InvalidInputError, MissingDependencyError
+from shipyard.errors import InvalidInputError, MissingDependencyError, UntrustedArtifactError
 from shipyard.packaging.onnx import check_onnx, package_onnx
 from shipyard.packaging.packaged import Packaged
 from shipyard.runtimes.onnx import ONNX_FILE, onnx_session
@@ -60,7 +60,7 @@ def _require_libraries() -> None:
             raise MissingDependencyError(package, "tensorflow", _PURPOSE)
 
 
-def _convert(source: Path, out: Path, limits: PushSettings) -> dict[str, Any]:
+def _convert(source: Path, out: Path, limits: PushSettings, trust: bool) -> dict[str, Any]:
     """Run the conversion child; its result, or InvalidInputError with what it reported."""
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
     timeout = max(_CONVERT_TIMEOUT_S, limits.check_timeout_s)
@@ -74,6 +74,7 @@ def _convert(source: Path, out: Path, limits: PushSettings) -> dict[str, Any]:
                 str(out),
                 repr(PARITY_RTOL),
                 repr(PARITY_ATOL),
+                "trust" if trust else "no-trust",
             ],
             stdin=subprocess.DEVNULL,
             capture_output=True,
@@ -93,12 +94,14 @@ def _convert(source: Path, out: Path, limits: PushSettings) -> dict[str, Any]:
             f"converting SavedModel {source.name} to ONNX failed ({why}); nothing was stored", field="path"
         )
     result: dict[str, Any] = json.loads(result_file.read_text())
+    if result.get("untrusted_ops"):
+        raise UntrustedArtifactError(f"cannot push SavedModel {source.name}: {result['error']}")
     if "error" in result:
         raise InvalidInputError(f"cannot push SavedModel {source.name}: {result['error']}", field="path")
     return result
 
 
-def package_saved_model(path: Path, dest: Path, limits: PushSettings) -> Packaged:
+def package_saved_model(path: Path, dest: Path, limits: PushSettings, trust: bool = False) -> Packaged:
     """Convert every signature of the SavedModel at `path` into ONNX files in `dest`."""
     source = saved_model_folder(path)
     if source is None:
@@ -106,7 +109,7 @@ def package_saved_model(path: Path, dest: Path, limits: PushSettings) -> Package
     _require_libraries()
     with tempfile.TemporaryDirectory(prefix="shipyard-tf-") as tmp:
         out = Path(tmp)
-        result = _convert(source, out, limits)
+        result = _convert(source, out, limits, trust)
         signatures: dict[str, Any] = result["signatures"]
         default = DEFAULT_SIGNATURE if DEFAULT_SIGNATURE in signatures else sorted(signatures)[0]
         files = {name: out / f"{sig.pop('file_index')}.onnx" for name, sig in signatures.items()}
@@ -133,4 +136,7 @@ def package_saved_model(path: Path, dest: Path, limits: PushSettings) -> Package
         "converter": "tf2onnx",
         "tf_serving": {"default_signature": default, "signature_def": signatures},
     }
-    return Packaged("onnx", "tensorflow", packaged.signature, versions, extra)
+    risky = list(result.get("side_effect_ops") or [])
+    if risky:
+        extra["side_effect_ops"] = risky  # loaded by TensorFlow only at push, with --trust
+    return Packaged("onnx", "tensorflow", packaged.signature, versions, extra, needs_trust=bool(risky))

@@ -82,6 +82,14 @@ _BUILD = textwrap.dedent(
     f = Fft()
     tf.saved_model.save(f, out + "/fft", signatures={"serving_default": f.f})
 
+    class Reads(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+        def f(self, path):
+            return {"content": tf.map_fn(tf.io.read_file, path)}
+
+    r = Reads()
+    tf.saved_model.save(r, out + "/reads", signatures={"serving_default": r.f})
+
     # classify and regress signatures as TF Serving knows them: serialized tf.Example in.
     def examples_model(path, default):
         g = tf.Graph()
@@ -408,6 +416,17 @@ def test_unsupported_op_fails_the_push_naming_it(
     assert code == 2
     line = err.strip().splitlines()[-1]
     assert "FFT" in line and "tf2onnx cannot convert" in line, err
+    assert contents(home) == [("existing", 1)]
+
+
+def test_file_reading_ops_need_trust(
+    models: Models, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """TensorFlow runs a SavedModel's ops while converting it: ones that touch files need --trust."""
+    home = home_with_one_model(tmp_path)
+    code, _, err = run_cli(capsys, home, "push", "reads", models["reads"])
+    assert code == 5
+    assert "ReadFile" in err and "--trust" in err, err
     assert contents(home) == [("existing", 1)]
 
 
