@@ -481,5 +481,6 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # before TensorFlow is imported
+    os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")  # a push converts on the CPU
     sys.exit(main(sys.argv[1:]))

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -62,7 +61,6 @@ def _require_libraries() -> None:
 
 def _convert(source: Path, out: Path, limits: PushSettings, trust: bool) -> dict[str, Any]:
     """Run the conversion child; its result, or InvalidInputError with what it reported."""
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
     timeout = max(_CONVERT_TIMEOUT_S, limits.check_timeout_s)
     try:
         done = subprocess.run(
@@ -78,7 +76,6 @@ def _convert(source: Path, out: Path, limits: PushSettings, trust: bool) -> dict
             ],
             stdin=subprocess.DEVNULL,
             capture_output=True,
-            env=env,
             timeout=timeout,
             check=False,
         )
