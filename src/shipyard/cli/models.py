@@ -18,7 +18,13 @@ from shipyard.types import ModelRef
 def push(
     ctx: typer.Context,
     name: Annotated[str, typer.Argument(help="Model name: lowercase letters, digits, - _ .")],
-    path: Annotated[Path, typer.Argument(help="Model file (ONNX, skops, GGUF; pickle/joblib with --trust).")],
+    path: Annotated[
+        Path,
+        typer.Argument(
+            help="Model file (ONNX, skops, GGUF; pickle/joblib with --trust) or folder "
+            "(Hugging Face, TensorFlow SavedModel)."
+        ),
+    ],
     alias: Annotated[
         str | None, typer.Option(metavar="ALIAS", help="Point this alias at the new version.")
     ] = None,

@@ -32,7 +32,7 @@ def package(
     limits: PushSettings | None = None,
 ) -> Packaged:
     """Write the artifact for `obj` into the empty folder `dest` and describe it, within `limits`."""
-    from shipyard.packaging import pytorch, sklearn, transformers
+    from shipyard.packaging import pytorch, sklearn, tf_savedmodel, transformers
 
     limits = limits or PushSettings()
     if isinstance(obj, (str, Path)):
@@ -42,6 +42,8 @@ def package(
             check_folder_sizes(path, limits)
         elif path.is_file():
             check_file_size(path, limits)
+        if tf_savedmodel.is_saved_model(path):
+            return tf_savedmodel.package_saved_model(path, dest, limits, trust)
         if transformers.is_hf_folder(path):
             return transformers.package_folder(
                 path, dest, trust=trust, task=task, truncate=truncate, limits=limits
@@ -59,7 +61,8 @@ def package(
         f"cannot push a {type(obj).__module__}.{type(obj).__qualname__}: pass a scikit-learn "
         "estimator or pipeline, a transformers model (with tokenizer=) or SentenceTransformer, "
         "a PyTorch nn.Module (with sample_input=), or the path of a model file (ONNX, skops, "
-        "Keras, TFLite, GGUF; pickle, joblib or torch.save with trust=True) or a Hugging Face folder",
+        "Keras, TFLite, GGUF; pickle, joblib or torch.save with trust=True), a Hugging Face folder "
+        "or a TensorFlow SavedModel folder",
         field="model",
     )
 

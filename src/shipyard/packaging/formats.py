@@ -17,8 +17,8 @@ from shipyard.runtimes.base import one_line
 
 _PICKLE_PROTOCOLS = range(2, 6)
 _KNOWN = (
-    "ONNX, skops, Keras (.keras/.h5), TFLite, GGUF, a Hugging Face folder, or pickle, joblib and "
-    "torch.save files (with --trust)"
+    "ONNX, skops, Keras (.keras/.h5), TFLite, GGUF, a Hugging Face folder, a TensorFlow SavedModel "
+    "folder, or pickle, joblib and torch.save files (with --trust)"
 )
 
 

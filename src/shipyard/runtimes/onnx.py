@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -73,11 +74,47 @@ def onnx_signature(session: Any) -> Signature:
     )
 
 
+_SIGNATURE_FILE = re.compile(r"signatures/[0-9]{1,6}\.onnx")
+
+
+def extra_signatures(version: ModelVersion) -> dict[str, str]:
+    """A converted TensorFlow SavedModel's signatures beyond the default one (which is
+    `model.onnx`): signature name → its ONNX file in the artifact (packaging/tf_savedmodel.py)."""
+    info = version.extra.get("tf_serving") if version.format == "onnx" else None
+    if not isinstance(info, dict) or not isinstance(info.get("signature_def"), dict):
+        return {}
+    files = {}
+    for name, sig in info["signature_def"].items():
+        file = sig.get("file") if isinstance(sig, dict) else None
+        if name == info.get("default_signature") or not isinstance(file, str):
+            continue
+        if _SIGNATURE_FILE.fullmatch(file):  # a path Shipyard wrote, never one naming another file
+            files[str(name)] = file
+    return files
+
+
+def signature_runtimes(
+    version: ModelVersion, path: Path, settings: RuntimeSettings
+) -> dict[str, OnnxRuntime]:
+    """A runtime per extra signature of `version` (none for most models); all load, or none."""
+    runtimes: dict[str, OnnxRuntime] = {}
+    try:
+        for name, file in extra_signatures(version).items():
+            runtimes[name] = OnnxRuntime(path, version, settings, file)
+    except BaseException:
+        for runtime in runtimes.values():
+            runtime.close()
+        raise
+    return runtimes
+
+
 class OnnxRuntime:
     can_batch = True
 
-    def __init__(self, path: Path, version: ModelVersion, settings: RuntimeSettings) -> None:
-        self._session = onnx_session(path / ONNX_FILE, settings)
+    def __init__(
+        self, path: Path, version: ModelVersion, settings: RuntimeSettings, file: str = ONNX_FILE
+    ) -> None:
+        self._session = onnx_session(path / file, settings)
         self.signature = onnx_signature(self._session)
         self._output_names = [o.name for o in self._session.get_outputs()]
         self._zipmap = {o.name for o in self._session.get_outputs() if _is_zipmap(o.type)}

@@ -54,7 +54,7 @@ _LOG_LINES_PER_S = 20
 _AUDIT_ENTRIES_PER_S = 5
 _INFER_PATH = re.compile(
     r"^/v2/models/(?P<v2>[^/]+)(?:(?:/versions/[^/]+)?/(?:infer|generate|generate_stream)|/feedback)$"
-    r"|^/v1/models/(?P<v1>[^/:]+)(?:/versions/[^/:]+)?:predict$"
+    r"|^/v1/models/(?P<v1>[^/:]+)(?:/versions/[^/:]+|/labels/[^/:]+)?:(?:predict|classify|regress)$"
 )
 # gRPC calls are checked by their method's path, as HTTP/2 carries it (serve/protocols/grpc_v2.py).
 GRPC_SERVICE = "inference.GRPCInferenceService"

@@ -97,6 +97,7 @@ class DataPlane:
         caller: str | None = None,
         trace: RequestTrace | None = None,
         sample: Sample | None = None,
+        signature: str | None = None,
     ) -> InferResult:
         """Run one request on a held version; `inputs` maps names to values (or rows).
 
@@ -105,7 +106,8 @@ class DataPlane:
         is the client's deadline (capped by the server's), else the version's `timeout_s`;
         `caller` is the caller's key id, for its rate limit; `trace` the request's, if traced;
         `sample`, if given, is filled in with the validated inputs and, by the batcher, the batch
-        the request ran in (for the prediction log).
+        the request ran in (for the prediction log). `signature` names one of a converted
+        TensorFlow SavedModel's extra signatures (None: the version's own).
         """
         record = served.version
         if served.engine is not None:
@@ -118,13 +120,20 @@ class DataPlane:
         policy = self._policies.get(served) or self._policy(served)
         admission = self._limits.admit(record.name, policy, caller)
         try:
-            arrays = coerce_inputs(record.signature, inputs)
+            spec, batcher = record.signature, served.batcher
+            if signature is not None:
+                extra = served.signatures.get(signature)
+                if extra is None:
+                    raise InvalidInputError(
+                        f"{record.ref} has no signature {signature[:100]!r}", field="signature_name"
+                    )
+                spec, batcher = extra.signature, extra.batcher
+            arrays = coerce_inputs(spec, inputs)
             if sample is not None:
                 sample.inputs = arrays
             rows = self._check_size(arrays)
-            if served.batcher is None:
+            if batcher is None:
                 raise RuntimeError(f"{record.ref} has no batcher")  # cannot happen once ready
-            batcher = served.batcher
             timeout = policy.timeout_s if timeout_s is None else min(timeout_s, self._settings.max_timeout_s)
             # Watching for a disconnect costs a task; it pays only for a request that will wait
             # behind at least one whole batch, which is also when abandoned work would pile up.

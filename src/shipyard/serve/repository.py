@@ -25,16 +25,26 @@ from shipyard.monitor import metrics
 from shipyard.monitor.resources import resident_bytes
 from shipyard.registry import Registry, signing
 from shipyard.runtimes import GenerationEngine, Runtime, is_generative, load_generator, load_runtime
+from shipyard.runtimes.onnx import extra_signatures, signature_runtimes
 from shipyard.serve.batching import Batcher
 from shipyard.serve.statistics import VersionStatistics
 from shipyard.settings import Settings
-from shipyard.types import ModelRef, ModelVersion
+from shipyard.types import ModelRef, ModelVersion, Signature
 
 if TYPE_CHECKING:
     from shipyard.monitor.tracing import Tracer
     from shipyard.monitor.windows import DriftMonitor
 
 log = logging.getLogger("shipyard.serve")
+
+
+@dataclass(frozen=True, slots=True)
+class SignatureServing:
+    """One extra signature of a served version: its inputs and outputs, runtime and batcher."""
+
+    signature: Signature
+    runtime: Runtime
+    batcher: Batcher
 
 
 @dataclass(eq=False)
@@ -52,6 +62,8 @@ class ServedVersion:
     rows: int = 0
     batches: int = 0
     statistics: VersionStatistics = field(default_factory=VersionStatistics)  # Triton's shape
+    # A converted TensorFlow SavedModel's signatures beyond the default: each its own graph and batcher.
+    signatures: dict[str, SignatureServing] = field(default_factory=dict)
 
     @property
     def ready(self) -> bool:
@@ -297,6 +309,26 @@ class ModelRepository:
             served.engine = built
             return self._ready(served, labels, started, memory_before)
         served.runtime = built
+        if extra_signatures(version):
+            try:
+                extras = await asyncio.to_thread(self._build_signatures, version, source)
+            except ShipyardError as exc:
+                await asyncio.to_thread(built.close)
+                served.state, served.reason = "failed", exc.message
+                log.error("cannot load %s: %s", version.ref, exc.message)
+                return served
+            for name, runtime in extras.items():
+                batcher = Batcher(
+                    runtime.predict,
+                    can_batch=runtime.can_batch,
+                    name=model.name,
+                    max_queue=self.settings.serve.max_queue,
+                    max_queue_wait_s=self.settings.serve.max_queue_wait_s,
+                    on_batch=_batch_observer(served, labels, None),
+                    **batch_options,
+                )
+                batcher.start()
+                served.signatures[name] = SignatureServing(runtime.signature, runtime, batcher)
         served.batcher = Batcher(
             served.runtime.predict,
             can_batch=served.runtime.can_batch,
@@ -332,6 +364,10 @@ class ModelRepository:
             registry.check_signature(version, self._required_key)
         path = registry.artifact_path(version)
         return load_runtime(version, path, self.settings.runtime)
+
+    def _build_signatures(self, version: ModelVersion, registry: Registry) -> dict[str, Runtime]:
+        """The runtimes of a version's extra signatures (its artifact was checked by the main load)."""
+        return dict(signature_runtimes(version, registry.artifact_path(version), self.settings.runtime))
 
     def _build_engine(self, version: ModelVersion, registry: Registry) -> GenerationEngine:
         if self._required_key is not None:
@@ -408,6 +444,9 @@ class ModelRepository:
             await served.batcher.close(self.settings.serve.grace_period_s)
         if served.runtime is not None:
             await asyncio.to_thread(served.runtime.close)
+        for extra in served.signatures.values():
+            await extra.batcher.close(self.settings.serve.grace_period_s)
+            await asyncio.to_thread(extra.runtime.close)
         if served.engine is not None:  # ends its running sequences with an error chunk
             await asyncio.to_thread(served.engine.close)
             labels = (model.name, str(served.version.version))

@@ -1,6 +1,6 @@
 """TFLite files through the registry and the server, on LiteRT.
 
-TensorFlow is not installed (and must not be): the models are real `.tflite` flatbuffers
+TensorFlow is not used (TFLite serving must not need it): the models are real `.tflite` flatbuffers
 written here with the `tflite` package's generated builders, so each test knows the exact
 weights and can check LiteRT's answers against numpy.
 """

@@ -207,3 +207,15 @@ def test_v1_integers_out_of_range_are_refused(http: httpx.Client, value: float) 
 def test_v1_floats_too_large_for_fp32_are_refused(http: httpx.Client) -> None:
     response = http.post("/v1/models/iris-onnx:predict", json={"instances": [[1e39, 3.5, 1.4, 0.2]]})
     assert_error(response, 400, "'X' has values outside the range of FP32")
+
+
+def test_v1_metadata_of_any_model_in_tf_serving_shape(http: httpx.Client) -> None:
+    """Every model answers TF Serving's metadata route, as one serving_default predict signature."""
+    body = http.get("/v1/models/iris-onnx/metadata").json()
+    assert body["model_spec"] == {"name": "iris-onnx", "signature_name": "", "version": "1"}
+    signature = body["metadata"]["signature_def"]["signature_def"]["serving_default"]
+    assert signature["method_name"] == "tensorflow/serving/predict"
+    x = signature["inputs"]["X"]
+    assert x["dtype"] == "DT_FLOAT" and x["name"] == "X"
+    assert [d["size"] for d in x["tensor_shape"]["dim"]] == ["-1", "4"]
+    assert_error(http.get("/v1/models/nope/metadata"), 404, "'nope'")

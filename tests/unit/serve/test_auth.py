@@ -245,6 +245,11 @@ def test_required_scopes_by_route() -> None:
     assert required_scope("GET", "/v2/health/live") is None
     assert required_scope("POST", "/v2/models/iris/versions/2/infer") == "infer:iris"
     assert required_scope("POST", "/v1/models/iris/versions/2:predict") == "infer:iris"
+    # TF Serving's other inference verbs, and a version named by its label (alias), infer too.
+    assert required_scope("POST", "/v1/models/iris:classify") == "infer:iris"
+    assert required_scope("POST", "/v1/models/iris/versions/2:regress") == "infer:iris"
+    assert required_scope("POST", "/v1/models/iris/labels/production:predict") == "infer:iris"
+    assert required_scope("GET", "/v1/models/iris/labels/production/metadata") == "read"
     assert required_scope("POST", "/v2/models/lm/generate") == "infer:lm"  # Triton's generate extension
     assert required_scope("POST", "/v2/models/lm/versions/1/generate_stream") == "infer:lm"
     assert required_scope("POST", "/v2/repository/models/iris/load") == "admin"

@@ -96,6 +96,9 @@ _SUMMARIES = {
     "/v2/models/{model}/quality": "Live accuracy, precision, recall, F1 (or MAE, RMSE) on feedback",
     "/v1/models/{model}": "Model status (TF Serving / KServe V1)",
     "/v1/models/{model}:predict": "Predict (TF Serving / KServe V1)",
+    "/v1/models/{model}/metadata": "Model metadata: every signature_def (TF Serving)",
+    "/v1/models/{model}:classify": "Classify JSON examples (TF Serving; SavedModel classify signatures)",
+    "/v1/models/{model}:regress": "Regress JSON examples (TF Serving; SavedModel regress signatures)",
     "/v1/models": "Served models: OpenAI's object and data, KServe V1's models (names)",
     "/v1/embeddings": "Embeddings (OpenAI-compatible)",
     "/ping": "Health (SageMaker)",
@@ -130,7 +133,7 @@ _ANY_JSON = {"type": "object"}
 
 def _route_operation(path: str, method: str) -> dict[str, Any]:
     """The operation of one route, described generically (its body is the model's business)."""
-    generic = path.replace("/versions/{version}", "")
+    generic = path.replace("/versions/{version}", "").replace("/labels/{label}", "")
     parameters = [
         {
             "name": name,
@@ -142,7 +145,8 @@ def _route_operation(path: str, method: str) -> dict[str, Any]:
     ]
     operation: dict[str, Any] = {
         "summary": _SUMMARIES.get(generic, f"{method} {path}")
-        + (", one version" if "{version}" in path else ""),
+        + (", one version" if "{version}" in path else "")
+        + (", the version an alias (label) names" if "{label}" in path else ""),
         "operationId": f"{method.lower()}_{_NOT_ID.sub('_', path).strip('_')}",
         "responses": {"200": {"description": "success"}, **_errors()},
     }
