@@ -5,7 +5,8 @@ INPUT0/INPUT1, outputs OUTPUT0 = sum, OUTPUT1 = difference) into a temporary reg
 from one `shipyard serve --workers 1` with HTTP and gRPC ports, then in alternating rounds runs
 `perf_analyzer -i http` and `-i grpc` (the binary scripts/install-perf-analyzer.sh puts in
 .perf_analyzer/, installed on first use) at each concurrency, and serve.py's own wrk load (V1 JSON,
-iris) once a round. `ceiling` is perf_analyzer -i grpc against a bare grpc.aio server answering
+iris) once a round. `grpc-stream` is `-i grpc --streaming` (ModelStreamInfer, one stream per
+client); `ceiling` is perf_analyzer -i grpc against a bare grpc.aio server answering
 `simple` with fixed bytes (benchmarks/_fixed_grpc.py): what grpcio and perf_analyzer's gRPC client
 allow on this host. Each point: inferences/s, p50/p90/p99 latency and the server's CPU per
 inference. What it measures, its goal and the last figures: benchmarks/README.md.
@@ -43,8 +44,11 @@ from serve import LUA, MODEL_NAME, build_model
 ROOT = Path(__file__).resolve().parent.parent
 SIMPLE = "simple"
 PROTOCOLS = ("http", "grpc")
+STREAM = "grpc-stream"  # perf_analyzer -i grpc --streaming: ModelStreamInfer, one stream per client
 CEILING = "ceiling"  # perf_analyzer -i grpc against _fixed_grpc.py
-GOAL_GRPC_RATIO = 0.8  # gRPC's inferences/s at least this share of HTTP's at the top concurrency
+GOAL_GRPC_RATIO = (
+    0.8  # gRPC's inferences/s (unary and streaming) at least this share of HTTP's at the top concurrency
+)
 GRPC_READY_S = 30.0
 
 
@@ -123,6 +127,18 @@ def wait_grpc(server: Server, port: int) -> None:
 
 
 @dataclass
+class Target:
+    """What perf_analyzer loads: `label` (http, grpc, grpc-stream or ceiling) over `protocol` at
+    `url`, with perf_analyzer's `flags`; `pid` the process whose CPU is read."""
+
+    label: str
+    protocol: str
+    url: str
+    pid: int
+    flags: tuple[str, ...] = ()
+
+
+@dataclass
 class Point:
     """One perf_analyzer run: its client's figures and what the server used meanwhile."""
 
@@ -154,12 +170,14 @@ class Point:
 
 
 def run_perf_analyzer(
-    pa: str, model: str, protocol: str, url: str, concurrency: int, window_ms: int, pid: int, folder: Path
+    pa: str, model: str, target: Target, concurrency: int, window_ms: int, folder: Path
 ) -> Point:
     """Three measurement windows at one concurrency, their figures averaged by perf_analyzer."""
     report = folder / "perf_analyzer.csv"
     report.unlink(missing_ok=True)
-    cmd = [pa, "-m", model, "-i", protocol, "-u", url, "--concurrency-range", str(concurrency)]
+    protocol, pid = target.protocol, target.pid
+    cmd = [pa, "-m", model, "-i", protocol, "-u", target.url, *target.flags]
+    cmd += ["--concurrency-range", str(concurrency)]
     # -s 999 takes the first three windows as stable: the rounds, not perf_analyzer, handle drift.
     cmd += ["-p", str(window_ms), "-r", "3", "-s", "999", "-f", str(report)]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -171,9 +189,8 @@ def run_perf_analyzer(
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     output = done.stdout + done.stderr
     if done.returncode != 0 or not report.exists():
-        raise RuntimeError(
-            f"perf_analyzer -i {protocol} -m {model} failed ({done.returncode}):\n{output[-2000:]}"
-        )
+        what = f"perf_analyzer -i {protocol} {' '.join(target.flags)} -m {model}"
+        raise RuntimeError(f"{what} failed ({done.returncode}):\n{output[-2000:]}")
     row = next(csv.DictReader(report.open()))
     count = re.search(r"Client:\s+Request count: (\d+)", output)
     return Point(
@@ -189,7 +206,7 @@ def run_perf_analyzer(
     )
 
 
-Key = tuple[str, str, int]  # (model, target: http, grpc or ceiling, concurrency)
+Key = tuple[str, str, int]  # (model, target's label, concurrency)
 
 
 def median_point(points: list[Point]) -> tuple[float, float, float, float, float]:
@@ -205,17 +222,6 @@ def median_point(points: list[Point]) -> tuple[float, float, float, float, float
         med([p.p99 for p in points]),
         med([p.cpu_us for p in points]),
     )
-
-
-@dataclass
-class Target:
-    """What perf_analyzer loads: `label` (http, grpc or ceiling) over `protocol` at `url`; `pid`
-    the process whose CPU is read."""
-
-    label: str
-    protocol: str
-    url: str
-    pid: int
 
 
 def parse_args() -> argparse.Namespace:
@@ -255,16 +261,14 @@ def measure(
     wrk_rounds: list[WrkResult] = []
     for model, mine in targets.items():  # warm-up
         for t in mine:
-            run_perf_analyzer(pa, model, t.protocol, t.url, max(args.concurrencies), 500, t.pid, folder)
+            run_perf_analyzer(pa, model, t, max(args.concurrencies), 500, folder)
     if wrk:
         run_wrk(*wrk, args.warmup, args.connections, args.threads)
     for number in range(args.rounds):
         for model, mine in targets.items():
             for concurrency in args.concurrencies:
                 for t in mine if number % 2 == 0 else mine[::-1]:
-                    point = run_perf_analyzer(
-                        pa, model, t.protocol, t.url, concurrency, args.window_ms, t.pid, folder
-                    )
+                    point = run_perf_analyzer(pa, model, t, concurrency, args.window_ms, folder)
                     points.setdefault((model, t.label, concurrency), []).append(point)
                     log(
                         f"round {number + 1}: {model} {t.label} c={concurrency}: {point.ips:,.0f}/s "
@@ -299,6 +303,7 @@ def main() -> int:
                 model: [
                     Target("http", "http", f"{HOST}:{server.port}", pid),
                     Target("grpc", "grpc", f"{HOST}:{grpc_port}", pid),
+                    Target(STREAM, "grpc", f"{HOST}:{grpc_port}", pid, ("--streaming",)),
                 ]
                 for model in args.models
             }
@@ -325,7 +330,7 @@ def summary(points: dict[Key, list[Point]], wrk_rounds: list[WrkResult], args: a
     top = max(concurrencies)
     parts, ratios = [], {}
     for model in models:
-        labels = [label for label in (*PROTOCOLS, CEILING) if (model, label, top) in points]
+        labels = [label for label in (*PROTOCOLS, STREAM, CEILING) if (model, label, top) in points]
         for label in labels:
             figures = []
             for c in concurrencies:
@@ -338,8 +343,8 @@ def summary(points: dict[Key, list[Point]], wrk_rounds: list[WrkResult], args: a
             mine = [p.ips for p in points[(model, label, top)]]
             low, high = middle_half(mine, http)
             ratio = paired_ratio(mine, http)
-            if label == "grpc":
-                ratios[model] = ratio
+            if label in ("grpc", STREAM):
+                ratios[f"{model} {label}"] = ratio
             parts.append(f"{model} {label}/http at c{top} {ratio:.2f}x (rounds {low:.2f}-{high:.2f})")
     if wrk_rounds:
         w = WrkResult.merge(wrk_rounds)
@@ -348,8 +353,8 @@ def summary(points: dict[Key, list[Point]], wrk_rounds: list[WrkResult], args: a
             f"p50 {w.percentiles[50]:.1f}ms p99 {w.percentiles[99]:.1f}ms errors {w.errors}"
         )
     checks = " ".join(
-        f"{model} grpc>={GOAL_GRPC_RATIO}x http at c{top} {'ok' if r >= GOAL_GRPC_RATIO else 'MISS'}"
-        for model, r in ratios.items()
+        f"{name}>={GOAL_GRPC_RATIO}x http at c{top} {'ok' if r >= GOAL_GRPC_RATIO else 'MISS'}"
+        for name, r in ratios.items()
     )
     noisy = max(p.other_cores for runs in points.values() for p in runs)
     return (
