@@ -301,7 +301,7 @@ def _rows_of(array: np.ndarray, starts: list[int], count: int, whole: bool) -> n
 
 
 _NAMES_IN, _VALUES_IN, _NAMES_OUT, _VALUES_OUT, _WHOLE = (itemgetter(i) for i in (0, 1, 2, 3, 6))
-_DTYPE, _SHAPE, _TAIL = attrgetter("dtype"), attrgetter("shape"), itemgetter(slice(1, None))
+_KIND = attrgetter("dtype", "shape")
 
 
 def encode_batched(
@@ -401,10 +401,10 @@ def _common_layout(
     """Each array's (name, shape beyond the rows, dtype name) if every batch agrees, else None."""
     layout = []
     for position, name in enumerate(names):
-        column = list(map(itemgetter(position), arrays))
-        dtypes = set(map(_DTYPE, column))
-        tails = set(map(_TAIL, map(_SHAPE, column)))  # in C
-        if len(dtypes) != 1 or len(tails) != 1 or column[0].ndim == 0:
+        kinds = set(map(_KIND, map(itemgetter(position), arrays)))  # in C; one per batch size
+        dtypes = {dtype for dtype, _ in kinds}
+        tails = {shape[1:] for _, shape in kinds}
+        if len(dtypes) != 1 or len(tails) != 1 or any(not shape for _, shape in kinds):
             return None
         (dtype,), (tail,) = dtypes, tails
         layout.append((name, tail, dtype_name(dtype)))
