@@ -217,7 +217,6 @@ def pieces(directory: Path) -> dict[str, float]:
         writer._rans.extend(rans)  # the batches the entries name by number, as `record` queued them
         writer._window.clear()
         writer._window_first = 0
-        writer._flushing = True  # encode every entry and write them now, as a flush does
         writer._drain()
 
     # CPU time, not the clock: the writer pauses between chunks (for the event loop), which costs

@@ -1,9 +1,8 @@
 """Recording the prediction log without slowing requests: sample, queue, write in a thread.
 
 The request path draws one random number and appends to a bounded deque (no lock; a wake-up
-only when it is half full); a writer thread looks every 20 ms and encodes each 256 entries into a
-chunk as they arrive (describing and serializing them while they are fresh in the CPU's caches),
-and writes the chunks to this process's segment once a second. An entry refers to its rows of
+only when it is half full); a writer thread drains it every second into this process's segment,
+describing and serializing the entries there, up to 256 at a time. An entry refers to its rows of
 the batch its request ran in (prediction_chunks.Ran), which all that batch's entries share, rather
 than holding its own arrays. When the queue is full, or
 the disk refuses a write, entries are dropped and counted in
@@ -44,19 +43,15 @@ from shipyard.settings import PredictionLogSettings, Settings
 
 log = logging.getLogger("shipyard.predictions")
 
-# The writer writes every second: larger transactions cost less CPU per entry (measured: about
-# half of what 0.2 s rounds cost); it encodes each chunk of 256 entries as soon as it is queued.
+# The writer wakes every second, or once the queue is half full: larger batches cost less CPU
+# per entry (measured: about half of what 0.2 s rounds cost).
 _INTERVAL_S = 1.0
-_CHUNK = 256  # entries per chunk (one row)
+_CHUNK = 256  # entries per transaction
 # Between chunks the writer sleeps a moment, which releases the GIL: a second's entries are tens of
 # milliseconds of Python, and drained in one go (the interpreter takes the GIL from a thread only
 # every 5 ms) they stall the event loop long enough to double the p99 of a busy server; with the
 # pauses, the p99 added was about half (benchmarks/monitoring_cost.py, targets `off,log`).
 _PAUSE_S = 0.001
-# The writer looks for whole chunks every 20 ms (about 200 entries at 10,000 requests a second), so
-# it encodes them within tens of milliseconds of their requests, while their data are still in the
-# CPU's caches.
-_POLL_S = 0.02
 _WARN_EVERY_S = 60.0
 _RETENTION_EVERY_S = 60.0
 _MAX_HELD_BYTES = 64 << 20  # arrays queued entries keep alive; past it, entries are summarized at once
@@ -111,15 +106,7 @@ class PredictionRecorder:
         self._window: list[RanParts] = []
         self._window_first = 0
         self._queue_size = settings.queue_size
-        # The writer wakes for every chunk's worth of entries (a small queue: every half of it).
-        self._chunk_size = max(1, min(_CHUNK, settings.queue_size // 2))
         self._wake_at = settings.queue_size // 2
-        self._poll_s = _POLL_S
-        self._encoded: list[Chunk] = []  # chunks encoded, waiting for the next write
-        self._encoded_models: Counter[str] = Counter()
-        self._encoded_count = 0
-        self._written_at = time.monotonic()
-        self._flushing = False
         self._held_in = 0  # bytes of arrays ever queued (request path) ...
         self._held_out = 0  # ... and ever released by the writer: the difference is held now
         self._appended = 0  # entries ever queued; `flush` waits for the writer to reach it
@@ -221,14 +208,13 @@ class PredictionRecorder:
                 described,
             )
         )
-        if depth == self._wake_at:  # the writer looks every _POLL_S: this only on a sudden burst
+        if depth == self._wake_at:
             self._wake.set()
 
     def flush(self, timeout_s: float = 10.0) -> bool:
         """Wait until every entry queued so far is written or dropped; False on timeout."""
         target = self._appended
         with self._progress:
-            self._flushing = True
             self._wake.set()
             return self._progress.wait_for(lambda: self._handled >= target, timeout_s)
 
@@ -247,19 +233,11 @@ class PredictionRecorder:
     def _run(self) -> None:
         try:
             while True:
-                self._wake.wait(
-                    min(self._poll_s, max(0.0, self._written_at + _INTERVAL_S - time.monotonic()))
-                )
+                self._wake.wait(_INTERVAL_S)
                 self._wake.clear()
-                # Polled, where the request path could wake the writer for each chunk: that wake-up
-                # (a lock released, a thread scheduled) cost the event loop about 1% of its time
-                # (py-spy). While no whole chunk comes, the writer looks less and less often.
-                self._poll_s = (
-                    _POLL_S if len(self._queue) >= self._chunk_size else min(self._poll_s * 2, _INTERVAL_S)
-                )
                 self._drain()
                 self._warn()
-                if self._closing and not self._queue and not self._encoded_count:
+                if self._closing and not self._queue:
                     break
                 if self._current is not None and time.monotonic() - self._trimmed_at > _RETENTION_EVERY_S:
                     self._trim()
@@ -267,49 +245,38 @@ class PredictionRecorder:
             self._close_segment()
 
     def _drain(self) -> None:
-        """Encode each whole chunk queued (256 entries), and once a second (or when flushed or
-        closing) what is left too, then write every encoded chunk in one transaction.
-
-        A chunk is encoded as soon as its entries are queued (the request path wakes the writer
-        for each), while they are still in the CPU's caches: drained once a second, ten thousand
-        entries had gone cold, and walking them cost the writer about four times its CPU timed
-        alone, and evicted the event loop's own data. Every call that releases the GIL (a commit, a
-        stat) costs the event loop a switch, so writes stay once a second; between chunks the
-        writer pauses, so that it never holds the GIL for long."""
+        """Write everything queued now in one transaction: every call that releases the GIL
+        (a commit, a stat) costs the event loop a switch, so the writer makes few of them (one
+        pause per chunk of 256 entries, so that it never holds the GIL for long). Each chunk's
+        entries are let go before the pause: freeing a whole drain's entries (ten thousand on a
+        busy server, with their batches' arrays) at once held the GIL for milliseconds."""
         queue = self._queue
-        due = self._flushing or self._closing or time.monotonic() - self._written_at >= _INTERVAL_S
-        self._flushing = False
-        size = self._chunk_size
-        encoded = 0
-        while len(queue) >= size or (due and queue):
-            if encoded:
+        left = len(queue)
+        if not left:
+            return
+        chunks: list[Chunk] = []
+        models: Counter[str] = Counter()
+        handled = held = 0
+        while left:
+            if handled:
                 time.sleep(_PAUSE_S)  # the event loop runs meanwhile: see _PAUSE_S
-            count = min(len(queue), _CHUNK)
+            count = min(left, _CHUNK)
             batch = list(starmap(queue.popleft, repeat((), count)))  # in C: no Python per entry
+            left -= count
             chunk = self._chunk(batch)
             if chunk is not None:
-                self._encoded.append(chunk)
-            self._encoded_models.update(map(_MODEL, batch))  # counted in C, for a write that fails
-            self._encoded_count += count
-            self._held_out += sum(map(HELD, batch))  # its arrays are let go now
-            encoded += 1
-            del batch
-        if due:
-            self._write()
-
-    def _write(self) -> None:
-        """Every chunk encoded so far, in one transaction."""
-        self._written_at = time.monotonic()
-        chunks, self._encoded = self._encoded, []
-        models, self._encoded_models = self._encoded_models, Counter()
-        handled, self._encoded_count = self._encoded_count, 0
-        if chunks:
-            try:
-                self._segment().append(chunks)
-            except (sqlite3.Error, OSError) as exc:
-                self._close_segment(seal=False)  # the next batch starts over: a new segment
-                self._failed(models, exc)
+                chunks.append(chunk)
+            models.update(map(_MODEL, batch))  # counted in C, for a transaction that fails
+            held += sum(map(HELD, batch))
+            handled += count
+            del batch  # let go of the entries (and their batches) now, not all at the end
+        try:
+            self._segment().append(chunks)
+        except (sqlite3.Error, OSError) as exc:
+            self._close_segment(seal=False)  # the next batch starts over: a new segment
+            self._failed(models, exc)
         with self._progress:
+            self._held_out += held
             self._handled += handled
             self._progress.notify_all()
 
