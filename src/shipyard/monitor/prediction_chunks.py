@@ -4,9 +4,10 @@ The writer thread runs on the same interpreter as the request path, so every mic
 spends per entry is taken from serving (the GIL). A chunk is therefore columnar: the entries'
 scalar fields as one list each (made by one `zip`, in C), and their inputs and outputs grouped by
 layout (each tensor's name, shape and dtype): a group stores its layout once, and the values of
-each small output stacked into one array that orjson writes in C. Per entry, Python only works
-out the layout key; an entry-per-array format cost about four times as much CPU (measured with
-benchmarks/prediction_log.py).
+each small output stacked into one array that orjson writes in C. `encode` works per run of a
+batch's entries; `encode_batched`, for the usual chunk (every entry ran in a batch, every batch of
+one layout), per chunk. An entry-per-array format cost about four times as much CPU (measured
+with benchmarks/prediction_log.py).
 
     {"id": [...], "time": [...], "model": [...], "version": [...], "protocol": [...],
      "status": [...], "latency_ms": [...],
