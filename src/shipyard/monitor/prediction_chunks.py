@@ -319,9 +319,9 @@ def encode_batched(
     per chunk, not per batch (a batch of four requests cost the general path about 1.5 µs per
     entry). The same JSON as `encode`; None when the chunk is not of that kind (use `encode`).
     Raises TypeError if a value cannot be written."""
-    lo, hi = keys[0] - first, keys[-1] - first + 1  # keys only grow along the queue
-    if lo < 0:
+    if min(keys) < first:  # an entry with no batch (-1), or a batch no longer in the window
         return None
+    lo, hi = keys[0] - first, keys[-1] - first + 1  # keys only grow along the queue
     parts = window[lo:hi]
     if any(map(_WHOLE, parts)):
         return None

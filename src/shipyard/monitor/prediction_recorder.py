@@ -290,7 +290,7 @@ class PredictionRecorder:
         if first + len(window) <= last:  # `record` queued each batch before its entries
             window.extend(starmap(self._rans.popleft, repeat((), last + 1 - first - len(window))))
         blob = None
-        if keys[0] >= 0 and not any(map(_MADE, batch)):
+        if min(keys) >= 0 and not any(map(_MADE, batch)):  # every entry ran in a batch
             with contextlib.suppress(TypeError):  # a value JSON cannot hold: entry by entry below
                 blob = encode_batched(batch, keys, window, first, self._settings.max_payload_bytes)
         written: Sequence[Pending] = batch

@@ -147,6 +147,15 @@ def test_the_vectorised_path_declines_batches_of_different_layouts() -> None:
     assert encode_batched(queued, keys, window, 0, 100) is None
 
 
+def test_the_vectorised_path_declines_an_entry_that_ran_in_no_batch() -> None:
+    ran = Ran(*iris(2), 2)
+    row = (1e9, "a", "m", 2, "v2", 200, 0.0015)
+    batch: list[Pending] = [(*row, ran, 0, 1, False, 0, None), (*row, ran, 1, 1, False, 0, None)]
+    queued, _, window = by_number(batch, first=3)
+    queued.insert(1, (*row, -1, 0, 0, False, 0, None))  # refused before its batch, between them
+    assert encode_batched(queued, [3, -1, 3], window, 3, 100) is None
+
+
 def test_an_entry_described_on_the_request_path_keeps_its_description() -> None:
     inputs, outputs = iris(1, first=5)
     made = describe(inputs, outputs, left_out=1234)
