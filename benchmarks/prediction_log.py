@@ -203,14 +203,33 @@ def pieces(directory: Path) -> dict[str, float]:
         out[name] = best
         log(f"{name}: {best:.0f} ns")
     # The writer thread's work per entry: a drain of 1,000 queued entries, described, serialized
-    # and appended in one transaction (about what it finds every 0.2 s at 5,000 requests/s).
-    writer = PredictionRecorder(PredictionLogSettings(), directory / "writer")
+    # and appended in one transaction (about what it finds every 0.2 s at 5,000 requests/s), from
+    # batches of 20 requests (a busy server) and of 4 (a lighter load: more batches per chunk).
+    for size in (20, 4):
+        best = writer_per_entry(directory / f"writer-{size}", sample, size)
+        name = "writer, per entry" if size == 20 else f"writer, per entry (batches of {size})"
+        out[name] = best
+        log(f"{name}: {best:.0f} ns")
+    return out
+
+
+def writer_per_entry(directory: Path, sample: Any, size: int) -> float:
+    """Nanoseconds of the writer thread's CPU per entry, for entries from batches of `size`."""
+    from shipyard.monitor.prediction_chunks import Ran
+    from shipyard.monitor.prediction_recorder import PredictionRecorder
+    from shipyard.settings import PredictionLogSettings
+
+    writer = PredictionRecorder(PredictionLogSettings(), directory)
+    inputs = {name: array[:size] for name, array in sample.ran.inputs.items()}
+    outputs = {name: array[:size] for name, array in sample.ran.outputs.items()}
     for number in range(1000):
-        if number % 20 == 0:  # a batch of 20 requests, as on a busy server
-            shared = Ran(shared.inputs, shared.outputs, 20)
-        sample.ran, sample.offset = shared, number % 20
+        if number % size == 0:  # a new batch of `size` single-row requests
+            shared = Ran(inputs, outputs, size)
+        sample.ran, sample.offset = shared, number % size
         writer.record(f"{number:016x}-{number:x}", MODEL, 1, "v1", 200, 0.001, sample)
     batch, rans = list(writer._queue), list(writer._rans)
+    writer._queue.clear()
+    writer._rans.clear()
 
     def drain() -> None:
         writer._queue.extend(batch)
@@ -225,9 +244,7 @@ def pieces(directory: Path) -> dict[str, float]:
         min(timeit.Timer(drain, timer=time.thread_time).repeat(number=10, repeat=5)) / 10 / len(batch) * 1e9
     )
     writer._close_segment()
-    out["writer, per entry"] = best
-    log(f"writer, per entry: {best:.0f} ns")
-    return out
+    return best
 
 
 def main() -> None:

@@ -12,12 +12,14 @@ request never waits for the log and never fails because of it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import sqlite3
 import threading
 import time
 from collections import Counter, deque
+from collections.abc import Sequence
 from itertools import repeat, starmap
 from operator import itemgetter
 from pathlib import Path
@@ -27,7 +29,15 @@ import numpy as np
 import orjson
 
 from shipyard.monitor import metrics
-from shipyard.monitor.prediction_chunks import HELD, Pending, Ran, RanParts, describe, encode_each
+from shipyard.monitor.prediction_chunks import (
+    HELD,
+    Pending,
+    Ran,
+    RanParts,
+    describe,
+    encode_batched,
+    encode_each,
+)
 from shipyard.monitor.predictions import Chunk, Segment, enforce_retention, segment_bytes, segment_name
 from shipyard.settings import PredictionLogSettings, Settings
 
@@ -46,7 +56,7 @@ _WARN_EVERY_S = 60.0
 _RETENTION_EVERY_S = 60.0
 _MAX_HELD_BYTES = 64 << 20  # arrays queued entries keep alive; past it, entries are summarized at once
 QUEUE_FULL, WRITE_FAILED = "queue_full", "write_failed"
-_ID, _MODEL, _KEY = itemgetter(1), itemgetter(2), itemgetter(7)
+_ID, _MODEL, _KEY, _MADE = itemgetter(1), itemgetter(2), itemgetter(7), itemgetter(12)
 _WHY = {
     QUEUE_FULL: "the queue was full: the writer fell behind (lower prediction_log.sample_rate)",
     WRITE_FAILED: "the prediction log could not be written",
@@ -93,7 +103,7 @@ class PredictionRecorder:
         self._rans: deque[RanParts] = deque()
         self._ran_count = 0
         self._last_ran: Ran | None = None
-        self._window: list[Ran] = []
+        self._window: list[RanParts] = []
         self._window_first = 0
         self._queue_size = settings.queue_size
         self._wake_at = settings.queue_size // 2
@@ -270,30 +280,34 @@ class PredictionRecorder:
             self._handled += handled
             self._progress.notify_all()
 
-    def _batches(self, batch: list[Pending]) -> list[Ran | None]:
-        """Each entry's batch (None for -1), from the numbers `record` gave them."""
+    def _chunk(self, batch: list[Pending]) -> Chunk | None:
+        """Up to 256 entries as one row (see prediction_chunks.py), vectorised when every entry ran
+        in a batch of one layout (`encode_batched`); an entry with a value JSON cannot hold is
+        dropped alone."""
         keys = list(map(_KEY, batch))
         last = max(keys)
         window, first = self._window, self._window_first
-        while first + len(window) <= last:  # `record` queued each batch before its entries
-            window.append(Ran.restore(self._rans.popleft()))
-        table: dict[int, Ran | None] = dict(zip(range(first, first + len(window)), window, strict=True))
-        table[-1] = None
-        rans = list(map(table.__getitem__, keys))
+        if first + len(window) <= last:  # `record` queued each batch before its entries
+            window.extend(starmap(self._rans.popleft, repeat((), last + 1 - first - len(window))))
+        blob = None
+        if min(keys) >= 0 and not any(map(_MADE, batch)):  # every entry ran in a batch
+            with contextlib.suppress(TypeError):  # a value JSON cannot hold: entry by entry below
+                blob = encode_batched(batch, keys, window, first, self._settings.max_payload_bytes)
+        written: Sequence[Pending] = batch
+        if blob is None:
+            restored: dict[int, Ran | None] = {
+                key: Ran.restore(window[key - first]) for key in set(keys) if key >= 0
+            }
+            restored[-1] = None
+            rans = list(map(restored.__getitem__, keys))
+            written, blob = encode_each(batch, self._settings.max_payload_bytes, self._failed_one, rans)
+            del rans, restored
         if last > first:  # later entries name this chunk's last batch or later ones
             del window[: last - first]
             self._window_first = last
-        return rans
-
-    def _chunk(self, batch: list[Pending]) -> Chunk | None:
-        """Up to 256 entries as one row (see prediction_chunks.py); an entry with a value JSON
-        cannot hold is dropped alone."""
-        rans = self._batches(batch)
-        written, entries = encode_each(batch, self._settings.max_payload_bytes, self._failed_one, rans)
-        del rans
-        if entries is None:
+        if blob is None:
             return None
-        return written[0][0], written[-1][0], orjson.dumps(list(map(_ID, written))), entries
+        return written[0][0], written[-1][0], orjson.dumps(list(map(_ID, written))), blob
 
     def _failed_one(self, pending: Pending, exc: Exception) -> None:
         self._failed(Counter([pending[2]]), exc)

@@ -8,7 +8,15 @@ import numpy as np
 import orjson
 import pytest
 
-from shipyard.monitor.prediction_chunks import Pending, Ran, decode, describe, encode, encode_each
+from shipyard.monitor.prediction_chunks import (
+    Pending,
+    Ran,
+    decode,
+    describe,
+    encode,
+    encode_batched,
+    encode_each,
+)
 
 
 def pending(
@@ -89,6 +97,63 @@ def test_entries_sharing_a_batch_come_back_with_their_own_rows() -> None:
     assert payload["inputs"]["X"] == inputs["X"][1:4].tolist()
     assert payload["outputs"]["label"] == [11, 12, 13]
     assert entries["b"][10] == 0
+
+
+def by_number(batch: list[Pending], first: int = 7) -> tuple[list[Pending], list[int], list[Any]]:
+    """`batch` as the recorder queues it: each entry naming its batch by a number that grows
+    along the queue (a batch seen again after another gets a new one), the batches in a window."""
+    window: list[Any] = []
+    keys: list[int] = []
+    last = None
+    for entry in batch:
+        if entry[7] is not last:
+            last = entry[7]
+            window.append(last.parts())  # type: ignore[union-attr]
+        keys.append(first + len(window) - 1)
+    queued = [(*e[:7], key, *e[8:]) for e, key in zip(batch, keys, strict=True)]
+    return queued, keys, window  # type: ignore[return-value]
+
+
+def test_the_vectorised_path_writes_what_the_general_one_does() -> None:
+    def small(rows: int, first: int) -> Ran:  # outputs small enough to keep their values
+        inputs, outputs = iris(rows, first)
+        scores = np.arange(first, first + rows * 2, dtype=np.float32).reshape(rows, 2)
+        return Ran(inputs, {"label": outputs["label"], "scores": scores}, rows)
+
+    ran, other = small(6, first=10), small(2, first=50)  # ran: requests of 1, 3, 1 and 1 rows
+
+    def row(request_id: str, at: Ran, offset: int, rows: int, payload: bool = False) -> Pending:
+        return (1e9, request_id, "m", 2, "v2", 200, 0.0015, at, offset, rows, payload, at.held(rows), None)
+
+    batch = [
+        row("a", ran, 0, 1),
+        row("x", other, 1, 1, True),
+        row("c", ran, 4, 1),
+        row("b", ran, 1, 3, True),
+        row("d", ran, 5, 1),
+    ]
+    queued, keys, window = by_number(batch)
+    fast = encode_batched(queued, keys, window, 7, max_payload_bytes=40)  # b's payload over it
+    assert fast is not None
+    assert decode(fast) == decode(encode(batch, max_payload_bytes=40))
+    assert [e[0] for e in decode(fast)] == ["a", "x", "c", "b", "d"]
+
+
+def test_the_vectorised_path_declines_batches_of_different_layouts() -> None:
+    one, two = Ran(*iris(1), 1), Ran({"X": np.zeros((1, 5), np.float32)}, iris(1)[1], 1)
+    row = (1e9, "a", "m", 2, "v2", 200, 0.0015)
+    batch: list[Pending] = [(*row, one, 0, 1, False, 0, None), (*row, two, 0, 1, False, 0, None)]
+    queued, keys, window = by_number(batch, first=0)
+    assert encode_batched(queued, keys, window, 0, 100) is None
+
+
+def test_the_vectorised_path_declines_an_entry_that_ran_in_no_batch() -> None:
+    ran = Ran(*iris(2), 2)
+    row = (1e9, "a", "m", 2, "v2", 200, 0.0015)
+    batch: list[Pending] = [(*row, ran, 0, 1, False, 0, None), (*row, ran, 1, 1, False, 0, None)]
+    queued, _, window = by_number(batch, first=3)
+    queued.insert(1, (*row, -1, 0, 0, False, 0, None))  # refused before its batch, between them
+    assert encode_batched(queued, [3, -1, 3], window, 3, 100) is None
 
 
 def test_an_entry_described_on_the_request_path_keeps_its_description() -> None:

@@ -18,6 +18,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from shipyard.errors import InvalidInputError
+from shipyard.monitor.prediction_chunks import Ran
 from shipyard.monitor.prediction_recorder import PredictionRecorder, Sample
 from shipyard.monitor.predictions import PredictionStore, list_segments, segment_bytes
 from shipyard.settings import PredictionLogSettings, Settings
@@ -91,6 +92,33 @@ def test_an_entry_has_the_request_its_summary_and_no_payload_by_default(
     }
     assert entry.payload is None
     assert entry.to_dict()["time"].endswith("+00:00")
+
+
+def test_requests_of_shared_batches_get_their_own_rows(
+    tmp_path: Path, recorders: list[PredictionRecorder]
+) -> None:
+    """Each request's rows of the batch it ran in: a chunk of batched requests only (encoded
+    vectorised), then one with a request refused before any batch (encoded run by run)."""
+    recorder = make(recorders, tmp_path)
+    for first in (0, 10):  # batches of three requests (1, 2 and 1 rows), as the batcher notes them
+        whole = sample(rows=4)
+        whole.outputs = {"label": np.arange(first, first + 4, dtype=np.int64)}
+        ran = Ran(whole.inputs, whole.outputs, 4)
+        if first:
+            recorder.record("refused", "iris", 1, "v1", 400, 0.001, Sample())
+        for number, (offset, rows) in enumerate([(0, 1), (1, 2), (3, 1)]):
+            noted = Sample()
+            noted.ran, noted.offset, noted.rows = ran, offset, rows
+            recorder.record(f"b{first}-{number}", "iris", 1, "v1", 200, 0.001, noted)
+        assert recorder.flush(FLUSH_S)
+    entries = {e.request_id: e for e in PredictionStore(tmp_path).read("iris")}
+    labels = {rid: e.summary["outputs"]["label"]["values"] for rid, e in entries.items() if rid != "refused"}
+    assert labels == {
+        "b0-0": [0], "b0-1": [1, 2], "b0-2": [3], "b10-0": [10], "b10-1": [11, 12], "b10-2": [13]
+    }  # fmt: skip
+    assert entries["b0-1"].summary["inputs"] == {"X": {"shape": [2, 4], "dtype": "float32"}}
+    assert entries["b10-1"].summary["inputs"] == {"X": {"shape": [2, 4], "dtype": "float32"}}
+    assert entries["refused"].status == 400
 
 
 def test_payloads_are_kept_at_their_rate_and_left_out_when_large(
