@@ -6,12 +6,13 @@ segments. SQLite (in the standard library, no server) gives transactional append
 mode, `shipyard logs` reading while the servers write.
 
 A segment holds chunks: each batch the writer drains (up to 256 entries) is one row, its entries
-one columnar JSON document (prediction_chunks.py). A row per entry with an index on its request id
-cost about 3x more CPU per request (measured: SQLite's per-row work and random inserts into the
-index), which a server logging every request pays on its request-serving core. The request id
-index is built in bulk when a segment is closed (`Segment.seal`); until then, a lookup scans the
-segment's chunks' id lists (tens of milliseconds for 50,000 entries). Late feedback is joined to
-its prediction by that id: see `PredictionStore.lookup`.
+one columnar document (prediction_chunks.py: a JSON header and raw numeric arrays). A row per entry
+with an index on its request id cost about 3x more CPU per request (measured: SQLite's per-row work
+and random inserts into the index), which a server logging every request pays on its
+request-serving core. The request id index is built in bulk when a segment is closed
+(`Segment.seal`); until then, a lookup scans the segment's chunks' id lists (tens of milliseconds
+for 50,000 entries). Late feedback is joined to its prediction by that id: see
+`PredictionStore.lookup`.
 
 A writer starts a new segment once its current one passes a sixteenth of `max_bytes` or an eighth
 of `max_age_s` (at most a day), so retention deletes whole files, oldest first, and never has to
@@ -50,7 +51,7 @@ CREATE TABLE IF NOT EXISTS chunks (
     entries BLOB NOT NULL
 );
 """
-# A chunk's `entries`: its entries' JSON, in the format of prediction_chunks.py.
+# A chunk's `entries`: its entries, in the format of prediction_chunks.py.
 _SEAL = """
 BEGIN;
 CREATE TABLE ids (request_id TEXT NOT NULL, chunk INTEGER NOT NULL);
@@ -59,7 +60,7 @@ CREATE INDEX ids_request_id ON ids (request_id);
 COMMIT;
 """
 # A chunk as the writer hands it over: its first and last entry's time, the entries' request ids
-# and the entries themselves, as JSON arrays.
+# (a JSON array, which SQLite's json_each reads) and the entries themselves (prediction_chunks.py).
 Chunk = tuple[float, float, bytes, bytes]
 _LOOKUP_CHUNK = 500  # ids per query: under SQLite's oldest limit on bound variables (999)
 _CLOCK_SLACK_S = 60.0  # how far the wall clock may step back between two entries of one segment

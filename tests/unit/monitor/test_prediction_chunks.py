@@ -180,3 +180,44 @@ def test_chunks_written_by_an_earlier_server_are_read() -> None:
     outputs = [["y", [1], "int64", [1]]]
     old = [["r1", 1e9, "m", 1, "v1", 200, 2.0, [["X", [1, 4], "float32"]], outputs, None, 0]]
     assert decode(orjson.dumps(old)) == old
+
+
+def test_numbers_are_written_raw_and_read_back_as_json_had_them() -> None:
+    x = np.array([[0.1, 0.2, 0.3, 0.4]], dtype=np.float32)
+    outputs = {"label": np.array([2]), "probabilities": np.array([[0.1, 0.7, 0.2]], dtype=np.float32)}
+    blob = encode([pending("a", {"X": x}, outputs), pending("b", {"X": x}, outputs)], 100)
+    assert blob[:1] == b"\x01"  # the binary format
+    header = orjson.loads(blob[5 : 5 + int.from_bytes(blob[1:5], "little")])
+    assert header["model"] == ["m"] and header["status"] == [200]  # one value for all: stored once
+    assert header["time"]["raw"][:2] == ["<f8", [2]]  # [dtype, shape, byte offset]
+    assert b"0.7" not in blob  # the values are raw bytes, not text
+    # float32 values read as JSON wrote them (0.7, not 0.699999988079071).
+    for entry in decode(blob):
+        assert entry[1:7] == [1e9, "m", 2, "v2", 200, 1.5]
+        assert entry[8] == [
+            ["label", [1], "int64", [2]],
+            ["probabilities", [1, 3], "float32", [[0.1, 0.7, 0.2]]],
+        ]
+
+
+def test_chunks_in_the_json_format_of_an_earlier_server_are_read() -> None:
+    outputs = [["y", [1], "int64", [[1], [0]]]]
+    old = {
+        "id": ["r1", "r2"],
+        "time": [1e9, 1e9 + 1],
+        "model": ["m", "m"],
+        "version": [1, None],
+        "protocol": ["v1", "v2"],
+        "status": [200, 200],
+        "latency_ms": [2.0, 3.5],
+        "groups": [{"at": [0, 1], "inputs": [["X", [1, 4], "float32"]], "outputs": outputs}],
+        "payload": [[1, {"inputs": {"X": [[1.0, 2.0, 3.0, 4.0]]}, "outputs": {"y": [0]}}]],
+        "omitted": [[0, 99]],
+    }
+    assert decode(orjson.dumps(old)) == [
+        ["r1", 1e9, "m", 1, "v1", 200, 2.0, [["X", [1, 4], "float32"]], [["y", [1], "int64", [1]]], None, 99],
+        [
+            "r2", 1e9 + 1, "m", None, "v2", 200, 3.5, [["X", [1, 4], "float32"]], [["y", [1], "int64", [0]]],
+            {"inputs": {"X": [[1.0, 2.0, 3.0, 4.0]]}, "outputs": {"y": [0]}}, 0,
+        ],
+    ]  # fmt: skip
