@@ -14,9 +14,10 @@ then the raw bytes of its numeric arrays (the entries' times and latencies, each
 output values), which the header refers to as {"raw": [dtype, shape, byte offset]}: formatting
 those floats as JSON text was most of the writer's JSON work and most of a chunk's bytes. A column
 whose entries all share one value (model, version, protocol, status, on most servers) holds it
-once, as a list of one.
+once, as a list of one. The request ids are not in the chunk: its row holds them already (as a
+JSON array, which SQLite's json_each reads for lookups), and they were a third of its bytes.
 
-    {"id": [...], "time": {"raw": ...}, "model": [...], "version": [...], "protocol": [...],
+    {"time": {"raw": ...}, "model": [...], "version": [...], "protocol": [...],
      "status": [...], "latency_ms": {"raw": ...},
      "groups": [{"at": [entry index, ...], "inputs": [[name, shape, dtype], ...] | null,
                  "outputs": [[name, shape, dtype, values stacked | {"raw": ...} | null], ...]
@@ -25,7 +26,7 @@ once, as a list of one.
      "omitted": [[entry index, payload bytes left out], ...]}
 
 `decode` also reads the two earlier formats, so segments written by an older server stay readable:
-the same document as JSON with every value inline (starting with "{"), and a JSON array of
+the same document as JSON with every value inline and the ids in it ("id": [...]), and an array of
 entries, each an array of the fields below. Whichever it reads, it yields each entry as
 [request id, time, model, version, protocol, status, latency ms, inputs, outputs, payload,
 payload bytes left out], inputs [[name, shape, dtype], ...] and outputs [[name, shape, dtype,
@@ -201,7 +202,6 @@ class _Buffers:
 
 def _columns(
     buffers: _Buffers,
-    ids: Sequence[str],
     at: Sequence[float],
     models: Sequence[str],
     versions: Sequence[int | None],
@@ -209,11 +209,10 @@ def _columns(
     statuses: Sequence[int],
     latencies: Sequence[float],
 ) -> dict[str, Any]:
-    """A chunk's per-entry columns: the numbers raw, the ids as a list, and a column whose entries
+    """A chunk's per-entry columns but the request ids: the numbers raw, and a column whose entries
     all have one value (the usual model, version, protocol and status) as that value alone."""
     latency_ms = np.round(np.array(latencies, dtype=np.float64) * 1000, 3)
     return {
-        "id": ids,
         "time": buffers.add(np.array(at, dtype=np.float64)),
         "model": _same(models),
         "version": _same(versions),
@@ -242,7 +241,7 @@ def encode(
     `rans`, if given, is each entry's batch, in place of the entries' own field (the recorder
     queues a number standing for the batch: see PredictionRecorder.record)."""
     # The entries' fields, column by column, in C.
-    at, ids, models, versions, protocols, statuses, latencies, queued, offsets, rows, payloads, held, made = (
+    at, _, models, versions, protocols, statuses, latencies, queued, offsets, rows, payloads, held, made = (
         zip(*batch, strict=True)
     )
     if rans is None:
@@ -289,7 +288,7 @@ def encode(
             omitted.append([index, held[index]])
         elif described is not None and described[2]:
             omitted.append([index, described[2]])
-    chunk = _columns(buffers, ids, at, models, versions, protocols, statuses, latencies)
+    chunk = _columns(buffers, at, models, versions, protocols, statuses, latencies)
     chunk.update(groups=chunk_groups + own, payload=kept, omitted=omitted)
     return buffers.pack(chunk)
 
@@ -398,7 +397,7 @@ def encode_batched(
     out_layout = _common_layout(out_names, outputs)
     if in_layout is None or out_layout is None:
         return None
-    at, ids, models, versions, protocols, statuses, latencies, _, offsets, rows, payloads, held, _ = zip(
+    at, _, models, versions, protocols, statuses, latencies, _, offsets, rows, payloads, held, _ = zip(
         *batch, strict=True
     )
     sizes = np.fromiter(map(len, map(itemgetter(0), inputs)), dtype=np.int64, count=len(parts))
@@ -444,7 +443,7 @@ def encode_batched(
             )
         else:
             omitted.append([entry, held[entry]])
-    chunk = _columns(buffers, ids, at, models, versions, protocols, statuses, latencies)
+    chunk = _columns(buffers, at, models, versions, protocols, statuses, latencies)
     chunk.update(groups=groups, payload=kept, omitted=omitted)
     return buffers.pack(chunk)
 
@@ -465,8 +464,10 @@ def _common_layout(
     return layout
 
 
-def decode(blob: bytes) -> list[list[Any]]:
-    """A chunk's entries, each as the field list in the module docstring, in time order."""
+def decode(blob: bytes, request_ids: str | bytes | None = None) -> list[list[Any]]:
+    """A chunk's entries, each as the field list in the module docstring, in time order.
+    `request_ids`: the entries' ids as a JSON array (its row's `request_ids`), which a binary chunk
+    does not repeat; an earlier format's chunk holds them itself."""
     if blob[:1] == _BINARY:
         size = int.from_bytes(blob[1:5], "little")
         chunk = orjson.loads(blob[5 : 5 + size])
@@ -476,7 +477,12 @@ def decode(blob: bytes) -> list[list[Any]]:
         if isinstance(chunk, list):  # the earliest format: already a list of entries
             return chunk
         data = memoryview(b"")
-    ids = chunk["id"]
+    if "id" in chunk:
+        ids = chunk["id"]
+    elif request_ids is None:
+        raise ValueError("a binary chunk's request ids are in its row: pass them as request_ids")
+    else:
+        ids = orjson.loads(request_ids)
     count = len(ids)
     columns = [
         _value(chunk[name], data) if name in ("time", "latency_ms") else _broadcast(chunk[name], count)

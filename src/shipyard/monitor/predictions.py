@@ -218,7 +218,7 @@ class PredictionStore:
         limit: int | None = None,
     ) -> list[Entry]:
         """Entries newest first: of `model` (and `version`), at or after `since` (Unix seconds)."""
-        sql = "SELECT worker, entries FROM chunks"
+        sql = "SELECT worker, request_ids, entries FROM chunks"
         params: list[Any] = []
         if since is not None:
             sql += " WHERE last >= ?"
@@ -229,8 +229,8 @@ class PredictionStore:
             if since is not None and _last_write(path) < since:
                 continue  # written to last before the window opened
             found = 0
-            for worker, blob in self._rows(path, sql, params):
-                for fields in reversed(decode(blob)):  # newest first; a chunk is in time order
+            for worker, ids, blob in self._rows(path, sql, params):
+                for fields in reversed(decode(blob, ids)):  # newest first; a chunk is in time order
                     if (model is not None and fields[2] != model) or (
                         version is not None and fields[3] != version
                     ):
@@ -249,14 +249,16 @@ class PredictionStore:
     def count(self, model: str, *, since: float | None = None, status: int = 200) -> dict[int | None, int]:
         """How many entries of `model` answered with `status` each version has, at or after `since`
         (the share of predictions that got feedback is measured against it)."""
-        sql = "SELECT worker, entries FROM chunks" + (" WHERE last >= ?" if since is not None else "")
+        sql = "SELECT worker, request_ids, entries FROM chunks" + (
+            " WHERE last >= ?" if since is not None else ""
+        )
         params: list[Any] = [] if since is None else [since]
         counts: dict[int | None, int] = {}
         for path in list_segments(self.directory):
             if since is not None and _last_write(path) < since:
                 continue
-            for _, blob in self._rows(path, sql, params):
-                for fields in decode(blob):
+            for _, ids, blob in self._rows(path, sql, params):
+                for fields in decode(blob, ids):
                     if fields[2] == model and fields[5] == status and (since is None or fields[1] >= since):
                         counts[fields[3]] = counts.get(fields[3], 0) + 1
         return counts
@@ -273,15 +275,17 @@ class PredictionStore:
                 chunk = wanted[start : start + _LOOKUP_CHUNK]
                 marks = ", ".join("?" * len(chunk))
                 sql = (
-                    "SELECT worker, entries FROM chunks WHERE id IN "
+                    "SELECT worker, request_ids, entries FROM chunks WHERE id IN "
                     f"(SELECT chunk FROM ids WHERE request_id IN ({marks}))"
                     if self._sealed(path)
-                    else "SELECT worker, entries FROM chunks WHERE EXISTS (SELECT 1 FROM "
+                    else "SELECT worker, request_ids, entries FROM chunks WHERE EXISTS (SELECT 1 FROM "
                     f"json_each(chunks.request_ids) WHERE value IN ({marks}))"
                 )
                 keep = set(chunk)
-                for worker, blob in self._rows(path, sql, chunk):
-                    entries.extend(_entry(fields, worker) for fields in decode(blob) if fields[0] in keep)
+                for worker, ids, blob in self._rows(path, sql, chunk):
+                    entries.extend(
+                        _entry(fields, worker) for fields in decode(blob, ids) if fields[0] in keep
+                    )
         entries.sort(key=lambda e: e.time, reverse=True)
         return entries
 
