@@ -174,8 +174,8 @@ def _layout(
 class _Buffers:
     """A chunk's numeric arrays, written as raw bytes after its JSON header, which refers to each
     as {"raw": [dtype, shape, byte offset]}: `tobytes` is one copy in C, where orjson formatted
-    every float as text (the most of the writer's JSON), and the raw bytes are about a third of
-    that text. Text and object arrays stay JSON, written through `_plain` as before."""
+    every float as text (most of the writer's JSON work), and the raw bytes are less than half as
+    many. Text and object arrays stay JSON, written through `_plain` as before."""
 
     __slots__ = ("parts", "size")
 
