@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
+import sqlite3
 import statistics
 import sys
 import tempfile
@@ -206,27 +208,44 @@ def pieces(directory: Path) -> dict[str, float]:
     # and appended in one transaction (about what it finds every 0.2 s at 5,000 requests/s), from
     # batches of 20 requests (a busy server) and of 4 (a lighter load: more batches per chunk).
     for size in (20, 4):
-        best = writer_per_entry(directory / f"writer-{size}", sample, size)
+        best, _ = writer_per_entry(directory / f"writer-{size}", size)
         name = "writer, per entry" if size == 20 else f"writer, per entry (batches of {size})"
         out[name] = best
         log(f"{name}: {best:.0f} ns")
     return out
 
 
-def writer_per_entry(directory: Path, sample: Any, size: int) -> float:
-    """Nanoseconds of the writer thread's CPU per entry, for entries from batches of `size`."""
+def writer_only(directory: Path) -> None:
+    """The writer's CPU and bytes per entry alone (--writer), for batches of 20, 4 and 2 requests."""
+    figures = []
+    for size in (20, 4, 2):
+        best, size_bytes = writer_per_entry(directory / f"writer-{size}", size)
+        log(f"writer, batches of {size}: {best:.0f} ns, {size_bytes:.0f} bytes per entry")
+        figures.append(f"batches of {size} {best:.0f} ns {size_bytes:.0f} B")
+    print(f"prediction log writer per entry (CPU, bytes stored): {', '.join(figures)}")
+
+
+def writer_per_entry(directory: Path, size: int) -> tuple[float, float]:
+    """Nanoseconds of the writer thread's CPU per entry, for entries from batches of `size`, and
+    the bytes each entry takes in the segment's rows (its chunk's share and its request id)."""
     from shipyard.monitor.prediction_chunks import Ran
-    from shipyard.monitor.prediction_recorder import PredictionRecorder
+    from shipyard.monitor.prediction_recorder import PredictionRecorder, Sample
     from shipyard.settings import PredictionLogSettings
 
     writer = PredictionRecorder(PredictionLogSettings(), directory)
-    inputs = {name: array[:size] for name, array in sample.ran.inputs.items()}
-    outputs = {name: array[:size] for name, array in sample.ran.outputs.items()}
+    # The iris model's outputs, with probabilities as a model gives them (not zeros, which JSON
+    # wrote in three characters each): what the writer stores is what it costs.
+    probabilities = np.random.default_rng(0).dirichlet(np.ones(3), size).astype(np.float32)
+    inputs = {"X": np.random.default_rng(1).uniform(0, 8, (size, 4)).astype(np.float32)}
+    outputs = {"label": probabilities.argmax(axis=1).astype(np.int64), "probabilities": probabilities}
+    sample = Sample()
+    sample.rows = 1
     for number in range(1000):
         if number % size == 0:  # a new batch of `size` single-row requests
             shared = Ran(inputs, outputs, size)
         sample.ran, sample.offset = shared, number % size
-        writer.record(f"{number:016x}-{number:x}", MODEL, 1, "v1", 200, 0.001, sample)
+        latency_s = 0.001 + number % 89 * 1.3e-5  # as varied as real ones, which JSON wrote digit by digit
+        writer.record(f"{number:016x}-{number:x}", MODEL, 1, "v1", 200, latency_s, sample)
     batch, rans = list(writer._queue), list(writer._rans)
     writer._queue.clear()
     writer._rans.clear()
@@ -244,7 +263,14 @@ def writer_per_entry(directory: Path, sample: Any, size: int) -> float:
         min(timeit.Timer(drain, timer=time.thread_time).repeat(number=10, repeat=5)) / 10 / len(batch) * 1e9
     )
     writer._close_segment()
-    return best
+    stored = [0, 0]
+    for path in directory.glob("*.sqlite"):
+        with contextlib.closing(sqlite3.connect(path)) as db:
+            sql = "SELECT sum(json_array_length(request_ids)), sum(length(entries) + length(request_ids))"
+            sql += " FROM chunks"
+            entries, size_bytes = db.execute(sql).fetchone()
+        stored = [stored[0] + entries, stored[1] + size_bytes]
+    return best, stored[1] / stored[0]
 
 
 def main() -> None:
@@ -252,9 +278,16 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--duration", type=float, default=3.0, help="seconds per setting per round")
     parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument(
+        "--writer", action="store_true", help="only the writer's CPU and bytes per entry (no load, no pieces)"
+    )
     args = parser.parse_args()
     for name in [n for n in os.environ if n.startswith("SHIPYARD_")]:
         del os.environ[name]
+    if args.writer:
+        with tempfile.TemporaryDirectory() as folder:
+            writer_only(Path(folder))
+        return
     with tempfile.TemporaryDirectory() as folder:
         home = build_home(Path(folder))
         rates, cpu = asyncio.run(measure(home, args.rounds, args.duration, args.concurrency))

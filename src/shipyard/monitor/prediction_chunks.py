@@ -1,26 +1,36 @@
-"""The prediction log's chunk format: how up to 256 entries become one row's JSON, and back.
+"""The prediction log's chunk format: how up to 256 entries become one row's bytes, and back.
 
 The writer thread runs on the same interpreter as the request path, so every microsecond it
 spends per entry is taken from serving (the GIL). A chunk is therefore columnar: the entries'
 scalar fields as one list each (made by one `zip`, in C), and their inputs and outputs grouped by
 layout (each tensor's name, shape and dtype): a group stores its layout once, and the values of
-each small output stacked into one array that orjson writes in C. `encode` works per run of a
-batch's entries; `encode_batched`, for the usual chunk (every entry ran in a batch, every batch of
-one layout), per chunk. An entry-per-array format cost about four times as much CPU (measured
-with benchmarks/prediction_log.py).
+each small output stacked into one array. `encode` works per run of a batch's entries;
+`encode_batched`, for the usual chunk (every entry ran in a batch, every batch of one layout), per
+chunk. An entry-per-array format cost about four times as much CPU (measured with
+benchmarks/prediction_log.py).
 
-    {"id": [...], "time": [...], "model": [...], "version": [...], "protocol": [...],
-     "status": [...], "latency_ms": [...],
+A chunk is one byte (1, the format), its header's length (4 bytes, little-endian), a JSON header,
+then the raw bytes of its numeric arrays (the entries' times and latencies, each group's stacked
+output values), which the header refers to as {"raw": [dtype, shape, byte offset]}: formatting
+those floats as JSON text was most of the writer's JSON work and most of a chunk's bytes. A column
+whose entries all share one value (model, version, protocol, status, on most servers) holds it
+once, as a list of one. The request ids are not in the chunk: its row holds them already (as a
+JSON array, which SQLite's json_each reads for lookups), and they were a third of its bytes.
+
+    {"time": {"raw": ...}, "model": [...], "version": [...], "protocol": [...],
+     "status": [...], "latency_ms": {"raw": ...},
      "groups": [{"at": [entry index, ...], "inputs": [[name, shape, dtype], ...] | null,
-                 "outputs": [[name, shape, dtype, values stacked | null], ...] | null}, ...],
+                 "outputs": [[name, shape, dtype, values stacked | {"raw": ...} | null], ...]
+                            | null}, ...],
      "payload": [[entry index, {"inputs": ..., "outputs": ...}], ...],
      "omitted": [[entry index, payload bytes left out], ...]}
 
-`decode` also reads the earlier format (a JSON array of entries, each an array of the fields
-below), so segments written by an older server stay readable. Either way it yields each entry as
+`decode` also reads the two earlier formats, so segments written by an older server stay readable:
+the same document as JSON with every value inline and the ids in it ("id": [...]), and an array of
+entries, each an array of the fields below. Whichever it reads, it yields each entry as
 [request id, time, model, version, protocol, status, latency ms, inputs, outputs, payload,
 payload bytes left out], inputs [[name, shape, dtype], ...] and outputs [[name, shape, dtype,
-values or null], ...] (null: the request never got that far).
+values or null], ...] (null: the request never got that far), values as JSON would have them.
 """
 
 from __future__ import annotations
@@ -36,6 +46,9 @@ import orjson
 
 MAX_VALUES = 256  # an output of at most this many elements is kept with its values
 _JSON = orjson.OPT_SERIALIZE_NUMPY
+# A binary chunk's first byte (format 1); a JSON chunk, written before, starts with "{" or "[".
+_BINARY = b"\x01"
+_RAW_KINDS = frozenset("biuf")  # dtype kinds kept as raw bytes: booleans, integers, floats
 
 Arrays = dict[str, np.ndarray]
 _Names = tuple[str, ...] | None
@@ -158,6 +171,63 @@ def _layout(
     return tuple([(name, (rows, *a.shape[1:]), a.dtype) for name, a in arrays.items()])
 
 
+class _Buffers:
+    """A chunk's numeric arrays, written as raw bytes after its JSON header, which refers to each
+    as {"raw": [dtype, shape, byte offset]}: `tobytes` is one copy in C, where orjson formatted
+    every float as text (most of the writer's JSON work), and the raw bytes are less than half as
+    many. Text and object arrays stay JSON, written through `_plain` as before."""
+
+    __slots__ = ("parts", "size")
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+        self.size = 0
+
+    def add(self, array: np.ndarray) -> Any:
+        """What the header holds for `array`: a reference to its bytes, or the array itself."""
+        if array.dtype.kind not in _RAW_KINDS:
+            return array
+        data = array.tobytes()
+        reference = {"raw": [array.dtype.str, array.shape, self.size]}
+        self.parts.append(data)
+        self.size += len(data)
+        return reference
+
+    def pack(self, header: dict[str, Any]) -> bytes:
+        """The chunk: its format's byte, its header's length and header, then the arrays' bytes.
+        Raises TypeError if a value in the header cannot be written."""
+        head = orjson.dumps(header, option=_JSON, default=_plain)
+        return b"".join([_BINARY, len(head).to_bytes(4, "little"), head, *self.parts])
+
+
+def _columns(
+    buffers: _Buffers,
+    at: Sequence[float],
+    models: Sequence[str],
+    versions: Sequence[int | None],
+    protocols: Sequence[str],
+    statuses: Sequence[int],
+    latencies: Sequence[float],
+) -> dict[str, Any]:
+    """A chunk's per-entry columns but the request ids: the numbers raw, and a column whose entries
+    all have one value (the usual model, version, protocol and status) as that value alone."""
+    latency_ms = np.round(np.array(latencies, dtype=np.float64) * 1000, 3)
+    return {
+        "time": buffers.add(np.array(at, dtype=np.float64)),
+        "model": _same(models),
+        "version": _same(versions),
+        "protocol": _same(protocols),
+        "status": _same(statuses),
+        "latency_ms": buffers.add(latency_ms),
+    }
+
+
+def _same(column: Sequence[Any]) -> Sequence[Any]:
+    """`column`, or its one value as a list of one when every entry has it (checked in C)."""
+    first = column[0]
+    return (first,) if column.count(first) == len(column) else column
+
+
 # A run: consecutive entries of one batch with the same row count (its batch, the entries' first
 # rows there, their row count), the unit the writer works in.
 _Run = tuple["Ran | None", list[int], int]
@@ -171,7 +241,7 @@ def encode(
     `rans`, if given, is each entry's batch, in place of the entries' own field (the recorder
     queues a number standing for the batch: see PredictionRecorder.record)."""
     # The entries' fields, column by column, in C.
-    at, ids, models, versions, protocols, statuses, latencies, queued, offsets, rows, payloads, held, made = (
+    at, _, models, versions, protocols, statuses, latencies, queued, offsets, rows, payloads, held, made = (
         zip(*batch, strict=True)
     )
     if rans is None:
@@ -205,7 +275,8 @@ def encode(
             part = list(same)
             key = (_layout(ran.inputs, count), _layout(ran.outputs, count))
             _join(groups, key, part, (ran, [offsets[i] for i in part], count))
-    chunk_groups = [_group(key, members, runs) for key, (members, runs) in groups.items()]
+    buffers = _Buffers()
+    chunk_groups = [_group(buffers, key, members, runs) for key, (members, runs) in groups.items()]
     kept: list[list[Any]] = []
     omitted: list[list[int]] = []
     for index in compress(range(len(payloads)), payloads):  # the few with a payload, found in C
@@ -217,19 +288,9 @@ def encode(
             omitted.append([index, held[index]])
         elif described is not None and described[2]:
             omitted.append([index, described[2]])
-    chunk = {
-        "id": ids,
-        "time": at,
-        "model": models,
-        "version": versions,
-        "protocol": protocols,
-        "status": statuses,
-        "latency_ms": np.round(np.array(latencies, dtype=np.float64) * 1000, 3),
-        "groups": chunk_groups + own,
-        "payload": kept,
-        "omitted": omitted,
-    }
-    return orjson.dumps(chunk, option=_JSON, default=_plain)
+    chunk = _columns(buffers, at, models, versions, protocols, statuses, latencies)
+    chunk.update(groups=chunk_groups + own, payload=kept, omitted=omitted)
+    return buffers.pack(chunk)
 
 
 def _join(groups: dict[Any, tuple[list[int], list[_Run]]], key: Any, members: list[int], run: _Run) -> None:
@@ -266,7 +327,7 @@ def encode_each(
     return good, encode(good, max_payload_bytes, good_rans) if good else None
 
 
-def _group(key: Any, members: list[int], runs: list[_Run]) -> dict[str, Any]:
+def _group(buffers: _Buffers, key: Any, members: list[int], runs: list[_Run]) -> dict[str, Any]:
     """A group's layout, with each small output's values for all its members stacked: one
     fancy-indexing call per run of a batch, in C."""
     input_layout, output_layout = key
@@ -281,8 +342,8 @@ def _group(key: Any, members: list[int], runs: list[_Run]) -> dict[str, Any]:
             if math.prod(shape) <= MAX_VALUES:
                 # Every run of the group has these outputs (they are in its key).
                 parts = [_rows_of(ran.outputs[name], starts, count, ran.whole) for ran, starts, count in runs]  # type: ignore[union-attr,index]
-                values = (parts[0] if len(parts) == 1 else np.concatenate(parts)).reshape(
-                    len(members), *shape
+                values = buffers.add(
+                    (parts[0] if len(parts) == 1 else np.concatenate(parts)).reshape(len(members), *shape)
                 )
             described_outputs.append([name, shape, dtype_name(dtype), values])
     return {"at": members, "inputs": described_inputs, "outputs": described_outputs}
@@ -336,7 +397,7 @@ def encode_batched(
     out_layout = _common_layout(out_names, outputs)
     if in_layout is None or out_layout is None:
         return None
-    at, ids, models, versions, protocols, statuses, latencies, _, offsets, rows, payloads, held, _ = zip(
+    at, _, models, versions, protocols, statuses, latencies, _, offsets, rows, payloads, held, _ = zip(
         *batch, strict=True
     )
     sizes = np.fromiter(map(len, map(itemgetter(0), inputs)), dtype=np.int64, count=len(parts))
@@ -347,6 +408,7 @@ def encode_batched(
         return None  # rows past their batch's end: leave it to `encode`, which says nothing of rows
     counts = set(rows)
     stacked: dict[int, np.ndarray] = {}  # outputs concatenated, only those small enough to keep
+    buffers = _Buffers()
     groups = []
     for count in sorted(counts):
         if len(counts) == 1:
@@ -364,7 +426,7 @@ def encode_batched(
                 if whole is None:
                     arrays = list(map(itemgetter(position), outputs))
                     whole = stacked[position] = arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
-                values = whole[take].reshape(len(members), *shape)
+                values = buffers.add(whole[take].reshape(len(members), *shape))
             described_outputs.append([name, shape, dtype, values])
         described_inputs = [[name, (count, *tail), dtype] for name, tail, dtype in in_layout]
         groups.append({"at": members, "inputs": described_inputs, "outputs": described_outputs})
@@ -381,19 +443,9 @@ def encode_batched(
             )
         else:
             omitted.append([entry, held[entry]])
-    chunk = {
-        "id": ids,
-        "time": at,
-        "model": models,
-        "version": versions,
-        "protocol": protocols,
-        "status": statuses,
-        "latency_ms": np.round(np.array(latencies, dtype=np.float64) * 1000, 3),
-        "groups": groups,
-        "payload": kept,
-        "omitted": omitted,
-    }
-    return orjson.dumps(chunk, option=_JSON, default=_plain)
+    chunk = _columns(buffers, at, models, versions, protocols, statuses, latencies)
+    chunk.update(groups=groups, payload=kept, omitted=omitted)
+    return buffers.pack(chunk)
 
 
 def _common_layout(
@@ -412,26 +464,38 @@ def _common_layout(
     return layout
 
 
-def decode(blob: bytes) -> list[list[Any]]:
-    """A chunk's entries, each as the field list in the module docstring, in time order."""
-    chunk = orjson.loads(blob)
-    if isinstance(chunk, list):  # the earlier format: already a list of entries
-        return chunk
+def decode(blob: bytes, request_ids: str | bytes | None = None) -> list[list[Any]]:
+    """A chunk's entries, each as the field list in the module docstring, in time order.
+    `request_ids`: the entries' ids as a JSON array (its row's `request_ids`), which a binary chunk
+    does not repeat; an earlier format's chunk holds them itself."""
+    if blob[:1] == _BINARY:
+        size = int.from_bytes(blob[1:5], "little")
+        chunk = orjson.loads(blob[5 : 5 + size])
+        data = memoryview(blob)[5 + size :]
+    else:
+        chunk = orjson.loads(blob)
+        if isinstance(chunk, list):  # the earliest format: already a list of entries
+            return chunk
+        data = memoryview(b"")
+    if "id" in chunk:
+        ids = chunk["id"]
+    elif request_ids is None:
+        raise ValueError("a binary chunk's request ids are in its row: pass them as request_ids")
+    else:
+        ids = orjson.loads(request_ids)
+    count = len(ids)
+    columns = [
+        _value(chunk[name], data) if name in ("time", "latency_ms") else _broadcast(chunk[name], count)
+        for name in ("time", "model", "version", "protocol", "status", "latency_ms")
+    ]
     entries = [
         [request_id, at, model, version, protocol, status, latency, None, None, None, 0]
-        for request_id, at, model, version, protocol, status, latency in zip(
-            chunk["id"],
-            chunk["time"],
-            chunk["model"],
-            chunk["version"],
-            chunk["protocol"],
-            chunk["status"],
-            chunk["latency_ms"],
-            strict=True,
-        )
+        for request_id, at, model, version, protocol, status, latency in zip(ids, *columns, strict=True)
     ]
     for group in chunk["groups"]:
         inputs, outputs = group["inputs"], group["outputs"]
+        if outputs is not None:
+            outputs = [[name, shape, dtype, _value(values, data)] for name, shape, dtype, values in outputs]
         for position, index in enumerate(group["at"]):
             entry = entries[index]
             entry[7] = inputs
@@ -445,6 +509,21 @@ def decode(blob: bytes) -> list[list[Any]]:
     for index, left_out in chunk["omitted"]:
         entries[index][10] = left_out
     return entries
+
+
+def _broadcast(column: list[Any], count: int) -> list[Any]:
+    """A column as `_same` wrote it, one value per entry."""
+    return column * count if len(column) == 1 else column
+
+
+def _value(value: Any, data: memoryview) -> Any:
+    """A header's value with its raw array read back as the JSON chunks had it: through orjson,
+    so that a float32 reads 0.1, not 0.10000000149011612."""
+    if not isinstance(value, dict):
+        return value
+    dtype, shape, offset = value["raw"]
+    array = np.frombuffer(data, dtype=dtype, count=math.prod(shape), offset=offset).reshape(shape)
+    return orjson.loads(orjson.dumps(array, option=_JSON, default=_plain))
 
 
 def _plain(value: Any) -> Any:

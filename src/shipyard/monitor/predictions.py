@@ -6,12 +6,13 @@ segments. SQLite (in the standard library, no server) gives transactional append
 mode, `shipyard logs` reading while the servers write.
 
 A segment holds chunks: each batch the writer drains (up to 256 entries) is one row, its entries
-one columnar JSON document (prediction_chunks.py). A row per entry with an index on its request id
-cost about 3x more CPU per request (measured: SQLite's per-row work and random inserts into the
-index), which a server logging every request pays on its request-serving core. The request id
-index is built in bulk when a segment is closed (`Segment.seal`); until then, a lookup scans the
-segment's chunks' id lists (tens of milliseconds for 50,000 entries). Late feedback is joined to
-its prediction by that id: see `PredictionStore.lookup`.
+one columnar document (prediction_chunks.py: a JSON header and raw numeric arrays). A row per entry
+with an index on its request id cost about 3x more CPU per request (measured: SQLite's per-row work
+and random inserts into the index), which a server logging every request pays on its
+request-serving core. The request id index is built in bulk when a segment is closed
+(`Segment.seal`); until then, a lookup scans the segment's chunks' id lists (tens of milliseconds
+for 50,000 entries). Late feedback is joined to its prediction by that id: see
+`PredictionStore.lookup`.
 
 A writer starts a new segment once its current one passes a sixteenth of `max_bytes` or an eighth
 of `max_age_s` (at most a day), so retention deletes whole files, oldest first, and never has to
@@ -50,7 +51,7 @@ CREATE TABLE IF NOT EXISTS chunks (
     entries BLOB NOT NULL
 );
 """
-# A chunk's `entries`: its entries' JSON, in the format of prediction_chunks.py.
+# A chunk's `entries`: its entries, in the format of prediction_chunks.py.
 _SEAL = """
 BEGIN;
 CREATE TABLE ids (request_id TEXT NOT NULL, chunk INTEGER NOT NULL);
@@ -59,7 +60,7 @@ CREATE INDEX ids_request_id ON ids (request_id);
 COMMIT;
 """
 # A chunk as the writer hands it over: its first and last entry's time, the entries' request ids
-# and the entries themselves, as JSON arrays.
+# (a JSON array, which SQLite's json_each reads) and the entries themselves (prediction_chunks.py).
 Chunk = tuple[float, float, bytes, bytes]
 _LOOKUP_CHUNK = 500  # ids per query: under SQLite's oldest limit on bound variables (999)
 _CLOCK_SLACK_S = 60.0  # how far the wall clock may step back between two entries of one segment
@@ -217,7 +218,7 @@ class PredictionStore:
         limit: int | None = None,
     ) -> list[Entry]:
         """Entries newest first: of `model` (and `version`), at or after `since` (Unix seconds)."""
-        sql = "SELECT worker, entries FROM chunks"
+        sql = "SELECT worker, request_ids, entries FROM chunks"
         params: list[Any] = []
         if since is not None:
             sql += " WHERE last >= ?"
@@ -228,8 +229,8 @@ class PredictionStore:
             if since is not None and _last_write(path) < since:
                 continue  # written to last before the window opened
             found = 0
-            for worker, blob in self._rows(path, sql, params):
-                for fields in reversed(decode(blob)):  # newest first; a chunk is in time order
+            for worker, ids, blob in self._rows(path, sql, params):
+                for fields in reversed(decode(blob, ids)):  # newest first; a chunk is in time order
                     if (model is not None and fields[2] != model) or (
                         version is not None and fields[3] != version
                     ):
@@ -248,14 +249,16 @@ class PredictionStore:
     def count(self, model: str, *, since: float | None = None, status: int = 200) -> dict[int | None, int]:
         """How many entries of `model` answered with `status` each version has, at or after `since`
         (the share of predictions that got feedback is measured against it)."""
-        sql = "SELECT worker, entries FROM chunks" + (" WHERE last >= ?" if since is not None else "")
+        sql = "SELECT worker, request_ids, entries FROM chunks" + (
+            " WHERE last >= ?" if since is not None else ""
+        )
         params: list[Any] = [] if since is None else [since]
         counts: dict[int | None, int] = {}
         for path in list_segments(self.directory):
             if since is not None and _last_write(path) < since:
                 continue
-            for _, blob in self._rows(path, sql, params):
-                for fields in decode(blob):
+            for _, ids, blob in self._rows(path, sql, params):
+                for fields in decode(blob, ids):
                     if fields[2] == model and fields[5] == status and (since is None or fields[1] >= since):
                         counts[fields[3]] = counts.get(fields[3], 0) + 1
         return counts
@@ -272,15 +275,17 @@ class PredictionStore:
                 chunk = wanted[start : start + _LOOKUP_CHUNK]
                 marks = ", ".join("?" * len(chunk))
                 sql = (
-                    "SELECT worker, entries FROM chunks WHERE id IN "
+                    "SELECT worker, request_ids, entries FROM chunks WHERE id IN "
                     f"(SELECT chunk FROM ids WHERE request_id IN ({marks}))"
                     if self._sealed(path)
-                    else "SELECT worker, entries FROM chunks WHERE EXISTS (SELECT 1 FROM "
+                    else "SELECT worker, request_ids, entries FROM chunks WHERE EXISTS (SELECT 1 FROM "
                     f"json_each(chunks.request_ids) WHERE value IN ({marks}))"
                 )
                 keep = set(chunk)
-                for worker, blob in self._rows(path, sql, chunk):
-                    entries.extend(_entry(fields, worker) for fields in decode(blob) if fields[0] in keep)
+                for worker, ids, blob in self._rows(path, sql, chunk):
+                    entries.extend(
+                        _entry(fields, worker) for fields in decode(blob, ids) if fields[0] in keep
+                    )
         entries.sort(key=lambda e: e.time, reverse=True)
         return entries
 

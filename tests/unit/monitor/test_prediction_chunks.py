@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -34,6 +35,11 @@ def pending(
     return (1e9, request_id, "m", 2, "v2", status, 0.0015, ran, 0, 0, payload, held, described)
 
 
+def ids(batch: Sequence[Pending]) -> bytes:
+    """The entries' request ids as the recorder stores them, beside their chunk."""
+    return orjson.dumps([entry[1] for entry in batch])
+
+
 def iris(rows: int, first: int = 0) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     x = np.arange(first, first + rows * 4, dtype=np.float32).reshape(rows, 4)
     return {"X": x}, {"label": np.arange(first, first + rows), "scores": np.full((rows, 300), 0.5)}
@@ -52,7 +58,7 @@ def test_entries_of_several_layouts_come_back_as_they_went_in() -> None:
         pending("text", text_in, text_out, payload=True),
         pending("big", *two, payload=True),
     ]
-    entries = {e[0]: e for e in decode(encode(batch, max_payload_bytes=100))}
+    entries = {e[0]: e for e in decode(encode(batch, max_payload_bytes=100), ids(batch))}
     assert list(entries) == ["a", "b", "c", "refused", "undecoded", "text", "big"]
     assert entries["a"] == [
         "a", 1e9, "m", 2, "v2", 200, 1.5,
@@ -83,7 +89,7 @@ def test_entries_sharing_a_batch_come_back_with_their_own_rows() -> None:
 
     # Answered out of order and interleaved with another batch, as a busy server may.
     batch = [row("a", ran, 0, 1), row("x", other, 1, 1), row("c", ran, 4, 1), row("b", ran, 1, 3, True)]
-    entries = {e[0]: e for e in decode(encode(batch, max_payload_bytes=10**6))}
+    entries = {e[0]: e for e in decode(encode(batch, max_payload_bytes=10**6), ids(batch))}
     assert list(entries) == ["a", "x", "c", "b"]
     assert entries["a"][7:9] == [
         [["X", [1, 4], "float32"]],
@@ -135,8 +141,8 @@ def test_the_vectorised_path_writes_what_the_general_one_does() -> None:
     queued, keys, window = by_number(batch)
     fast = encode_batched(queued, keys, window, 7, max_payload_bytes=40)  # b's payload over it
     assert fast is not None
-    assert decode(fast) == decode(encode(batch, max_payload_bytes=40))
-    assert [e[0] for e in decode(fast)] == ["a", "x", "c", "b", "d"]
+    assert decode(fast, ids(batch)) == decode(encode(batch, max_payload_bytes=40), ids(batch))
+    assert [e[0] for e in decode(fast, ids(batch))] == ["a", "x", "c", "b", "d"]
 
 
 def test_the_vectorised_path_declines_batches_of_different_layouts() -> None:
@@ -159,7 +165,8 @@ def test_the_vectorised_path_declines_an_entry_that_ran_in_no_batch() -> None:
 def test_an_entry_described_on_the_request_path_keeps_its_description() -> None:
     inputs, outputs = iris(1, first=5)
     made = describe(inputs, outputs, left_out=1234)
-    [entry] = decode(encode([pending("held", None, None, payload=True, described=made)], 100))
+    batch = [pending("held", None, None, payload=True, described=made)]
+    [entry] = decode(encode(batch, 100), ids(batch))
     assert entry[7] == [["X", [1, 4], "float32"]]
     assert entry[8] == [["label", [1], "int64", [5]], ["scores", [1, 300], "float64", None]]
     assert entry[9:] == [None, 1234]
@@ -173,10 +180,56 @@ def test_a_value_json_cannot_hold_drops_only_its_entry() -> None:
     failed: list[str] = []
     written, blob = encode_each(batch, 100, lambda entry, exc: failed.append(entry[1]))
     assert failed == ["odd"] and [p[1] for p in written] == ["fine"]
-    assert blob is not None and [e[0] for e in decode(blob)] == ["fine"]
+    assert blob is not None and [e[0] for e in decode(blob, ids(written))] == ["fine"]
 
 
 def test_chunks_written_by_an_earlier_server_are_read() -> None:
     outputs = [["y", [1], "int64", [1]]]
     old = [["r1", 1e9, "m", 1, "v1", 200, 2.0, [["X", [1, 4], "float32"]], outputs, None, 0]]
     assert decode(orjson.dumps(old)) == old
+
+
+def test_numbers_are_written_raw_and_read_back_as_json_had_them() -> None:
+    x = np.array([[0.1, 0.2, 0.3, 0.4]], dtype=np.float32)
+    outputs = {"label": np.array([2]), "probabilities": np.array([[0.1, 0.7, 0.2]], dtype=np.float32)}
+    batch = [pending("a", {"X": x}, outputs), pending("b", {"X": x}, outputs)]
+    blob = encode(batch, 100)
+    assert blob[:1] == b"\x01"  # the binary format
+    header = orjson.loads(blob[5 : 5 + int.from_bytes(blob[1:5], "little")])
+    assert "id" not in header  # the row beside the chunk holds them
+    assert header["model"] == ["m"] and header["status"] == [200]  # one value for all: stored once
+    assert header["time"]["raw"][:2] == ["<f8", [2]]  # [dtype, shape, byte offset]
+    assert b"0.7" not in blob  # the values are raw bytes, not text
+    # float32 values read as JSON wrote them (0.7, not 0.699999988079071).
+    assert [entry[0] for entry in decode(blob, ids(batch))] == ["a", "b"]
+    with pytest.raises(ValueError, match="request ids"):
+        decode(blob)
+    for entry in decode(blob, ids(batch)):
+        assert entry[1:7] == [1e9, "m", 2, "v2", 200, 1.5]
+        assert entry[8] == [
+            ["label", [1], "int64", [2]],
+            ["probabilities", [1, 3], "float32", [[0.1, 0.7, 0.2]]],
+        ]
+
+
+def test_chunks_in_the_json_format_of_an_earlier_server_are_read() -> None:
+    outputs = [["y", [1], "int64", [[1], [0]]]]
+    old = {
+        "id": ["r1", "r2"],
+        "time": [1e9, 1e9 + 1],
+        "model": ["m", "m"],
+        "version": [1, None],
+        "protocol": ["v1", "v2"],
+        "status": [200, 200],
+        "latency_ms": [2.0, 3.5],
+        "groups": [{"at": [0, 1], "inputs": [["X", [1, 4], "float32"]], "outputs": outputs}],
+        "payload": [[1, {"inputs": {"X": [[1.0, 2.0, 3.0, 4.0]]}, "outputs": {"y": [0]}}]],
+        "omitted": [[0, 99]],
+    }
+    assert decode(orjson.dumps(old)) == [
+        ["r1", 1e9, "m", 1, "v1", 200, 2.0, [["X", [1, 4], "float32"]], [["y", [1], "int64", [1]]], None, 99],
+        [
+            "r2", 1e9 + 1, "m", None, "v2", 200, 3.5, [["X", [1, 4], "float32"]], [["y", [1], "int64", [0]]],
+            {"inputs": {"X": [[1.0, 2.0, 3.0, 4.0]]}, "outputs": {"y": [0]}}, 0,
+        ],
+    ]  # fmt: skip

@@ -14,13 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 import pytest
 from prometheus_client import REGISTRY
 
 from shipyard.errors import InvalidInputError
 from shipyard.monitor.prediction_chunks import Ran
 from shipyard.monitor.prediction_recorder import PredictionRecorder, Sample
-from shipyard.monitor.predictions import PredictionStore, list_segments, segment_bytes
+from shipyard.monitor.predictions import PredictionStore, Segment, list_segments, segment_bytes, segment_name
 from shipyard.settings import PredictionLogSettings, Settings
 
 FLUSH_S = 10.0
@@ -278,6 +279,39 @@ def test_a_closed_segment_is_indexed_and_the_current_one_scanned(
         assert {name for (name,) in db.execute(tables)} == {"chunks"}
     found = PredictionStore(tmp_path).lookup(["a0", "a299", "b0", "b299", "x"])
     assert sorted((e.request_id, e.worker) for e in found) == [("a0", 1), ("a299", 1), ("b0", 2), ("b299", 2)]
+
+
+def test_a_segment_an_earlier_server_wrote_in_json_reads_beside_binary_ones(
+    tmp_path: Path, recorders: list[PredictionRecorder]
+) -> None:
+    at = time.time() - 5
+    old_chunk = {
+        "id": ["old"],
+        "time": [at],
+        "model": ["m"],
+        "version": [1],
+        "protocol": ["v2"],
+        "status": [200],
+        "latency_ms": [1.5],
+        "groups": [
+            {"at": [0], "inputs": [["X", [1, 4], "float32"]], "outputs": [["y", [1], "int64", [[3]]]]}
+        ],
+        "payload": [],
+        "omitted": [],
+    }
+    old = Segment(tmp_path / segment_name(at, 0), 0)
+    old.append([(at, at, orjson.dumps(["old"]), orjson.dumps(old_chunk))])
+    old.seal()
+    recorder = make(recorders, tmp_path)
+    recorder.record("new", "m", 1, "v2", 200, 0.001, sample())
+    assert recorder.flush(FLUSH_S)
+    store = PredictionStore(tmp_path)
+    assert [e.request_id for e in store.read("m")] == ["new", "old"]
+    [found] = store.lookup(["old"])
+    assert found.latency_ms == 1.5 and found.summary["outputs"] == {
+        "y": {"shape": [1], "dtype": "int64", "values": [3]}
+    }
+    assert store.count("m") == {1: 2}
 
 
 def test_a_value_json_cannot_hold_drops_that_entry_only(
