@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -88,3 +90,11 @@ def read_json_arg(value: str, what: str) -> Any:
             f"{source} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
             field=what,
         ) from exc
+
+
+def steps(json_: bool) -> Callable[[str], None]:
+    """Each long step (a download, a push, a conversion) as it starts, on a terminal's stderr;
+    silent with --json or in a pipe, where stderr is for the one error line."""
+    if json_ or not sys.stderr.isatty():
+        return lambda _line: None
+    return lambda line: typer.echo(f"{line} …", err=True)

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from shipyard.cli._context import JsonFlag, state
+from shipyard.cli._context import JsonFlag, state, steps
 from shipyard.cli._help import PlainHelpGroup
 
 import_app = typer.Typer(
@@ -104,7 +102,7 @@ def mlflow(
         name=name,
         tracking_uri=tracking_uri,
         trust=trust,
-        say=_steps(json_),
+        say=steps(json_),
     )
     if json_:
         from shipyard.cli._render import print_json
@@ -120,11 +118,3 @@ def mlflow(
 
 def register(app: typer.Typer) -> None:
     app.add_typer(import_app)
-
-
-def _steps(json_: bool) -> Callable[[str], None]:
-    """Each download and push as it starts, on a terminal's stderr (a large model takes minutes);
-    silent with --json or in a pipe, where stderr is for the one error line."""
-    if json_ or not sys.stderr.isatty():
-        return lambda _line: None
-    return lambda line: typer.echo(f"{line} …", err=True)

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
-from shipyard.cli._context import JsonFlag, parse_pairs, read_json_arg, state
+from shipyard.cli._context import JsonFlag, parse_pairs, read_json_arg, state, steps
 from shipyard.errors import IntegrityError, InvalidInputError, ModelError
 from shipyard.types import ModelRef
 
@@ -62,6 +62,11 @@ def push(
     """Store a model file as the next version of NAME."""
     sample = read_json_arg(sample_input, "sample-input") if sample_input else None
     registry = state(ctx).registry()
+    if path.is_dir():
+        from shipyard.packaging.tf_savedmodel import saved_model_folder
+
+        if saved_model_folder(path) is not None:  # TensorFlow's import and tf2onnx: seconds to minutes
+            steps(json_)("converting the SavedModel's signatures to ONNX with tf2onnx and checking them")
     with _upload_bar(registry.store.location) as progress:
         version = registry.push(
             name,
