@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 from pathlib import Path
 
@@ -37,9 +36,3 @@ def podman_environment(folder: Path) -> dict[str, str]:
             f"image {IMAGE} not built: scripts/k8s-podman-check.sh builds it (scripts/build-image-check.sh)"
         )
     return env
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -28,6 +29,15 @@ SHIPYARD = Path(sys.executable).with_name("shipyard")
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 30.0
 REFUSAL_TIMEOUT_S = 60.0
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on now: for a program that cannot be told `--port 0` (it
+    may be taken again before that program binds it; the kernel hands ports out in turn, so
+    rarely)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def server_env(home: Path, **extra: str) -> dict[str, str]:

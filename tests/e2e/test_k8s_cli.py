@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import copy
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ import kubernetes_validate
 import pytest
 
 from manifest_schemas import by_identity, helm_lint, helm_render, load_folder, validate
+from servers import free_port
 from shipyard.cli.main import main
 from shipyard.deploy import contract, kserve
 from shipyard.monitor import metrics
@@ -333,12 +333,6 @@ def test_a_folder_that_is_not_empty_needs_force(home: Path, tmp_path: Path) -> N
     assert load_folder(out)["deployment.yaml"]["spec"]["replicas"] == 3
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.mark.slow
 def test_the_kserve_runtime_serves_a_storage_uri_model(
     docs: dict[str, dict[str, Any]], onnx_path: Path, tmp_path: Path
@@ -349,7 +343,7 @@ def test_the_kserve_runtime_serves_a_storage_uri_model(
     models = tmp_path / "mnt-models"
     models.mkdir()
     (models / "model.onnx").write_bytes(onnx_path.read_bytes())
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("SHIPYARD_")}
     env.update({e["name"]: e["value"] for e in runtime["env"] if "value" in e})
     env.update(

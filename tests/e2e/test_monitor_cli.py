@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 from pathlib import Path
 
 import pytest
 from test_cli import Cli, assert_one_line_error, cli, home  # noqa: F401 -- fixtures
 
+from servers import free_port
 from shipyard.monitor.alerts import AlertConfig, render_rules
 from shipyard.monitor.dashboard import render_dashboard
 
@@ -88,9 +88,7 @@ def test_bad_options_are_one_line_with_exit_code_2(
 
 
 def test_tensorboard_without_a_server_is_one_line_with_exit_code_6(cli: Cli, tmp_path: Path) -> None:
-    with socket.socket() as probe:  # a port nothing listens on once closed
-        probe.bind(("127.0.0.1", 0))
-        url = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    url = f"http://127.0.0.1:{free_port()}"
     result = cli("monitor", "export", "--tensorboard", tmp_path / "run", "--url", url)
     assert_one_line_error(result, f"nothing answers at {url}")
     assert result.code == 6

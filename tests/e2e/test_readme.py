@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import re
 import shlex
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -19,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from servers import SHIPYARD, running
+from servers import SHIPYARD, free_port, running
 
 ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()
@@ -95,9 +94,7 @@ def run_registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def server_url(run_registry: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """`shipyard serve` of the models the server snippets use, on a port the kernel chose (and
     gRPC on one found free: `server_url:GRPC_PORT`)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        grpc_port = probe.getsockname()[1]
+    grpc_port = free_port()
     with running(
         run_registry,
         ["iris@production", "minilm@production"],

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -22,6 +21,7 @@ import numpy as np
 import pytest
 from import_support import contents, home_with_one_model, run_cli
 
+from servers import free_port
 from shipyard.registry import Registry
 from shipyard.settings import Settings
 from tiny_models import tiny_onnx
@@ -47,12 +47,6 @@ signature:
   inputs: '[{"type": "tensor", "tensor-spec": {"dtype": "float32", "shape": [-1, 4]}}]'
   outputs: '[{"type": "tensor", "tensor-spec": {"dtype": "int64", "shape": [-1]}}]'
 """
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture
@@ -159,7 +153,7 @@ def test_uri_without_tracking_server(
     code, _, err = run_cli(capsys, home, "import", "mlflow", "models:/iris@champion")
     assert code == 2 and "--tracking-uri" in err
     # Nothing listens on this port: the error names the URL, exit code 6.
-    url = f"http://127.0.0.1:{_free_port()}"
+    url = f"http://127.0.0.1:{free_port()}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
     code, _, err = run_cli(capsys, home, "import", "mlflow", "models:/iris@champion")
     assert code == 6 and f"cannot reach the MLflow tracking server at {url}" in err
@@ -194,7 +188,7 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[st
     if not (MLFLOW_VENV / "bin" / "mlflow").exists():
         pytest.skip(f"MLflow is not installed in {MLFLOW_VENV}: run scripts/install-mlflow.sh")
     work = tmp_path_factory.mktemp("mlflow")
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     # No telemetry, and no network: the machine may have none.
     env = {"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1", "PATH": "/usr/bin:/bin"}

@@ -28,7 +28,8 @@ import httpx
 import pytest
 import yaml
 
-from podman_support import IMAGE, free_port, podman, podman_environment
+from podman_support import IMAGE, podman, podman_environment
+from servers import free_port
 from shipyard.deploy import contract, yaml_text
 
 ROOT = Path(__file__).resolve().parents[2]

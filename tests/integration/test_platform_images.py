@@ -19,7 +19,8 @@ from dataclasses import dataclass
 import httpx
 import pytest
 
-from podman_support import IMAGE, free_port, podman, podman_environment
+from podman_support import IMAGE, podman, podman_environment
+from servers import free_port
 
 pytestmark = pytest.mark.slow
 

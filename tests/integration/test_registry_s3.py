@@ -20,7 +20,7 @@ from sklearn.datasets import load_iris
 from sklearn.linear_model import LogisticRegression
 
 from s3_support import S3Endpoint, start_moto
-from servers import SHIPYARD, running, server_env
+from servers import SHIPYARD, free_port, running, server_env
 from shipyard.errors import IntegrityError
 from shipyard.registry import Registry
 from shipyard.settings import Settings
@@ -327,11 +327,7 @@ def test_an_unreachable_endpoint_or_missing_bucket_fails_at_start_in_one_line(
         "create the bucket first"
     ]
 
-    import socket
-
-    with socket.socket() as sock:  # a port nothing listens on
-        sock.bind(("127.0.0.1", 0))
-        closed = sock.getsockname()[1]
+    closed = free_port()
     env = {
         **team_env(settings, s3),
         "AWS_ENDPOINT_URL": f"http://127.0.0.1:{closed}",

@@ -16,9 +16,8 @@ from typing import Any
 
 import httpx
 import pytest
-from serve_support import free_port
 
-from servers import SHIPYARD, server_env
+from servers import SHIPYARD, free_port, server_env
 
 PROMETHEUS = shutil.which("prometheus")
 needs_prometheus = pytest.mark.skipif(

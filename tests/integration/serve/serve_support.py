@@ -5,7 +5,6 @@ Servers are started by `servers.py` (beside tests/conftest.py), shared per sessi
 
 from __future__ import annotations
 
-import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -103,12 +102,6 @@ def push_file(registry: Registry, name: str, data: bytes, folder: Path, **kwargs
     path = folder / f"{name}-{len(list(folder.iterdir()))}.onnx"
     path.write_bytes(data)
     return registry.push(name, path, **kwargs)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def triton_raises(status: object, *fragments: str) -> Any:

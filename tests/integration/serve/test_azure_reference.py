@@ -21,9 +21,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from serve_support import free_port
 
-from servers import SHIPYARD, server_env
+from servers import SHIPYARD, free_port, server_env
 from shipyard.registry import Registry
 from shipyard.settings import Settings
 from tiny_models import tiny_onnx

@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from serve_support import ServeModels, free_port, push_file
+from serve_support import ServeModels, push_file
 
-from servers import SHIPYARD, Server, launch, run_to_exit, server_env
+from servers import SHIPYARD, Server, free_port, launch, run_to_exit, server_env
 from shipyard.cli.serve import _served_models
 from shipyard.registry import Registry
 from shipyard.settings import Settings

@@ -18,11 +18,11 @@ import numpy as np
 import pytest
 import tritonclient.grpc as tgrpc
 import tritonclient.grpc.aio as tgrpc_aio
-from serve_support import ServeModels, free_port, push_file, slow_onnx_bytes
+from serve_support import ServeModels, push_file, slow_onnx_bytes
 from serve_support import triton_raises as fails
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
-from servers import Server
+from servers import Server, free_port
 from shipyard.registry import Registry
 from shipyard.settings import Settings
 

@@ -19,9 +19,9 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
-from serve_support import ServeModels, free_port
+from serve_support import ServeModels
 
-from servers import Server
+from servers import Server, free_port
 
 ROOT = Path(__file__).resolve().parents[3]
 KSERVE_PYTHON = ROOT / ".venv-kserve" / "bin" / "python"

@@ -8,10 +8,10 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from serve_support import ServeModels, free_port
+from serve_support import ServeModels
 
 from http_errors import assert_error
-from servers import Server
+from servers import Server, free_port
 
 X4 = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3], [5.9, 3.0, 4.2, 1.5]]
 

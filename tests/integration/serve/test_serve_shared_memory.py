@@ -16,11 +16,11 @@ import pytest
 import tritonclient.grpc as tgrpc
 import tritonclient.http as thttp
 import tritonclient.utils.shared_memory as shm
-from serve_support import free_port, push_file
+from serve_support import push_file
 from serve_support import triton_raises as fails
 from test_serve_grpc import simple_onnx_bytes
 
-from servers import Server
+from servers import Server, free_port
 from shipyard.registry import Registry
 from shipyard.settings import Settings
 
