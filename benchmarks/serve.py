@@ -132,14 +132,16 @@ class Measured:
         first, walls = parts[0], [p.wrk.wall_s for p in parts]
         batches = [p.batch for p in parts if p.batch is not None]
         parents = [p.parent_rss for p in parts if p.parent_rss is not None]
+        # Every round's workers: the same processes, or new ones where each round had its own server.
+        pids = list(dict.fromkeys(pid for p in parts for pid in p.worker_cpu))
         return cls(
             first.label,
             first.workers,
             WrkResult.merge([p.wrk for p in parts]),
             first.ready_s,
-            {pid: max(p.worker_rss.get(pid, 0.0) for p in parts) for pid in first.worker_cpu},
-            {pid: sum(p.worker_cpu[pid] for p in parts) for pid in first.worker_cpu},
-            {pid: sum(p.worker_bytes[pid] for p in parts) for pid in first.worker_cpu},
+            {pid: max(p.worker_rss.get(pid, 0.0) for p in parts) for pid in pids},
+            {pid: sum(p.worker_cpu.get(pid, 0.0) for p in parts) for pid in pids},
+            {pid: sum(p.worker_bytes.get(pid, 0) for p in parts) for pid in pids},
             max((p.worker_conns for p in parts), key=lambda c: sum(c.values())),
             first.parent_pid,
             max(parents) if parents else None,
