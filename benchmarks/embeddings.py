@@ -63,13 +63,14 @@ from typing import Any
 import numpy as np
 import orjson
 from harness.procfs import CLK_TCK, cpu_seconds, host_cpu
-from harness.sampling import NOISE_CORES, Sampler
+from harness.sampling import NOISE_CORES, Sampler, noise_note
 from harness.servers import (
     HOST,
     Server,
     check_announcement,
     http_call,
     log,
+    run_main,
     start_shipyard,
     stop_on_sigterm,
     stop_server,
@@ -555,8 +556,7 @@ def summary(ip: InProcess, results: dict[str, Measured | str], args: argparse.Na
     if problems := sum(len(m.problems) for m in measured):
         line += f" | PROBLEMS: {problems} (see above)"
     other = max([ip.other_cores, *(m.other_cores for m in measured)])
-    if other > NOISE_CORES:
-        line += f" | NOISY: up to {other:.1f} cores used by other processes, the figures are unreliable"
+    line += noise_note(other, ", the figures are unreliable")
     line += (
         f" | {os.cpu_count()} cpus, torch {ip.torch_threads} threads in process, {args.protocol}, "
         f"wrk -t{args.threads} -c{args.connections} -d{args.duration}s"
@@ -622,8 +622,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        log("embeddings.py: interrupted; every server it started has been stopped")
-        sys.exit(130)
+    run_main(main)

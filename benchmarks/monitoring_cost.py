@@ -21,7 +21,6 @@ import argparse
 import contextlib
 import os
 import re
-import sys
 import tempfile
 import threading
 import time
@@ -31,8 +30,8 @@ from pathlib import Path
 import numpy as np
 import orjson
 from harness.compare import paired_ratio
-from harness.sampling import NOISE_CORES
-from harness.servers import http_call, log, start_shipyard, stop_on_sigterm, stop_server, wait_ready
+from harness.sampling import noise_note
+from harness.servers import http_call, log, run_main, start_shipyard, stop_on_sigterm, stop_server, wait_ready
 from harness.wrk import add_load_options, find_wrk, run_wrk
 from serve import BODY, LUA, MODEL_NAME, Measured, Prepared, build_model, describe, load
 
@@ -221,6 +220,12 @@ def main() -> int:
         started: dict[str, Prepared] = {}
         problems: dict[str, list[str]] = {}
         codes: dict[str, int | None] = {}
+
+        def stop(label: str) -> None:
+            """Stop the target's server, keeping the first failed exit code of its servers."""
+            code = stop_server(started.pop(label).server)
+            codes[label] = codes.get(label) or code
+
         try:
             for label in targets:
                 started[label] = start_target(label, home, folder, args, wrk, lua)
@@ -228,8 +233,7 @@ def main() -> int:
             for number in range(args.rounds):  # alternating, so the host's drift cancels out
                 for label in targets if number % 2 == 0 else targets[::-1]:
                     if args.fresh and number:  # the process's own luck (layout, cores) averages out too
-                        code = stop_server(started.pop(label).server)
-                        codes[label] = codes.get(label) or code  # the first failure is kept
+                        stop(label)
                         started[label] = start_target(label, home, folder, args, wrk, lua)
                     target = started[label]
                     with scraping(target.server.port, args.scrape_s, scrapes[label]):
@@ -237,9 +241,8 @@ def main() -> int:
             for label, target in started.items():
                 problems[label] = check_monitoring(label, target.server.port, folder / f"predictions-{label}")
         finally:
-            for label, target in started.items():
-                code = stop_server(target.server)
-                codes[label] = codes.get(label) or code
+            for label in list(started):
+                stop(label)
         for label in targets:
             results[label] = measured = Measured.merge(rounds[label])
             measured.exit_code = codes[label]
@@ -295,15 +298,11 @@ def summary(
     return (
         "monitoring cost: " + " | ".join(parts)
         + " | goals (on): " + " ".join(f"{k} {'ok' if v else 'MISS'}" for k, v in checks.items())
-        + (f" | NOISY: up to {noisy:.1f} cores used by other processes" if noisy > NOISE_CORES else "")
+        + noise_note(noisy)
         + f" | {os.cpu_count()} cpus, wrk -t{args.threads} -c{args.connections}, "
         f"{args.rounds} alternating rounds of {args.round_s}s per target, {scraped}"
     )  # fmt: skip
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        log("monitoring_cost.py: interrupted; every server it started has been stopped")
-        sys.exit(130)
+    run_main(main)

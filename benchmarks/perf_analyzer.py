@@ -36,8 +36,18 @@ from typing import Any
 
 from harness.compare import middle_half, paired_ratio
 from harness.procfs import cpu_seconds, host_cpu
-from harness.sampling import NOISE_CORES
-from harness.servers import HOST, Server, free_port, launch, log, stop_on_sigterm, stop_server, wait_ready
+from harness.sampling import noise_note
+from harness.servers import (
+    HOST,
+    Server,
+    free_port,
+    launch,
+    log,
+    run_main,
+    stop_on_sigterm,
+    stop_server,
+    wait_ready,
+)
 from harness.wrk import WrkResult, find_wrk, run_wrk
 from serve import LUA, MODEL_NAME, build_model
 
@@ -357,15 +367,11 @@ def summary(points: dict[Key, list[Point]], wrk_rounds: list[WrkResult], args: a
     noisy = max(p.other_cores for runs in points.values() for p in runs)
     return (
         "perf_analyzer: " + " | ".join(parts) + f" | goals: {checks}"
-        + (f" | NOISY: up to {noisy:.1f} cores used by other processes" if noisy > NOISE_CORES else "")
+        + noise_note(noisy)
         + f" | {os.cpu_count()} cpus, 1 worker, {args.rounds} alternating rounds of 3x{args.window_ms}ms "
         "windows per point (medians over rounds; us = CPU per inference)"
     )  # fmt: skip
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        log("perf_analyzer.py: interrupted; every server it started has been stopped")
-        sys.exit(130)
+    run_main(main)

@@ -40,6 +40,7 @@ from harness.servers import (
     Server,
     http_call,
     log,
+    run_main,
     start_shipyard,
     stop_on_sigterm,
     stop_server,
@@ -529,8 +530,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        log("reliability.py: interrupted; every server it started has been stopped")
-        sys.exit(130)
+    run_main(main)

@@ -26,8 +26,8 @@ from pathlib import Path
 
 import orjson
 from harness.compare import middle_half, paired_ratio
-from harness.sampling import NOISE_CORES
-from harness.servers import http_call, log, start_shipyard, stop_on_sigterm, stop_server, wait_ready
+from harness.sampling import noise_note
+from harness.servers import http_call, log, run_main, start_shipyard, stop_on_sigterm, stop_server, wait_ready
 from harness.wrk import LATENCY_HOOK, add_load_options, find_wrk, run_wrk
 from serve import BODY, MODEL_NAME, Measured, Prepared, build_model, describe, load, push_model
 
@@ -248,15 +248,11 @@ def summary(results: dict[str, Measured], rounds: dict[str, list[Measured]], arg
     return (
         "security cost: " + " | ".join(parts)
         + f" | goal: cost<{GOAL_COST:.0%} {'ok' if ok else 'MISS'}"
-        + (f" | NOISY: up to {noisy:.1f} cores used by other processes" if noisy > NOISE_CORES else "")
+        + noise_note(noisy)
         + f" | {os.cpu_count()} cpus, wrk -t{args.threads} -c{args.connections}, "
         f"{args.rounds} alternating rounds of {args.round_s}s per target"
     )  # fmt: skip
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        log("security_cost.py: interrupted; every server it started has been stopped")
-        sys.exit(130)
+    run_main(main)

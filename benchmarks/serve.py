@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import orjson
 from harness.procfs import bytes_written, cpu_seconds, host_cpu, rss_mb
-from harness.sampling import NOISE_CORES, Sampler, batch_totals
+from harness.sampling import Sampler, batch_totals, noise_note
 from harness.servers import (
     HOST,
     Server,
@@ -36,6 +36,7 @@ from harness.servers import (
     http_call,
     launch,
     log,
+    run_main,
     start_shipyard,
     stop_on_sigterm,
     stop_server,
@@ -333,8 +334,7 @@ def summary(results: dict[str, Measured], args: argparse.Namespace) -> str:
         }
         line += " | goals: " + " ".join(f"{k} {'ok' if v else 'MISS'}" for k, v in checks.items())
     other = max(m.other_cores for m in results.values())
-    if other > NOISE_CORES:
-        line += f" | NOISY: up to {other:.1f} cores used by other processes during the loads"
+    line += noise_note(other, " during the loads")
     line += (
         f" | {os.cpu_count()} cpus, wrk -t{args.threads} -c{args.connections}, "
         f"{args.rounds} alternating rounds of {args.round_s}s per target"
@@ -405,8 +405,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        log("serve.py: interrupted; every server it started has been stopped")
-        sys.exit(130)
+    run_main(main)

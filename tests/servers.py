@@ -32,9 +32,8 @@ REFUSAL_TIMEOUT_S = 60.0
 
 
 def free_port() -> int:
-    """A loopback port nothing listens on now: for a program that cannot be told `--port 0` (it
-    may be taken again before that program binds it; the kernel hands ports out in turn, so
-    rarely)."""
+    """A loopback port nothing listens on now: for a program that cannot be told `--port 0`, or a
+    URL that must find nothing listening (another process may take it before it is used)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])

@@ -11,6 +11,11 @@ from harness.servers import Server, http_call
 NOISE_CORES = 0.25  # loopback softirq alone is ~0.1-0.2 core: more means other processes competed
 
 
+def noise_note(cores: float, detail: str = "") -> str:
+    """A summary line's warning when other processes used more than NOISE_CORES during the loads."""
+    return f" | NOISY: up to {cores:.1f} cores used by other processes{detail}" if cores > NOISE_CORES else ""
+
+
 def batch_totals(port: int) -> tuple[float, float] | None:
     """(rows, batches) executed so far, summed across workers by /metrics."""
     answer = http_call(port, "GET", "/metrics")

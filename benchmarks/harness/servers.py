@@ -12,9 +12,10 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from harness.procfs import cmdline, descendants, listening_sockets
 
@@ -191,6 +192,16 @@ def stop_server(server: Server) -> int | None:
                 with contextlib.suppress(OSError):
                     os.kill(pid, signal.SIGKILL)
     return server.proc.returncode
+
+
+def run_main(main: Callable[[], int]) -> NoReturn:
+    """A benchmark's entry point: exit with `main()`'s code, or on Ctrl-C (SIGTERM too, with
+    `stop_on_sigterm`) with 130 and one line, once `main`'s own cleanup has stopped its servers."""
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        log(f"{Path(sys.argv[0]).name}: interrupted; every server it started has been stopped")
+        sys.exit(130)
 
 
 def stop_on_sigterm() -> None:
