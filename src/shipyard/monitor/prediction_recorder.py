@@ -1,8 +1,13 @@
-"""Recording the prediction log without slowing requests: sample, queue, write in a thread.
+"""Recording the prediction log without slowing requests: sample, queue, encode, write in a thread.
 
 The request path draws one random number and appends to a bounded deque (no lock; a wake-up
-only when it is half full); a writer thread drains it every second into this process's segment,
-describing and serializing the entries there, up to 256 at a time. An entry refers to its rows of
+only when it is half full). Every 256 entries queued, the event loop encodes them into one chunk
+between two of its turns; a writer thread writes the chunks into this process's segment every
+second, and encodes itself what the loop has not (the entries of a quiet second, or everything
+when the recorder runs without an event loop). Encoding on the loop spares the GIL the round trips
+between the loop and a thread encoding beside it: with the writer encoding every entry, in slices
+with pauses between, the log cost p99 +20–30% and 8–11% of requests/s; with the loop encoding,
++6–10% and 6–8% (benchmarks/monitoring_cost.py, `--fresh`, interleaved). An entry refers to its rows of
 the batch its request ran in (prediction_chunks.Ran), which all that batch's entries share, rather
 than holding its own arrays. When the queue is full, or
 the disk refuses a write, entries are dropped and counted in
@@ -12,6 +17,7 @@ request never waits for the log and never fails because of it.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import random
@@ -46,11 +52,11 @@ log = logging.getLogger("shipyard.predictions")
 # The writer wakes every second, or once the queue is half full: larger batches cost less CPU
 # per entry (measured: about half of what 0.2 s rounds cost).
 _INTERVAL_S = 1.0
-_CHUNK = 256  # entries per transaction
-# Between chunks the writer sleeps a moment, which releases the GIL: a second's entries are tens of
-# milliseconds of Python, and drained in one go (the interpreter takes the GIL from a thread only
-# every 5 ms) they stall the event loop long enough to double the p99 of a busy server; with the
-# pauses, the p99 added was about half (benchmarks/monitoring_cost.py, targets `off,log`).
+_CHUNK = 256  # entries per chunk
+# Between chunks it encodes, the writer sleeps a moment, which releases the GIL: a second's entries
+# are tens of milliseconds of Python, and encoded in one go (the interpreter takes the GIL from a
+# thread only every 5 ms) they stall the event loop long enough to double the p99 of a busy
+# server; with the pauses, the p99 added was about half (benchmarks/monitoring_cost.py, `off,log`).
 _PAUSE_S = 0.001
 _WARN_EVERY_S = 60.0
 _RETENTION_EVERY_S = 60.0
@@ -119,6 +125,14 @@ class PredictionRecorder:
         self._progress = threading.Condition()
         self._closing = False
         self._thread: threading.Thread | None = None
+        # Encoding takes `_encoding` (the loop and the writer both encode; the lock keeps chunks in
+        # queue order and the batch window consistent), and the chunks wait in `_encoded` for the
+        # writer, with the entries they hold: (chunk or None, entries by model, bytes, entries).
+        self._encoding = threading.Lock()
+        self._encoded: list[tuple[Chunk | None, Counter[str], int, int]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread = 0
+        self._since_encoded = 0  # entries queued since the loop was last asked to encode
         self._current: Segment | None = None
         self._started = 0.0
         self._trimmed_at = 0.0
@@ -133,6 +147,12 @@ class PredictionRecorder:
         return recorder if any(rates) else None
 
     def start(self) -> None:
+        """Start the writer; called on the event loop `record` runs on, the loop encodes too."""
+        try:
+            self._loop = asyncio.get_running_loop()
+            self._loop_thread = threading.get_ident()
+        except RuntimeError:  # no loop: the writer encodes everything
+            self._loop = None
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="shipyard-prediction-log", daemon=True)
             self._thread.start()
@@ -210,6 +230,20 @@ class PredictionRecorder:
         )
         if depth == self._wake_at:
             self._wake.set()
+        self._since_encoded += 1
+        if self._since_encoded >= _CHUNK and self._loop is not None:
+            self._since_encoded = 0
+            if threading.get_ident() == self._loop_thread:  # call_soon is for the loop's own thread
+                self._loop.call_soon(self._encode_on_loop)
+
+    def _encode_on_loop(self) -> None:
+        """One chunk's entries, encoded on the event loop after the request that queued the last;
+        none if the writer is encoding now (it takes them all)."""
+        if self._encoding.acquire(blocking=False):
+            try:
+                self._encode(_CHUNK)
+            finally:
+                self._encoding.release()
 
     def flush(self, timeout_s: float = 10.0) -> bool:
         """Wait until every entry queued so far is written or dropped; False on timeout."""
@@ -237,39 +271,57 @@ class PredictionRecorder:
                 self._wake.clear()
                 self._drain()
                 self._warn()
-                if self._closing and not self._queue:
+                if self._closing and not self._queue and not self._encoded:
                     break
                 if self._current is not None and time.monotonic() - self._trimmed_at > _RETENTION_EVERY_S:
                     self._trim()
         finally:
             self._close_segment()
 
-    def _drain(self) -> None:
-        """Write everything queued now in one transaction: every call that releases the GIL
-        (a commit, a stat) costs the event loop a switch, so the writer makes few of them (one
-        pause per chunk of 256 entries, so that it never holds the GIL for long). Each chunk's
-        entries are let go before the pause: freeing a whole drain's entries (ten thousand on a
-        busy server, with their batches' arrays) at once held the GIL for milliseconds."""
+    def _encode(self, count: int) -> int:
+        """Encode up to `count` queued entries into one chunk for the writer (`_encoding` held).
+        The entries are let go here: freeing a whole second's entries (ten thousand on a busy
+        server, with their batches' arrays) at once held the GIL for milliseconds. Returns how
+        many it took."""
         queue = self._queue
-        left = len(queue)
-        if not left:
+        count = min(len(queue), count)
+        if count:
+            batch = list(starmap(queue.popleft, repeat((), count)))  # in C: no Python per entry
+            models = Counter(map(_MODEL, batch))  # counted in C, for a transaction that fails
+            try:
+                chunk = self._chunk(batch)
+            except Exception as exc:  # noqa: BLE001 -- on the event loop too: lost and counted, never raised
+                self._failed(models, exc)
+                chunk, models = None, Counter()
+            self._encoded.append((chunk, models, sum(map(HELD, batch)), count))
+        return count
+
+    def _drain(self) -> None:
+        """Encode what the loop has not, then write every chunk waiting in one transaction: every
+        call that releases the GIL (a commit, a stat) costs the event loop a switch, so the writer
+        makes few of them (one pause per chunk it encodes, so that it never holds the GIL long)."""
+        left = len(self._queue)  # what is queued now: the request path goes on queuing meanwhile
+        paused = False
+        while left > 0 and self._queue:
+            if paused:
+                time.sleep(_PAUSE_S)  # the event loop runs meanwhile: see _PAUSE_S
+            with self._encoding:
+                left -= self._encode(_CHUNK)
+            paused = True
+        with self._encoding:
+            waiting, self._encoded = self._encoded, []
+        if not waiting:
             return
         chunks: list[Chunk] = []
         models: Counter[str] = Counter()
         handled = held = 0
-        while left:
-            if handled:
-                time.sleep(_PAUSE_S)  # the event loop runs meanwhile: see _PAUSE_S
-            count = min(left, _CHUNK)
-            batch = list(starmap(queue.popleft, repeat((), count)))  # in C: no Python per entry
-            left -= count
-            chunk = self._chunk(batch)
+        for chunk, by_model, chunk_held, count in waiting:
             if chunk is not None:
                 chunks.append(chunk)
-            models.update(map(_MODEL, batch))  # counted in C, for a transaction that fails
-            held += sum(map(HELD, batch))
+            models.update(by_model)
+            held += chunk_held
             handled += count
-            del batch  # let go of the entries (and their batches) now, not all at the end
+        del waiting
         try:
             self._segment().append(chunks)
         except (sqlite3.Error, OSError) as exc:

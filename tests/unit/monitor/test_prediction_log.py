@@ -4,10 +4,12 @@ lookups by request id across every worker's segments."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -120,6 +122,40 @@ def test_requests_of_shared_batches_get_their_own_rows(
     assert entries["b0-1"].summary["inputs"] == {"X": {"shape": [2, 4], "dtype": "float32"}}
     assert entries["b10-1"].summary["inputs"] == {"X": {"shape": [2, 4], "dtype": "float32"}}
     assert entries["refused"].status == 400
+
+
+def test_on_an_event_loop_the_loop_encodes_whole_chunks_and_the_writer_the_rest(
+    tmp_path: Path, recorders: list[PredictionRecorder], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Started on a loop, the recorder has the loop encode every 256 entries between requests, and
+    the writer what is left: every entry is written once, in order, with its own rows."""
+    recorder = make(recorders, tmp_path, start=False)
+    encoders: list[int] = []
+    chunk = recorder._chunk
+
+    def noting(batch: Any) -> Any:
+        encoders.append(threading.get_ident())
+        return chunk(batch)
+
+    monkeypatch.setattr(recorder, "_chunk", noting)
+
+    async def serve() -> int:
+        recorder.start()
+        for first in range(0, 1000, 4):  # batches of four one-row requests, as the batcher notes them
+            ran = Ran({"X": np.zeros((4, 4), dtype=np.float32)}, {"label": np.arange(first, first + 4)}, 4)
+            for offset in range(4):
+                noted = Sample()
+                noted.ran, noted.offset, noted.rows = ran, offset, 1
+                recorder.record(f"r{first + offset}", "iris", 1, "v1", 200, 0.001, noted)
+            await asyncio.sleep(0)  # the loop's turn: the encoding it was asked for runs
+        assert await asyncio.to_thread(recorder.flush, FLUSH_S)
+        return threading.get_ident()
+
+    loop_thread = asyncio.run(serve())
+    assert encoders.count(loop_thread) >= 1 and len(encoders) >= 4  # 3 whole chunks, then the rest
+    entries = PredictionStore(tmp_path).read("iris")[::-1]  # newest first
+    assert [e.request_id for e in entries] == [f"r{i}" for i in range(1000)]
+    assert [e.summary["outputs"]["label"]["values"] for e in entries] == [[i] for i in range(1000)]
 
 
 def test_payloads_are_kept_at_their_rate_and_left_out_when_large(
