@@ -6,11 +6,12 @@ between two of its turns; a writer thread writes the chunks into this process's 
 second, and encodes itself what the loop has not (the entries of a quiet second, or everything
 when the recorder runs without an event loop). Encoding on the loop spares the GIL the round trips
 between the loop and a thread encoding beside it: with the writer encoding every entry, in slices
-with pauses between, the log cost p99 +20–30% and 8–11% of requests/s; with the loop encoding,
-+6–10% and 6–8% (benchmarks/monitoring_cost.py, `--fresh`, interleaved). An entry refers to its rows of
-the batch its request ran in (prediction_chunks.Ran), which all that batch's entries share, rather
-than holding its own arrays. When the queue is full, or
-the disk refuses a write, entries are dropped and counted in
+with pauses between, monitoring on cost p99 +20–30% and 8–12.5% of requests/s; with the loop
+encoding, +6–12% and 6.5–9.5% (benchmarks/monitoring_cost.py, `--fresh`, interleaved).
+
+An entry refers to its rows of the batch its request ran in (prediction_chunks.Ran), which all that
+batch's entries share, rather than holding its own arrays. When the queue is full, or the disk
+refuses a write, entries are dropped and counted in
 `shipyard_predictionlog_dropped_total{model,reason}`, with a warning at most once a minute: a
 request never waits for the log and never fails because of it.
 """
@@ -132,7 +133,6 @@ class PredictionRecorder:
         self._encoded: list[tuple[Chunk | None, Counter[str], int, int]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = 0
-        self._since_encoded = 0  # entries queued since the loop was last asked to encode
         self._current: Segment | None = None
         self._started = 0.0
         self._trimmed_at = 0.0
@@ -230,11 +230,9 @@ class PredictionRecorder:
         )
         if depth == self._wake_at:
             self._wake.set()
-        self._since_encoded += 1
-        if self._since_encoded >= _CHUNK and self._loop is not None:
-            self._since_encoded = 0
-            if threading.get_ident() == self._loop_thread:  # call_soon is for the loop's own thread
-                self._loop.call_soon(self._encode_on_loop)
+        # Each time the queue reaches a whole chunk; call_soon is for the loop's own thread only.
+        if not (depth + 1) % _CHUNK and self._loop is not None and threading.get_ident() == self._loop_thread:
+            self._loop.call_soon(self._encode_on_loop)
 
     def _encode_on_loop(self) -> None:
         """One chunk's entries, encoded on the event loop after the request that queued the last;
