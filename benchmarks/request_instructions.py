@@ -4,10 +4,13 @@ On a shared host two identical servers land up to a quarter apart in requests/s 
 security_cost.py's `w1-again`), far more than the 3% that keys and limits, or the 5% that
 monitoring, may cost. So this counts instructions instead: the app of `shipyard serve` (the iris
 ONNX model of serve.py) is called in-process by one client, request after request (batches of one:
-the same path every time), under valgrind's callgrind tool with instrumentation off through
-start-up, imports and a warm-up, switched on (`callgrind_control`) for `--requests` requests and
-off again before shut-down. Every thread counts (the batcher's, the prediction log's writer,
-onnxruntime's), and the log is flushed before instrumentation ends, so its writer's work is in.
+the same path every time), or by `--clients` clients at once (32: batches of about thirty rows,
+as under benchmarks/serve.py's load, where a batch's work is shared by its requests and what each
+request adds alone, such as its prediction log entry, weighs more), under valgrind's callgrind
+tool with instrumentation off through start-up, imports and a warm-up, switched on
+(`callgrind_control`) for `--requests` requests and off again before shut-down. Every thread
+counts (the batcher's, the prediction log's writer, onnxruntime's), and the log is flushed before
+instrumentation ends, so its writer's work is in.
 
 What instructions leave out: time (a cache miss or a wait for the GIL costs no instructions), and
 HTTP parsing (no sockets here: it is the same with every target). Under valgrind a request takes
@@ -21,6 +24,7 @@ drift: the issue's "monitoring on"). Needs valgrind (`bash scripts/install-debia
 
     .venv/bin/python benchmarks/request_instructions.py                        # every target
     .venv/bin/python benchmarks/request_instructions.py --targets off,keys --requests 300
+    .venv/bin/python benchmarks/request_instructions.py --clients 32 --requests 2048 --repeat 2
 """
 
 from __future__ import annotations
@@ -74,12 +78,21 @@ def build_homes(folder: Path) -> tuple[Path, Path, str]:
 
 
 async def _sequential(
-    create_app: object, settings: object, headers: tuple[tuple[bytes, bytes], ...], requests: int
+    create_app: object,
+    settings: object,
+    headers: tuple[tuple[bytes, bytes], ...],
+    requests: int,
+    clients: int = 1,
 ) -> None:
-    """Warm up, then `requests` requests one after another (one client: batches of one), saying
+    """Warm up, then `requests` requests, each of `clients` clients sending one after another (one
+    client: batches of one; 32, as under benchmarks/serve.py's load: batches of tens), saying
     `ready` on stdout before them and `done` after, each time waiting for a line on stdin: the
     parent switches instrumentation on and off meanwhile."""
     from prediction_log import request
+
+    async def client(count: int) -> None:
+        for _ in range(count):
+            await request(app, headers)
 
     app = create_app(settings, [MODEL])  # type: ignore[operator]
     context = app.app.router.lifespan_context(app.app)
@@ -87,8 +100,7 @@ async def _sequential(
     try:
         await app.state.loading
         for count, then in ((WARM_UP, "ready"), (requests, "done")):
-            for _ in range(count):
-                await request(app, headers)
+            await asyncio.gather(*(client(count // clients) for _ in range(clients)))
             if app.state.predictions is not None:  # the writer's work for these entries too
                 assert app.state.predictions.flush(600.0), "the writer fell behind"
             print(then, flush=True)
@@ -97,8 +109,11 @@ async def _sequential(
         await context.__aexit__(None, None, None)
 
 
-def count_instructions(target: str, requests: int, homes: tuple[Path, Path], key: str, folder: Path) -> int:
-    """Instructions of `requests` requests as `target`, every thread, as callgrind counts them."""
+def count_instructions(
+    target: str, requests: int, clients: int, homes: tuple[Path, Path], key: str, folder: Path
+) -> int:
+    """Instructions of `requests` requests from `clients` clients as `target`, every thread, as
+    callgrind counts them."""
     out = folder / f"callgrind-{target}.out"
     command = [
         "valgrind",
@@ -110,6 +125,7 @@ def count_instructions(target: str, requests: int, homes: tuple[Path, Path], key
         "--child",
         target,
         str(requests),
+        str(clients),
         str(homes[target.startswith("keys")]),
         key,
     ]
@@ -149,25 +165,33 @@ def main() -> int:
         "--targets", default=",".join(TARGETS), help=f"comma-separated, of {', '.join(TARGETS)}"
     )
     parser.add_argument("--requests", type=int, default=1000, help="requests counted per run")
+    parser.add_argument(
+        "--clients",
+        type=int,
+        default=1,
+        help="clients sending at once (1: batches of one; 32: batches of tens, as under load)",
+    )
     parser.add_argument("--repeat", type=int, default=3, help="runs per target (the median counts)")
     parser.add_argument("--jobs", type=int, default=2, help="valgrind processes at once")
     parser.add_argument(
-        "--child", nargs=4, metavar=("TARGET", "REQUESTS", "HOME", "KEY"), help=argparse.SUPPRESS
+        "--child", nargs=5, metavar=("TARGET", "REQUESTS", "CLIENTS", "HOME", "KEY"), help=argparse.SUPPRESS
     )
     args = parser.parse_args()
     if args.child:
-        target, requests, home, key = args.child
+        target, requests, clients, home, key = args.child
         sys.path.insert(0, str(HERE))
         from shipyard.serve.app import create_app
 
         settings = target_settings(target, Path(home))
         headers = ((b"authorization", f"Bearer {key}".encode()),) if target.startswith("keys") else ()
-        asyncio.run(_sequential(create_app, settings, headers, int(requests)))
+        asyncio.run(_sequential(create_app, settings, headers, int(requests), int(clients)))
         return 0
     targets = [t for t in args.targets.split(",") if t]
     unknown = set(targets) - set(TARGETS)
     if unknown or "off" not in targets:
         parser.error(f"--targets takes {', '.join(TARGETS)}, with off among them")
+    if args.clients < 1 or args.requests % args.clients:
+        parser.error(f"--clients ({args.clients}) must divide --requests ({args.requests})")
     if shutil.which("valgrind") is None:
         parser.error("valgrind is not installed: bash scripts/install-debian-tool.sh valgrind")
     keep = os.environ.get(
@@ -183,7 +207,7 @@ def main() -> int:
         log(f"{len(runs)} runs under valgrind, {args.jobs} at a time: about a minute each")
 
         def count(target: str) -> int:
-            found = count_instructions(target, args.requests, (homes[0], homes[1]), key, folder)
+            found = count_instructions(target, args.requests, args.clients, (homes[0], homes[1]), key, folder)
             log(f"{target}: {found / args.requests:,.0f} instructions per request (one run)")
             return found
 
@@ -205,11 +229,15 @@ def main() -> int:
         ok = ok and cost < GOALS[target]
         parts.append(f"{target} {per_request[target]:,.0f} ({cost:+.1%}, goal <{GOALS[target]:.0%})")
     print(
-        "instructions per request (callgrind, in-process, one client): "
+        f"instructions per request (callgrind, in-process, {_clients(args.clients)}): "
         + " | ".join(parts)
         + f" | {'ok' if ok else 'MISS'} | medians of {args.repeat} runs of {args.requests} requests"
     )
     return 0
+
+
+def _clients(count: int) -> str:
+    return "one client" if count == 1 else f"{count} clients at once"
 
 
 def target_settings(target: str, home: Path) -> object:
