@@ -29,6 +29,7 @@ SHIPYARD = Path(sys.executable).with_name("shipyard")
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 30.0
 REFUSAL_TIMEOUT_S = 60.0
+GRPC_TRIES = 3  # starts of a server whose free gRPC port another process took first
 
 
 def free_port() -> int:
@@ -68,6 +69,7 @@ class Server:
     log_dir: Path
     client_options: dict[str, Any] = field(default_factory=dict)  # e.g. `verify` for a TLS server
     stopped_code: int | None = None
+    grpc_port: int | None = None  # where it serves gRPC, when started with `grpc=True`
 
     @property
     def port(self) -> int:
@@ -135,12 +137,50 @@ def launch(
     wait_ready: bool = True,
     ready_timeout: float = START_TIMEOUT_S,
     client_options: dict[str, Any] | None = None,
+    grpc: bool = False,
 ) -> Server:
     """Start `shipyard serve REFS --port PORT ARGS` and wait for its announcement (and /readyz,
     for up to `ready_timeout` seconds, unless `wait_ready` is false). `client_options` are
-    httpx.Client arguments for every `server.client()`, the readiness checks' included."""
+    httpx.Client arguments for every `server.client()`, the readiness checks' included.
+
+    `grpc`: serve gRPC too, on a port found free (`server.grpc_port`). Another process (an xdist
+    worker's server, say) may bind that port between the probe and the server's own bind: the
+    server then exits saying it cannot listen, and starts again on another port (GRPC_TRIES starts
+    in all)."""
+    tries, attempt = (GRPC_TRIES if grpc else 1), 1
+    while True:
+        grpc_port = free_port() if grpc else None
+        extra = [] if grpc_port is None else ["--grpc-port", str(grpc_port)]
+        try:
+            server = _launch(
+                serve_command(refs, port, [*(args or []), *extra]),
+                home,
+                log_dir,
+                env,
+                wait_ready,
+                ready_timeout,
+                client_options,
+            )
+        except pytest.fail.Exception as exc:
+            said = str(exc)  # the CLI's check before it starts, or the gRPC server's own bind
+            if attempt < tries and "cannot listen" in said and f":{grpc_port}" in said:
+                attempt += 1
+                continue
+            raise
+        server.grpc_port = grpc_port
+        return server
+
+
+def _launch(
+    command: list[str],
+    home: Path,
+    log_dir: Path,
+    env: dict[str, str] | None,
+    wait_ready: bool,
+    ready_timeout: float,
+    client_options: dict[str, Any] | None,
+) -> Server:
     log_dir.mkdir(parents=True, exist_ok=True)
-    command = serve_command(refs, port, args)
     with (log_dir / "stdout.txt").open("wb") as out, (log_dir / "stderr.txt").open("wb") as err:
         proc = subprocess.Popen(command, stdout=out, stderr=err, env=server_env(home, **(env or {})))
     server = Server(proc, "", log_dir, client_options or {})

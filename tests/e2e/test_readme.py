@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from servers import SHIPYARD, free_port, running
+from servers import SHIPYARD, running
 
 ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()
@@ -94,26 +94,15 @@ def run_registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def server_url(run_registry: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """`shipyard serve` of the models the server snippets use, on a port the kernel chose (and
     gRPC on one found free: `server_url:GRPC_PORT`)."""
-    yielded = False
-    for attempt in range(3):
-        grpc_port = free_port()
-        try:
-            with running(
-                run_registry,
-                ["iris@production", "minilm@production"],
-                tmp_path_factory.mktemp("serve-log"),
-                args=["--grpc-port", str(grpc_port)],
-                env={"HF_HUB_OFFLINE": "1"},
-                ready_timeout=READY_TIMEOUT_S,
-            ) as server:
-                yielded = True
-                yield f"{server.url}:{grpc_port}"
-            return
-        except pytest.fail.Exception as exc:
-            # Another test's process may bind the free port between the probe and the server's
-            # bind (seen once in CI, under xdist): start again on another, only for that.
-            if yielded or attempt == 2 or "cannot listen for gRPC" not in str(exc):
-                raise
+    with running(
+        run_registry,
+        ["iris@production", "minilm@production"],
+        tmp_path_factory.mktemp("serve-log"),
+        grpc=True,
+        env={"HF_HUB_OFFLINE": "1"},
+        ready_timeout=READY_TIMEOUT_S,
+    ) as server:
+        yield f"{server.url}:{server.grpc_port}"
 
 
 @pytest.mark.parametrize("client", ["tritonclient", "tritonclient.grpc", "openai"])

@@ -22,7 +22,7 @@ from serve_support import ServeModels, push_file, slow_onnx_bytes
 from serve_support import triton_raises as fails
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
-from servers import Server, free_port
+from servers import Server
 from shipyard.registry import Registry
 from shipyard.settings import Settings
 
@@ -70,9 +70,10 @@ def grpc_server(
                 "admin": ["admin"],
             }.items()
         }
-    port = free_port()
-    args = ["--grpc-port", str(port), "--max-batch-delay-ms", "0"]
-    with serve_launcher(home, ["simple", "multi", "slow"], args=args) as server:
+    args = ["--max-batch-delay-ms", "0"]
+    with serve_launcher(home, ["simple", "multi", "slow"], args=args, grpc=True) as server:
+        port = server.grpc_port
+        assert port is not None
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             grpc.channel_ready_future(channel).result(timeout=30)
         yield server, port, keys

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from serve_support import ServeModels
 
-from servers import Server, free_port
+from servers import Server
 
 ROOT = Path(__file__).resolve().parents[3]
 KSERVE_PYTHON = ROOT / ".venv-kserve" / "bin" / "python"
@@ -42,13 +42,13 @@ needs_mlserver = pytest.mark.skipif(
 @pytest.fixture(scope="module")
 def endpoints(serve_models: ServeModels, serve_launcher: Callable[..., Any]) -> Iterator[dict[str, str]]:
     """{"rest": URL, "grpc": HOST:PORT} of a server holding iris-onnx and multi."""
-    port = free_port()
-    args = ["--grpc-port", str(port), "--max-batch-delay-ms", "0"]
+    args = ["--max-batch-delay-ms", "0"]
     server: Server
-    with serve_launcher(serve_models.home, ["iris-onnx", "multi"], args=args) as server:
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+    with serve_launcher(serve_models.home, ["iris-onnx", "multi"], args=args, grpc=True) as server:
+        target = f"127.0.0.1:{server.grpc_port}"
+        with grpc.insecure_channel(target) as channel:
             grpc.channel_ready_future(channel).result(timeout=30)
-        yield {"rest": server.url, "grpc": f"127.0.0.1:{port}"}
+        yield {"rest": server.url, "grpc": target}
 
 
 @pytest.fixture(scope="module")

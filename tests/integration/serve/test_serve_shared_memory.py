@@ -20,7 +20,7 @@ from serve_support import push_file
 from serve_support import triton_raises as fails
 from test_serve_grpc import simple_onnx_bytes
 
-from servers import Server, free_port
+from servers import Server
 from shipyard.registry import Registry
 from shipyard.settings import Settings
 
@@ -41,9 +41,8 @@ def shm_server(
             name: {"authorization": f"Bearer {registry.create_key(name, scopes)[1]}"}
             for name, scopes in {"client": ["infer:*", "read"], "admin": ["admin"]}.items()
         }
-    port = free_port()
-    with serve_launcher(home, ["simple"], args=["--grpc-port", str(port)]) as server:
-        yield server, port, keys
+    with serve_launcher(home, ["simple"], grpc=True) as server:
+        yield server, server.grpc_port, keys
 
 
 @pytest.fixture(params=["http", "grpc"])
