@@ -137,6 +137,9 @@ class PredictionRecorder:
         self._started = 0.0
         self._trimmed_at = 0.0
         self._last_error = ""
+        # Draws from a generator of its own: the module's shared one belongs to the application (a
+        # caller that seeds it for a reproducible run must get the same numbers with the log on).
+        self._draw = random.Random().random
 
     @classmethod
     def create(cls, settings: Settings, worker: int = 0) -> PredictionRecorder | None:
@@ -169,7 +172,7 @@ class PredictionRecorder:
     ) -> None:
         """Queue one request's entry if it is drawn, or drop and count it: never blocks."""
         logged, with_payload = self._rates.get(model, self._default)
-        draw = random.random()
+        draw = self._draw()
         if draw >= logged:
             return
         depth = len(self._queue)

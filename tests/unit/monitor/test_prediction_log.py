@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import random
 import sqlite3
 import threading
 import time
@@ -156,6 +157,21 @@ def test_on_an_event_loop_the_loop_encodes_whole_chunks_and_the_writer_the_rest(
     entries = PredictionStore(tmp_path).read("iris")[::-1]  # newest first
     assert [e.request_id for e in entries] == [f"r{i}" for i in range(1000)]
     assert [e.summary["outputs"]["label"]["values"] for e in entries] == [[i] for i in range(1000)]
+
+
+def test_sampling_leaves_the_callers_random_numbers_alone(
+    tmp_path: Path, recorders: list[PredictionRecorder]
+) -> None:
+    """A program that seeds `random` for a reproducible run gets the same numbers with the log on."""
+    recorder = make(recorders, tmp_path, sample_rate=0.5)
+    random.seed(7)
+    expected = [random.random() for _ in range(3)]
+    random.seed(7)
+    for number in range(100):
+        recorder.record(f"s{number}", "iris", 1, "v1", 200, 0.001, sample())
+    assert [random.random() for _ in range(3)] == expected
+    assert recorder.flush(FLUSH_S)
+    assert 0 < len(PredictionStore(tmp_path).read("iris")) < 100  # sampled, by its own draws
 
 
 def test_payloads_are_kept_at_their_rate_and_left_out_when_large(
