@@ -77,7 +77,7 @@ def build_homes(folder: Path) -> tuple[Path, Path, str]:
     return *homes, key
 
 
-async def _sequential(
+async def _load(
     create_app: object,
     settings: object,
     headers: tuple[tuple[bytes, bytes], ...],
@@ -184,7 +184,7 @@ def main() -> int:
 
         settings = target_settings(target, Path(home))
         headers = ((b"authorization", f"Bearer {key}".encode()),) if target.startswith("keys") else ()
-        asyncio.run(_sequential(create_app, settings, headers, int(requests), int(clients)))
+        asyncio.run(_load(create_app, settings, headers, int(requests), int(clients)))
         return 0
     targets = [t for t in args.targets.split(",") if t]
     unknown = set(targets) - set(TARGETS)
