@@ -1,13 +1,13 @@
 """The prediction log's chunk format: how up to 256 entries become one row's bytes, and back.
 
-The writer thread runs on the same interpreter as the request path, so every microsecond it
-spends per entry is taken from serving (the GIL). A chunk is therefore columnar: the entries'
-scalar fields as one list each (made by one `zip`, in C), and their inputs and outputs grouped by
-layout (each tensor's name, shape and dtype): a group stores its layout once, and the values of
-each small output stacked into one array. `encode` works per run of a batch's entries;
-`encode_batched`, for the usual chunk (every entry ran in a batch, every batch of one layout), per
-chunk. An entry-per-array format cost about four times as much CPU (measured with
-benchmarks/prediction_log.py).
+Chunks are encoded on the server's event loop (or the writer thread, on the same interpreter),
+so every microsecond spent per entry is taken from serving. A chunk is therefore columnar: the
+entries come as columns (`Entries`, one `zip` of the recorder's queue, in C), the scalar ones
+written as they are, and their inputs and outputs grouped by layout (each tensor's name, shape and
+dtype): a group stores its layout once, and the values of each small output stacked into one
+array. `encode` works per run of a batch's entries; `encode_batched`, for the usual chunk (every
+entry ran in a batch, every batch of one layout), per chunk. An entry-per-array format cost about
+four times as much CPU (measured with benchmarks/prediction_log.py).
 
 A chunk is one byte (1, the format), its header's length (4 bytes, little-endian), a JSON header,
 then the raw bytes of its numeric arrays (the entries' times and latencies, each group's stacked
@@ -39,7 +39,7 @@ import math
 from collections.abc import Callable, Sequence
 from itertools import compress, groupby
 from operator import attrgetter, itemgetter
-from typing import Any, cast
+from typing import Any, NamedTuple
 
 import numpy as np
 import orjson
@@ -51,9 +51,6 @@ _BINARY = b"\x01"
 _RAW_KINDS = frozenset("biuf")  # dtype kinds kept as raw bytes: booleans, integers, floats
 
 Arrays = dict[str, np.ndarray]
-_Names = tuple[str, ...] | None
-_Values = tuple[np.ndarray, ...] | None
-RanParts = tuple[_Names, _Values, _Names, _Values, int, int, bool]
 
 
 class Ran:
@@ -64,7 +61,7 @@ class Ran:
     arrays and dicts (about seven objects each, ten thousand requests a second), which cost the
     event loop as much as the writer's own work (allocator and cache misses, longer collections),
     and made the writer walk every entry's arrays in Python. A batch's merged inputs and outputs
-    exist anyway; its entries' rows are cut from them in the writer, one call per batch.
+    exist anyway; its entries' rows are cut from them as a chunk is encoded, one call per chunk.
 
     `whole`: the arrays are one request's as they are (a batch of one whose outputs are not one row
     per input row, or a request that never reached a batch): its entry takes them all.
@@ -80,30 +77,6 @@ class Ran:
         # Cut into rows only where every array has `rows` rows (the batcher's merged arrays do).
         self.whole = rows < 1 or not arrays or any(a.ndim == 0 or a.shape[0] != rows for a in arrays)
         self.row_bytes = 0 if self.whole else self.nbytes // rows
-
-    def parts(self) -> RanParts:
-        """This batch as flat tuples of names and arrays, which the collector stops tracking at its
-        first young collection (a Ran, or a tuple holding a dict, it tracks for good)."""
-        inputs, outputs = self.inputs, self.outputs
-        return (
-            None if inputs is None else tuple(inputs),
-            None if inputs is None else tuple(inputs.values()),
-            None if outputs is None else tuple(outputs),
-            None if outputs is None else tuple(outputs.values()),
-            self.nbytes,
-            self.row_bytes,
-            self.whole,
-        )
-
-    @classmethod
-    def restore(cls, parts: RanParts) -> Ran:
-        """The batch `parts` made."""
-        input_names, inputs, output_names, outputs, nbytes, row_bytes, whole = parts
-        ran = cls.__new__(cls)
-        ran.inputs = None if inputs is None else dict(zip(input_names or (), inputs, strict=True))
-        ran.outputs = None if outputs is None else dict(zip(output_names or (), outputs, strict=True))
-        ran.nbytes, ran.row_bytes, ran.whole = nbytes, row_bytes, whole
-        return ran
 
     def held(self, rows: int) -> int:
         """The bytes of an entry's own arrays (what a payload of its `rows` weighs)."""
@@ -121,18 +94,31 @@ class Ran:
         )
 
 
-# What the writer hands over per entry: (time, request id, model, version, protocol, status,
-# latency s, the batch it ran in or None (the recorder queues the batch's number instead, or -1:
-# see PredictionRecorder.record), its first row there, its rows, payload wanted, payload bytes, a
-# description made on the request path or None). A description, made when the arrays
-# were too large to hold (see the recorder), is (inputs, outputs, payload bytes left out) in the
-# decoded form above, with values as arrays.
-Described = tuple[list[list[Any]] | None, list[list[Any]] | None, int]
-Pending = tuple[
-    float, str, str, "int | None", str, int, float, "Ran | int | None", int, int, bool, int,
-    "Described | None",
-]  # fmt: skip
-HELD = itemgetter(11)  # an entry's payload bytes
+class Entries(NamedTuple):
+    """A chunk's entries as the recorder hands them over: column by column, each one value per
+    entry, in the order they were answered. The recorder cuts its queue into these columns with
+    one `zip`, in C, and the encoder reads them as they are: an entry is never a Python object of
+    its own (building a tuple of thirteen fields per request, then cutting the tuples apart again
+    into columns, was most of what the log cost a request; see benchmarks/README.md)."""
+
+    at: Sequence[float]  # when it was answered, seconds since the epoch
+    request_ids: Sequence[str]
+    models: Sequence[str]
+    versions: Sequence[int | None]
+    protocols: Sequence[str]
+    statuses: Sequence[int]
+    latencies: Sequence[float]  # seconds
+    rans: Sequence[Ran | None]  # the batch it ran in, or its own arrays; None: it got none
+    offsets: Sequence[int]  # its first row in its batch
+    rows: Sequence[int]  # its rows there
+    payloads: Sequence[bool]  # its payload wanted (drawn at the payload rate)
+
+    def take(self, indices: Sequence[int]) -> Entries:
+        """The entries at `indices`, in that order."""
+        if len(indices) > 1:  # itemgetter picks in C, and returns a tuple from two indices on
+            return Entries(*map(itemgetter(*indices), self))
+        return Entries(*([column[i] for i in indices] for column in self))  # type: ignore[arg-type]
+
 
 _DTYPE_NAMES: dict[np.dtype[Any], str] = {}  # numpy computes `dtype.name` in Python: microseconds
 
@@ -144,20 +130,6 @@ def dtype_name(dtype: np.dtype[Any]) -> str:
         if len(_DTYPE_NAMES) < 256:  # text dtypes differ by length: keep the cache bounded
             _DTYPE_NAMES[dtype] = name
     return name
-
-
-def describe(inputs: Arrays | None, outputs: Arrays | None, left_out: int = 0) -> Described:
-    """One entry's inputs and outputs in the decoded form (values as arrays), and `left_out`."""
-    described_inputs = None
-    if inputs is not None:
-        described_inputs = [[name, a.shape, dtype_name(a.dtype)] for name, a in inputs.items()]
-    described_outputs = None
-    if outputs is not None:
-        described_outputs = [
-            [name, a.shape, dtype_name(a.dtype), a if a.size <= MAX_VALUES else None]
-            for name, a in outputs.items()
-        ]
-    return described_inputs, described_outputs, left_out
 
 
 def _layout(
@@ -200,24 +172,16 @@ class _Buffers:
         return b"".join([_BINARY, len(head).to_bytes(4, "little"), head, *self.parts])
 
 
-def _columns(
-    buffers: _Buffers,
-    at: Sequence[float],
-    models: Sequence[str],
-    versions: Sequence[int | None],
-    protocols: Sequence[str],
-    statuses: Sequence[int],
-    latencies: Sequence[float],
-) -> dict[str, Any]:
+def _columns(buffers: _Buffers, entries: Entries) -> dict[str, Any]:
     """A chunk's per-entry columns but the request ids: the numbers raw, and a column whose entries
     all have one value (the usual model, version, protocol and status) as that value alone."""
-    latency_ms = np.round(np.array(latencies, dtype=np.float64) * 1000, 3)
+    latency_ms = np.round(np.array(entries.latencies, dtype=np.float64) * 1000, 3)
     return {
-        "time": buffers.add(np.array(at, dtype=np.float64)),
-        "model": _same(models),
-        "version": _same(versions),
-        "protocol": _same(protocols),
-        "status": _same(statuses),
+        "time": buffers.add(np.array(entries.at, dtype=np.float64)),
+        "model": _same(entries.models),
+        "version": _same(entries.versions),
+        "protocol": _same(entries.protocols),
+        "status": _same(entries.statuses),
         "latency_ms": buffers.add(latency_ms),
     }
 
@@ -233,36 +197,18 @@ def _same(column: Sequence[Any]) -> Sequence[Any]:
 _Run = tuple["Ran | None", list[int], int]
 
 
-def encode(
-    batch: Sequence[Pending], max_payload_bytes: int, rans: Sequence[Ran | None] | None = None
-) -> bytes:
-    """A chunk's JSON. Raises TypeError if a value cannot be written (see `encode_each`).
-
-    `rans`, if given, is each entry's batch, in place of the entries' own field (the recorder
-    queues a number standing for the batch: see PredictionRecorder.record)."""
-    # The entries' fields, column by column, in C.
-    at, _, models, versions, protocols, statuses, latencies, queued, offsets, rows, payloads, held, made = (
-        zip(*batch, strict=True)
-    )
-    if rans is None:
-        rans = cast("tuple[Ran | None, ...]", queued)
+def encode(entries: Entries, max_payload_bytes: int) -> bytes:
+    """A chunk of any entries (see `encode_batched` for the usual kind). Raises TypeError if a
+    value cannot be written (see `encode_each`)."""
+    rans, offsets, rows = entries.rans, entries.offsets, entries.rows
     # Entries come in runs: a batch's requests answer one after another. The runs are found in C
     # (groupby on each entry's batch, compared by identity); Python works once per run.
     groups: dict[Any, tuple[list[int], list[_Run]]] = {}
-    own: list[dict[str, Any]] = []  # entries described on the request path: a group each
     for ran, run in groupby(range(len(rans)), rans.__getitem__):
         members = list(run)
         first, end = members[0], members[-1] + 1
-        if ran is None:  # never reached a batch, or described on the request path: rare
-            for index in members:
-                described = made[index]
-                if described is None:
-                    _join(groups, (None, None), [index], (None, [], 0))
-                    continue
-                stacked = described[1] and [
-                    [n, s, d, None if v is None else [v]] for n, s, d, v in described[1]
-                ]
-                own.append({"at": [index], "inputs": described[0], "outputs": stacked})
+        if ran is None:  # never reached the model: rare
+            _join(groups, (None, None), members, (None, [], 0))
             continue
         counts = rows[first:end]
         count = counts[0]
@@ -277,20 +223,27 @@ def encode(
             _join(groups, key, part, (ran, [offsets[i] for i in part], count))
     buffers = _Buffers()
     chunk_groups = [_group(buffers, key, members, runs) for key, (members, runs) in groups.items()]
+    chunk = _columns(buffers, entries)
+    chunk.update(groups=chunk_groups, **_payloads(entries, max_payload_bytes))
+    return buffers.pack(chunk)
+
+
+def _payloads(entries: Entries, max_payload_bytes: int) -> dict[str, list[list[Any]]]:
+    """The payloads drawn: kept whole, or left out (with their size) over `max_payload_bytes`."""
+    rans, offsets, rows = entries.rans, entries.offsets, entries.rows
     kept: list[list[Any]] = []
-    omitted: list[list[int]] = []
-    for index in compress(range(len(payloads)), payloads):  # the few with a payload, found in C
-        ran, described = rans[index], made[index]
-        if ran is not None and held[index] <= max_payload_bytes:
+    omitted: list[list[Any]] = []
+    for index in compress(range(len(rans)), entries.payloads):  # the few with a payload, found in C
+        ran = rans[index]
+        if ran is None:
+            continue
+        held = ran.held(rows[index])
+        if held <= max_payload_bytes:
             inputs, outputs = ran.arrays(offsets[index], rows[index])
             kept.append([index, {"inputs": inputs, "outputs": outputs}])
-        elif ran is not None:
-            omitted.append([index, held[index]])
-        elif described is not None and described[2]:
-            omitted.append([index, described[2]])
-    chunk = _columns(buffers, at, models, versions, protocols, statuses, latencies)
-    chunk.update(groups=chunk_groups + own, payload=kept, omitted=omitted)
-    return buffers.pack(chunk)
+        else:
+            omitted.append([index, held])
+    return {"payload": kept, "omitted": omitted}
 
 
 def _join(groups: dict[Any, tuple[list[int], list[_Run]]], key: Any, members: list[int], run: _Run) -> None:
@@ -302,29 +255,27 @@ def _join(groups: dict[Any, tuple[list[int], list[_Run]]], key: Any, members: li
 
 
 def encode_each(
-    batch: Sequence[Pending],
-    max_payload_bytes: int,
-    failed: Callable[[Pending, Exception], None],
-    rans: Sequence[Ran | None] | None = None,
-) -> tuple[Sequence[Pending], bytes | None]:
+    entries: Entries, max_payload_bytes: int, failed: Callable[[int, Exception], None]
+) -> tuple[Entries, bytes | None]:
     """`encode`, and entry by entry once a value could not be written: the entries that fail are
-    left out and handed to `failed`. Returns the entries written and their chunk (None if none)."""
+    left out and their index handed to `failed`. Returns the entries written and their chunk (None
+    if none)."""
     try:
-        return batch, encode(batch, max_payload_bytes, rans)
+        return entries, encode(entries, max_payload_bytes)
     except TypeError:
         pass
-    good: list[Pending] = []
-    good_rans: list[Ran | None] = []
-    for index, pending in enumerate(batch):
-        ran = [cast("Ran | None", pending[7]) if rans is None else rans[index]]
+    good: list[int] = []
+    for index in range(len(entries.rans)):
         try:
-            encode([pending], max_payload_bytes, ran)
+            encode(entries.take([index]), max_payload_bytes)
         except TypeError as exc:
-            failed(pending, exc)
+            failed(index, exc)
         else:
-            good.append(pending)
-            good_rans.extend(ran)
-    return good, encode(good, max_payload_bytes, good_rans) if good else None
+            good.append(index)
+    if not good:
+        return entries.take([]), None
+    written = entries.take(good)
+    return written, encode(written, max_payload_bytes)
 
 
 def _group(buffers: _Buffers, key: Any, members: list[int], runs: list[_Run]) -> dict[str, Any]:
@@ -362,49 +313,46 @@ def _rows_of(array: np.ndarray, starts: list[int], count: int, whole: bool) -> n
     return array[index]
 
 
-_NAMES_IN, _VALUES_IN, _NAMES_OUT, _VALUES_OUT, _WHOLE = (itemgetter(i) for i in (0, 1, 2, 3, 6))
 _KIND = attrgetter("dtype", "shape")
+_WHOLE = attrgetter("whole")
 
 
-def encode_batched(
-    batch: Sequence[Pending],
-    keys: Sequence[int],
-    window: Sequence[RanParts],
-    first: int,
-    max_payload_bytes: int,
-) -> bytes | None:
-    """`encode` for the usual chunk, vectorised: every entry ran in a batch (`keys[i]` numbers the
-    batch of entry i, `window[key - first]` holds it, see PredictionRecorder.record) and every batch
-    has the same inputs and outputs by name, dtype and shape beyond the rows. The batches' outputs
-    are concatenated and each entry's rows taken by one fancy index per row count, so Python works
-    per chunk, not per batch (a batch of four requests cost the general path about 1.5 µs per
-    entry). The same JSON as `encode`; None when the chunk is not of that kind (use `encode`).
+def encode_batched(entries: Entries, max_payload_bytes: int) -> bytes | None:
+    """`encode` for the usual chunk, vectorised: every entry ran in a batch and every batch has the
+    same inputs and outputs by name, dtype and shape beyond the rows. The batches' outputs are
+    concatenated and each entry's rows taken by one fancy index per row count, so Python works per
+    chunk and per batch, not per entry (the general path cost about 1.5 µs per entry of a batch of
+    four). The same chunk as `encode`; None when the chunk is not of that kind (use `encode`).
     Raises TypeError if a value cannot be written."""
-    if min(keys) < first:  # an entry with no batch (-1), or a batch no longer in the window
+    rans, offsets, rows = entries.rans, entries.offsets, entries.rows
+    if None in rans:  # an entry that never reached the model
         return None
-    lo, hi = keys[0] - first, keys[-1] - first + 1  # keys only grow along the queue
-    parts = window[lo:hi]
-    if any(map(_WHOLE, parts)):
+    # The batches in answer order, one per run of their entries (a batch answered in two runs is
+    # taken twice: correct, and rare).
+    runs = [(ran, len(list(run))) for ran, run in groupby(rans)]  # by identity: Ran has no __eq__
+    batches = [ran for ran, _ in runs]
+    if any(map(_WHOLE, batches)):
         return None
-    input_names, output_names = set(map(_NAMES_IN, parts)), set(map(_NAMES_OUT, parts))
+    input_names = {None if ran.inputs is None else tuple(ran.inputs) for ran in batches}  # type: ignore[union-attr]
+    output_names = {None if ran.outputs is None else tuple(ran.outputs) for ran in batches}  # type: ignore[union-attr]
     if len(input_names) != 1 or len(output_names) != 1:
         return None
     (in_names,), (out_names,) = input_names, output_names
     if not in_names or out_names is None:
         return None
-    inputs, outputs = list(map(_VALUES_IN, parts)), list(map(_VALUES_OUT, parts))
+    inputs = [tuple(ran.inputs.values()) for ran in batches]  # type: ignore[union-attr]
+    outputs = [tuple(ran.outputs.values()) for ran in batches]  # type: ignore[union-attr]
     in_layout = _common_layout(in_names, inputs)
     out_layout = _common_layout(out_names, outputs)
     if in_layout is None or out_layout is None:
         return None
-    at, _, models, versions, protocols, statuses, latencies, _, offsets, rows, payloads, held, _ = zip(
-        *batch, strict=True
-    )
-    sizes = np.fromiter(map(len, map(itemgetter(0), inputs)), dtype=np.int64, count=len(parts))
+    sizes = np.fromiter(map(len, map(itemgetter(0), inputs)), dtype=np.int64, count=len(batches))
     starts = np.concatenate(([0], np.cumsum(sizes[:-1])))
     # Each entry's first row in the batches' rows end to end.
-    begins = starts[np.asarray(keys, dtype=np.int64) - (first + lo)] + np.asarray(offsets, dtype=np.int64)
-    if int((begins + np.asarray(rows, dtype=np.int64)).max()) > int(sizes.sum()):
+    lengths = np.fromiter(map(itemgetter(1), runs), dtype=np.int64, count=len(runs))
+    begins = np.repeat(starts, lengths) + np.asarray(offsets, dtype=np.int64)
+    row_counts = np.asarray(rows, dtype=np.int64)
+    if int((begins + row_counts).max()) > int(sizes.sum()):
         return None  # rows past their batch's end: leave it to `encode`, which says nothing of rows
     counts = set(rows)
     stacked: dict[int, np.ndarray] = {}  # outputs concatenated, only those small enough to keep
@@ -412,9 +360,9 @@ def encode_batched(
     groups = []
     for count in sorted(counts):
         if len(counts) == 1:
-            members, picked = list(range(len(batch))), begins
+            members, picked = list(range(len(rans))), begins
         else:
-            mask = np.asarray(rows) == count
+            mask = row_counts == count
             members, picked = np.flatnonzero(mask).tolist(), begins[mask]
         take = picked if count == 1 else (picked[:, None] + np.arange(count)).ravel()
         described_outputs = []
@@ -430,21 +378,8 @@ def encode_batched(
             described_outputs.append([name, shape, dtype, values])
         described_inputs = [[name, (count, *tail), dtype] for name, tail, dtype in in_layout]
         groups.append({"at": members, "inputs": described_inputs, "outputs": described_outputs})
-    kept: list[list[Any]] = []
-    omitted: list[list[int]] = []
-    for entry in compress(range(len(payloads)), payloads):  # the few with a payload, found in C
-        if held[entry] <= max_payload_bytes:
-            ran = Ran.restore(parts[keys[entry] - first - lo])
-            kept.append(
-                [
-                    entry,
-                    dict(zip(("inputs", "outputs"), ran.arrays(offsets[entry], rows[entry]), strict=True)),
-                ]
-            )
-        else:
-            omitted.append([entry, held[entry]])
-    chunk = _columns(buffers, at, models, versions, protocols, statuses, latencies)
-    chunk.update(groups=groups, payload=kept, omitted=omitted)
+    chunk = _columns(buffers, entries)
+    chunk.update(groups=groups, **_payloads(entries, max_payload_bytes))
     return buffers.pack(chunk)
 
 

@@ -1,19 +1,22 @@
-"""Recording the prediction log without slowing requests: sample, queue, encode, write in a thread.
+"""Recording the prediction log without slowing requests: queue, sample, encode, write in a thread.
 
-The request path draws one random number and appends to a bounded deque (no lock; a wake-up
-only when it is half full). Every 256 entries queued, the event loop encodes them into one chunk
-between two of its turns; a writer thread writes the chunks into this process's segment every
-second, and encodes itself what the loop has not (the entries of a quiet second, or everything
-when the recorder runs without an event loop). Encoding on the loop spares the GIL the round trips
-between the loop and a thread encoding beside it: with the writer encoding every entry, in slices
-with pauses between, monitoring on cost p99 +20–30% and 8–12.5% of requests/s; with the loop
-encoding, +6–12% and 6.5–9.5% (benchmarks/monitoring_cost.py, `--fresh`, interleaved).
+The request path appends one tuple to a bounded deque (no lock, no draw; a wake-up only when it is
+half full). Every 256 entries queued, the event loop cuts them into columns (one `zip`, in C),
+draws which are logged and which keep their payload (one numpy call), and encodes them into one
+chunk between two of its turns; a writer thread writes the chunks into this process's segment
+every second, and encodes itself what the loop has not (the entries of a quiet second). Encoding on
+the loop spares the GIL the round trips between the loop and a thread encoding beside it: with the
+writer encoding every entry, in slices with pauses between, monitoring on cost p99 +20–30% and
+8–12.5% of requests/s; with the loop encoding, +6–12% and 6.5–9.5% (benchmarks/monitoring_cost.py,
+`--fresh`, interleaved). A caller off the loop (a thread of its own, or no loop at all) encodes its
+256th entry's chunk itself, so the queue never holds more than a chunk's batches' arrays for long.
 
-An entry refers to its rows of the batch its request ran in (prediction_chunks.Ran), which all that
-batch's entries share, rather than holding its own arrays. When the queue is full, or the disk
-refuses a write, entries are dropped and counted in
-`shipyard_predictionlog_dropped_total{model,reason}`, with a warning at most once a minute: a
-request never waits for the log and never fails because of it.
+An entry names the batch its request ran in (prediction_chunks.Ran) by number, a batch all its
+entries share, rather than holding arrays of its own. When
+the queue is full, or the writer has more than `queue_size` entries waiting, or the disk refuses a
+write, entries are dropped and counted in `shipyard_predictionlog_dropped_total{model,reason}`,
+with a warning at most once a minute: a request never waits for the log and never fails because
+of it.
 """
 
 from __future__ import annotations
@@ -26,25 +29,14 @@ import sqlite3
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Sequence
 from itertools import repeat, starmap
-from operator import itemgetter
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import orjson
 
 from shipyard.monitor import metrics
-from shipyard.monitor.prediction_chunks import (
-    HELD,
-    Pending,
-    Ran,
-    RanParts,
-    describe,
-    encode_batched,
-    encode_each,
-)
+from shipyard.monitor.prediction_chunks import Entries, Ran, encode_batched, encode_each
 from shipyard.monitor.predictions import Chunk, Segment, enforce_retention, segment_bytes, segment_name
 from shipyard.settings import PredictionLogSettings, Settings
 
@@ -61,13 +53,14 @@ _CHUNK = 256  # entries per chunk
 _PAUSE_S = 0.001
 _WARN_EVERY_S = 60.0
 _RETENTION_EVERY_S = 60.0
-_MAX_HELD_BYTES = 64 << 20  # arrays queued entries keep alive; past it, entries are summarized at once
 QUEUE_FULL, WRITE_FAILED = "queue_full", "write_failed"
-_ID, _MODEL, _KEY, _MADE = itemgetter(1), itemgetter(2), itemgetter(7), itemgetter(12)
 _WHY = {
     QUEUE_FULL: "the queue was full: the writer fell behind (lower prediction_log.sample_rate)",
     WRITE_FAILED: "the prediction log could not be written",
 }
+# What `record` queues: (time, request id, model, version, protocol, status, latency s, the number
+# of the batch it ran in (-1: none), its first row there, its rows).
+Answered = tuple[float, str, str, "int | None", str, int, float, int, int, int]
 
 
 class Sample:
@@ -103,42 +96,40 @@ class PredictionRecorder:
         }
         self._segment_bytes = max(1 << 16, settings.max_bytes // 16)
         self._segment_age_s = min(settings.max_age_s / 8, 86400.0)
-        self._queue: deque[Pending] = deque()
-        # The batches queued entries ran in, in order (an entry holds its batch's number: see
-        # `record`); the writer moves them to `_window` (numbered from `_window_first`) as it
-        # reaches their entries.
-        self._rans: deque[RanParts] = deque()
+        self._queue: deque[Answered] = deque()
+        # The batches queued entries ran in, by number (see `record`): numbered from 1, each
+        # dropped once an encoded chunk's entries were the last to name it.
+        self._rans: dict[int, Ran] = {}
         self._ran_count = 0
+        self._rans_done = 0
         self._last_ran: Ran | None = None
-        self._window: list[RanParts] = []
-        self._window_first = 0
         self._queue_size = settings.queue_size
         self._wake_at = settings.queue_size // 2
-        self._held_in = 0  # bytes of arrays ever queued (request path) ...
-        self._held_out = 0  # ... and ever released by the writer: the difference is held now
-        self._appended = 0  # entries ever queued; `flush` waits for the writer to reach it
-        self._handled = 0
+        self._taken = 0  # entries ever taken from the queue by an encoder (`_encoding` held) ...
+        self._handled = 0  # ... and dealt with by the writer: written, dropped or not drawn
+        self._sent = 0  # entries ever encoded for the writer (`_encoding` held) ...
+        self._written = 0  # ... and ever written or lost by it: the difference is its backlog
         self._dropped = {QUEUE_FULL: 0, WRITE_FAILED: 0}
         self._warned = {QUEUE_FULL: 0, WRITE_FAILED: 0}
         self._warned_at = -_WARN_EVERY_S
-        self._full_counters: dict[str, Any] = {}
         self._wake = threading.Event()
         self._progress = threading.Condition()
         self._closing = False
         self._thread: threading.Thread | None = None
         # Encoding takes `_encoding` (the loop and the writer both encode; the lock keeps chunks in
-        # queue order and the batch window consistent), and the chunks wait in `_encoded` for the
-        # writer, with the entries they hold: (chunk or None, entries by model, bytes, entries).
+        # queue order), and the chunks wait in `_encoded` for the writer, with what they hold:
+        # (chunk or None, the models of its entries, its entries, entries taken from the queue).
         self._encoding = threading.Lock()
-        self._encoded: list[tuple[Chunk | None, Counter[str], int, int]] = []
+        self._encoded: list[tuple[Chunk | None, tuple[str, ...], int, int]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = 0
         self._current: Segment | None = None
         self._started = 0.0
         self._trimmed_at = 0.0
         self._last_error = ""
-        # Draws from a generator of its own: the module's shared one belongs to the application (a
-        # caller that seeds it for a reproducible run must get the same numbers with the log on).
+        # Draws from generators of its own: the modules' shared ones belong to the application (a
+        # caller that seeds them for a reproducible run must get the same numbers with the log on).
+        self._draws = np.random.default_rng()
         self._draw = random.Random().random
 
     @classmethod
@@ -154,7 +145,7 @@ class PredictionRecorder:
         try:
             self._loop = asyncio.get_running_loop()
             self._loop_thread = threading.get_ident()
-        except RuntimeError:  # no loop: the writer encodes everything
+        except RuntimeError:  # no loop: callers encode every 256th entry, the writer the rest
             self._loop = None
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="shipyard-prediction-log", daemon=True)
@@ -170,51 +161,30 @@ class PredictionRecorder:
         latency_s: float,
         sample: Sample,
     ) -> None:
-        """Queue one request's entry if it is drawn, or drop and count it: never blocks."""
-        logged, with_payload = self._rates.get(model, self._default)
-        draw = self._draw()
-        if draw >= logged:
-            return
-        depth = len(self._queue)
+        """Queue one request's entry, or drop and count it: never blocks. Whether it is logged, and
+        with its payload, is drawn when its chunk is encoded, for the whole chunk at once."""
+        queue = self._queue
+        depth = len(queue)
         if depth >= self._queue_size:
-            self._dropped[QUEUE_FULL] += 1
-            counter = self._full_counters.get(model)
-            if counter is None:  # labels() costs microseconds: once per model
-                counter = metrics.PREDICTION_LOG_DROPPED.labels(model, QUEUE_FULL)
-                self._full_counters[model] = counter
-            counter.inc()
+            self._full(model)
             return
         ran = sample.ran
-        offset = rows = 0
-        if ran is not None:
-            offset, rows = sample.offset, sample.rows
-            held = ran.nbytes if ran.whole else ran.row_bytes * rows
-        elif sample.inputs is not None or sample.outputs is not None:  # never reached a batch
-            ran = Ran(sample.inputs, sample.outputs)
-            held = ran.nbytes
-        else:
-            held = 0
-        described = None
-        if ran is not None and self._held_in - self._held_out + held > _MAX_HELD_BYTES:  # keep memory bounded
-            described = describe(*ran.arrays(offset, rows), held if draw < with_payload else 0)
-            ran = None
-            held = 0
+        if ran is None and (sample.inputs is not None or sample.outputs is not None):
+            ran = Ran(sample.inputs, sample.outputs)  # it never reached a batch: its own arrays
         # The entry names its batch by number: a tuple of numbers and strings only, which the
-        # collector stops tracking at its first young collection. Holding the batch itself, every
-        # entry stayed tracked until the writer took it (up to a second): ten thousand a second
-        # promoted into the old generation, which then was collected ever more often.
+        # collector stops tracking at its first young collection. Holding its Sample (or its
+        # batch), every queued entry stayed tracked until its chunk was encoded: the young
+        # collections came more often, each walked every entry, and the entries that outlived one
+        # were promoted to the older generations (measured under valgrind: 3,500 instructions a
+        # request of the collector's, about as much as the rest of the log's work on the loop).
         key = -1
         if ran is not None:
             if ran is not self._last_ran:  # a batch's requests answer one after another
                 self._last_ran = ran
-                # Before the entry, so the writer finds every entry's batch; as a plain tuple, so
-                # the collector does not carry it either (a Ran is tracked for good).
-                self._rans.append(ran.parts())
                 self._ran_count += 1
-            key = self._ran_count - 1
-        self._held_in += held
-        self._appended += 1
-        self._queue.append(
+                self._rans[self._ran_count] = ran
+            key = self._ran_count
+        queue.append(
             (
                 time.time(),
                 request_id,
@@ -224,22 +194,27 @@ class PredictionRecorder:
                 status,
                 latency_s,
                 key,
-                offset,
-                rows,
-                draw < with_payload,
-                held,
-                described,
+                sample.offset,
+                sample.rows,
             )
         )
         if depth == self._wake_at:
             self._wake.set()
-        # Each time the queue reaches a whole chunk; call_soon is for the loop's own thread only.
-        if not (depth + 1) % _CHUNK and self._loop is not None and threading.get_ident() == self._loop_thread:
-            self._loop.call_soon(self._encode_on_loop)
+        if not (depth + 1) % _CHUNK:  # a whole chunk queued
+            if self._loop is not None and threading.get_ident() == self._loop_thread:
+                self._loop.call_soon(self._encode_chunk)  # after this request, between two turns
+            else:
+                self._encode_chunk()
 
-    def _encode_on_loop(self) -> None:
-        """One chunk's entries, encoded on the event loop after the request that queued the last;
-        none if the writer is encoding now (it takes them all)."""
+    def _full(self, model: str) -> None:
+        """Count an entry the full queue refused, if it would have been logged."""
+        if self._draw() >= self._rates.get(model, self._default)[0]:
+            return
+        self._dropped[QUEUE_FULL] += 1
+        metrics.PREDICTION_LOG_DROPPED.labels(model, QUEUE_FULL).inc()
+
+    def _encode_chunk(self) -> None:
+        """One chunk's entries, encoded now; none if the writer is encoding (it takes them all)."""
         if self._encoding.acquire(blocking=False):
             try:
                 self._encode(_CHUNK)
@@ -248,7 +223,8 @@ class PredictionRecorder:
 
     def flush(self, timeout_s: float = 10.0) -> bool:
         """Wait until every entry queued so far is written or dropped; False on timeout."""
-        target = self._appended
+        with self._encoding:  # no entry in between: taken from the queue but not yet counted
+            target = self._taken + len(self._queue)
         with self._progress:
             self._wake.set()
             return self._progress.wait_for(lambda: self._handled >= target, timeout_s)
@@ -280,21 +256,53 @@ class PredictionRecorder:
             self._close_segment()
 
     def _encode(self, count: int) -> int:
-        """Encode up to `count` queued entries into one chunk for the writer (`_encoding` held).
-        The entries are let go here: freeing a whole second's entries (ten thousand on a busy
-        server, with their batches' arrays) at once held the GIL for milliseconds. Returns how
-        many it took."""
+        """Encode up to `count` queued entries into one chunk for the writer (`_encoding` held),
+        and let them go: their requests' samples, and through them their batches' arrays. Returns
+        how many it took."""
         queue = self._queue
         count = min(len(queue), count)
-        if count:
-            batch = list(starmap(queue.popleft, repeat((), count)))  # in C: no Python per entry
-            models = Counter(map(_MODEL, batch))  # counted in C, for a transaction that fails
+        if not count:
+            return 0
+        self._taken += count
+        taken = list(starmap(queue.popleft, repeat((), count)))  # in C: no Python per entry
+        at, ids, models, versions, protocols, statuses, latencies, keys, offsets, rows = zip(
+            *taken, strict=True
+        )
+        del taken
+        batches = self._rans
+        rans = list(map(batches.get, keys))  # -1, no batch: None
+        last = max(keys)
+        if last > self._rans_done:  # entries after these name their last batch or later ones
+            for key in range(self._rans_done, last):
+                batches.pop(key, None)
+            self._rans_done = last
+        draws = self._draws.random(count)
+        if models.count(models[0]) == count:  # the usual: one model, its rates for all
+            logged_rate, payload_rate = self._rates.get(models[0], self._default)
+            logged = None if logged_rate >= 1 else draws < logged_rate
+            payloads = draws < payload_rate
+        else:
+            rates = np.array([self._rates.get(model, self._default) for model in models])
+            logged, payloads = draws < rates[:, 0], draws < rates[:, 1]
+        entries = Entries(
+            at, ids, models, versions, protocols, statuses, latencies, rans, offsets, rows, payloads.tolist()
+        )
+        del rans
+        if logged is not None:  # sampled: only the drawn go on
+            entries = entries.take(np.flatnonzero(logged).tolist())
+        written = len(entries.models)
+        chunk = None
+        if written and self._sent - self._written + written > self._queue_size:  # the writer is behind
+            self._lost(QUEUE_FULL, Counter(entries.models))
+            written = 0
+        elif written:
             try:
-                chunk = self._chunk(batch)
+                entries, chunk = self._chunk(entries)
             except Exception as exc:  # noqa: BLE001 -- on the event loop too: lost and counted, never raised
-                self._failed(models, exc)
-                chunk, models = None, Counter()
-            self._encoded.append((chunk, models, sum(map(HELD, batch)), count))
+                self._lost(WRITE_FAILED, Counter(entries.models), exc)
+            written = 0 if chunk is None else len(entries.models)
+        self._sent += written
+        self._encoded.append((chunk, () if chunk is None else tuple(entries.models), written, count))
         return count
 
     def _drain(self) -> None:
@@ -313,57 +321,41 @@ class PredictionRecorder:
             waiting, self._encoded = self._encoded, []
         if not waiting:
             return
-        chunks: list[Chunk] = []
-        models: Counter[str] = Counter()
-        handled = held = 0
-        for chunk, by_model, chunk_held, count in waiting:
-            if chunk is not None:
-                chunks.append(chunk)
-            models.update(by_model)
-            held += chunk_held
-            handled += count
-        del waiting
-        try:
-            self._segment().append(chunks)
-        except (sqlite3.Error, OSError) as exc:
-            self._close_segment(seal=False)  # the next batch starts over: a new segment
-            self._failed(models, exc)
+        chunks = [chunk for chunk, _, _, _ in waiting if chunk is not None]
+        written = sum(entries for _, _, entries, _ in waiting)
+        handled = sum(taken for _, _, _, taken in waiting)
+        if chunks:
+            try:
+                self._segment().append(chunks)
+            except (sqlite3.Error, OSError) as exc:
+                self._close_segment(seal=False)  # the next batch starts over: a new segment
+                models: Counter[str] = Counter()
+                for _, kept, _, _ in waiting:
+                    models.update(kept)
+                self._lost(WRITE_FAILED, models, exc)
+        del waiting, chunks
         with self._progress:
-            self._held_out += held
+            self._written += written
             self._handled += handled
             self._progress.notify_all()
 
-    def _chunk(self, batch: list[Pending]) -> Chunk | None:
+    def _chunk(self, entries: Entries) -> tuple[Entries, Chunk | None]:
         """Up to 256 entries as one row (see prediction_chunks.py), vectorised when every entry ran
         in a batch of one layout (`encode_batched`); an entry with a value JSON cannot hold is
-        dropped alone."""
-        keys = list(map(_KEY, batch))
-        last = max(keys)
-        window, first = self._window, self._window_first
-        if first + len(window) <= last:  # `record` queued each batch before its entries
-            window.extend(starmap(self._rans.popleft, repeat((), last + 1 - first - len(window))))
+        dropped alone. Returns the entries it holds, and the row (None when it holds none)."""
         blob = None
-        if min(keys) >= 0 and not any(map(_MADE, batch)):  # every entry ran in a batch
-            with contextlib.suppress(TypeError):  # a value JSON cannot hold: entry by entry below
-                blob = encode_batched(batch, keys, window, first, self._settings.max_payload_bytes)
-        written: Sequence[Pending] = batch
+        with contextlib.suppress(TypeError):  # a value JSON cannot hold: entry by entry below
+            blob = encode_batched(entries, self._settings.max_payload_bytes)
         if blob is None:
-            restored: dict[int, Ran | None] = {
-                key: Ran.restore(window[key - first]) for key in set(keys) if key >= 0
-            }
-            restored[-1] = None
-            rans = list(map(restored.__getitem__, keys))
-            written, blob = encode_each(batch, self._settings.max_payload_bytes, self._failed_one, rans)
-            del rans, restored
-        if last > first:  # later entries name this chunk's last batch or later ones
-            del window[: last - first]
-            self._window_first = last
-        if blob is None:
-            return None
-        return written[0][0], written[-1][0], orjson.dumps(list(map(_ID, written))), blob
+            models = entries.models
 
-    def _failed_one(self, pending: Pending, exc: Exception) -> None:
-        self._failed(Counter([pending[2]]), exc)
+            def failed(index: int, exc: Exception) -> None:
+                self._lost(WRITE_FAILED, Counter([models[index]]), exc)
+
+            entries, blob = encode_each(entries, self._settings.max_payload_bytes, failed)
+        if blob is None:
+            return entries, None
+        return entries, (entries.at[0], entries.at[-1], orjson.dumps(list(entries.request_ids)), blob)
 
     def _segment(self) -> Segment:
         """This process's current segment: a new one when it is full, old, or was deleted."""
@@ -396,13 +388,14 @@ class PredictionRecorder:
         except OSError as exc:
             log.warning("prediction log: retention failed in %s: %s", self.directory, exc)
 
-    def _failed(self, models: Counter[str], exc: Exception) -> None:
+    def _lost(self, reason: str, models: Counter[str], exc: Exception | None = None) -> None:
         """Count entries the log lost, `models` saying how many of each model."""
-        self._last_error = f"{type(exc).__name__}: {exc}"
+        if exc is not None:
+            self._last_error = f"{type(exc).__name__}: {exc}"
         for model, count in models.items():
             if count:
-                metrics.PREDICTION_LOG_DROPPED.labels(model, WRITE_FAILED).inc(count)
-        self._dropped[WRITE_FAILED] += sum(models.values())
+                metrics.PREDICTION_LOG_DROPPED.labels(model, reason).inc(count)
+        self._dropped[reason] += sum(models.values())
 
     def _warn(self) -> None:
         """At most one warning a minute, saying how many entries went and why."""

@@ -3,21 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 import orjson
 import pytest
 
-from shipyard.monitor.prediction_chunks import (
-    Pending,
-    Ran,
-    decode,
-    describe,
-    encode,
-    encode_batched,
-    encode_each,
-)
+from shipyard.monitor.prediction_chunks import Entries, Ran, decode, encode, encode_batched, encode_each
+
+# One entry's fields, in the order of Entries' columns.
+Row = tuple[float, str, str, int, str, int, float, "Ran | None", int, int, bool]
 
 
 def pending(
@@ -26,17 +20,27 @@ def pending(
     outputs: dict[str, np.ndarray] | None,
     *,
     payload: bool = False,
-    described: Any = None,
     status: int = 200,
-) -> Pending:
-    """An entry that ran alone (its arrays as they are), or was described on the request path."""
+) -> Row:
+    """An entry that ran alone (its arrays as they are), or never reached the model."""
     ran = None if inputs is None and outputs is None else Ran(inputs, outputs)
-    held = 0 if ran is None else ran.nbytes
-    return (1e9, request_id, "m", 2, "v2", status, 0.0015, ran, 0, 0, payload, held, described)
+    return (1e9, request_id, "m", 2, "v2", status, 0.0015, ran, 0, 0, payload)
 
 
-def ids(batch: Sequence[Pending]) -> bytes:
+def row(request_id: str, at: Ran, offset: int, rows: int, payload: bool = False) -> Row:
+    """An entry that ran in the batch `at`, as its `rows` rows from `offset`."""
+    return (1e9, request_id, "m", 2, "v2", 200, 0.0015, at, offset, rows, payload)
+
+
+def columns(batch: Sequence[Row]) -> Entries:
+    """The entries as the recorder hands them to the encoder: column by column."""
+    return Entries(*zip(*batch, strict=True))
+
+
+def ids(batch: Sequence[Row] | Entries) -> bytes:
     """The entries' request ids as the recorder stores them, beside their chunk."""
+    if isinstance(batch, Entries):
+        return orjson.dumps(list(batch.request_ids))
     return orjson.dumps([entry[1] for entry in batch])
 
 
@@ -58,7 +62,7 @@ def test_entries_of_several_layouts_come_back_as_they_went_in() -> None:
         pending("text", text_in, text_out, payload=True),
         pending("big", *two, payload=True),
     ]
-    entries = {e[0]: e for e in decode(encode(batch, max_payload_bytes=100), ids(batch))}
+    entries = {e[0]: e for e in decode(encode(columns(batch), max_payload_bytes=100), ids(batch))}
     assert list(entries) == ["a", "b", "c", "refused", "undecoded", "text", "big"]
     assert entries["a"] == [
         "a", 1e9, "m", 2, "v2", 200, 1.5,
@@ -84,12 +88,9 @@ def test_entries_sharing_a_batch_come_back_with_their_own_rows() -> None:
     ran = Ran(inputs, outputs, 5)
     other = Ran(*iris(2, first=50), 2)
 
-    def row(request_id: str, at: Ran, offset: int, rows: int, payload: bool = False) -> Pending:
-        return (1e9, request_id, "m", 2, "v2", 200, 0.0015, at, offset, rows, payload, at.held(rows), None)
-
     # Answered out of order and interleaved with another batch, as a busy server may.
     batch = [row("a", ran, 0, 1), row("x", other, 1, 1), row("c", ran, 4, 1), row("b", ran, 1, 3, True)]
-    entries = {e[0]: e for e in decode(encode(batch, max_payload_bytes=10**6), ids(batch))}
+    entries = {e[0]: e for e in decode(encode(columns(batch), max_payload_bytes=10**6), ids(batch))}
     assert list(entries) == ["a", "x", "c", "b"]
     assert entries["a"][7:9] == [
         [["X", [1, 4], "float32"]],
@@ -105,21 +106,6 @@ def test_entries_sharing_a_batch_come_back_with_their_own_rows() -> None:
     assert entries["b"][10] == 0
 
 
-def by_number(batch: list[Pending], first: int = 7) -> tuple[list[Pending], list[int], list[Any]]:
-    """`batch` as the recorder queues it: each entry naming its batch by a number that grows
-    along the queue (a batch seen again after another gets a new one), the batches in a window."""
-    window: list[Any] = []
-    keys: list[int] = []
-    last = None
-    for entry in batch:
-        if entry[7] is not last:
-            last = entry[7]
-            window.append(last.parts())  # type: ignore[union-attr]
-        keys.append(first + len(window) - 1)
-    queued = [(*e[:7], key, *e[8:]) for e, key in zip(batch, keys, strict=True)]
-    return queued, keys, window  # type: ignore[return-value]
-
-
 def test_the_vectorised_path_writes_what_the_general_one_does() -> None:
     def small(rows: int, first: int) -> Ran:  # outputs small enough to keep their values
         inputs, outputs = iris(rows, first)
@@ -127,10 +113,7 @@ def test_the_vectorised_path_writes_what_the_general_one_does() -> None:
         return Ran(inputs, {"label": outputs["label"], "scores": scores}, rows)
 
     ran, other = small(6, first=10), small(2, first=50)  # ran: requests of 1, 3, 1 and 1 rows
-
-    def row(request_id: str, at: Ran, offset: int, rows: int, payload: bool = False) -> Pending:
-        return (1e9, request_id, "m", 2, "v2", 200, 0.0015, at, offset, rows, payload, at.held(rows), None)
-
+    # Answered out of order and interleaved with another batch: `ran` in two runs.
     batch = [
         row("a", ran, 0, 1),
         row("x", other, 1, 1, True),
@@ -138,48 +121,41 @@ def test_the_vectorised_path_writes_what_the_general_one_does() -> None:
         row("b", ran, 1, 3, True),
         row("d", ran, 5, 1),
     ]
-    queued, keys, window = by_number(batch)
-    fast = encode_batched(queued, keys, window, 7, max_payload_bytes=40)  # b's payload over it
+    fast = encode_batched(columns(batch), max_payload_bytes=40)  # b's payload over it
     assert fast is not None
-    assert decode(fast, ids(batch)) == decode(encode(batch, max_payload_bytes=40), ids(batch))
+    assert decode(fast, ids(batch)) == decode(encode(columns(batch), max_payload_bytes=40), ids(batch))
     assert [e[0] for e in decode(fast, ids(batch))] == ["a", "x", "c", "b", "d"]
+    assert decode(fast, ids(batch))[3][10] == ran.held(3)  # omitted, with its size
 
 
 def test_the_vectorised_path_declines_batches_of_different_layouts() -> None:
     one, two = Ran(*iris(1), 1), Ran({"X": np.zeros((1, 5), np.float32)}, iris(1)[1], 1)
-    row = (1e9, "a", "m", 2, "v2", 200, 0.0015)
-    batch: list[Pending] = [(*row, one, 0, 1, False, 0, None), (*row, two, 0, 1, False, 0, None)]
-    queued, keys, window = by_number(batch, first=0)
-    assert encode_batched(queued, keys, window, 0, 100) is None
+    assert encode_batched(columns([row("a", one, 0, 1), row("b", two, 0, 1)]), 100) is None
 
 
 def test_the_vectorised_path_declines_an_entry_that_ran_in_no_batch() -> None:
     ran = Ran(*iris(2), 2)
-    row = (1e9, "a", "m", 2, "v2", 200, 0.0015)
-    batch: list[Pending] = [(*row, ran, 0, 1, False, 0, None), (*row, ran, 1, 1, False, 0, None)]
-    queued, _, window = by_number(batch, first=3)
-    queued.insert(1, (*row, -1, 0, 0, False, 0, None))  # refused before its batch, between them
-    assert encode_batched(queued, [3, -1, 3], window, 3, 100) is None
+    refused = pending("refused", None, None, status=400)  # between two of the batch's requests
+    batch = columns([row("a", ran, 0, 1), refused, row("b", ran, 1, 1)])
+    assert encode_batched(batch, 100) is None
+    assert [e[0] for e in decode(encode(batch, 100), ids(batch))] == ["a", "refused", "b"]
 
 
-def test_an_entry_described_on_the_request_path_keeps_its_description() -> None:
-    inputs, outputs = iris(1, first=5)
-    made = describe(inputs, outputs, left_out=1234)
-    batch = [pending("held", None, None, payload=True, described=made)]
-    [entry] = decode(encode(batch, 100), ids(batch))
-    assert entry[7] == [["X", [1, 4], "float32"]]
-    assert entry[8] == [["label", [1], "int64", [5]], ["scores", [1, 300], "float64", None]]
-    assert entry[9:] == [None, 1234]
+def test_entries_are_taken_by_index_in_any_number() -> None:
+    batch = columns([pending(name, None, None) for name in "abc"])
+    assert batch.take([2, 0]).request_ids == ("c", "a")
+    assert batch.take([1]).request_ids == ["b"]
+    assert batch.take([]).request_ids == []
 
 
 def test_a_value_json_cannot_hold_drops_only_its_entry() -> None:
     odd = {"label": np.array([object()], dtype=object)}
-    batch = [pending("fine", *iris(1)), pending("odd", {"X": np.zeros((1, 4), np.float32)}, odd)]
+    batch = columns([pending("fine", *iris(1)), pending("odd", {"X": np.zeros((1, 4), np.float32)}, odd)])
     with pytest.raises(TypeError):
         encode(batch, 100)
     failed: list[str] = []
-    written, blob = encode_each(batch, 100, lambda entry, exc: failed.append(entry[1]))
-    assert failed == ["odd"] and [p[1] for p in written] == ["fine"]
+    written, blob = encode_each(batch, 100, lambda index, exc: failed.append(batch.request_ids[index]))
+    assert failed == ["odd"] and list(written.request_ids) == ["fine"]
     assert blob is not None and [e[0] for e in decode(blob, ids(written))] == ["fine"]
 
 
@@ -193,7 +169,7 @@ def test_numbers_are_written_raw_and_read_back_as_json_had_them() -> None:
     x = np.array([[0.1, 0.2, 0.3, 0.4]], dtype=np.float32)
     outputs = {"label": np.array([2]), "probabilities": np.array([[0.1, 0.7, 0.2]], dtype=np.float32)}
     batch = [pending("a", {"X": x}, outputs), pending("b", {"X": x}, outputs)]
-    blob = encode(batch, 100)
+    blob = encode(columns(batch), 100)
     assert blob[:1] == b"\x01"  # the binary format
     header = orjson.loads(blob[5 : 5 + int.from_bytes(blob[1:5], "little")])
     assert "id" not in header  # the row beside the chunk holds them

@@ -227,6 +227,23 @@ def test_a_full_queue_drops_and_counts_without_waiting(
     assert [e.request_id for e in PredictionStore(tmp_path).read("full-model")] == ["r2", "r1", "r0"]
 
 
+def test_a_writer_behind_by_more_than_the_queue_drops_whole_chunks_and_counts_them(
+    tmp_path: Path, recorders: list[PredictionRecorder]
+) -> None:
+    """Off the event loop, the caller encodes each 256th entry's chunk itself; with no writer yet,
+    the second chunk would put 512 entries in its backlog, over queue_size: it is dropped."""
+    recorder = make(recorders, tmp_path, start=False, queue_size=300)
+    before = dropped("behind", "queue_full")
+    for i in range(520):
+        recorder.record(f"r{i}", "behind", 1, "v2", 200, 0.001, sample())
+    assert recorder.dropped["queue_full"] == 256
+    assert dropped("behind", "queue_full") - before == 256
+    recorder.start()  # the last 8 are encoded by the writer: 264 waiting, within 300
+    assert recorder.flush(FLUSH_S)
+    written = [e.request_id for e in PredictionStore(tmp_path).read("behind")][::-1]
+    assert written == [f"r{i}" for i in (*range(256), *range(512, 520))]
+
+
 def test_an_unwritable_folder_drops_counts_and_warns_once(
     tmp_path: Path, recorders: list[PredictionRecorder], caplog: pytest.LogCaptureFixture
 ) -> None:
