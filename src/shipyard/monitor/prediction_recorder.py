@@ -1,22 +1,22 @@
 """Recording the prediction log without slowing requests: queue, sample, encode, write in a thread.
 
-The request path appends one tuple to a bounded deque (no lock, no draw; a wake-up only when it is
-half full). Every 256 entries queued, the event loop cuts them into columns (one `zip`, in C),
-draws which are logged and which keep their payload (one numpy call), and encodes them into one
-chunk between two of its turns; a writer thread writes the chunks into this process's segment
-every second, and encodes itself what the loop has not (the entries of a quiet second). Encoding on
-the loop spares the GIL the round trips between the loop and a thread encoding beside it: with the
-writer encoding every entry, in slices with pauses between, monitoring on cost p99 +20–30% and
-8–12.5% of requests/s; with the loop encoding, +6–12% and 6.5–9.5% (benchmarks/monitoring_cost.py,
-`--fresh`, interleaved). A caller off the loop (a thread of its own, or no loop at all) encodes its
-256th entry's chunk itself, so the queue never holds more than a chunk's batches' arrays for long.
+The request path appends one tuple of numbers and strings to a bounded deque (no lock, no draw; a
+wake-up only when it is half full). Every 256 entries queued, the event loop cuts them into columns
+(one `zip`, in C), draws which are logged and which keep their payload (one numpy call), and
+encodes them into one chunk between two of its turns; a writer thread writes the chunks into this
+process's segment every second, and encodes itself what the loop has not (the entries of a quiet
+second). Encoding on the loop spares the GIL the round trips between the loop and a thread encoding
+beside it: with the writer encoding every entry, in slices with pauses between, monitoring on cost
+p99 +20–30% and 8–12.5% of requests/s; with the loop encoding, +6–12% and 6.5–9.5%
+(benchmarks/monitoring_cost.py, `--fresh`, interleaved). A caller off the loop (a thread of its
+own, or no loop at all) encodes its 256th entry's chunk itself, so the queue never holds more than
+a chunk's batches' arrays for long.
 
 An entry names the batch its request ran in (prediction_chunks.Ran) by number, a batch all its
-entries share, rather than holding arrays of its own. When
-the queue is full, or the writer has more than `queue_size` entries waiting, or the disk refuses a
-write, entries are dropped and counted in `shipyard_predictionlog_dropped_total{model,reason}`,
-with a warning at most once a minute: a request never waits for the log and never fails because
-of it.
+entries share, rather than holding arrays of its own. When the queue is full, or the writer has
+more than `queue_size` entries waiting, or the disk refuses a write, entries are dropped and
+counted in `shipyard_predictionlog_dropped_total{model,reason}`, with a warning at most once a
+minute: a request never waits for the log and never fails because of it.
 """
 
 from __future__ import annotations
@@ -272,8 +272,7 @@ class PredictionRecorder:
 
     def _encode(self, count: int) -> int:
         """Encode up to `count` queued entries into one chunk for the writer (`_encoding` held),
-        and let them go: their requests' samples, and through them their batches' arrays. Returns
-        how many it took."""
+        and let them go, and the batches only they named. Returns how many it took."""
         queue = self._queue
         count = min(len(queue), count)
         if not count:

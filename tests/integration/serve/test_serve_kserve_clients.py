@@ -351,8 +351,12 @@ def test_mlserver_infer(
         assert (outputs["label"]["datatype"], outputs["label"]["shape"]) == ("INT64", [1, 1])
         assert outputs["label"]["data"] == [expected["label"][i]]
         assert (outputs["probabilities"]["datatype"], outputs["probabilities"]["shape"]) == ("FP32", [1, 3])
-        np.testing.assert_array_equal(
-            np.array(outputs["probabilities"]["data"], dtype=np.float32), expected["probabilities"][i]
+        # Rows the server batched otherwise than `expected` (one batch of all) may differ in the last
+        # bits: onnxruntime's kernels take other paths for other batch sizes.
+        np.testing.assert_allclose(
+            np.array(outputs["probabilities"]["data"], dtype=np.float32),
+            expected["probabilities"][i],
+            rtol=1e-5,
         )
 
 
