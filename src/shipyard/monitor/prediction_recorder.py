@@ -29,6 +29,7 @@ import sqlite3
 import threading
 import time
 from collections import Counter, deque
+from collections.abc import Sequence
 from itertools import repeat, starmap
 from pathlib import Path
 
@@ -82,10 +83,12 @@ class Sample:
 def _share_attribute_names(cls: type) -> None:
     """Set every attribute of a Sample once, at import. CPython 3.11 keeps one table of attribute
     names for a class's instances, and lets each new instance add fewer names to it, none after
-    about thirty instances: a name first set later (a request's batch, set after its inputs, when
-    the first requests were refused before any batch) then gave every Sample a dictionary of its
-    own, built as the batch was noted (measured: 290 against 145 ns for a request's Sample and its
-    four attributes, and about 600 instructions a request under valgrind)."""
+    about thirty instances. Under load some thirty requests are in flight, each with its Sample,
+    before the first batch returns and its Samples are told `ran`, `offset` and `rows`: those names
+    then missed the table, and every request's Sample got a dictionary of its own (under valgrind,
+    32 clients: about 600 instructions a request; in a microbenchmark, a Sample and its four
+    attributes took 336 ns once 32 Samples had been made before the first was told its batch,
+    against 147 ns with 8)."""
     first = cls()
     for name in ("inputs", "outputs", "ran", "offset", "rows"):
         setattr(first, name, getattr(cls, name))
@@ -133,9 +136,9 @@ class PredictionRecorder:
         self._thread: threading.Thread | None = None
         # Encoding takes `_encoding` (the loop and the writer both encode; the lock keeps chunks in
         # queue order), and the chunks wait in `_encoded` for the writer, with what they hold:
-        # (chunk or None, the models of its entries, its entries, entries taken from the queue).
+        # (chunk or None, the models of its entries, entries taken from the queue).
         self._encoding = threading.Lock()
-        self._encoded: list[tuple[Chunk | None, tuple[str, ...], int, int]] = []
+        self._encoded: list[tuple[Chunk | None, Sequence[str], int]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = 0
         self._current: Segment | None = None
@@ -190,8 +193,8 @@ class PredictionRecorder:
         # collector stops tracking at its first young collection. Holding its Sample (or its
         # batch), every queued entry stayed tracked until its chunk was encoded: the young
         # collections came more often, each walked every entry, and the entries that outlived one
-        # were promoted to the older generations (measured under valgrind: 3,500 instructions a
-        # request of the collector's, about as much as the rest of the log's work on the loop).
+        # were promoted to the older generations (measured under valgrind, 32 clients: 3,500 of
+        # the collector's instructions a request, against 200 with these tuples).
         key = -1
         if ran is not None:
             if ran is not self._last_ran:  # a batch's requests answer one after another
@@ -290,6 +293,30 @@ class PredictionRecorder:
             for key in range(self._rans_done, last):
                 batches.pop(key, None)
             self._rans_done = last
+        logged, payloads = self._draw_chunk(models)
+        entries = Entries(
+            at, ids, models, versions, protocols, statuses, latencies, rans, offsets, rows, payloads
+        )
+        del rans
+        if logged is not None:  # sampled: only the drawn go on
+            entries = entries.take(logged)
+        chunk = None
+        if entries.models and self._sent - self._written + len(entries.models) > self._queue_size:
+            self._lost(QUEUE_FULL, Counter(entries.models))  # the writer is behind
+        elif entries.models:
+            try:
+                entries, chunk = self._chunk(entries)
+            except Exception as exc:  # noqa: BLE001 -- on the event loop too: lost and counted, never raised
+                self._lost(WRITE_FAILED, Counter(entries.models), exc)
+        kept = () if chunk is None else entries.models
+        self._sent += len(kept)
+        self._encoded.append((chunk, kept, count))
+        return count
+
+    def _draw_chunk(self, models: Sequence[str]) -> tuple[list[int] | None, list[bool]]:
+        """Which of a chunk's entries are logged (their indices; None: all) and which keep their
+        payload, by their models' rates: one draw per entry, made at once."""
+        count = len(models)
         draws = self._draws.random(count)
         if models.count(models[0]) == count:  # the usual: one model, its rates for all
             logged_rate, payload_rate = self._rates.get(models[0], self._default)
@@ -298,26 +325,7 @@ class PredictionRecorder:
         else:
             rates = np.array([self._rates.get(model, self._default) for model in models])
             logged, payloads = draws < rates[:, 0], draws < rates[:, 1]
-        entries = Entries(
-            at, ids, models, versions, protocols, statuses, latencies, rans, offsets, rows, payloads.tolist()
-        )
-        del rans
-        if logged is not None:  # sampled: only the drawn go on
-            entries = entries.take(np.flatnonzero(logged).tolist())
-        written = len(entries.models)
-        chunk = None
-        if written and self._sent - self._written + written > self._queue_size:  # the writer is behind
-            self._lost(QUEUE_FULL, Counter(entries.models))
-            written = 0
-        elif written:
-            try:
-                entries, chunk = self._chunk(entries)
-            except Exception as exc:  # noqa: BLE001 -- on the event loop too: lost and counted, never raised
-                self._lost(WRITE_FAILED, Counter(entries.models), exc)
-            written = 0 if chunk is None else len(entries.models)
-        self._sent += written
-        self._encoded.append((chunk, () if chunk is None else tuple(entries.models), written, count))
-        return count
+        return None if logged is None else np.flatnonzero(logged).tolist(), payloads.tolist()
 
     def _drain(self) -> None:
         """Encode what the loop has not, then write every chunk waiting in one transaction: every
@@ -335,16 +343,16 @@ class PredictionRecorder:
             waiting, self._encoded = self._encoded, []
         if not waiting:
             return
-        chunks = [chunk for chunk, _, _, _ in waiting if chunk is not None]
-        written = sum(entries for _, _, entries, _ in waiting)
-        handled = sum(taken for _, _, _, taken in waiting)
+        chunks = [chunk for chunk, _, _ in waiting if chunk is not None]
+        written = sum(len(kept) for _, kept, _ in waiting)
+        handled = sum(taken for _, _, taken in waiting)
         if chunks:
             try:
                 self._segment().append(chunks)
             except (sqlite3.Error, OSError) as exc:
                 self._close_segment(seal=False)  # the next batch starts over: a new segment
                 models: Counter[str] = Counter()
-                for _, kept, _, _ in waiting:
+                for _, kept, _ in waiting:
                     models.update(kept)
                 self._lost(WRITE_FAILED, models, exc)
         del waiting, chunks
