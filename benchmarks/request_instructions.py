@@ -22,9 +22,15 @@ Targets: `off` (no keys, no prediction log, no drift), `keys` (every request car
 summary, 1% of payloads), `drift` (a reference profile and its live window), `monitoring` (log and
 drift: the issue's "monitoring on"). Needs valgrind (`bash scripts/install-debian-tool.sh valgrind`).
 
+`--cache-sim` has valgrind simulate the caches too and counts estimated cycles instead: instructions
+plus 10 per first-level miss and 100 per last-level miss (the weights of callgrind's cycle
+estimation). It runs about twice as slow, and tells whether code that adds few instructions adds
+misses instead (a wall-clock cost that instructions alone do not see).
+
     .venv/bin/python benchmarks/request_instructions.py                        # every target
     .venv/bin/python benchmarks/request_instructions.py --targets off,keys --requests 300
     .venv/bin/python benchmarks/request_instructions.py --clients 32 --requests 2048 --repeat 2
+    .venv/bin/python benchmarks/request_instructions.py --targets off,monitoring --clients 32 --cache-sim
 """
 
 from __future__ import annotations
@@ -49,7 +55,20 @@ TARGETS = ("off", "keys", "keys+limits", "log", "drift", "monitoring")
 GOALS = {"keys": 0.03, "keys+limits": 0.03, "log": 0.05, "drift": 0.05, "monitoring": 0.05}
 NEVER = 1_000_000.0  # requests/s: a rate limit checked on every request, never reached
 WARM_UP = 300
-_COLLECTED = re.compile(r"Collected : (\d+)")
+_COLLECTED = re.compile(r"Collected : ([\d ]+)")
+# callgrind's events with --cache-sim=yes, in the order it prints them, and their weight in its
+# cycle estimation: an instruction 1, a first-level miss 10, a last-level miss 100.
+_CACHE_EVENTS = {
+    "Ir": 1,
+    "Dr": 0,
+    "Dw": 0,
+    "I1mr": 10,
+    "D1mr": 10,
+    "D1mw": 10,
+    "ILmr": 100,
+    "DLmr": 100,
+    "DLmw": 100,
+}
 
 
 def log(message: str) -> None:
@@ -110,15 +129,22 @@ async def _load(
 
 
 def count_instructions(
-    target: str, requests: int, clients: int, homes: tuple[Path, Path], key: str, folder: Path
+    target: str,
+    requests: int,
+    clients: int,
+    homes: tuple[Path, Path],
+    key: str,
+    folder: Path,
+    cache_sim: bool = False,
 ) -> int:
     """Instructions of `requests` requests from `clients` clients as `target`, every thread, as
-    callgrind counts them."""
+    callgrind counts them; with `cache_sim`, estimated cycles (see the module docstring)."""
     out = folder / f"callgrind-{target}.out"
     command = [
         "valgrind",
         "--tool=callgrind",
         "--instr-atstart=no",
+        f"--cache-sim={'yes' if cache_sim else 'no'}",
         f"--callgrind-out-file={out}.%p",
         sys.executable,
         str(Path(__file__).resolve()),
@@ -154,7 +180,10 @@ def count_instructions(
             errors.seek(0)
             tail = "\n".join(errors.read().splitlines()[-15:])
             raise RuntimeError(f"{target} failed under valgrind:\n{tail}")
-    return int(found[-1])
+    events = [int(n) for n in found[-1].split()]
+    if not cache_sim:
+        return events[0]
+    return sum(count * weight for count, weight in zip(events, _CACHE_EVENTS.values(), strict=True))
 
 
 def main() -> int:
@@ -173,6 +202,9 @@ def main() -> int:
     )
     parser.add_argument("--repeat", type=int, default=3, help="runs per target (the median counts)")
     parser.add_argument("--jobs", type=int, default=2, help="valgrind processes at once")
+    parser.add_argument(
+        "--cache-sim", action="store_true", help="count estimated cycles, cache misses included"
+    )
     parser.add_argument(
         "--child", nargs=5, metavar=("TARGET", "REQUESTS", "CLIENTS", "HOME", "KEY"), help=argparse.SUPPRESS
     )
@@ -204,11 +236,14 @@ def main() -> int:
         # timing (which batches the batcher runs inline, when the collector runs), so each
         # target's figure is the median of its runs, and the spread of off's runs is shown.
         runs = [target for _ in range(args.repeat) for target in targets]
+        unit = "estimated cycles" if args.cache_sim else "instructions"
         log(f"{len(runs)} runs under valgrind, {args.jobs} at a time: about a minute each")
 
         def count(target: str) -> int:
-            found = count_instructions(target, args.requests, args.clients, (homes[0], homes[1]), key, folder)
-            log(f"{target}: {found / args.requests:,.0f} instructions per request (one run)")
+            found = count_instructions(
+                target, args.requests, args.clients, (homes[0], homes[1]), key, folder, args.cache_sim
+            )
+            log(f"{target}: {found / args.requests:,.0f} {unit} per request (one run)")
             return found
 
         with ThreadPoolExecutor(args.jobs) as pool:
@@ -218,7 +253,7 @@ def main() -> int:
         counts[target].append(count / args.requests)
     per_request = {t: statistics.median(c) for t, c in counts.items()}
     for target in targets:
-        log(f"{target}: {', '.join(f'{c:,.0f}' for c in counts[target])} instructions per request")
+        log(f"{target}: {', '.join(f'{c:,.0f}' for c in counts[target])} {unit} per request")
     base = per_request["off"]
     spread = (max(counts["off"]) - min(counts["off"])) / base
     parts, ok = [f"off {base:,.0f} (runs within {spread:.1%})"], True
@@ -229,7 +264,7 @@ def main() -> int:
         ok = ok and cost < GOALS[target]
         parts.append(f"{target} {per_request[target]:,.0f} ({cost:+.1%}, goal <{GOALS[target]:.0%})")
     print(
-        f"instructions per request (callgrind, in-process, {_clients(args.clients)}): "
+        f"{unit} per request (callgrind, in-process, {_clients(args.clients)}): "
         + " | ".join(parts)
         + f" | {'ok' if ok else 'MISS'} | medians of {args.repeat} runs of {args.requests} requests"
     )
