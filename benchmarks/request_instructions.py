@@ -30,7 +30,8 @@ misses instead (a wall-clock cost that instructions alone do not see).
     .venv/bin/python benchmarks/request_instructions.py                        # every target
     .venv/bin/python benchmarks/request_instructions.py --targets off,keys --requests 300
     .venv/bin/python benchmarks/request_instructions.py --clients 32 --requests 2048 --repeat 2
-    .venv/bin/python benchmarks/request_instructions.py --targets off,monitoring --clients 32 --cache-sim
+    .venv/bin/python benchmarks/request_instructions.py --targets off,monitoring --clients 32 \
+        --requests 2048 --cache-sim
 """
 
 from __future__ import annotations
@@ -249,8 +250,8 @@ def main() -> int:
         with ThreadPoolExecutor(args.jobs) as pool:
             counted = list(pool.map(count, runs))
     counts: dict[str, list[float]] = {t: [] for t in targets}
-    for target, count in zip(runs, counted, strict=True):
-        counts[target].append(count / args.requests)
+    for target, found in zip(runs, counted, strict=True):
+        counts[target].append(found / args.requests)
     per_request = {t: statistics.median(c) for t, c in counts.items()}
     for target in targets:
         log(f"{target}: {', '.join(f'{c:,.0f}' for c in counts[target])} {unit} per request")
