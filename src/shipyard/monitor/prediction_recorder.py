@@ -43,8 +43,8 @@ from shipyard.settings import PredictionLogSettings, Settings
 
 log = logging.getLogger("shipyard.predictions")
 
-# The writer wakes every second, or once the queue is half full: larger batches cost less CPU
-# per entry (measured: about half of what 0.2 s rounds cost).
+# The writer wakes every second, or once the queue (or the encoded chunks waiting for it) is half
+# full: larger batches cost less CPU per entry (measured: about half of what 0.2 s rounds cost).
 _INTERVAL_S = 1.0
 _CHUNK = 256  # entries per chunk
 # Between chunks it encodes, the writer sleeps a moment, which releases the GIL: a second's entries
@@ -311,6 +311,11 @@ class PredictionRecorder:
         kept = () if chunk is None else entries.models
         self._sent += len(kept)
         self._encoded.append((chunk, kept, count))
+        if self._sent - self._written >= self._wake_at:
+            # The loop encodes most entries, so the queue stays short and never wakes the writer:
+            # a busy server's chunks would wait the whole second, past queue_size (measured: a
+            # third of the entries dropped at 11,000 requests/s).
+            self._wake.set()
         return count
 
     def _draw_chunk(self, models: Sequence[str]) -> tuple[list[int] | None, list[bool]]:

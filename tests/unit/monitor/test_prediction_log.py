@@ -22,6 +22,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from shipyard.errors import InvalidInputError
+from shipyard.monitor import prediction_recorder
 from shipyard.monitor.prediction_chunks import Ran
 from shipyard.monitor.prediction_recorder import PredictionRecorder, Sample
 from shipyard.monitor.predictions import PredictionStore, Segment, list_segments, segment_bytes, segment_name
@@ -157,6 +158,35 @@ def test_on_an_event_loop_the_loop_encodes_whole_chunks_and_the_writer_the_rest(
     entries = PredictionStore(tmp_path).read("iris")[::-1]  # newest first
     assert [e.request_id for e in entries] == [f"r{i}" for i in range(1000)]
     assert [e.summary["outputs"]["label"]["values"] for e in entries] == [[i] for i in range(1000)]
+
+
+def test_chunks_the_loop_encoded_wake_the_writer_before_the_queue_fills(
+    tmp_path: Path, recorders: list[PredictionRecorder], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a busy server the loop encodes every chunk, so the queue itself stays short: the chunks
+    waiting for the writer wake it once they are half of queue_size, not at its next round (here
+    an hour away), and none is dropped."""
+    monkeypatch.setattr(prediction_recorder, "_INTERVAL_S", 3600.0)
+    recorder = make(recorders, tmp_path, start=False, queue_size=1024)
+
+    async def serve() -> None:
+        recorder.start()
+        ran = Ran({"X": np.zeros((4, 4), dtype=np.float32)}, {"label": np.arange(4)}, 4)
+        for i in range(768):  # three chunks: the second puts 512 entries before the writer
+            noted = Sample()
+            noted.ran, noted.offset, noted.rows = ran, i % 4, 1
+            recorder.record(f"r{i}", "busy", 1, "v1", 200, 0.001, noted)
+            await asyncio.sleep(0)  # the loop's turn: the chunk it was asked for is encoded
+
+        def written() -> bool:  # waits for the writer, without waking it as flush() does
+            with recorder._progress:
+                return recorder._progress.wait_for(lambda: recorder._written >= 512, FLUSH_S)
+
+        assert await asyncio.to_thread(written)
+
+    asyncio.run(serve())
+    assert recorder.dropped == {"queue_full": 0, "write_failed": 0}
+    assert len(PredictionStore(tmp_path).read("busy", limit=1000)) >= 512
 
 
 def test_sampling_leaves_the_callers_random_numbers_alone(
