@@ -232,6 +232,7 @@ def run(spec: ServeSpec, announce: Callable[[str, int], None]) -> int:
         _worker_main,
         (ServeSpec(_share_cores(spec.settings), spec.refs, limits_file, drift_dir), serve.host, port),
         on_exit=lambda pid: _forget_worker(pid, drift_dir),
+        stop_timeout_s=_stop_timeout(serve.grace_period_s),
     )
     if serve.tls_cert:  # SIGHUP reloads certificates: each worker reloads its own
         from shipyard.serve.tls import forward_sighup
@@ -243,6 +244,14 @@ def run(spec: ServeSpec, announce: Callable[[str, int], None]) -> int:
         holder.close()
         shutil.rmtree(metrics_dir, ignore_errors=True)
     return 0
+
+
+def _stop_timeout(grace_period_s: float) -> float | None:
+    """How long the supervisor lets a worker drain after SIGTERM before killing it: its HTTP
+    server's grace period, then its models' and its gRPC server's (each bounded by the same
+    period), and a margin; None when the grace period is 0 (uvicorn then waits as long as the
+    requests take)."""
+    return 2 * grace_period_s + 15.0 if grace_period_s else None
 
 
 def _forget_worker(pid: int, drift_dir: str) -> None:

@@ -89,6 +89,7 @@ class _Slot:
     due: float | None = None  # when to start a replacement
     generation: int = 0
     signalled: bool = False
+    killed: bool = False  # it outlived the stop timeout
 
 
 @dataclass
@@ -100,6 +101,12 @@ class Supervisor:
     args: tuple[Any, ...]
     on_exit: Callable[[int], None] = lambda pid: None  # called with the pid of every worker that ended
     policy: Callable[[], RestartPolicy] = RestartPolicy
+    # How long workers may drain after SIGTERM before they are killed (None: as long as they take):
+    # a worker hung in its shutdown (a stuck thread, a model call that never returns) must not
+    # keep the whole server from stopping, nor a deployment from rolling on.
+    stop_timeout_s: float | None = None
+    _kill_at: float | None = None  # when the workers still draining get SIGKILL (once)
+    _killed: bool = False
     _slots: list[_Slot] = field(default_factory=list)
     _stop_requested: bool = False
     _stopping: bool = False
@@ -170,6 +177,8 @@ class Supervisor:
         if not live and self._stopping:
             return False
         dues = [slot.due for slot in self._slots if slot.due is not None]
+        if self._kill_at is not None:
+            dues.append(self._kill_at)
         timeout = max(0.0, min(dues) - time.monotonic()) if dues else None
         waitables: list[Any] = [wake]
         for slot in live:
@@ -187,6 +196,8 @@ class Supervisor:
                 self._read_status(slot)
             if slot.process.sentinel in ready:
                 self._reap(slot)
+        if self._kill_at is not None and time.monotonic() >= self._kill_at:
+            self._kill_all()
         return True
 
     def _start(self, context: Any, slot: _Slot) -> None:
@@ -235,7 +246,10 @@ class Supervisor:
         who = f"worker {slot.number} (pid {process.pid}) {describe_exit(code)}"
         why = f" ({slot.reason})" if slot.reason else ""
         if self._stopping:
-            if code not in _CLEAN_STOP:
+            if slot.killed:
+                late = f"did not stop within {self.stop_timeout_s:g} s of SIGTERM and was killed"
+                self._stop_failures.append(f"worker {slot.number} {late}")
+            elif code not in _CLEAN_STOP:
                 self._stop_failures.append(f"worker {slot.number} {describe_exit(code)}{why}")
             return
         served = None if slot.ready_at is None else time.monotonic() - slot.ready_at
@@ -251,12 +265,29 @@ class Supervisor:
         slot.due = time.monotonic() + delay
 
     def _stop_all(self) -> None:
+        if self._kill_at is None and self.stop_timeout_s is not None and not self._killed:
+            self._kill_at = time.monotonic() + self.stop_timeout_s
         for slot in self._slots:
             slot.due = None
             if slot.process is not None and not slot.signalled and slot.process.pid is not None:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(slot.process.pid, signal.SIGTERM)
                 slot.signalled = True
+
+    def _kill_all(self) -> None:
+        """Kill the workers still draining past the stop timeout (reaped as they die)."""
+        for slot in self._slots:
+            if slot.process is not None and not slot.killed and slot.process.pid is not None:
+                log.error(
+                    "worker %d (pid %s) did not stop within %g s of SIGTERM; killing it",
+                    slot.number,
+                    slot.process.pid,
+                    self.stop_timeout_s,
+                )
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(slot.process.pid, signal.SIGKILL)
+                slot.killed = True
+        self._killed, self._kill_at = True, None
 
 
 def _pid(slot: _Slot) -> int | None:

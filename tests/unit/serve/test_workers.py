@@ -1,10 +1,18 @@
-"""The restart policy of `--workers`: back-off between replacements, and when to give up."""
+"""The supervisor of `--workers`: back-off between replacements, when to give up, and a worker that
+will not stop."""
 
 from __future__ import annotations
 
+import os
 import signal
+import threading
+import time
+from multiprocessing.connection import Connection
 
-from shipyard.serve.workers import RestartPolicy, describe_exit
+import pytest
+
+from shipyard.errors import ShipyardError
+from shipyard.serve.workers import RestartPolicy, Supervisor, describe_exit, report_ready
 
 
 def test_replacements_back_off_doubling_to_a_cap() -> None:
@@ -35,3 +43,21 @@ def test_exits_are_described_by_code_or_signal() -> None:
     assert describe_exit(1) == "exited with 1"
     assert describe_exit(-signal.SIGKILL) == "was killed by signal 9 (SIGKILL)"
     assert describe_exit(-signal.SIGSEGV) == "was killed by signal 11 (SIGSEGV)"
+
+
+def _hangs_on_stop(number: int, status: Connection) -> None:
+    """A worker whose shutdown never ends: it ignores SIGTERM, says it serves, then asks the
+    supervisor (its parent, the test) to stop."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    report_ready(status)
+    os.kill(os.getppid(), signal.SIGTERM)
+    threading.Event().wait()
+
+
+def test_a_worker_that_does_not_stop_is_killed_once_the_stop_timeout_passes() -> None:
+    supervisor = Supervisor(1, _hangs_on_stop, (), stop_timeout_s=0.5)
+    started = time.monotonic()
+    with pytest.raises(ShipyardError, match=r"worker 1 did not stop within 0\.5 s of SIGTERM and was killed"):
+        supervisor.run(started=lambda: None)
+    assert time.monotonic() - started < 60  # it did not wait for the worker without end
+    assert supervisor.pids() == []
