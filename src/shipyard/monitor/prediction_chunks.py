@@ -325,7 +325,7 @@ def encode_batched(entries: Entries, max_payload_bytes: int) -> bytes | None:
     four). The same chunk as `encode`; None when the chunk is not of that kind (use `encode`).
     Raises TypeError if a value cannot be written."""
     rans, offsets, rows = entries.rans, entries.offsets, entries.rows
-    if None in rans:  # an entry that never reached the model
+    if not all(rans):  # an entry that never reached the model (`None in` compared each in Python)
         return None
     # The batches in answer order, one per run of their entries (a batch answered in two runs is
     # taken twice: correct, and rare).
@@ -351,15 +351,18 @@ def encode_batched(entries: Entries, max_payload_bytes: int) -> bytes | None:
     # Each entry's first row in the batches' rows end to end.
     lengths = np.fromiter(map(itemgetter(1), runs), dtype=np.int64, count=len(runs))
     begins = np.repeat(starts, lengths) + np.asarray(offsets, dtype=np.int64)
-    row_counts = np.asarray(rows, dtype=np.int64)
-    if int((begins + row_counts).max()) > int(sizes.sum()):
-        return None  # rows past their batch's end: leave it to `encode`, which says nothing of rows
     counts = set(rows)
+    # The usual chunk's entries all have the same rows: no array of them (a conversion from Python
+    # ints that cost more instructions than any other step of the chunk's, per entry).
+    row_counts = None if len(counts) == 1 else np.asarray(rows, dtype=np.int64)
+    end = int(begins.max()) + rows[0] if row_counts is None else int((begins + row_counts).max())
+    if end > int(sizes.sum()):
+        return None  # rows past their batch's end: leave it to `encode`, which says nothing of rows
     stacked: dict[int, np.ndarray] = {}  # outputs concatenated, only those small enough to keep
     buffers = _Buffers()
     groups = []
     for count in sorted(counts):
-        if len(counts) == 1:
+        if row_counts is None:
             members, picked = list(range(len(rans))), begins
         else:
             mask = row_counts == count

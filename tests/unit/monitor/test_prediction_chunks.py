@@ -133,6 +133,14 @@ def test_the_vectorised_path_declines_batches_of_different_layouts() -> None:
     assert encode_batched(columns([row("a", one, 0, 1), row("b", two, 0, 1)]), 100) is None
 
 
+@pytest.mark.parametrize("sizes", [(2, 2), (1, 3)], ids=["one row count", "two row counts"])
+def test_the_vectorised_path_declines_rows_past_their_batch_end(sizes: tuple[int, int]) -> None:
+    ran = Ran(*iris(4), 4)
+    first, second = sizes
+    assert encode_batched(columns([row("a", ran, 0, first), row("b", ran, 5 - second, second)]), 100) is None
+    assert encode_batched(columns([row("a", ran, 0, first), row("b", ran, first, second)]), 100) is not None
+
+
 def test_the_vectorised_path_declines_an_entry_that_ran_in_no_batch() -> None:
     ran = Ran(*iris(2), 2)
     refused = pending("refused", None, None, status=400)  # between two of the batch's requests
