@@ -36,6 +36,7 @@ values or null], ...] (null: the request never got that far), values as JSON wou
 from __future__ import annotations
 
 import math
+import struct
 from collections.abc import Callable, Sequence
 from itertools import compress, groupby
 from operator import attrgetter, itemgetter
@@ -175,15 +176,27 @@ class _Buffers:
 def _columns(buffers: _Buffers, entries: Entries) -> dict[str, Any]:
     """A chunk's per-entry columns but the request ids: the numbers raw, and a column whose entries
     all have one value (the usual model, version, protocol and status) as that value alone."""
-    latency_ms = np.round(np.array(entries.latencies, dtype=np.float64) * 1000, 3)
+    latency_ms = np.round(numbers(entries.latencies, "d") * 1000, 3)
     return {
-        "time": buffers.add(np.array(entries.at, dtype=np.float64)),
+        "time": buffers.add(numbers(entries.at, "d")),
         "model": _same(entries.models),
         "version": _same(entries.versions),
         "protocol": _same(entries.protocols),
         "status": _same(entries.statuses),
         "latency_ms": buffers.add(latency_ms),
     }
+
+
+def numbers(column: Sequence[float], code: str) -> np.ndarray:
+    """A column of Python floats (`code` "d") or ints ("q") as a float64 or int64 array. `struct`
+    packs them in C without looking at their types first, where `np.array` discovers each one's
+    (about four times as long: 25 against 7 ns an entry); a value it cannot pack (a NumPy scalar,
+    say) leaves the column to NumPy."""
+    dtype = np.float64 if code == "d" else np.int64
+    try:
+        return np.frombuffer(struct.pack(f"={len(column)}{code}", *column), dtype=dtype)
+    except struct.error:
+        return np.array(column, dtype=dtype)
 
 
 def _same(column: Sequence[Any]) -> Sequence[Any]:
@@ -350,11 +363,11 @@ def encode_batched(entries: Entries, max_payload_bytes: int) -> bytes | None:
     starts = np.concatenate(([0], np.cumsum(sizes[:-1])))
     # Each entry's first row in the batches' rows end to end.
     lengths = np.fromiter(map(itemgetter(1), runs), dtype=np.int64, count=len(runs))
-    begins = np.repeat(starts, lengths) + np.asarray(offsets, dtype=np.int64)
+    begins = np.repeat(starts, lengths) + numbers(offsets, "q")
     counts = set(rows)
     # The usual chunk's entries all have the same rows: no array of them (a conversion from Python
     # ints that cost more instructions than any other step of the chunk's, per entry).
-    row_counts = None if len(counts) == 1 else np.asarray(rows, dtype=np.int64)
+    row_counts = None if len(counts) == 1 else numbers(rows, "q")
     end = int(begins.max()) + rows[0] if row_counts is None else int((begins + row_counts).max())
     if end > int(sizes.sum()):
         return None  # rows past their batch's end: leave it to `encode`, which says nothing of rows

@@ -8,7 +8,15 @@ import numpy as np
 import orjson
 import pytest
 
-from shipyard.monitor.prediction_chunks import Entries, Ran, decode, encode, encode_batched, encode_each
+from shipyard.monitor.prediction_chunks import (
+    Entries,
+    Ran,
+    decode,
+    encode,
+    encode_batched,
+    encode_each,
+    numbers,
+)
 
 # One entry's fields, in the order of Entries' columns.
 Row = tuple[float, str, str, int, str, int, float, "Ran | None", int, int, bool]
@@ -217,3 +225,11 @@ def test_chunks_in_the_json_format_of_an_earlier_server_are_read() -> None:
             {"inputs": {"X": [[1.0, 2.0, 3.0, 4.0]]}, "outputs": {"y": [0]}}, 0,
         ],
     ]  # fmt: skip
+
+
+def test_numeric_columns_become_the_arrays_numpy_would_make() -> None:
+    times = (1.7e9, 1.7e9 + 0.25, 1.7e9 + 1e-6)
+    assert numbers(times, "d").tolist() == np.array(times, dtype=np.float64).tolist()
+    assert numbers((0, 3, 2**40), "q").tolist() == [0, 3, 2**40]
+    assert numbers((1, np.float32(2.5)), "d").tolist() == [1.0, 2.5]  # type: ignore[arg-type]  # NumPy scalars too
+    assert numbers((1, 2.0), "q").tolist() == [1, 2]  # struct refuses the float: NumPy converts it
