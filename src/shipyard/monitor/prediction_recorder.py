@@ -124,7 +124,7 @@ class PredictionRecorder:
         self._rans: dict[int, Ran] = {}
         self._ran_count = 0
         self._rans_done = 0
-        self._last_ran: Ran | None = _NO_BATCH  # the batch of the entry queued last (see `record`)
+        self._last_ran: Ran = _NO_BATCH  # the batch of the entry queued last (see `record`)
         self._queue_size = settings.queue_size
         self._wake_at = settings.queue_size // 2
         self._taken = 0  # entries ever taken from the queue by an encoder (`_encoding` held) ...
@@ -187,13 +187,15 @@ class PredictionRecorder:
         with its payload, is drawn when its chunk is encoded, for the whole chunk at once."""
         queue = self._queue
         depth = len(queue)
-        ran = sample.ran
-        # The usual request, in as few steps as it takes: it ran in the same batch as the entry
-        # before it (a batch's requests answer one after another), and the queue is short. The
-        # rest (a new batch or none, a queue to wake the writer for or full) goes the long way.
-        if ran is not self._last_ran or depth >= self._wake_at:
-            self._record_new(depth, request_id, model, version, protocol, status, latency_s, sample)
-            return
+        key = self._ran_count
+        # The usual request takes one test: it ran in the same batch as the entry before it (a
+        # batch's requests answer one after another), and the queue is short. The rest (a new
+        # batch or none, a queue to wake the writer for, or full) goes through `_new_key`.
+        if sample.ran is not self._last_ran or depth >= self._wake_at:
+            new = self._new_key(depth, model, sample)
+            if new is None:
+                return
+            key = new
         # The entry names its batch by number: a tuple of numbers and strings only, which the
         # collector stops tracking at its first young collection. Holding its Sample (or its
         # batch), every queued entry stayed tracked until its chunk was encoded: the young
@@ -201,68 +203,37 @@ class PredictionRecorder:
         # were promoted to the older generations (measured under valgrind, 32 clients: 3,500 of
         # the collector's instructions a request, against 200 with these tuples).
         queue.append(
-            (
-                _now(),
-                request_id,
-                model,
-                version,
-                protocol,
-                status,
-                latency_s,
-                self._ran_count,
-                sample.offset,
-                sample.rows,
-            )
-        )
-        if not (depth + 1) % _CHUNK:  # a whole chunk queued
-            self._chunk_queued()
-
-    def _record_new(
-        self,
-        depth: int,
-        request_id: str,
-        model: str,
-        version: int | None,
-        protocol: str,
-        status: int,
-        latency_s: float,
-        sample: Sample,
-    ) -> None:
-        """`record` for an entry of a new batch, of none, or that finds the queue long."""
-        queue = self._queue
-        if depth >= self._queue_size:
-            self._full(model)
-            return
-        ran = sample.ran
-        key = -1
-        if ran is not None:
-            if ran is not self._last_ran:
-                self._last_ran = ran
-                self._ran_count += 1
-                self._rans[self._ran_count] = ran
-            key = self._ran_count
-        elif sample.inputs is not None or sample.outputs is not None:
-            # It never reached a batch: its own arrays, a batch of its own (and the next entry's
-            # batch, whatever it is, is new).
-            self._last_ran = _NO_BATCH
-            self._ran_count += 1
-            self._rans[self._ran_count] = Ran(sample.inputs, sample.outputs)
-            key = self._ran_count
-        queue.append(
             (_now(), request_id, model, version, protocol, status, latency_s, key, sample.offset, sample.rows)
         )
+        if not (depth + 1) % _CHUNK:  # a whole chunk queued
+            if self._loop is not None and threading.get_ident() == self._loop_thread:
+                self._loop.call_soon(self._encode_chunk)  # after this request, between two turns
+            else:
+                self._encode_chunk()
+
+    def _new_key(self, depth: int, model: str, sample: Sample) -> int | None:
+        """The number an entry names its batch by when `record` cannot take it the short way
+        (-1: it has no arrays), having registered a new batch; None when the queue is full (the
+        entry dropped and counted). Wakes the writer once the queue is half full."""
+        if depth >= self._queue_size:
+            self._full(model)
+            return None
         if depth == self._wake_at:
             self._wake.set()
-        if not (depth + 1) % _CHUNK:
-            self._chunk_queued()
-
-    def _chunk_queued(self) -> None:
-        """A whole chunk is queued: encode it after this request, between two of the loop's turns
-        (or now, for a caller off the loop)."""
-        if self._loop is not None and threading.get_ident() == self._loop_thread:
-            self._loop.call_soon(self._encode_chunk)
-        else:
-            self._encode_chunk()
+        ran = sample.ran
+        if ran is None:
+            if sample.inputs is None and sample.outputs is None:
+                return -1
+            # It never reached a batch: its own arrays, a batch of its own (and the next entry's
+            # batch, whatever it is, is new).
+            ran, self._last_ran = Ran(sample.inputs, sample.outputs), _NO_BATCH
+        elif ran is not self._last_ran:
+            self._last_ran = ran
+        else:  # the same batch, only the queue long
+            return self._ran_count
+        self._ran_count += 1
+        self._rans[self._ran_count] = ran
+        return self._ran_count
 
     def _full(self, model: str) -> None:
         """Count an entry the full queue refused, if it would have been logged."""

@@ -247,11 +247,11 @@ def run(spec: ServeSpec, announce: Callable[[str, int], None]) -> int:
 
 
 def _stop_timeout(grace_period_s: float) -> float | None:
-    """How long the supervisor lets a worker drain after SIGTERM before killing it: its HTTP
-    server's grace period, then its models' and its gRPC server's (each bounded by the same
-    period), and a margin; None when the grace period is 0 (uvicorn then waits as long as the
-    requests take)."""
-    return 2 * grace_period_s + 15.0 if grace_period_s else None
+    """How long the supervisor lets a worker drain after SIGTERM before killing it: the grace
+    period three times over (its gRPC server drains, then its HTTP server, then its models close,
+    each bounded by that period) and a margin for the prediction log's last write; None when the
+    grace period is 0 (uvicorn then waits as long as the requests take)."""
+    return 3 * grace_period_s + 15.0 if grace_period_s else None
 
 
 def _forget_worker(pid: int, drift_dir: str) -> None:

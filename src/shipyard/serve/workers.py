@@ -106,7 +106,6 @@ class Supervisor:
     # keep the whole server from stopping, nor a deployment from rolling on.
     stop_timeout_s: float | None = None
     _kill_at: float | None = None  # when the workers still draining get SIGKILL (once)
-    _killed: bool = False
     _slots: list[_Slot] = field(default_factory=list)
     _stop_requested: bool = False
     _stopping: bool = False
@@ -265,7 +264,8 @@ class Supervisor:
         slot.due = time.monotonic() + delay
 
     def _stop_all(self) -> None:
-        if self._kill_at is None and self.stop_timeout_s is not None and not self._killed:
+        killed = any(slot.killed for slot in self._slots)
+        if self._kill_at is None and self.stop_timeout_s is not None and not killed:
             self._kill_at = time.monotonic() + self.stop_timeout_s
         for slot in self._slots:
             slot.due = None
@@ -287,7 +287,7 @@ class Supervisor:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(slot.process.pid, signal.SIGKILL)
                 slot.killed = True
-        self._killed, self._kill_at = True, None
+        self._kill_at = None
 
 
 def _pid(slot: _Slot) -> int | None:
