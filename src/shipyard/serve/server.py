@@ -122,10 +122,6 @@ def _serve_on(
         backlog=2048,
         ssl_context_factory=start_reloading(serve),  # None without --tls-cert
     )
-    # uvicorn drains on SIGTERM/SIGINT, then re-raises the signal to the handler it found:
-    # a no-op handler here turns that into a clean exit with status 0.
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: None)
 
     class Server(uvicorn.Server):
         grpc: Any = None
@@ -153,6 +149,17 @@ def _serve_on(
             await super().shutdown(sockets)
 
     server = Server(config)
+
+    def stop_soon(signum: int, frame: Any) -> None:
+        server.should_exit = True
+
+    # uvicorn takes SIGTERM/SIGINT over once it runs, drains, then re-raises the signal to the
+    # handler it found: this one, where it changes nothing, so the exit is clean (status 0). A
+    # signal that comes before uvicorn takes over (a worker still starting when the supervisor
+    # stops) asks the server to stop as uvicorn would: with a no-op here it was lost, and the
+    # worker served on until the supervisor killed it.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, stop_soon)
     server.run(sockets=[sock, *admin_sockets(serve)])
     if server.failure is not None:
         raise server.failure

@@ -3,11 +3,14 @@ will not stop."""
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import signal
+import socket
 import threading
 import time
 from multiprocessing.connection import Connection
+from pathlib import Path
 
 import pytest
 
@@ -61,3 +64,36 @@ def test_a_worker_that_does_not_stop_is_killed_once_the_stop_timeout_passes() ->
         supervisor.run(started=lambda: None)
     assert time.monotonic() - started < 60  # it did not wait for the worker without end
     assert supervisor.pids() == []
+
+
+def _stopped_before_uvicorn_takes_over(home: str) -> None:
+    """A worker's server whose SIGTERM comes before uvicorn has taken the signals over: as a
+    supervisor's stop does when a worker is still starting."""
+    import uvicorn
+
+    from shipyard.serve.server import ServeSpec, _serve_on, bind_socket
+    from shipyard.settings import Settings
+
+    serve = uvicorn.Server.serve
+
+    async def signalled_first(self: uvicorn.Server, sockets: list[socket.socket] | None = None) -> None:
+        signal.raise_signal(signal.SIGTERM)  # handled at once, by the handler _serve_on installed
+        await serve(self, sockets)
+
+    uvicorn.Server.serve = signalled_first  # type: ignore[method-assign]
+    settings = Settings.load(home=Path(home), serve={"grpc_port": 0, "port": 0})
+    _serve_on(ServeSpec(settings, []), bind_socket("127.0.0.1", 0, reuse_port=False))
+
+
+def test_a_sigterm_that_comes_while_a_worker_starts_stops_it(tmp_path: Path) -> None:
+    child = multiprocessing.get_context("spawn").Process(
+        target=_stopped_before_uvicorn_takes_over, args=(str(tmp_path),)
+    )
+    child.start()
+    child.join(30)  # with the signal lost, it served on until killed here
+    stuck = child.is_alive()
+    if stuck:
+        child.kill()
+        child.join()
+    assert not stuck, "the server went on serving after SIGTERM"
+    assert child.exitcode == 0
