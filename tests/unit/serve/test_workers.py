@@ -1,5 +1,5 @@
-"""The supervisor of `--workers`: back-off between replacements, when to give up, and a worker that
-will not stop."""
+"""The supervisor of `--workers`: back-off between replacements, when to give up, a worker that
+will not stop, and a worker told to stop while it starts."""
 
 from __future__ import annotations
 
