@@ -67,10 +67,11 @@ lint: install-dev
 	$(BIN)/ruff format --check $(LINTED)
 	$(BIN)/lint-imports
 
-## typecheck: strict on src/shipyard, relaxed on tests/ (settings in pyproject.toml).
+## typecheck: strict on src/shipyard and benchmarks/, relaxed on tests/ (settings in pyproject.toml).
 typecheck: install-dev
 	$(BIN)/mypy
 	$(BIN)/mypy tests
+	$(BIN)/mypy benchmarks
 
 check: lint typecheck test
 

@@ -32,6 +32,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -58,7 +59,7 @@ def feed(target: str, entries: int, batch: int, rounds: int) -> None:
 
         recorder._encode_chunk = let_go  # type: ignore[method-assign]
     rng = np.random.default_rng(0)
-    samples = []
+    samples: list[Sample] = []
     while len(samples) < entries:  # the batches as the batcher hands them over
         inputs = {"X": rng.random((batch, 4), dtype=np.float32)}
         probabilities = rng.random((batch, 3), dtype=np.float32)
@@ -71,11 +72,13 @@ def feed(target: str, entries: int, batch: int, rounds: int) -> None:
             samples.append(sample)
     del samples[entries:]
     ids = [f"{index:016x}-bench" for index in range(entries)]
-    record = recorder.record
+    record: Callable[..., None] = recorder.record
     if target == "call":  # the loop and the call alone, as the endpoint pays them anyway
 
-        def record(*args: object) -> None:
+        def nothing(*args: object) -> None:
             pass
+
+        record = nothing
 
     for _ in range(rounds):
         for request_id, sample in zip(ids, samples, strict=True):

@@ -375,6 +375,11 @@ def ready_version(url: str, name: str) -> int | None:
     return int(status["version"]) if status.get("state") == "ready" else None
 
 
+def serving(url: str, name: str, version: int) -> Callable[[], bool]:
+    """A check that the server at `url` serves `version` of `name` (for `wait_for`)."""
+    return lambda: ready_version(url, name) == version
+
+
 def wait_for(check: Callable[[], bool], what: str, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while not check():
@@ -407,7 +412,7 @@ def cold_start_rounds(
                 settings.home, ["big"], {**env, "SHIPYARD_CACHE_DIR": str(cache)}, workdir / "serve.log"
             )
             try:
-                wait_for(lambda url=url: ready_version(url, "big") == 1, "the server to load big:1")
+                wait_for(serving(url, "big", 1), "the server to load big:1")
                 times[kind].append(time.perf_counter() - started)
             finally:
                 stop(process)
@@ -439,7 +444,7 @@ def alias_rounds(
             ]
         for mode, pair in servers.items():
             for _, url in pair:
-                wait_for(lambda url=url, mode=mode: ready_version(url, names[mode]) == 1, f"{mode} server")
+                wait_for(serving(url, names[mode], 1), f"{mode} server")
         times: dict[str, list[float]] = {"notify": [], "poll": []}
         for i in range(moves):
             target = 2 if i % 2 == 0 else 1
@@ -447,10 +452,7 @@ def alias_rounds(
                 started = time.perf_counter()
                 registry.set_alias(names[mode], ALIAS, target)
                 for _, url in pair:
-                    wait_for(
-                        lambda url=url, mode=mode, target=target: ready_version(url, names[mode]) == target,
-                        f"the {mode} servers to follow the move",
-                    )
+                    wait_for(serving(url, names[mode], target), f"the {mode} servers to follow the move")
                 times[mode].append(time.perf_counter() - started)
         log(
             f"  alias move reached both servers: notify {[f'{t * 1000:.0f}ms' for t in times['notify']]}, "

@@ -384,6 +384,7 @@ def registry_kills(b: Bench) -> None:
     import onnx
 
     from shipyard.registry import Registry
+    from shipyard.registry.store import LocalArtifactStore
     from shipyard.settings import Settings
 
     kills = b.args.kills
@@ -427,7 +428,9 @@ def registry_kills(b: Bench) -> None:
     verify = shipyard_cli(b, "verify", home=home)
     gc = shipyard_cli(b, "gc", "--grace-seconds", "0", home=home)
     with Registry(settings=settings) as registry:
-        root = registry.store.root
+        store = registry.store
+        assert isinstance(store, LocalArtifactStore), "the benchmark's registry is a local folder"
+        root = store.root
         referenced = registry.metadata.referenced_digests()
         left = [p for p in (root / ".staging").glob("*")] if (root / ".staging").is_dir() else []
         hexes = {d.split(":")[-1] for d in referenced}
