@@ -36,10 +36,7 @@ _RECORD_DOC = (
 )
 _QUEUE = "        self._queue: deque[Answered] = deque()\n"
 _IMPORTS = 'log = logging.getLogger("shipyard.predictions")\n'
-_ENCODE = (
-    "        chunk = None\n"
-    "        if entries.models and self._sent - self._written + len(entries.models) > self._queue_size:\n"
-)
+_ENCODE = "                entries, chunk = self._chunk(entries)\n"
 # (anchor, replacement) pairs per variant, each anchor found exactly once.
 PATCHES: dict[str, list[tuple[str, str]]] = {
     "noop": [(_RECORD_DOC, _RECORD_DOC + "        return\n")],
@@ -59,7 +56,8 @@ PATCHES: dict[str, list[tuple[str, str]]] = {
             + "        return\n",
         ),
     ],
-    "drop": [(_ENCODE, "        chunk = None\n        if False:\n")],
+    # The chunk stays None: nothing encoded, nothing handed to the writer, nothing written.
+    "drop": [(_ENCODE, "                pass\n")],
 }
 
 
