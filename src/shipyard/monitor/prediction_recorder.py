@@ -1,22 +1,25 @@
-"""Recording the prediction log without slowing requests: queue, sample, encode, write in a thread.
+"""Recording the prediction log without slowing requests: queue, sample, encode, hand to a writer.
 
 The request path appends one tuple of numbers and strings to a bounded deque (no lock, no draw; a
 wake-up only when it is half full). Every 256 entries queued, the event loop cuts them into columns
-(one `zip`, in C), draws which are logged and which keep their payload (one numpy call), and
-encodes them into one chunk between two of its turns; a writer thread writes the chunks into this
-process's segment every second, and encodes itself what the loop has not (the entries of a quiet
-second). Encoding on the loop spares the GIL the round trips between the loop and a thread encoding
-beside it: with the writer encoding every entry, in slices with pauses between, monitoring on cost
-p99 +20–30% and 8–12.5% of requests/s; with the loop encoding, +6–12% and 6.5–9.5%
-(benchmarks/monitoring_cost.py, `--fresh`, interleaved). A caller off the loop (a thread of its
-own, or no loop at all) encodes its 256th entry's chunk itself, so the queue never holds more than
-a chunk's batches' arrays for long.
+(one `zip`, in C), draws which are logged and which keep their payload (one numpy call), encodes
+them into one chunk between two of its turns, and writes the chunk into the pipe of this process's
+writer (log_writer.py: a process of its own, which does all of SQLite's and the file system's
+work), never waiting for it. A thread of this process starts the writer, reads its answers (once a
+second: what it wrote, or could not), and encodes and sends what the loop has not (the entries of
+a quiet second). Encoding on the loop spares the GIL the round trips between the loop and a thread
+encoding beside it: with the writer thread encoding every entry, in slices with pauses between,
+monitoring on cost p99 +20–30% and 8–12.5% of requests/s; with the loop encoding, +6–12% and
+6.5–9.5% (benchmarks/monitoring_cost.py, `--fresh`, interleaved); for the writer's process, see
+log_writer.py. A caller off the loop (a thread of its own, or no loop at all) encodes and sends its
+256th entry's chunk itself, so the queue never holds more than a chunk's batches' arrays for long.
 
 An entry names the batch its request ran in (prediction_chunks.Ran) by number, a batch all its
 entries share, rather than holding arrays of its own. When the queue is full, or the writer has
-more than `queue_size` entries waiting, or the disk refuses a write, entries are dropped and
-counted in `shipyard_predictionlog_dropped_total{model,reason}`, with a warning at most once a
-minute: a request never waits for the log and never fails because of it.
+more than `queue_size` entries it has not answered for, or the disk refuses a write, or the writer
+dies (it is started again, at most every few seconds), entries are dropped and counted in
+`shipyard_predictionlog_dropped_total{model,reason}`, with a warning at most once a minute: a
+request never waits for the log and never fails because of it.
 """
 
 from __future__ import annotations
@@ -24,12 +27,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import random
-import sqlite3
+import select
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from itertools import repeat, starmap
 from pathlib import Path
 from time import time as _now  # a module global: one lookup on the request path, not two
@@ -38,8 +42,9 @@ import numpy as np
 import orjson
 
 from shipyard.monitor import metrics
+from shipyard.monitor.log_writer import CHUNK, FLUSH, Layout, WriterProcess, frame
 from shipyard.monitor.prediction_chunks import Entries, Ran, encode_batched, encode_each
-from shipyard.monitor.predictions import Chunk, Segment, enforce_retention, segment_bytes, segment_name
+from shipyard.monitor.predictions import Chunk
 from shipyard.settings import PredictionLogSettings, Settings
 
 log = logging.getLogger("shipyard.predictions")
@@ -54,7 +59,9 @@ _CHUNK = 256  # entries per chunk
 # server; with the pauses, the p99 added was about half (benchmarks/monitoring_cost.py, `off,log`).
 _PAUSE_S = 0.001
 _WARN_EVERY_S = 60.0
-_RETENTION_EVERY_S = 60.0
+_SEND_WAIT_S = 0.1  # the most the thread waits for room in the writer's pipe (the loop never does)
+_RESTART_S = 5.0  # a writer that failed to start, or exited, is started again after this at most
+_END_WAIT_S = 10.0  # the most a closing server waits for its writer
 QUEUE_FULL, WRITE_FAILED = "queue_full", "write_failed"
 _WHY = {
     QUEUE_FULL: "the queue was full: the writer fell behind (lower prediction_log.sample_rate)",
@@ -116,8 +123,14 @@ class PredictionRecorder:
             )
             for name, m in settings.models.items()
         }
-        self._segment_bytes = max(1 << 16, settings.max_bytes // 16)
-        self._segment_age_s = min(settings.max_age_s / 8, 86400.0)
+        self._layout = Layout(
+            directory,
+            worker,
+            segment_bytes=max(1 << 16, settings.max_bytes // 16),
+            segment_age_s=min(settings.max_age_s / 8, 86400.0),
+            max_bytes=settings.max_bytes,
+            max_age_s=settings.max_age_s,
+        )
         self._queue: deque[Answered] = deque()
         # The batches queued entries ran in, by number (see `record`): numbered from 1, each
         # dropped once an encoded chunk's entries were the last to name it.
@@ -131,23 +144,31 @@ class PredictionRecorder:
         self._handled = 0  # ... and dealt with by the writer: written, dropped or not drawn
         self._sent = 0  # entries ever encoded for the writer (`_encoding` held) ...
         self._written = 0  # ... and ever written or lost by it: the difference is its backlog
+        # The writer process (log_writer.py), started by this process's thread when it first has
+        # a chunk for it, and the frames it has been sent and not yet answered for, by sequence
+        # number: (sequence number, the models of the chunk's entries, entries it settles).
+        self._writer: WriterProcess | None = None
+        self._writer_failed_at = -_RESTART_S
+        self._sequence = 0
+        self._in_flight: deque[tuple[int, Sequence[str], int]] = deque()
+        self._flush_wanted = False
+        self._drain_all = False  # the thread's next round encodes every entry queued, not only chunks
         self._dropped = {QUEUE_FULL: 0, WRITE_FAILED: 0}
         self._warned = {QUEUE_FULL: 0, WRITE_FAILED: 0}
         self._warned_at = -_WARN_EVERY_S
-        self._wake = threading.Event()
+        # The thread waits on the writer's answers and on a pipe of its own, which wakes it (a
+        # flush, a close, a half-full queue): an Event could not be waited on beside a file.
+        self._wake_read = self._wake_write = -1
         self._progress = threading.Condition()
         self._closing = False
         self._thread: threading.Thread | None = None
-        # Encoding takes `_encoding` (the loop and the writer both encode; the lock keeps chunks in
-        # queue order), and the chunks wait in `_encoded` for the writer, with what they hold:
-        # (chunk or None, the models of its entries, entries taken from the queue).
+        # Encoding takes `_encoding` (the loop and the thread both encode and send; the lock keeps
+        # chunks in queue order), and the chunks the pipe had no room for wait in `_encoded`, with
+        # what they hold: (chunk, the models of its entries, entries taken from the queue).
         self._encoding = threading.Lock()
-        self._encoded: list[tuple[Chunk | None, Sequence[str], int]] = []
+        self._encoded: deque[tuple[Chunk, Sequence[str], int]] = deque()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = 0
-        self._current: Segment | None = None
-        self._started = 0.0
-        self._trimmed_at = 0.0
         self._last_error = ""
         # Draws from generators of its own: the modules' shared ones belong to the application (a
         # caller that seeds them for a reproducible run must get the same numbers with the log on).
@@ -170,6 +191,8 @@ class PredictionRecorder:
         except RuntimeError:  # no loop: callers encode every 256th entry, the writer the rest
             self._loop = None
         if self._thread is None:
+            self._wake_read, self._wake_write = os.pipe()
+            os.set_blocking(self._wake_write, False)
             self._thread = threading.Thread(target=self._run, name="shipyard-prediction-log", daemon=True)
             self._thread.start()
 
@@ -219,7 +242,8 @@ class PredictionRecorder:
             self._full(model)
             return None
         if depth == self._wake_at:
-            self._wake.set()
+            self._drain_all = True
+            self._wake_thread()
         ran = sample.ran
         if ran is None:
             if sample.inputs is None and sample.outputs is None:
@@ -243,10 +267,12 @@ class PredictionRecorder:
         metrics.PREDICTION_LOG_DROPPED.labels(model, QUEUE_FULL).inc()
 
     def _encode_chunk(self) -> None:
-        """One chunk's entries, encoded now; none if the writer is encoding (it takes them all)."""
+        """One chunk's entries, encoded now and handed to the writer; none if the thread is
+        encoding (it takes them all)."""
         if self._encoding.acquire(blocking=False):
             try:
                 self._encode(_CHUNK)
+                self._send()
             finally:
                 self._encoding.release()
 
@@ -254,16 +280,26 @@ class PredictionRecorder:
         """Wait until every entry queued so far is written or dropped; False on timeout."""
         with self._encoding:  # no entry in between: taken from the queue but not yet counted
             target = self._taken + len(self._queue)
+            self._flush_wanted = True
+        self._wake_thread()
         with self._progress:
-            self._wake.set()
             return self._progress.wait_for(lambda: self._handled >= target, timeout_s)
 
     def close(self, timeout_s: float = 10.0) -> None:
         """Write what is queued, then stop the writer (which a hung disk cannot keep alive)."""
         self._closing = True
-        self._wake.set()
+        self._wake_thread()
         if self._thread is not None:
             self._thread.join(timeout_s)
+        if self._thread is not None and not self._thread.is_alive():
+            fds, self._wake_read, self._wake_write = (self._wake_read, self._wake_write), -1, -1
+            for fd in fds:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+
+    def _wake_thread(self) -> None:
+        with contextlib.suppress(OSError):  # full: it is woken already; -1: not started, or ended
+            os.write(self._wake_write, b"\0")
 
     @property
     def dropped(self) -> dict[str, int]:
@@ -271,18 +307,31 @@ class PredictionRecorder:
         return dict(self._dropped)
 
     def _run(self) -> None:
+        """The thread: every second, or when woken, encode what the loop has not and send it (the
+        writer started if need be); read the writer's answers as they come."""
+        due = time.monotonic() + _INTERVAL_S
         try:
             while True:
-                self._wake.wait(_INTERVAL_S)
-                self._wake.clear()
-                self._drain()
-                self._warn()
+                writer = self._writer
+                waited = [self._wake_read] if writer is None else [self._wake_read, writer.answers_fd]
+                ready = select.select(waited, [], [], max(0.0, due - time.monotonic()))[0]
+                woken = self._wake_read in ready
+                if woken:
+                    os.read(self._wake_read, 4096)
+                if writer is not None and writer.answers_fd in ready:
+                    self._answered(writer)
+                if time.monotonic() >= due or self._drain_all or self._flush_wanted or self._closing:
+                    due = time.monotonic() + _INTERVAL_S
+                    self._drain_all = False
+                    self._drain(everything=True)
+                    self._warn()
+                elif woken:  # to start the writer, or for chunks the loop could not encode
+                    self._drain(everything=False)
                 if self._closing and not self._queue and not self._encoded:
                     break
-                if self._current is not None and time.monotonic() - self._trimmed_at > _RETENTION_EVERY_S:
-                    self._trim()
         finally:
-            self._close_segment()
+            self._end_writer()
+            self._warn()
 
     def _encode(self, count: int) -> int:
         """Encode up to `count` queued entries into one chunk for the writer (`_encoding` held),
@@ -319,14 +368,13 @@ class PredictionRecorder:
                 entries, chunk = self._chunk(entries)
             except Exception as exc:  # noqa: BLE001 -- on the event loop too: lost and counted, never raised
                 self._lost(WRITE_FAILED, Counter(entries.models), exc)
-        kept = () if chunk is None else entries.models
-        self._sent += len(kept)
-        self._encoded.append((chunk, kept, count))
-        if self._sent - self._written >= self._wake_at:
-            # The loop encodes most entries, so the queue stays short and never wakes the writer:
-            # a busy server's chunks would wait the whole second, past queue_size (measured: a
-            # third of the entries dropped at 11,000 requests/s).
-            self._wake.set()
+        if chunk is None:  # none to write: settled now
+            with self._progress:
+                self._handled += count
+                self._progress.notify_all()
+        else:
+            self._sent += len(entries.models)
+            self._encoded.append((chunk, entries.models, count))
         return count
 
     def _draw_chunk(self, models: Sequence[str]) -> tuple[list[int] | None, list[bool]]:
@@ -343,39 +391,141 @@ class PredictionRecorder:
             logged, payloads = draws < rates[:, 0], draws < rates[:, 1]
         return None if logged is None else np.flatnonzero(logged).tolist(), payloads.tolist()
 
-    def _drain(self) -> None:
-        """Encode what the loop has not, then write every chunk waiting in one transaction: every
-        call that releases the GIL (a commit, a stat) costs the event loop a switch, so the writer
-        makes few of them (one pause per chunk it encodes, so that it never holds the GIL long)."""
-        left = len(self._queue)  # what is queued now: the request path goes on queuing meanwhile
+    def _drain(self, *, everything: bool) -> None:
+        """Encode what the loop has not (`everything`, or only its whole chunks: a round between
+        seconds leaves the rest to the loop), and send every chunk waiting (the thread). Between
+        chunks it encodes, it pauses, so that it never holds the GIL long."""
+        # What is queued now (the request path goes on queuing meanwhile), and any whole chunk
+        # queued while this ran: the loop skips its chunk while the thread holds `_encoding`.
+        left = len(self._queue) if everything else 0
         paused = False
-        while left > 0 and self._queue:
+        while self._queue and (left > 0 or len(self._queue) >= _CHUNK):
             if paused:
                 time.sleep(_PAUSE_S)  # the event loop runs meanwhile: see _PAUSE_S
             with self._encoding:
                 left -= self._encode(_CHUNK)
             paused = True
         with self._encoding:
-            waiting, self._encoded = self._encoded, []
-        if not waiting:
+            if self._encoded and self._writer is None:
+                self._start_writer()
+            self._send(_SEND_WAIT_S)
+            if self._flush_wanted and self._writer is not None:
+                self._sequence += 1
+                if self._writer_call(self._writer.send, frame(FLUSH, self._sequence), _SEND_WAIT_S):
+                    self._flush_wanted = False
+            elif self._flush_wanted and not self._encoded:
+                self._flush_wanted = False  # nothing was ever sent: nothing to wait for
+        if len(self._queue) >= _CHUNK:  # queued while it started the writer or sent: once more
+            self._wake_thread()
+
+    def _send(self, wait_s: float = 0.0) -> None:
+        """Hand the chunks waiting to the writer, in order, while its pipe has room (`_encoding`
+        held). On the loop, never waits; before the thread has started a writer, leaves them."""
+        writer = self._writer
+        if writer is None:
+            if self._encoded:
+                self._wake_thread()
             return
-        chunks = [chunk for chunk, _, _ in waiting if chunk is not None]
-        written = sum(len(kept) for _, kept, _ in waiting)
-        handled = sum(taken for _, _, taken in waiting)
-        if chunks:
+        encoded, in_flight = self._encoded, self._in_flight
+        while encoded:
+            chunk, models, count = encoded[0]
+            sequence = self._sequence + 1
+            if not self._writer_call(writer.send, frame(CHUNK, sequence, chunk), wait_s):
+                return
+            self._sequence = sequence
+            encoded.popleft()
+            in_flight.append((sequence, models, count))
+
+    def _writer_call(self, call: Callable[[bytes, float], bool], data: bytes, wait_s: float) -> bool:
+        """`call` (a send to the writer); False when it has no room, or has gone (the thread then
+        learns it from the writer's answers' pipe: it ended)."""
+        try:
+            return call(data, wait_s)
+        except OSError:
+            return False
+
+    def _start_writer(self) -> None:
+        """Start the writer process (`_encoding` held); when it cannot start, or failed less than
+        `_RESTART_S` ago, the chunks waiting are lost and counted."""
+        error = ""
+        if time.monotonic() - self._writer_failed_at < _RESTART_S:
+            error = self._last_error or "the log writer failed"
+        else:
             try:
-                self._segment().append(chunks)
-            except (sqlite3.Error, OSError) as exc:
-                self._close_segment(seal=False)  # the next batch starts over: a new segment
-                models: Counter[str] = Counter()
-                for _, kept, _ in waiting:
-                    models.update(kept)
-                self._lost(WRITE_FAILED, models, exc)
-        del waiting, chunks
+                self._writer = WriterProcess(self._layout)
+            except OSError as exc:
+                self._writer_failed_at = time.monotonic()
+                error = f"the log writer could not start: {type(exc).__name__}: {exc}"
+        if error:
+            lost: Counter[str] = Counter()
+            count = 0
+            while self._encoded:
+                _, models, taken = self._encoded.popleft()
+                lost.update(models)
+                count += taken
+            self._settle(lost, count, error)
+
+    def _answered(self, writer: WriterProcess) -> None:
+        """The writer's answers: the chunks they cover written, or lost; its end, if it ended."""
+        answers = writer.answers()
+        if answers is None:  # it ended, unasked: started again when there is a chunk for it
+            with self._encoding:
+                self._writer = None
+            self._writer_failed_at = time.monotonic()
+            self._finish(writer, 0.0)
+            if self._encoded or self._flush_wanted:
+                self._wake_thread()  # what it could not take: to a new writer, or counted lost
+            return
+        self._apply(answers)
+        if self._encoded:  # the pipe had no room for these: it has, now that the writer read it
+            with self._encoding:
+                self._send()
+
+    def _apply(self, answers: list[tuple[int, bool, str]]) -> None:
+        in_flight = self._in_flight
+        for sequence, written, error in answers:
+            done: Counter[str] = Counter()
+            count = 0
+            while in_flight and in_flight[0][0] <= sequence:
+                _, models, taken = in_flight.popleft()
+                done.update(models)
+                count += taken
+            self._settle(done, count, None if written else error)
+
+    def _finish(self, writer: WriterProcess, wait_s: float) -> None:
+        """Wait for a writer no longer in use to exit, then settle what it never answered for."""
+        code = writer.end(wait_s)
+        self._apply(writer.answers() or [])
+        writer.release()
+        if self._in_flight:
+            self._settle_in_flight(f"the log writer exited with code {code}")
+
+    def _settle(self, models: Counter[str], count: int, error: str | None) -> None:
+        """`count` entries taken from the queue dealt with: those of `models` written, or lost
+        (with `error`)."""
+        if error is not None:
+            self._lost(WRITE_FAILED, models, error)
         with self._progress:
-            self._written += written
-            self._handled += handled
+            self._written += sum(models.values())
+            self._handled += count
             self._progress.notify_all()
+
+    def _settle_in_flight(self, error: str) -> None:
+        lost: Counter[str] = Counter()
+        count = 0
+        while self._in_flight:
+            _, models, taken = self._in_flight.popleft()
+            lost.update(models)
+            count += taken
+        self._settle(lost, count, error)
+
+    def _end_writer(self) -> None:
+        """Close the writer's pipe: it writes what it holds, answers and exits (one hung on its
+        disk is killed after `_END_WAIT_S`)."""
+        with self._encoding:
+            writer, self._writer = self._writer, None
+        if writer is not None:
+            self._finish(writer, _END_WAIT_S)
 
     def _chunk(self, entries: Entries) -> tuple[Entries, Chunk | None]:
         """Up to 256 entries as one row (see prediction_chunks.py), vectorised when every entry ran
@@ -395,41 +545,12 @@ class PredictionRecorder:
             return entries, None
         return entries, (entries.at[0], entries.at[-1], orjson.dumps(list(entries.request_ids)), blob)
 
-    def _segment(self) -> Segment:
-        """This process's current segment: a new one when it is full, old, or was deleted."""
-        now = time.time()
-        segment = self._current
-        if segment is not None:
-            size = segment_bytes(segment.path)
-            if not size or size >= self._segment_bytes or now - self._started >= self._segment_age_s:
-                self._close_segment(seal=bool(size))
-        if self._current is None:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            self._current = Segment(self.directory / segment_name(now, self.worker), self.worker)
-            self._started = now
-            self._trim()
-        return self._current
-
-    def _close_segment(self, *, seal: bool = True) -> None:
-        segment, self._current = self._current, None
-        if segment is not None:
-            if seal:
-                segment.seal()
-            else:
-                segment.close()
-
-    def _trim(self) -> None:
-        self._trimmed_at = time.monotonic()
-        try:
-            keep = None if self._current is None else self._current.path
-            enforce_retention(self.directory, self._settings.max_bytes, self._settings.max_age_s, keep)
-        except OSError as exc:
-            log.warning("prediction log: retention failed in %s: %s", self.directory, exc)
-
-    def _lost(self, reason: str, models: Counter[str], exc: Exception | None = None) -> None:
+    def _lost(self, reason: str, models: Counter[str], error: Exception | str | None = None) -> None:
         """Count entries the log lost, `models` saying how many of each model."""
-        if exc is not None:
-            self._last_error = f"{type(exc).__name__}: {exc}"
+        if isinstance(error, Exception):
+            self._last_error = f"{type(error).__name__}: {error}"
+        elif error:
+            self._last_error = error
         for model, count in models.items():
             if count:
                 metrics.PREDICTION_LOG_DROPPED.labels(model, reason).inc(count)

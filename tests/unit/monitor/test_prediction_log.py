@@ -9,7 +9,10 @@ import contextlib
 import logging
 import os
 import random
+import select
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -160,33 +163,106 @@ def test_on_an_event_loop_the_loop_encodes_whole_chunks_and_the_writer_the_rest(
     assert [e.summary["outputs"]["label"]["values"] for e in entries] == [[i] for i in range(1000)]
 
 
-def test_chunks_the_loop_encoded_wake_the_writer_before_the_queue_fills(
+def test_chunks_the_loop_encoded_reach_the_writer_before_the_threads_round(
     tmp_path: Path, recorders: list[PredictionRecorder], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """On a busy server the loop encodes every chunk, so the queue itself stays short: the chunks
-    waiting for the writer wake it once they are half of queue_size, not at its next round (here
-    an hour away), and none is dropped."""
+    """On a busy server the loop encodes every chunk and hands it to the writer process itself:
+    nothing waits for the thread's next round (here an hour away), and none is dropped."""
     monkeypatch.setattr(prediction_recorder, "_INTERVAL_S", 3600.0)
     recorder = make(recorders, tmp_path, start=False, queue_size=1024)
+    store = PredictionStore(tmp_path)
 
     async def serve() -> None:
         recorder.start()
         ran = Ran({"X": np.zeros((4, 4), dtype=np.float32)}, {"label": np.arange(4)}, 4)
-        for i in range(768):  # three chunks: the second puts 512 entries before the writer
+        for i in range(768):  # three chunks, and no entry left over for the thread
             noted = Sample()
             noted.ran, noted.offset, noted.rows = ran, i % 4, 1
             recorder.record(f"r{i}", "busy", 1, "v1", 200, 0.001, noted)
-            await asyncio.sleep(0)  # the loop's turn: the chunk it was asked for is encoded
+            await asyncio.sleep(0)  # the loop's turn: the chunk it was asked for is encoded and sent
 
-        def written() -> bool:  # waits for the writer, without waking it as flush() does
-            with recorder._progress:
-                return recorder._progress.wait_for(lambda: recorder._written >= 512, FLUSH_S)
+        def written() -> bool:  # the writer commits within a second, unasked: no flush() here
+            deadline = time.monotonic() + FLUSH_S
+            while time.monotonic() < deadline:
+                if len(store.read("busy", limit=1000)) == 768:
+                    return True
+                time.sleep(0.05)
+            return False
 
         assert await asyncio.to_thread(written)
 
     asyncio.run(serve())
     assert recorder.dropped == {"queue_full": 0, "write_failed": 0}
-    assert len(PredictionStore(tmp_path).read("busy", limit=1000)) >= 512
+
+
+def writers() -> list[int]:
+    """The process ids of this process's prediction log writers."""
+    found = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            with contextlib.suppress(OSError):
+                status = Path(f"/proc/{name}/status").read_text()
+                parent = int(status.split("PPid:")[1].split()[0])
+                command = Path(f"/proc/{name}/cmdline").read_bytes()
+                if parent == os.getpid() and b"shipyard.monitor.log_writer" in command:
+                    found.append(int(name))
+    return found
+
+
+def test_a_writer_that_dies_loses_only_what_it_held_and_is_started_again(
+    tmp_path: Path, recorders: list[PredictionRecorder], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(prediction_recorder, "_RESTART_S", 0.0)
+    recorder = make(recorders, tmp_path)
+    recorder.record("before", "m", 1, "v2", 200, 0.001, sample())
+    assert recorder.flush(FLUSH_S)
+    [writer] = writers()
+    os.kill(writer, 9)
+    recorder.record("after", "m", 1, "v2", 200, 0.001, sample())
+    assert recorder.flush(FLUSH_S)
+    assert [e.request_id for e in PredictionStore(tmp_path).read("m")] in (["after", "before"], ["before"])
+    # Whatever the dead writer was handed and never answered for is counted, the rest written.
+    assert recorder.dropped["write_failed"] + len(PredictionStore(tmp_path).read("m")) == 2
+    recorder.record("later", "m", 1, "v2", 200, 0.001, sample())
+    assert recorder.flush(FLUSH_S)
+    assert PredictionStore(tmp_path).read("m")[0].request_id == "later"
+    assert len(writers()) == 1 and writers() != [writer]
+
+
+def test_a_writer_ends_with_its_server_and_writes_what_it_held(tmp_path: Path) -> None:
+    """A server killed outright (no close, no flush) leaves no writer behind, and the chunk it had
+    just handed over is written: the writer ends when its pipe does, committing what it holds."""
+    program = f"""
+import os, numpy as np
+from pathlib import Path
+from shipyard.monitor.prediction_recorder import PredictionRecorder, Sample
+from shipyard.settings import PredictionLogSettings
+recorder = PredictionRecorder(PredictionLogSettings(), Path({str(tmp_path)!r}))
+recorder.start()
+for i in range(300):
+    noted = Sample()
+    noted.inputs = {{"X": np.zeros((1, 2), dtype=np.float32)}}
+    recorder.record(f"r{{i}}", "m", 1, "v2", 200, 0.001, noted)
+assert recorder.flush(10)
+for i in range(256):  # the 256th: its chunk encoded and handed over at once, never committed here
+    recorder.record(f"s{{i}}", "m", 1, "v2", 200, 0.001, noted)
+print(recorder._writer._process.pid, flush=True)
+os.kill(os.getpid(), 9)
+"""
+    command = [sys.executable, "-c", program]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == -9, done.stderr
+    writer = int(done.stdout.split()[0])
+    with contextlib.suppress(ProcessLookupError):  # gone already, or readable once it exits
+        ended = os.pidfd_open(writer)
+        try:
+            assert select.select([ended], [], [], FLUSH_S)[0], "the writer outlived its server"
+        finally:
+            os.close(ended)
+    assert len(PredictionStore(tmp_path).read("m", limit=1000)) == 556
+    [segment] = list_segments(tmp_path)
+    with sqlite3.connect(segment) as db:  # sealed on the way out: its ids indexed
+        assert db.execute("SELECT count(*) FROM sqlite_master WHERE type = 'index'").fetchone()[0] >= 1
 
 
 def test_sampling_leaves_the_callers_random_numbers_alone(
