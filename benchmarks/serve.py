@@ -126,6 +126,7 @@ class Measured:
     predictions: Any = None  # the answer to the sample request
     exit_code: int | None = None
     problems: list[str] = field(default_factory=list)
+    helper_cpu: float = 0.0  # CPU seconds of the server's helper processes (its log writers)
 
     @classmethod
     def merge(cls, parts: list[Measured]) -> Measured:
@@ -150,6 +151,7 @@ class Measured:
             (sum(b[0] for b in batches), sum(b[1] for b in batches)) if batches else None,
             first.predictions,
             problems=[problem for p in parts for problem in p.problems],
+            helper_cpu=sum(p.helper_cpu for p in parts),
         )
 
     @property
@@ -172,7 +174,7 @@ class Measured:
     @property
     def other_cores(self) -> float:
         """CPU (in cores) that neither the server nor wrk used: kernel softirq, other processes."""
-        used = (sum(self.worker_cpu.values()) + self.wrk.cpu_s) / self.wrk.wall_s
+        used = (sum(self.worker_cpu.values()) + self.helper_cpu + self.wrk.cpu_s) / self.wrk.wall_s
         return max(self.host_busy * (os.cpu_count() or 1) - used, 0.0)
 
     @property
@@ -217,8 +219,9 @@ def load(target: Prepared, args: argparse.Namespace, wrk: str, lua: Path, second
     """One load of `seconds` with wrk, and what the server used meanwhile."""
     server = target.server
     pids = server.worker_pids()
+    helpers = server.helper_pids()
     batches_before = batch_totals(server.port) if server.workers else None
-    cpu_before = {pid: cpu_seconds(pid) for pid in pids}
+    cpu_before = {pid: cpu_seconds(pid) for pid in pids + helpers}
     bytes_before = {pid: bytes_written(pid) for pid in pids}
     host_before = host_cpu()
     sampler = Sampler(server, pids)
@@ -230,6 +233,7 @@ def load(target: Prepared, args: argparse.Namespace, wrk: str, lua: Path, second
         sampler.join()
     host_after = host_cpu()
     cpu = {pid: cpu_seconds(pid) - cpu_before[pid] for pid in pids}
+    helper_cpu = sum(cpu_seconds(pid) - cpu_before[pid] for pid in helpers)
     written = {pid: bytes_written(pid) - bytes_before[pid] for pid in pids}
     sampler.sample()  # one more while still serving (catches a run too short for the timer)
     batches_after = batch_totals(server.port) if server.workers else None
@@ -244,6 +248,7 @@ def load(target: Prepared, args: argparse.Namespace, wrk: str, lua: Path, second
     return Measured(
         server.label, server.workers, result, target.ready_s, sampler.rss, cpu, written, sampler.conns,
         server.proc.pid, parent_rss, busy, batch, target.predictions, problems=problems,
+        helper_cpu=helper_cpu,
     )  # fmt: skip
 
 
@@ -285,11 +290,12 @@ def describe(m: Measured, args: argparse.Namespace) -> None:
         log(f"  supervisor pid {m.parent_pid}: rss {m.parent_rss:.0f} MB")
     batch = f"; mean batch {m.batch_rows:.1f} rows" if m.batch_rows is not None else ""
     cores = os.cpu_count() or 1
-    per_request = total_cpu / max(w.requests, 1) * 1e6
+    per_request = (total_cpu + m.helper_cpu) / max(w.requests, 1) * 1e6
+    helpers = f", its log writers {m.helper_cpu / w.wall_s:.0%} of a core" if m.helper_cpu else ""
     log(
-        f"  cpu during the load: server {total_cpu / w.wall_s:.0%} of a core ({per_request:.0f} µs per "
-        f"request), wrk {w.cpu_s / w.wall_s:.0%} of a core, everything else {m.other_cores:.0%} of a core; "
-        f"host {m.host_busy:.0%} busy of {cores} cpus{batch}"
+        f"  cpu during the load: server {total_cpu / w.wall_s:.0%} of a core{helpers} ({per_request:.0f} µs"
+        f" per request), wrk {w.cpu_s / w.wall_s:.0%} of a core, everything else {m.other_cores:.0%} of a"
+        f" core; host {m.host_busy:.0%} busy of {cores} cpus{batch}"
     )
     for problem in m.problems:
         log(f"  PROBLEM: {problem}")

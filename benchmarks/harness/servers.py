@@ -34,6 +34,9 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+HELPERS = ("shipyard.monitor.log_writer",)  # a server's processes that serve no requests
+
+
 @dataclass
 class Server:
     label: str
@@ -46,11 +49,21 @@ class Server:
 
     def worker_pids(self) -> list[int]:
         """The processes that serve requests: the spawned workers, or the server itself."""
+        kids = self._descendants()
+        others = (*HELPERS, "resource_tracker")
+        workers = [p for p in kids if not any(name in self.known[p] for name in others)]
+        return workers or [self.proc.pid]
+
+    def helper_pids(self) -> list[int]:
+        """The processes that work for the server without serving: its prediction log writers,
+        whose CPU is the server's as much as its workers' own is."""
+        return [p for p in self._descendants() if any(name in self.known[p] for name in HELPERS)]
+
+    def _descendants(self) -> list[int]:
         kids = descendants(self.proc.pid)
         for pid in [self.proc.pid, *kids]:
             self.known.setdefault(pid, cmdline(pid))
-        workers = [p for p in kids if "resource_tracker" not in self.known[p]]
-        return workers or [self.proc.pid]
+        return kids
 
     def log_tail(self, lines: int = 30) -> str:
         with contextlib.suppress(OSError):

@@ -37,6 +37,7 @@ from collections.abc import Callable, Sequence
 from itertools import repeat, starmap
 from pathlib import Path
 from time import time as _now  # a module global: one lookup on the request path, not two
+from typing import Any
 
 import numpy as np
 import orjson
@@ -457,13 +458,7 @@ class PredictionRecorder:
                 self._writer_failed_at = time.monotonic()
                 error = f"the log writer could not start: {type(exc).__name__}: {exc}"
         if error:
-            lost: Counter[str] = Counter()
-            count = 0
-            while self._encoded:
-                _, models, taken = self._encoded.popleft()
-                lost.update(models)
-                count += taken
-            self._settle(lost, count, error)
+            self._settle_all(self._encoded, error)
 
     def _answered(self, writer: WriterProcess) -> None:
         """The writer's answers: the chunks they cover written, or lost; its end, if it ended."""
@@ -498,7 +493,7 @@ class PredictionRecorder:
         self._apply(writer.answers() or [])
         writer.release()
         if self._in_flight:
-            self._settle_in_flight(f"the log writer exited with code {code}")
+            self._settle_all(self._in_flight, f"the log writer exited with code {code}")
 
     def _settle(self, models: Counter[str], count: int, error: str | None) -> None:
         """`count` entries taken from the queue dealt with: those of `models` written, or lost
@@ -510,11 +505,12 @@ class PredictionRecorder:
             self._handled += count
             self._progress.notify_all()
 
-    def _settle_in_flight(self, error: str) -> None:
+    def _settle_all(self, chunks: deque[tuple[Any, Sequence[str], int]], error: str) -> None:
+        """Every chunk of `chunks` (waiting, or in flight) lost, with `error`."""
         lost: Counter[str] = Counter()
         count = 0
-        while self._in_flight:
-            _, models, taken = self._in_flight.popleft()
+        while chunks:
+            _, models, taken = chunks.popleft()
             lost.update(models)
             count += taken
         self._settle(lost, count, error)
