@@ -1,7 +1,7 @@
 """The prediction log's chunk format: how up to 256 entries become one row's bytes, and back.
 
-Chunks are encoded on the server's event loop (or the writer thread, on the same interpreter),
-so every microsecond spent per entry is taken from serving. A chunk is therefore columnar: the
+Chunks are encoded on the server's event loop (or the log's thread, in the same process), so
+every microsecond spent per entry is taken from serving. A chunk is therefore columnar: the
 entries come as columns (`Entries`, one `zip` of the recorder's queue, in C), the scalar ones
 written as they are, and their inputs and outputs grouped by layout (each tensor's name, shape and
 dtype): a group stores its layout once, and the values of each small output stacked into one
