@@ -1,11 +1,12 @@
 """The prediction log's writer: a process of its own that appends a server's encoded chunks to its
 segments, so that neither SQLite nor the file system ever runs in the serving process.
 
-Why a process: as a thread of the server, the writer released the GIL around every SQLite call and
-took it back from a busy event loop each time: the loop lost its turn to the writer dozens of
-times a second, each a forced switch between two threads on a host whose cores the load kept busy.
-With the writer's SQLite calls taken out (benchmarks/log_variants.py, `nowrite`) monitoring cost
-no more than its noise; with them in, 6 to 10% of requests/s (benchmarks/monitoring_cost.py).
+Why a process: as a thread of the server, the writer released the GIL around each of SQLite's
+calls and had to take it back from a busy event loop every time, a forced switch between two
+threads on a host whose cores the load kept busy. Entries queued but neither encoded nor written
+cost nothing measurable (benchmarks/log_variants.py, `drop`); encoded and written by the thread,
+6–10% of requests/s, where the encoding alone takes 1.3–1.5 µs an entry (timed), a small part of
+that. The figures with the process are in benchmarks/README.md (monitoring_cost.py).
 
 Each server process (each worker) starts its own writer when it first has a chunk for it, and
 feeds it through a pipe, never waiting: a chunk the pipe has no room for stays with the server,

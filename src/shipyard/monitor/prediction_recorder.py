@@ -412,7 +412,7 @@ class PredictionRecorder:
             self._send(_SEND_WAIT_S)
             if self._flush_wanted and self._writer is not None:
                 self._sequence += 1
-                if self._writer_call(self._writer.send, frame(FLUSH, self._sequence), _SEND_WAIT_S):
+                if _reached(self._writer.send, frame(FLUSH, self._sequence), _SEND_WAIT_S):
                     self._flush_wanted = False
             elif self._flush_wanted and not self._encoded:
                 self._flush_wanted = False  # nothing was ever sent: nothing to wait for
@@ -427,23 +427,19 @@ class PredictionRecorder:
             if self._encoded:
                 self._wake_thread()
             return
+        # A frame the pipe took only part of goes on first, chunks or not: in a quiet second its
+        # entries would otherwise wait for the next chunk.
+        if not _reached(writer.push, wait_s):
+            return
         encoded, in_flight = self._encoded, self._in_flight
         while encoded:
             chunk, models, count = encoded[0]
             sequence = self._sequence + 1
-            if not self._writer_call(writer.send, frame(CHUNK, sequence, chunk), wait_s):
+            if not _reached(writer.send, frame(CHUNK, sequence, chunk), wait_s):
                 return
             self._sequence = sequence
             encoded.popleft()
             in_flight.append((sequence, models, count))
-
-    def _writer_call(self, call: Callable[[bytes, float], bool], data: bytes, wait_s: float) -> bool:
-        """`call` (a send to the writer); False when it has no room, or has gone (the thread then
-        learns it from the writer's answers' pipe: it ended)."""
-        try:
-            return call(data, wait_s)
-        except OSError:
-            return False
 
     def _start_writer(self) -> None:
         """Start the writer process (`_encoding` held); when it cannot start, or failed less than
@@ -521,6 +517,7 @@ class PredictionRecorder:
         with self._encoding:
             writer, self._writer = self._writer, None
         if writer is not None:
+            _reached(writer.push, _SEND_WAIT_S)  # the rest of a frame the pipe took part of
             self._finish(writer, _END_WAIT_S)
 
     def _chunk(self, entries: Entries) -> tuple[Entries, Chunk | None]:
@@ -572,6 +569,15 @@ class PredictionRecorder:
                     detail,
                     extra={"fields": {"dropped": count, "reason": reason}},
                 )
+
+
+def _reached(send: Callable[..., bool], *args: Any) -> bool:
+    """`send(*args)` (to the writer) done; False when its pipe has no room, or it has gone (the
+    thread then learns that from the writer's answers' pipe: it ended)."""
+    try:
+        return send(*args)
+    except OSError:
+        return False
 
 
 def _rates(sample_rate: float, payload_rate: float) -> tuple[float, float]:

@@ -229,6 +229,23 @@ def test_a_writer_that_dies_loses_only_what_it_held_and_is_started_again(
     assert len(writers()) == 1 and writers() != [writer]
 
 
+def test_a_chunk_larger_than_the_writers_pipe_reaches_it_whole(
+    tmp_path: Path, recorders: list[PredictionRecorder]
+) -> None:
+    """A payload of 6 MB makes a frame several times the pipe's 1 MiB: the pipe takes its start,
+    the rest follows as the writer reads, and nothing after it overtakes it."""
+    recorder = make(recorders, tmp_path, payload_rate=1.0, max_payload_bytes=1 << 24)
+    big = Sample()
+    big.inputs = {"X": np.arange(1 << 20, dtype=np.float64).reshape(1, -1) % 7}
+    recorder.record("big", "m", 1, "v2", 200, 0.001, big)
+    recorder.record("small", "m", 1, "v2", 200, 0.001, sample())
+    assert recorder.flush(FLUSH_S)
+    entries = {e.request_id: e for e in PredictionStore(tmp_path).lookup(["big", "small"])}
+    assert len(entries["big"].payload["inputs"]["X"][0]) == 1 << 20
+    assert entries["small"].payload is not None
+    assert recorder.dropped == {"queue_full": 0, "write_failed": 0}
+
+
 def test_a_writer_ends_with_its_server_and_writes_what_it_held(tmp_path: Path) -> None:
     """A server killed outright (no close, no flush) leaves no writer behind, and the chunk it had
     just handed over is written: the writer ends when its pipe does, committing what it holds."""
