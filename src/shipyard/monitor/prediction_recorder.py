@@ -185,7 +185,8 @@ class PredictionRecorder:
         return recorder if any(rates) else None
 
     def start(self) -> None:
-        """Start the writer; called on the event loop `record` runs on, the loop encodes too."""
+        """Start the log's thread (it starts the writer process when it first has a chunk for
+        it); called on the event loop `record` runs on, which encodes and sends chunks too."""
         try:
             self._loop = asyncio.get_running_loop()
             self._loop_thread = threading.get_ident()
