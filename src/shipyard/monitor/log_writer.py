@@ -219,6 +219,26 @@ class _Segments:
                 segment.close()
 
 
+def take_frames(received: bytearray) -> list[tuple[int, Chunk | None]]:
+    """The whole frames at the start of `received`, cut off it (once: not frame by frame, which
+    moved the rest of a megabyte per frame): (sequence number, its chunk, or None: a flush)."""
+    frames: list[tuple[int, Chunk | None]] = []
+    start = 0
+    while len(received) - start >= 4:
+        end = start + 4 + int.from_bytes(received[start : start + 4], "little")
+        if len(received) < end:
+            break
+        _, kind, sequence, first, last, ids = FRAME.unpack_from(received, start)
+        body = start + FRAME.size
+        chunk = None
+        if kind == CHUNK:
+            chunk = (first, last, bytes(received[body : body + ids]), bytes(received[body + ids : end]))
+        frames.append((sequence, chunk))
+        start = end
+    del received[:start]
+    return frames
+
+
 def serve(data_fd: int, ack_fd: int, layout: Layout) -> None:
     """Read frames until the pipe ends, committing once a second, on a flush, and at the end."""
     segments = _Segments(layout)
@@ -238,20 +258,15 @@ def serve(data_fd: int, ack_fd: int, layout: Layout) -> None:
                 data = os.read(data_fd, _READ_BYTES)
                 ended = not data
                 received += data
-                while len(received) >= 4:
-                    size = int.from_bytes(received[:4], "little")
-                    if len(received) < 4 + size:
-                        break
-                    _, kind, last, first, final, ids = FRAME.unpack_from(received)
-                    if kind == CHUNK:
-                        if not held:
-                            due = time.monotonic() + _COMMIT_EVERY_S
-                        body = bytes(received[FRAME.size : 4 + size])
-                        held.append((first, final, body[:ids], body[ids:]))
-                        held_bytes += size
-                    else:
+                for sequence, chunk in take_frames(received):
+                    last = sequence
+                    if chunk is None:
                         flush = True
-                    del received[: 4 + size]
+                        continue
+                    if not held:
+                        due = time.monotonic() + _COMMIT_EVERY_S
+                    held.append(chunk)
+                    held_bytes += len(chunk[2]) + len(chunk[3])
             if flush or ended or (held and (time.monotonic() >= due or held_bytes >= _COMMIT_BYTES)):
                 error = ""
                 if held:

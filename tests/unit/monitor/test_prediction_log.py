@@ -26,6 +26,7 @@ from prometheus_client import REGISTRY
 
 from shipyard.errors import InvalidInputError
 from shipyard.monitor import prediction_recorder
+from shipyard.monitor.log_writer import CHUNK, FLUSH, frame, take_frames
 from shipyard.monitor.prediction_chunks import Ran
 from shipyard.monitor.prediction_recorder import PredictionRecorder, Sample
 from shipyard.monitor.predictions import PredictionStore, Segment, list_segments, segment_bytes, segment_name
@@ -229,6 +230,16 @@ def test_a_writer_that_dies_loses_only_what_it_held_and_is_started_again(
     assert len(writers()) == 1 and writers() != [writer]
 
 
+def test_the_writer_takes_whole_frames_and_keeps_a_partial_one_for_its_rest() -> None:
+    chunk = (1.5, 2.5, b'["a"]', b"\x01chunk")
+    sent = frame(CHUNK, 1, chunk) + frame(FLUSH, 2)
+    received = bytearray(sent[:-3])  # a read ended three bytes into the flush's frame
+    assert take_frames(received) == [(1, chunk)]
+    received += sent[-3:]
+    assert take_frames(received) == [(2, None)]
+    assert received == b""
+
+
 def test_a_chunk_larger_than_the_writers_pipe_reaches_it_whole(
     tmp_path: Path, recorders: list[PredictionRecorder]
 ) -> None:
@@ -241,7 +252,8 @@ def test_a_chunk_larger_than_the_writers_pipe_reaches_it_whole(
     recorder.record("small", "m", 1, "v2", 200, 0.001, sample())
     assert recorder.flush(FLUSH_S)
     entries = {e.request_id: e for e in PredictionStore(tmp_path).lookup(["big", "small"])}
-    assert len(entries["big"].payload["inputs"]["X"][0]) == 1 << 20
+    payload = entries["big"].payload
+    assert payload is not None and len(payload["inputs"]["X"][0]) == 1 << 20
     assert entries["small"].payload is not None
     assert recorder.dropped == {"queue_full": 0, "write_failed": 0}
 
