@@ -451,7 +451,7 @@ class PredictionRecorder:
         else:
             try:
                 self._writer = WriterProcess(self._layout)
-            except OSError as exc:
+            except Exception as exc:  # noqa: BLE001 -- in the log's thread: counted, never raised
                 self._writer_failed_at = time.monotonic()
                 error = f"the log writer could not start: {type(exc).__name__}: {exc}"
         if error:

@@ -260,6 +260,22 @@ def test_a_chunk_larger_than_the_writers_pipe_reaches_it_whole(
     assert recorder.dropped == {"queue_full": 0, "write_failed": 0}
 
 
+def test_a_writer_that_cannot_start_loses_its_entries_counted_and_warned(
+    tmp_path: Path,
+    recorders: list[PredictionRecorder],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "no-python-here"))
+    recorder = make(recorders, tmp_path)
+    with caplog.at_level(logging.WARNING, logger="shipyard.predictions"):
+        recorder.record("r0", "unstarted", 1, "v2", 200, 0.001, sample())
+        assert recorder.flush(FLUSH_S)  # settled: lost and counted, not waited for
+        recorder.close()
+    assert recorder.dropped["write_failed"] == 1
+    assert any("could not start" in r.getMessage() for r in caplog.records)
+
+
 def test_a_writer_ends_with_its_server_and_writes_what_it_held(tmp_path: Path) -> None:
     """A server killed outright (no close, no flush) leaves no writer behind, and the chunk it had
     just handed over is written: the writer ends when its pipe does, committing what it holds."""
